@@ -34,7 +34,8 @@ impl Hlc {
 
     /// The wall-clock part.
     pub fn time(&self) -> Duration {
-        Duration::new(self.secs, self.nanos)
+        // Saturating: readings can come from guests, whose nanos may be out of range.
+        Duration::from_secs(self.secs).saturating_add(Duration::from_nanos(u64::from(self.nanos)))
     }
 
     /// Milliseconds since the Unix epoch, as `__ts` carries them.

@@ -1,0 +1,62 @@
+//! Host bindings generated from weir's WIT (`wit/`), one module per contract. Each world
+//! includes the package's `host` world (every import a module may use) and exports all five
+//! operator interfaces; a module exports a subset, so operators are loaded per interface with
+//! `GuestIndices`, never through the world's all-exports `instantiate`.
+
+/// `wasm-graph:processor@1.1.0`, the GA contract.
+pub(crate) mod ga {
+    wasmtime::component::bindgen!({
+        path: "../wit/wasm-graph",
+        inline: "
+            package weir:ga-host;
+            world operator-host {
+                include wasm-graph:processor/host@1.1.0;
+                export wasm-graph:processor/%map@1.1.0;
+                export wasm-graph:processor/filter@1.1.0;
+                export wasm-graph:processor/branch@1.1.0;
+                export wasm-graph:processor/accumulate@1.1.0;
+                export wasm-graph:processor/delay@1.1.0;
+            }
+        ",
+        world: "weir:ga-host/operator-host",
+        imports: { default: async | trappable },
+        exports: { default: async },
+        with: {
+            "wasm-graph:processor/types.buffer": crate::host::HostBuffer,
+            "wasm-graph:processor/command-invoker.command-request": crate::host::rpc::CommandRequest,
+            "wasm-graph:processor/command-invoker.command-request-builder": crate::host::rpc::CommandRequestBuilder,
+            "wasm-graph:processor/command-invoker.command-invoker-options": crate::host::rpc::CommandInvokerOptions,
+            "wasm-graph:processor/command-invoker.command-invoker-options-builder": crate::host::rpc::CommandInvokerOptionsBuilder,
+            "wasm-graph:processor/command-invoker.command-invoker": crate::host::rpc::CommandInvoker,
+        },
+    });
+}
+
+/// `tinykube-graph:processor@1.0.0`, the public-preview contract.
+pub(crate) mod preview {
+    wasmtime::component::bindgen!({
+        path: "../wit/tinykube-graph",
+        inline: "
+            package weir:preview-host;
+            world operator-host {
+                include tinykube-graph:processor/host@1.0.0;
+                export tinykube-graph:processor/%map@1.0.0;
+                export tinykube-graph:processor/filter@1.0.0;
+                export tinykube-graph:processor/branch@1.0.0;
+                export tinykube-graph:processor/accumulate@1.0.0;
+                export tinykube-graph:processor/delay@1.0.0;
+            }
+        ",
+        world: "weir:preview-host/operator-host",
+        imports: { default: async | trappable },
+        exports: { default: async },
+        with: {
+            "tinykube-graph:processor/types.buffer": crate::host::HostBuffer,
+            "tinykube-graph:processor/command-invoker.command-request": crate::host::rpc::CommandRequest,
+            "tinykube-graph:processor/command-invoker.command-request-builder": crate::host::rpc::CommandRequestBuilder,
+            "tinykube-graph:processor/command-invoker.command-invoker-options": crate::host::rpc::CommandInvokerOptions,
+            "tinykube-graph:processor/command-invoker.command-invoker-options-builder": crate::host::rpc::CommandInvokerOptionsBuilder,
+            "tinykube-graph:processor/command-invoker.command-invoker": crate::host::rpc::CommandInvoker,
+        },
+    });
+}

@@ -1,0 +1,203 @@
+//! The wasmtime engine every operator runs on: one per executor, with fuel, epoch
+//! interruption, the pooling allocator, and a linker per contract that provides WASI 0.2 (denying
+//! everything that would leave the sandbox) and every `wasm-graph:processor` host interface.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use weir_api::ModuleDigest;
+
+use crate::bindings;
+use crate::host::HostState;
+use crate::module::{CompiledModule, ModuleError, inspect, sha256_digest};
+
+/// How the engine is built.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// How often the epoch advances: the granularity of deadlines and of yielding to other tasks.
+    pub epoch_tick: Duration,
+    /// Pre-reserved instance slots (`None`: allocate on demand).
+    pub pooling: Option<PoolingConfig>,
+    /// Largest linear memory any instance may have; tenants' quotas cap it lower.
+    pub max_memory_bytes: u64,
+}
+
+/// Sizes of the pooling allocator.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolingConfig {
+    /// Component instances alive at once across all tenants.
+    pub instance_slots: u32,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            epoch_tick: Duration::from_millis(10),
+            pooling: Some(PoolingConfig { instance_slots: 256 }),
+            max_memory_bytes: 256 << 20,
+        }
+    }
+}
+
+/// Why the engine could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot build the wasm engine: {detail}")]
+pub struct EngineError {
+    detail: String,
+}
+
+impl EngineError {
+    fn new(error: impl std::fmt::Display) -> Self {
+        Self { detail: error.to_string() }
+    }
+}
+
+/// The executor's wasm engine: compiles modules once per digest and instantiates operators.
+/// Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct OperatorEngine {
+    inner: Arc<EngineInner>,
+}
+
+struct EngineInner {
+    engine: Engine,
+    ga_linker: Linker<HostState>,
+    preview_linker: Linker<HostState>,
+    modules: Mutex<HashMap<ModuleDigest, Arc<CompiledModule>>>,
+    _ticker: EpochTicker,
+}
+
+impl std::fmt::Debug for EngineInner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineInner").finish_non_exhaustive()
+    }
+}
+
+impl OperatorEngine {
+    /// Builds the engine and starts its epoch ticker thread.
+    pub fn new(config: &EngineConfig) -> Result<Self, EngineError> {
+        let mut wasm = Config::new();
+        wasm.wasm_component_model(true)
+            .consume_fuel(true)
+            .epoch_interruption(true)
+            .wasm_backtrace_max_frames(std::num::NonZeroUsize::new(32));
+        if let Some(pooling) = config.pooling {
+            let slots = pooling.instance_slots;
+            let mut pool = PoolingAllocationConfig::default();
+            // Sized for componentize-py modules (13 core instances, 5,508 table elements),
+            // the largest real modules measured.
+            pool.total_component_instances(slots)
+                .total_core_instances(slots * 16)
+                .total_memories(slots * 2)
+                .total_tables(slots * 8)
+                .total_stacks(slots)
+                .max_core_instances_per_component(32)
+                .max_memories_per_component(2)
+                .max_tables_per_component(8)
+                .table_elements(32_768)
+                .max_core_instance_size(1 << 20)
+                .max_component_instance_size(1 << 20)
+                .max_memory_size(usize::try_from(config.max_memory_bytes).map_err(EngineError::new)?);
+            wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        }
+        let engine = Engine::new(&wasm).map_err(EngineError::new)?;
+
+        let mut ga_linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut ga_linker).map_err(EngineError::new)?;
+        bindings::ga::OperatorHost::add_to_linker::<HostState, HasSelf<HostState>>(&mut ga_linker, |s| s)
+            .map_err(EngineError::new)?;
+        let mut preview_linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut preview_linker).map_err(EngineError::new)?;
+        bindings::preview::OperatorHost::add_to_linker::<HostState, HasSelf<HostState>>(
+            &mut preview_linker,
+            |s| s,
+        )
+        .map_err(EngineError::new)?;
+
+        let ticker = EpochTicker::start(engine.clone(), config.epoch_tick)?;
+        Ok(Self {
+            inner: Arc::new(EngineInner {
+                engine,
+                ga_linker,
+                preview_linker,
+                modules: Mutex::new(HashMap::new()),
+                _ticker: ticker,
+            }),
+        })
+    }
+
+    pub(crate) fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    /// Validates and compiles `bytes`, or returns the module already compiled from the same
+    /// bytes. Compiling takes milliseconds (Rust modules) to seconds (Python modules): call it
+    /// off the async workers, e.g. in `spawn_blocking`.
+    pub fn load(&self, bytes: &[u8]) -> Result<Arc<CompiledModule>, ModuleError> {
+        let digest = sha256_digest(bytes);
+        if let Some(module) = self.cached(&digest) {
+            return Ok(module);
+        }
+        let compiled = Arc::new(self.compile(digest.clone(), bytes)?);
+        let mut modules = self.inner.modules.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        Ok(modules.entry(digest).or_insert(compiled).clone())
+    }
+
+    /// The module compiled from bytes with this digest, if any.
+    pub fn cached(&self, digest: &ModuleDigest) -> Option<Arc<CompiledModule>> {
+        let modules = self.inner.modules.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        modules.get(digest).cloned()
+    }
+
+    fn compile(&self, digest: ModuleDigest, bytes: &[u8]) -> Result<CompiledModule, ModuleError> {
+        let component = Component::new(&self.inner.engine, bytes)
+            .map_err(|error| ModuleError::Invalid { detail: format!("{error:#}") })?;
+        let shape = inspect(&self.inner.engine, &component)?;
+        let linker = match shape.contract {
+            crate::Contract::Ga => &self.inner.ga_linker,
+            crate::Contract::Preview => &self.inner.preview_linker,
+        };
+        let pre = linker
+            .instantiate_pre(&component)
+            .map_err(|error| ModuleError::Unlinkable { detail: format!("{error:#}") })?;
+        CompiledModule::new(digest, shape, pre)
+    }
+}
+
+/// Advances the engine's epoch on its own OS thread: a ticker on the async runtime would starve
+/// behind the very guest it has to interrupt.
+struct EpochTicker {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    fn start(engine: Engine, tick: Duration) -> Result<Self, EngineError> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("weir-epoch".to_owned())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(tick);
+                    engine.increment_epoch();
+                }
+            })
+            .map_err(EngineError::new)?;
+        Ok(Self { stop, thread: Some(thread) })
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _joined = thread.join();
+        }
+    }
+}

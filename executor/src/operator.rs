@@ -1,0 +1,599 @@
+//! One graph node's operator: a live instance of a compiled module, called under the tenant's
+//! limits. Any trap, fuel exhaustion, deadline or memory-limit hit fails that call only: the
+//! instance (whose store is poisoned) is dropped, and the next call instantiates a fresh one and
+//! runs `init` again with the same configuration.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wasmtime::{PoolConcurrencyLimitError, ResourceLimiter, Store, Trap, UpdateDeadline};
+use weir_api::{DataItem, Hlc};
+use weir_tenants::Quotas;
+
+use crate::bindings::{ga, preview};
+use crate::engine::OperatorEngine;
+use crate::host::{HostState, NodeEnv, ga_data, preview_data};
+use crate::module::{CompiledModule, Indices, OperatorKind};
+
+/// What `init` receives: the node's parameters and the schemas attached to its input.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ModuleConfiguration {
+    /// Parameter key and value pairs.
+    pub properties: Vec<(String, String)>,
+    /// Schemas for the node's input.
+    pub module_schemas: Vec<ModuleSchema>,
+}
+
+/// A schema handed to `init`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModuleSchema {
+    /// Its name.
+    pub name: String,
+    /// Its media type, e.g. `application/schema+json`.
+    pub content_type: String,
+    /// Its text.
+    pub content: String,
+}
+
+/// The bounds of every call into an operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallLimits {
+    /// Fuel one call (and `init`) may use.
+    pub fuel: u64,
+    /// Wall-clock time one call may take, host calls included.
+    pub timeout: Duration,
+    /// Linear memory of the instance.
+    pub memory_bytes: usize,
+    /// Size of one output item.
+    pub max_output_bytes: usize,
+}
+
+impl CallLimits {
+    /// The limits `quotas` set.
+    pub fn from_quotas(quotas: &Quotas) -> Self {
+        Self {
+            fuel: quotas.fuel_per_message,
+            timeout: quotas.call_timeout,
+            memory_bytes: usize::try_from(quotas.memory_per_instance).unwrap_or(usize::MAX),
+            max_output_bytes: usize::try_from(quotas.max_message_bytes).unwrap_or(usize::MAX),
+        }
+    }
+}
+
+/// A guest returned something the host cannot take back.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidOutput(pub(crate) String);
+
+/// Why a call into an operator failed. Each variant has a stable [`reason`](Self::reason), the
+/// code dead letters carry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum OperatorError {
+    /// The operator returned `err` for this item.
+    #[error("operator returned an error: {message}")]
+    Rejected {
+        /// The operator's message.
+        message: String,
+    },
+    /// The call used all its fuel.
+    #[error("fuel exhausted: the call used its budget of {fuel} units")]
+    FuelExhausted {
+        /// The budget.
+        fuel: u64,
+    },
+    /// The call ran past its wall-clock deadline.
+    #[error("deadline exceeded: the call ran longer than {timeout:?}")]
+    Deadline {
+        /// The deadline.
+        timeout: Duration,
+    },
+    /// The instance tried to grow its memory past the limit.
+    #[error("memory limit of {limit} bytes reached")]
+    MemoryLimit {
+        /// The limit.
+        limit: usize,
+    },
+    /// The module trapped (a panic, `unreachable`, an out-of-bounds access...).
+    #[error("module trapped: {detail}")]
+    Trap {
+        /// The trap and its wasm backtrace.
+        detail: String,
+    },
+    /// The output item is larger than the tenant's message size limit.
+    #[error("output of {size} bytes exceeds the limit of {limit} bytes")]
+    OutputTooLarge {
+        /// Its size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The output cannot be taken back (e.g. a buffer handle the host never gave out).
+    #[error("invalid output: {0}")]
+    InvalidOutput(String),
+    /// `init` returned false: the node must not run.
+    #[error("init returned false")]
+    InitRejected,
+    /// `init` failed.
+    #[error("init failed: {0}")]
+    InitFailed(Box<OperatorError>),
+    /// The node does not run this kind of operator.
+    #[error("the node runs a {actual} operator, not a {called}")]
+    WrongKind {
+        /// What the node runs.
+        actual: OperatorKind,
+        /// What was called.
+        called: OperatorKind,
+    },
+    /// The module does not export the node's operator interface.
+    #[error("the module does not export the {0} interface")]
+    MissingExport(OperatorKind),
+    /// Every instance slot of the executor is in use.
+    #[error("no free operator instance slot on this executor")]
+    Capacity,
+}
+
+impl OperatorError {
+    /// The stable code of the failure, as dead letters and metrics carry it.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Rejected { .. } => "operator_error",
+            Self::FuelExhausted { .. } => "fuel_exhausted",
+            Self::Deadline { .. } => "deadline",
+            Self::MemoryLimit { .. } => "memory_limit",
+            Self::Trap { .. } => "trap",
+            Self::OutputTooLarge { .. } => "output_too_large",
+            Self::InvalidOutput(_) => "invalid_output",
+            Self::InitRejected => "init_rejected",
+            Self::InitFailed(_) => "init_failed",
+            Self::WrongKind { .. } | Self::MissingExport(_) => "wrong_operator",
+            Self::Capacity => "capacity",
+        }
+    }
+
+    /// Whether the instance was lost and will be replaced before the next item.
+    pub fn replaces_instance(&self) -> bool {
+        matches!(
+            self,
+            Self::FuelExhausted { .. } | Self::Deadline { .. } | Self::MemoryLimit { .. } | Self::Trap { .. }
+        )
+    }
+}
+
+/// Counters of one node's operator.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OperatorStats {
+    /// Calls made (`init` excluded).
+    pub calls: u64,
+    /// Calls that failed.
+    pub failures: u64,
+    /// Failures since the last success.
+    pub consecutive_failures: u64,
+    /// Instances created (the first one included).
+    pub instantiations: u64,
+    /// Fuel used by all calls.
+    pub fuel_used: u64,
+}
+
+/// An operator export loaded from a live instance.
+enum Loaded {
+    GaMap(ga::exports::wasm_graph::processor::map::Guest),
+    GaFilter(ga::exports::wasm_graph::processor::filter::Guest),
+    GaBranch(ga::exports::wasm_graph::processor::branch::Guest),
+    GaAccumulate(ga::exports::wasm_graph::processor::accumulate::Guest),
+    GaDelay(ga::exports::wasm_graph::processor::delay::Guest),
+    PreviewMap(preview::exports::tinykube_graph::processor::map::Guest),
+    PreviewFilter(preview::exports::tinykube_graph::processor::filter::Guest),
+    PreviewBranch(preview::exports::tinykube_graph::processor::branch::Guest),
+    PreviewAccumulate(preview::exports::tinykube_graph::processor::accumulate::Guest),
+    PreviewDelay(preview::exports::tinykube_graph::processor::delay::Guest),
+}
+
+struct Live {
+    store: Store<HostState>,
+    operator: Loaded,
+}
+
+/// What a guest call returned, before the host judges it.
+enum Returned<T> {
+    Value(T),
+    GuestError(String),
+    Invalid(InvalidOutput),
+}
+
+type CallOutcome<T> = Result<wasmtime::Result<Returned<T>>, tokio::time::error::Elapsed>;
+
+/// Grace beyond the call timeout for the outer (tokio) deadline, which catches a call stuck in
+/// a host future, where the epoch deadline cannot fire.
+const HOST_GRACE: Duration = Duration::from_millis(200);
+
+/// One graph node's operator.
+pub struct OperatorInstance {
+    engine: OperatorEngine,
+    module: Arc<CompiledModule>,
+    kind: OperatorKind,
+    configuration: ModuleConfiguration,
+    env: Arc<NodeEnv>,
+    limits: CallLimits,
+    live: Option<Live>,
+    stats: OperatorStats,
+}
+
+impl std::fmt::Debug for OperatorInstance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OperatorInstance")
+            .field("node", &self.env.node)
+            .field("kind", &self.kind)
+            .field("module", self.module.digest())
+            .field("live", &self.live.is_some())
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OperatorInstance {
+    /// A node running `module`'s `kind` operator; nothing is instantiated until
+    /// [`start`](Self::start) or the first call.
+    pub fn new(
+        engine: OperatorEngine,
+        module: Arc<CompiledModule>,
+        kind: OperatorKind,
+        configuration: ModuleConfiguration,
+        env: Arc<NodeEnv>,
+        limits: CallLimits,
+    ) -> Result<Self, OperatorError> {
+        if !module.operators().contains(&kind) {
+            return Err(OperatorError::MissingExport(kind));
+        }
+        Ok(Self { engine, module, kind, configuration, env, limits, live: None, stats: OperatorStats::default() })
+    }
+
+    /// Instantiates the module and runs `init`, so a misconfigured node fails before any item.
+    pub async fn start(&mut self) -> Result<(), OperatorError> {
+        self.live().await.map(|_| ())
+    }
+
+    /// Drops the live instance (an idle node costs nothing); the next call re-creates it.
+    pub fn release(&mut self) {
+        self.live = None;
+    }
+
+    /// The node's counters.
+    pub fn stats(&self) -> OperatorStats {
+        self.stats
+    }
+
+    /// The operator kind the node runs.
+    pub fn kind(&self) -> OperatorKind {
+        self.kind
+    }
+
+    /// `map`: one item in, one item out.
+    pub async fn map(&mut self, item: &DataItem) -> Result<DataItem, OperatorError> {
+        self.expect_kind(OperatorKind::Map)?;
+        let timeout = self.limits.timeout + HOST_GRACE;
+        let live = self.live().await?;
+        let outcome: CallOutcome<DataItem> = tokio::time::timeout(timeout, async {
+            let Live { store, operator } = live;
+            match operator {
+                Loaded::GaMap(guest) => {
+                    let input = ga_data::lower(store.data_mut(), item)?;
+                    Ok(match guest.call_process(&mut *store, &input).await? {
+                        Ok(output) => lift_with(ga_data::lift(store.data_mut(), output)),
+                        Err(error) => Returned::GuestError(error.message),
+                    })
+                }
+                Loaded::PreviewMap(guest) => {
+                    let input = preview_data::lower(store.data_mut(), item)?;
+                    let output = guest.call_process(&mut *store, &input).await?;
+                    Ok(lift_with(preview_data::lift(store.data_mut(), output)))
+                }
+                _ => Err(wasmtime::format_err!("loaded operator is not a map")),
+            }
+        })
+        .await;
+        let output = self.finish(outcome)?;
+        self.check_output_size(output)
+    }
+
+    /// `filter`: whether to keep the item.
+    pub async fn filter(&mut self, item: &DataItem) -> Result<bool, OperatorError> {
+        self.expect_kind(OperatorKind::Filter)?;
+        let timeout = self.limits.timeout + HOST_GRACE;
+        let live = self.live().await?;
+        let outcome: CallOutcome<bool> = tokio::time::timeout(timeout, async {
+            let Live { store, operator } = live;
+            match operator {
+                Loaded::GaFilter(guest) => {
+                    let input = ga_data::lower(store.data_mut(), item)?;
+                    Ok(match guest.call_process(&mut *store, &input).await? {
+                        Ok(keep) => Returned::Value(keep),
+                        Err(error) => Returned::GuestError(error.message),
+                    })
+                }
+                Loaded::PreviewFilter(guest) => {
+                    let input = preview_data::lower(store.data_mut(), item)?;
+                    Ok(Returned::Value(guest.call_process(&mut *store, &input).await?))
+                }
+                _ => Err(wasmtime::format_err!("loaded operator is not a filter")),
+            }
+        })
+        .await;
+        self.finish(outcome)
+    }
+
+    /// `branch`: `false` for the first arm, `true` for the second. `time` is the dataflow time.
+    pub async fn branch(&mut self, time: &Hlc, item: &DataItem) -> Result<bool, OperatorError> {
+        self.expect_kind(OperatorKind::Branch)?;
+        let timeout = self.limits.timeout + HOST_GRACE;
+        let live = self.live().await?;
+        let outcome: CallOutcome<bool> = tokio::time::timeout(timeout, async {
+            let Live { store, operator } = live;
+            match operator {
+                Loaded::GaBranch(guest) => {
+                    let input = ga_data::lower(store.data_mut(), item)?;
+                    let time = ga_data::lower_hlc(time);
+                    Ok(match guest.call_process(&mut *store, &time, &input).await? {
+                        Ok(arm) => Returned::Value(arm),
+                        Err(error) => Returned::GuestError(error.message),
+                    })
+                }
+                Loaded::PreviewBranch(guest) => {
+                    let input = preview_data::lower(store.data_mut(), item)?;
+                    let time = preview_data::lower_hlc(time);
+                    Ok(Returned::Value(guest.call_process(&mut *store, &time, &input).await?))
+                }
+                _ => Err(wasmtime::format_err!("loaded operator is not a branch")),
+            }
+        })
+        .await;
+        self.finish(outcome)
+    }
+
+    /// `accumulate`: folds `items` into `staged` and returns the new staged value.
+    pub async fn accumulate(&mut self, staged: &DataItem, items: &[DataItem]) -> Result<DataItem, OperatorError> {
+        self.expect_kind(OperatorKind::Accumulate)?;
+        let timeout = self.limits.timeout + HOST_GRACE;
+        let live = self.live().await?;
+        let outcome: CallOutcome<DataItem> = tokio::time::timeout(timeout, async {
+            let Live { store, operator } = live;
+            match operator {
+                Loaded::GaAccumulate(guest) => {
+                    let staged = ga_data::lower(store.data_mut(), staged)?;
+                    let items = items.iter().map(|i| ga_data::lower(store.data_mut(), i)).collect::<Result<Vec<_>, _>>()?;
+                    Ok(match guest.call_process(&mut *store, &staged, &items).await? {
+                        Ok(output) => lift_with(ga_data::lift(store.data_mut(), output)),
+                        Err(error) => Returned::GuestError(error.message),
+                    })
+                }
+                Loaded::PreviewAccumulate(guest) => {
+                    let staged = preview_data::lower(store.data_mut(), staged)?;
+                    let items = items.iter().map(|i| preview_data::lower(store.data_mut(), i)).collect::<Result<Vec<_>, _>>()?;
+                    let output = guest.call_process(&mut *store, &staged, &items).await?;
+                    Ok(lift_with(preview_data::lift(store.data_mut(), output)))
+                }
+                _ => Err(wasmtime::format_err!("loaded operator is not an accumulate")),
+            }
+        })
+        .await;
+        let output = self.finish(outcome)?;
+        self.check_output_size(output)
+    }
+
+    /// `delay`: the later dataflow time at which `item` continues.
+    pub async fn delay(&mut self, item: &DataItem, time: &Hlc) -> Result<Hlc, OperatorError> {
+        self.expect_kind(OperatorKind::Delay)?;
+        let timeout = self.limits.timeout + HOST_GRACE;
+        let live = self.live().await?;
+        let outcome: CallOutcome<Hlc> = tokio::time::timeout(timeout, async {
+            let Live { store, operator } = live;
+            match operator {
+                Loaded::GaDelay(guest) => {
+                    let input = ga_data::lower(store.data_mut(), item)?;
+                    let time = ga_data::lower_hlc(time);
+                    Ok(match guest.call_process(&mut *store, &input, &time).await? {
+                        Ok(later) => Returned::Value(ga_data::lift_hlc(later)),
+                        Err(error) => Returned::GuestError(error.message),
+                    })
+                }
+                Loaded::PreviewDelay(guest) => {
+                    let input = preview_data::lower(store.data_mut(), item)?;
+                    let time = preview_data::lower_hlc(time);
+                    Ok(Returned::Value(preview_data::lift_hlc(guest.call_process(&mut *store, &input, &time).await?)))
+                }
+                _ => Err(wasmtime::format_err!("loaded operator is not a delay")),
+            }
+        })
+        .await;
+        self.finish(outcome)
+    }
+
+    fn expect_kind(&self, called: OperatorKind) -> Result<(), OperatorError> {
+        if self.kind == called { Ok(()) } else { Err(OperatorError::WrongKind { actual: self.kind, called }) }
+    }
+
+    fn check_output_size(&mut self, output: DataItem) -> Result<DataItem, OperatorError> {
+        let size = output.byte_len();
+        if size > self.limits.max_output_bytes {
+            self.count_failure();
+            return Err(OperatorError::OutputTooLarge { size, limit: self.limits.max_output_bytes });
+        }
+        Ok(output)
+    }
+
+    /// The live instance, created and `init`ed if there is none; arms its per-call limits.
+    async fn live(&mut self) -> Result<&mut Live, OperatorError> {
+        let live = match self.live.take() {
+            Some(live) => live,
+            None => {
+                let live = self.instantiate().await.map_err(|e| match e {
+                    OperatorError::InitRejected | OperatorError::Capacity => e,
+                    other => OperatorError::InitFailed(Box::new(other)),
+                })?;
+                self.stats.instantiations += 1;
+                live
+            }
+        };
+        let live = self.live.insert(live);
+        arm(&mut live.store, &self.limits).map_err(|error| OperatorError::Trap { detail: format!("{error:#}") })?;
+        Ok(live)
+    }
+
+    async fn instantiate(&self) -> Result<Live, OperatorError> {
+        let limits = self.limits;
+        let mut store = Store::new(self.engine.engine(), HostState::new(self.env.clone(), limits.memory_bytes));
+        store.limiter(|state| state as &mut dyn ResourceLimiter);
+        store.epoch_deadline_callback(|mut context| {
+            if Instant::now() >= context.data().deadline {
+                context.data_mut().deadline_hit = true;
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                // Give the worker back to other tasks every tick.
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        arm(&mut store, &limits).map_err(|error| OperatorError::Trap { detail: format!("{error:#}") })?;
+        let outcome = tokio::time::timeout(limits.timeout + HOST_GRACE, async {
+            let instance = self.module.pre.instantiate_async(&mut store).await?;
+            let configuration = &self.configuration;
+            let (operator, accepted) = match (&self.module.indices, self.kind) {
+                (Indices::Ga { map: Some(ix), .. }, OperatorKind::Map) => {
+                    let g = ix.load(&mut store, &instance)?;
+                    let ok = g.call_init(&mut store, &ga_data::lower_configuration(configuration)).await?;
+                    (Loaded::GaMap(g), ok)
+                }
+                (Indices::Ga { filter: Some(ix), .. }, OperatorKind::Filter) => {
+                    let g = ix.load(&mut store, &instance)?;
+                    let ok = g.call_init(&mut store, &ga_data::lower_configuration(configuration)).await?;
+                    (Loaded::GaFilter(g), ok)
+                }
+                (Indices::Ga { branch: Some(ix), .. }, OperatorKind::Branch) => {
+                    let g = ix.load(&mut store, &instance)?;
+                    let ok = g.call_init(&mut store, &ga_data::lower_configuration(configuration)).await?;
+                    (Loaded::GaBranch(g), ok)
+                }
+                (Indices::Ga { accumulate: Some(ix), .. }, OperatorKind::Accumulate) => {
+                    let g = ix.load(&mut store, &instance)?;
+                    let ok = g.call_init(&mut store, &ga_data::lower_configuration(configuration)).await?;
+                    (Loaded::GaAccumulate(g), ok)
+                }
+                (Indices::Ga { delay: Some(ix), .. }, OperatorKind::Delay) => {
+                    let g = ix.load(&mut store, &instance)?;
+                    let ok = g.call_init(&mut store, &ga_data::lower_configuration(configuration)).await?;
+                    (Loaded::GaDelay(g), ok)
+                }
+                (Indices::Preview { map: Some(ix), .. }, OperatorKind::Map) => {
+                    let g = ix.load(&mut store, &instance)?;
+                    let ok = g.call_init(&mut store, &preview_data::lower_configuration(configuration)).await?;
+                    (Loaded::PreviewMap(g), ok)
+                }
+                (Indices::Preview { filter: Some(ix), .. }, OperatorKind::Filter) => {
+                    let g = ix.load(&mut store, &instance)?;
+                    let ok = g.call_init(&mut store, &preview_data::lower_configuration(configuration)).await?;
+                    (Loaded::PreviewFilter(g), ok)
+                }
+                (Indices::Preview { branch: Some(ix), .. }, OperatorKind::Branch) => {
+                    let g = ix.load(&mut store, &instance)?;
+                    let ok = g.call_init(&mut store, &preview_data::lower_configuration(configuration)).await?;
+                    (Loaded::PreviewBranch(g), ok)
+                }
+                (Indices::Preview { accumulate: Some(ix), .. }, OperatorKind::Accumulate) => {
+                    let g = ix.load(&mut store, &instance)?;
+                    let ok = g.call_init(&mut store, &preview_data::lower_configuration(configuration)).await?;
+                    (Loaded::PreviewAccumulate(g), ok)
+                }
+                (Indices::Preview { delay: Some(ix), .. }, OperatorKind::Delay) => {
+                    let g = ix.load(&mut store, &instance)?;
+                    let ok = g.call_init(&mut store, &preview_data::lower_configuration(configuration)).await?;
+                    (Loaded::PreviewDelay(g), ok)
+                }
+                (_, kind) => return Err(wasmtime::format_err!("module does not export {kind}")),
+            };
+            Ok::<_, wasmtime::Error>((operator, accepted))
+        })
+        .await;
+        match outcome {
+            Err(_elapsed) => Err(OperatorError::Deadline { timeout: limits.timeout }),
+            Ok(Err(error)) => Err(classify(&error, store.data(), &limits)),
+            Ok(Ok((_, false))) => Err(OperatorError::InitRejected),
+            Ok(Ok((operator, true))) => Ok(Live { store, operator }),
+        }
+    }
+
+    /// Judges a finished call: counts it, and drops the instance after a trap or limit hit.
+    fn finish<T>(&mut self, outcome: CallOutcome<T>) -> Result<T, OperatorError> {
+        self.stats.calls += 1;
+        if let Some(live) = &self.live {
+            let left = live.store.get_fuel().unwrap_or(0);
+            self.stats.fuel_used += self.limits.fuel.saturating_sub(left);
+        }
+        let result = match outcome {
+            Err(_elapsed) => Err(OperatorError::Deadline { timeout: self.limits.timeout }),
+            Ok(Err(error)) => {
+                let state = self.live.as_ref().map(|l| l.store.data());
+                Err(match state {
+                    Some(state) => classify(&error, state, &self.limits),
+                    None => OperatorError::Trap { detail: format!("{error:#}") },
+                })
+            }
+            Ok(Ok(Returned::Value(value))) => Ok(value),
+            Ok(Ok(Returned::GuestError(message))) => Err(OperatorError::Rejected { message }),
+            Ok(Ok(Returned::Invalid(InvalidOutput(reason)))) => Err(OperatorError::InvalidOutput(reason)),
+        };
+        match &result {
+            Ok(_) => self.stats.consecutive_failures = 0,
+            Err(error) => {
+                self.count_failure();
+                if error.replaces_instance() {
+                    // The store is poisoned after a trap; a cancelled call poisons it too.
+                    self.live = None;
+                    self.env.log(crate::logs::LogLevel::Error, "weir", &format!("{} (instance replaced)", error));
+                }
+            }
+        }
+        result
+    }
+
+    fn count_failure(&mut self) {
+        self.stats.failures += 1;
+        self.stats.consecutive_failures += 1;
+    }
+}
+
+fn lift_with(lifted: Result<DataItem, InvalidOutput>) -> Returned<DataItem> {
+    match lifted {
+        Ok(item) => Returned::Value(item),
+        Err(invalid) => Returned::Invalid(invalid),
+    }
+}
+
+/// Refills fuel and restarts the deadline before a call.
+fn arm(store: &mut Store<HostState>, limits: &CallLimits) -> wasmtime::Result<()> {
+    store.set_fuel(limits.fuel)?;
+    store.set_epoch_deadline(1);
+    let state = store.data_mut();
+    state.deadline = Instant::now() + limits.timeout;
+    state.deadline_hit = false;
+    state.memory_limit_hit = false;
+    Ok(())
+}
+
+/// Names what stopped a call, from wasmtime's error and the flags the host set.
+fn classify(error: &wasmtime::Error, state: &HostState, limits: &CallLimits) -> OperatorError {
+    if state.memory_limit_hit {
+        return OperatorError::MemoryLimit { limit: limits.memory_bytes };
+    }
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => return OperatorError::FuelExhausted { fuel: limits.fuel },
+        Some(Trap::Interrupt) => return OperatorError::Deadline { timeout: limits.timeout },
+        _ => {}
+    }
+    if state.deadline_hit {
+        return OperatorError::Deadline { timeout: limits.timeout };
+    }
+    if error.downcast_ref::<PoolConcurrencyLimitError>().is_some() {
+        return OperatorError::Capacity;
+    }
+    let detail = crate::host::truncate(&format!("{error:?}"), 8 * 1024);
+    OperatorError::Trap { detail }
+}
