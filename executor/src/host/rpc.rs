@@ -1,19 +1,20 @@
 //! The resources of `command-invoker` (MQTT RPC). weir has no RPC transport for modules yet, so
+#![allow(unreachable_pub, reason = "the generated bindings re-export these types")]
 //! builders work (a module can build requests) and invoking answers `client-error`; the
 //! resources carry nothing.
 
 /// A built request.
 #[derive(Debug)]
-pub(crate) struct CommandRequest;
+pub struct CommandRequest;
 /// A request being built.
 #[derive(Debug)]
-pub(crate) struct CommandRequestBuilder;
+pub struct CommandRequestBuilder;
 /// Built invoker options.
 #[derive(Debug)]
-pub(crate) struct CommandInvokerOptions;
+pub struct CommandInvokerOptions;
 /// Invoker options being built.
 #[derive(Debug)]
-pub(crate) struct CommandInvokerOptionsBuilder;
+pub struct CommandInvokerOptionsBuilder;
 /// An invoker.
 #[derive(Debug)]
-pub(crate) struct CommandInvoker;
+pub struct CommandInvoker;
