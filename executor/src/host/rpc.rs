@@ -1,7 +1,7 @@
 //! The resources of `command-invoker` (MQTT RPC). weir has no RPC transport for modules yet, so
-#![allow(unreachable_pub, reason = "the generated bindings re-export these types")]
 //! builders work (a module can build requests) and invoking answers `client-error`; the
 //! resources carry nothing.
+#![allow(unreachable_pub, reason = "the generated bindings re-export these types")]
 
 /// A built request.
 #[derive(Debug)]
