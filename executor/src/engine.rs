@@ -14,7 +14,7 @@ use weir_api::ModuleDigest;
 
 use crate::bindings;
 use crate::host::HostState;
-use crate::module::{CompiledModule, ModuleError, inspect, sha256_digest};
+use crate::module::{CompiledModule, ModuleError, check_header, inspect, sha256_digest};
 
 /// How the engine is built.
 #[derive(Debug, Clone)]
@@ -155,6 +155,7 @@ impl OperatorEngine {
     }
 
     fn compile(&self, digest: ModuleDigest, bytes: &[u8]) -> Result<CompiledModule, ModuleError> {
+        check_header(bytes)?;
         let component = Component::new(&self.inner.engine, bytes)
             .map_err(|error| ModuleError::Invalid { detail: format!("{error:#}") })?;
         let shape = inspect(&self.inner.engine, &component)?;
