@@ -83,7 +83,11 @@ mod tests {
 
     #[test]
     fn wire_names_match_serde_names() {
-        for code in [ErrorCode::InvalidModule, ErrorCode::QuotaExceeded, ErrorCode::RateLimited] {
+        for code in [
+            ErrorCode::InvalidModule,
+            ErrorCode::QuotaExceeded,
+            ErrorCode::RateLimited,
+        ] {
             let json = serde_json::to_string(&code).unwrap();
             assert_eq!(json, format!("\"{}\"", code.as_str()));
         }

@@ -29,7 +29,12 @@ pub struct HlcParseError {
 impl Hlc {
     /// The reading at `time` with counter 0.
     pub fn at(time: Duration, node_id: impl Into<String>) -> Self {
-        Self { secs: time.as_secs(), nanos: time.subsec_nanos(), counter: 0, node_id: node_id.into() }
+        Self {
+            secs: time.as_secs(),
+            nanos: time.subsec_nanos(),
+            counter: 0,
+            node_id: node_id.into(),
+        }
     }
 
     /// The wall-clock part.
@@ -46,17 +51,33 @@ impl Hlc {
     /// Parses Azure's `__ts` user property, leniently: `<ms>:<counter>:<node-id>`, with or
     /// without zero padding; the node id may itself contain `:`.
     pub fn parse_ts(text: &str) -> Result<Self, HlcParseError> {
-        let error = || HlcParseError { text: text.to_owned() };
+        let error = || HlcParseError {
+            text: text.to_owned(),
+        };
         let mut parts = text.splitn(3, ':');
-        let millis: u64 = parts.next().and_then(|p| p.parse().ok()).ok_or_else(error)?;
-        let counter: u64 = parts.next().and_then(|p| p.parse().ok()).ok_or_else(error)?;
+        let millis: u64 = parts
+            .next()
+            .and_then(|p| p.parse().ok())
+            .ok_or_else(error)?;
+        let counter: u64 = parts
+            .next()
+            .and_then(|p| p.parse().ok())
+            .ok_or_else(error)?;
         let node_id = parts.next().ok_or_else(error)?;
-        Ok(Self { counter, ..Self::at(Duration::from_millis(millis), node_id) })
+        Ok(Self {
+            counter,
+            ..Self::at(Duration::from_millis(millis), node_id)
+        })
     }
 
     /// The zero-padded `__ts` form Azure's SDKs write: `{ms:0>15}:{counter:0>5}:{node_id}`.
     pub fn to_ts(&self) -> String {
-        format!("{:0>15}:{:0>5}:{}", self.millis(), self.counter, self.node_id)
+        format!(
+            "{:0>15}:{:0>5}:{}",
+            self.millis(),
+            self.counter,
+            self.node_id
+        )
     }
 }
 
@@ -77,7 +98,10 @@ pub struct HlcClock {
 impl HlcClock {
     /// A clock for `node_id`.
     pub fn new(node_id: impl Into<String>) -> Self {
-        Self { node_id: node_id.into(), last: Mutex::new((Duration::ZERO, 0)) }
+        Self {
+            node_id: node_id.into(),
+            last: Mutex::new((Duration::ZERO, 0)),
+        }
     }
 
     /// The node id readings carry.
@@ -87,19 +111,26 @@ impl HlcClock {
 
     /// A reading later than every earlier reading of this clock.
     pub fn now(&self) -> Hlc {
-        let wall = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
         self.advance(wall, None)
     }
 
     /// A reading later than both every earlier reading and `remote` (the HLC receive rule).
     pub fn update(&self, remote: &Hlc) -> Hlc {
-        let wall = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
         self.advance(wall, Some((remote.time(), remote.counter)))
     }
 
     fn advance(&self, wall: Duration, remote: Option<(Duration, u64)>) -> Hlc {
         // A poisoned lock still holds a valid reading; keep going with it.
-        let mut last = self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut last = self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let (mut time, mut counter) = *last;
         let remote = remote.unwrap_or((Duration::ZERO, 0));
         let latest = wall.max(time).max(remote.0);
@@ -114,7 +145,10 @@ impl HlcClock {
         };
         time = latest;
         *last = (time, counter);
-        Hlc { counter, ..Hlc::at(time, self.node_id.clone()) }
+        Hlc {
+            counter,
+            ..Hlc::at(time, self.node_id.clone())
+        }
     }
 }
 
@@ -125,7 +159,10 @@ mod tests {
     #[test]
     fn parses_padded_and_unpadded_ts() {
         let padded = Hlc::parse_ts("001758255553528:00007:node-a").unwrap();
-        assert_eq!((padded.millis(), padded.counter, padded.node_id.as_str()), (1758255553528, 7, "node-a"));
+        assert_eq!(
+            (padded.millis(), padded.counter, padded.node_id.as_str()),
+            (1758255553528, 7, "node-a")
+        );
         let plain = Hlc::parse_ts("1758255553000:0:df").unwrap();
         assert_eq!(plain.millis(), 1758255553000);
         assert_eq!(Hlc::parse_ts("5:1:a:b").unwrap().node_id, "a:b");
@@ -140,7 +177,10 @@ mod tests {
 
     #[test]
     fn ts_round_trips_in_padded_form() {
-        let hlc = Hlc { counter: 3, ..Hlc::at(Duration::from_millis(1_758_255_553_528), "n") };
+        let hlc = Hlc {
+            counter: 3,
+            ..Hlc::at(Duration::from_millis(1_758_255_553_528), "n")
+        };
         assert_eq!(hlc.to_ts(), "001758255553528:00003:n");
         assert_eq!(Hlc::parse_ts(&hlc.to_ts()).unwrap(), hlc);
     }
@@ -148,7 +188,10 @@ mod tests {
     #[test]
     fn orders_by_time_then_counter_then_node() {
         let a = Hlc::at(Duration::from_secs(1), "b");
-        let b = Hlc { counter: 1, ..Hlc::at(Duration::from_secs(1), "a") };
+        let b = Hlc {
+            counter: 1,
+            ..Hlc::at(Duration::from_secs(1), "a")
+        };
         let c = Hlc::at(Duration::from_secs(2), "a");
         assert!(a < b && b < c);
     }
@@ -167,7 +210,10 @@ mod tests {
     #[test]
     fn clock_moves_past_a_remote_reading_from_the_future() {
         let clock = HlcClock::new("n");
-        let future = Hlc { counter: 9, ..Hlc::at(Duration::from_secs(u64::MAX / 4), "far") };
+        let future = Hlc {
+            counter: 9,
+            ..Hlc::at(Duration::from_secs(u64::MAX / 4), "far")
+        };
         let merged = clock.update(&future);
         assert!(merged.time() == future.time() && merged.counter == 10);
         assert!(clock.now() > merged);

@@ -41,10 +41,15 @@ impl TenantId {
     pub fn new(id: impl Into<String>) -> Result<Self, IdError> {
         let id = id.into();
         if id.is_empty() || id.len() > Self::MAX_LEN {
-            return Err(IdError::Length { kind: "tenant id", max: Self::MAX_LEN, len: id.len() });
+            return Err(IdError::Length {
+                kind: "tenant id",
+                max: Self::MAX_LEN,
+                len: id.len(),
+            });
         }
-        if let Some(found) =
-            id.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
+        if let Some(found) = id
+            .chars()
+            .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
         {
             return Err(IdError::Character {
                 kind: "tenant id",
@@ -103,7 +108,11 @@ impl ModuleDigest {
             });
         };
         if hex.len() != 64 {
-            return Err(IdError::Length { kind: "module digest hex", max: 64, len: hex.len() });
+            return Err(IdError::Length {
+                kind: "module digest hex",
+                max: 64,
+                len: hex.len(),
+            });
         }
         if let Some(found) = hex.chars().find(|c| !matches!(c, '0'..='9' | 'a'..='f')) {
             return Err(IdError::Character {

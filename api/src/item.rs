@@ -69,11 +69,18 @@ impl Message {
 
     /// The value of the first user property named `key`.
     pub fn user_property(&self, key: &[u8]) -> Option<&Bytes> {
-        self.user_properties.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+        self.user_properties
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v)
     }
 
     fn byte_len(&self) -> usize {
-        let properties: usize = self.user_properties.iter().map(|(k, v)| k.len() + v.len()).sum();
+        let properties: usize = self
+            .user_properties
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum();
         let schema = match &self.schema {
             None => 0,
             Some(MessageSchema::RegistryReference(reference)) => reference.len(),

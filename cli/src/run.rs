@@ -55,14 +55,21 @@ struct PrintingLog {
 
 impl LogSink for PrintingLog {
     fn record(&self, record: LogRecord) {
-        eprintln!("log {:?} [{}] {}", record.level, record.context, record.message);
+        eprintln!(
+            "log {:?} [{}] {}",
+            record.level, record.context, record.message
+        );
         self.kept.record(record);
     }
 }
 
 pub(crate) async fn run(args: RunArgs) -> anyhow::Result<std::process::ExitCode> {
-    let kind = OperatorKind::from_name(&args.operator)
-        .with_context(|| format!("unknown operator {:?}: use map, filter, branch, accumulate or delay", args.operator))?;
+    let kind = OperatorKind::from_name(&args.operator).with_context(|| {
+        format!(
+            "unknown operator {:?}: use map, filter, branch, accumulate or delay",
+            args.operator
+        )
+    })?;
     let properties = args
         .config
         .iter()
@@ -72,14 +79,19 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<std::process::ExitCode>
                 .with_context(|| format!("--config {pair:?} is not KEY=VALUE"))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let bytes = std::fs::read(&args.module).with_context(|| format!("cannot read module {}", args.module.display()))?;
+    let bytes = std::fs::read(&args.module)
+        .with_context(|| format!("cannot read module {}", args.module.display()))?;
     let payloads = read_payloads(&args.input)?;
 
-    let engine = OperatorEngine::new(&EngineConfig { pooling: None, ..EngineConfig::default() })?;
+    let engine = OperatorEngine::new(&EngineConfig {
+        pooling: None,
+        ..EngineConfig::default()
+    })?;
     let module = tokio::task::spawn_blocking(move || engine.load(&bytes).map(|m| (engine, m)))
         .await
         .context("module compilation panicked")?;
-    let (engine, module) = module.with_context(|| format!("{} is not a module weir can run", args.module.display()))?;
+    let (engine, module) = module
+        .with_context(|| format!("{} is not a module weir can run", args.module.display()))?;
 
     let quotas = Quotas::default();
     let tenant = TenantId::new("local")?;
@@ -96,13 +108,25 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<std::process::ExitCode>
             },
         ),
         state_timeout_cap: Duration::from_secs(1),
-        logs: Arc::new(PrintingLog { kept: MemoryLogSink::new(16) }),
+        logs: Arc::new(PrintingLog {
+            kept: MemoryLogSink::new(16),
+        }),
         metrics: Arc::new(MetricsRegistry::new(quotas.max_metric_series as usize)),
         max_log_line_bytes: quotas.max_log_line_bytes as usize,
         clock: Arc::new(HlcClock::new("weir-run")),
     });
-    let configuration = ModuleConfiguration { properties, module_schemas: Vec::new() };
-    let mut node = OperatorInstance::new(engine, module, kind, configuration, env.clone(), CallLimits::from_quotas(&quotas))?;
+    let configuration = ModuleConfiguration {
+        properties,
+        module_schemas: Vec::new(),
+    };
+    let mut node = OperatorInstance::new(
+        engine,
+        module,
+        kind,
+        configuration,
+        env.clone(),
+        CallLimits::from_quotas(&quotas),
+    )?;
     if let Err(error) = node.start().await {
         bail!("the {kind} operator did not start: {error}");
     }
@@ -116,7 +140,11 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<std::process::ExitCode>
     let mut dead_letters = 0usize;
     let mut dead_letter = |index: usize, error: &OperatorError| {
         dead_letters += 1;
-        eprintln!("dead letter: item {} reason={} {error}", index + 1, error.reason());
+        eprintln!(
+            "dead letter: item {} reason={} {error}",
+            index + 1,
+            error.reason()
+        );
     };
     match kind {
         OperatorKind::Accumulate => {
@@ -140,7 +168,12 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<std::process::ExitCode>
                         Err(error) => dead_letter(index, &error),
                     },
                     OperatorKind::Branch => match node.branch(&time, item).await {
-                        Ok(arm) => print_item(&mut out, args.output, Some(if arm { "True" } else { "False" }), item)?,
+                        Ok(arm) => print_item(
+                            &mut out,
+                            args.output,
+                            Some(if arm { "True" } else { "False" }),
+                            item,
+                        )?,
                         Err(error) => dead_letter(index, &error),
                     },
                     OperatorKind::Delay => match node.delay(item, &time).await {
@@ -167,7 +200,8 @@ fn read_payloads(input: &PathBuf) -> anyhow::Result<Vec<String>> {
     let reader: Box<dyn BufRead> = if input.as_os_str() == "-" {
         Box::new(std::io::stdin().lock())
     } else {
-        let file = std::fs::File::open(input).with_context(|| format!("cannot read input {}", input.display()))?;
+        let file = std::fs::File::open(input)
+            .with_context(|| format!("cannot read input {}", input.display()))?;
         Box::new(std::io::BufReader::new(file))
     };
     let mut payloads = Vec::new();
@@ -182,7 +216,9 @@ fn read_payloads(input: &PathBuf) -> anyhow::Result<Vec<String>> {
 
 /// The start of the current 10-second window: the dataflow time of `weir run`'s one fold.
 fn window_start() -> Hlc {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     Hlc::at(Duration::from_secs(now.as_secs() / 10 * 10), "weir-run")
 }
 
@@ -190,7 +226,12 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-fn print_item(out: &mut impl Write, format: OutputFormat, arm: Option<&str>, item: &DataItem) -> anyhow::Result<()> {
+fn print_item(
+    out: &mut impl Write,
+    format: OutputFormat,
+    arm: Option<&str>,
+    item: &DataItem,
+) -> anyhow::Result<()> {
     match (format, item) {
         (OutputFormat::Text, DataItem::Message(m)) => {
             let prefix = arm.map(|a| format!("[{a}] ")).unwrap_or_default();
@@ -214,15 +255,24 @@ fn print_item(out: &mut impl Write, format: OutputFormat, arm: Option<&str>, ite
             writeln!(out, "{value}")?;
         }
         (_, DataItem::Bytes(bytes)) => writeln!(out, "{}", text(bytes))?,
-        (_, DataItem::Snapshot(s)) => writeln!(out, "snapshot {}x{} {}", s.width, s.height, text(&s.format))?,
+        (_, DataItem::Snapshot(s)) => {
+            writeln!(out, "snapshot {}x{} {}", s.width, s.height, text(&s.format))?
+        }
     }
     Ok(())
 }
 
-fn print_time(out: &mut impl Write, format: OutputFormat, from: &Hlc, to: &Hlc) -> anyhow::Result<()> {
+fn print_time(
+    out: &mut impl Write,
+    format: OutputFormat,
+    from: &Hlc,
+    to: &Hlc,
+) -> anyhow::Result<()> {
     match format {
         OutputFormat::Text => writeln!(out, "{from} -> {to}")?,
-        OutputFormat::Json => writeln!(out, "{}", json!({ "from": from.to_ts(), "to": to.to_ts() }))?,
+        OutputFormat::Json => {
+            writeln!(out, "{}", json!({ "from": from.to_ts(), "to": to.to_ts() }))?
+        }
     }
     Ok(())
 }

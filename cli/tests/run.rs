@@ -12,25 +12,49 @@ fn weir_run(args: &[&str], input: &str) -> (String, String, bool) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
     let output = child.wait_with_output().unwrap();
-    (String::from_utf8(output.stdout).unwrap(), String::from_utf8(output.stderr).unwrap(), output.status.success())
+    (
+        String::from_utf8(output.stdout).unwrap(),
+        String::from_utf8(output.stderr).unwrap(),
+        output.status.success(),
+    )
 }
 
 #[test]
 fn runs_the_temperature_map_over_stdin_and_prints_outputs() {
     let module = weir_guests::TEMPERATURE.path();
     let input = "{\"temperature\":{\"value\":1209,\"unit\":\"F\"}}\nnot json\n{\"humidity\":{\"value\":40}}\n";
-    let (stdout, stderr, ok) = weir_run(&[module.to_str().unwrap(), "--operator", "map", "--output", "json"], input);
+    let (stdout, stderr, ok) = weir_run(
+        &[
+            module.to_str().unwrap(),
+            "--operator",
+            "map",
+            "--output",
+            "json",
+        ],
+        input,
+    );
     assert!(ok, "{stderr}");
-    let lines: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 2, "{stdout}");
     assert_eq!(
         lines[0]["payload"],
         r#"{"temperature":{"value":653.8888888888889,"count":0,"max":0.0,"min":0.0,"average":0.0,"last":0.0,"unit":"C","overtemp":false}}"#
     );
     assert_eq!(lines[1]["payload"], r#"{"humidity":{"value":40}}"#);
-    assert!(stderr.contains("dead letter: item 2 reason=operator_error"), "{stderr}");
+    assert!(
+        stderr.contains("dead letter: item 2 reason=operator_error"),
+        "{stderr}"
+    );
     assert!(stderr.contains("done: 3 items, 1 dead letters"), "{stderr}");
 }
 

@@ -38,7 +38,9 @@ impl Default for EngineConfig {
     fn default() -> Self {
         Self {
             epoch_tick: Duration::from_millis(10),
-            pooling: Some(PoolingConfig { instance_slots: 256 }),
+            pooling: Some(PoolingConfig {
+                instance_slots: 256,
+            }),
             max_memory_bytes: 256 << 20,
         }
     }
@@ -53,7 +55,9 @@ pub struct EngineError {
 
 impl EngineError {
     fn new(error: impl std::fmt::Display) -> Self {
-        Self { detail: error.to_string() }
+        Self {
+            detail: error.to_string(),
+        }
     }
 }
 
@@ -102,15 +106,20 @@ impl OperatorEngine {
                 .table_elements(32_768)
                 .max_core_instance_size(1 << 20)
                 .max_component_instance_size(1 << 20)
-                .max_memory_size(usize::try_from(config.max_memory_bytes).map_err(EngineError::new)?);
+                .max_memory_size(
+                    usize::try_from(config.max_memory_bytes).map_err(EngineError::new)?,
+                );
             wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         }
         let engine = Engine::new(&wasm).map_err(EngineError::new)?;
 
         let mut ga_linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut ga_linker).map_err(EngineError::new)?;
-        bindings::ga::OperatorHost::add_to_linker::<HostState, HasSelf<HostState>>(&mut ga_linker, |s| s)
-            .map_err(EngineError::new)?;
+        bindings::ga::OperatorHost::add_to_linker::<HostState, HasSelf<HostState>>(
+            &mut ga_linker,
+            |s| s,
+        )
+        .map_err(EngineError::new)?;
         let mut preview_linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut preview_linker).map_err(EngineError::new)?;
         bindings::preview::OperatorHost::add_to_linker::<HostState, HasSelf<HostState>>(
@@ -144,20 +153,30 @@ impl OperatorEngine {
             return Ok(module);
         }
         let compiled = Arc::new(self.compile(digest.clone(), bytes)?);
-        let mut modules = self.inner.modules.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut modules = self
+            .inner
+            .modules
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         Ok(modules.entry(digest).or_insert(compiled).clone())
     }
 
     /// The module compiled from bytes with this digest, if any.
     pub fn cached(&self, digest: &ModuleDigest) -> Option<Arc<CompiledModule>> {
-        let modules = self.inner.modules.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let modules = self
+            .inner
+            .modules
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         modules.get(digest).cloned()
     }
 
     fn compile(&self, digest: ModuleDigest, bytes: &[u8]) -> Result<CompiledModule, ModuleError> {
         check_header(bytes)?;
-        let component = Component::new(&self.inner.engine, bytes)
-            .map_err(|error| ModuleError::Invalid { detail: format!("{error:#}") })?;
+        let component =
+            Component::new(&self.inner.engine, bytes).map_err(|error| ModuleError::Invalid {
+                detail: format!("{error:#}"),
+            })?;
         let shape = inspect(&self.inner.engine, &component)?;
         let linker = match shape.contract {
             crate::Contract::Ga => &self.inner.ga_linker,
@@ -165,7 +184,9 @@ impl OperatorEngine {
         };
         let pre = linker
             .instantiate_pre(&component)
-            .map_err(|error| ModuleError::Unlinkable { detail: format!("{error:#}") })?;
+            .map_err(|error| ModuleError::Unlinkable {
+                detail: format!("{error:#}"),
+            })?;
         CompiledModule::new(digest, shape, pre)
     }
 }
@@ -190,7 +211,10 @@ impl EpochTicker {
                 }
             })
             .map_err(EngineError::new)?;
-        Ok(Self { stop, thread: Some(thread) })
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
     }
 }
 

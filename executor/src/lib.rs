@@ -19,7 +19,10 @@ mod operator;
 
 pub use engine::{EngineConfig, EngineError, OperatorEngine, PoolingConfig};
 pub use host::{HostBuffer, NodeEnv};
-pub use module::{CompiledModule, Contract, ModuleError, OperatorKind, UnsupportedImport, check_header, sha256_digest};
+pub use module::{
+    CompiledModule, Contract, ModuleError, OperatorKind, UnsupportedImport, check_header,
+    sha256_digest,
+};
 pub use operator::{
     CallLimits, InvalidOutput, ModuleConfiguration, ModuleSchema, OperatorError, OperatorInstance,
     OperatorStats,

@@ -57,13 +57,22 @@ pub struct MemoryLogSink {
 impl MemoryLogSink {
     /// Keeps up to `capacity` lines per tenant, dropping the oldest.
     pub fn new(capacity: usize) -> Self {
-        Self { capacity, lines: Mutex::new(HashMap::new()) }
+        Self {
+            capacity,
+            lines: Mutex::new(HashMap::new()),
+        }
     }
 
     /// The kept lines of `tenant`, oldest first.
     pub fn lines(&self, tenant: &TenantId) -> Vec<LogRecord> {
-        let lines = self.lines.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        lines.get(tenant).map(|l| l.iter().cloned().collect()).unwrap_or_default()
+        let lines = self
+            .lines
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        lines
+            .get(tenant)
+            .map(|l| l.iter().cloned().collect())
+            .unwrap_or_default()
     }
 }
 
@@ -77,7 +86,10 @@ impl LogSink for MemoryLogSink {
             "{}",
             record.message
         );
-        let mut lines = self.lines.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut lines = self
+            .lines
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let tenant_lines = lines.entry(record.tenant.clone()).or_default();
         if tenant_lines.len() >= self.capacity {
             tenant_lines.pop_front();

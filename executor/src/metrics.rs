@@ -79,7 +79,10 @@ impl MetricsRegistry {
     /// Keeps up to `max_series` series per tenant; recordings that would add more are counted
     /// as dropped.
     pub fn new(max_series: usize) -> Self {
-        Self { max_series, tenants: Mutex::new(HashMap::new()) }
+        Self {
+            max_series,
+            tenants: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Records `value` for the series `name` + `labels` of `tenant`.
@@ -101,7 +104,10 @@ impl MetricsRegistry {
                 labels.len()
             )));
         }
-        if labels.iter().any(|(k, v)| k.len() > MAX_METRIC_TEXT_BYTES || v.len() > MAX_METRIC_TEXT_BYTES) {
+        if labels
+            .iter()
+            .any(|(k, v)| k.len() > MAX_METRIC_TEXT_BYTES || v.len() > MAX_METRIC_TEXT_BYTES)
+        {
             return Err(MetricError::Invalid(format!(
                 "label keys and values must be at most {MAX_METRIC_TEXT_BYTES} bytes"
             )));
@@ -109,13 +115,18 @@ impl MetricsRegistry {
         let (kind, observation) = match value {
             MetricValue::Counter(_) => (Kind::Counter, None),
             MetricValue::HistogramF64(v) if !v.is_finite() => {
-                return Err(MetricError::Invalid("histogram values must be finite".to_owned()));
+                return Err(MetricError::Invalid(
+                    "histogram values must be finite".to_owned(),
+                ));
             }
             MetricValue::HistogramF64(v) => (Kind::HistogramF64, Some(v)),
             #[allow(clippy::cast_precision_loss, reason = "histograms summarise in f64")]
             MetricValue::HistogramU64(v) => (Kind::HistogramU64, Some(v as f64)),
         };
-        let mut tenants = self.tenants.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut tenants = self
+            .tenants
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let metrics = tenants.entry(tenant.clone()).or_default();
         match metrics.kinds.get(name) {
             Some(existing) if *existing != kind => {
@@ -133,13 +144,27 @@ impl MetricsRegistry {
         metrics.kinds.insert(name.to_owned(), kind);
         let series = metrics.series.entry(key).or_insert_with(|| match kind {
             Kind::Counter => SeriesValue::Counter(0),
-            Kind::HistogramF64 | Kind::HistogramU64 => {
-                SeriesValue::Histogram { count: 0, sum: 0.0, min: f64::MAX, max: f64::MIN }
-            }
+            Kind::HistogramF64 | Kind::HistogramU64 => SeriesValue::Histogram {
+                count: 0,
+                sum: 0.0,
+                min: f64::MAX,
+                max: f64::MIN,
+            },
         });
         match (series, value, observation) {
-            (SeriesValue::Counter(total), MetricValue::Counter(v), _) => *total = total.saturating_add(v),
-            (SeriesValue::Histogram { count, sum, min, max }, _, Some(v)) => {
+            (SeriesValue::Counter(total), MetricValue::Counter(v), _) => {
+                *total = total.saturating_add(v)
+            }
+            (
+                SeriesValue::Histogram {
+                    count,
+                    sum,
+                    min,
+                    max,
+                },
+                _,
+                Some(v),
+            ) => {
                 *count += 1;
                 *sum += v;
                 *min = min.min(v);
@@ -152,9 +177,18 @@ impl MetricsRegistry {
 
     /// The series of `tenant`, and how many recordings were dropped at the series bound.
     pub fn snapshot(&self, tenant: &TenantId) -> (BTreeMap<SeriesKey, SeriesValue>, u64) {
-        let tenants = self.tenants.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let tenants = self
+            .tenants
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         tenants.get(tenant).map_or_else(Default::default, |m| {
-            (m.series.iter().map(|(k, v)| (k.clone(), v.clone())).collect(), m.dropped)
+            (
+                m.series
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                m.dropped,
+            )
         })
     }
 }
@@ -171,8 +205,12 @@ mod tests {
     fn counters_add_per_series() {
         let registry = MetricsRegistry::new(10);
         let labels = || vec![("module".to_owned(), "m".to_owned())];
-        registry.record(&tenant("a"), "requests", labels(), MetricValue::Counter(2)).unwrap();
-        registry.record(&tenant("a"), "requests", labels(), MetricValue::Counter(3)).unwrap();
+        registry
+            .record(&tenant("a"), "requests", labels(), MetricValue::Counter(2))
+            .unwrap();
+        registry
+            .record(&tenant("a"), "requests", labels(), MetricValue::Counter(3))
+            .unwrap();
         let (series, _) = registry.snapshot(&tenant("a"));
         assert_eq!(series.values().next(), Some(&SeriesValue::Counter(5)));
     }
@@ -180,11 +218,15 @@ mod tests {
     #[test]
     fn reusing_a_name_as_another_kind_is_incompatible() {
         let registry = MetricsRegistry::new(10);
-        registry.record(&tenant("a"), "x", vec![], MetricValue::Counter(1)).unwrap();
+        registry
+            .record(&tenant("a"), "x", vec![], MetricValue::Counter(1))
+            .unwrap();
         let error = registry.record(&tenant("a"), "x", vec![], MetricValue::HistogramF64(1.0));
         assert!(matches!(error, Err(MetricError::IncompatibleType(_))));
         // Another tenant's name space is its own.
-        registry.record(&tenant("b"), "x", vec![], MetricValue::HistogramF64(1.0)).unwrap();
+        registry
+            .record(&tenant("b"), "x", vec![], MetricValue::HistogramF64(1.0))
+            .unwrap();
     }
 
     #[test]
@@ -192,10 +234,15 @@ mod tests {
         let registry = MetricsRegistry::new(2);
         for i in 0..5 {
             let labels = vec![("i".to_owned(), i.to_string())];
-            registry.record(&tenant("a"), "c", labels, MetricValue::Counter(1)).unwrap();
+            registry
+                .record(&tenant("a"), "c", labels, MetricValue::Counter(1))
+                .unwrap();
         }
         let (series, dropped) = registry.snapshot(&tenant("a"));
         assert_eq!((series.len(), dropped), (2, 3));
-        assert!(registry.snapshot(&tenant("b")).0.is_empty(), "tenants see only their own series");
+        assert!(
+            registry.snapshot(&tenant("b")).0.is_empty(),
+            "tenants see only their own series"
+        );
     }
 }

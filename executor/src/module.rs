@@ -31,7 +31,13 @@ pub enum OperatorKind {
 
 impl OperatorKind {
     /// Every kind, in interface order.
-    pub const ALL: [Self; 5] = [Self::Map, Self::Filter, Self::Branch, Self::Accumulate, Self::Delay];
+    pub const ALL: [Self; 5] = [
+        Self::Map,
+        Self::Filter,
+        Self::Branch,
+        Self::Accumulate,
+        Self::Delay,
+    ];
 
     /// The interface name (`map`, `filter`, ...), as graph `operationType`s spell it.
     pub fn as_str(self) -> &'static str {
@@ -84,12 +90,26 @@ impl Contract {
     fn host_interfaces(self) -> &'static [&'static str] {
         match self {
             Self::Ga => &[
-                "types", "hybrid-logical-clock", "logger", "metrics", "state-store-types",
-                "state-store", "rpc-types", "command-invoker", "schema-types", "schema-registry",
+                "types",
+                "hybrid-logical-clock",
+                "logger",
+                "metrics",
+                "state-store-types",
+                "state-store",
+                "rpc-types",
+                "command-invoker",
+                "schema-types",
+                "schema-registry",
             ],
             Self::Preview => &[
-                "types", "hybrid-logical-clock", "logger", "metrics", "state-store-types",
-                "state-store", "rpc-types", "command-invoker",
+                "types",
+                "hybrid-logical-clock",
+                "logger",
+                "metrics",
+                "state-store-types",
+                "state-store",
+                "rpc-types",
+                "command-invoker",
             ],
         }
     }
@@ -97,18 +117,37 @@ impl Contract {
 
 /// WASI 0.2 interfaces weir links (any 0.2.x), by package.
 const WASI_INTERFACES: &[(&str, &[&str])] = &[
-    ("wasi:cli", &[
-        "environment", "exit", "stdin", "stdout", "stderr", "terminal-input", "terminal-output",
-        "terminal-stdin", "terminal-stdout", "terminal-stderr",
-    ]),
+    (
+        "wasi:cli",
+        &[
+            "environment",
+            "exit",
+            "stdin",
+            "stdout",
+            "stderr",
+            "terminal-input",
+            "terminal-output",
+            "terminal-stdin",
+            "terminal-stdout",
+            "terminal-stderr",
+        ],
+    ),
     ("wasi:io", &["error", "poll", "streams"]),
     ("wasi:clocks", &["monotonic-clock", "wall-clock"]),
     ("wasi:random", &["random", "insecure", "insecure-seed"]),
     ("wasi:filesystem", &["types", "preopens"]),
-    ("wasi:sockets", &[
-        "network", "instance-network", "udp", "udp-create-socket", "tcp", "tcp-create-socket",
-        "ip-name-lookup",
-    ]),
+    (
+        "wasi:sockets",
+        &[
+            "network",
+            "instance-network",
+            "udp",
+            "udp-create-socket",
+            "tcp",
+            "tcp-create-socket",
+            "ip-name-lookup",
+        ],
+    ),
 ];
 
 /// An import weir cannot satisfy, and why.
@@ -135,7 +174,9 @@ pub enum ModuleError {
     #[error("not a WebAssembly binary: it does not start with the \\0asm magic number")]
     NotWasm,
     /// A core module, not a component.
-    #[error("a core WebAssembly module, not a component: build for wasm32-wasip2 (cargo build --target wasm32-wasip2) or componentize it")]
+    #[error(
+        "a core WebAssembly module, not a component: build for wasm32-wasip2 (cargo build --target wasm32-wasip2) or componentize it"
+    )]
     CoreModule,
     /// A WebAssembly binary of a version or layer weir does not know.
     #[error("unsupported WebAssembly binary version {version:02x?}")]
@@ -162,7 +203,9 @@ pub enum ModuleError {
         exports: Vec<String>,
     },
     /// Operators of both the GA and the preview contract in one component.
-    #[error("exports operators of both wasm-graph:processor@1.1.0 and tinykube-graph:processor@1.0.0; a module must use one contract")]
+    #[error(
+        "exports operators of both wasm-graph:processor@1.1.0 and tinykube-graph:processor@1.0.0; a module must use one contract"
+    )]
     MixedContracts,
     /// Imports by the right names with the wrong types.
     #[error("imports do not match weir's interfaces: {detail}")]
@@ -173,7 +216,11 @@ pub enum ModuleError {
 }
 
 fn list(imports: &[UnsupportedImport]) -> String {
-    imports.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+    imports
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 impl ModuleError {
@@ -186,7 +233,10 @@ impl ModuleError {
 /// The sha256 digest of a module's bytes.
 pub fn sha256_digest(bytes: &[u8]) -> ModuleDigest {
     let hex = hex::encode(Sha256::digest(bytes));
-    #[allow(clippy::expect_used, reason = "hex of a sha256 is always a valid digest")]
+    #[allow(
+        clippy::expect_used,
+        reason = "hex of a sha256 is always a valid digest"
+    )]
     ModuleDigest::from_sha256_hex(&hex).expect("sha256 hex is a valid digest")
 }
 
@@ -201,7 +251,9 @@ pub fn check_header(bytes: &[u8]) -> Result<(), ModuleError> {
     match version {
         [0x0d, 0x00, 0x01, 0x00] => Ok(()),
         [0x01, 0x00, 0x00, 0x00] => Err(ModuleError::CoreModule),
-        other => Err(ModuleError::UnsupportedVersion { version: other.try_into().unwrap_or_default() }),
+        other => Err(ModuleError::UnsupportedVersion {
+            version: other.try_into().unwrap_or_default(),
+        }),
     }
 }
 
@@ -233,7 +285,9 @@ pub(crate) fn inspect(engine: &Engine, component: &Component) -> Result<ModuleSh
         if !matches!(item.ty, ComponentItem::ComponentInstance(_)) {
             continue;
         }
-        let Some((package, interface, version)) = split_interface(name) else { continue };
+        let Some((package, interface, version)) = split_interface(name) else {
+            continue;
+        };
         for contract in [Contract::Ga, Contract::Preview] {
             if package == contract.package() && version == Some(contract.version()) {
                 if let Some(kind) = OperatorKind::from_name(interface) {
@@ -242,7 +296,10 @@ pub(crate) fn inspect(engine: &Engine, component: &Component) -> Result<ModuleSh
             }
         }
     }
-    let contract = match (found.iter().any(|f| f.0 == Contract::Ga), found.iter().any(|f| f.0 == Contract::Preview)) {
+    let contract = match (
+        found.iter().any(|f| f.0 == Contract::Ga),
+        found.iter().any(|f| f.0 == Contract::Preview),
+    ) {
         (true, true) => return Err(ModuleError::MixedContracts),
         (true, false) => Contract::Ga,
         (false, true) => Contract::Preview,
@@ -251,12 +308,22 @@ pub(crate) fn inspect(engine: &Engine, component: &Component) -> Result<ModuleSh
 
     let unsupported: Vec<UnsupportedImport> = ty
         .imports(engine)
-        .filter_map(|(name, _)| import_problem(contract, name).map(|reason| UnsupportedImport { name: name.to_owned(), reason }))
+        .filter_map(|(name, _)| {
+            import_problem(contract, name).map(|reason| UnsupportedImport {
+                name: name.to_owned(),
+                reason,
+            })
+        })
         .collect();
     if !unsupported.is_empty() {
-        return Err(ModuleError::UnsupportedImports { imports: unsupported });
+        return Err(ModuleError::UnsupportedImports {
+            imports: unsupported,
+        });
     }
-    Ok(ModuleShape { contract, operators: found.into_iter().map(|f| f.1).collect() })
+    Ok(ModuleShape {
+        contract,
+        operators: found.into_iter().map(|f| f.1).collect(),
+    })
 }
 
 /// Why weir cannot satisfy the import `name`, or `None` when it can.
@@ -272,7 +339,9 @@ fn import_problem(contract: Contract, name: &str) -> Option<String> {
             .then(|| format!("{package} has no host interface named {interface}"));
     }
     if package == "wasm-graph:processor" || package == "tinykube-graph:processor" {
-        return Some("a module uses one contract: its imports and operator exports must match".to_owned());
+        return Some(
+            "a module uses one contract: its imports and operator exports must match".to_owned(),
+        );
     }
     if package == "wasi:nn" {
         return Some("inference (wasi:nn) is not enabled on this executor".to_owned());
@@ -281,7 +350,8 @@ fn import_problem(contract: Contract, name: &str) -> Option<String> {
         if !version.is_some_and(|v| v.starts_with("0.2.")) {
             return Some("weir provides WASI 0.2.x".to_owned());
         }
-        return (!interfaces.contains(&interface)).then(|| format!("WASI 0.2 has no interface {package}/{interface}"));
+        return (!interfaces.contains(&interface))
+            .then(|| format!("WASI 0.2 has no interface {package}/{interface}"));
     }
     Some(format!("weir provides no package {package}"))
 }
@@ -324,32 +394,74 @@ impl fmt::Debug for CompiledModule {
 }
 
 impl CompiledModule {
-    pub(crate) fn new(digest: ModuleDigest, shape: ModuleShape, pre: InstancePre<HostState>) -> Result<Self, ModuleError> {
+    pub(crate) fn new(
+        digest: ModuleDigest,
+        shape: ModuleShape,
+        pre: InstancePre<HostState>,
+    ) -> Result<Self, ModuleError> {
         let has = |kind| shape.operators.contains(&kind);
-        let unlinkable = |error: wasmtime::Error| ModuleError::Unlinkable { detail: format!("{error:#}") };
+        let unlinkable = |error: wasmtime::Error| ModuleError::Unlinkable {
+            detail: format!("{error:#}"),
+        };
         let indices = match shape.contract {
             Contract::Ga => {
                 use ga::exports::wasm_graph::processor as ops;
                 Indices::Ga {
-                    map: has(OperatorKind::Map).then(|| ops::map::GuestIndices::new(&pre)).transpose().map_err(unlinkable)?,
-                    filter: has(OperatorKind::Filter).then(|| ops::filter::GuestIndices::new(&pre)).transpose().map_err(unlinkable)?,
-                    branch: has(OperatorKind::Branch).then(|| ops::branch::GuestIndices::new(&pre)).transpose().map_err(unlinkable)?,
-                    accumulate: has(OperatorKind::Accumulate).then(|| ops::accumulate::GuestIndices::new(&pre)).transpose().map_err(unlinkable)?,
-                    delay: has(OperatorKind::Delay).then(|| ops::delay::GuestIndices::new(&pre)).transpose().map_err(unlinkable)?,
+                    map: has(OperatorKind::Map)
+                        .then(|| ops::map::GuestIndices::new(&pre))
+                        .transpose()
+                        .map_err(unlinkable)?,
+                    filter: has(OperatorKind::Filter)
+                        .then(|| ops::filter::GuestIndices::new(&pre))
+                        .transpose()
+                        .map_err(unlinkable)?,
+                    branch: has(OperatorKind::Branch)
+                        .then(|| ops::branch::GuestIndices::new(&pre))
+                        .transpose()
+                        .map_err(unlinkable)?,
+                    accumulate: has(OperatorKind::Accumulate)
+                        .then(|| ops::accumulate::GuestIndices::new(&pre))
+                        .transpose()
+                        .map_err(unlinkable)?,
+                    delay: has(OperatorKind::Delay)
+                        .then(|| ops::delay::GuestIndices::new(&pre))
+                        .transpose()
+                        .map_err(unlinkable)?,
                 }
             }
             Contract::Preview => {
                 use preview::exports::tinykube_graph::processor as ops;
                 Indices::Preview {
-                    map: has(OperatorKind::Map).then(|| ops::map::GuestIndices::new(&pre)).transpose().map_err(unlinkable)?,
-                    filter: has(OperatorKind::Filter).then(|| ops::filter::GuestIndices::new(&pre)).transpose().map_err(unlinkable)?,
-                    branch: has(OperatorKind::Branch).then(|| ops::branch::GuestIndices::new(&pre)).transpose().map_err(unlinkable)?,
-                    accumulate: has(OperatorKind::Accumulate).then(|| ops::accumulate::GuestIndices::new(&pre)).transpose().map_err(unlinkable)?,
-                    delay: has(OperatorKind::Delay).then(|| ops::delay::GuestIndices::new(&pre)).transpose().map_err(unlinkable)?,
+                    map: has(OperatorKind::Map)
+                        .then(|| ops::map::GuestIndices::new(&pre))
+                        .transpose()
+                        .map_err(unlinkable)?,
+                    filter: has(OperatorKind::Filter)
+                        .then(|| ops::filter::GuestIndices::new(&pre))
+                        .transpose()
+                        .map_err(unlinkable)?,
+                    branch: has(OperatorKind::Branch)
+                        .then(|| ops::branch::GuestIndices::new(&pre))
+                        .transpose()
+                        .map_err(unlinkable)?,
+                    accumulate: has(OperatorKind::Accumulate)
+                        .then(|| ops::accumulate::GuestIndices::new(&pre))
+                        .transpose()
+                        .map_err(unlinkable)?,
+                    delay: has(OperatorKind::Delay)
+                        .then(|| ops::delay::GuestIndices::new(&pre))
+                        .transpose()
+                        .map_err(unlinkable)?,
                 }
             }
         };
-        Ok(Self { digest, contract: shape.contract, operators: shape.operators, pre, indices })
+        Ok(Self {
+            digest,
+            contract: shape.contract,
+            operators: shape.operators,
+            pre,
+            indices,
+        })
     }
 
     /// The sha256 of the module's bytes.
@@ -375,23 +487,49 @@ mod tests {
     #[test]
     fn header_check_tells_core_modules_and_garbage_apart() {
         assert_eq!(check_header(b""), Err(ModuleError::NotWasm));
-        assert_eq!(check_header(b"\x7fELF\x02\x01\x01\x00"), Err(ModuleError::NotWasm));
-        assert_eq!(check_header(b"\0asm\x01\0\0\0"), Err(ModuleError::CoreModule));
+        assert_eq!(
+            check_header(b"\x7fELF\x02\x01\x01\x00"),
+            Err(ModuleError::NotWasm)
+        );
+        assert_eq!(
+            check_header(b"\0asm\x01\0\0\0"),
+            Err(ModuleError::CoreModule)
+        );
         assert_eq!(check_header(b"\0asm\x0d\0\x01\0"), Ok(()));
-        assert!(matches!(check_header(b"\0asm\x0e\0\x01\0"), Err(ModuleError::UnsupportedVersion { .. })));
+        assert!(matches!(
+            check_header(b"\0asm\x0e\0\x01\0"),
+            Err(ModuleError::UnsupportedVersion { .. })
+        ));
     }
 
     #[test]
     fn imports_outside_the_contract_are_named_with_a_reason() {
-        assert_eq!(import_problem(Contract::Ga, "wasm-graph:processor/logger@1.1.0"), None);
+        assert_eq!(
+            import_problem(Contract::Ga, "wasm-graph:processor/logger@1.1.0"),
+            None
+        );
         assert_eq!(import_problem(Contract::Ga, "wasi:cli/stdout@0.2.6"), None);
         assert_eq!(import_problem(Contract::Ga, "wasi:sockets/tcp@0.2.0"), None);
         assert!(import_problem(Contract::Ga, "wasm-graph:processor/logger@2.0.0").is_some());
-        assert!(import_problem(Contract::Preview, "tinykube-graph:processor/schema-registry@1.0.0").is_some());
+        assert!(
+            import_problem(
+                Contract::Preview,
+                "tinykube-graph:processor/schema-registry@1.0.0"
+            )
+            .is_some()
+        );
         assert!(import_problem(Contract::Ga, "tinykube-graph:processor/logger@1.0.0").is_some());
         assert!(import_problem(Contract::Ga, "wasi:http/outgoing-handler@0.2.0").is_some());
         assert!(import_problem(Contract::Ga, "wasi:cli/stdout@0.3.0").is_some());
-        assert!(import_problem(Contract::Ga, "acme:vault/secrets@1.0.0").unwrap().contains("acme:vault"));
-        assert!(import_problem(Contract::Ga, "wasi:nn/graph@0.2.0-rc-2024-10-28").unwrap().contains("wasi:nn"));
+        assert!(
+            import_problem(Contract::Ga, "acme:vault/secrets@1.0.0")
+                .unwrap()
+                .contains("acme:vault")
+        );
+        assert!(
+            import_problem(Contract::Ga, "wasi:nn/graph@0.2.0-rc-2024-10-28")
+                .unwrap()
+                .contains("wasi:nn")
+        );
     }
 }

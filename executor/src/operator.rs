@@ -155,7 +155,10 @@ impl OperatorError {
     pub fn replaces_instance(&self) -> bool {
         matches!(
             self,
-            Self::FuelExhausted { .. } | Self::Deadline { .. } | Self::MemoryLimit { .. } | Self::Trap { .. }
+            Self::FuelExhausted { .. }
+                | Self::Deadline { .. }
+                | Self::MemoryLimit { .. }
+                | Self::Trap { .. }
         )
     }
 }
@@ -245,7 +248,16 @@ impl OperatorInstance {
         if !module.operators().contains(&kind) {
             return Err(OperatorError::MissingExport(kind));
         }
-        Ok(Self { engine, module, kind, configuration, env, limits, live: None, stats: OperatorStats::default() })
+        Ok(Self {
+            engine,
+            module,
+            kind,
+            configuration,
+            env,
+            limits,
+            live: None,
+            stats: OperatorStats::default(),
+        })
     }
 
     /// Instantiates the module and runs `init`, so a misconfigured node fails before any item.
@@ -313,7 +325,9 @@ impl OperatorInstance {
                 }
                 Loaded::PreviewFilter(guest) => {
                     let input = preview_data::lower(store.data_mut(), item)?;
-                    Ok(Returned::Value(guest.call_process(&mut *store, &input).await?))
+                    Ok(Returned::Value(
+                        guest.call_process(&mut *store, &input).await?,
+                    ))
                 }
                 _ => Err(wasmtime::format_err!("loaded operator is not a filter")),
             }
@@ -333,15 +347,19 @@ impl OperatorInstance {
                 Loaded::GaBranch(guest) => {
                     let input = ga_data::lower(store.data_mut(), item)?;
                     let time = ga_data::lower_hlc(time);
-                    Ok(match guest.call_process(&mut *store, &time, &input).await? {
-                        Ok(arm) => Returned::Value(arm),
-                        Err(error) => Returned::GuestError(error.message),
-                    })
+                    Ok(
+                        match guest.call_process(&mut *store, &time, &input).await? {
+                            Ok(arm) => Returned::Value(arm),
+                            Err(error) => Returned::GuestError(error.message),
+                        },
+                    )
                 }
                 Loaded::PreviewBranch(guest) => {
                     let input = preview_data::lower(store.data_mut(), item)?;
                     let time = preview_data::lower_hlc(time);
-                    Ok(Returned::Value(guest.call_process(&mut *store, &time, &input).await?))
+                    Ok(Returned::Value(
+                        guest.call_process(&mut *store, &time, &input).await?,
+                    ))
                 }
                 _ => Err(wasmtime::format_err!("loaded operator is not a branch")),
             }
@@ -351,7 +369,11 @@ impl OperatorInstance {
     }
 
     /// `accumulate`: folds `items` into `staged` and returns the new staged value.
-    pub async fn accumulate(&mut self, staged: &DataItem, items: &[DataItem]) -> Result<DataItem, OperatorError> {
+    pub async fn accumulate(
+        &mut self,
+        staged: &DataItem,
+        items: &[DataItem],
+    ) -> Result<DataItem, OperatorError> {
         self.expect_kind(OperatorKind::Accumulate)?;
         let timeout = self.limits.timeout + HOST_GRACE;
         let live = self.live().await?;
@@ -360,19 +382,29 @@ impl OperatorInstance {
             match operator {
                 Loaded::GaAccumulate(guest) => {
                     let staged = ga_data::lower(store.data_mut(), staged)?;
-                    let items = items.iter().map(|i| ga_data::lower(store.data_mut(), i)).collect::<Result<Vec<_>, _>>()?;
-                    Ok(match guest.call_process(&mut *store, &staged, &items).await? {
-                        Ok(output) => lift_with(ga_data::lift(store.data_mut(), output)),
-                        Err(error) => Returned::GuestError(error.message),
-                    })
+                    let items = items
+                        .iter()
+                        .map(|i| ga_data::lower(store.data_mut(), i))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    Ok(
+                        match guest.call_process(&mut *store, &staged, &items).await? {
+                            Ok(output) => lift_with(ga_data::lift(store.data_mut(), output)),
+                            Err(error) => Returned::GuestError(error.message),
+                        },
+                    )
                 }
                 Loaded::PreviewAccumulate(guest) => {
                     let staged = preview_data::lower(store.data_mut(), staged)?;
-                    let items = items.iter().map(|i| preview_data::lower(store.data_mut(), i)).collect::<Result<Vec<_>, _>>()?;
+                    let items = items
+                        .iter()
+                        .map(|i| preview_data::lower(store.data_mut(), i))
+                        .collect::<Result<Vec<_>, _>>()?;
                     let output = guest.call_process(&mut *store, &staged, &items).await?;
                     Ok(lift_with(preview_data::lift(store.data_mut(), output)))
                 }
-                _ => Err(wasmtime::format_err!("loaded operator is not an accumulate")),
+                _ => Err(wasmtime::format_err!(
+                    "loaded operator is not an accumulate"
+                )),
             }
         })
         .await;
@@ -391,15 +423,19 @@ impl OperatorInstance {
                 Loaded::GaDelay(guest) => {
                     let input = ga_data::lower(store.data_mut(), item)?;
                     let time = ga_data::lower_hlc(time);
-                    Ok(match guest.call_process(&mut *store, &input, &time).await? {
-                        Ok(later) => Returned::Value(ga_data::lift_hlc(later)),
-                        Err(error) => Returned::GuestError(error.message),
-                    })
+                    Ok(
+                        match guest.call_process(&mut *store, &input, &time).await? {
+                            Ok(later) => Returned::Value(ga_data::lift_hlc(later)),
+                            Err(error) => Returned::GuestError(error.message),
+                        },
+                    )
                 }
                 Loaded::PreviewDelay(guest) => {
                     let input = preview_data::lower(store.data_mut(), item)?;
                     let time = preview_data::lower_hlc(time);
-                    Ok(Returned::Value(preview_data::lift_hlc(guest.call_process(&mut *store, &input, &time).await?)))
+                    Ok(Returned::Value(preview_data::lift_hlc(
+                        guest.call_process(&mut *store, &input, &time).await?,
+                    )))
                 }
                 _ => Err(wasmtime::format_err!("loaded operator is not a delay")),
             }
@@ -409,14 +445,24 @@ impl OperatorInstance {
     }
 
     fn expect_kind(&self, called: OperatorKind) -> Result<(), OperatorError> {
-        if self.kind == called { Ok(()) } else { Err(OperatorError::WrongKind { actual: self.kind, called }) }
+        if self.kind == called {
+            Ok(())
+        } else {
+            Err(OperatorError::WrongKind {
+                actual: self.kind,
+                called,
+            })
+        }
     }
 
     fn check_output_size(&mut self, output: DataItem) -> Result<DataItem, OperatorError> {
         let size = output.byte_len();
         if size > self.limits.max_output_bytes {
             self.count_failure();
-            return Err(OperatorError::OutputTooLarge { size, limit: self.limits.max_output_bytes });
+            return Err(OperatorError::OutputTooLarge {
+                size,
+                limit: self.limits.max_output_bytes,
+            });
         }
         Ok(output)
     }
@@ -435,13 +481,18 @@ impl OperatorInstance {
             }
         };
         let live = self.live.insert(live);
-        arm(&mut live.store, &self.limits).map_err(|error| OperatorError::Trap { detail: format!("{error:#}") })?;
+        arm(&mut live.store, &self.limits).map_err(|error| OperatorError::Trap {
+            detail: format!("{error:#}"),
+        })?;
         Ok(live)
     }
 
     async fn instantiate(&self) -> Result<Live, OperatorError> {
         let limits = self.limits;
-        let mut store = Store::new(self.engine.engine(), HostState::new(self.env.clone(), limits.memory_bytes));
+        let mut store = Store::new(
+            self.engine.engine(),
+            HostState::new(self.env.clone(), limits.memory_bytes),
+        );
         store.limiter(|state| state as &mut dyn ResourceLimiter);
         store.epoch_deadline_callback(|mut context| {
             if Instant::now() >= context.data().deadline {
@@ -452,59 +503,138 @@ impl OperatorInstance {
                 Ok(UpdateDeadline::Yield(1))
             }
         });
-        arm(&mut store, &limits).map_err(|error| OperatorError::Trap { detail: format!("{error:#}") })?;
+        arm(&mut store, &limits).map_err(|error| OperatorError::Trap {
+            detail: format!("{error:#}"),
+        })?;
         let outcome = tokio::time::timeout(limits.timeout + HOST_GRACE, async {
             let instance = self.module.pre.instantiate_async(&mut store).await?;
             let configuration = &self.configuration;
             let (operator, accepted) = match (&self.module.indices, self.kind) {
                 (Indices::Ga { map: Some(ix), .. }, OperatorKind::Map) => {
                     let g = ix.load(&mut store, &instance)?;
-                    let ok = g.call_init(&mut store, &ga_data::lower_configuration(configuration)).await?;
+                    let ok = g
+                        .call_init(&mut store, &ga_data::lower_configuration(configuration))
+                        .await?;
                     (Loaded::GaMap(g), ok)
                 }
-                (Indices::Ga { filter: Some(ix), .. }, OperatorKind::Filter) => {
+                (
+                    Indices::Ga {
+                        filter: Some(ix), ..
+                    },
+                    OperatorKind::Filter,
+                ) => {
                     let g = ix.load(&mut store, &instance)?;
-                    let ok = g.call_init(&mut store, &ga_data::lower_configuration(configuration)).await?;
+                    let ok = g
+                        .call_init(&mut store, &ga_data::lower_configuration(configuration))
+                        .await?;
                     (Loaded::GaFilter(g), ok)
                 }
-                (Indices::Ga { branch: Some(ix), .. }, OperatorKind::Branch) => {
+                (
+                    Indices::Ga {
+                        branch: Some(ix), ..
+                    },
+                    OperatorKind::Branch,
+                ) => {
                     let g = ix.load(&mut store, &instance)?;
-                    let ok = g.call_init(&mut store, &ga_data::lower_configuration(configuration)).await?;
+                    let ok = g
+                        .call_init(&mut store, &ga_data::lower_configuration(configuration))
+                        .await?;
                     (Loaded::GaBranch(g), ok)
                 }
-                (Indices::Ga { accumulate: Some(ix), .. }, OperatorKind::Accumulate) => {
+                (
+                    Indices::Ga {
+                        accumulate: Some(ix),
+                        ..
+                    },
+                    OperatorKind::Accumulate,
+                ) => {
                     let g = ix.load(&mut store, &instance)?;
-                    let ok = g.call_init(&mut store, &ga_data::lower_configuration(configuration)).await?;
+                    let ok = g
+                        .call_init(&mut store, &ga_data::lower_configuration(configuration))
+                        .await?;
                     (Loaded::GaAccumulate(g), ok)
                 }
-                (Indices::Ga { delay: Some(ix), .. }, OperatorKind::Delay) => {
+                (
+                    Indices::Ga {
+                        delay: Some(ix), ..
+                    },
+                    OperatorKind::Delay,
+                ) => {
                     let g = ix.load(&mut store, &instance)?;
-                    let ok = g.call_init(&mut store, &ga_data::lower_configuration(configuration)).await?;
+                    let ok = g
+                        .call_init(&mut store, &ga_data::lower_configuration(configuration))
+                        .await?;
                     (Loaded::GaDelay(g), ok)
                 }
                 (Indices::Preview { map: Some(ix), .. }, OperatorKind::Map) => {
                     let g = ix.load(&mut store, &instance)?;
-                    let ok = g.call_init(&mut store, &preview_data::lower_configuration(configuration)).await?;
+                    let ok = g
+                        .call_init(
+                            &mut store,
+                            &preview_data::lower_configuration(configuration),
+                        )
+                        .await?;
                     (Loaded::PreviewMap(g), ok)
                 }
-                (Indices::Preview { filter: Some(ix), .. }, OperatorKind::Filter) => {
+                (
+                    Indices::Preview {
+                        filter: Some(ix), ..
+                    },
+                    OperatorKind::Filter,
+                ) => {
                     let g = ix.load(&mut store, &instance)?;
-                    let ok = g.call_init(&mut store, &preview_data::lower_configuration(configuration)).await?;
+                    let ok = g
+                        .call_init(
+                            &mut store,
+                            &preview_data::lower_configuration(configuration),
+                        )
+                        .await?;
                     (Loaded::PreviewFilter(g), ok)
                 }
-                (Indices::Preview { branch: Some(ix), .. }, OperatorKind::Branch) => {
+                (
+                    Indices::Preview {
+                        branch: Some(ix), ..
+                    },
+                    OperatorKind::Branch,
+                ) => {
                     let g = ix.load(&mut store, &instance)?;
-                    let ok = g.call_init(&mut store, &preview_data::lower_configuration(configuration)).await?;
+                    let ok = g
+                        .call_init(
+                            &mut store,
+                            &preview_data::lower_configuration(configuration),
+                        )
+                        .await?;
                     (Loaded::PreviewBranch(g), ok)
                 }
-                (Indices::Preview { accumulate: Some(ix), .. }, OperatorKind::Accumulate) => {
+                (
+                    Indices::Preview {
+                        accumulate: Some(ix),
+                        ..
+                    },
+                    OperatorKind::Accumulate,
+                ) => {
                     let g = ix.load(&mut store, &instance)?;
-                    let ok = g.call_init(&mut store, &preview_data::lower_configuration(configuration)).await?;
+                    let ok = g
+                        .call_init(
+                            &mut store,
+                            &preview_data::lower_configuration(configuration),
+                        )
+                        .await?;
                     (Loaded::PreviewAccumulate(g), ok)
                 }
-                (Indices::Preview { delay: Some(ix), .. }, OperatorKind::Delay) => {
+                (
+                    Indices::Preview {
+                        delay: Some(ix), ..
+                    },
+                    OperatorKind::Delay,
+                ) => {
                     let g = ix.load(&mut store, &instance)?;
-                    let ok = g.call_init(&mut store, &preview_data::lower_configuration(configuration)).await?;
+                    let ok = g
+                        .call_init(
+                            &mut store,
+                            &preview_data::lower_configuration(configuration),
+                        )
+                        .await?;
                     (Loaded::PreviewDelay(g), ok)
                 }
                 (_, kind) => return Err(wasmtime::format_err!("module does not export {kind}")),
@@ -513,7 +643,9 @@ impl OperatorInstance {
         })
         .await;
         match outcome {
-            Err(_elapsed) => Err(OperatorError::Deadline { timeout: limits.timeout }),
+            Err(_elapsed) => Err(OperatorError::Deadline {
+                timeout: limits.timeout,
+            }),
             Ok(Err(error)) => Err(classify(&error, store.data(), &limits)),
             Ok(Ok((_, false))) => Err(OperatorError::InitRejected),
             Ok(Ok((operator, true))) => Ok(Live { store, operator }),
@@ -528,17 +660,23 @@ impl OperatorInstance {
             self.stats.fuel_used += self.limits.fuel.saturating_sub(left);
         }
         let result = match outcome {
-            Err(_elapsed) => Err(OperatorError::Deadline { timeout: self.limits.timeout }),
+            Err(_elapsed) => Err(OperatorError::Deadline {
+                timeout: self.limits.timeout,
+            }),
             Ok(Err(error)) => {
                 let state = self.live.as_ref().map(|l| l.store.data());
                 Err(match state {
                     Some(state) => classify(&error, state, &self.limits),
-                    None => OperatorError::Trap { detail: format!("{error:#}") },
+                    None => OperatorError::Trap {
+                        detail: format!("{error:#}"),
+                    },
                 })
             }
             Ok(Ok(Returned::Value(value))) => Ok(value),
             Ok(Ok(Returned::GuestError(message))) => Err(OperatorError::Rejected { message }),
-            Ok(Ok(Returned::Invalid(InvalidOutput(reason)))) => Err(OperatorError::InvalidOutput(reason)),
+            Ok(Ok(Returned::Invalid(InvalidOutput(reason)))) => {
+                Err(OperatorError::InvalidOutput(reason))
+            }
         };
         match &result {
             Ok(_) => self.stats.consecutive_failures = 0,
@@ -547,7 +685,11 @@ impl OperatorInstance {
                 if error.replaces_instance() {
                     // The store is poisoned after a trap; a cancelled call poisons it too.
                     self.live = None;
-                    self.env.log(crate::logs::LogLevel::Error, "weir", &format!("{} (instance replaced)", error));
+                    self.env.log(
+                        crate::logs::LogLevel::Error,
+                        "weir",
+                        &format!("{} (instance replaced)", error),
+                    );
                 }
             }
         }
@@ -581,15 +723,23 @@ fn arm(store: &mut Store<HostState>, limits: &CallLimits) -> wasmtime::Result<()
 /// Names what stopped a call, from wasmtime's error and the flags the host set.
 fn classify(error: &wasmtime::Error, state: &HostState, limits: &CallLimits) -> OperatorError {
     if state.memory_limit_hit {
-        return OperatorError::MemoryLimit { limit: limits.memory_bytes };
+        return OperatorError::MemoryLimit {
+            limit: limits.memory_bytes,
+        };
     }
     match error.downcast_ref::<Trap>() {
         Some(Trap::OutOfFuel) => return OperatorError::FuelExhausted { fuel: limits.fuel },
-        Some(Trap::Interrupt) => return OperatorError::Deadline { timeout: limits.timeout },
+        Some(Trap::Interrupt) => {
+            return OperatorError::Deadline {
+                timeout: limits.timeout,
+            };
+        }
         _ => {}
     }
     if state.deadline_hit {
-        return OperatorError::Deadline { timeout: limits.timeout };
+        return OperatorError::Deadline {
+            timeout: limits.timeout,
+        };
     }
     if error.downcast_ref::<PoolConcurrencyLimitError>().is_some() {
         return OperatorError::Capacity;

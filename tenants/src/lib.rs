@@ -91,11 +91,16 @@ mod millis {
 
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub(super) fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: Serializer>(
+        value: &Duration,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
         serializer.serialize_u64(u64::try_from(value.as_millis()).unwrap_or(u64::MAX))
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Duration, D::Error> {
         u64::deserialize(deserializer).map(Duration::from_millis)
     }
 }
@@ -106,7 +111,8 @@ mod tests {
 
     #[test]
     fn partial_overrides_keep_the_other_defaults() {
-        let quotas: Quotas = serde_json::from_str(r#"{"fuel_per_message": 5, "call_timeout": 250}"#).unwrap();
+        let quotas: Quotas =
+            serde_json::from_str(r#"{"fuel_per_message": 5, "call_timeout": 250}"#).unwrap();
         assert_eq!(quotas.fuel_per_message, 5);
         assert_eq!(quotas.call_timeout, Duration::from_millis(250));
         assert_eq!(quotas.max_modules, Quotas::default().max_modules);

@@ -485,7 +485,8 @@ pub(crate) mod ga {
             _id: String,
             _version: String,
             _timeout: (u64, u32),
-        ) -> wasmtime::Result<Result<wit::schema_types::Schema, wit::schema_types::SchemaError>> {
+        ) -> wasmtime::Result<Result<wit::schema_types::Schema, wit::schema_types::SchemaError>>
+        {
             Ok(Err(wit::schema_types::SchemaError::NotAvailable))
         }
     }

@@ -72,7 +72,11 @@ pub(crate) fn truncate(text: &str, max: usize) -> String {
     while !text.is_char_boundary(end) {
         end -= 1;
     }
-    format!("{}… [{} bytes cut]", text.get(..end).unwrap_or_default(), text.len() - end)
+    format!(
+        "{}… [{} bytes cut]",
+        text.get(..end).unwrap_or_default(),
+        text.len() - end
+    )
 }
 
 /// The data of one store: one live operator instance.
@@ -88,7 +92,9 @@ pub(crate) struct HostState {
 
 impl std::fmt::Debug for HostState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HostState").field("node", &self.env.node).finish_non_exhaustive()
+        f.debug_struct("HostState")
+            .field("node", &self.env.node)
+            .finish_non_exhaustive()
     }
 }
 
@@ -117,14 +123,20 @@ impl HostState {
         }
     }
 
-    pub(crate) fn buffer(&mut self, bytes: &Bytes) -> wasmtime::Result<wasmtime::component::Resource<HostBuffer>> {
+    pub(crate) fn buffer(
+        &mut self,
+        bytes: &Bytes,
+    ) -> wasmtime::Result<wasmtime::component::Resource<HostBuffer>> {
         Ok(self.table.push(HostBuffer(bytes.clone()))?)
     }
 }
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 

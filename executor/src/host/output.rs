@@ -30,7 +30,11 @@ impl IsTerminal for GuestOutput {
 
 impl StdoutStream for GuestOutput {
     fn async_stream(&self) -> Box<dyn AsyncWrite + Send + Sync> {
-        Box::new(LineWriter { env: self.env.clone(), stream: self.stream, line: Vec::new() })
+        Box::new(LineWriter {
+            env: self.env.clone(),
+            stream: self.stream,
+            line: Vec::new(),
+        })
     }
 }
 
@@ -46,15 +50,24 @@ impl LineWriter {
         if self.line.is_empty() {
             return;
         }
-        let level = if self.stream == "stderr" { LogLevel::Warn } else { LogLevel::Info };
+        let level = if self.stream == "stderr" {
+            LogLevel::Warn
+        } else {
+            LogLevel::Info
+        };
         let text = String::from_utf8_lossy(&self.line).into_owned();
-        self.env.log(level, self.stream, text.trim_end_matches(['\r', '\n']));
+        self.env
+            .log(level, self.stream, text.trim_end_matches(['\r', '\n']));
         self.line.clear();
     }
 }
 
 impl AsyncWrite for LineWriter {
-    fn poll_write(mut self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         let max = self.env.max_log_line_bytes;
         for &byte in buf {
             if byte == b'\n' {

@@ -1,7 +1,10 @@
 //! The resources of `command-invoker` (MQTT RPC). weir has no RPC transport for modules yet, so
 //! builders work (a module can build requests) and invoking answers `client-error`; the
 //! resources carry nothing.
-#![allow(unreachable_pub, reason = "the generated bindings re-export these types")]
+#![allow(
+    unreachable_pub,
+    reason = "the generated bindings re-export these types"
+)]
 
 /// A built request.
 #[derive(Debug)]

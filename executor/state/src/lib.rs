@@ -203,7 +203,10 @@ pub fn check_key(scope: &StateScope, key: &[u8]) -> Result<(), StateError> {
         return Err(StateError::EmptyKey);
     }
     if key.len() as u64 > scope.limits.max_key_bytes {
-        return Err(StateError::KeyTooLong { len: key.len(), max: scope.limits.max_key_bytes });
+        return Err(StateError::KeyTooLong {
+            len: key.len(),
+            max: scope.limits.max_key_bytes,
+        });
     }
     Ok(())
 }

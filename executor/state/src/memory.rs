@@ -62,11 +62,16 @@ impl TenantState {
 impl MemoryStateStore {
     /// An empty store whose versions carry `node_id`.
     pub fn new(node_id: impl Into<String>) -> Self {
-        Self { clock: HlcClock::new(node_id), tenants: Mutex::new(HashMap::new()) }
+        Self {
+            clock: HlcClock::new(node_id),
+            tenants: Mutex::new(HashMap::new()),
+        }
     }
 
     fn wall_clock() -> Duration {
-        SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default()
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
     }
 }
 
@@ -82,13 +87,20 @@ impl StateStore for MemoryStateStore {
         check_key(scope, key)?;
         let mut tenants = self.tenants.lock().await;
         let Some(state) = tenants.get_mut(scope.tenant()) else {
-            return Ok(GetResponse { value: None, version: None });
+            return Ok(GetResponse {
+                value: None,
+                version: None,
+            });
         };
         Ok(match state.live(key, Instant::now()) {
-            Some(entry) => {
-                GetResponse { value: Some(entry.value.clone()), version: Some(entry.version.clone()) }
-            }
-            None => GetResponse { value: None, version: None },
+            Some(entry) => GetResponse {
+                value: Some(entry.value.clone()),
+                version: Some(entry.version.clone()),
+            },
+            None => GetResponse {
+                value: None,
+                version: None,
+            },
         })
     }
 
@@ -120,17 +132,30 @@ impl StateStore for MemoryStateStore {
                 },
             ),
         };
-        check_fencing(old_token.as_ref(), options.fencing_token.as_ref(), Self::wall_clock())?;
+        check_fencing(
+            old_token.as_ref(),
+            options.fencing_token.as_ref(),
+            Self::wall_clock(),
+        )?;
         if !allowed {
-            return Ok(SetResponse { written: false, version: None });
+            return Ok(SetResponse {
+                written: false,
+                version: None,
+            });
         }
         let limits = scope.limits();
         if old_size.is_none() && state.entries.len() as u64 >= limits.max_keys {
-            return Err(StateError::QuotaExceeded { what: "keys", limit: limits.max_keys });
+            return Err(StateError::QuotaExceeded {
+                what: "keys",
+                limit: limits.max_keys,
+            });
         }
         let bytes = state.bytes - old_size.unwrap_or(0) + Entry::size(key, value);
         if bytes > limits.max_bytes {
-            return Err(StateError::QuotaExceeded { what: "bytes", limit: limits.max_bytes });
+            return Err(StateError::QuotaExceeded {
+                what: "bytes",
+                limit: limits.max_bytes,
+            });
         }
         let version = self.clock.now();
         // A fenced key stays fenced by the newest token it was written with.
@@ -138,9 +163,17 @@ impl StateStore for MemoryStateStore {
         state.bytes = bytes;
         state.entries.insert(
             key.to_vec(),
-            Entry { value: value.to_vec(), version: version.clone(), expires_at, fencing_token },
+            Entry {
+                value: value.to_vec(),
+                version: version.clone(),
+                expires_at,
+                fencing_token,
+            },
         );
-        Ok(SetResponse { written: true, version: Some(version) })
+        Ok(SetResponse {
+            written: true,
+            version: Some(version),
+        })
     }
 
     async fn del(
@@ -188,17 +221,33 @@ impl MemoryStateStore {
         check_key(scope, key)?;
         let mut tenants = self.tenants.lock().await;
         let Some(state) = tenants.get_mut(scope.tenant()) else {
-            return Ok(DelResponse { deleted: 0, version: None });
+            return Ok(DelResponse {
+                deleted: 0,
+                version: None,
+            });
         };
         let Some(entry) = state.live(key, Instant::now()) else {
-            return Ok(DelResponse { deleted: 0, version: None });
+            return Ok(DelResponse {
+                deleted: 0,
+                version: None,
+            });
         };
-        check_fencing(entry.fencing_token.as_ref(), fencing_token, Self::wall_clock())?;
+        check_fencing(
+            entry.fencing_token.as_ref(),
+            fencing_token,
+            Self::wall_clock(),
+        )?;
         if expected.is_some_and(|value| value != entry.value) {
-            return Ok(DelResponse { deleted: -1, version: None });
+            return Ok(DelResponse {
+                deleted: -1,
+                version: None,
+            });
         }
         state.remove(key);
-        Ok(DelResponse { deleted: 1, version: Some(self.clock.now()) })
+        Ok(DelResponse {
+            deleted: 1,
+            version: Some(self.clock.now()),
+        })
     }
 }
 

@@ -9,13 +9,20 @@ use crate::{SetCondition, SetOptions, StateError, StateLimits, StateScope, State
 
 /// Limits roomy enough that only the quota checks hit them.
 pub fn roomy_limits() -> StateLimits {
-    StateLimits { max_keys: 1_000, max_bytes: 1 << 20, max_key_bytes: 256 }
+    StateLimits {
+        max_keys: 1_000,
+        max_bytes: 1 << 20,
+        max_key_bytes: 256,
+    }
 }
 
 /// A scope for `tenant` with [`roomy_limits`].
 pub fn scope(tenant: &str) -> StateScope {
     #[allow(clippy::expect_used, reason = "test tenants are literals")]
-    StateScope::new(TenantId::new(tenant).expect("valid tenant id"), roomy_limits())
+    StateScope::new(
+        TenantId::new(tenant).expect("valid tenant id"),
+        roomy_limits(),
+    )
 }
 
 /// Runs every check against `store`. Panics (this is test support) naming the first failure.
@@ -50,23 +57,42 @@ async fn set_then_get_returns_value_and_version(store: &dyn StateStore) {
     assert!(set.written);
     let got = store.get(&s, b"k").await.unwrap();
     assert_eq!(got.value.as_deref(), Some(b"v1".as_slice()));
-    assert_eq!(got.version, set.version, "get returns the version of the last write");
+    assert_eq!(
+        got.version, set.version,
+        "get returns the version of the last write"
+    );
 }
 
 async fn versions_increase_with_every_write(store: &dyn StateStore) {
     let s = scope("c-versions");
-    let first = store.set(&s, b"k", b"a", unconditional()).await.unwrap().version.unwrap();
-    let second = store.set(&s, b"k", b"b", unconditional()).await.unwrap().version.unwrap();
+    let first = store
+        .set(&s, b"k", b"a", unconditional())
+        .await
+        .unwrap()
+        .version
+        .unwrap();
+    let second = store
+        .set(&s, b"k", b"b", unconditional())
+        .await
+        .unwrap()
+        .version
+        .unwrap();
     assert!(second > first, "{second} is not after {first}");
 }
 
 async fn only_if_does_not_exist_refuses_existing_key(store: &dyn StateStore) {
     let s = scope("c-nx");
-    let nx = || SetOptions { condition: SetCondition::OnlyIfDoesNotExist, ..SetOptions::default() };
+    let nx = || SetOptions {
+        condition: SetCondition::OnlyIfDoesNotExist,
+        ..SetOptions::default()
+    };
     assert!(store.set(&s, b"k", b"first", nx()).await.unwrap().written);
     let second = store.set(&s, b"k", b"second", nx()).await.unwrap();
     assert!(!second.written && second.version.is_none());
-    assert_eq!(store.get(&s, b"k").await.unwrap().value.as_deref(), Some(b"first".as_slice()));
+    assert_eq!(
+        store.get(&s, b"k").await.unwrap().value.as_deref(),
+        Some(b"first".as_slice())
+    );
 }
 
 async fn only_if_equal_or_does_not_exist_allows_same_value(store: &dyn StateStore) {
@@ -75,9 +101,29 @@ async fn only_if_equal_or_does_not_exist_allows_same_value(store: &dyn StateStor
         condition: SetCondition::OnlyIfEqualOrDoesNotExist,
         ..SetOptions::default()
     };
-    assert!(store.set(&s, b"lock", b"owner-a", nex()).await.unwrap().written);
-    assert!(store.set(&s, b"lock", b"owner-a", nex()).await.unwrap().written, "same value re-acquires");
-    assert!(!store.set(&s, b"lock", b"owner-b", nex()).await.unwrap().written, "other value refused");
+    assert!(
+        store
+            .set(&s, b"lock", b"owner-a", nex())
+            .await
+            .unwrap()
+            .written
+    );
+    assert!(
+        store
+            .set(&s, b"lock", b"owner-a", nex())
+            .await
+            .unwrap()
+            .written,
+        "same value re-acquires"
+    );
+    assert!(
+        !store
+            .set(&s, b"lock", b"owner-b", nex())
+            .await
+            .unwrap()
+            .written,
+        "other value refused"
+    );
 }
 
 async fn del_reports_how_many_keys_went(store: &dyn StateStore) {
@@ -91,93 +137,269 @@ async fn del_reports_how_many_keys_went(store: &dyn StateStore) {
 async fn vdel_deletes_only_matching_value(store: &dyn StateStore) {
     let s = scope("c-vdel");
     store.set(&s, b"k", b"mine", unconditional()).await.unwrap();
-    assert_eq!(store.vdel(&s, b"k", b"theirs", None).await.unwrap().deleted, -1);
+    assert_eq!(
+        store.vdel(&s, b"k", b"theirs", None).await.unwrap().deleted,
+        -1
+    );
     assert!(store.get(&s, b"k").await.unwrap().value.is_some());
-    assert_eq!(store.vdel(&s, b"k", b"mine", None).await.unwrap().deleted, 1);
-    assert_eq!(store.vdel(&s, b"k", b"mine", None).await.unwrap().deleted, 0);
+    assert_eq!(
+        store.vdel(&s, b"k", b"mine", None).await.unwrap().deleted,
+        1
+    );
+    assert_eq!(
+        store.vdel(&s, b"k", b"mine", None).await.unwrap().deleted,
+        0
+    );
 }
 
 async fn expired_keys_disappear(store: &dyn StateStore) {
     let s = scope("c-expiry");
-    let options = SetOptions { expires: Some(Duration::from_millis(200)), ..SetOptions::default() };
+    let options = SetOptions {
+        expires: Some(Duration::from_millis(200)),
+        ..SetOptions::default()
+    };
     store.set(&s, b"k", b"v", options).await.unwrap();
-    assert!(store.get(&s, b"k").await.unwrap().value.is_some(), "alive before expiry");
+    assert!(
+        store.get(&s, b"k").await.unwrap().value.is_some(),
+        "alive before expiry"
+    );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while store.get(&s, b"k").await.unwrap().value.is_some() {
-        assert!(tokio::time::Instant::now() < deadline, "key outlived its expiry by seconds");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "key outlived its expiry by seconds"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(!store.keys(&s, 10).await.unwrap().contains(&b"k".to_vec()));
-    let nx = SetOptions { condition: SetCondition::OnlyIfDoesNotExist, ..SetOptions::default() };
-    assert!(store.set(&s, b"k", b"again", nx).await.unwrap().written, "an expired key is absent");
-    let zero = SetOptions { expires: Some(Duration::ZERO), ..SetOptions::default() };
-    assert!(matches!(store.set(&s, b"z", b"v", zero).await, Err(StateError::InvalidExpiry)));
+    let nx = SetOptions {
+        condition: SetCondition::OnlyIfDoesNotExist,
+        ..SetOptions::default()
+    };
+    assert!(
+        store.set(&s, b"k", b"again", nx).await.unwrap().written,
+        "an expired key is absent"
+    );
+    let zero = SetOptions {
+        expires: Some(Duration::ZERO),
+        ..SetOptions::default()
+    };
+    assert!(matches!(
+        store.set(&s, b"z", b"v", zero).await,
+        Err(StateError::InvalidExpiry)
+    ));
 }
 
 async fn fencing_token_protects_key_from_older_writers(store: &dyn StateStore) {
     let s = scope("c-fencing");
     // Two lock holders, the second acquired later: its version is the newer token.
-    let older = store.set(&s, b"lock", b"a", unconditional()).await.unwrap().version.unwrap();
-    let newer = store.set(&s, b"lock", b"b", unconditional()).await.unwrap().version.unwrap();
-    let fenced = |token: &Hlc| SetOptions { fencing_token: Some(token.clone()), ..SetOptions::default() };
-    assert!(store.set(&s, b"counter", b"1", fenced(&newer)).await.unwrap().written);
+    let older = store
+        .set(&s, b"lock", b"a", unconditional())
+        .await
+        .unwrap()
+        .version
+        .unwrap();
+    let newer = store
+        .set(&s, b"lock", b"b", unconditional())
+        .await
+        .unwrap()
+        .version
+        .unwrap();
+    let fenced = |token: &Hlc| SetOptions {
+        fencing_token: Some(token.clone()),
+        ..SetOptions::default()
+    };
+    assert!(
+        store
+            .set(&s, b"counter", b"1", fenced(&newer))
+            .await
+            .unwrap()
+            .written
+    );
     let stale = store.set(&s, b"counter", b"2", fenced(&older)).await;
-    assert!(matches!(stale, Err(StateError::FencingTokenLowerVersion)), "{stale:?}");
+    assert!(
+        matches!(stale, Err(StateError::FencingTokenLowerVersion)),
+        "{stale:?}"
+    );
     let unfenced = store.set(&s, b"counter", b"3", unconditional()).await;
-    assert!(matches!(unfenced, Err(StateError::FencingTokenRequired)), "{unfenced:?}");
-    assert!(matches!(store.del(&s, b"counter", Some(&older)).await, Err(StateError::FencingTokenLowerVersion)));
-    assert!(matches!(store.vdel(&s, b"counter", b"1", None).await, Err(StateError::FencingTokenRequired)));
-    assert_eq!(store.get(&s, b"counter").await.unwrap().value.as_deref(), Some(b"1".as_slice()));
-    assert_eq!(store.del(&s, b"counter", Some(&newer)).await.unwrap().deleted, 1);
+    assert!(
+        matches!(unfenced, Err(StateError::FencingTokenRequired)),
+        "{unfenced:?}"
+    );
+    assert!(matches!(
+        store.del(&s, b"counter", Some(&older)).await,
+        Err(StateError::FencingTokenLowerVersion)
+    ));
+    assert!(matches!(
+        store.vdel(&s, b"counter", b"1", None).await,
+        Err(StateError::FencingTokenRequired)
+    ));
+    assert_eq!(
+        store.get(&s, b"counter").await.unwrap().value.as_deref(),
+        Some(b"1".as_slice())
+    );
+    assert_eq!(
+        store
+            .del(&s, b"counter", Some(&newer))
+            .await
+            .unwrap()
+            .deleted,
+        1
+    );
 }
 
 async fn fencing_tokens_from_the_far_future_are_refused(store: &dyn StateStore) {
     let s = scope("c-fencing-future");
     let forged = Hlc::at(Duration::from_secs(u64::MAX / 4), "forger");
-    let options = SetOptions { fencing_token: Some(forged), ..SetOptions::default() };
+    let options = SetOptions {
+        fencing_token: Some(forged),
+        ..SetOptions::default()
+    };
     let refused = store.set(&s, b"k", b"v", options).await;
-    assert!(matches!(refused, Err(StateError::FencingTokenInFuture)), "{refused:?}");
-    assert!(store.set(&s, b"k", b"v", unconditional()).await.unwrap().written, "key not locked");
+    assert!(
+        matches!(refused, Err(StateError::FencingTokenInFuture)),
+        "{refused:?}"
+    );
+    assert!(
+        store
+            .set(&s, b"k", b"v", unconditional())
+            .await
+            .unwrap()
+            .written,
+        "key not locked"
+    );
 }
 
 async fn empty_and_oversized_keys_are_refused(store: &dyn StateStore) {
     let s = scope("c-keys");
-    assert!(matches!(store.get(&s, b"").await, Err(StateError::EmptyKey)));
-    assert!(matches!(store.set(&s, b"", b"v", unconditional()).await, Err(StateError::EmptyKey)));
+    assert!(matches!(
+        store.get(&s, b"").await,
+        Err(StateError::EmptyKey)
+    ));
+    assert!(matches!(
+        store.set(&s, b"", b"v", unconditional()).await,
+        Err(StateError::EmptyKey)
+    ));
     let long = vec![b'k'; 257];
-    assert!(matches!(store.get(&s, &long).await, Err(StateError::KeyTooLong { len: 257, max: 256 })));
-    assert!(matches!(store.del(&s, &long, None).await, Err(StateError::KeyTooLong { .. })));
+    assert!(matches!(
+        store.get(&s, &long).await,
+        Err(StateError::KeyTooLong { len: 257, max: 256 })
+    ));
+    assert!(matches!(
+        store.del(&s, &long, None).await,
+        Err(StateError::KeyTooLong { .. })
+    ));
 }
 
 async fn key_and_byte_quotas_refuse_at_their_limit(store: &dyn StateStore) {
     #[allow(clippy::expect_used, reason = "literal tenant id")]
     let tenant = TenantId::new("c-quota").expect("valid tenant id");
-    let s = StateScope::new(tenant, crate::StateLimits { max_keys: 3, max_bytes: 40, max_key_bytes: 8 });
+    let s = StateScope::new(
+        tenant,
+        crate::StateLimits {
+            max_keys: 3,
+            max_bytes: 40,
+            max_key_bytes: 8,
+        },
+    );
     for key in [b"k1", b"k2", b"k3"] {
-        assert!(store.set(&s, key, b"v", unconditional()).await.unwrap().written);
+        assert!(
+            store
+                .set(&s, key, b"v", unconditional())
+                .await
+                .unwrap()
+                .written
+        );
     }
     let fourth = store.set(&s, b"k4", b"v", unconditional()).await;
-    assert!(matches!(fourth, Err(StateError::QuotaExceeded { what: "keys", limit: 3 })), "{fourth:?}");
-    assert!(store.set(&s, b"k1", b"overwrite", unconditional()).await.unwrap().written, "overwrites need no new key");
+    assert!(
+        matches!(
+            fourth,
+            Err(StateError::QuotaExceeded {
+                what: "keys",
+                limit: 3
+            })
+        ),
+        "{fourth:?}"
+    );
+    assert!(
+        store
+            .set(&s, b"k1", b"overwrite", unconditional())
+            .await
+            .unwrap()
+            .written,
+        "overwrites need no new key"
+    );
     // 3 keys of 2 bytes + values: k1=9, k2=1, k3=1 → 18 bytes; growing k2 to 30 bytes needs 47.
     let too_big = store.set(&s, b"k2", &[b'x'; 30], unconditional()).await;
-    assert!(matches!(too_big, Err(StateError::QuotaExceeded { what: "bytes", limit: 40 })), "{too_big:?}");
-    assert_eq!(store.get(&s, b"k2").await.unwrap().value.as_deref(), Some(b"v".as_slice()));
+    assert!(
+        matches!(
+            too_big,
+            Err(StateError::QuotaExceeded {
+                what: "bytes",
+                limit: 40
+            })
+        ),
+        "{too_big:?}"
+    );
+    assert_eq!(
+        store.get(&s, b"k2").await.unwrap().value.as_deref(),
+        Some(b"v".as_slice())
+    );
     store.del(&s, b"k3", None).await.unwrap();
-    assert!(store.set(&s, b"k4", b"v", unconditional()).await.unwrap().written, "deleting frees a key");
+    assert!(
+        store
+            .set(&s, b"k4", b"v", unconditional())
+            .await
+            .unwrap()
+            .written,
+        "deleting frees a key"
+    );
 }
 
 async fn tenants_never_see_each_others_keys(store: &dyn StateStore) {
     let (a, b) = (scope("c-tenant-a"), scope("c-tenant-b"));
-    store.set(&a, b"secret", b"a's", unconditional()).await.unwrap();
+    store
+        .set(&a, b"secret", b"a's", unconditional())
+        .await
+        .unwrap();
     assert_eq!(store.get(&b, b"secret").await.unwrap().value, None);
     assert_eq!(store.del(&b, b"secret", None).await.unwrap().deleted, 0);
-    assert_eq!(store.vdel(&b, b"secret", b"a's", None).await.unwrap().deleted, 0);
-    let nx = SetOptions { condition: SetCondition::OnlyIfDoesNotExist, ..SetOptions::default() };
-    assert!(store.set(&b, b"secret", b"b's", nx).await.unwrap().written, "b's key is its own");
-    assert_eq!(store.get(&a, b"secret").await.unwrap().value.as_deref(), Some(b"a's".as_slice()));
-    assert!(store.keys(&b, 100).await.unwrap().iter().all(|k| k.as_slice() == b"secret"));
+    assert_eq!(
+        store
+            .vdel(&b, b"secret", b"a's", None)
+            .await
+            .unwrap()
+            .deleted,
+        0
+    );
+    let nx = SetOptions {
+        condition: SetCondition::OnlyIfDoesNotExist,
+        ..SetOptions::default()
+    };
+    assert!(
+        store.set(&b, b"secret", b"b's", nx).await.unwrap().written,
+        "b's key is its own"
+    );
+    assert_eq!(
+        store.get(&a, b"secret").await.unwrap().value.as_deref(),
+        Some(b"a's".as_slice())
+    );
+    assert!(
+        store
+            .keys(&b, 100)
+            .await
+            .unwrap()
+            .iter()
+            .all(|k| k.as_slice() == b"secret")
+    );
     // Names that look like another tenant's prefix stay inside the caller's scope.
-    store.set(&a, b"c-tenant-b:secret", b"forged", unconditional()).await.unwrap();
-    assert_eq!(store.get(&b, b"secret").await.unwrap().value.as_deref(), Some(b"b's".as_slice()));
+    store
+        .set(&a, b"c-tenant-b:secret", b"forged", unconditional())
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get(&b, b"secret").await.unwrap().value.as_deref(),
+        Some(b"b's".as_slice())
+    );
 }

@@ -6,9 +6,14 @@ mod accumulate_collection {
     use wasm_graph_sdk::macros::accumulate_operator;
 
     #[accumulate_operator]
-    fn accumulate_sensor_data(staged: DataModel, inputs: Vec<DataModel>) -> Result<DataModel, Error> {
+    fn accumulate_sensor_data(
+        staged: DataModel,
+        inputs: Vec<DataModel>,
+    ) -> Result<DataModel, Error> {
         let DataModel::Message(mut result) = staged else {
-            return Err(Error { message: "Unexpected input type".to_string() });
+            return Err(Error {
+                message: "Unexpected input type".to_string(),
+            });
         };
         let staged_payload = result.payload.read();
         let mut collected = if staged_payload.is_empty() {
@@ -16,7 +21,11 @@ mod accumulate_collection {
         } else {
             match serde_json::from_slice(&staged_payload) {
                 Ok(Measurement::SensorData(data)) => data,
-                _ => return Err(Error { message: "Unexpected staged payload".to_string() }),
+                _ => {
+                    return Err(Error {
+                        message: "Unexpected staged payload".to_string(),
+                    });
+                }
             }
         };
         for input in inputs {
@@ -24,7 +33,9 @@ mod accumulate_collection {
                 DataModel::Message(message) => message.payload.read(),
                 DataModel::Snapshot(snapshot) => snapshot.frame.read(),
                 DataModel::BufferOrBytes(_) => {
-                    return Err(Error { message: "Unexpected input type".to_string() });
+                    return Err(Error {
+                        message: "Unexpected input type".to_string(),
+                    });
                 }
             };
             match serde_json::from_slice::<Measurement>(&bytes).unwrap() {
@@ -32,7 +43,9 @@ mod accumulate_collection {
                 Measurement::Humidity(h) => collected.humidity.push(h),
                 Measurement::Object(o) => collected.object.push(o),
                 Measurement::SensorData(_) => {
-                    return Err(Error { message: "Unexpected sensor_data input".to_string() });
+                    return Err(Error {
+                        message: "Unexpected sensor_data input".to_string(),
+                    });
                 }
             }
         }

@@ -10,7 +10,11 @@ fn echo(input: DataModel) -> Result<DataModel, Error> {
             message.payload = BufferOrBytes::Bytes(message.payload.read());
             Ok(DataModel::Message(message))
         }
-        DataModel::BufferOrBytes(bytes) => Ok(DataModel::BufferOrBytes(BufferOrBytes::Bytes(bytes.read()))),
-        DataModel::Snapshot(_) => Err(Error { message: "echo takes messages".to_owned() }),
+        DataModel::BufferOrBytes(bytes) => {
+            Ok(DataModel::BufferOrBytes(BufferOrBytes::Bytes(bytes.read())))
+        }
+        DataModel::Snapshot(_) => Err(Error {
+            message: "echo takes messages".to_owned(),
+        }),
     }
 }

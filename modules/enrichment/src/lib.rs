@@ -16,7 +16,10 @@ mod map_enrichment {
     fn increment_overtemp_count() {
         let lock_options = SetOptions {
             conditions: SetConditions::OnlyIfEqualOrDoesNotExist,
-            expires: Some(state_store::Duration { seconds: 10, nanos: 0 }),
+            expires: Some(state_store::Duration {
+                seconds: 10,
+                nanos: 0,
+            }),
         };
         for _attempt in 0..3 {
             let Ok(lock) = state_store::set(b"lock", LOCK_OWNER, None, None, lock_options) else {
@@ -52,12 +55,16 @@ mod map_enrichment {
     #[map_operator]
     fn overtemp_check(input: DataModel) -> Result<DataModel, Error> {
         let DataModel::Message(message) = input else {
-            return Err(Error { message: "Unexpected input type".to_string() });
+            return Err(Error {
+                message: "Unexpected input type".to_string(),
+            });
         };
         let Measurement::SensorData(mut data) =
             serde_json::from_slice::<Measurement>(&message.payload.read()).unwrap()
         else {
-            return Err(Error { message: "Unexpected measurement".to_string() });
+            return Err(Error {
+                message: "Unexpected measurement".to_string(),
+            });
         };
         for temperature in &mut data.temperature {
             if temperature.max > 100.0 {
@@ -77,7 +84,13 @@ mod map_enrichment {
         for humidity in &mut data.humidity {
             if humidity.max > 80.0 {
                 let max = humidity.max.to_string();
-                let _ = state_store::set(b"wet_flag", max.as_bytes(), None, None, SetOptions::default());
+                let _ = state_store::set(
+                    b"wet_flag",
+                    max.as_bytes(),
+                    None,
+                    None,
+                    SetOptions::default(),
+                );
             } else if humidity.min < 80.0 {
                 let _ = state_store::del(b"wet_flag", None, None);
             }

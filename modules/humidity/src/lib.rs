@@ -8,7 +8,9 @@ mod accumulate_humidity {
     #[accumulate_operator]
     fn accumulate_humidity(staged: DataModel, inputs: Vec<DataModel>) -> Result<DataModel, Error> {
         let DataModel::Message(mut result) = staged else {
-            return Err(Error { message: "Unexpected input type".to_string() });
+            return Err(Error {
+                message: "Unexpected input type".to_string(),
+            });
         };
         let staged_payload = result.payload.read();
         let mut stats = if staged_payload.is_empty() {
@@ -18,18 +20,26 @@ mod accumulate_humidity {
                 Ok(Measurement::Humidity(h)) => {
                     Statistics::resume(h.count, h.average, h.max, h.min, h.last)
                 }
-                _ => return Err(Error { message: "Unexpected staged payload".to_string() }),
+                _ => {
+                    return Err(Error {
+                        message: "Unexpected staged payload".to_string(),
+                    });
+                }
             }
         };
         let mut latest: Option<u64> = None;
         for input in inputs {
             let DataModel::Message(message) = input else {
-                return Err(Error { message: "Unexpected input type".to_string() });
+                return Err(Error {
+                    message: "Unexpected input type".to_string(),
+                });
             };
             let Ok(Measurement::Humidity(humidity)) =
                 serde_json::from_slice::<Measurement>(&message.payload.read())
             else {
-                return Err(Error { message: "Unexpected measurement".to_string() });
+                return Err(Error {
+                    message: "Unexpected measurement".to_string(),
+                });
             };
             let value = humidity.value.unwrap();
             stats.add(value);

@@ -25,9 +25,15 @@ mod map_temperature {
     }
 
     fn count_request(unit: Option<&str>) {
-        let mut labels = vec![Label { key: "module".to_owned(), value: CONTEXT.to_owned() }];
+        let mut labels = vec![Label {
+            key: "module".to_owned(),
+            value: CONTEXT.to_owned(),
+        }];
         if let Some(unit) = unit {
-            labels.push(Label { key: "unit".to_owned(), value: unit.to_owned() });
+            labels.push(Label {
+                key: "unit".to_owned(),
+                value: unit.to_owned(),
+            });
         }
         let _ = metrics::add_to_counter("requests", CounterValue::U64(1), Some(&labels));
     }
@@ -36,10 +42,14 @@ mod map_temperature {
     fn fahrenheit_to_celsius(input: DataModel) -> Result<DataModel, Error> {
         count_request(None);
         let DataModel::Message(mut result) = input else {
-            return Err(Error { message: "Unexpected input type".to_string() });
+            return Err(Error {
+                message: "Unexpected input type".to_string(),
+            });
         };
         let Ok(measurement) = serde_json::from_slice::<Measurement>(&result.payload.read()) else {
-            return Err(Error { message: "Failed to parse payload as JSON".to_string() });
+            return Err(Error {
+                message: "Failed to parse payload as JSON".to_string(),
+            });
         };
         if let Measurement::Temperature(mut temperature) = measurement {
             if temperature.unit == MeasurementTemperatureUnit::Fahrenheit {
@@ -76,10 +86,14 @@ mod branch_temperature {
         }];
         let _ = metrics::add_to_counter("requests", CounterValue::U64(1), Some(&labels));
         let DataModel::Message(message) = input else {
-            return Err(Error { message: "Unexpected input type".to_string() });
+            return Err(Error {
+                message: "Unexpected input type".to_string(),
+            });
         };
         let Ok(measurement) = serde_json::from_slice::<Measurement>(&message.payload.read()) else {
-            return Err(Error { message: "Failed to parse payload as JSON".to_string() });
+            return Err(Error {
+                message: "Failed to parse payload as JSON".to_string(),
+            });
         };
         Ok(matches!(measurement, Measurement::Temperature(_)))
     }
@@ -100,7 +114,11 @@ mod filter_temperature {
             return default;
         };
         value.parse().unwrap_or_else(|_| {
-            logger::log(Level::Error, CONTEXT, &format!("cannot parse {key}={value}"));
+            logger::log(
+                Level::Error,
+                CONTEXT,
+                &format!("cannot parse {key}={value}"),
+            );
             default
         })
     }
@@ -110,14 +128,20 @@ mod filter_temperature {
         let upper = bound(&configuration, "temperature_upper_bound", 3422.0);
         // A re-instantiated module runs init again with the same values.
         let _ = BOUNDS.set((lower, upper));
-        logger::log(Level::Info, CONTEXT, &format!("bounds lower={lower} upper={upper}"));
+        logger::log(
+            Level::Info,
+            CONTEXT,
+            &format!("bounds lower={lower} upper={upper}"),
+        );
         true
     }
 
     #[filter_operator(init = "filter_temperature_init")]
     fn filter_temperature(input: DataModel) -> Result<bool, Error> {
         let DataModel::Message(message) = input else {
-            return Err(Error { message: "Unexpected input type".to_string() });
+            return Err(Error {
+                message: "Unexpected input type".to_string(),
+            });
         };
         // As in Azure's sample, a payload that is not the vocabulary traps.
         let measurement: Measurement = serde_json::from_slice(&message.payload.read()).unwrap();
@@ -136,35 +160,52 @@ mod accumulate_temperature {
     use wasm_graph_sdk::macros::accumulate_operator;
 
     #[accumulate_operator]
-    fn accumulate_temperature(staged: DataModel, inputs: Vec<DataModel>) -> Result<DataModel, Error> {
+    fn accumulate_temperature(
+        staged: DataModel,
+        inputs: Vec<DataModel>,
+    ) -> Result<DataModel, Error> {
         let DataModel::Message(mut result) = staged else {
-            return Err(Error { message: "Unexpected input type".to_string() });
+            return Err(Error {
+                message: "Unexpected input type".to_string(),
+            });
         };
         let staged_payload = result.payload.read();
         let (mut stats, mut unit) = if staged_payload.is_empty() {
             (Statistics::default(), MeasurementTemperatureUnit::Celsius)
         } else {
             match serde_json::from_slice(&staged_payload) {
-                Ok(Measurement::Temperature(t)) => {
-                    (Statistics::resume(t.count, t.average, t.max, t.min, t.last), t.unit)
+                Ok(Measurement::Temperature(t)) => (
+                    Statistics::resume(t.count, t.average, t.max, t.min, t.last),
+                    t.unit,
+                ),
+                _ => {
+                    return Err(Error {
+                        message: "Unexpected staged payload".to_string(),
+                    });
                 }
-                _ => return Err(Error { message: "Unexpected staged payload".to_string() }),
             }
         };
         let mut latest: Option<(u64, u32)> = None;
         for input in inputs {
             let DataModel::Message(message) = input else {
-                return Err(Error { message: "Unexpected input type".to_string() });
+                return Err(Error {
+                    message: "Unexpected input type".to_string(),
+                });
             };
             let Measurement::Temperature(temperature) =
                 serde_json::from_slice(&message.payload.read()).unwrap()
             else {
-                return Err(Error { message: "Unexpected measurement".to_string() });
+                return Err(Error {
+                    message: "Unexpected measurement".to_string(),
+                });
             };
             let value = temperature.value.unwrap();
             stats.add(value);
             unit = temperature.unit;
-            let at = (message.timestamp.timestamp.secs, message.timestamp.timestamp.nanos);
+            let at = (
+                message.timestamp.timestamp.secs,
+                message.timestamp.timestamp.nanos,
+            );
             if latest.is_none_or(|l| at.0 >= l.0) {
                 latest = Some(at);
                 stats.last = value;

@@ -87,7 +87,13 @@ pub struct Statistics {
 
 impl Default for Statistics {
     fn default() -> Self {
-        Self { count: 0, sum: 0.0, max: f64::MIN, min: f64::MAX, last: 0.0 }
+        Self {
+            count: 0,
+            sum: 0.0,
+            max: f64::MIN,
+            min: f64::MAX,
+            last: 0.0,
+        }
     }
 }
 
@@ -96,7 +102,13 @@ impl Statistics {
     pub fn resume(count: u64, average: f64, max: f64, min: f64, last: f64) -> Self {
         #[allow(clippy::cast_precision_loss, reason = "counts stay far below 2^52")]
         let sum = average * count as f64;
-        Self { count, sum, max, min, last }
+        Self {
+            count,
+            sum,
+            max,
+            min,
+            last,
+        }
     }
 
     pub fn add(&mut self, value: f64) {

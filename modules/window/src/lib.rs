@@ -21,6 +21,10 @@ mod delay_window {
             let end = (millis / WINDOW_MS + 1) * WINDOW_MS;
             Duration::from_millis(u64::try_from(end).unwrap_or(u64::MAX)).into()
         };
-        Ok(HybridLogicalClock { timestamp: at, counter: 0, node_id: timestamp.node_id })
+        Ok(HybridLogicalClock {
+            timestamp: at,
+            counter: 0,
+            node_id: timestamp.node_id,
+        })
     }
 }

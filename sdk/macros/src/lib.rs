@@ -98,7 +98,11 @@ fn sdk_path() -> syn::Result<TokenStream2> {
     }
 }
 
-fn generate(kind: OperatorKind, init: Option<LitStr>, function: &ItemFn) -> syn::Result<TokenStream2> {
+fn generate(
+    kind: OperatorKind,
+    init: Option<LitStr>,
+    function: &ItemFn,
+) -> syn::Result<TokenStream2> {
     let sdk = sdk_path()?;
     let user_fn = &function.sig.ident;
     let interface = kind.interface();

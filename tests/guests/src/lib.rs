@@ -16,8 +16,12 @@ impl Guest {
     /// The component's bytes.
     pub fn bytes(self) -> Vec<u8> {
         let path = self.path();
-        #[allow(clippy::panic, reason = "test support: a missing guest is a broken build")]
-        std::fs::read(&path).unwrap_or_else(|error| panic!("cannot read guest {}: {error}", path.display()))
+        #[allow(
+            clippy::panic,
+            reason = "test support: a missing guest is a broken build"
+        )]
+        std::fs::read(&path)
+            .unwrap_or_else(|error| panic!("cannot read guest {}: {error}", path.display()))
     }
 
     /// The module's name.
@@ -57,6 +61,18 @@ pub const PREVIEW_ECHO: Guest = Guest("preview_echo");
 
 /// Every guest.
 pub const ALL: [Guest; 14] = [
-    TEMPERATURE, HUMIDITY, WINDOW, COLLECTION, ENRICHMENT, ECHO, SPIN_LOOP, MEMORY_HOG, TRAP,
-    HUGE_OUTPUT, HOST_ABUSE, SOCKET_DIALER, FOREIGN_IMPORT, PREVIEW_ECHO,
+    TEMPERATURE,
+    HUMIDITY,
+    WINDOW,
+    COLLECTION,
+    ENRICHMENT,
+    ECHO,
+    SPIN_LOOP,
+    MEMORY_HOG,
+    TRAP,
+    HUGE_OUTPUT,
+    HOST_ABUSE,
+    SOCKET_DIALER,
+    FOREIGN_IMPORT,
+    PREVIEW_ECHO,
 ];

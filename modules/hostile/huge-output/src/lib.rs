@@ -10,7 +10,10 @@ fn huge(input: DataModel) -> Result<DataModel, Error> {
     };
     let payload = message.payload.read();
     if let Some(mib) = payload.strip_prefix(b"huge:") {
-        let mib: usize = std::str::from_utf8(mib).ok().and_then(|m| m.parse().ok()).unwrap_or(64);
+        let mib: usize = std::str::from_utf8(mib)
+            .ok()
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(64);
         message.payload = BufferOrBytes::Bytes(vec![b'x'; mib << 20]);
     }
     Ok(DataModel::Message(message))

@@ -19,6 +19,7 @@ fn dial(input: DataModel) -> Result<DataModel, Error> {
         Ok(mut found) => format!("resolved: {:?}", found.next()),
         Err(error) => format!("denied: {error}"),
     };
-    message.payload = BufferOrBytes::Bytes(format!("connect {connect}; resolve {resolve}").into_bytes());
+    message.payload =
+        BufferOrBytes::Bytes(format!("connect {connect}; resolve {resolve}").into_bytes());
     Ok(DataModel::Message(message))
 }

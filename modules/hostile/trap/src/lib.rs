@@ -4,7 +4,12 @@
 use weir_sdk::macros::map_operator;
 
 fn configure(configuration: ModuleConfiguration) -> bool {
-    let flag = |name: &str| configuration.properties.iter().any(|(k, v)| k == name && v == "true");
+    let flag = |name: &str| {
+        configuration
+            .properties
+            .iter()
+            .any(|(k, v)| k == name && v == "true")
+    };
     if flag("trap_in_init") {
         panic!("trap requested in init");
     }
@@ -16,7 +21,11 @@ fn trap(input: DataModel) -> Result<DataModel, Error> {
     if let DataModel::Message(message) = &input {
         match message.payload.read().as_slice() {
             b"trap" => panic!("trap requested by payload"),
-            b"error" => return Err(Error { message: "error requested by payload".to_owned() }),
+            b"error" => {
+                return Err(Error {
+                    message: "error requested by payload".to_owned(),
+                });
+            }
             _ => {}
         }
     }

@@ -17,7 +17,11 @@ struct PreviewEcho;
 
 impl Guest for PreviewEcho {
     fn init(configuration: ModuleConfiguration) -> bool {
-        log(Level::Info, "preview-echo", &format!("init with {} properties", configuration.properties.len()));
+        log(
+            Level::Info,
+            "preview-echo",
+            &format!("init with {} properties", configuration.properties.len()),
+        );
         true
     }
 
