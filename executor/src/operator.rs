@@ -688,7 +688,7 @@ impl OperatorInstance {
                     self.env.log(
                         crate::logs::LogLevel::Error,
                         "weir",
-                        &format!("{} (instance replaced)", error),
+                        &format!("{error} (instance replaced)"),
                     );
                 }
             }
