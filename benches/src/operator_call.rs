@@ -7,7 +7,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use weir_api::{DataItem, Hlc, HlcClock, Message, TenantId};
 use weir_executor::logs::MemoryLogSink;
 use weir_executor::metrics::MetricsRegistry;
@@ -42,7 +41,8 @@ fn main() -> anyhow::Result<()> {
     println!("{:<44} {:>14} {:>12}", "case", "calls/s", "µs/call");
     for size in [64usize, 4096] {
         let weir = runtime.block_on(weir_map(iterations, size))?;
-        let raw = raw_core_call(iterations, size)?;
+        let raw =
+            raw_core_call(iterations, size).map_err(|e| anyhow::anyhow!("raw call: {e:#}"))?;
         report(
             &format!("weir map via host, {size} B payload"),
             iterations,
@@ -119,7 +119,7 @@ async fn weir_map(iterations: u32, size: usize) -> anyhow::Result<Duration> {
     Ok(started.elapsed())
 }
 
-fn raw_core_call(iterations: u32, size: usize) -> anyhow::Result<Duration> {
+fn raw_core_call(iterations: u32, size: usize) -> wasmtime::Result<Duration> {
     let mut config = wasmtime::Config::new();
     config.consume_fuel(true).epoch_interruption(true);
     let engine = wasmtime::Engine::new(&config)?;
@@ -130,11 +130,11 @@ fn raw_core_call(iterations: u32, size: usize) -> anyhow::Result<Duration> {
     let instance = wasmtime::Instance::new(&mut store, &module, &[])?;
     let memory = instance
         .get_memory(&mut store, "memory")
-        .context("memory export")?;
+        .ok_or_else(|| wasmtime::format_err!("no memory export"))?;
     let process = instance.get_typed_func::<(i32, i32), i32>(&mut store, "process")?;
     let input = vec![b'x'; size];
     let len = i32::try_from(size)?;
-    let call = |store: &mut wasmtime::Store<()>| -> anyhow::Result<Vec<u8>> {
+    let call = |store: &mut wasmtime::Store<()>| -> wasmtime::Result<Vec<u8>> {
         memory.write(&mut *store, 0, &input)?;
         let at = process.call(&mut *store, (0, len))?;
         let mut out = vec![0; size];

@@ -1,5 +1,11 @@
 //! `weir run` as a user runs it: the real binary over a real component.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, reason = "test code: a failed expectation is a failed test")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code: a failed expectation is a failed test"
+)]
 
 use std::io::Write;
 use std::process::{Command, Stdio};

@@ -289,10 +289,11 @@ pub(crate) fn inspect(engine: &Engine, component: &Component) -> Result<ModuleSh
             continue;
         };
         for contract in [Contract::Ga, Contract::Preview] {
-            if package == contract.package() && version == Some(contract.version()) {
-                if let Some(kind) = OperatorKind::from_name(interface) {
-                    found.push((contract, kind));
-                }
+            if package == contract.package()
+                && version == Some(contract.version())
+                && let Some(kind) = OperatorKind::from_name(interface)
+            {
+                found.push((contract, kind));
             }
         }
     }

@@ -2,7 +2,13 @@
 //! examples' documented behaviour, the state store through the WIT, every hostile module (each
 //! ends with its typed error, within its bound, and the next item on the same node succeeds),
 //! module validation, the preview adapter and the walls between tenants.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, reason = "test code: a failed expectation is a failed test")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code: a failed expectation is a failed test"
+)]
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};

@@ -1,7 +1,13 @@
 //! A module written for Azure IoT Operations builds against weir-sdk with one dependency line
 //! changed. The example modules are written that way (Azure's paths, Azure's injected names);
 //! this checks the rename is the only difference and that they build and export what they say.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, reason = "test code: a failed expectation is a failed test")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code: a failed expectation is a failed test"
+)]
 
 const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 

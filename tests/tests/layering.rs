@@ -1,6 +1,12 @@
 //! The dependency rules of ARCHITECTURE.md, checked on the real dependency graph: only the
 //! executor (and the binaries and tests that link it) may depend on wasmtime.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, reason = "test code: a failed expectation is a failed test")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code: a failed expectation is a failed test"
+)]
 
 use std::collections::{BTreeSet, HashMap};
 use std::process::Command;

@@ -218,10 +218,10 @@ pub fn check_fencing(
     presented: Option<&Hlc>,
     now: Duration,
 ) -> Result<(), StateError> {
-    if let Some(presented) = presented {
-        if presented.time() > now + MAX_FENCING_TOKEN_DRIFT {
-            return Err(StateError::FencingTokenInFuture);
-        }
+    if let Some(presented) = presented
+        && presented.time() > now + MAX_FENCING_TOKEN_DRIFT
+    {
+        return Err(StateError::FencingTokenInFuture);
     }
     match (stored, presented) {
         (None, _) => Ok(()),

@@ -1,5 +1,10 @@
 //! The conformance suite every [`StateStore`] backend must pass, in-memory and Redis alike.
 //! Each check is its own function so a failure names the semantic that broke.
+#![allow(
+    clippy::unwrap_used,
+    clippy::panic,
+    reason = "test support: a failed expectation fails the calling test"
+)]
 
 use std::time::Duration;
 
