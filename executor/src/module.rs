@@ -400,59 +400,38 @@ impl CompiledModule {
         shape: ModuleShape,
         pre: InstancePre<HostState>,
     ) -> Result<Self, ModuleError> {
-        let has = |kind| shape.operators.contains(&kind);
         let unlinkable = |error: wasmtime::Error| ModuleError::Unlinkable {
             detail: format!("{error:#}"),
         };
+        // The indices of one operator interface, if the module exports it.
+        macro_rules! indices {
+            ($interface:ty, $kind:expr) => {
+                if shape.operators.contains(&$kind) {
+                    Some(<$interface>::new(&pre).map_err(unlinkable)?)
+                } else {
+                    None
+                }
+            };
+        }
         let indices = match shape.contract {
             Contract::Ga => {
                 use ga::exports::wasm_graph::processor as ops;
                 Indices::Ga {
-                    map: has(OperatorKind::Map)
-                        .then(|| ops::map::GuestIndices::new(&pre))
-                        .transpose()
-                        .map_err(unlinkable)?,
-                    filter: has(OperatorKind::Filter)
-                        .then(|| ops::filter::GuestIndices::new(&pre))
-                        .transpose()
-                        .map_err(unlinkable)?,
-                    branch: has(OperatorKind::Branch)
-                        .then(|| ops::branch::GuestIndices::new(&pre))
-                        .transpose()
-                        .map_err(unlinkable)?,
-                    accumulate: has(OperatorKind::Accumulate)
-                        .then(|| ops::accumulate::GuestIndices::new(&pre))
-                        .transpose()
-                        .map_err(unlinkable)?,
-                    delay: has(OperatorKind::Delay)
-                        .then(|| ops::delay::GuestIndices::new(&pre))
-                        .transpose()
-                        .map_err(unlinkable)?,
+                    map: indices!(ops::map::GuestIndices, OperatorKind::Map),
+                    filter: indices!(ops::filter::GuestIndices, OperatorKind::Filter),
+                    branch: indices!(ops::branch::GuestIndices, OperatorKind::Branch),
+                    accumulate: indices!(ops::accumulate::GuestIndices, OperatorKind::Accumulate),
+                    delay: indices!(ops::delay::GuestIndices, OperatorKind::Delay),
                 }
             }
             Contract::Preview => {
                 use preview::exports::tinykube_graph::processor as ops;
                 Indices::Preview {
-                    map: has(OperatorKind::Map)
-                        .then(|| ops::map::GuestIndices::new(&pre))
-                        .transpose()
-                        .map_err(unlinkable)?,
-                    filter: has(OperatorKind::Filter)
-                        .then(|| ops::filter::GuestIndices::new(&pre))
-                        .transpose()
-                        .map_err(unlinkable)?,
-                    branch: has(OperatorKind::Branch)
-                        .then(|| ops::branch::GuestIndices::new(&pre))
-                        .transpose()
-                        .map_err(unlinkable)?,
-                    accumulate: has(OperatorKind::Accumulate)
-                        .then(|| ops::accumulate::GuestIndices::new(&pre))
-                        .transpose()
-                        .map_err(unlinkable)?,
-                    delay: has(OperatorKind::Delay)
-                        .then(|| ops::delay::GuestIndices::new(&pre))
-                        .transpose()
-                        .map_err(unlinkable)?,
+                    map: indices!(ops::map::GuestIndices, OperatorKind::Map),
+                    filter: indices!(ops::filter::GuestIndices, OperatorKind::Filter),
+                    branch: indices!(ops::branch::GuestIndices, OperatorKind::Branch),
+                    accumulate: indices!(ops::accumulate::GuestIndices, OperatorKind::Accumulate),
+                    delay: indices!(ops::delay::GuestIndices, OperatorKind::Delay),
                 }
             }
         };

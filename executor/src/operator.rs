@@ -508,39 +508,31 @@ impl OperatorInstance {
         })?;
         let outcome = tokio::time::timeout(limits.timeout + HOST_GRACE, async {
             let instance = self.module.pre.instantiate_async(&mut store).await?;
-            let configuration = &self.configuration;
+            // Loads the export, runs `init`, and names the loaded operator.
+            macro_rules! load_and_init {
+                ($indices:expr, $loaded:ident, $data:ident) => {{
+                    let guest = $indices.load(&mut store, &instance)?;
+                    let configuration = $data::lower_configuration(&self.configuration);
+                    let accepted = guest.call_init(&mut store, &configuration).await?;
+                    (Loaded::$loaded(guest), accepted)
+                }};
+            }
             let (operator, accepted) = match (&self.module.indices, self.kind) {
                 (Indices::Ga { map: Some(ix), .. }, OperatorKind::Map) => {
-                    let g = ix.load(&mut store, &instance)?;
-                    let ok = g
-                        .call_init(&mut store, &ga_data::lower_configuration(configuration))
-                        .await?;
-                    (Loaded::GaMap(g), ok)
+                    load_and_init!(ix, GaMap, ga_data)
                 }
                 (
                     Indices::Ga {
                         filter: Some(ix), ..
                     },
                     OperatorKind::Filter,
-                ) => {
-                    let g = ix.load(&mut store, &instance)?;
-                    let ok = g
-                        .call_init(&mut store, &ga_data::lower_configuration(configuration))
-                        .await?;
-                    (Loaded::GaFilter(g), ok)
-                }
+                ) => load_and_init!(ix, GaFilter, ga_data),
                 (
                     Indices::Ga {
                         branch: Some(ix), ..
                     },
                     OperatorKind::Branch,
-                ) => {
-                    let g = ix.load(&mut store, &instance)?;
-                    let ok = g
-                        .call_init(&mut store, &ga_data::lower_configuration(configuration))
-                        .await?;
-                    (Loaded::GaBranch(g), ok)
-                }
+                ) => load_and_init!(ix, GaBranch, ga_data),
                 (
                     Indices::Ga {
                         accumulate: Some(ix),
@@ -548,33 +540,16 @@ impl OperatorInstance {
                     },
                     OperatorKind::Accumulate,
                 ) => {
-                    let g = ix.load(&mut store, &instance)?;
-                    let ok = g
-                        .call_init(&mut store, &ga_data::lower_configuration(configuration))
-                        .await?;
-                    (Loaded::GaAccumulate(g), ok)
+                    load_and_init!(ix, GaAccumulate, ga_data)
                 }
                 (
                     Indices::Ga {
                         delay: Some(ix), ..
                     },
                     OperatorKind::Delay,
-                ) => {
-                    let g = ix.load(&mut store, &instance)?;
-                    let ok = g
-                        .call_init(&mut store, &ga_data::lower_configuration(configuration))
-                        .await?;
-                    (Loaded::GaDelay(g), ok)
-                }
+                ) => load_and_init!(ix, GaDelay, ga_data),
                 (Indices::Preview { map: Some(ix), .. }, OperatorKind::Map) => {
-                    let g = ix.load(&mut store, &instance)?;
-                    let ok = g
-                        .call_init(
-                            &mut store,
-                            &preview_data::lower_configuration(configuration),
-                        )
-                        .await?;
-                    (Loaded::PreviewMap(g), ok)
+                    load_and_init!(ix, PreviewMap, preview_data)
                 }
                 (
                     Indices::Preview {
@@ -582,14 +557,7 @@ impl OperatorInstance {
                     },
                     OperatorKind::Filter,
                 ) => {
-                    let g = ix.load(&mut store, &instance)?;
-                    let ok = g
-                        .call_init(
-                            &mut store,
-                            &preview_data::lower_configuration(configuration),
-                        )
-                        .await?;
-                    (Loaded::PreviewFilter(g), ok)
+                    load_and_init!(ix, PreviewFilter, preview_data)
                 }
                 (
                     Indices::Preview {
@@ -597,14 +565,7 @@ impl OperatorInstance {
                     },
                     OperatorKind::Branch,
                 ) => {
-                    let g = ix.load(&mut store, &instance)?;
-                    let ok = g
-                        .call_init(
-                            &mut store,
-                            &preview_data::lower_configuration(configuration),
-                        )
-                        .await?;
-                    (Loaded::PreviewBranch(g), ok)
+                    load_and_init!(ix, PreviewBranch, preview_data)
                 }
                 (
                     Indices::Preview {
@@ -613,14 +574,7 @@ impl OperatorInstance {
                     },
                     OperatorKind::Accumulate,
                 ) => {
-                    let g = ix.load(&mut store, &instance)?;
-                    let ok = g
-                        .call_init(
-                            &mut store,
-                            &preview_data::lower_configuration(configuration),
-                        )
-                        .await?;
-                    (Loaded::PreviewAccumulate(g), ok)
+                    load_and_init!(ix, PreviewAccumulate, preview_data)
                 }
                 (
                     Indices::Preview {
@@ -628,14 +582,7 @@ impl OperatorInstance {
                     },
                     OperatorKind::Delay,
                 ) => {
-                    let g = ix.load(&mut store, &instance)?;
-                    let ok = g
-                        .call_init(
-                            &mut store,
-                            &preview_data::lower_configuration(configuration),
-                        )
-                        .await?;
-                    (Loaded::PreviewDelay(g), ok)
+                    load_and_init!(ix, PreviewDelay, preview_data)
                 }
                 (_, kind) => return Err(wasmtime::format_err!("module does not export {kind}")),
             };

@@ -3,6 +3,19 @@
 //! under different paths, so one macro body serves both. This and the result adapter in
 //! `operator` are the whole preview adapter.
 
+/// A builder method: weir keeps no builder state, so each step returns a fresh builder.
+macro_rules! builder_step {
+    ($method:ident, $builder:ident, $($arg:ty),+) => {
+        async fn $method(
+            &mut self,
+            _: Resource<$builder>,
+            $(_: $arg),+
+        ) -> wasmtime::Result<Result<Resource<$builder>, RpcError>> {
+            Ok(Ok(self.table.push($builder)?))
+        }
+    };
+}
+
 macro_rules! host_interfaces {
     () => {
         use std::time::Duration;
@@ -244,18 +257,10 @@ macro_rules! host_interfaces {
             async fn new(&mut self) -> wasmtime::Result<Resource<CommandRequestBuilder>> {
                 Ok(self.table.push(CommandRequestBuilder)?)
             }
-            async fn payload(&mut self, _: Resource<CommandRequestBuilder>, _: Vec<u8>) -> wasmtime::Result<Result<Resource<CommandRequestBuilder>, RpcError>> {
-                Ok(Ok(self.table.push(CommandRequestBuilder)?))
-            }
-            async fn custom_user_data(&mut self, _: Resource<CommandRequestBuilder>, _: Vec<(String, String)>) -> wasmtime::Result<Result<Resource<CommandRequestBuilder>, RpcError>> {
-                Ok(Ok(self.table.push(CommandRequestBuilder)?))
-            }
-            async fn topic_tokens(&mut self, _: Resource<CommandRequestBuilder>, _: Vec<(String, String)>) -> wasmtime::Result<Result<Resource<CommandRequestBuilder>, RpcError>> {
-                Ok(Ok(self.table.push(CommandRequestBuilder)?))
-            }
-            async fn timeout(&mut self, _: Resource<CommandRequestBuilder>, _: u64, _: u32) -> wasmtime::Result<Result<Resource<CommandRequestBuilder>, RpcError>> {
-                Ok(Ok(self.table.push(CommandRequestBuilder)?))
-            }
+            builder_step!(payload, CommandRequestBuilder, Vec<u8>);
+            builder_step!(custom_user_data, CommandRequestBuilder, Vec<(String, String)>);
+            builder_step!(topic_tokens, CommandRequestBuilder, Vec<(String, String)>);
+            builder_step!(timeout, CommandRequestBuilder, u64, u32);
             async fn build(&mut self, _: Resource<CommandRequestBuilder>) -> wasmtime::Result<Result<Resource<CommandRequest>, RpcError>> {
                 Ok(Ok(self.table.push(CommandRequest)?))
             }
@@ -276,27 +281,13 @@ macro_rules! host_interfaces {
             async fn new(&mut self) -> wasmtime::Result<Resource<CommandInvokerOptionsBuilder>> {
                 Ok(self.table.push(CommandInvokerOptionsBuilder)?)
             }
-            async fn request_topic_pattern(&mut self, _: Resource<CommandInvokerOptionsBuilder>, _: String) -> wasmtime::Result<Result<Resource<CommandInvokerOptionsBuilder>, RpcError>> {
-                Ok(Ok(self.table.push(CommandInvokerOptionsBuilder)?))
-            }
-            async fn response_topic_pattern(&mut self, _: Resource<CommandInvokerOptionsBuilder>, _: String) -> wasmtime::Result<Result<Resource<CommandInvokerOptionsBuilder>, RpcError>> {
-                Ok(Ok(self.table.push(CommandInvokerOptionsBuilder)?))
-            }
-            async fn command_name(&mut self, _: Resource<CommandInvokerOptionsBuilder>, _: String) -> wasmtime::Result<Result<Resource<CommandInvokerOptionsBuilder>, RpcError>> {
-                Ok(Ok(self.table.push(CommandInvokerOptionsBuilder)?))
-            }
-            async fn topic_namespace(&mut self, _: Resource<CommandInvokerOptionsBuilder>, _: String) -> wasmtime::Result<Result<Resource<CommandInvokerOptionsBuilder>, RpcError>> {
-                Ok(Ok(self.table.push(CommandInvokerOptionsBuilder)?))
-            }
-            async fn topic_token_map(&mut self, _: Resource<CommandInvokerOptionsBuilder>, _: Vec<(String, String)>) -> wasmtime::Result<Result<Resource<CommandInvokerOptionsBuilder>, RpcError>> {
-                Ok(Ok(self.table.push(CommandInvokerOptionsBuilder)?))
-            }
-            async fn response_topic_prefix(&mut self, _: Resource<CommandInvokerOptionsBuilder>, _: String) -> wasmtime::Result<Result<Resource<CommandInvokerOptionsBuilder>, RpcError>> {
-                Ok(Ok(self.table.push(CommandInvokerOptionsBuilder)?))
-            }
-            async fn response_topic_suffix(&mut self, _: Resource<CommandInvokerOptionsBuilder>, _: String) -> wasmtime::Result<Result<Resource<CommandInvokerOptionsBuilder>, RpcError>> {
-                Ok(Ok(self.table.push(CommandInvokerOptionsBuilder)?))
-            }
+            builder_step!(request_topic_pattern, CommandInvokerOptionsBuilder, String);
+            builder_step!(response_topic_pattern, CommandInvokerOptionsBuilder, String);
+            builder_step!(command_name, CommandInvokerOptionsBuilder, String);
+            builder_step!(topic_namespace, CommandInvokerOptionsBuilder, String);
+            builder_step!(topic_token_map, CommandInvokerOptionsBuilder, Vec<(String, String)>);
+            builder_step!(response_topic_prefix, CommandInvokerOptionsBuilder, String);
+            builder_step!(response_topic_suffix, CommandInvokerOptionsBuilder, String);
             async fn build(&mut self, _: Resource<CommandInvokerOptionsBuilder>) -> wasmtime::Result<Result<Resource<CommandInvokerOptions>, RpcError>> {
                 Ok(Ok(self.table.push(CommandInvokerOptions)?))
             }
