@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 mod error;
+pub mod graph;
 mod hlc;
 mod ids;
 mod item;
