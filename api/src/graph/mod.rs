@@ -315,13 +315,13 @@ pub fn validate(definition: GraphDefinition) -> Result<ValidatedGraph, GraphErro
                 format!("no operation named {:?}", connection.to.name),
             );
         }
-        if let Some(schema) = &connection.from.schema_name {
-            if !definition.schemas.iter().any(|s| &s.name == schema) {
-                report(
-                    format!("{path}.from.schemaName"),
-                    format!("no schema named {schema:?} in schemas"),
-                );
-            }
+        if let Some(schema) = &connection.from.schema_name
+            && !definition.schemas.iter().any(|s| &s.name == schema)
+        {
+            report(
+                format!("{path}.from.schemaName"),
+                format!("no schema named {schema:?} in schemas"),
+            );
         }
         let (Some(from), Some(to)) = (from, to) else {
             continue;
