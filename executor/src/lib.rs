@@ -10,6 +10,7 @@
 //! Never knows about HTTP: the gateway reaches it through the scheduler.
 
 mod bindings;
+pub mod dataflow;
 mod engine;
 mod host;
 pub mod logs;

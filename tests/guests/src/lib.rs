@@ -24,6 +24,11 @@ impl Guest {
             .unwrap_or_else(|error| panic!("cannot read guest {}: {error}", path.display()))
     }
 
+    /// The directory all guests are built into.
+    pub fn dir() -> PathBuf {
+        PathBuf::from(env!("WEIR_GUESTS_DIR"))
+    }
+
     /// The module's name.
     pub fn name(self) -> &'static str {
         self.0
@@ -56,6 +61,8 @@ pub const HOST_ABUSE: Guest = Guest("host_abuse");
 pub const SOCKET_DIALER: Guest = Guest("socket_dialer");
 /// Imports `acme:vault/secrets@1.0.0`, which weir does not provide.
 pub const FOREIGN_IMPORT: Guest = Guest("foreign_import");
+/// A delay that returns a time 5 s before the item's.
+pub const REWIND: Guest = Guest("rewind");
 /// A map built against the preview contract `tinykube-graph:processor@1.0.0`.
 pub const PREVIEW_ECHO: Guest = Guest("preview_echo");
 

@@ -1,0 +1,414 @@
+//! Deployments as timely dataflows.
+//!
+//! A [`DataflowRuntime`] runs a fixed set of worker threads, each a single-threaded timely
+//! worker; every deployment is one dataflow placed on one worker, and many deployments share a
+//! worker. Dataflow time is milliseconds since the Unix epoch: an item's HLC truncated to the
+//! engine tick (azure-compat §11 row 20), so the items of one millisecond travel as one batch.
+//! The item keeps its full HLC inside.
+//!
+//! The graph's operations become operators: `source` (the in-process [`SourceHandle`] intake),
+//! `map`/`filter`/`branch`/`delay`/`accumulate` (wasm calls as futures, see `node`),
+//! `concatenate` (and several edges into one node) as timely's concatenate, fan-out as shared
+//! streams, and `sink` (the [`Deployment`]'s output queue). Items that fail go to the dead-letter
+//! queue with the node and the reason; acknowledgements ride along (see `envelope`).
+
+mod accumulate;
+mod envelope;
+mod node;
+mod prepare;
+mod queue;
+mod sink;
+mod source;
+mod waker;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use timely::communication::Allocator;
+use timely::communication::allocator::thread::Thread;
+use timely::dataflow::operators::Concatenate;
+use timely::dataflow::Stream;
+use timely::worker::Worker;
+use weir_api::graph::{Arm, OperationType};
+
+pub use envelope::{DeadLetter, Delivery, Envelope, SinkOutput};
+pub use prepare::{DeployError, DeployProblem, DirectoryModules, ModuleResolver, PreparedDeployment, TenantContext, prepare};
+pub use queue::OutputQueue;
+pub use source::{SourceError, SourceHandle, message_from_broker};
+
+use crate::host::NodeEnv;
+use crate::{OperatorInstance, OperatorKind};
+
+/// How a deployment's sources move time forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrontierPolicy {
+    /// The frontier follows the wall clock (minus the allowed lateness), every tick, with or
+    /// without input: windows close on time. The default.
+    WallClock,
+    /// The frontier follows the latest event time seen (minus the allowed lateness) and closes
+    /// when the source is closed: replays give identical results whatever the wall clock does.
+    EventTime,
+}
+
+/// A deployment's dataflow settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataflowSettings {
+    /// How sources move time forward.
+    pub frontier: FrontierPolicy,
+    /// How often an idle source moves its frontier (wall-clock policy).
+    pub frontier_tick: Duration,
+    /// How far behind the frontier trails: messages up to this late still get their own time.
+    pub allowed_lateness: Duration,
+    /// How far in the future a message's `__ts` may be before it is dead-lettered.
+    pub max_clock_drift: Duration,
+    /// Messages a source holds before senders are told it is full.
+    pub intake_capacity: usize,
+    /// Outputs waiting for a consumer before sources hold back.
+    pub output_capacity: usize,
+    /// Items per wasm call batch.
+    pub batch_size: usize,
+    /// Items one operator handles per activation before it yields the worker.
+    pub activation_budget: usize,
+}
+
+impl Default for DataflowSettings {
+    fn default() -> Self {
+        Self {
+            frontier: FrontierPolicy::WallClock,
+            frontier_tick: Duration::from_millis(100),
+            allowed_lateness: Duration::ZERO,
+            max_clock_drift: Duration::from_secs(60),
+            intake_capacity: 1024,
+            output_capacity: 10_000,
+            batch_size: 64,
+            activation_budget: 256,
+        }
+    }
+}
+
+/// Counters of a deployment.
+#[derive(Debug, Default)]
+pub struct DeploymentStats {
+    /// Messages taken from sources.
+    pub received: AtomicU64,
+    /// Messages older than the frontier, processed at the frontier.
+    pub late: AtomicU64,
+    /// Messages whose `__ts` was too far in the future (dead-lettered).
+    pub clock_drift: AtomicU64,
+    /// `delay` results earlier than the item's time, clamped.
+    pub delay_clamped: AtomicU64,
+    /// Items sent to the dead letters.
+    pub dead_lettered: AtomicU64,
+    /// Items handed to sinks.
+    pub emitted: AtomicU64,
+}
+
+/// Counters of one node.
+#[derive(Debug, Default)]
+pub struct NodeCounters {
+    /// Calls into the module.
+    pub calls: AtomicU64,
+    /// Items that failed.
+    pub failures: AtomicU64,
+}
+
+/// What a deployment's operators and its handle share.
+#[derive(Debug)]
+pub(crate) struct DeploymentShared {
+    pub(crate) id: String,
+    pub(crate) outputs: OutputQueue<SinkOutput>,
+    pub(crate) dead_letters: OutputQueue<DeadLetter>,
+    pub(crate) stats: DeploymentStats,
+    pub(crate) nodes: BTreeMap<String, Arc<NodeCounters>>,
+    open_sinks: AtomicUsize,
+    complete: AtomicBool,
+}
+
+impl DeploymentShared {
+    pub(crate) fn dead_letter(&self, letter: DeadLetter) {
+        self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(deployment = %letter.deployment, node = %letter.node, reason = %letter.reason, "dead letter");
+        self.dead_letters.push(letter);
+    }
+
+    pub(crate) fn sink_closed(&self) {
+        if self.open_sinks.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.complete.store(true, Ordering::Release);
+        }
+    }
+}
+
+/// Why the runtime could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot start dataflow worker threads: {0}")]
+pub struct RuntimeError(#[source] std::io::Error);
+
+type Command = Box<dyn FnOnce(&mut Worker) + Send>;
+
+struct WorkerThread {
+    commands: SyncSender<Option<Command>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// The dataflow worker threads of an executor.
+pub struct DataflowRuntime {
+    workers: Vec<WorkerThread>,
+    next: AtomicUsize,
+}
+
+impl std::fmt::Debug for DataflowRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataflowRuntime").field("workers", &self.workers.len()).finish_non_exhaustive()
+    }
+}
+
+impl DataflowRuntime {
+    /// Starts `workers` worker threads. Host calls of modules (timers, state store) run on
+    /// `tokio`, whose context every worker enters.
+    pub fn start(workers: usize, tokio: tokio::runtime::Handle) -> Result<Self, RuntimeError> {
+        let mut threads = Vec::with_capacity(workers.max(1));
+        for index in 0..workers.max(1) {
+            let (commands, receiver) = std::sync::mpsc::sync_channel::<Option<Command>>(64);
+            let tokio = tokio.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("weir-dataflow-{index}"))
+                .spawn(move || run_worker(&receiver, &tokio))
+                .map_err(RuntimeError)?;
+            threads.push(WorkerThread { commands, thread: Some(thread) });
+        }
+        Ok(Self { workers: threads, next: AtomicUsize::new(0) })
+    }
+
+    /// Installs a prepared deployment on the next worker and returns its handle.
+    pub fn deploy(&self, prepared: PreparedDeployment) -> Result<Deployment, DeployError> {
+        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.workers.len().max(1);
+        let worker = self.workers.get(index).ok_or(DeployError::RuntimeStopped)?;
+        let running = Arc::new(AtomicBool::new(true));
+        let settings = prepared.settings.clone();
+        let sink_count = prepared.graph.operations().iter().filter(|o| o.operation_type == OperationType::Sink).count();
+        let nodes = prepared.nodes.values().map(|n| (n.name.clone(), Arc::new(NodeCounters::default()))).collect();
+        let shared = Arc::new(DeploymentShared {
+            id: prepared.id.clone(),
+            outputs: OutputQueue::new(settings.output_capacity),
+            dead_letters: OutputQueue::new(settings.output_capacity),
+            stats: DeploymentStats::default(),
+            nodes,
+            open_sinks: AtomicUsize::new(sink_count),
+            complete: AtomicBool::new(sink_count == 0),
+        });
+        let mut sources = HashMap::new();
+        let mut receivers = HashMap::new();
+        for operation in prepared.graph.operations().iter().filter(|o| o.operation_type == OperationType::Source) {
+            let (handle, receiver) = source::channel(settings.intake_capacity, running.clone());
+            sources.insert(operation.name.clone(), handle);
+            receivers.insert(operation.name.clone(), receiver);
+        }
+        let (built, on_built) = std::sync::mpsc::sync_channel(1);
+        let handles = sources.clone();
+        let install_shared = shared.clone();
+        let install: Command = Box::new(move |worker: &mut Worker| {
+            let index = worker.dataflow::<u64, _, _>(|scope| {
+                build_dataflow(scope, prepared, &handles, receivers, &install_shared);
+                scope.index()
+            });
+            let _ = built.send(index);
+        });
+        worker.commands.send(Some(install)).map_err(|_| DeployError::RuntimeStopped)?;
+        if let Some(thread) = &worker.thread {
+            thread.thread().unpark();
+        }
+        let dataflow = on_built.recv().map_err(|_| DeployError::RuntimeStopped)?;
+        Ok(Deployment { id: shared.id.clone(), sources, shared, running, worker: worker.commands.clone(), worker_thread: worker.thread.as_ref().map(|t| t.thread().clone()), dataflow })
+    }
+}
+
+impl Drop for DataflowRuntime {
+    fn drop(&mut self) {
+        for worker in &mut self.workers {
+            let _stopping = worker.commands.send(None);
+            if let Some(thread) = worker.thread.take() {
+                thread.thread().unpark();
+                let _joined = thread.join();
+            }
+        }
+    }
+}
+
+fn run_worker(commands: &Receiver<Option<Command>>, tokio: &tokio::runtime::Handle) {
+    let _tokio = tokio.enter();
+    let allocator = Allocator::Thread(Thread::default());
+    let mut worker = Worker::new(timely::WorkerConfig::default(), allocator, Some(Instant::now()));
+    loop {
+        loop {
+            match commands.try_recv() {
+                Ok(Some(command)) => command(&mut worker),
+                Ok(None) | Err(std::sync::mpsc::TryRecvError::Disconnected) => return,
+                Err(std::sync::mpsc::TryRecvError::Empty) => break,
+            }
+        }
+        // Parks until an operator is activated (sources, wakers, timers) or a command arrives.
+        worker.step_or_park(Some(Duration::from_millis(100)));
+    }
+}
+
+/// A running deployment.
+pub struct Deployment {
+    id: String,
+    sources: HashMap<String, SourceHandle>,
+    shared: Arc<DeploymentShared>,
+    running: Arc<AtomicBool>,
+    worker: SyncSender<Option<Command>>,
+    worker_thread: Option<std::thread::Thread>,
+    dataflow: usize,
+}
+
+impl std::fmt::Debug for Deployment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deployment").field("id", &self.id).field("dataflow", &self.dataflow).finish_non_exhaustive()
+    }
+}
+
+impl Deployment {
+    /// The deployment's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The intake of the source operation named `name`.
+    pub fn source(&self, name: &str) -> Option<&SourceHandle> {
+        self.sources.get(name)
+    }
+
+    /// Closes every source: once what they took is processed, the dataflow completes.
+    pub fn close_sources(&mut self) {
+        self.sources.clear();
+    }
+
+    /// What reached the sinks.
+    pub fn outputs(&self) -> &OutputQueue<SinkOutput> {
+        &self.shared.outputs
+    }
+
+    /// Items that failed, with why.
+    pub fn dead_letters(&self) -> &OutputQueue<DeadLetter> {
+        &self.shared.dead_letters
+    }
+
+    /// The deployment's counters.
+    pub fn stats(&self) -> &DeploymentStats {
+        &self.shared.stats
+    }
+
+    /// The counters of the node named `name`.
+    pub fn node_counters(&self, name: &str) -> Option<&NodeCounters> {
+        self.shared.nodes.get(name).map(AsRef::as_ref)
+    }
+
+    /// Whether every sink's input is complete (sources closed and everything processed).
+    pub fn is_complete(&self) -> bool {
+        self.shared.complete.load(Ordering::Acquire)
+    }
+
+    /// Waits until the deployment completes, up to `timeout`; whether it did.
+    pub fn wait_complete(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while !self.is_complete() {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        true
+    }
+}
+
+impl Drop for Deployment {
+    fn drop(&mut self) {
+        // Messages still in flight are abandoned (not acknowledged), so brokers redeliver them.
+        self.running.store(false, Ordering::Release);
+        let dataflow = self.dataflow;
+        let _stopping = self.worker.send(Some(Box::new(move |worker: &mut Worker| {
+            if worker.installed_dataflows().contains(&dataflow) {
+                worker.drop_dataflow(dataflow);
+            }
+        })));
+        if let Some(thread) = &self.worker_thread {
+            thread.unpark();
+        }
+    }
+}
+
+/// One prepared node of a deployment.
+pub(crate) struct PreparedNode {
+    pub(crate) name: String,
+    pub(crate) kind: OperatorKind,
+    pub(crate) instance: OperatorInstance,
+    pub(crate) env: Arc<NodeEnv>,
+}
+
+type Streams<'scope> = HashMap<(usize, Option<Arm>), Stream<'scope, u64, Vec<Envelope>>>;
+
+fn build_dataflow<'scope>(
+    scope: timely::dataflow::Scope<'scope, u64>,
+    prepared: PreparedDeployment,
+    sources: &HashMap<String, SourceHandle>,
+    mut receivers: HashMap<String, Receiver<source::Incoming>>,
+    shared: &Arc<DeploymentShared>,
+) {
+    let PreparedDeployment { graph, mut nodes, settings, executor_node_id, .. } = prepared;
+    let mut streams: Streams<'scope> = HashMap::new();
+    for &index in graph.topological_order() {
+        let Some(operation) = graph.operations().get(index) else { continue };
+        let name = operation.name.as_str();
+        let inputs: Vec<Stream<'scope, u64, Vec<Envelope>>> =
+            graph.inputs_of(index).filter_map(|edge| streams.get(&(edge.from, edge.arm)).cloned()).collect();
+        let input = match inputs.len() {
+            0 => None,
+            1 => inputs.into_iter().next(),
+            _ => Some(scope.concatenate(inputs)),
+        };
+        match (operation.operation_type, input) {
+            (OperationType::Source, _) => {
+                let (Some(handle), Some(receiver)) = (sources.get(name), receivers.remove(name)) else { continue };
+                let stream = source::build(scope, name, handle, receiver, &settings, shared);
+                streams.insert((index, None), stream);
+            }
+            (OperationType::Sink, Some(input)) => sink::build(input, name, shared, &executor_node_id),
+            (OperationType::Concatenate, Some(input)) => {
+                streams.insert((index, None), input);
+            }
+            (_, Some(input)) => {
+                let Some(node) = nodes.remove(&index) else { continue };
+                let counters = shared.nodes.get(&node.name).cloned().unwrap_or_default();
+                let context = node::NodeContext {
+                    name: node.name,
+                    kind: node.kind,
+                    env: node.env,
+                    shared: shared.clone(),
+                    settings: settings.clone(),
+                    counters,
+                    executor_node_id: executor_node_id.clone(),
+                };
+                if node.kind == OperatorKind::Accumulate {
+                    streams.insert((index, None), accumulate::accumulate(input, context, node.instance));
+                } else {
+                    let outputs = node::per_item(input, context, node.instance);
+                    if node.kind == OperatorKind::Branch {
+                        let mut outputs = outputs.into_iter();
+                        if let (Some(no), Some(yes)) = (outputs.next(), outputs.next()) {
+                            streams.insert((index, Some(Arm::False)), no);
+                            streams.insert((index, Some(Arm::True)), yes);
+                        }
+                    } else if let Some(output) = outputs.into_iter().next() {
+                        streams.insert((index, None), output);
+                    }
+                }
+            }
+            (_, None) => {}
+        }
+    }
+}

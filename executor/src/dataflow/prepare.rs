@@ -1,0 +1,256 @@
+//! From a validated graph, its modules and a deployment's configuration to instances that have
+//! run `init`: everything that can be wrong with a deployment is found here, before any message
+//! flows. Configuration follows azure-compat §11 rows 1–2; edge schemas row 9.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use weir_api::graph::{GraphContract, OperationType, ValidatedGraph};
+use weir_api::{HlcClock, TenantId};
+use weir_state::{StateLimits, StateScope, StateStore};
+use weir_tenants::Quotas;
+
+use super::{DataflowSettings, PreparedNode};
+use crate::host::NodeEnv;
+use crate::logs::LogSink;
+use crate::metrics::MetricsRegistry;
+use crate::{
+    CallLimits, CompiledModule, Contract, ModuleConfiguration, ModuleSchema, OperatorEngine,
+    OperatorError, OperatorInstance, OperatorKind,
+};
+
+/// Finds the compiled module an operation's `module` reference names.
+pub trait ModuleResolver: Send + Sync {
+    /// The module `reference` names, or why there is none.
+    fn resolve(&self, reference: &str) -> Result<Arc<CompiledModule>, String>;
+}
+
+/// Modules from a directory of built components, named as `weir test` names them
+/// (azure-compat §11 row 14): a reference resolves to `<dir>/<last path segment, tag removed>.wasm`,
+/// so `azure-samples/explore-iot-operations/temperature:1.0.0` is `temperature.wasm`; cargo's
+/// spelling (`otel_enrich.wasm` for `otel-enrich`) is tried too.
+#[derive(Debug, Clone)]
+pub struct DirectoryModules {
+    dir: std::path::PathBuf,
+    engine: OperatorEngine,
+}
+
+impl DirectoryModules {
+    /// Modules in `dir`, compiled on `engine`.
+    pub fn new(dir: impl Into<std::path::PathBuf>, engine: OperatorEngine) -> Self {
+        Self { dir: dir.into(), engine }
+    }
+}
+
+impl ModuleResolver for DirectoryModules {
+    fn resolve(&self, reference: &str) -> Result<Arc<CompiledModule>, String> {
+        let last = reference.rsplit('/').next().unwrap_or(reference);
+        let name = last.split(':').next().unwrap_or(last);
+        if name.is_empty() || name.starts_with('.') {
+            return Err("not a module name".to_owned());
+        }
+        let candidates = [format!("{name}.wasm"), format!("{}.wasm", name.replace('-', "_"))];
+        let path = candidates
+            .iter()
+            .map(|file| self.dir.join(file))
+            .find(|path| path.is_file())
+            .ok_or_else(|| format!("no {} in {}", candidates[0], self.dir.display()))?;
+        let bytes = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        self.engine.load(&bytes).map_err(|e| format!("{}: {e}", path.display()))
+    }
+}
+
+/// The tenant a deployment runs for, and the services its modules reach.
+#[derive(Debug, Clone)]
+pub struct TenantContext {
+    /// The tenant.
+    pub tenant: TenantId,
+    /// Its quotas.
+    pub quotas: Quotas,
+    /// Its state store.
+    pub state: Arc<dyn StateStore>,
+    /// Its log.
+    pub logs: Arc<dyn LogSink>,
+    /// Its metrics.
+    pub metrics: Arc<MetricsRegistry>,
+    /// The executor's clock.
+    pub clock: Arc<HlcClock>,
+}
+
+/// One problem with a deployment, naming the node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeployProblem {
+    /// The operation.
+    pub node: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Why a deployment cannot run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeployError {
+    /// Modules or configuration are missing or do not fit: every problem found.
+    #[error("deployment cannot be built: {}", .0.iter().map(|p| format!("{}: {}", p.node, p.message)).collect::<Vec<_>>().join("; "))]
+    Invalid(Vec<DeployProblem>),
+    /// A node's `init` refused its configuration.
+    #[error("node {node:?}: init returned false")]
+    InitRejected {
+        /// The operation.
+        node: String,
+    },
+    /// A node's `init` failed.
+    #[error("node {node:?}: {error}")]
+    InitFailed {
+        /// The operation.
+        node: String,
+        /// What happened.
+        #[source]
+        error: OperatorError,
+    },
+    /// The runtime is shutting down.
+    #[error("the dataflow runtime has stopped")]
+    RuntimeStopped,
+}
+
+/// A deployment whose nodes have all run `init`, ready for [`super::DataflowRuntime::deploy`].
+pub struct PreparedDeployment {
+    pub(crate) id: String,
+    pub(crate) graph: ValidatedGraph,
+    pub(crate) nodes: HashMap<usize, PreparedNode>,
+    pub(crate) settings: DataflowSettings,
+    pub(crate) executor_node_id: String,
+    /// Configuration keys no operation declares: kept, not delivered (§11 row 2).
+    pub warnings: Vec<String>,
+}
+
+impl std::fmt::Debug for PreparedDeployment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedDeployment").field("id", &self.id).field("warnings", &self.warnings).finish_non_exhaustive()
+    }
+}
+
+fn operator_kind(operation_type: OperationType) -> Option<OperatorKind> {
+    match operation_type {
+        OperationType::Map => Some(OperatorKind::Map),
+        OperationType::Filter => Some(OperatorKind::Filter),
+        OperationType::Branch => Some(OperatorKind::Branch),
+        OperationType::Accumulate => Some(OperatorKind::Accumulate),
+        OperationType::Delay => Some(OperatorKind::Delay),
+        OperationType::Source | OperationType::Concatenate | OperationType::Sink => None,
+    }
+}
+
+/// Resolves, configures, instantiates and `init`s every node of `graph` for deployment `id`.
+#[allow(clippy::too_many_arguments, reason = "each is a distinct input of a deployment")]
+pub async fn prepare(
+    id: &str,
+    graph: &ValidatedGraph,
+    configuration: &BTreeMap<String, String>,
+    tenant: &TenantContext,
+    modules: &dyn ModuleResolver,
+    engine: &OperatorEngine,
+    settings: DataflowSettings,
+    executor_node_id: &str,
+) -> Result<PreparedDeployment, DeployError> {
+    let mut problems = Vec::new();
+    let mut planned = Vec::new();
+    let mut delivered_keys = BTreeSet::new();
+    for (index, operation) in graph.operations().iter().enumerate() {
+        let Some(kind) = operator_kind(operation.operation_type) else { continue };
+        let node = operation.name.clone();
+        let reference = operation.module.clone().unwrap_or_default();
+        let module = match modules.resolve(&reference) {
+            Ok(module) => module,
+            Err(reason) => {
+                problems.push(DeployProblem { node, message: format!("cannot resolve module {reference:?}: {reason}") });
+                continue;
+            }
+        };
+        if !module.operators().contains(&kind) {
+            problems.push(DeployProblem { node, message: format!("module {reference:?} does not export the {kind} interface") });
+            continue;
+        }
+        let expected = match graph.contract() {
+            GraphContract::Ga => Contract::Ga,
+            GraphContract::Preview => Contract::Preview,
+        };
+        if module.contract() != expected {
+            problems.push(DeployProblem {
+                node,
+                message: format!("the graph's apiVersion binds {expected:?} modules, but {reference:?} was built for the {:?} contract", module.contract()),
+            });
+            continue;
+        }
+        let mut properties = Vec::new();
+        for (key, parameter) in graph.parameters_of(&operation.name).into_iter().flatten() {
+            let value = configuration
+                .get(key)
+                .or_else(|| configuration.get(&parameter.name))
+                .cloned()
+                .or_else(|| parameter.default.clone());
+            delivered_keys.insert(key.clone());
+            delivered_keys.insert(parameter.name.clone());
+            match value {
+                Some(value) => properties.push((key.clone(), value)),
+                None if parameter.required => problems.push(DeployProblem {
+                    node: node.clone(),
+                    message: format!("required parameter {key:?} has no value in the deployment and no default"),
+                }),
+                None => {}
+            }
+        }
+        let module_schemas = graph
+            .inputs_of(index)
+            .filter_map(|edge| edge.schema_name.as_deref().and_then(|name| graph.schema(name)))
+            .map(|schema| ModuleSchema { name: schema.name.clone(), content_type: schema.format.clone(), content: schema.schema.clone() })
+            .collect();
+        planned.push((index, node, kind, module, ModuleConfiguration { properties, module_schemas }));
+    }
+    if !problems.is_empty() {
+        return Err(DeployError::Invalid(problems));
+    }
+    let warnings = configuration
+        .keys()
+        .filter(|key| !delivered_keys.contains(*key))
+        .map(|key| format!("configuration key {key:?} is declared by no operation; it is kept but not delivered"))
+        .collect();
+
+    let quotas = &tenant.quotas;
+    let state_scope = StateScope::new(
+        tenant.tenant.clone(),
+        StateLimits { max_keys: quotas.max_state_keys, max_bytes: quotas.max_state_bytes, max_key_bytes: quotas.max_state_key_bytes },
+    );
+    let limits = CallLimits::from_quotas(quotas);
+    let mut nodes = HashMap::new();
+    for (index, node, kind, module, module_configuration) in planned {
+        let env = Arc::new(NodeEnv {
+            tenant: tenant.tenant.clone(),
+            node: format!("{id}/{node}"),
+            state: tenant.state.clone(),
+            state_scope: state_scope.clone(),
+            state_timeout_cap: Duration::from_secs(1),
+            logs: tenant.logs.clone(),
+            metrics: tenant.metrics.clone(),
+            max_log_line_bytes: usize::try_from(quotas.max_log_line_bytes).unwrap_or(usize::MAX),
+            clock: tenant.clock.clone(),
+        });
+        let mut instance = OperatorInstance::new(engine.clone(), module, kind, module_configuration, env.clone(), limits)
+            .map_err(|error| DeployError::InitFailed { node: node.clone(), error })?;
+        match instance.start().await {
+            Ok(()) => {}
+            Err(OperatorError::InitRejected) => return Err(DeployError::InitRejected { node }),
+            Err(error) => return Err(DeployError::InitFailed { node, error }),
+        }
+        nodes.insert(index, PreparedNode { name: node, kind, instance, env });
+    }
+    Ok(PreparedDeployment {
+        id: id.to_owned(),
+        graph: graph.clone(),
+        nodes,
+        settings,
+        executor_node_id: executor_node_id.to_owned(),
+        warnings,
+    })
+}

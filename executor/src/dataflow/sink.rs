@@ -1,0 +1,49 @@
+//! The sink operator: hands each item to the deployment's output queue with the outgoing
+//! `__ts` user property (its dataflow time, as an HLC of this executor), and reports when its
+//! input is complete.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use timely::dataflow::Stream;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::Operator;
+use weir_api::{DataItem, Hlc};
+
+use super::envelope::{Envelope, SinkOutput};
+use super::DeploymentShared;
+
+pub(crate) fn build(input: Stream<'_, u64, Vec<Envelope>>, name: &str, shared: &Arc<DeploymentShared>, executor_node_id: &str) {
+    let shared = shared.clone();
+    let sink = name.to_owned();
+    let node_id = executor_node_id.to_owned();
+    let mut closed = false;
+    input.sink(Pipeline, name, move |(input, frontier)| {
+        input.for_each(|cap, data| {
+            let Some(&time) = cap.least() else { return };
+            for envelope in data.drain(..) {
+                let item = with_outgoing_ts(envelope.item, &Hlc::at(Duration::from_millis(time), node_id.clone()));
+                shared.stats.emitted.fetch_add(1, Ordering::Relaxed);
+                shared.outputs.push(SinkOutput { sink: sink.clone(), time, item, acks: envelope.acks });
+            }
+        });
+        if !closed && frontier.is_empty() {
+            closed = true;
+            shared.sink_closed();
+        }
+    });
+}
+
+/// Sets the `__ts` user property of a message to `time` (replacing any incoming one).
+fn with_outgoing_ts(item: DataItem, time: &Hlc) -> DataItem {
+    match item {
+        DataItem::Message(mut message) => {
+            message.user_properties.retain(|(k, _)| k.as_ref() != b"__ts");
+            message.user_properties.push((Bytes::from_static(b"__ts"), Bytes::from(time.to_ts())));
+            DataItem::Message(message)
+        }
+        other => other,
+    }
+}
