@@ -11,11 +11,11 @@ use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
 use timely::container::CapacityContainerBuilder;
+use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
-use timely::dataflow::Stream;
 use weir_api::{DataItem, Message};
 
 use super::envelope::Envelope;
@@ -31,7 +31,11 @@ struct Window {
     isolate: VecDeque<Envelope>,
 }
 
-type CallResult = (OperatorInstance, Vec<Envelope>, Result<DataItem, OperatorError>);
+type CallResult = (
+    OperatorInstance,
+    Vec<Envelope>,
+    Result<DataItem, OperatorError>,
+);
 type Call = Pin<Box<dyn Future<Output = CallResult>>>;
 
 fn start_call(mut instance: OperatorInstance, staged: DataItem, batch: Vec<Envelope>) -> Call {
@@ -65,10 +69,16 @@ pub(crate) fn accumulate<'scope>(
         move |frontiers| {
             input.for_each(|cap, data| {
                 let Some(&time) = cap.least() else { return };
-                let Some(retained) = cap.retain_least(0) else { return };
+                let Some(retained) = cap.retain_least(0) else {
+                    return;
+                };
                 let window = windows.entry(time).or_insert_with(|| Window {
                     cap: retained,
-                    staged: Envelope::bare(DataItem::Message(Message::new(context.hlc(time), "", ""))),
+                    staged: Envelope::bare(DataItem::Message(Message::new(
+                        context.hlc(time),
+                        "",
+                        "",
+                    ))),
                     folded: false,
                     pending: VecDeque::new(),
                     isolate: VecDeque::new(),
@@ -79,7 +89,9 @@ pub(crate) fn accumulate<'scope>(
             let mut cx = Context::from_waker(&waker);
             loop {
                 if in_flight.is_none() {
-                    let next = windows.iter_mut().find(|(_, w)| !w.isolate.is_empty() || !w.pending.is_empty());
+                    let next = windows
+                        .iter_mut()
+                        .find(|(_, w)| !w.isolate.is_empty() || !w.pending.is_empty());
                     let Some((&time, window)) = next else { break };
                     let Some(instance) = idle.take() else { break };
                     let batch: Vec<Envelope> = match window.isolate.pop_front() {
@@ -89,11 +101,18 @@ pub(crate) fn accumulate<'scope>(
                             window.pending.drain(..take).collect()
                         }
                     };
-                    in_flight = Some((time, start_call(instance, window.staged.item.clone(), batch)));
+                    in_flight = Some((
+                        time,
+                        start_call(instance, window.staged.item.clone(), batch),
+                    ));
                 }
-                let Some((time, call)) = in_flight.as_mut() else { break };
+                let Some((time, call)) = in_flight.as_mut() else {
+                    break;
+                };
                 let time = *time;
-                let Poll::Ready((instance, batch, result)) = call.as_mut().poll(&mut cx) else { break };
+                let Poll::Ready((instance, batch, result)) = call.as_mut().poll(&mut cx) else {
+                    break;
+                };
                 idle = Some(instance);
                 in_flight = None;
                 budget = budget.saturating_sub(batch.len());
@@ -133,7 +152,9 @@ pub(crate) fn accumulate<'scope>(
                 .map(|(t, _)| *t)
                 .collect();
             for time in complete {
-                let Some(window) = windows.remove(&time) else { continue };
+                let Some(window) = windows.remove(&time) else {
+                    continue;
+                };
                 if window.folded {
                     output.activate().session(&window.cap).give(window.staged);
                 }

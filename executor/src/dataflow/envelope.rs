@@ -34,21 +34,35 @@ impl std::fmt::Debug for AckToken {
 
 impl AckToken {
     pub(crate) fn new(running: Arc<AtomicBool>, on_done: OnDone) -> Arc<Self> {
-        Arc::new(Self { on_done: Mutex::new(Some(on_done)), running })
+        Arc::new(Self {
+            on_done: Mutex::new(Some(on_done)),
+            running,
+        })
     }
 
     /// Makes the token silent: for a message that was never taken.
     pub(crate) fn disarm(&self) {
-        let _silenced = self.on_done.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        let _silenced = self
+            .on_done
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
     }
 }
 
 impl Drop for AckToken {
     fn drop(&mut self) {
-        let on_done = self.on_done.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        let on_done = self
+            .on_done
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
         if let Some(on_done) = on_done {
-            let delivery =
-                if self.running.load(Ordering::Acquire) { Delivery::Processed } else { Delivery::Abandoned };
+            let delivery = if self.running.load(Ordering::Acquire) {
+                Delivery::Processed
+            } else {
+                Delivery::Abandoned
+            };
             on_done(delivery);
         }
     }
@@ -66,7 +80,10 @@ pub struct Envelope {
 impl Envelope {
     /// An item with no acknowledgement attached (e.g. an accumulate's first staged value).
     pub fn bare(item: DataItem) -> Self {
-        Self { item, acks: Vec::new() }
+        Self {
+            item,
+            acks: Vec::new(),
+        }
     }
 }
 

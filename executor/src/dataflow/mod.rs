@@ -22,21 +22,24 @@ mod source;
 mod waker;
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
-use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use timely::communication::Allocator;
 use timely::communication::allocator::thread::Thread;
-use timely::dataflow::operators::Concatenate;
 use timely::dataflow::Stream;
+use timely::dataflow::operators::Concatenate;
 use timely::worker::Worker;
 use weir_api::graph::{Arm, OperationType};
 
 pub use envelope::{DeadLetter, Delivery, Envelope, SinkOutput};
-pub use prepare::{DeployError, DeployProblem, DirectoryModules, ModuleResolver, PreparedDeployment, TenantContext, prepare};
+pub use prepare::{
+    DeployError, DeployProblem, DirectoryModules, ModuleResolver, PreparedDeployment,
+    TenantContext, prepare,
+};
 pub use queue::OutputQueue;
 pub use source::{SourceError, SourceHandle, message_from_broker};
 
@@ -162,7 +165,9 @@ pub struct DataflowRuntime {
 
 impl std::fmt::Debug for DataflowRuntime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DataflowRuntime").field("workers", &self.workers.len()).finish_non_exhaustive()
+        f.debug_struct("DataflowRuntime")
+            .field("workers", &self.workers.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -178,9 +183,15 @@ impl DataflowRuntime {
                 .name(format!("weir-dataflow-{index}"))
                 .spawn(move || run_worker(&receiver, &tokio))
                 .map_err(RuntimeError)?;
-            threads.push(WorkerThread { commands, thread: Some(thread) });
+            threads.push(WorkerThread {
+                commands,
+                thread: Some(thread),
+            });
         }
-        Ok(Self { workers: threads, next: AtomicUsize::new(0) })
+        Ok(Self {
+            workers: threads,
+            next: AtomicUsize::new(0),
+        })
     }
 
     /// Installs a prepared deployment on the next worker and returns its handle.
@@ -189,8 +200,17 @@ impl DataflowRuntime {
         let worker = self.workers.get(index).ok_or(DeployError::RuntimeStopped)?;
         let running = Arc::new(AtomicBool::new(true));
         let settings = prepared.settings.clone();
-        let sink_count = prepared.graph.operations().iter().filter(|o| o.operation_type == OperationType::Sink).count();
-        let nodes = prepared.nodes.values().map(|n| (n.name.clone(), Arc::new(NodeCounters::default()))).collect();
+        let sink_count = prepared
+            .graph
+            .operations()
+            .iter()
+            .filter(|o| o.operation_type == OperationType::Sink)
+            .count();
+        let nodes = prepared
+            .nodes
+            .values()
+            .map(|n| (n.name.clone(), Arc::new(NodeCounters::default())))
+            .collect();
         let shared = Arc::new(DeploymentShared {
             id: prepared.id.clone(),
             outputs: OutputQueue::new(settings.output_capacity),
@@ -202,7 +222,12 @@ impl DataflowRuntime {
         });
         let mut sources = HashMap::new();
         let mut receivers = HashMap::new();
-        for operation in prepared.graph.operations().iter().filter(|o| o.operation_type == OperationType::Source) {
+        for operation in prepared
+            .graph
+            .operations()
+            .iter()
+            .filter(|o| o.operation_type == OperationType::Source)
+        {
             let (handle, receiver) = source::channel(settings.intake_capacity, running.clone());
             sources.insert(operation.name.clone(), handle);
             receivers.insert(operation.name.clone(), receiver);
@@ -217,12 +242,23 @@ impl DataflowRuntime {
             });
             let _ = built.send(index);
         });
-        worker.commands.send(Some(install)).map_err(|_| DeployError::RuntimeStopped)?;
+        worker
+            .commands
+            .send(Some(install))
+            .map_err(|_| DeployError::RuntimeStopped)?;
         if let Some(thread) = &worker.thread {
             thread.thread().unpark();
         }
         let dataflow = on_built.recv().map_err(|_| DeployError::RuntimeStopped)?;
-        Ok(Deployment { id: shared.id.clone(), sources, shared, running, worker: worker.commands.clone(), worker_thread: worker.thread.as_ref().map(|t| t.thread().clone()), dataflow })
+        Ok(Deployment {
+            id: shared.id.clone(),
+            sources,
+            shared,
+            running,
+            worker: worker.commands.clone(),
+            worker_thread: worker.thread.as_ref().map(|t| t.thread().clone()),
+            dataflow,
+        })
     }
 }
 
@@ -241,7 +277,11 @@ impl Drop for DataflowRuntime {
 fn run_worker(commands: &Receiver<Option<Command>>, tokio: &tokio::runtime::Handle) {
     let _tokio = tokio.enter();
     let allocator = Allocator::Thread(Thread::default());
-    let mut worker = Worker::new(timely::WorkerConfig::default(), allocator, Some(Instant::now()));
+    let mut worker = Worker::new(
+        timely::WorkerConfig::default(),
+        allocator,
+        Some(Instant::now()),
+    );
     loop {
         loop {
             match commands.try_recv() {
@@ -268,7 +308,10 @@ pub struct Deployment {
 
 impl std::fmt::Debug for Deployment {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Deployment").field("id", &self.id).field("dataflow", &self.dataflow).finish_non_exhaustive()
+        f.debug_struct("Deployment")
+            .field("id", &self.id)
+            .field("dataflow", &self.dataflow)
+            .finish_non_exhaustive()
     }
 }
 
@@ -285,7 +328,17 @@ impl Deployment {
 
     /// Closes every source: once what they took is processed, the dataflow completes.
     pub fn close_sources(&mut self) {
-        self.sources.clear();
+        let activators: Vec<_> = self
+            .sources
+            .drain()
+            .map(|(_, handle)| handle.activator())
+            .collect();
+        // The senders are gone now; wake each source so it sees its input closed.
+        for activator in activators {
+            if let Some(activator) = activator.get() {
+                let _gone = activator.activate();
+            }
+        }
     }
 
     /// What reached the sinks.
@@ -359,13 +412,23 @@ fn build_dataflow<'scope>(
     mut receivers: HashMap<String, Receiver<source::Incoming>>,
     shared: &Arc<DeploymentShared>,
 ) {
-    let PreparedDeployment { graph, mut nodes, settings, executor_node_id, .. } = prepared;
+    let PreparedDeployment {
+        graph,
+        mut nodes,
+        settings,
+        executor_node_id,
+        ..
+    } = prepared;
     let mut streams: Streams<'scope> = HashMap::new();
     for &index in graph.topological_order() {
-        let Some(operation) = graph.operations().get(index) else { continue };
+        let Some(operation) = graph.operations().get(index) else {
+            continue;
+        };
         let name = operation.name.as_str();
-        let inputs: Vec<Stream<'scope, u64, Vec<Envelope>>> =
-            graph.inputs_of(index).filter_map(|edge| streams.get(&(edge.from, edge.arm)).cloned()).collect();
+        let inputs: Vec<Stream<'scope, u64, Vec<Envelope>>> = graph
+            .inputs_of(index)
+            .filter_map(|edge| streams.get(&(edge.from, edge.arm)).cloned())
+            .collect();
         let input = match inputs.len() {
             0 => None,
             1 => inputs.into_iter().next(),
@@ -373,16 +436,23 @@ fn build_dataflow<'scope>(
         };
         match (operation.operation_type, input) {
             (OperationType::Source, _) => {
-                let (Some(handle), Some(receiver)) = (sources.get(name), receivers.remove(name)) else { continue };
+                let (Some(handle), Some(receiver)) = (sources.get(name), receivers.remove(name))
+                else {
+                    continue;
+                };
                 let stream = source::build(scope, name, handle, receiver, &settings, shared);
                 streams.insert((index, None), stream);
             }
-            (OperationType::Sink, Some(input)) => sink::build(input, name, shared, &executor_node_id),
+            (OperationType::Sink, Some(input)) => {
+                sink::build(input, name, shared, &executor_node_id)
+            }
             (OperationType::Concatenate, Some(input)) => {
                 streams.insert((index, None), input);
             }
             (_, Some(input)) => {
-                let Some(node) = nodes.remove(&index) else { continue };
+                let Some(node) = nodes.remove(&index) else {
+                    continue;
+                };
                 let counters = shared.nodes.get(&node.name).cloned().unwrap_or_default();
                 let context = node::NodeContext {
                     name: node.name,
@@ -394,7 +464,10 @@ fn build_dataflow<'scope>(
                     executor_node_id: executor_node_id.clone(),
                 };
                 if node.kind == OperatorKind::Accumulate {
-                    streams.insert((index, None), accumulate::accumulate(input, context, node.instance));
+                    streams.insert(
+                        (index, None),
+                        accumulate::accumulate(input, context, node.instance),
+                    );
                 } else {
                     let outputs = node::per_item(input, context, node.instance);
                     if node.kind == OperatorKind::Branch {

@@ -13,11 +13,11 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use timely::container::CapacityContainerBuilder;
+use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
-use timely::dataflow::Stream;
 use weir_api::{DataItem, Hlc};
 
 use super::envelope::{DeadLetter, Envelope};
@@ -66,7 +66,11 @@ enum Outcome {
     Later(Hlc),
 }
 
-type CallResult = (OperatorInstance, Vec<Envelope>, Vec<Result<Outcome, OperatorError>>);
+type CallResult = (
+    OperatorInstance,
+    Vec<Envelope>,
+    Vec<Result<Outcome, OperatorError>>,
+);
 type Call = Pin<Box<dyn Future<Output = CallResult>>>;
 
 struct Batch {
@@ -75,7 +79,12 @@ struct Batch {
     items: Vec<Envelope>,
 }
 
-fn start_call(kind: OperatorKind, mut instance: OperatorInstance, items: Vec<Envelope>, time: Hlc) -> Call {
+fn start_call(
+    kind: OperatorKind,
+    mut instance: OperatorInstance,
+    items: Vec<Envelope>,
+    time: Hlc,
+) -> Call {
     Box::pin(async move {
         let mut results = Vec::with_capacity(items.len());
         for envelope in &items {
@@ -85,9 +94,10 @@ fn start_call(kind: OperatorKind, mut instance: OperatorInstance, items: Vec<Env
                 OperatorKind::Filter => instance.filter(item).await.map(Outcome::Keep),
                 OperatorKind::Branch => instance.branch(&time, item).await.map(Outcome::Arm),
                 OperatorKind::Delay => instance.delay(item, &time).await.map(Outcome::Later),
-                OperatorKind::Accumulate => {
-                    Err(OperatorError::WrongKind { actual: OperatorKind::Accumulate, called: kind })
-                }
+                OperatorKind::Accumulate => Err(OperatorError::WrongKind {
+                    actual: OperatorKind::Accumulate,
+                    called: kind,
+                }),
             });
         }
         (instance, items, results)
@@ -102,7 +112,11 @@ pub(crate) fn per_item<'scope>(
     instance: OperatorInstance,
 ) -> Vec<Stream<'scope, u64, Vec<Envelope>>> {
     let scope = input.scope();
-    let ports = if context.kind == OperatorKind::Branch { 2 } else { 1 };
+    let ports = if context.kind == OperatorKind::Branch {
+        2
+    } else {
+        1
+    };
     let mut builder = OperatorBuilder::new(context.name.clone(), scope);
     let info = builder.operator_info();
     let mut input = builder.new_input(input, Pipeline);
@@ -125,11 +139,17 @@ pub(crate) fn per_item<'scope>(
         move |_frontiers| {
             input.for_each(|cap, data| {
                 let Some(&time) = cap.least() else { return };
-                let caps: Vec<Capability<u64>> = (0..ports).filter_map(|port| cap.retain_least(port)).collect();
+                let caps: Vec<Capability<u64>> = (0..ports)
+                    .filter_map(|port| cap.retain_least(port))
+                    .collect();
                 let mut items = std::mem::take(data);
                 while items.len() > batch_size {
                     let rest = items.split_off(batch_size);
-                    queue.push_back(Batch { time, caps: caps.clone(), items });
+                    queue.push_back(Batch {
+                        time,
+                        caps: caps.clone(),
+                        items,
+                    });
                     items = rest;
                 }
                 queue.push_back(Batch { time, caps, items });
@@ -138,15 +158,27 @@ pub(crate) fn per_item<'scope>(
             let mut cx = Context::from_waker(&waker);
             loop {
                 if in_flight.is_none() {
-                    let Some(batch) = queue.pop_front() else { break };
+                    let Some(batch) = queue.pop_front() else {
+                        break;
+                    };
                     let Some(instance) = idle.take() else { break };
                     let hlc = context.hlc(batch.time);
-                    in_flight = Some((batch.time, batch.caps, start_call(kind, instance, batch.items, hlc)));
+                    in_flight = Some((
+                        batch.time,
+                        batch.caps,
+                        start_call(kind, instance, batch.items, hlc),
+                    ));
                 }
-                let Some((_, _, call)) = in_flight.as_mut() else { break };
-                let Poll::Ready((instance, items, results)) = call.as_mut().poll(&mut cx) else { break };
+                let Some((_, _, call)) = in_flight.as_mut() else {
+                    break;
+                };
+                let Poll::Ready((instance, items, results)) = call.as_mut().poll(&mut cx) else {
+                    break;
+                };
                 idle = Some(instance);
-                let Some((time, caps, _)) = in_flight.take() else { break };
+                let Some((time, caps, _)) = in_flight.take() else {
+                    break;
+                };
                 budget = budget.saturating_sub(items.len());
                 emit(&context, &mut outputs, time, &caps, items, results);
                 if budget == 0 {
@@ -173,7 +205,14 @@ fn emit(
     for (envelope, result) in items.into_iter().zip(results) {
         context.counters.calls.fetch_add(1, Ordering::Relaxed);
         match result {
-            Ok(Outcome::Item(item)) => routed.push((0, time, Envelope { item, acks: envelope.acks })),
+            Ok(Outcome::Item(item)) => routed.push((
+                0,
+                time,
+                Envelope {
+                    item,
+                    acks: envelope.acks,
+                },
+            )),
             Ok(Outcome::Keep(true)) => routed.push((0, time, envelope)),
             // Dropped on purpose: its acknowledgements are released here.
             Ok(Outcome::Keep(false)) => {}
@@ -181,7 +220,11 @@ fn emit(
             Ok(Outcome::Later(hlc)) => {
                 let mut later = u64::try_from(hlc.millis()).unwrap_or(u64::MAX);
                 if later < time {
-                    context.shared.stats.delay_clamped.fetch_add(1, Ordering::Relaxed);
+                    context
+                        .shared
+                        .stats
+                        .delay_clamped
+                        .fetch_add(1, Ordering::Relaxed);
                     context.env.log(
                         LogLevel::Warn,
                         "weir",
@@ -197,8 +240,14 @@ fn emit(
     routed.sort_by_key(|(port, at, _)| (*port, *at));
     let mut routed = routed.into_iter().peekable();
     while let Some((port, at, first)) = routed.next() {
-        let (Some(output), Some(cap)) = (outputs.get_mut(port), caps.get(port)) else { continue };
-        let cap = if at == time { cap.clone() } else { cap.delayed(&at) };
+        let (Some(output), Some(cap)) = (outputs.get_mut(port), caps.get(port)) else {
+            continue;
+        };
+        let cap = if at == time {
+            cap.clone()
+        } else {
+            cap.delayed(&at)
+        };
         let mut handle = output.activate();
         let mut session = handle.session(&cap);
         session.give(first);

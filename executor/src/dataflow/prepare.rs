@@ -39,7 +39,10 @@ pub struct DirectoryModules {
 impl DirectoryModules {
     /// Modules in `dir`, compiled on `engine`.
     pub fn new(dir: impl Into<std::path::PathBuf>, engine: OperatorEngine) -> Self {
-        Self { dir: dir.into(), engine }
+        Self {
+            dir: dir.into(),
+            engine,
+        }
     }
 }
 
@@ -50,14 +53,20 @@ impl ModuleResolver for DirectoryModules {
         if name.is_empty() || name.starts_with('.') {
             return Err("not a module name".to_owned());
         }
-        let candidates = [format!("{name}.wasm"), format!("{}.wasm", name.replace('-', "_"))];
+        let candidates = [
+            format!("{name}.wasm"),
+            format!("{}.wasm", name.replace('-', "_")),
+        ];
         let path = candidates
             .iter()
             .map(|file| self.dir.join(file))
             .find(|path| path.is_file())
             .ok_or_else(|| format!("no {} in {}", candidates[0], self.dir.display()))?;
-        let bytes = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        self.engine.load(&bytes).map_err(|e| format!("{}: {e}", path.display()))
+        let bytes =
+            std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        self.engine
+            .load(&bytes)
+            .map_err(|e| format!("{}: {e}", path.display()))
     }
 }
 
@@ -127,7 +136,10 @@ pub struct PreparedDeployment {
 
 impl std::fmt::Debug for PreparedDeployment {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PreparedDeployment").field("id", &self.id).field("warnings", &self.warnings).finish_non_exhaustive()
+        f.debug_struct("PreparedDeployment")
+            .field("id", &self.id)
+            .field("warnings", &self.warnings)
+            .finish_non_exhaustive()
     }
 }
 
@@ -143,7 +155,10 @@ fn operator_kind(operation_type: OperationType) -> Option<OperatorKind> {
 }
 
 /// Resolves, configures, instantiates and `init`s every node of `graph` for deployment `id`.
-#[allow(clippy::too_many_arguments, reason = "each is a distinct input of a deployment")]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "each is a distinct input of a deployment"
+)]
 pub async fn prepare(
     id: &str,
     graph: &ValidatedGraph,
@@ -158,18 +173,26 @@ pub async fn prepare(
     let mut planned = Vec::new();
     let mut delivered_keys = BTreeSet::new();
     for (index, operation) in graph.operations().iter().enumerate() {
-        let Some(kind) = operator_kind(operation.operation_type) else { continue };
+        let Some(kind) = operator_kind(operation.operation_type) else {
+            continue;
+        };
         let node = operation.name.clone();
         let reference = operation.module.clone().unwrap_or_default();
         let module = match modules.resolve(&reference) {
             Ok(module) => module,
             Err(reason) => {
-                problems.push(DeployProblem { node, message: format!("cannot resolve module {reference:?}: {reason}") });
+                problems.push(DeployProblem {
+                    node,
+                    message: format!("cannot resolve module {reference:?}: {reason}"),
+                });
                 continue;
             }
         };
         if !module.operators().contains(&kind) {
-            problems.push(DeployProblem { node, message: format!("module {reference:?} does not export the {kind} interface") });
+            problems.push(DeployProblem {
+                node,
+                message: format!("module {reference:?} does not export the {kind} interface"),
+            });
             continue;
         }
         let expected = match graph.contract() {
@@ -196,17 +219,36 @@ pub async fn prepare(
                 Some(value) => properties.push((key.clone(), value)),
                 None if parameter.required => problems.push(DeployProblem {
                     node: node.clone(),
-                    message: format!("required parameter {key:?} has no value in the deployment and no default"),
+                    message: format!(
+                        "required parameter {key:?} has no value in the deployment and no default"
+                    ),
                 }),
                 None => {}
             }
         }
         let module_schemas = graph
             .inputs_of(index)
-            .filter_map(|edge| edge.schema_name.as_deref().and_then(|name| graph.schema(name)))
-            .map(|schema| ModuleSchema { name: schema.name.clone(), content_type: schema.format.clone(), content: schema.schema.clone() })
+            .filter_map(|edge| {
+                edge.schema_name
+                    .as_deref()
+                    .and_then(|name| graph.schema(name))
+            })
+            .map(|schema| ModuleSchema {
+                name: schema.name.clone(),
+                content_type: schema.format.clone(),
+                content: schema.schema.clone(),
+            })
             .collect();
-        planned.push((index, node, kind, module, ModuleConfiguration { properties, module_schemas }));
+        planned.push((
+            index,
+            node,
+            kind,
+            module,
+            ModuleConfiguration {
+                properties,
+                module_schemas,
+            },
+        ));
     }
     if !problems.is_empty() {
         return Err(DeployError::Invalid(problems));
@@ -220,7 +262,11 @@ pub async fn prepare(
     let quotas = &tenant.quotas;
     let state_scope = StateScope::new(
         tenant.tenant.clone(),
-        StateLimits { max_keys: quotas.max_state_keys, max_bytes: quotas.max_state_bytes, max_key_bytes: quotas.max_state_key_bytes },
+        StateLimits {
+            max_keys: quotas.max_state_keys,
+            max_bytes: quotas.max_state_bytes,
+            max_key_bytes: quotas.max_state_key_bytes,
+        },
     );
     let limits = CallLimits::from_quotas(quotas);
     let mut nodes = HashMap::new();
@@ -236,14 +282,32 @@ pub async fn prepare(
             max_log_line_bytes: usize::try_from(quotas.max_log_line_bytes).unwrap_or(usize::MAX),
             clock: tenant.clock.clone(),
         });
-        let mut instance = OperatorInstance::new(engine.clone(), module, kind, module_configuration, env.clone(), limits)
-            .map_err(|error| DeployError::InitFailed { node: node.clone(), error })?;
+        let mut instance = OperatorInstance::new(
+            engine.clone(),
+            module,
+            kind,
+            module_configuration,
+            env.clone(),
+            limits,
+        )
+        .map_err(|error| DeployError::InitFailed {
+            node: node.clone(),
+            error,
+        })?;
         match instance.start().await {
             Ok(()) => {}
             Err(OperatorError::InitRejected) => return Err(DeployError::InitRejected { node }),
             Err(error) => return Err(DeployError::InitFailed { node, error }),
         }
-        nodes.insert(index, PreparedNode { name: node, kind, instance, env });
+        nodes.insert(
+            index,
+            PreparedNode {
+                name: node,
+                kind,
+                instance,
+                env,
+            },
+        );
     }
     Ok(PreparedDeployment {
         id: id.to_owned(),

@@ -17,7 +17,11 @@ pub struct OutputQueue<T> {
 
 impl<T> OutputQueue<T> {
     pub(crate) fn new(capacity: usize) -> Self {
-        Self { capacity, items: Mutex::new(VecDeque::new()), ready: Condvar::new() }
+        Self {
+            capacity,
+            items: Mutex::new(VecDeque::new()),
+            ready: Condvar::new(),
+        }
     }
 
     pub(crate) fn push(&self, item: T) {
@@ -54,7 +58,11 @@ impl<T> OutputQueue<T> {
                 return Some(item);
             }
             let left = deadline.checked_duration_since(Instant::now())?;
-            items = self.ready.wait_timeout(items, left).map(|(guard, _)| guard).unwrap_or_else(|poisoned| poisoned.into_inner().0);
+            items = self
+                .ready
+                .wait_timeout(items, left)
+                .map(|(guard, _)| guard)
+                .unwrap_or_else(|poisoned| poisoned.into_inner().0);
         }
     }
 
@@ -64,6 +72,8 @@ impl<T> OutputQueue<T> {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<T>> {
-        self.items.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.items
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }

@@ -12,10 +12,15 @@ use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 use weir_api::{DataItem, Hlc};
 
-use super::envelope::{Envelope, SinkOutput};
 use super::DeploymentShared;
+use super::envelope::{Envelope, SinkOutput};
 
-pub(crate) fn build(input: Stream<'_, u64, Vec<Envelope>>, name: &str, shared: &Arc<DeploymentShared>, executor_node_id: &str) {
+pub(crate) fn build(
+    input: Stream<'_, u64, Vec<Envelope>>,
+    name: &str,
+    shared: &Arc<DeploymentShared>,
+    executor_node_id: &str,
+) {
     let shared = shared.clone();
     let sink = name.to_owned();
     let node_id = executor_node_id.to_owned();
@@ -24,9 +29,17 @@ pub(crate) fn build(input: Stream<'_, u64, Vec<Envelope>>, name: &str, shared: &
         input.for_each(|cap, data| {
             let Some(&time) = cap.least() else { return };
             for envelope in data.drain(..) {
-                let item = with_outgoing_ts(envelope.item, &Hlc::at(Duration::from_millis(time), node_id.clone()));
+                let item = with_outgoing_ts(
+                    envelope.item,
+                    &Hlc::at(Duration::from_millis(time), node_id.clone()),
+                );
                 shared.stats.emitted.fetch_add(1, Ordering::Relaxed);
-                shared.outputs.push(SinkOutput { sink: sink.clone(), time, item, acks: envelope.acks });
+                shared.outputs.push(SinkOutput {
+                    sink: sink.clone(),
+                    time,
+                    item,
+                    acks: envelope.acks,
+                });
             }
         });
         if !closed && frontier.is_empty() {
@@ -40,8 +53,12 @@ pub(crate) fn build(input: Stream<'_, u64, Vec<Envelope>>, name: &str, shared: &
 fn with_outgoing_ts(item: DataItem, time: &Hlc) -> DataItem {
     match item {
         DataItem::Message(mut message) => {
-            message.user_properties.retain(|(k, _)| k.as_ref() != b"__ts");
-            message.user_properties.push((Bytes::from_static(b"__ts"), Bytes::from(time.to_ts())));
+            message
+                .user_properties
+                .retain(|(k, _)| k.as_ref() != b"__ts");
+            message
+                .user_properties
+                .push((Bytes::from_static(b"__ts"), Bytes::from(time.to_ts())));
             DataItem::Message(message)
         }
         other => other,

@@ -44,14 +44,20 @@ pub struct SourceHandle {
 
 impl std::fmt::Debug for Incoming {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Incoming").field("item", &self.item).finish_non_exhaustive()
+        f.debug_struct("Incoming")
+            .field("item", &self.item)
+            .finish_non_exhaustive()
     }
 }
 
 impl SourceHandle {
     /// Offers `item`; `on_done` is called once with how it ended (acknowledge the broker on
     /// [`Delivery::Processed`]). Never blocks.
-    pub fn try_send(&self, item: DataItem, on_done: impl FnOnce(Delivery) + Send + 'static) -> Result<(), SourceError> {
+    pub fn try_send(
+        &self,
+        item: DataItem,
+        on_done: impl FnOnce(Delivery) + Send + 'static,
+    ) -> Result<(), SourceError> {
         if !self.running.load(Ordering::Acquire) {
             return Err(SourceError::Closed);
         }
@@ -74,17 +80,29 @@ impl SourceHandle {
     }
 
     /// Offers `item`, waiting while the intake is full. For threads, not async tasks.
-    pub fn send(&self, item: DataItem, on_done: impl FnOnce(Delivery) + Send + 'static) -> Result<(), SourceError> {
+    pub fn send(
+        &self,
+        item: DataItem,
+        on_done: impl FnOnce(Delivery) + Send + 'static,
+    ) -> Result<(), SourceError> {
         if !self.running.load(Ordering::Acquire) {
             return Err(SourceError::Closed);
         }
         let ack = AckToken::new(self.running.clone(), Box::new(on_done));
-        let result = self.sender.send(Incoming { item, ack }).map_err(|rejected| {
-            rejected.0.ack.disarm();
-            SourceError::Closed
-        });
+        let result = self
+            .sender
+            .send(Incoming { item, ack })
+            .map_err(|rejected| {
+                rejected.0.ack.disarm();
+                SourceError::Closed
+            });
         self.wake();
         result
+    }
+
+    /// The source operator's activator, to wake it after the handle is dropped.
+    pub(crate) fn activator(&self) -> Arc<OnceLock<SyncActivator>> {
+        self.activator.clone()
     }
 
     fn wake(&self) {
@@ -126,18 +144,31 @@ pub fn message_from_broker(
 }
 
 fn wall_millis() -> u64 {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     u64::try_from(now.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// The dataflow time of an item: its embedded HLC truncated to the millisecond.
 pub(crate) fn dataflow_time(item: &DataItem) -> Option<u64> {
-    item.timestamp().map(|hlc| u64::try_from(hlc.millis()).unwrap_or(u64::MAX))
+    item.timestamp()
+        .map(|hlc| u64::try_from(hlc.millis()).unwrap_or(u64::MAX))
 }
 
-pub(crate) fn channel(capacity: usize, running: Arc<AtomicBool>) -> (SourceHandle, Receiver<Incoming>) {
+pub(crate) fn channel(
+    capacity: usize,
+    running: Arc<AtomicBool>,
+) -> (SourceHandle, Receiver<Incoming>) {
     let (sender, receiver) = std::sync::mpsc::sync_channel(capacity);
-    (SourceHandle { sender, activator: Arc::new(OnceLock::new()), running }, receiver)
+    (
+        SourceHandle {
+            sender,
+            activator: Arc::new(OnceLock::new()),
+            running,
+        },
+        receiver,
+    )
 }
 
 /// The source operator of operation `name`.
@@ -164,7 +195,9 @@ pub(crate) fn build<'scope>(
             activator.activate();
         }
         move |output| {
-            let Some(cap) = capability.as_mut() else { return };
+            let Some(cap) = capability.as_mut() else {
+                return;
+            };
             let now = wall_millis();
             let mut batch: Vec<(u64, Envelope)> = Vec::new();
             let mut closed = false;
@@ -174,7 +207,10 @@ pub(crate) fn build<'scope>(
                     Ok(Incoming { item, ack }) => {
                         taken += 1;
                         shared.stats.received.fetch_add(1, Ordering::Relaxed);
-                        let envelope = Envelope { item, acks: vec![ack] };
+                        let envelope = Envelope {
+                            item,
+                            acks: vec![ack],
+                        };
                         let Some(time) = dataflow_time(&envelope.item) else {
                             batch.push((*cap.time(), envelope));
                             continue;

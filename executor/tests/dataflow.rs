@@ -1,0 +1,602 @@
+//! Deployments as timely dataflows, over real components: graph semantics, time (frontier,
+//! windows, late and future messages, delay clamping), failure containment, acknowledgements.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code: a failed expectation is a failed test"
+)]
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use weir_api::graph::parse_graph;
+use weir_api::{DataItem, Hlc, HlcClock, Message, TenantId};
+use weir_executor::dataflow::{
+    DataflowRuntime, DataflowSettings, Delivery, DeployError, Deployment, DirectoryModules,
+    FrontierPolicy, SinkOutput, TenantContext, prepare,
+};
+use weir_executor::logs::MemoryLogSink;
+use weir_executor::metrics::MetricsRegistry;
+use weir_executor::{EngineConfig, OperatorEngine};
+use weir_state::MemoryStateStore;
+use weir_tenants::Quotas;
+
+struct Fixture {
+    tokio: tokio::runtime::Runtime,
+    runtime: DataflowRuntime,
+    engine: OperatorEngine,
+    logs: Arc<MemoryLogSink>,
+    tenant: TenantContext,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let tokio = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let runtime = DataflowRuntime::start(1, tokio.handle().clone()).unwrap();
+        let engine = OperatorEngine::new(&EngineConfig::default()).unwrap();
+        let logs = Arc::new(MemoryLogSink::new(1000));
+        let tenant = TenantContext {
+            tenant: TenantId::new("dataflow").unwrap(),
+            quotas: Quotas::default(),
+            state: Arc::new(MemoryStateStore::default()),
+            logs: logs.clone(),
+            metrics: Arc::new(MetricsRegistry::new(100)),
+            clock: Arc::new(HlcClock::new("executor-test")),
+        };
+        Self {
+            tokio,
+            runtime,
+            engine,
+            logs,
+            tenant,
+        }
+    }
+
+    fn try_deploy(
+        &self,
+        yaml: &str,
+        configuration: &[(&str, &str)],
+        settings: DataflowSettings,
+    ) -> Result<Deployment, DeployError> {
+        let graph = parse_graph(yaml).unwrap();
+        let configuration: BTreeMap<String, String> = configuration
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let modules = DirectoryModules::new(weir_guests::Guest::dir(), self.engine.clone());
+        let prepared = self.tokio.block_on(prepare(
+            "test-deployment",
+            &graph,
+            &configuration,
+            &self.tenant,
+            &modules,
+            &self.engine,
+            settings,
+            "executor-test",
+        ))?;
+        self.runtime.deploy(prepared)
+    }
+
+    fn deploy(&self, yaml: &str, settings: DataflowSettings) -> Deployment {
+        self.try_deploy(yaml, &[], settings).unwrap()
+    }
+}
+
+fn event_time() -> DataflowSettings {
+    DataflowSettings {
+        frontier: FrontierPolicy::EventTime,
+        ..DataflowSettings::default()
+    }
+}
+
+fn now_ms() -> u64 {
+    u64::try_from(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap()
+}
+
+fn message_at(millis: u64, payload: &str) -> DataItem {
+    DataItem::Message(Message::new(
+        Hlc::at(Duration::from_millis(millis), "sensor"),
+        "probe/1",
+        payload.to_owned(),
+    ))
+}
+
+type Deliveries = Arc<Mutex<Vec<Delivery>>>;
+
+fn send(deployment: &Deployment, item: DataItem) -> Deliveries {
+    let deliveries: Deliveries = Arc::default();
+    let record = deliveries.clone();
+    deployment
+        .source("source")
+        .unwrap()
+        .send(item, move |d| record.lock().unwrap().push(d))
+        .unwrap();
+    deliveries
+}
+
+fn payload(output: &SinkOutput) -> String {
+    match &output.item {
+        DataItem::Message(m) => String::from_utf8(m.payload.to_vec()).unwrap(),
+        other => panic!("expected a message, got {other:?}"),
+    }
+}
+
+fn graph(body: &str) -> String {
+    format!(
+        "metadata: {{$schema: s, name: test, version: '1'}}\nmoduleRequirements: {{apiVersion: '1.1.0', runtimeVersion: '1.1.0'}}\n{body}"
+    )
+}
+
+/// The complex pipeline of azure-compat §3.3 without the snapshot (inference) arm.
+const COMPLEX: &str = "
+operations:
+  - { operationType: source, name: source }
+  - { operationType: delay, name: module-window/delay, module: 'azure-samples/explore-iot-operations/window:1.0.0' }
+  - { operationType: branch, name: module-temperature/branch, module: 'azure-samples/explore-iot-operations/temperature:1.0.0' }
+  - { operationType: map, name: module-temperature/map, module: 'azure-samples/explore-iot-operations/temperature:1.0.0' }
+  - { operationType: filter, name: module-temperature/filter, module: 'azure-samples/explore-iot-operations/temperature:1.0.0' }
+  - { operationType: accumulate, name: module-temperature/accumulate, module: 'azure-samples/explore-iot-operations/temperature:1.0.0' }
+  - { operationType: accumulate, name: module-humidity/accumulate, module: 'azure-samples/explore-iot-operations/humidity:1.0.0' }
+  - { operationType: concatenate, name: concatenate1 }
+  - { operationType: accumulate, name: module-collection/accumulate, module: 'azure-samples/explore-iot-operations/collection:1.0.0' }
+  - { operationType: map, name: module-enrichment/map, module: 'azure-samples/explore-iot-operations/enrichment:1.0.0' }
+  - { operationType: sink, name: sink }
+connections:
+  - { from: { name: source }, to: { name: module-window/delay } }
+  - { from: { name: module-window/delay }, to: { name: module-temperature/branch } }
+  - { from: { name: module-temperature/branch, arm: 'True' }, to: { name: module-temperature/map } }
+  - { from: { name: module-temperature/branch, arm: 'False' }, to: { name: module-humidity/accumulate } }
+  - { from: { name: module-temperature/map }, to: { name: module-temperature/filter } }
+  - { from: { name: module-temperature/filter }, to: { name: module-temperature/accumulate } }
+  - { from: { name: module-temperature/accumulate }, to: { name: concatenate1 } }
+  - { from: { name: module-humidity/accumulate }, to: { name: concatenate1 } }
+  - { from: { name: concatenate1 }, to: { name: module-collection/accumulate } }
+  - { from: { name: module-collection/accumulate }, to: { name: module-enrichment/map } }
+  - { from: { name: module-enrichment/map }, to: { name: sink } }
+";
+
+#[test]
+fn a_simple_graph_converts_and_acknowledges_after_the_sink_accepts() {
+    let fixture = Fixture::new();
+    let yaml = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../api/tests/graphs/valid/graph-simple.yaml"
+    ))
+    .unwrap();
+    let mut deployment = fixture.deploy(&yaml, event_time());
+    let at = 1_700_000_000_123;
+    let deliveries = send(
+        &deployment,
+        message_at(at, r#"{"temperature":{"value":1209,"unit":"F"}}"#),
+    );
+    deployment.close_sources();
+    assert!(deployment.wait_complete(Duration::from_secs(10)));
+    let output = deployment.outputs().try_pop().expect("one output");
+    assert_eq!(
+        payload(&output),
+        r#"{"temperature":{"value":653.8888888888889,"count":0,"max":0.0,"min":0.0,"average":0.0,"last":0.0,"unit":"C","overtemp":false}}"#
+    );
+    assert_eq!(output.time, at);
+    let DataItem::Message(message) = &output.item else {
+        unreachable!()
+    };
+    assert_eq!(
+        message.user_property(b"__ts").unwrap(),
+        "001700000000123:00000:executor-test"
+    );
+    assert!(
+        deliveries.lock().unwrap().is_empty(),
+        "not acknowledged before the sink's consumer accepted"
+    );
+    output.accept();
+    assert_eq!(*deliveries.lock().unwrap(), [Delivery::Processed]);
+}
+
+#[test]
+fn the_complex_pipeline_emits_its_window_without_further_input() {
+    let fixture = Fixture::new();
+    let deployment = fixture.deploy(&graph(COMPLEX), DataflowSettings::default());
+    let now = now_ms();
+    send(
+        &deployment,
+        message_at(now, r#"{"temperature":{"value":1209,"unit":"F"}}"#),
+    );
+    send(&deployment, message_at(now, r#"{"humidity":{"value":85}}"#));
+    // The window ends at the next 10 s boundary; the wall-clock frontier closes it.
+    let output = deployment
+        .outputs()
+        .pop_timeout(Duration::from_secs(15))
+        .expect("the window closed on its own");
+    assert_eq!(output.time % 10_000, 0, "emitted at the window's end");
+    assert_eq!(
+        payload(&output),
+        r#"{"temperature":[{"count":1,"max":653.8888888888889,"min":653.8888888888889,"average":653.8888888888889,"last":653.8888888888889,"unit":"C","overtemp":true}],"humidity":[{"count":1,"max":85.0,"min":85.0,"average":85.0,"last":85.0}],"object":[]}"#
+    );
+    assert!(
+        deployment
+            .outputs()
+            .pop_timeout(Duration::from_millis(300))
+            .is_none(),
+        "one result per window"
+    );
+    assert!(deployment.dead_letters().is_empty());
+}
+
+fn replay(fixture: &Fixture) -> Vec<(u64, String, String, Vec<(String, String)>)> {
+    let mut deployment = fixture.deploy(&graph(COMPLEX), event_time());
+    let base = 1_700_000_000_000; // a window boundary
+    let inputs = [
+        (base + 1_000, r#"{"temperature":{"value":100,"unit":"F"}}"#),
+        (base + 2_000, r#"{"humidity":{"value":40}}"#),
+        (base + 3_000, r#"{"temperature":{"value":212,"unit":"F"}}"#),
+        (base + 12_000, r#"{"temperature":{"value":50,"unit":"F"}}"#),
+        (base + 15_000, r#"{"humidity":{"value":90}}"#),
+    ];
+    for (at, body) in inputs {
+        send(&deployment, message_at(at, body));
+    }
+    deployment.close_sources();
+    assert!(deployment.wait_complete(Duration::from_secs(20)));
+    deployment
+        .outputs()
+        .drain()
+        .into_iter()
+        .map(|output| {
+            let time = output.time;
+            let DataItem::Message(m) = output.accept() else {
+                panic!("message expected")
+            };
+            let text = |b: &bytes::Bytes| String::from_utf8(b.to_vec()).unwrap();
+            (
+                time,
+                text(&m.topic),
+                text(&m.payload),
+                m.user_properties
+                    .iter()
+                    .map(|(k, v)| (text(k), text(v)))
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn replaying_the_same_timestamped_input_gives_identical_outputs() {
+    let fixture = Fixture::new();
+    let first = replay(&fixture);
+    let second = replay(&fixture);
+    assert_eq!(first.len(), 2, "two windows: {first:?}");
+    assert_eq!(first, second);
+    assert!(
+        first[0].2.contains(r#""humidity":[{"count":1,"max":40.0"#),
+        "{:?}",
+        first[0]
+    );
+}
+
+#[test]
+fn a_trap_in_a_window_dead_letters_that_message_and_the_window_still_closes() {
+    let fixture = Fixture::new();
+    let yaml = graph(
+        "
+operations:
+  - { operationType: source, name: source }
+  - { operationType: delay, name: window, module: window }
+  - { operationType: accumulate, name: stats, module: temperature }
+  - { operationType: sink, name: sink }
+connections:
+  - { from: { name: source }, to: { name: window } }
+  - { from: { name: window }, to: { name: stats } }
+  - { from: { name: stats }, to: { name: sink } }
+",
+    );
+    let mut deployment = fixture.deploy(&yaml, event_time());
+    let base = 1_700_000_000_000;
+    let good = send(
+        &deployment,
+        message_at(base + 1, r#"{"temperature":{"value":10,"unit":"C"}}"#),
+    );
+    let bad = send(
+        &deployment,
+        message_at(base + 2, r#"{"temperature":{"unit":"C"}}"#),
+    );
+    send(
+        &deployment,
+        message_at(base + 3, r#"{"temperature":{"value":30,"unit":"C"}}"#),
+    );
+    deployment.close_sources();
+    assert!(deployment.wait_complete(Duration::from_secs(10)));
+    let outputs = deployment.outputs().drain();
+    assert_eq!(outputs.len(), 1);
+    assert_eq!(
+        payload(&outputs[0]),
+        r#"{"temperature":{"count":2,"max":30,"min":10,"average":20,"last":30,"unit":"C"}}"#
+    );
+    let letters = deployment.dead_letters().drain();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(
+        (letters[0].node.as_str(), letters[0].reason.as_str()),
+        ("stats", "trap")
+    );
+    let DataItem::Message(input) = &letters[0].input else {
+        panic!()
+    };
+    assert_eq!(input.payload, r#"{"temperature":{"unit":"C"}}"#);
+    assert!(bad.lock().unwrap().is_empty() && good.lock().unwrap().is_empty());
+    drop(letters);
+    assert_eq!(
+        *bad.lock().unwrap(),
+        [Delivery::Processed],
+        "a dead letter accepted is a processed message"
+    );
+    drop(outputs);
+    assert_eq!(*good.lock().unwrap(), [Delivery::Processed]);
+}
+
+const ECHO_GRAPH: &str = "
+operations:
+  - { operationType: source, name: source }
+  - { operationType: map, name: echo, module: echo }
+  - { operationType: sink, name: sink }
+connections:
+  - { from: { name: source }, to: { name: echo } }
+  - { from: { name: echo }, to: { name: sink } }
+";
+
+#[test]
+fn a_late_message_is_processed_at_the_frontier_and_counted() {
+    let fixture = Fixture::new();
+    let mut deployment = fixture.deploy(&graph(ECHO_GRAPH), event_time());
+    let base = 1_700_000_010_000;
+    send(&deployment, message_at(base, "on time"));
+    let first = deployment
+        .outputs()
+        .pop_timeout(Duration::from_secs(5))
+        .unwrap();
+    assert_eq!(first.time, base);
+    send(&deployment, message_at(base - 5_000, "late"));
+    deployment.close_sources();
+    assert!(deployment.wait_complete(Duration::from_secs(5)));
+    let late = deployment.outputs().try_pop().unwrap();
+    assert_eq!((payload(&late).as_str(), late.time), ("late", base));
+    assert_eq!(deployment.stats().late.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn a_ts_too_far_in_the_future_goes_to_the_dead_letters_as_clock_drift() {
+    let fixture = Fixture::new();
+    let mut deployment = fixture.deploy(&graph(ECHO_GRAPH), event_time());
+    let deliveries = send(
+        &deployment,
+        message_at(now_ms() + 120_000, "from the future"),
+    );
+    send(&deployment, message_at(now_ms(), "now"));
+    deployment.close_sources();
+    assert!(deployment.wait_complete(Duration::from_secs(5)));
+    let letter = deployment.dead_letters().try_pop().unwrap();
+    assert_eq!(
+        (letter.node.as_str(), letter.reason.as_str()),
+        ("source", "clock_drift")
+    );
+    assert_eq!(deployment.stats().clock_drift.load(Ordering::Relaxed), 1);
+    assert_eq!(deployment.outputs().drain().len(), 1);
+    letter.accept();
+    assert_eq!(*deliveries.lock().unwrap(), [Delivery::Processed]);
+}
+
+#[test]
+fn a_delay_returning_an_earlier_time_is_clamped_logged_and_counted() {
+    let fixture = Fixture::new();
+    let yaml = graph(
+        "
+operations:
+  - { operationType: source, name: source }
+  - { operationType: delay, name: rewind, module: rewind }
+  - { operationType: sink, name: sink }
+connections:
+  - { from: { name: source }, to: { name: rewind } }
+  - { from: { name: rewind }, to: { name: sink } }
+",
+    );
+    let mut deployment = fixture.deploy(&yaml, event_time());
+    let at = 1_700_000_000_500;
+    send(&deployment, message_at(at, "x"));
+    deployment.close_sources();
+    assert!(deployment.wait_complete(Duration::from_secs(5)));
+    assert_eq!(deployment.outputs().try_pop().unwrap().time, at);
+    assert_eq!(deployment.stats().delay_clamped.load(Ordering::Relaxed), 1);
+    let log: Vec<String> = fixture
+        .logs
+        .lines(&fixture.tenant.tenant)
+        .into_iter()
+        .map(|l| l.message)
+        .collect();
+    assert!(log.iter().any(|l| l.contains("clamped")), "{log:?}");
+}
+
+#[test]
+fn init_returning_false_fails_the_deployment_naming_the_node() {
+    let fixture = Fixture::new();
+    let yaml = graph(
+        "
+moduleConfigurations:
+  - name: picky
+    parameters:
+      refuse_init: { name: refuse_init, default: 'true' }
+operations:
+  - { operationType: source, name: source }
+  - { operationType: map, name: picky, module: trap }
+  - { operationType: sink, name: sink }
+connections:
+  - { from: { name: source }, to: { name: picky } }
+  - { from: { name: picky }, to: { name: sink } }
+",
+    );
+    let error = fixture.try_deploy(&yaml, &[], event_time()).unwrap_err();
+    assert!(
+        matches!(&error, DeployError::InitRejected { node } if node == "picky"),
+        "{error}"
+    );
+    assert!(
+        fixture
+            .try_deploy(&yaml, &[("refuse_init", "false")], event_time())
+            .is_ok(),
+        "configuration overrides the default"
+    );
+}
+
+#[test]
+fn a_required_parameter_without_a_value_fails_the_deployment_naming_node_and_key() {
+    let fixture = Fixture::new();
+    let yaml = graph(
+        "
+moduleConfigurations:
+  - name: bounds
+    parameters:
+      temperature_upper_bound: { name: temperature_upper_bound, required: true }
+      temperature_lower_bound: { name: temperature_lower_bound, default: '-10' }
+operations:
+  - { operationType: source, name: source }
+  - { operationType: filter, name: bounds, module: 'temperature:1.0.0' }
+  - { operationType: sink, name: sink }
+connections:
+  - { from: { name: source }, to: { name: bounds } }
+  - { from: { name: bounds }, to: { name: sink } }
+",
+    );
+    let error = fixture
+        .try_deploy(&yaml, &[("unrelated", "x")], event_time())
+        .unwrap_err();
+    let DeployError::Invalid(problems) = &error else {
+        panic!("{error}")
+    };
+    assert_eq!(problems.len(), 1);
+    assert_eq!(problems[0].node, "bounds");
+    assert!(
+        problems[0].message.contains("\"temperature_upper_bound\""),
+        "{}",
+        problems[0].message
+    );
+    let mut deployment = fixture
+        .try_deploy(&yaml, &[("temperature_upper_bound", "25")], event_time())
+        .unwrap();
+    send(
+        &deployment,
+        message_at(
+            1_700_000_000_000,
+            r#"{"temperature":{"value":20,"unit":"C"}}"#,
+        ),
+    );
+    send(
+        &deployment,
+        message_at(
+            1_700_000_000_000,
+            r#"{"temperature":{"value":30,"unit":"C"}}"#,
+        ),
+    );
+    deployment.close_sources();
+    assert!(deployment.wait_complete(Duration::from_secs(5)));
+    assert_eq!(
+        deployment.outputs().drain().len(),
+        1,
+        "the configured bound applies"
+    );
+}
+
+#[test]
+fn a_missing_module_is_refused_with_every_problem() {
+    let fixture = Fixture::new();
+    let yaml = graph(
+        "
+operations:
+  - { operationType: source, name: source }
+  - { operationType: map, name: a, module: 'nowhere:1.0.0' }
+  - { operationType: accumulate, name: b, module: echo }
+  - { operationType: sink, name: sink }
+connections:
+  - { from: { name: source }, to: { name: a } }
+  - { from: { name: a }, to: { name: b } }
+  - { from: { name: b }, to: { name: sink } }
+",
+    );
+    let DeployError::Invalid(problems) = fixture.try_deploy(&yaml, &[], event_time()).unwrap_err()
+    else {
+        panic!()
+    };
+    let nodes: Vec<&str> = problems.iter().map(|p| p.node.as_str()).collect();
+    assert_eq!(nodes, ["a", "b"]);
+    assert!(
+        problems[1]
+            .message
+            .contains("does not export the accumulate interface")
+    );
+}
+
+#[test]
+fn filtered_messages_are_acknowledged_and_undeployed_ones_are_abandoned() {
+    let fixture = Fixture::new();
+    let filter = graph(
+        "
+operations:
+  - { operationType: source, name: source }
+  - { operationType: filter, name: f, module: temperature }
+  - { operationType: sink, name: sink }
+connections:
+  - { from: { name: source }, to: { name: f } }
+  - { from: { name: f }, to: { name: sink } }
+",
+    );
+    let mut deployment = fixture.deploy(&filter, event_time());
+    let dropped = send(
+        &deployment,
+        message_at(1_700_000_000_000, r#"{"humidity":{"value":1}}"#),
+    );
+    deployment.close_sources();
+    assert!(deployment.wait_complete(Duration::from_secs(5)));
+    assert_eq!(*dropped.lock().unwrap(), [Delivery::Processed]);
+
+    // A window that has not closed yet holds its message; undeploying abandons it.
+    let windowed = graph(
+        "
+operations:
+  - { operationType: source, name: source }
+  - { operationType: delay, name: window, module: window }
+  - { operationType: accumulate, name: stats, module: temperature }
+  - { operationType: sink, name: sink }
+connections:
+  - { from: { name: source }, to: { name: window } }
+  - { from: { name: window }, to: { name: stats } }
+  - { from: { name: stats }, to: { name: sink } }
+",
+    );
+    let deployment = fixture.deploy(&windowed, DataflowSettings::default());
+    let held = send(
+        &deployment,
+        message_at(now_ms(), r#"{"temperature":{"value":1,"unit":"C"}}"#),
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    drop(deployment);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while held.lock().unwrap().is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        *held.lock().unwrap(),
+        [Delivery::Abandoned],
+        "not acknowledged: the broker redelivers it"
+    );
+}
