@@ -1,5 +1,6 @@
 //! The `weir` command. Thin: parses arguments, installs tracing, runs the subcommand.
 
+mod golden;
 mod run;
 
 use clap::{Parser, Subcommand};
@@ -16,6 +17,17 @@ struct Cli {
 enum Command {
     /// Run one operator of a module over input messages and print what comes out.
     Run(run::RunArgs),
+    /// Run golden tests (`*.test.yaml`, Azure's layout) in process; exit 1 on any failure.
+    Test(golden::TestArgs),
+}
+
+/// How results are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum OutputFormat {
+    /// For people.
+    Text,
+    /// One JSON document, for tools.
+    Json,
 }
 
 fn main() -> std::process::ExitCode {
@@ -40,6 +52,7 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Run(args) => run::run(args).await,
+            Command::Test(args) => golden::run(args).await,
         }
     });
     match result {

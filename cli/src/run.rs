@@ -19,6 +19,8 @@ use weir_executor::{
 use weir_state::{MemoryStateStore, StateLimits, StateScope};
 use weir_tenants::Quotas;
 
+use crate::OutputFormat;
+
 /// Arguments of `weir run`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct RunArgs {
@@ -39,12 +41,6 @@ pub(crate) struct RunArgs {
     /// Print results as JSON lines instead of text.
     #[arg(long, value_enum, default_value = "text")]
     output: OutputFormat,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum OutputFormat {
-    Text,
-    Json,
 }
 
 /// Prints the module's log lines as they come.

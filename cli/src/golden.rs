@@ -1,0 +1,457 @@
+//! `weir test DIR`: runs golden tests laid out as Azure's `samples/wasm/tests` (azure-compat
+//! §7.3, §11 row 14), in process, with no broker. Each `*.test.yaml` names a graph, an input
+//! folder (`*.json` files are published to `probe/1`, `*.raw` to `snapshot_simulation`) and an
+//! expected file: an object is compared with the last output, an array with all outputs in
+//! order, `[]` means no output. Outputs are compared as `{topic, payload, properties}` with JSON
+//! payloads parsed, after `select` (keep these dot-paths) and `ignores` (drop these).
+//!
+//! The graph runs on the event-time frontier and its source is closed after the inputs, so every
+//! window closes at once and "no output" is known without waiting.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use weir_api::graph::{OperationType, parse_graph};
+use weir_api::{DataItem, HlcClock, Message, TenantId};
+use weir_executor::dataflow::{
+    DataflowRuntime, DataflowSettings, DirectoryModules, FrontierPolicy, TenantContext, prepare,
+};
+use weir_executor::logs::MemoryLogSink;
+use weir_executor::metrics::MetricsRegistry;
+use weir_executor::{EngineConfig, OperatorEngine};
+use weir_state::{MemoryStateStore, SetOptions, StateLimits, StateScope, StateStore};
+use weir_tenants::Quotas;
+
+/// Arguments of `weir test`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct TestArgs {
+    /// A folder searched for `*.test.yaml` files.
+    dir: PathBuf,
+    /// Where the modules are: a reference resolves to `<dir>/<last path segment, tag removed>.wasm`.
+    #[arg(long, default_value = "target/guests/wasm32-wasip2/release")]
+    modules: PathBuf,
+    /// Print results as JSON instead of text.
+    #[arg(long, value_enum, default_value = "text")]
+    output: crate::OutputFormat,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TestCase {
+    name: String,
+    graph: PathBuf,
+    input: PathBuf,
+    expected: PathBuf,
+    #[serde(default = "default_timeout")]
+    timeout: u64,
+    #[serde(default)]
+    select: Vec<String>,
+    #[serde(default)]
+    ignores: Vec<String>,
+}
+
+fn default_timeout() -> u64 {
+    60_000
+}
+
+/// The outcome of one test.
+#[derive(Debug)]
+struct Outcome {
+    file: PathBuf,
+    name: String,
+    passed: bool,
+    detail: String,
+    took: Duration,
+}
+
+pub(crate) async fn run(args: TestArgs) -> anyhow::Result<std::process::ExitCode> {
+    let mut files = Vec::new();
+    find_tests(&args.dir, &mut files)
+        .with_context(|| format!("cannot read {}", args.dir.display()))?;
+    files.sort();
+    if files.is_empty() {
+        bail!("no *.test.yaml files under {}", args.dir.display());
+    }
+    if !args.modules.is_dir() {
+        bail!(
+            "module folder {} does not exist; build the modules or pass --modules DIR",
+            args.modules.display()
+        );
+    }
+    let engine = OperatorEngine::new(&EngineConfig {
+        pooling: None,
+        ..EngineConfig::default()
+    })?;
+    let runtime = DataflowRuntime::start(1, tokio::runtime::Handle::current())?;
+    let modules = DirectoryModules::new(&args.modules, engine.clone());
+    let mut outcomes = Vec::new();
+    for file in files {
+        let started = Instant::now();
+        let (name, result) = match std::fs::read_to_string(&file)
+            .context("cannot read the test")
+            .and_then(|text| {
+                serde_saphyr::from_str::<TestCase>(&text).context("not a test definition")
+            }) {
+            Ok(case) => {
+                let name = case.name.clone();
+                (
+                    name,
+                    run_case(&file, case, &engine, &runtime, &modules).await,
+                )
+            }
+            Err(error) => (file.display().to_string(), Err(error)),
+        };
+        let (passed, detail) = match result {
+            Ok(None) => (true, String::new()),
+            Ok(Some(diff)) => (false, diff),
+            Err(error) => (false, format!("error: {error:#}")),
+        };
+        outcomes.push(Outcome {
+            file,
+            name,
+            passed,
+            detail,
+            took: started.elapsed(),
+        });
+    }
+    let failed = outcomes.iter().filter(|o| !o.passed).count();
+    match args.output {
+        crate::OutputFormat::Text => {
+            for outcome in &outcomes {
+                let verdict = if outcome.passed { "PASS" } else { "FAIL" };
+                println!(
+                    "{verdict} {} ({}, {} ms)",
+                    outcome.name,
+                    outcome.file.display(),
+                    outcome.took.as_millis()
+                );
+                for line in outcome.detail.lines() {
+                    println!("    {line}");
+                }
+            }
+            println!("{} passed, {failed} failed", outcomes.len() - failed);
+        }
+        crate::OutputFormat::Json => {
+            let tests: Vec<Value> = outcomes
+                .iter()
+                .map(|o| json!({"name": o.name, "file": o.file.display().to_string(), "passed": o.passed, "detail": o.detail, "millis": o.took.as_millis()}))
+                .collect();
+            println!(
+                "{}",
+                json!({"passed": outcomes.len() - failed, "failed": failed, "tests": tests})
+            );
+        }
+    }
+    Ok(if failed == 0 {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    })
+}
+
+fn find_tests(dir: &Path, found: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            find_tests(&path, found)?;
+        } else if path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.ends_with(".test.yaml"))
+        {
+            found.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// Runs one test: `Ok(None)` passed, `Ok(Some(diff))` failed.
+async fn run_case(
+    file: &Path,
+    case: TestCase,
+    engine: &OperatorEngine,
+    runtime: &DataflowRuntime,
+    modules: &DirectoryModules,
+) -> anyhow::Result<Option<String>> {
+    let base = file.parent().unwrap_or(Path::new("."));
+    let graph_path = base.join(&case.graph);
+    let text = std::fs::read_to_string(&graph_path)
+        .with_context(|| format!("cannot read graph {}", graph_path.display()))?;
+    let graph = parse_graph(&text).with_context(|| format!("graph {}", graph_path.display()))?;
+
+    let tenant = TenantId::new("golden")?;
+    let quotas = Quotas::default();
+    let state = Arc::new(MemoryStateStore::default());
+    seed_state(&graph_path, &tenant, &quotas, state.as_ref()).await?;
+    let context = TenantContext {
+        tenant,
+        quotas,
+        state,
+        logs: Arc::new(MemoryLogSink::new(1000)),
+        metrics: Arc::new(MetricsRegistry::new(1000)),
+        clock: Arc::new(HlcClock::new("weir-test")),
+    };
+    let settings = DataflowSettings {
+        frontier: FrontierPolicy::EventTime,
+        ..DataflowSettings::default()
+    };
+    let prepared = prepare(
+        "golden",
+        &graph,
+        &BTreeMap::new(),
+        &context,
+        modules,
+        engine,
+        settings,
+        "weir-test",
+    )
+    .await?;
+    let mut deployment = runtime.deploy(prepared)?;
+    let source = graph
+        .operations()
+        .iter()
+        .find(|o| o.operation_type == OperationType::Source)
+        .map(|o| o.name.clone())
+        .context("the graph has no source")?;
+
+    let input_dir = base.join(&case.input);
+    let mut inputs: Vec<PathBuf> = std::fs::read_dir(&input_dir)
+        .with_context(|| format!("cannot read input folder {}", input_dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("json" | "raw")))
+        .collect();
+    inputs.sort();
+    let handle = deployment
+        .source(&source)
+        .context("the deployment has no source")?
+        .clone();
+    for path in &inputs {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read input {}", path.display()))?;
+        let topic = if path.extension().is_some_and(|e| e == "raw") {
+            "snapshot_simulation"
+        } else {
+            "probe/1"
+        };
+        let message = Message::new(context.clock.now(), topic, bytes);
+        let sent = handle.clone();
+        tokio::task::spawn_blocking(move || sent.send(DataItem::Message(message), |_| {}))
+            .await?
+            .with_context(|| format!("cannot publish {}", path.display()))?;
+    }
+    drop(handle);
+    deployment.close_sources();
+    let finished = tokio::task::spawn_blocking(move || {
+        let done = deployment.wait_complete(Duration::from_millis(case.timeout));
+        (done, deployment)
+    })
+    .await?;
+    let (done, deployment) = finished;
+    if !done {
+        bail!(
+            "the graph did not finish within the {} ms timeout",
+            case.timeout
+        );
+    }
+    let actual: Vec<Value> = deployment
+        .outputs()
+        .drain()
+        .into_iter()
+        .map(|o| output_json(&o.accept()))
+        .collect();
+    let dead: Vec<String> = deployment
+        .dead_letters()
+        .drain()
+        .into_iter()
+        .map(|d| format!("dead letter at {}: {} ({})", d.node, d.reason, d.detail))
+        .collect();
+
+    let expected_path = base.join(&case.expected);
+    let expected_text = std::fs::read_to_string(&expected_path)
+        .with_context(|| format!("cannot read {}", expected_path.display()))?;
+    let expected: Value = serde_json::from_str(&expected_text)
+        .with_context(|| format!("{} is not JSON", expected_path.display()))?;
+    let shape = |value: &Value| project(&normalise(value), &case.select, &case.ignores);
+    let (want, got) = match &expected {
+        Value::Array(items) => (
+            Value::Array(items.iter().map(shape).collect()),
+            Value::Array(actual.iter().map(shape).collect()),
+        ),
+        object => (
+            shape(object),
+            actual.last().map(shape).unwrap_or(Value::Null),
+        ),
+    };
+    if want == got {
+        return Ok(None);
+    }
+    let mut diff = diff_lines(&want, &got);
+    for line in dead {
+        diff.push_str(&format!("\n{line}"));
+    }
+    Ok(Some(diff))
+}
+
+/// Seeds the state store from `statestore.json` beside the graph: a list of one-key objects.
+async fn seed_state(
+    graph: &Path,
+    tenant: &TenantId,
+    quotas: &Quotas,
+    store: &dyn StateStore,
+) -> anyhow::Result<()> {
+    let path = graph.with_file_name("statestore.json");
+    if !path.is_file() {
+        return Ok(());
+    }
+    let entries: Vec<BTreeMap<String, Value>> =
+        serde_json::from_str(&std::fs::read_to_string(&path)?)
+            .with_context(|| format!("{} must be a list of one-key objects", path.display()))?;
+    let scope = StateScope::new(
+        tenant.clone(),
+        StateLimits {
+            max_keys: quotas.max_state_keys,
+            max_bytes: quotas.max_state_bytes,
+            max_key_bytes: quotas.max_state_key_bytes,
+        },
+    );
+    for entry in entries {
+        for (key, value) in entry {
+            let value = match value {
+                Value::String(text) => text,
+                other => other.to_string(),
+            };
+            store
+                .set(
+                    &scope,
+                    key.as_bytes(),
+                    value.as_bytes(),
+                    SetOptions::default(),
+                )
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+fn text(bytes: &Bytes) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// An output as the runner compares it; the local sink publishes to topic `sensors`.
+fn output_json(item: &DataItem) -> Value {
+    match item {
+        DataItem::Message(message) => {
+            let properties: Map<String, Value> = message
+                .user_properties
+                .iter()
+                .filter(|(k, _)| k.as_ref() != b"__ts")
+                .map(|(k, v)| (text(k), Value::String(text(v))))
+                .collect();
+            json!({"topic": "sensors", "payload": text(&message.payload), "properties": {"user-properties": properties}})
+        }
+        DataItem::Snapshot(snapshot) => {
+            json!({"topic": "sensors", "payload": text(&snapshot.frame)})
+        }
+        DataItem::Bytes(bytes) => json!({"topic": "sensors", "payload": text(bytes)}),
+    }
+}
+
+/// Parses a JSON payload string so that formatting does not matter.
+fn normalise(value: &Value) -> Value {
+    let mut value = value.clone();
+    if let Some(Value::String(payload)) = value.get("payload") {
+        if let Ok(parsed) = serde_json::from_str::<Value>(payload) {
+            if let Some(object) = value.as_object_mut() {
+                object.insert("payload".to_owned(), parsed);
+            }
+        }
+    }
+    value
+}
+
+/// Keeps the `select` dot-paths (all when empty), then removes the `ignores` ones.
+fn project(value: &Value, select: &[String], ignores: &[String]) -> Value {
+    let mut kept = if select.is_empty() {
+        value.clone()
+    } else {
+        let mut out = Value::Object(Map::new());
+        for path in select {
+            if let Some(found) = get_path(value, path) {
+                set_path(&mut out, path, found.clone());
+            }
+        }
+        out
+    };
+    for path in ignores {
+        remove_path(&mut kept, path);
+    }
+    kept
+}
+
+fn get_path<'v>(value: &'v Value, path: &str) -> Option<&'v Value> {
+    path.split('.').try_fold(value, |v, key| v.get(key))
+}
+
+fn set_path(value: &mut Value, path: &str, new: Value) {
+    let mut current = value;
+    let mut keys = path.split('.').peekable();
+    while let Some(key) = keys.next() {
+        let Some(object) = current.as_object_mut() else {
+            return;
+        };
+        if keys.peek().is_none() {
+            object.insert(key.to_owned(), new);
+            return;
+        }
+        current = object
+            .entry(key.to_owned())
+            .or_insert_with(|| Value::Object(Map::new()));
+    }
+}
+
+fn remove_path(value: &mut Value, path: &str) {
+    let Some((parent, last)) = path.rsplit_once('.') else {
+        if let Some(object) = value.as_object_mut() {
+            object.remove(path);
+        }
+        return;
+    };
+    let mut current = value;
+    for key in parent.split('.') {
+        let Some(next) = current.get_mut(key) else {
+            return;
+        };
+        current = next;
+    }
+    if let Some(object) = current.as_object_mut() {
+        object.remove(last);
+    }
+}
+
+/// A readable line diff of two JSON values (pretty-printed).
+fn diff_lines(want: &Value, got: &Value) -> String {
+    let want = serde_json::to_string_pretty(want).unwrap_or_default();
+    let got = serde_json::to_string_pretty(got).unwrap_or_default();
+    let (want, got): (Vec<&str>, Vec<&str>) = (want.lines().collect(), got.lines().collect());
+    let mut out = String::from("expected (-) vs actual (+):");
+    for i in 0..want.len().max(got.len()) {
+        match (want.get(i), got.get(i)) {
+            (Some(w), Some(g)) if w == g => out.push_str(&format!("\n  {w}")),
+            (w, g) => {
+                if let Some(w) = w {
+                    out.push_str(&format!("\n- {w}"));
+                }
+                if let Some(g) = g {
+                    out.push_str(&format!("\n+ {g}"));
+                }
+            }
+        }
+    }
+    out
+}

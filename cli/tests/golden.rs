@@ -1,0 +1,86 @@
+//! `weir test` as a user runs it: the shipped golden suite passes; a wrong expectation fails
+//! with exit code 1 and a readable diff.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code: a failed expectation is a failed test"
+)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/golden");
+
+fn weir_test(dir: &Path, extra: &[&str]) -> (String, String, Option<i32>) {
+    let output = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .arg("test")
+        .arg(dir)
+        .arg("--modules")
+        .arg(weir_guests::Guest::dir())
+        .args(extra)
+        .output()
+        .unwrap();
+    (
+        String::from_utf8(output.stdout).unwrap(),
+        String::from_utf8(output.stderr).unwrap(),
+        output.status.code(),
+    )
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let target = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            copy_dir(&path, &target);
+        } else {
+            std::fs::copy(&path, &target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn the_shipped_golden_suite_passes() {
+    let (stdout, stderr, code) = weir_test(Path::new(GOLDEN), &[]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("5 passed, 0 failed"), "{stdout}");
+    assert!(
+        stdout.contains("PASS Complex pipeline - temperature accumulation per window"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn a_wrong_expectation_fails_with_a_readable_diff_and_exit_code_one() {
+    let dir = std::env::temp_dir().join(format!("weir-golden-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    copy_dir(Path::new(GOLDEN), &dir);
+    let expected: PathBuf = dir.join("t01-simple-temp-conversion/expected/expected.json");
+    let text = std::fs::read_to_string(&expected)
+        .unwrap()
+        .replace("653.8888888888889", "654");
+    std::fs::write(&expected, text).unwrap();
+    let (stdout, _, code) = weir_test(&dir, &[]);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(
+        stdout.contains("FAIL Simple graph - Fahrenheit to Celsius"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("-       \"value\": 654"), "{stdout}");
+    assert!(
+        stdout.contains("+       \"value\": 653.8888888888889"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("4 passed, 1 failed"), "{stdout}");
+    let (json, _, code) = weir_test(&dir, &["--output", "json"]);
+    assert_eq!(code, Some(1));
+    let report: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(
+        (report["passed"].as_u64(), report["failed"].as_u64()),
+        (Some(4), Some(1))
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
