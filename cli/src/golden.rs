@@ -17,16 +17,12 @@ use anyhow::{Context, bail};
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
-use weir_api::graph::{OperationType, parse_graph};
-use weir_api::{DataItem, HlcClock, Message, TenantId};
-use weir_executor::dataflow::{
-    DataflowRuntime, DataflowSettings, DirectoryModules, FrontierPolicy, TenantContext, prepare,
-};
+use weir_api::DataItem;
+use weir_api::graph::parse_graph;
 use weir_executor::logs::MemoryLogSink;
-use weir_executor::metrics::MetricsRegistry;
-use weir_executor::{EngineConfig, OperatorEngine};
-use weir_state::{MemoryStateStore, SetOptions, StateLimits, StateScope, StateStore};
-use weir_tenants::Quotas;
+use weir_state::{MemoryStateStore, SetOptions, StateScope, StateStore};
+
+use crate::local::LocalPlatform;
 
 /// Arguments of `weir test`.
 #[derive(Debug, clap::Args)]
@@ -78,18 +74,7 @@ pub(crate) async fn run(args: TestArgs) -> anyhow::Result<std::process::ExitCode
     if files.is_empty() {
         bail!("no *.test.yaml files under {}", args.dir.display());
     }
-    if !args.modules.is_dir() {
-        bail!(
-            "module folder {} does not exist; build the modules or pass --modules DIR",
-            args.modules.display()
-        );
-    }
-    let engine = OperatorEngine::new(&EngineConfig {
-        pooling: None,
-        ..EngineConfig::default()
-    })?;
-    let runtime = DataflowRuntime::start(1, tokio::runtime::Handle::current())?;
-    let modules = DirectoryModules::new(&args.modules, engine.clone());
+    let platform = LocalPlatform::new(&args.modules)?;
     let mut outcomes = Vec::new();
     for file in files {
         let started = Instant::now();
@@ -100,10 +85,7 @@ pub(crate) async fn run(args: TestArgs) -> anyhow::Result<std::process::ExitCode
             }) {
             Ok(case) => {
                 let name = case.name.clone();
-                (
-                    name,
-                    run_case(&file, case, &engine, &runtime, &modules).await,
-                )
+                (name, run_case(&file, case, &platform).await)
             }
             Err(error) => (file.display().to_string(), Err(error)),
         };
@@ -175,9 +157,7 @@ fn find_tests(dir: &Path, found: &mut Vec<PathBuf>) -> std::io::Result<()> {
 async fn run_case(
     file: &Path,
     case: TestCase,
-    engine: &OperatorEngine,
-    runtime: &DataflowRuntime,
-    modules: &DirectoryModules,
+    platform: &LocalPlatform,
 ) -> anyhow::Result<Option<String>> {
     let base = file.parent().unwrap_or(Path::new("."));
     let graph_path = base.join(&case.graph);
@@ -185,53 +165,20 @@ async fn run_case(
         .with_context(|| format!("cannot read graph {}", graph_path.display()))?;
     let graph = parse_graph(&text).with_context(|| format!("graph {}", graph_path.display()))?;
 
-    let tenant = TenantId::new("golden")?;
-    let quotas = Quotas::default();
     let state = Arc::new(MemoryStateStore::default());
-    seed_state(&graph_path, &tenant, &quotas, state.as_ref()).await?;
-    let context = TenantContext {
-        tenant,
-        quotas,
-        state,
-        logs: Arc::new(MemoryLogSink::new(1000)),
-        metrics: Arc::new(MetricsRegistry::new(1000)),
-        clock: Arc::new(HlcClock::new("weir-test")),
-    };
-    let settings = DataflowSettings {
-        frontier: FrontierPolicy::EventTime,
-        ..DataflowSettings::default()
-    };
-    let prepared = prepare(
-        "golden",
-        &graph,
-        &BTreeMap::new(),
-        &context,
-        modules,
-        engine,
-        settings,
-        "weir-test",
-    )
-    .await?;
-    let mut deployment = runtime.deploy(prepared)?;
-    let source = graph
-        .operations()
-        .iter()
-        .find(|o| o.operation_type == OperationType::Source)
-        .map(|o| o.name.clone())
-        .context("the graph has no source")?;
+    let context =
+        LocalPlatform::tenant("golden", state.clone(), Arc::new(MemoryLogSink::new(1000)))?;
+    seed_state(&graph_path, &LocalPlatform::scope(&context), state.as_ref()).await?;
 
     let input_dir = base.join(&case.input);
-    let mut inputs: Vec<PathBuf> = std::fs::read_dir(&input_dir)
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&input_dir)
         .with_context(|| format!("cannot read input folder {}", input_dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("json" | "raw")))
         .collect();
-    inputs.sort();
-    let handle = deployment
-        .source(&source)
-        .context("the deployment has no source")?
-        .clone();
-    for path in &inputs {
+    files.sort();
+    let mut inputs = Vec::with_capacity(files.len());
+    for path in &files {
         let bytes =
             std::fs::read(path).with_context(|| format!("cannot read input {}", path.display()))?;
         let topic = if path.extension().is_some_and(|e| e == "raw") {
@@ -239,35 +186,24 @@ async fn run_case(
         } else {
             "probe/1"
         };
-        let message = Message::new(context.clock.now(), topic, bytes);
-        let sent = handle.clone();
-        tokio::task::spawn_blocking(move || sent.send(DataItem::Message(message), |_| {}))
-            .await?
-            .with_context(|| format!("cannot publish {}", path.display()))?;
+        inputs.push((topic.to_owned(), bytes));
     }
-    drop(handle);
-    deployment.close_sources();
-    let finished = tokio::task::spawn_blocking(move || {
-        let done = deployment.wait_complete(Duration::from_millis(case.timeout));
-        (done, deployment)
-    })
-    .await?;
-    let (done, deployment) = finished;
-    if !done {
-        bail!(
-            "the graph did not finish within the {} ms timeout",
-            case.timeout
-        );
-    }
-    let actual: Vec<Value> = deployment
-        .outputs()
-        .drain()
+    let run = platform
+        .run(
+            &graph,
+            &BTreeMap::new(),
+            &context,
+            inputs,
+            Duration::from_millis(case.timeout),
+        )
+        .await?;
+    let actual: Vec<Value> = run
+        .outputs
         .into_iter()
         .map(|o| output_json(&o.accept()))
         .collect();
-    let dead: Vec<String> = deployment
-        .dead_letters()
-        .drain()
+    let dead: Vec<String> = run
+        .dead_letters
         .into_iter()
         .map(|d| format!("dead letter at {}: {} ({})", d.node, d.reason, d.detail))
         .collect();
@@ -301,8 +237,7 @@ async fn run_case(
 /// Seeds the state store from `statestore.json` beside the graph: a list of one-key objects.
 async fn seed_state(
     graph: &Path,
-    tenant: &TenantId,
-    quotas: &Quotas,
+    scope: &StateScope,
     store: &dyn StateStore,
 ) -> anyhow::Result<()> {
     let path = graph.with_file_name("statestore.json");
@@ -312,14 +247,6 @@ async fn seed_state(
     let entries: Vec<BTreeMap<String, Value>> =
         serde_json::from_str(&std::fs::read_to_string(&path)?)
             .with_context(|| format!("{} must be a list of one-key objects", path.display()))?;
-    let scope = StateScope::new(
-        tenant.clone(),
-        StateLimits {
-            max_keys: quotas.max_state_keys,
-            max_bytes: quotas.max_state_bytes,
-            max_key_bytes: quotas.max_state_key_bytes,
-        },
-    );
     for entry in entries {
         for (key, value) in entry {
             let value = match value {

@@ -1,6 +1,7 @@
 //! The `weir` command. Thin: parses arguments, installs tracing, runs the subcommand.
 
 mod golden;
+mod local;
 mod run;
 
 use clap::{Parser, Subcommand};

@@ -76,3 +76,41 @@ fn refuses_a_module_that_is_not_a_component_with_a_clear_error() {
     assert!(stderr.contains("not a module weir can run"), "{stderr}");
     assert!(stderr.contains("wasm32-wasip2"), "{stderr}");
 }
+
+#[test]
+fn runs_a_whole_graph_and_reports_dead_letters() {
+    let graph = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/golden/graph-complex.yaml"
+    );
+    let modules = weir_guests::Guest::dir();
+    let input = "{\"temperature\":{\"value\":1209,\"unit\":\"F\"}}\n{\"humidity\":{\"value\":85}}\nnot json\n";
+    let (stdout, stderr, ok) = weir_run(
+        &[
+            graph,
+            "--modules",
+            modules.to_str().unwrap(),
+            "--output",
+            "json",
+        ],
+        input,
+    );
+    assert!(ok, "{stderr}");
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "one window: {stdout}");
+    assert_eq!(
+        lines[0]["payload"],
+        r#"{"temperature":[{"count":1,"max":653.8888888888889,"min":653.8888888888889,"average":653.8888888888889,"last":653.8888888888889,"unit":"C","overtemp":true}],"humidity":[{"count":1,"max":85.0,"min":85.0,"average":85.0,"last":85.0}],"object":[]}"#
+    );
+    assert!(
+        stderr.contains("dead letter: node module-temperature/branch reason=operator_error"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("done: 3 messages in, 1 out, 1 dead letters"),
+        "{stderr}"
+    );
+}
