@@ -17,14 +17,6 @@ use weir_executor::{
 use weir_state::{MemoryStateStore, StateLimits, StateScope};
 use weir_tenants::Quotas;
 
-const RAW_COPY: &str = r#"
-(module
-  (memory (export "memory") 2)
-  (func (export "process") (param $ptr i32) (param $len i32) (result i32)
-    (memory.copy (i32.const 65536) (local.get $ptr) (local.get $len))
-    (i32.const 65536)))
-"#;
-
 fn main() -> anyhow::Result<()> {
     let iterations: u32 = std::env::args()
         .nth(1)
@@ -41,8 +33,8 @@ fn main() -> anyhow::Result<()> {
     println!("{:<44} {:>14} {:>12}", "case", "calls/s", "µs/call");
     for size in [64usize, 4096] {
         let weir = runtime.block_on(weir_map(iterations, size))?;
-        let raw =
-            raw_core_call(iterations, size).map_err(|e| anyhow::anyhow!("raw call: {e:#}"))?;
+        let raw = weir_bench::raw_core_call(iterations, size)
+            .map_err(|e| anyhow::anyhow!("raw call: {e:#}"))?;
         report(
             &format!("weir map via host, {size} B payload"),
             iterations,
@@ -115,38 +107,6 @@ async fn weir_map(iterations: u32, size: usize) -> anyhow::Result<Duration> {
     for _ in 0..iterations {
         let out = node.map(&item).await?;
         std::hint::black_box(out);
-    }
-    Ok(started.elapsed())
-}
-
-fn raw_core_call(iterations: u32, size: usize) -> wasmtime::Result<Duration> {
-    let mut config = wasmtime::Config::new();
-    config.consume_fuel(true).epoch_interruption(true);
-    let engine = wasmtime::Engine::new(&config)?;
-    let module = wasmtime::Module::new(&engine, wat::parse_str(RAW_COPY)?)?;
-    let mut store = wasmtime::Store::new(&engine, ());
-    store.set_fuel(u64::MAX)?;
-    store.set_epoch_deadline(u64::MAX);
-    let instance = wasmtime::Instance::new(&mut store, &module, &[])?;
-    let memory = instance
-        .get_memory(&mut store, "memory")
-        .ok_or_else(|| wasmtime::format_err!("no memory export"))?;
-    let process = instance.get_typed_func::<(i32, i32), i32>(&mut store, "process")?;
-    let input = vec![b'x'; size];
-    let len = i32::try_from(size)?;
-    let call = |store: &mut wasmtime::Store<()>| -> wasmtime::Result<Vec<u8>> {
-        memory.write(&mut *store, 0, &input)?;
-        let at = process.call(&mut *store, (0, len))?;
-        let mut out = vec![0; size];
-        memory.read(&*store, usize::try_from(at)?, &mut out)?;
-        Ok(out)
-    };
-    for _ in 0..1000 {
-        call(&mut store)?;
-    }
-    let started = Instant::now();
-    for _ in 0..iterations {
-        std::hint::black_box(call(&mut store)?);
     }
     Ok(started.elapsed())
 }

@@ -255,7 +255,7 @@ async fn seed_state(
             };
             store
                 .set(
-                    &scope,
+                    scope,
                     key.as_bytes(),
                     value.as_bytes(),
                     SetOptions::default(),
@@ -292,12 +292,12 @@ fn output_json(item: &DataItem) -> Value {
 /// Parses a JSON payload string so that formatting does not matter.
 fn normalise(value: &Value) -> Value {
     let mut value = value.clone();
-    if let Some(Value::String(payload)) = value.get("payload") {
-        if let Ok(parsed) = serde_json::from_str::<Value>(payload) {
-            if let Some(object) = value.as_object_mut() {
-                object.insert("payload".to_owned(), parsed);
-            }
-        }
+    let parsed = match value.get("payload") {
+        Some(Value::String(payload)) => serde_json::from_str::<Value>(payload).ok(),
+        _ => None,
+    };
+    if let (Some(parsed), Some(object)) = (parsed, value.as_object_mut()) {
+        object.insert("payload".to_owned(), parsed);
     }
     value
 }

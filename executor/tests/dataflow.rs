@@ -236,7 +236,10 @@ fn the_complex_pipeline_emits_its_window_without_further_input() {
     assert!(deployment.dead_letters().is_empty());
 }
 
-fn replay(fixture: &Fixture) -> Vec<(u64, String, String, Vec<(String, String)>)> {
+/// An output as compared across replays: time, topic, payload, user properties.
+type Observed = (u64, String, String, Vec<(String, String)>);
+
+fn replay(fixture: &Fixture) -> Vec<Observed> {
     let mut deployment = fixture.deploy(&graph(COMPLEX), event_time());
     let base = 1_700_000_000_000; // a window boundary
     let inputs = [

@@ -59,7 +59,7 @@ pub(crate) fn accumulate<'scope>(
     let (output, stream) = builder.new_output::<Vec<Envelope>>();
     let mut output = OutputBuilder::<u64, CapacityContainerBuilder<Vec<Envelope>>>::from(output);
     let waker = operator_waker(scope.worker().sync_activator_for(info.address.to_vec()));
-    let activator = scope.activator_for(info.address.clone());
+    let activator = scope.activator_for(info.address);
     builder.build(move |initial_capabilities| {
         drop(initial_capabilities);
         let mut windows: BTreeMap<u64, Window> = BTreeMap::new();

@@ -240,7 +240,8 @@ impl DataflowRuntime {
                 build_dataflow(scope, prepared, &handles, receivers, &install_shared);
                 scope.index()
             });
-            let _ = built.send(index);
+            // The deployer waits on this; if it gave up, nobody needs the index.
+            let _unwanted = built.send(index);
         });
         worker
             .commands

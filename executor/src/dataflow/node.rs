@@ -128,7 +128,7 @@ pub(crate) fn per_item<'scope>(
         streams.push(stream);
     }
     let waker = operator_waker(scope.worker().sync_activator_for(info.address.to_vec()));
-    let activator = scope.activator_for(info.address.clone());
+    let activator = scope.activator_for(info.address);
     builder.build(move |initial_capabilities| {
         drop(initial_capabilities);
         let mut queue: VecDeque<Batch> = VecDeque::new();

@@ -186,7 +186,7 @@ pub(crate) fn build<'scope>(
     let node = name.to_owned();
     source(scope, name, move |capability, info| {
         let _already_set = slot.set(scope.worker().sync_activator_for(info.address.to_vec()));
-        let activator = scope.activator_for(info.address.clone());
+        let activator = scope.activator_for(info.address);
         let lateness = u64::try_from(settings.allowed_lateness.as_millis()).unwrap_or(u64::MAX);
         let drift = u64::try_from(settings.max_clock_drift.as_millis()).unwrap_or(u64::MAX);
         let mut capability = Some(capability);
