@@ -6,5 +6,9 @@ use weir_sdk::macros::delay_operator;
 #[delay_operator]
 fn rewind(_data: DataModel, timestamp: HybridLogicalClock) -> Result<HybridLogicalClock, Error> {
     let earlier = Duration::from(timestamp.timestamp).saturating_sub(Duration::from_secs(5));
-    Ok(HybridLogicalClock { timestamp: earlier.into(), counter: 0, node_id: timestamp.node_id })
+    Ok(HybridLogicalClock {
+        timestamp: earlier.into(),
+        counter: 0,
+        node_id: timestamp.node_id,
+    })
 }
