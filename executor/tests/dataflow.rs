@@ -603,3 +603,79 @@ connections:
         "not acknowledged: the broker redelivers it"
     );
 }
+
+#[test]
+fn a_spinning_deployment_does_not_starve_another_on_the_same_worker() {
+    let mut fixture = Fixture::new();
+    fixture.tenant.quotas.fuel_per_message = u64::MAX;
+    fixture.tenant.quotas.call_timeout = Duration::from_millis(400);
+    let spinner = graph(
+        "
+operations:
+  - { operationType: source, name: source }
+  - { operationType: map, name: spin, module: spin_loop }
+  - { operationType: sink, name: sink }
+connections:
+  - { from: { name: source }, to: { name: spin } }
+  - { from: { name: spin }, to: { name: sink } }
+",
+    );
+    let spinning = fixture.deploy(&spinner, DataflowSettings::default());
+    let neighbour = fixture.deploy(&graph(ECHO_GRAPH), DataflowSettings::default());
+    for _ in 0..3 {
+        send(&spinning, message_at(now_ms(), "spin"));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    let started = std::time::Instant::now();
+    send(&neighbour, message_at(now_ms(), "hello"));
+    let output = neighbour
+        .outputs()
+        .pop_timeout(Duration::from_secs(5))
+        .expect("the neighbour ran");
+    assert_eq!(payload(&output), "hello");
+    assert!(
+        started.elapsed() < Duration::from_millis(1_000),
+        "served while the spinner ran: {:?}",
+        started.elapsed()
+    );
+    let letter = spinning
+        .dead_letters()
+        .pop_timeout(Duration::from_secs(5))
+        .expect("the spinner hit its deadline");
+    assert_eq!(letter.reason, "deadline");
+}
+
+#[test]
+fn a_preview_graph_runs_preview_modules() {
+    let fixture = Fixture::new();
+    let yaml = "
+moduleRequirements: { apiVersion: '0.2.0', hostlibVersion: '0.2.0' }
+operations:
+  - { operationType: source, name: source }
+  - { operationType: map, name: echo, module: 'preview-echo:1.0.0' }
+  - { operationType: sink, name: sink }
+connections:
+  - { from: { name: source }, to: { name: echo } }
+  - { from: { name: echo }, to: { name: sink } }
+";
+    let mut deployment = fixture.deploy(yaml, event_time());
+    send(&deployment, message_at(1_700_000_000_000, "old"));
+    deployment.close_sources();
+    assert!(deployment.wait_complete(Duration::from_secs(5)));
+    assert_eq!(
+        payload(&deployment.outputs().try_pop().unwrap()),
+        "preview:old"
+    );
+    let ga_module_in_preview_graph = yaml.replace("preview-echo:1.0.0", "echo");
+    let DeployError::Invalid(problems) = fixture
+        .try_deploy(&ga_module_in_preview_graph, &[], event_time())
+        .unwrap_err()
+    else {
+        panic!()
+    };
+    assert!(
+        problems[0].message.contains("binds Preview modules"),
+        "{}",
+        problems[0].message
+    );
+}
