@@ -1,9 +1,18 @@
 //! Tenants of weir and what they may consume.
 //!
-//! Owns [`Quotas`]: every consumable thing a tenant can use is bounded, each bound has a name
-//! here and one default in `impl Default`. Identity (JWT → principal), roles, rate limiting and
-//! usage metering join this crate with the gateway. It never knows about wasmtime or HTTP.
+//! Owns identity ([`JwtVerifier`] turns a bearer token into a [`Principal`] with a [`Role`] and,
+//! for every role but admin, a tenant; [`TokenIssuer`] mints weir's own tokens) and [`Quotas`]:
+//! every consumable thing a tenant can use is bounded, each bound has a name here and one
+//! default in `impl Default`. Rate limiting and usage metering join this crate with the gateway.
+//! It never knows about wasmtime or HTTP.
 #![warn(missing_docs)]
+
+mod identity;
+
+pub use identity::{
+    AuthError, Claims, JwtVerifier, KeyError, MemoryRevocations, MintError, Principal,
+    RevocationList, Role, Secret, TokenIssuer, VerificationKey,
+};
 
 use std::time::Duration;
 
