@@ -72,6 +72,7 @@ fn only_the_executor_side_depends_on_wasmtime() {
         "weir-api",
         "weir-tenants",
         "weir-state",
+        "weir-store",
         "weir-connectors",
         "weir-gateway",
         "weir-scheduler",

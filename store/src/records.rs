@@ -1,0 +1,96 @@
+use weir_api::{ModuleDigest, TenantId};
+use weir_tenants::{Quotas, Role};
+
+/// A tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantRecord {
+    /// Its id.
+    pub id: TenantId,
+    /// A name for people.
+    pub display_name: String,
+    /// Its quotas (the defaults unless an admin changed them).
+    pub quotas: Quotas,
+    /// A suspended tenant's tokens are refused and its deployments paused.
+    pub suspended: bool,
+    /// Seconds since the epoch.
+    pub created_at: u64,
+}
+
+/// A token weir minted (the token itself is never stored).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRecord {
+    /// The token id (`jti`).
+    pub id: String,
+    /// Its tenant; `None` for admin tokens.
+    pub tenant: Option<TenantId>,
+    /// Its subject.
+    pub subject: String,
+    /// Its role.
+    pub role: Role,
+    /// Expiry, seconds since the epoch.
+    pub expires_at: u64,
+    /// Whether it was revoked.
+    pub revoked: bool,
+    /// Seconds since the epoch.
+    pub created_at: u64,
+}
+
+/// A module version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModuleRecord {
+    /// Its tenant.
+    pub tenant: TenantId,
+    /// Its name.
+    pub name: String,
+    /// Its version.
+    pub version: String,
+    /// The digest of its bytes (the blob store key).
+    pub digest: ModuleDigest,
+    /// Its size in bytes.
+    pub size: u64,
+    /// The operator interfaces it exports.
+    pub operators: Vec<String>,
+    /// Seconds since the epoch.
+    pub created_at: u64,
+}
+
+/// A graph definition version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GraphRecord {
+    /// Its tenant.
+    pub tenant: TenantId,
+    /// Its name.
+    pub name: String,
+    /// Its version.
+    pub version: String,
+    /// The digest of its text (the blob store key).
+    pub digest: ModuleDigest,
+    /// Seconds since the epoch.
+    pub created_at: u64,
+}
+
+/// A deployment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeploymentRecord {
+    /// Its tenant.
+    pub tenant: TenantId,
+    /// Its id, unique within the tenant.
+    pub id: String,
+    /// What was deployed: graph, configuration, bindings (the API's document).
+    pub spec: serde_json::Value,
+    /// Its current status.
+    pub status: String,
+    /// Seconds since the epoch.
+    pub created_at: u64,
+}
+
+/// One change of a deployment's status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusChange {
+    /// The new status.
+    pub status: String,
+    /// Why.
+    pub detail: String,
+    /// Seconds since the epoch.
+    pub at: u64,
+}

@@ -1,0 +1,627 @@
+//! The embedded control store: one SQLite file (WAL), schema versions in `PRAGMA user_version`,
+//! foreign keys so deleting a tenant deletes everything it owns. rusqlite is blocking, so each
+//! call runs on tokio's blocking pool behind one connection.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use weir_api::{ModuleDigest, TenantId};
+use weir_tenants::{Quotas, Role};
+
+use crate::{
+    ControlStore, DeploymentRecord, GraphRecord, ModuleRecord, StatusChange, StoreError,
+    TenantRecord, TokenRecord,
+};
+
+/// Schema versions, applied in order; never edit one that has shipped, add the next.
+const MIGRATIONS: &[&str] = &["
+    CREATE TABLE tenants (
+        id TEXT PRIMARY KEY,
+        display_name TEXT NOT NULL,
+        quotas TEXT NOT NULL,
+        suspended INTEGER NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE tokens (
+        id TEXT PRIMARY KEY,
+        tenant TEXT REFERENCES tenants(id) ON DELETE CASCADE,
+        subject TEXT NOT NULL,
+        role TEXT NOT NULL,
+        expires_at INTEGER NOT NULL,
+        revoked INTEGER NOT NULL DEFAULT 0,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE modules (
+        tenant TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        version TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        operators TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (tenant, name, version)
+    );
+    CREATE TABLE graphs (
+        tenant TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        version TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (tenant, name, version)
+    );
+    CREATE TABLE deployments (
+        tenant TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+        id TEXT NOT NULL,
+        spec TEXT NOT NULL,
+        status TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (tenant, id)
+    );
+    CREATE TABLE deployment_history (
+        tenant TEXT NOT NULL,
+        deployment TEXT NOT NULL,
+        status TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        FOREIGN KEY (tenant, deployment) REFERENCES deployments(tenant, id) ON DELETE CASCADE
+    );
+"];
+
+/// The control store on SQLite.
+#[derive(Debug, Clone)]
+pub struct SqliteControlStore {
+    connection: Arc<Mutex<Connection>>,
+}
+
+fn database(error: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    StoreError::Database(Box::new(error))
+}
+
+fn now() -> i64 {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    i64::try_from(secs).unwrap_or(i64::MAX)
+}
+
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn to_u64(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+/// A text column that must parse as `T`, as a rusqlite conversion error when it does not.
+fn parsed<T, E: std::error::Error + Send + Sync + 'static>(
+    column: usize,
+    result: Result<T, E>,
+) -> rusqlite::Result<T> {
+    result.map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(column, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+fn role_text(role: Role) -> &'static str {
+    match role {
+        Role::Admin => "admin",
+        Role::Owner => "owner",
+        Role::Developer => "developer",
+        Role::Viewer => "viewer",
+    }
+}
+
+fn role(column: usize, text: &str) -> rusqlite::Result<Role> {
+    parsed(
+        column,
+        serde_json::from_value(serde_json::Value::String(text.to_owned())),
+    )
+}
+
+fn tenant_row(row: &Row<'_>) -> rusqlite::Result<TenantRecord> {
+    let quotas: String = row.get(2)?;
+    Ok(TenantRecord {
+        id: parsed(0, TenantId::new(row.get::<_, String>(0)?))?,
+        display_name: row.get(1)?,
+        quotas: parsed(2, serde_json::from_str::<Quotas>(&quotas))?,
+        suspended: row.get(3)?,
+        created_at: to_u64(row.get(4)?),
+    })
+}
+
+fn token_row(row: &Row<'_>) -> rusqlite::Result<TokenRecord> {
+    let tenant: Option<String> = row.get(1)?;
+    Ok(TokenRecord {
+        id: row.get(0)?,
+        tenant: tenant.map(|t| parsed(1, TenantId::new(t))).transpose()?,
+        subject: row.get(2)?,
+        role: role(3, &row.get::<_, String>(3)?)?,
+        expires_at: to_u64(row.get(4)?),
+        revoked: row.get(5)?,
+        created_at: to_u64(row.get(6)?),
+    })
+}
+
+fn module_row(row: &Row<'_>) -> rusqlite::Result<ModuleRecord> {
+    let operators: String = row.get(5)?;
+    Ok(ModuleRecord {
+        tenant: parsed(0, TenantId::new(row.get::<_, String>(0)?))?,
+        name: row.get(1)?,
+        version: row.get(2)?,
+        digest: parsed(3, ModuleDigest::new(row.get::<_, String>(3)?))?,
+        size: to_u64(row.get(4)?),
+        operators: parsed(5, serde_json::from_str(&operators))?,
+        created_at: to_u64(row.get(6)?),
+    })
+}
+
+fn graph_row(row: &Row<'_>) -> rusqlite::Result<GraphRecord> {
+    Ok(GraphRecord {
+        tenant: parsed(0, TenantId::new(row.get::<_, String>(0)?))?,
+        name: row.get(1)?,
+        version: row.get(2)?,
+        digest: parsed(3, ModuleDigest::new(row.get::<_, String>(3)?))?,
+        created_at: to_u64(row.get(4)?),
+    })
+}
+
+fn deployment_row(row: &Row<'_>) -> rusqlite::Result<DeploymentRecord> {
+    let spec: String = row.get(2)?;
+    Ok(DeploymentRecord {
+        tenant: parsed(0, TenantId::new(row.get::<_, String>(0)?))?,
+        id: row.get(1)?,
+        spec: parsed(2, serde_json::from_str(&spec))?,
+        status: row.get(3)?,
+        created_at: to_u64(row.get(4)?),
+    })
+}
+
+/// Maps constraint violations to their meaning.
+fn write_error(
+    error: rusqlite::Error,
+    what: impl FnOnce() -> String,
+    tenant: Option<&TenantId>,
+) -> StoreError {
+    if let rusqlite::Error::SqliteFailure(failure, _) = &error {
+        match failure.extended_code {
+            rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+            | rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE => {
+                return StoreError::Conflict { what: what() };
+            }
+            rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY => {
+                if let Some(tenant) = tenant {
+                    return StoreError::NoTenant(tenant.clone());
+                }
+            }
+            _ => {}
+        }
+    }
+    database(error)
+}
+
+impl SqliteControlStore {
+    /// Opens (creating and migrating as needed) the store at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::prepare(Connection::open(path).map_err(database)?)
+    }
+
+    /// A store in memory, for tests.
+    pub fn in_memory() -> Result<Self, StoreError> {
+        Self::prepare(Connection::open_in_memory().map_err(database)?)
+    }
+
+    fn prepare(mut connection: Connection) -> Result<Self, StoreError> {
+        connection
+            .execute_batch(
+                "PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
+            )
+            .map_err(database)?;
+        let version: i64 = connection
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(database)?;
+        let version = usize::try_from(version).unwrap_or(0);
+        for (index, migration) in MIGRATIONS.iter().enumerate().skip(version) {
+            let transaction = connection.transaction().map_err(database)?;
+            transaction.execute_batch(migration).map_err(database)?;
+            transaction
+                .execute_batch(&format!("PRAGMA user_version = {}", index + 1))
+                .map_err(database)?;
+            transaction.commit().map_err(database)?;
+        }
+        Ok(Self {
+            connection: Arc::new(Mutex::new(connection)),
+        })
+    }
+
+    /// The schema version: the number of migrations applied.
+    pub fn schema_version(&self) -> Result<usize, StoreError> {
+        let connection = self
+            .connection
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let version: i64 = connection
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(database)?;
+        Ok(usize::try_from(version).unwrap_or(0))
+    }
+
+    async fn with<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let connection = self.connection.clone();
+        tokio::task::spawn_blocking(move || {
+            let connection = connection
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            work(&connection)
+        })
+        .await
+        .map_err(database)?
+    }
+}
+
+#[async_trait]
+impl ControlStore for SqliteControlStore {
+    async fn create_tenant(&self, tenant: &TenantRecord) -> Result<(), StoreError> {
+        let t = tenant.clone();
+        let quotas = serde_json::to_string(&t.quotas).map_err(database)?;
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO tenants (id, display_name, quotas, suspended, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![t.id.as_str(), t.display_name, quotas, t.suspended, now()],
+            )
+            .map_err(|e| write_error(e, || format!("tenant {}", t.id), None))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn tenant(&self, id: &TenantId) -> Result<Option<TenantRecord>, StoreError> {
+        let id = id.clone();
+        self.with(move |c| {
+            c.query_row(
+                "SELECT id, display_name, quotas, suspended, created_at FROM tenants WHERE id = ?1",
+                [id.as_str()],
+                tenant_row,
+            )
+            .optional()
+            .map_err(database)
+        })
+        .await
+    }
+
+    async fn tenants(&self) -> Result<Vec<TenantRecord>, StoreError> {
+        self.with(|c| {
+            let mut statement =
+                c.prepare("SELECT id, display_name, quotas, suspended, created_at FROM tenants ORDER BY id").map_err(database)?;
+            let rows = statement.query_map([], tenant_row).map_err(database)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(database)
+        })
+        .await
+    }
+
+    async fn update_tenant(&self, tenant: &TenantRecord) -> Result<bool, StoreError> {
+        let t = tenant.clone();
+        let quotas = serde_json::to_string(&t.quotas).map_err(database)?;
+        self.with(move |c| {
+            c.execute(
+                "UPDATE tenants SET display_name = ?2, quotas = ?3, suspended = ?4 WHERE id = ?1",
+                params![t.id.as_str(), t.display_name, quotas, t.suspended],
+            )
+            .map(|n| n > 0)
+            .map_err(database)
+        })
+        .await
+    }
+
+    async fn delete_tenant(&self, id: &TenantId) -> Result<bool, StoreError> {
+        let id = id.clone();
+        self.with(move |c| {
+            c.execute("DELETE FROM tenants WHERE id = ?1", [id.as_str()])
+                .map(|n| n > 0)
+                .map_err(database)
+        })
+        .await
+    }
+
+    async fn put_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
+        let t = token.clone();
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO tokens (id, tenant, subject, role, expires_at, revoked, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![t.id, t.tenant.as_ref().map(TenantId::as_str), t.subject, role_text(t.role), to_i64(t.expires_at), t.revoked, now()],
+            )
+            .map_err(|e| write_error(e, || format!("token {}", t.id), t.tenant.as_ref()))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn tokens(&self, tenant: Option<&TenantId>) -> Result<Vec<TokenRecord>, StoreError> {
+        let tenant = tenant.cloned();
+        self.with(move |c| {
+            let mut statement = c
+                .prepare(
+                    "SELECT id, tenant, subject, role, expires_at, revoked, created_at FROM tokens WHERE tenant IS ?1 ORDER BY created_at, id",
+                )
+                .map_err(database)?;
+            let rows = statement.query_map([tenant.as_ref().map(TenantId::as_str)], token_row).map_err(database)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(database)
+        })
+        .await
+    }
+
+    async fn revoke_token(&self, tenant: Option<&TenantId>, id: &str) -> Result<bool, StoreError> {
+        let (tenant, id) = (tenant.cloned(), id.to_owned());
+        self.with(move |c| {
+            c.execute(
+                "UPDATE tokens SET revoked = 1 WHERE id = ?1 AND tenant IS ?2",
+                params![id, tenant.as_ref().map(TenantId::as_str)],
+            )
+            .map(|n| n > 0)
+            .map_err(database)
+        })
+        .await
+    }
+
+    async fn revoked_token_ids(&self) -> Result<Vec<String>, StoreError> {
+        self.with(|c| {
+            let mut statement = c
+                .prepare("SELECT id FROM tokens WHERE revoked = 1")
+                .map_err(database)?;
+            let rows = statement.query_map([], |r| r.get(0)).map_err(database)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(database)
+        })
+        .await
+    }
+
+    async fn put_module(&self, module: &ModuleRecord) -> Result<(), StoreError> {
+        let m = module.clone();
+        let operators = serde_json::to_string(&m.operators).map_err(database)?;
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO modules (tenant, name, version, digest, size, operators, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![m.tenant.as_str(), m.name, m.version, m.digest.as_str(), to_i64(m.size), operators, now()],
+            )
+            .map_err(|e| write_error(e, || format!("module {}@{}", m.name, m.version), Some(&m.tenant)))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn module(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+        version: &str,
+    ) -> Result<Option<ModuleRecord>, StoreError> {
+        let (tenant, name, version) = (tenant.clone(), name.to_owned(), version.to_owned());
+        self.with(move |c| {
+            c.query_row(
+                "SELECT tenant, name, version, digest, size, operators, created_at FROM modules WHERE tenant = ?1 AND name = ?2 AND version = ?3",
+                params![tenant.as_str(), name, version],
+                module_row,
+            )
+            .optional()
+            .map_err(database)
+        })
+        .await
+    }
+
+    async fn modules(&self, tenant: &TenantId) -> Result<Vec<ModuleRecord>, StoreError> {
+        let tenant = tenant.clone();
+        self.with(move |c| {
+            let mut statement = c
+                .prepare("SELECT tenant, name, version, digest, size, operators, created_at FROM modules WHERE tenant = ?1 ORDER BY name, version")
+                .map_err(database)?;
+            let rows = statement.query_map([tenant.as_str()], module_row).map_err(database)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(database)
+        })
+        .await
+    }
+
+    async fn delete_module(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+        version: &str,
+    ) -> Result<bool, StoreError> {
+        let (tenant, name, version) = (tenant.clone(), name.to_owned(), version.to_owned());
+        self.with(move |c| {
+            c.execute(
+                "DELETE FROM modules WHERE tenant = ?1 AND name = ?2 AND version = ?3",
+                params![tenant.as_str(), name, version],
+            )
+            .map(|n| n > 0)
+            .map_err(database)
+        })
+        .await
+    }
+
+    async fn put_graph(&self, graph: &GraphRecord) -> Result<(), StoreError> {
+        let g = graph.clone();
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO graphs (tenant, name, version, digest, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![g.tenant.as_str(), g.name, g.version, g.digest.as_str(), now()],
+            )
+            .map_err(|e| write_error(e, || format!("graph {}@{}", g.name, g.version), Some(&g.tenant)))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn graph(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+        version: &str,
+    ) -> Result<Option<GraphRecord>, StoreError> {
+        let (tenant, name, version) = (tenant.clone(), name.to_owned(), version.to_owned());
+        self.with(move |c| {
+            c.query_row(
+                "SELECT tenant, name, version, digest, created_at FROM graphs WHERE tenant = ?1 AND name = ?2 AND version = ?3",
+                params![tenant.as_str(), name, version],
+                graph_row,
+            )
+            .optional()
+            .map_err(database)
+        })
+        .await
+    }
+
+    async fn graphs(&self, tenant: &TenantId) -> Result<Vec<GraphRecord>, StoreError> {
+        let tenant = tenant.clone();
+        self.with(move |c| {
+            let mut statement = c
+                .prepare("SELECT tenant, name, version, digest, created_at FROM graphs WHERE tenant = ?1 ORDER BY name, version")
+                .map_err(database)?;
+            let rows = statement.query_map([tenant.as_str()], graph_row).map_err(database)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(database)
+        })
+        .await
+    }
+
+    async fn delete_graph(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+        version: &str,
+    ) -> Result<bool, StoreError> {
+        let (tenant, name, version) = (tenant.clone(), name.to_owned(), version.to_owned());
+        self.with(move |c| {
+            c.execute(
+                "DELETE FROM graphs WHERE tenant = ?1 AND name = ?2 AND version = ?3",
+                params![tenant.as_str(), name, version],
+            )
+            .map(|n| n > 0)
+            .map_err(database)
+        })
+        .await
+    }
+
+    async fn put_deployment(&self, deployment: &DeploymentRecord) -> Result<(), StoreError> {
+        let d = deployment.clone();
+        let spec = serde_json::to_string(&d.spec).map_err(database)?;
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO deployments (tenant, id, spec, status, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![d.tenant.as_str(), d.id, spec, d.status, now()],
+            )
+            .map_err(|e| write_error(e, || format!("deployment {}", d.id), Some(&d.tenant)))?;
+            c.execute(
+                "INSERT INTO deployment_history (tenant, deployment, status, detail, at) VALUES (?1, ?2, ?3, 'created', ?4)",
+                params![d.tenant.as_str(), d.id, d.status, now()],
+            )
+            .map_err(database)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn deployment(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+    ) -> Result<Option<DeploymentRecord>, StoreError> {
+        let (tenant, id) = (tenant.clone(), id.to_owned());
+        self.with(move |c| {
+            c.query_row(
+                "SELECT tenant, id, spec, status, created_at FROM deployments WHERE tenant = ?1 AND id = ?2",
+                params![tenant.as_str(), id],
+                deployment_row,
+            )
+            .optional()
+            .map_err(database)
+        })
+        .await
+    }
+
+    async fn deployments(&self, tenant: &TenantId) -> Result<Vec<DeploymentRecord>, StoreError> {
+        let tenant = tenant.clone();
+        self.with(move |c| {
+            let mut statement = c
+                .prepare("SELECT tenant, id, spec, status, created_at FROM deployments WHERE tenant = ?1 ORDER BY id")
+                .map_err(database)?;
+            let rows = statement.query_map([tenant.as_str()], deployment_row).map_err(database)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(database)
+        })
+        .await
+    }
+
+    async fn all_deployments(&self) -> Result<Vec<DeploymentRecord>, StoreError> {
+        self.with(|c| {
+            let mut statement =
+                c.prepare("SELECT tenant, id, spec, status, created_at FROM deployments ORDER BY tenant, id").map_err(database)?;
+            let rows = statement.query_map([], deployment_row).map_err(database)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(database)
+        })
+        .await
+    }
+
+    async fn set_deployment_status(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        status: &str,
+        detail: &str,
+    ) -> Result<bool, StoreError> {
+        let (tenant, id, status, detail) = (
+            tenant.clone(),
+            id.to_owned(),
+            status.to_owned(),
+            detail.to_owned(),
+        );
+        self.with(move |c| {
+            let changed = c
+                .execute("UPDATE deployments SET status = ?3 WHERE tenant = ?1 AND id = ?2", params![tenant.as_str(), id, status])
+                .map_err(database)?;
+            if changed > 0 {
+                c.execute(
+                    "INSERT INTO deployment_history (tenant, deployment, status, detail, at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![tenant.as_str(), id, status, detail, now()],
+                )
+                .map_err(database)?;
+            }
+            Ok(changed > 0)
+        })
+        .await
+    }
+
+    async fn deployment_history(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+    ) -> Result<Vec<StatusChange>, StoreError> {
+        let (tenant, id) = (tenant.clone(), id.to_owned());
+        self.with(move |c| {
+            let mut statement = c
+                .prepare("SELECT status, detail, at FROM deployment_history WHERE tenant = ?1 AND deployment = ?2 ORDER BY rowid")
+                .map_err(database)?;
+            let rows = statement
+                .query_map(params![tenant.as_str(), id], |r| Ok(StatusChange { status: r.get(0)?, detail: r.get(1)?, at: to_u64(r.get(2)?) }))
+                .map_err(database)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(database)
+        })
+        .await
+    }
+
+    async fn delete_deployment(&self, tenant: &TenantId, id: &str) -> Result<bool, StoreError> {
+        let (tenant, id) = (tenant.clone(), id.to_owned());
+        self.with(move |c| {
+            c.execute(
+                "DELETE FROM deployments WHERE tenant = ?1 AND id = ?2",
+                params![tenant.as_str(), id],
+            )
+            .map(|n| n > 0)
+            .map_err(database)
+        })
+        .await
+    }
+}

@@ -1,0 +1,336 @@
+//! The SQLite control store on a real file: resources, tenant walls, cascading deletes,
+//! persistence across reopen, and the blob store.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code: a failed expectation is a failed test"
+)]
+
+use serde_json::json;
+use weir_api::{ModuleDigest, TenantId};
+use weir_store::{
+    BlobStore, ControlStore, DeploymentRecord, GraphRecord, ModuleRecord, SqliteControlStore,
+    StoreError, TenantRecord, TokenRecord,
+};
+use weir_tenants::{Quotas, Role};
+
+fn tenant(id: &str) -> TenantRecord {
+    TenantRecord {
+        id: TenantId::new(id).unwrap(),
+        display_name: id.to_uppercase(),
+        quotas: Quotas::default(),
+        suspended: false,
+        created_at: 0,
+    }
+}
+
+fn digest(byte: &str) -> ModuleDigest {
+    ModuleDigest::from_sha256_hex(&byte.repeat(64)).unwrap()
+}
+
+fn module(tenant: &str, name: &str, version: &str) -> ModuleRecord {
+    ModuleRecord {
+        tenant: TenantId::new(tenant).unwrap(),
+        name: name.to_owned(),
+        version: version.to_owned(),
+        digest: digest("a"),
+        size: 1234,
+        operators: vec!["map".to_owned()],
+        created_at: 0,
+    }
+}
+
+fn deployment(tenant: &str, id: &str) -> DeploymentRecord {
+    DeploymentRecord {
+        tenant: TenantId::new(tenant).unwrap(),
+        id: id.to_owned(),
+        spec: json!({"graph": "g@1"}),
+        status: "pending".to_owned(),
+        created_at: 0,
+    }
+}
+
+fn id(text: &str) -> TenantId {
+    TenantId::new(text).unwrap()
+}
+
+#[tokio::test]
+async fn tenants_are_created_once_updated_and_listed() {
+    let store = SqliteControlStore::in_memory().unwrap();
+    store.create_tenant(&tenant("acme")).await.unwrap();
+    assert!(matches!(
+        store.create_tenant(&tenant("acme")).await,
+        Err(StoreError::Conflict { .. })
+    ));
+    let mut updated = tenant("acme");
+    updated.quotas.max_modules = 3;
+    updated.suspended = true;
+    assert!(store.update_tenant(&updated).await.unwrap());
+    let read = store.tenant(&id("acme")).await.unwrap().unwrap();
+    assert_eq!((read.quotas.max_modules, read.suspended), (3, true));
+    assert!(!store.update_tenant(&tenant("ghost")).await.unwrap());
+    store.create_tenant(&tenant("beta")).await.unwrap();
+    let ids: Vec<String> = store
+        .tenants()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.id.to_string())
+        .collect();
+    assert_eq!(ids, ["acme", "beta"]);
+}
+
+#[tokio::test]
+async fn every_query_is_walled_by_tenant() {
+    let store = SqliteControlStore::in_memory().unwrap();
+    for t in ["a", "b"] {
+        store.create_tenant(&tenant(t)).await.unwrap();
+    }
+    store
+        .put_module(&module("a", "temperature", "1.0.0"))
+        .await
+        .unwrap();
+    store
+        .put_graph(&GraphRecord {
+            tenant: id("a"),
+            name: "g".to_owned(),
+            version: "1".to_owned(),
+            digest: digest("b"),
+            created_at: 0,
+        })
+        .await
+        .unwrap();
+    store.put_deployment(&deployment("a", "d1")).await.unwrap();
+
+    assert!(
+        store
+            .module(&id("b"), "temperature", "1.0.0")
+            .await
+            .unwrap()
+            .is_none(),
+        "b cannot read a's module"
+    );
+    assert!(store.modules(&id("b")).await.unwrap().is_empty());
+    assert!(
+        !store
+            .delete_module(&id("b"), "temperature", "1.0.0")
+            .await
+            .unwrap(),
+        "b cannot delete a's module"
+    );
+    assert!(store.graph(&id("b"), "g", "1").await.unwrap().is_none());
+    assert!(store.deployment(&id("b"), "d1").await.unwrap().is_none());
+    assert!(
+        !store
+            .set_deployment_status(&id("b"), "d1", "stopped", "hijack")
+            .await
+            .unwrap()
+    );
+    assert!(!store.delete_deployment(&id("b"), "d1").await.unwrap());
+    assert!(
+        store
+            .deployment_history(&id("b"), "d1")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // The same names are free in b's space.
+    store
+        .put_module(&module("b", "temperature", "1.0.0"))
+        .await
+        .unwrap();
+    store.put_deployment(&deployment("b", "d1")).await.unwrap();
+    assert_eq!(
+        store
+            .deployment(&id("a"), "d1")
+            .await
+            .unwrap()
+            .unwrap()
+            .tenant,
+        id("a")
+    );
+}
+
+#[tokio::test]
+async fn duplicate_versions_conflict_and_unknown_tenants_are_named() {
+    let store = SqliteControlStore::in_memory().unwrap();
+    store.create_tenant(&tenant("a")).await.unwrap();
+    store.put_module(&module("a", "m", "1")).await.unwrap();
+    let error = store.put_module(&module("a", "m", "1")).await.unwrap_err();
+    assert!(
+        matches!(&error, StoreError::Conflict { what } if what == "module m@1"),
+        "{error}"
+    );
+    store.put_module(&module("a", "m", "2")).await.unwrap();
+    let error = store
+        .put_module(&module("nobody", "m", "1"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, StoreError::NoTenant(t) if t.as_str() == "nobody"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn tokens_are_revoked_only_within_their_tenant() {
+    let store = SqliteControlStore::in_memory().unwrap();
+    store.create_tenant(&tenant("a")).await.unwrap();
+    store.create_tenant(&tenant("b")).await.unwrap();
+    let token = |jti: &str, t: Option<&str>, role| TokenRecord {
+        id: jti.to_owned(),
+        tenant: t.map(id),
+        subject: "s".to_owned(),
+        role,
+        expires_at: 99,
+        revoked: false,
+        created_at: 0,
+    };
+    store
+        .put_token(&token("ta", Some("a"), Role::Owner))
+        .await
+        .unwrap();
+    store
+        .put_token(&token("root", None, Role::Admin))
+        .await
+        .unwrap();
+    assert!(
+        !store.revoke_token(Some(&id("b")), "ta").await.unwrap(),
+        "b cannot revoke a's token"
+    );
+    assert!(
+        !store.revoke_token(Some(&id("b")), "root").await.unwrap(),
+        "nor the admin's"
+    );
+    assert!(store.revoked_token_ids().await.unwrap().is_empty());
+    assert!(store.revoke_token(Some(&id("a")), "ta").await.unwrap());
+    assert_eq!(store.revoked_token_ids().await.unwrap(), ["ta"]);
+    assert_eq!(store.tokens(None).await.unwrap()[0].role, Role::Admin);
+    assert!(store.tokens(Some(&id("a"))).await.unwrap()[0].revoked);
+}
+
+#[tokio::test]
+async fn deleting_a_tenant_deletes_everything_it_owns() {
+    let store = SqliteControlStore::in_memory().unwrap();
+    store.create_tenant(&tenant("gone")).await.unwrap();
+    store.create_tenant(&tenant("stays")).await.unwrap();
+    store.put_module(&module("gone", "m", "1")).await.unwrap();
+    store.put_module(&module("stays", "m", "1")).await.unwrap();
+    store
+        .put_deployment(&deployment("gone", "d"))
+        .await
+        .unwrap();
+    store
+        .set_deployment_status(&id("gone"), "d", "running", "placed")
+        .await
+        .unwrap();
+    assert!(store.delete_tenant(&id("gone")).await.unwrap());
+    assert!(store.tenant(&id("gone")).await.unwrap().is_none());
+    assert!(store.modules(&id("gone")).await.unwrap().is_empty());
+    assert!(store.all_deployments().await.unwrap().is_empty());
+    assert!(
+        store
+            .deployment_history(&id("gone"), "d")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(store.modules(&id("stays")).await.unwrap().len(), 1);
+    assert!(!store.delete_tenant(&id("gone")).await.unwrap());
+}
+
+#[tokio::test]
+async fn deployments_keep_their_status_history() {
+    let store = SqliteControlStore::in_memory().unwrap();
+    store.create_tenant(&tenant("a")).await.unwrap();
+    store.put_deployment(&deployment("a", "d")).await.unwrap();
+    assert!(
+        store
+            .set_deployment_status(&id("a"), "d", "running", "placed on executor-1")
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .set_deployment_status(&id("a"), "d", "paused", "by owner")
+            .await
+            .unwrap()
+    );
+    let history: Vec<(String, String)> = store
+        .deployment_history(&id("a"), "d")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.status, c.detail))
+        .collect();
+    assert_eq!(
+        history,
+        [
+            ("pending".into(), "created".into()),
+            ("running".into(), "placed on executor-1".into()),
+            ("paused".into(), "by owner".into())
+        ]
+    );
+    assert_eq!(
+        store
+            .deployment(&id("a"), "d")
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        "paused"
+    );
+}
+
+#[tokio::test]
+async fn everything_survives_a_reopen_and_migrations_run_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("control.db");
+    {
+        let store = SqliteControlStore::open(&path).unwrap();
+        assert_eq!(store.schema_version().unwrap(), 1);
+        store.create_tenant(&tenant("acme")).await.unwrap();
+        store.put_module(&module("acme", "m", "1")).await.unwrap();
+        store
+            .put_deployment(&deployment("acme", "d"))
+            .await
+            .unwrap();
+    }
+    let reopened = SqliteControlStore::open(&path).unwrap();
+    assert_eq!(reopened.schema_version().unwrap(), 1);
+    assert_eq!(
+        reopened.modules(&id("acme")).await.unwrap(),
+        vec![ModuleRecord {
+            created_at: reopened.modules(&id("acme")).await.unwrap()[0].created_at,
+            ..module("acme", "m", "1")
+        }]
+    );
+    assert_eq!(
+        reopened.all_deployments().await.unwrap()[0].spec,
+        json!({"graph": "g@1"})
+    );
+}
+
+#[test]
+fn blobs_are_stored_by_digest_and_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let blobs = BlobStore::open(dir.path().join("blobs")).unwrap();
+    let first = blobs.put(b"\0asm component bytes").unwrap();
+    let again = blobs.put(b"\0asm component bytes").unwrap();
+    assert_eq!(first, again);
+    let hex = first.as_str().strip_prefix("sha256:").unwrap();
+    assert_eq!(
+        std::fs::read(dir.path().join("blobs/sha256").join(hex)).unwrap(),
+        b"\0asm component bytes",
+        "stored under its digest"
+    );
+    assert_eq!(
+        blobs.get(&first).unwrap().unwrap(),
+        b"\0asm component bytes"
+    );
+    assert!(blobs.get(&digest("f")).unwrap().is_none());
+    let reopened = BlobStore::open(dir.path().join("blobs")).unwrap();
+    assert!(reopened.get(&first).unwrap().is_some());
+}
