@@ -19,6 +19,8 @@ pub enum ErrorDomain {
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum ErrorCode {
+    /// The request itself is malformed: unparsable body, invalid field.
+    InvalidRequest,
     /// A module is not a component weir can run.
     InvalidModule,
     /// A graph definition failed validation.
@@ -51,6 +53,7 @@ impl ErrorCode {
     /// The code as it appears on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::InvalidRequest => "invalid_request",
             Self::InvalidModule => "invalid_module",
             Self::InvalidGraph => "invalid_graph",
             Self::InvalidDeployment => "invalid_deployment",

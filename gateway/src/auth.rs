@@ -1,0 +1,43 @@
+//! The caller, from the `Authorization: Bearer` header: a verified token whose tenant still
+//! exists and is not suspended.
+
+use axum::extract::FromRequestParts;
+use axum::http::header;
+use axum::http::request::Parts;
+use weir_tenants::{AuthError, Principal};
+
+use crate::{ApiError, GatewayState};
+
+/// The authenticated caller of a request.
+#[derive(Debug, Clone)]
+pub struct Caller(pub Principal);
+
+impl FromRequestParts<GatewayState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &GatewayState,
+    ) -> Result<Self, Self::Rejection> {
+        let header = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .ok_or(AuthError::Missing)?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .ok_or(AuthError::Malformed)?;
+        let principal = state
+            .verifier
+            .verify(token.trim(), state.revocations.as_ref())?;
+        if let Some(tenant) = &principal.tenant {
+            // Tokens of deleted or suspended tenants stop working at once.
+            match state.store.tenant(tenant).await? {
+                Some(record) if !record.suspended => {}
+                _ => return Err(AuthError::Revoked.into()),
+            }
+        }
+        Ok(Self(principal))
+    }
+}

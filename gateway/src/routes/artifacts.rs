@@ -1,0 +1,325 @@
+//! `/v1/modules` and `/v1/graphs`: upload (validated before anything is stored), list, get,
+//! delete — all within the caller's tenant and its quotas.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::IntoResponse;
+use serde::{Deserialize, Serialize};
+use weir_api::graph::parse_graph;
+use weir_api::{ErrorCode, TenantId};
+use weir_store::{GraphRecord, ModuleRecord};
+use weir_tenants::{Principal, Quotas, Role};
+
+use super::check_name;
+use crate::{ApiError, ApiQuery, Caller, GatewayState, ProblemField};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Upload {
+    name: String,
+    version: String,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct ModuleView {
+    name: String,
+    version: String,
+    digest: String,
+    size: u64,
+    operators: Vec<String>,
+    created_at: u64,
+}
+
+impl From<ModuleRecord> for ModuleView {
+    fn from(m: ModuleRecord) -> Self {
+        Self {
+            name: m.name,
+            version: m.version,
+            digest: m.digest.to_string(),
+            size: m.size,
+            operators: m.operators,
+            created_at: m.created_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct GraphView {
+    name: String,
+    version: String,
+    digest: String,
+    created_at: u64,
+}
+
+impl From<GraphRecord> for GraphView {
+    fn from(g: GraphRecord) -> Self {
+        Self {
+            name: g.name,
+            version: g.version,
+            digest: g.digest.to_string(),
+            created_at: g.created_at,
+        }
+    }
+}
+
+fn content_type(headers: &HeaderMap) -> &str {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map_or("", |v| v.split(';').next().unwrap_or("").trim())
+}
+
+async fn tenant_and_quotas(
+    state: &GatewayState,
+    caller: &Principal,
+    needed: Role,
+) -> Result<(TenantId, Quotas), ApiError> {
+    caller.require(needed)?;
+    let tenant = caller.tenant()?.clone();
+    let record = state
+        .store
+        .tenant(&tenant)
+        .await?
+        .ok_or_else(|| ApiError::not_found("tenant"))?;
+    Ok((tenant, record.quotas))
+}
+
+fn check_upload(upload: &Upload) -> Result<(), ApiError> {
+    let mut errors = Vec::new();
+    check_name("name", &upload.name, &mut errors);
+    check_name("version", &upload.version, &mut errors);
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::new(ErrorCode::InvalidRequest, "invalid name or version").with_errors(errors))
+    }
+}
+
+pub(crate) async fn upload_module(
+    State(state): State<GatewayState>,
+    Caller(caller): Caller,
+    ApiQuery(upload): ApiQuery<Upload>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let (tenant, quotas) = tenant_and_quotas(&state, &caller, Role::Developer).await?;
+    check_upload(&upload)?;
+    if content_type(&headers) != "application/wasm" {
+        return Err(ApiError::new(
+            ErrorCode::UnsupportedMediaType,
+            "upload a module as application/wasm",
+        ));
+    }
+    let size = body.len() as u64;
+    if size == 0 {
+        return Err(ApiError::new(
+            ErrorCode::InvalidModule,
+            "the module is empty",
+        ));
+    }
+    if size > quotas.max_module_bytes {
+        return Err(ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!(
+                "the module is {size} bytes; the limit is {}",
+                quotas.max_module_bytes
+            ),
+        ));
+    }
+    let existing = state.store.modules(&tenant).await?;
+    if existing.len() as u64 >= u64::from(quotas.max_modules) {
+        return Err(ApiError::new(
+            ErrorCode::QuotaExceeded,
+            format!("the tenant has {} modules, the limit", quotas.max_modules),
+        ));
+    }
+    let total: u64 = existing.iter().map(|m| m.size).sum();
+    if total + size > quotas.max_module_total_bytes {
+        return Err(ApiError::new(
+            ErrorCode::QuotaExceeded,
+            format!(
+                "modules would take {} bytes; the limit is {}",
+                total + size,
+                quotas.max_module_total_bytes
+            ),
+        ));
+    }
+    if existing
+        .iter()
+        .any(|m| m.name == upload.name && m.version == upload.version)
+    {
+        return Err(ApiError::new(
+            ErrorCode::Conflict,
+            format!("module {}@{} exists", upload.name, upload.version),
+        ));
+    }
+    let validator = state.validator.clone();
+    let bytes = body.clone();
+    let operators = tokio::task::spawn_blocking(move || validator.validate(&bytes))
+        .await
+        .map_err(|e| ApiError::internal(&e))?
+        .map_err(|message| ApiError::new(ErrorCode::InvalidModule, message))?;
+    let digest = state.blobs.put(&body).map_err(|e| ApiError::internal(&e))?;
+    let record = ModuleRecord {
+        tenant,
+        name: upload.name,
+        version: upload.version,
+        digest,
+        size,
+        operators,
+        created_at: 0,
+    };
+    state.store.put_module(&record).await?;
+    Ok((StatusCode::CREATED, Json(ModuleView::from(record))))
+}
+
+pub(crate) async fn list_modules(
+    State(state): State<GatewayState>,
+    Caller(caller): Caller,
+) -> Result<impl IntoResponse, ApiError> {
+    let (tenant, _) = tenant_and_quotas(&state, &caller, Role::Viewer).await?;
+    let modules: Vec<ModuleView> = state
+        .store
+        .modules(&tenant)
+        .await?
+        .into_iter()
+        .map(ModuleView::from)
+        .collect();
+    Ok(Json(modules))
+}
+
+pub(crate) async fn get_module(
+    State(state): State<GatewayState>,
+    Caller(caller): Caller,
+    Path((name, version)): Path<(String, String)>,
+) -> Result<impl IntoResponse, ApiError> {
+    let (tenant, _) = tenant_and_quotas(&state, &caller, Role::Viewer).await?;
+    let module = state
+        .store
+        .module(&tenant, &name, &version)
+        .await?
+        .ok_or_else(|| ApiError::not_found("module"))?;
+    Ok(Json(ModuleView::from(module)))
+}
+
+pub(crate) async fn delete_module(
+    State(state): State<GatewayState>,
+    Caller(caller): Caller,
+    Path((name, version)): Path<(String, String)>,
+) -> Result<impl IntoResponse, ApiError> {
+    let (tenant, _) = tenant_and_quotas(&state, &caller, Role::Developer).await?;
+    if state.store.delete_module(&tenant, &name, &version).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found("module"))
+    }
+}
+
+pub(crate) async fn upload_graph(
+    State(state): State<GatewayState>,
+    Caller(caller): Caller,
+    ApiQuery(upload): ApiQuery<Upload>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let (tenant, quotas) = tenant_and_quotas(&state, &caller, Role::Developer).await?;
+    check_upload(&upload)?;
+    if !matches!(
+        content_type(&headers),
+        "application/yaml" | "application/x-yaml" | "text/yaml" | "application/json"
+    ) {
+        return Err(ApiError::new(
+            ErrorCode::UnsupportedMediaType,
+            "upload a graph as application/yaml or application/json",
+        ));
+    }
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| ApiError::new(ErrorCode::InvalidGraph, "the graph definition is not UTF-8"))?;
+    let graph = parse_graph(text).map_err(|error| {
+        let problems = error.problems();
+        ApiError::new(
+            ErrorCode::InvalidGraph,
+            format!("the graph definition has {} problem(s)", problems.len()),
+        )
+        .with_errors(
+            problems
+                .into_iter()
+                .map(|p| ProblemField {
+                    path: p.path,
+                    message: p.message,
+                })
+                .collect(),
+        )
+    })?;
+    if graph.operations().len() as u64 > u64::from(quotas.max_nodes_per_graph) {
+        return Err(ApiError::new(
+            ErrorCode::QuotaExceeded,
+            format!(
+                "the graph has {} operations; the limit is {}",
+                graph.operations().len(),
+                quotas.max_nodes_per_graph
+            ),
+        ));
+    }
+    let existing = state.store.graphs(&tenant).await?;
+    if existing.len() as u64 >= u64::from(quotas.max_graphs) {
+        return Err(ApiError::new(
+            ErrorCode::QuotaExceeded,
+            format!("the tenant has {} graphs, the limit", quotas.max_graphs),
+        ));
+    }
+    let digest = state.blobs.put(&body).map_err(|e| ApiError::internal(&e))?;
+    let record = GraphRecord {
+        tenant,
+        name: upload.name,
+        version: upload.version,
+        digest,
+        created_at: 0,
+    };
+    state.store.put_graph(&record).await?;
+    Ok((StatusCode::CREATED, Json(GraphView::from(record))))
+}
+
+pub(crate) async fn list_graphs(
+    State(state): State<GatewayState>,
+    Caller(caller): Caller,
+) -> Result<impl IntoResponse, ApiError> {
+    let (tenant, _) = tenant_and_quotas(&state, &caller, Role::Viewer).await?;
+    let graphs: Vec<GraphView> = state
+        .store
+        .graphs(&tenant)
+        .await?
+        .into_iter()
+        .map(GraphView::from)
+        .collect();
+    Ok(Json(graphs))
+}
+
+pub(crate) async fn get_graph(
+    State(state): State<GatewayState>,
+    Caller(caller): Caller,
+    Path((name, version)): Path<(String, String)>,
+) -> Result<impl IntoResponse, ApiError> {
+    let (tenant, _) = tenant_and_quotas(&state, &caller, Role::Viewer).await?;
+    let graph = state
+        .store
+        .graph(&tenant, &name, &version)
+        .await?
+        .ok_or_else(|| ApiError::not_found("graph"))?;
+    Ok(Json(GraphView::from(graph)))
+}
+
+pub(crate) async fn delete_graph(
+    State(state): State<GatewayState>,
+    Caller(caller): Caller,
+    Path((name, version)): Path<(String, String)>,
+) -> Result<impl IntoResponse, ApiError> {
+    let (tenant, _) = tenant_and_quotas(&state, &caller, Role::Developer).await?;
+    if state.store.delete_graph(&tenant, &name, &version).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found("graph"))
+    }
+}

@@ -1,0 +1,101 @@
+//! The routes, one file per resource.
+
+mod artifacts;
+mod tenants;
+mod tokens;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::HeaderValue;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put};
+use axum::{Json, Router};
+use serde_json::json;
+use weir_api::ErrorCode;
+
+use crate::error::REQUEST_ID;
+use crate::{ApiError, GatewayState};
+
+/// Largest request body: the largest module a tenant may upload (64 MiB by default) plus
+/// headroom; each route checks its own, tenant-specific limit.
+const MAX_BODY_BYTES: usize = 65 << 20;
+
+pub(crate) fn router(state: GatewayState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/v1/tenants", post(tenants::create).get(tenants::list))
+        .route(
+            "/v1/tenants/{id}",
+            get(tenants::get).delete(tenants::delete),
+        )
+        .route("/v1/tenants/{id}/quotas", put(tenants::set_quotas))
+        .route("/v1/tenants/{id}/suspend", post(tenants::suspend))
+        .route("/v1/tokens", post(tokens::mint).get(tokens::list))
+        .route("/v1/tokens/{id}", delete(tokens::revoke))
+        .route(
+            "/v1/modules",
+            post(artifacts::upload_module).get(artifacts::list_modules),
+        )
+        .route(
+            "/v1/modules/{name}/{version}",
+            get(artifacts::get_module).delete(artifacts::delete_module),
+        )
+        .route(
+            "/v1/graphs",
+            post(artifacts::upload_graph).get(artifacts::list_graphs),
+        )
+        .route(
+            "/v1/graphs/{name}/{version}",
+            get(artifacts::get_graph).delete(artifacts::delete_graph),
+        )
+        .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such route") })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(request_id))
+        .with_state(state)
+}
+
+/// Gives every request an id: in the `x-request-id` header and in every problem document.
+async fn request_id(request: Request, next: Next) -> Response {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let started = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_micros();
+    let id = format!("{started:x}-{:x}", COUNTER.fetch_add(1, Ordering::Relaxed));
+    let mut response = REQUEST_ID.scope(id.clone(), next.run(request)).await;
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}
+
+async fn healthz() -> impl IntoResponse {
+    Json(json!({"status": "ok"}))
+}
+
+async fn readyz(State(state): State<GatewayState>) -> Result<impl IntoResponse, ApiError> {
+    state.store.tenants().await?;
+    Ok(Json(json!({"status": "ready"})))
+}
+
+/// Names of modules, graphs and their versions: safe in paths, URLs and file names.
+pub(crate) fn check_name(field: &str, value: &str, errors: &mut Vec<crate::ProblemField>) {
+    let ok = !value.is_empty()
+        && value.len() <= 128
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        && !value.starts_with('.');
+    if !ok {
+        errors.push(crate::ProblemField {
+            path: format!("/{field}"),
+            message: format!(
+                "{field} must be 1 to 128 of A-Z a-z 0-9 . - _, not starting with '.'"
+            ),
+        });
+    }
+}

@@ -1,0 +1,155 @@
+//! `/v1/tenants`: the platform operator's (admin) view of tenants.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+
+use crate::ApiJson;
+use serde::{Deserialize, Serialize};
+use weir_api::{ErrorCode, TenantId};
+use weir_store::TenantRecord;
+use weir_tenants::{Quotas, Role};
+
+use crate::{ApiError, Caller, GatewayState, ProblemField};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CreateTenant {
+    id: String,
+    #[serde(default)]
+    display_name: Option<String>,
+    #[serde(default)]
+    quotas: Option<Quotas>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct TenantView {
+    id: String,
+    display_name: String,
+    quotas: Quotas,
+    suspended: bool,
+    created_at: u64,
+}
+
+impl From<TenantRecord> for TenantView {
+    fn from(record: TenantRecord) -> Self {
+        Self {
+            id: record.id.to_string(),
+            display_name: record.display_name,
+            quotas: record.quotas,
+            suspended: record.suspended,
+            created_at: record.created_at,
+        }
+    }
+}
+
+fn tenant_id(text: &str) -> Result<TenantId, ApiError> {
+    // A malformed id cannot exist: not found, like any other absent tenant.
+    TenantId::new(text).map_err(|_| ApiError::not_found("tenant"))
+}
+
+pub(crate) async fn create(
+    State(state): State<GatewayState>,
+    Caller(caller): Caller,
+    ApiJson(body): ApiJson<CreateTenant>,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Role::Admin)?;
+    let id = TenantId::new(body.id.clone()).map_err(|e| {
+        ApiError::new(ErrorCode::InvalidRequest, "invalid tenant id").with_errors(vec![
+            ProblemField {
+                path: "/id".to_owned(),
+                message: e.to_string(),
+            },
+        ])
+    })?;
+    let record = TenantRecord {
+        display_name: body.display_name.unwrap_or_else(|| id.to_string()),
+        id,
+        quotas: body.quotas.unwrap_or_default(),
+        suspended: false,
+        created_at: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs(),
+    };
+    state.store.create_tenant(&record).await?;
+    Ok((StatusCode::CREATED, Json(TenantView::from(record))))
+}
+
+pub(crate) async fn list(
+    State(state): State<GatewayState>,
+    Caller(caller): Caller,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Role::Admin)?;
+    let tenants: Vec<TenantView> = state
+        .store
+        .tenants()
+        .await?
+        .into_iter()
+        .map(TenantView::from)
+        .collect();
+    Ok(Json(tenants))
+}
+
+pub(crate) async fn get(
+    State(state): State<GatewayState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Role::Admin)?;
+    let record = state
+        .store
+        .tenant(&tenant_id(&id)?)
+        .await?
+        .ok_or_else(|| ApiError::not_found("tenant"))?;
+    Ok(Json(TenantView::from(record)))
+}
+
+pub(crate) async fn set_quotas(
+    State(state): State<GatewayState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+    ApiJson(quotas): ApiJson<Quotas>,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Role::Admin)?;
+    let mut record = state
+        .store
+        .tenant(&tenant_id(&id)?)
+        .await?
+        .ok_or_else(|| ApiError::not_found("tenant"))?;
+    record.quotas = quotas;
+    state.store.update_tenant(&record).await?;
+    Ok(Json(TenantView::from(record)))
+}
+
+pub(crate) async fn suspend(
+    State(state): State<GatewayState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Role::Admin)?;
+    let mut record = state
+        .store
+        .tenant(&tenant_id(&id)?)
+        .await?
+        .ok_or_else(|| ApiError::not_found("tenant"))?;
+    record.suspended = true;
+    state.store.update_tenant(&record).await?;
+    Ok(Json(TenantView::from(record)))
+}
+
+pub(crate) async fn delete(
+    State(state): State<GatewayState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Role::Admin)?;
+    if state.store.delete_tenant(&tenant_id(&id)?).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found("tenant"))
+    }
+}

@@ -1,0 +1,684 @@
+//! The REST API through `router(state).oneshot(..)`, on a real SQLite store, real JWTs and the
+//! real executor as module validator: problem documents, authentication, roles, uploads,
+//! quotas, and the walls between tenants.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code: a failed expectation is a failed test"
+)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+use weir_api::TenantId;
+use weir_executor::{EngineConfig, OperatorEngine};
+use weir_gateway::{GatewayState, ModuleValidator, router};
+use weir_store::{BlobStore, SqliteControlStore};
+use weir_tenants::{JwtVerifier, MemoryRevocations, Role, Secret, TokenIssuer, VerificationKey};
+
+#[derive(Debug)]
+struct EngineValidator(OperatorEngine);
+
+impl ModuleValidator for EngineValidator {
+    fn validate(&self, bytes: &[u8]) -> Result<Vec<String>, String> {
+        let module = self.0.load(bytes).map_err(|e| e.to_string())?;
+        Ok(module
+            .operators()
+            .iter()
+            .map(|k| k.as_str().to_owned())
+            .collect())
+    }
+}
+
+struct Api {
+    app: Router,
+    admin: String,
+    _dir: tempfile::TempDir,
+}
+
+struct Reply {
+    status: StatusCode,
+    content_type: String,
+    request_id: Option<String>,
+    body: Value,
+}
+
+impl Api {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = Secret::new(b"gateway-test-secret-gateway-test-secret".to_vec());
+        let issuer = Arc::new(TokenIssuer::new(&secret, Some("weir"), None));
+        let admin = issuer
+            .mint(
+                "root",
+                None,
+                Role::Admin,
+                Duration::from_secs(600),
+                "admin-1",
+            )
+            .unwrap();
+        let state = GatewayState {
+            store: Arc::new(SqliteControlStore::open(&dir.path().join("control.db")).unwrap()),
+            blobs: BlobStore::open(dir.path().join("blobs")).unwrap(),
+            verifier: Arc::new(
+                JwtVerifier::new(&[VerificationKey::Hs256(secret)], Some("weir"), None).unwrap(),
+            ),
+            issuer,
+            revocations: Arc::new(MemoryRevocations::default()),
+            validator: Arc::new(EngineValidator(
+                OperatorEngine::new(&EngineConfig {
+                    pooling: None,
+                    ..EngineConfig::default()
+                })
+                .unwrap(),
+            )),
+        };
+        Self {
+            app: router(state),
+            admin,
+            _dir: dir,
+        }
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        uri: &str,
+        token: Option<&str>,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+    ) -> Reply {
+        let mut request = Request::builder().method(method).uri(uri);
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        let response = self
+            .app
+            .clone()
+            .oneshot(request.body(Body::from(body)).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .map(|v| v.to_str().unwrap().to_owned())
+        };
+        let content_type = header("content-type").unwrap_or_default();
+        let request_id = header("x-request-id");
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+        };
+        Reply {
+            status,
+            content_type,
+            request_id,
+            body,
+        }
+    }
+
+    async fn json(&self, method: Method, uri: &str, token: &str, body: Value) -> Reply {
+        self.call(
+            method,
+            uri,
+            Some(token),
+            Some("application/json"),
+            body.to_string().into_bytes(),
+        )
+        .await
+    }
+
+    async fn get(&self, uri: &str, token: &str) -> Reply {
+        self.call(Method::GET, uri, Some(token), None, Vec::new())
+            .await
+    }
+
+    /// A tenant with an owner and a developer token.
+    async fn tenant(&self, id: &str) -> (String, String) {
+        assert_eq!(
+            self.json(Method::POST, "/v1/tenants", &self.admin, json!({"id": id}))
+                .await
+                .status,
+            StatusCode::CREATED
+        );
+        let owner = self
+            .json(
+                Method::POST,
+                "/v1/tokens",
+                &self.admin,
+                json!({"subject": "owner", "role": "owner", "tenant": id}),
+            )
+            .await;
+        assert_eq!(owner.status, StatusCode::CREATED, "{:?}", owner.body);
+        let owner = owner.body["token"].as_str().unwrap().to_owned();
+        let developer = self
+            .json(
+                Method::POST,
+                "/v1/tokens",
+                &owner,
+                json!({"subject": "dev", "role": "developer"}),
+            )
+            .await;
+        assert_eq!(
+            developer.status,
+            StatusCode::CREATED,
+            "{:?}",
+            developer.body
+        );
+        (owner, developer.body["token"].as_str().unwrap().to_owned())
+    }
+
+    async fn upload(&self, token: &str, name: &str, version: &str, bytes: Vec<u8>) -> Reply {
+        self.call(
+            Method::POST,
+            &format!("/v1/modules?name={name}&version={version}"),
+            Some(token),
+            Some("application/wasm"),
+            bytes,
+        )
+        .await
+    }
+}
+
+fn assert_problem(reply: &Reply, status: StatusCode, code: &str) {
+    assert_eq!(reply.status, status, "{:?}", reply.body);
+    assert_eq!(reply.content_type, "application/problem+json");
+    assert_eq!(reply.body["code"], code, "{:?}", reply.body);
+    assert_eq!(reply.body["status"], status.as_u16());
+    let id = reply.request_id.as_deref().expect("x-request-id");
+    assert_eq!(reply.body["instance"], format!("urn:weir:request:{id}"));
+}
+
+#[tokio::test]
+async fn health_is_public_and_unknown_routes_are_problems() {
+    let api = Api::new();
+    assert_eq!(
+        api.call(Method::GET, "/healthz", None, None, vec![])
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        api.call(Method::GET, "/readyz", None, None, vec![])
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_problem(
+        &api.call(Method::GET, "/v1/nothing", None, None, vec![])
+            .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+}
+
+#[tokio::test]
+async fn requests_without_a_valid_token_are_unauthenticated() {
+    let api = Api::new();
+    assert_problem(
+        &api.call(Method::GET, "/v1/modules", None, None, vec![])
+            .await,
+        StatusCode::UNAUTHORIZED,
+        "unauthenticated",
+    );
+    assert_problem(
+        &api.get("/v1/modules", "not-a-jwt").await,
+        StatusCode::UNAUTHORIZED,
+        "unauthenticated",
+    );
+    let reply = api
+        .call(Method::GET, "/v1/modules", None, None, vec![])
+        .await;
+    assert_eq!(
+        reply.body["detail"], "a valid bearer token is required",
+        "no hint which check failed"
+    );
+}
+
+#[tokio::test]
+async fn admin_routes_refuse_tenant_tokens_and_tenant_routes_refuse_admin() {
+    let api = Api::new();
+    let (owner, developer) = api.tenant("acme").await;
+    for token in [&owner, &developer] {
+        assert_problem(
+            &api.get("/v1/tenants", token).await,
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        );
+        assert_problem(
+            &api.json(Method::POST, "/v1/tenants", token, json!({"id": "evil"}))
+                .await,
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        );
+    }
+    assert_problem(
+        &api.get("/v1/modules", &api.admin).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
+    assert_problem(
+        &api.json(
+            Method::POST,
+            "/v1/tokens",
+            &developer,
+            json!({"subject": "x", "role": "owner"}),
+        )
+        .await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
+    assert_problem(
+        &api.json(
+            Method::POST,
+            "/v1/tokens",
+            &owner,
+            json!({"subject": "x", "role": "admin"}),
+        )
+        .await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
+    assert_problem(
+        &api.json(
+            Method::POST,
+            "/v1/tokens",
+            &owner,
+            json!({"subject": "x", "role": "owner", "tenant": "other"}),
+        )
+        .await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
+}
+
+#[tokio::test]
+async fn modules_are_validated_before_anything_is_stored() {
+    let api = Api::new();
+    let (_, developer) = api.tenant("acme").await;
+    let created = api
+        .upload(
+            &developer,
+            "temperature",
+            "1.0.0",
+            weir_guests::TEMPERATURE.bytes(),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.body);
+    assert_eq!(
+        created.body["operators"],
+        json!(["map", "filter", "branch", "accumulate"])
+    );
+    assert_problem(
+        &api.upload(
+            &developer,
+            "temperature",
+            "1.0.0",
+            weir_guests::TEMPERATURE.bytes(),
+        )
+        .await,
+        StatusCode::CONFLICT,
+        "conflict",
+    );
+    assert_problem(
+        &api.upload(&developer, "junk", "1", b"random bytes, not wasm".to_vec())
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_module",
+    );
+    let core = api
+        .upload(&developer, "core", "1", b"\0asm\x01\0\0\0".to_vec())
+        .await;
+    assert_problem(&core, StatusCode::UNPROCESSABLE_ENTITY, "invalid_module");
+    assert!(
+        core.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("wasm32-wasip2")
+    );
+    let foreign = api
+        .upload(
+            &developer,
+            "foreign",
+            "1",
+            weir_guests::FOREIGN_IMPORT.bytes(),
+        )
+        .await;
+    assert_problem(&foreign, StatusCode::UNPROCESSABLE_ENTITY, "invalid_module");
+    assert!(
+        foreign.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("acme:vault/secrets@1.0.0")
+    );
+    assert_problem(
+        &api.upload(&developer, "empty", "1", vec![]).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_module",
+    );
+    let wrong_type = api
+        .call(
+            Method::POST,
+            "/v1/modules?name=x&version=1",
+            Some(&developer),
+            Some("text/plain"),
+            weir_guests::ECHO.bytes(),
+        )
+        .await;
+    assert_problem(
+        &wrong_type,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+    );
+    let bad_name = api
+        .upload(&developer, "..%2Fetc", "1", weir_guests::ECHO.bytes())
+        .await;
+    assert_problem(&bad_name, StatusCode::BAD_REQUEST, "invalid_request");
+    assert_eq!(bad_name.body["errors"][0]["path"], "/name");
+    assert_problem(
+        &api.call(
+            Method::POST,
+            "/v1/modules",
+            Some(&developer),
+            Some("application/wasm"),
+            weir_guests::ECHO.bytes(),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+    );
+    let listed = api.get("/v1/modules", &developer).await;
+    assert_eq!(
+        listed.body.as_array().unwrap().len(),
+        1,
+        "nothing invalid landed"
+    );
+}
+
+#[tokio::test]
+async fn graphs_report_every_problem() {
+    let api = Api::new();
+    let (_, developer) = api.tenant("acme").await;
+    let valid = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../api/tests/graphs/valid/graph-complex.yaml"
+    ))
+    .unwrap();
+    let created = api
+        .call(
+            Method::POST,
+            "/v1/graphs?name=complex&version=1",
+            Some(&developer),
+            Some("application/yaml"),
+            valid,
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.body);
+    let invalid = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../api/tests/graphs/invalid/dangling-edges-and-duplicates.yaml"
+    ))
+    .unwrap();
+    let refused = api
+        .call(
+            Method::POST,
+            "/v1/graphs?name=bad&version=1",
+            Some(&developer),
+            Some("application/yaml"),
+            invalid,
+        )
+        .await;
+    assert_problem(&refused, StatusCode::UNPROCESSABLE_ENTITY, "invalid_graph");
+    let paths: Vec<&str> = refused.body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths.len(), 7, "{paths:?}");
+    assert!(paths.contains(&"connections[1].to.name"));
+}
+
+#[tokio::test]
+async fn another_tenants_resources_answer_404() {
+    let api = Api::new();
+    let (owner_a, developer_a) = api.tenant("tenant-a").await;
+    let (owner_b, developer_b) = api.tenant("tenant-b").await;
+    api.upload(&developer_a, "secret", "1", weir_guests::ECHO.bytes())
+        .await;
+    assert_problem(
+        &api.get("/v1/modules/secret/1", &developer_b).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    assert_problem(
+        &api.call(
+            Method::DELETE,
+            "/v1/modules/secret/1",
+            Some(&developer_b),
+            None,
+            vec![],
+        )
+        .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    assert_eq!(api.get("/v1/modules", &developer_b).await.body, json!([]));
+    assert_eq!(
+        api.get("/v1/modules/secret/1", &developer_a).await.status,
+        StatusCode::OK,
+        "a still has it"
+    );
+    let tokens_a = api.get("/v1/tokens", &owner_a).await;
+    let token_id = tokens_a.body[0]["id"].as_str().unwrap().to_owned();
+    assert_problem(
+        &api.call(
+            Method::DELETE,
+            &format!("/v1/tokens/{token_id}"),
+            Some(&owner_b),
+            None,
+            vec![],
+        )
+        .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    assert!(
+        api.get("/v1/tokens", &owner_b)
+            .await
+            .body
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["tenant"] == "tenant-b")
+    );
+}
+
+#[tokio::test]
+async fn revoked_suspended_and_deleted_tokens_stop_working() {
+    let api = Api::new();
+    let (owner, developer) = api.tenant("acme").await;
+    let tokens = api.get("/v1/tokens", &owner).await;
+    let developer_id = tokens
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["role"] == "developer")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        api.call(
+            Method::DELETE,
+            &format!("/v1/tokens/{developer_id}"),
+            Some(&owner),
+            None,
+            vec![]
+        )
+        .await
+        .status,
+        StatusCode::NO_CONTENT
+    );
+    assert_problem(
+        &api.get("/v1/modules", &developer).await,
+        StatusCode::UNAUTHORIZED,
+        "unauthenticated",
+    );
+    assert_eq!(api.get("/v1/modules", &owner).await.status, StatusCode::OK);
+    assert_eq!(
+        api.call(
+            Method::POST,
+            "/v1/tenants/acme/suspend",
+            Some(&api.admin),
+            None,
+            vec![]
+        )
+        .await
+        .status,
+        StatusCode::OK
+    );
+    assert_problem(
+        &api.get("/v1/modules", &owner).await,
+        StatusCode::UNAUTHORIZED,
+        "unauthenticated",
+    );
+    let (owner2, _) = api.tenant("beta").await;
+    assert_eq!(
+        api.call(
+            Method::DELETE,
+            "/v1/tenants/beta",
+            Some(&api.admin),
+            None,
+            vec![]
+        )
+        .await
+        .status,
+        StatusCode::NO_CONTENT
+    );
+    assert_problem(
+        &api.get("/v1/modules", &owner2).await,
+        StatusCode::UNAUTHORIZED,
+        "unauthenticated",
+    );
+    assert_problem(
+        &api.get("/v1/tenants/beta", &api.admin).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+}
+
+#[tokio::test]
+async fn module_quotas_refuse_precisely_at_their_limit() {
+    let api = Api::new();
+    let (_, developer) = api.tenant("acme").await;
+    let mut quotas = serde_json::to_value(weir_tenants::Quotas::default()).unwrap();
+    quotas["max_modules"] = json!(2);
+    quotas["max_module_bytes"] = json!(150_000);
+    assert_eq!(
+        api.json(Method::PUT, "/v1/tenants/acme/quotas", &api.admin, quotas)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        api.upload(&developer, "echo", "1", weir_guests::ECHO.bytes())
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        api.upload(&developer, "echo", "2", weir_guests::ECHO.bytes())
+            .await
+            .status,
+        StatusCode::CREATED,
+        "the limit itself is allowed"
+    );
+    assert_problem(
+        &api.upload(&developer, "echo", "3", weir_guests::ECHO.bytes())
+            .await,
+        StatusCode::FORBIDDEN,
+        "quota_exceeded",
+    );
+    let too_big = api
+        .upload(
+            &developer,
+            "temperature",
+            "1",
+            weir_guests::TEMPERATURE.bytes(),
+        )
+        .await;
+    assert_problem(&too_big, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
+}
+
+#[tokio::test]
+async fn malformed_bodies_are_problems_not_500s() {
+    let api = Api::new();
+    for (body, content_type, status, code) in [
+        (
+            "{not json",
+            Some("application/json"),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            r#"{"id": "x", "surprise": 1}"#,
+            Some("application/json"),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            r#"{"id": "x"}"#,
+            None,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        ),
+        (
+            r#"{"id": "Not/Valid"}"#,
+            Some("application/json"),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            "",
+            Some("application/json"),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+    ] {
+        let reply = api
+            .call(
+                Method::POST,
+                "/v1/tenants",
+                Some(&api.admin),
+                content_type,
+                body.as_bytes().to_vec(),
+            )
+            .await;
+        assert_problem(&reply, status, code);
+    }
+    assert!(TenantId::new("still-fine").is_ok());
+    assert_eq!(
+        api.call(Method::GET, "/healthz", None, None, vec![])
+            .await
+            .status,
+        StatusCode::OK
+    );
+}
