@@ -3,6 +3,7 @@
 mod golden;
 mod local;
 mod run;
+mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -20,6 +21,8 @@ enum Command {
     Run(run::RunArgs),
     /// Run golden tests (`*.test.yaml`, Azure's layout) in process; exit 1 on any failure.
     Test(golden::TestArgs),
+    /// Run the platform: the REST API with its control store, on embedded defaults.
+    Serve(serve::ServeArgs),
 }
 
 /// How results are printed.
@@ -54,6 +57,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Run(args) => run::run(args).await,
             Command::Test(args) => golden::run(args).await,
+            Command::Serve(args) => serve::run(args).await,
         }
     });
     match result {

@@ -1,0 +1,137 @@
+//! `weir serve`: the platform in one process on embedded defaults: the REST API on a loopback
+//! port, the SQLite control store and blob store in the data directory, modules validated by this
+//! process's wasm engine. On first start it creates the data directory, a signing secret, and an
+//! admin token, which it prints once.
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use weir_executor::{EngineConfig, OperatorEngine};
+use weir_gateway::{GatewayState, ModuleValidator, router};
+use weir_store::{BlobStore, ControlStore, SqliteControlStore, TokenRecord};
+use weir_tenants::{JwtVerifier, MemoryRevocations, Role, Secret, TokenIssuer, VerificationKey};
+
+/// Arguments of `weir serve`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ServeArgs {
+    /// Where weir keeps its state (created on first start).
+    #[arg(long, default_value = "weir-data")]
+    data: PathBuf,
+    /// The address the API listens on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+}
+
+/// Issuer name of weir's own tokens.
+const ISSUER: &str = "weir";
+
+#[derive(Debug)]
+struct EngineValidator(OperatorEngine);
+
+impl ModuleValidator for EngineValidator {
+    fn validate(&self, bytes: &[u8]) -> Result<Vec<String>, String> {
+        let module = self.0.load(bytes).map_err(|e| e.to_string())?;
+        Ok(module
+            .operators()
+            .iter()
+            .map(|k| k.as_str().to_owned())
+            .collect())
+    }
+}
+
+/// Reads the signing secret, creating it (32 random bytes, owner-only) on first start.
+fn secret(data: &Path) -> anyhow::Result<(Secret, bool)> {
+    let path = data.join("secret");
+    if path.is_file() {
+        return Ok((
+            Secret::new(std::fs::read(&path).context("cannot read the signing secret")?),
+            false,
+        ));
+    }
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut random| random.read_exact(&mut bytes))
+        .context("cannot read /dev/urandom for the signing secret")?;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    write_private(&path, hex.as_bytes())?;
+    Ok((Secret::new(hex.into_bytes()), true))
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    file.write_all(bytes)?;
+    Ok(())
+}
+
+pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
+    std::fs::create_dir_all(&args.data)
+        .with_context(|| format!("cannot create data directory {}", args.data.display()))?;
+    let (secret, first_start) = secret(&args.data)?;
+    let store = Arc::new(SqliteControlStore::open(&args.data.join("control.db"))?);
+    let blobs = BlobStore::open(args.data.join("blobs"))?;
+    let issuer = Arc::new(TokenIssuer::new(&secret, Some(ISSUER), None));
+    let verifier = Arc::new(JwtVerifier::new(
+        &[VerificationKey::Hs256(secret)],
+        Some(ISSUER),
+        None,
+    )?);
+    let revocations = Arc::new(MemoryRevocations::default());
+    for id in store.revoked_token_ids().await? {
+        revocations.revoke(&id);
+    }
+    if first_start {
+        let ttl = Duration::from_secs(365 * 24 * 3600);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let id = format!("admin-{now:x}");
+        let token = issuer.mint("admin", None, Role::Admin, ttl, &id)?;
+        store
+            .put_token(&TokenRecord {
+                id,
+                tenant: None,
+                subject: "admin".to_owned(),
+                role: Role::Admin,
+                expires_at: now + ttl.as_secs(),
+                revoked: false,
+                created_at: now,
+            })
+            .await?;
+        println!("first start: data in {}", args.data.display());
+        println!("admin token (shown once, valid 365 days): {token}");
+    } else {
+        println!("data in {}", args.data.display());
+    }
+    let engine = OperatorEngine::new(&EngineConfig::default())?;
+    let state = GatewayState {
+        store,
+        blobs,
+        verifier,
+        issuer,
+        revocations,
+        validator: Arc::new(EngineValidator(engine)),
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    println!("weir listening on http://{}", listener.local_addr()?);
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async {
+            let _signal = tokio::signal::ctrl_c().await;
+        })
+        .await
+        .context("the API server failed")?;
+    Ok(std::process::ExitCode::SUCCESS)
+}
