@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use weir_executor::{EngineConfig, OperatorEngine};
 use weir_gateway::{GatewayState, ModuleValidator, router};
+
 use weir_store::{BlobStore, ControlStore, SqliteControlStore, TokenRecord};
 use weir_tenants::{JwtVerifier, MemoryRevocations, Role, Secret, TokenIssuer, VerificationKey};
 
@@ -115,14 +116,20 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCod
         println!("data in {}", args.data.display());
     }
     let engine = OperatorEngine::new(&EngineConfig::default())?;
+    let workers = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     let state = GatewayState {
         store,
         blobs,
         verifier,
         issuer,
         revocations,
-        validator: Arc::new(EngineValidator(engine)),
+        validator: Arc::new(EngineValidator(engine.clone())),
+        runtime: Arc::new(crate::deployments::LocalDeployments::new(engine, workers)?),
     };
+    let resumed = weir_gateway::resume_deployments(&state).await?;
+    if resumed > 0 {
+        println!("resumed {resumed} deployment(s)");
+    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;

@@ -63,17 +63,37 @@ fn serve(data: &Path) -> Server {
 
 /// One HTTP/1.1 request over a plain socket; returns the status and the body.
 fn http(address: &str, method: &str, path: &str, token: &str, body: &str) -> (u16, String) {
+    http_bytes(
+        address,
+        method,
+        path,
+        token,
+        "application/json",
+        body.as_bytes(),
+    )
+}
+
+fn http_bytes(
+    address: &str,
+    method: &str,
+    path: &str,
+    token: &str,
+    content_type: &str,
+    body: &[u8],
+) -> (u16, String) {
     let mut stream = TcpStream::connect(address).unwrap();
     stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
+        .set_read_timeout(Some(Duration::from_secs(40)))
         .unwrap();
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
-    stream.write_all(request.as_bytes()).unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(body).unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    let response = String::from_utf8_lossy(&response).into_owned();
     let status = response.split(' ').nth(1).unwrap().parse().unwrap();
     let body = response
         .split("\r\n\r\n")
@@ -121,4 +141,136 @@ fn serves_the_api_and_keeps_its_state_across_a_restart() {
         std::fs::metadata(secret).unwrap().permissions().mode() & 0o777,
         0o600
     );
+}
+
+fn token_of(body: &str) -> String {
+    let value: serde_json::Value = serde_json::from_str(body).unwrap();
+    value["token"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn deploys_a_graph_ingests_with_wait_and_resumes_after_a_restart() {
+    let data = tempfile::tempdir().unwrap();
+    let first = serve(data.path());
+    let admin = first.admin_token.clone().unwrap();
+    let address = first.address.clone();
+    assert_eq!(
+        http(&address, "POST", "/v1/tenants", &admin, r#"{"id": "acme"}"#).0,
+        201
+    );
+    let (status, owner) = http(
+        &address,
+        "POST",
+        "/v1/tokens",
+        &admin,
+        r#"{"subject": "owner", "role": "owner", "tenant": "acme"}"#,
+    );
+    assert_eq!(status, 201, "{owner}");
+    let owner = token_of(&owner);
+    let (status, developer) = http(
+        &address,
+        "POST",
+        "/v1/tokens",
+        &owner,
+        r#"{"subject": "ci", "role": "developer"}"#,
+    );
+    assert_eq!(status, 201, "{developer}");
+    let developer = token_of(&developer);
+
+    let module = std::fs::read(weir_guests::TEMPERATURE.path()).unwrap();
+    let (status, body) = http_bytes(
+        &address,
+        "POST",
+        "/v1/modules?name=temperature&version=1.0.0",
+        &developer,
+        "application/wasm",
+        &module,
+    );
+    assert_eq!(status, 201, "{body}");
+    let graph = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/golden/graph-simple.yaml"
+    ))
+    .unwrap();
+    let (status, body) = http_bytes(
+        &address,
+        "POST",
+        "/v1/graphs?name=simple&version=1",
+        &developer,
+        "application/yaml",
+        &graph,
+    );
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = http(
+        &address,
+        "POST",
+        "/v1/deployments",
+        &developer,
+        r#"{"id": "convert", "graph": {"name": "simple", "version": "1"}}"#,
+    );
+    assert_eq!(status, 201, "{body}");
+
+    let ingest = r#"[{"topic": "probe/1", "payload": "{\"temperature\":{\"value\":1209,\"unit\":\"F\"}}"}, {"payload": "not json"}]"#;
+    let (status, body) = http(
+        &address,
+        "POST",
+        "/v1/deployments/convert/ingest?wait=true",
+        &developer,
+        ingest,
+    );
+    assert_eq!(status, 200, "{body}");
+    let reply: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(reply["accepted"], 2);
+    let outputs = reply["outputs"].as_array().unwrap();
+    assert_eq!(
+        outputs.len(),
+        1,
+        "the unparsable message is dead-lettered: {body}"
+    );
+    assert_eq!(
+        outputs[0]["payload"],
+        r#"{"temperature":{"value":653.8888888888889,"count":0,"max":0.0,"min":0.0,"average":0.0,"last":0.0,"unit":"C","overtemp":false}}"#
+    );
+    let (_, status_body) = http(&address, "GET", "/v1/deployments/convert", &developer, "");
+    let deployment: serde_json::Value = serde_json::from_str(&status_body).unwrap();
+    assert_eq!(deployment["runtime"]["dead_lettered"], 1, "{status_body}");
+    assert_eq!(
+        deployment["runtime"]["recent_dead_letters"][0]["reason"],
+        "operator_error"
+    );
+    let (status, _) = http(
+        &address,
+        "GET",
+        "/v1/deployments/convert",
+        &owner.replace('a', "b"),
+        "",
+    );
+    assert_eq!(status, 401);
+    drop(first);
+
+    let second = serve(data.path());
+    let (status, body) = http(
+        &second.address,
+        "GET",
+        "/v1/deployments/convert",
+        &developer,
+        "",
+    );
+    assert_eq!(status, 200, "{body}");
+    let deployment: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(deployment["status"], "running");
+    assert_eq!(
+        deployment["history"].as_array().unwrap().last().unwrap()["detail"],
+        "resumed after restart"
+    );
+    let again = r#"[{"payload": "{\"temperature\":{\"value\":212,\"unit\":\"F\"}}"}]"#;
+    let (status, body) = http(
+        &second.address,
+        "POST",
+        "/v1/deployments/convert/ingest?wait=true",
+        &developer,
+        again,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(r#"\"value\":100.0"#), "{body}");
 }

@@ -472,7 +472,16 @@ impl OperatorInstance {
         let live = match self.live.take() {
             Some(live) => live,
             None => {
-                let live = self.instantiate().await.map_err(|e| match e {
+                let live = instantiate(
+                    self.engine.clone(),
+                    self.module.clone(),
+                    self.kind,
+                    self.configuration.clone(),
+                    self.env.clone(),
+                    self.limits,
+                )
+                .await
+                .map_err(|e| match e {
                     OperatorError::InitRejected | OperatorError::Capacity => e,
                     other => OperatorError::InitFailed(Box::new(other)),
                 })?;
@@ -485,118 +494,6 @@ impl OperatorInstance {
             detail: format!("{error:#}"),
         })?;
         Ok(live)
-    }
-
-    async fn instantiate(&self) -> Result<Live, OperatorError> {
-        let limits = self.limits;
-        let mut store = Store::new(
-            self.engine.engine(),
-            HostState::new(self.env.clone(), limits.memory_bytes),
-        );
-        store.limiter(|state| state as &mut dyn ResourceLimiter);
-        store.epoch_deadline_callback(|mut context| {
-            if Instant::now() >= context.data().deadline {
-                context.data_mut().deadline_hit = true;
-                Ok(UpdateDeadline::Interrupt)
-            } else {
-                // Give the worker back to other tasks every tick.
-                Ok(UpdateDeadline::Yield(1))
-            }
-        });
-        arm(&mut store, &limits).map_err(|error| OperatorError::Trap {
-            detail: format!("{error:#}"),
-        })?;
-        let outcome = tokio::time::timeout(limits.timeout + HOST_GRACE, async {
-            let instance = self.module.pre.instantiate_async(&mut store).await?;
-            // Loads the export, runs `init`, and names the loaded operator.
-            macro_rules! load_and_init {
-                ($indices:expr, $loaded:ident, $data:ident) => {{
-                    let guest = $indices.load(&mut store, &instance)?;
-                    let configuration = $data::lower_configuration(&self.configuration);
-                    let accepted = guest.call_init(&mut store, &configuration).await?;
-                    (Loaded::$loaded(guest), accepted)
-                }};
-            }
-            let (operator, accepted) = match (&self.module.indices, self.kind) {
-                (Indices::Ga { map: Some(ix), .. }, OperatorKind::Map) => {
-                    load_and_init!(ix, GaMap, ga_data)
-                }
-                (
-                    Indices::Ga {
-                        filter: Some(ix), ..
-                    },
-                    OperatorKind::Filter,
-                ) => load_and_init!(ix, GaFilter, ga_data),
-                (
-                    Indices::Ga {
-                        branch: Some(ix), ..
-                    },
-                    OperatorKind::Branch,
-                ) => load_and_init!(ix, GaBranch, ga_data),
-                (
-                    Indices::Ga {
-                        accumulate: Some(ix),
-                        ..
-                    },
-                    OperatorKind::Accumulate,
-                ) => {
-                    load_and_init!(ix, GaAccumulate, ga_data)
-                }
-                (
-                    Indices::Ga {
-                        delay: Some(ix), ..
-                    },
-                    OperatorKind::Delay,
-                ) => load_and_init!(ix, GaDelay, ga_data),
-                (Indices::Preview { map: Some(ix), .. }, OperatorKind::Map) => {
-                    load_and_init!(ix, PreviewMap, preview_data)
-                }
-                (
-                    Indices::Preview {
-                        filter: Some(ix), ..
-                    },
-                    OperatorKind::Filter,
-                ) => {
-                    load_and_init!(ix, PreviewFilter, preview_data)
-                }
-                (
-                    Indices::Preview {
-                        branch: Some(ix), ..
-                    },
-                    OperatorKind::Branch,
-                ) => {
-                    load_and_init!(ix, PreviewBranch, preview_data)
-                }
-                (
-                    Indices::Preview {
-                        accumulate: Some(ix),
-                        ..
-                    },
-                    OperatorKind::Accumulate,
-                ) => {
-                    load_and_init!(ix, PreviewAccumulate, preview_data)
-                }
-                (
-                    Indices::Preview {
-                        delay: Some(ix), ..
-                    },
-                    OperatorKind::Delay,
-                ) => {
-                    load_and_init!(ix, PreviewDelay, preview_data)
-                }
-                (_, kind) => return Err(wasmtime::format_err!("module does not export {kind}")),
-            };
-            Ok::<_, wasmtime::Error>((operator, accepted))
-        })
-        .await;
-        match outcome {
-            Err(_elapsed) => Err(OperatorError::Deadline {
-                timeout: limits.timeout,
-            }),
-            Ok(Err(error)) => Err(classify(&error, store.data(), &limits)),
-            Ok(Ok((_, false))) => Err(OperatorError::InitRejected),
-            Ok(Ok((operator, true))) => Ok(Live { store, operator }),
-        }
     }
 
     /// Judges a finished call: counts it, and drops the instance after a trap or limit hit.
@@ -646,6 +543,123 @@ impl OperatorInstance {
     fn count_failure(&mut self) {
         self.stats.failures += 1;
         self.stats.consecutive_failures += 1;
+    }
+}
+
+/// A fresh store and instance of `module`, with `init` run. Takes owned parts, not the
+/// instance, so the future is `Send` (a store is not `Sync`).
+async fn instantiate(
+    engine: OperatorEngine,
+    module: Arc<CompiledModule>,
+    kind: OperatorKind,
+    configuration: ModuleConfiguration,
+    env: Arc<NodeEnv>,
+    limits: CallLimits,
+) -> Result<Live, OperatorError> {
+    let mut store = Store::new(engine.engine(), HostState::new(env, limits.memory_bytes));
+    store.limiter(|state| state as &mut dyn ResourceLimiter);
+    store.epoch_deadline_callback(|mut context| {
+        if Instant::now() >= context.data().deadline {
+            context.data_mut().deadline_hit = true;
+            Ok(UpdateDeadline::Interrupt)
+        } else {
+            // Give the worker back to other tasks every tick.
+            Ok(UpdateDeadline::Yield(1))
+        }
+    });
+    arm(&mut store, &limits).map_err(|error| OperatorError::Trap {
+        detail: format!("{error:#}"),
+    })?;
+    let outcome = tokio::time::timeout(limits.timeout + HOST_GRACE, async {
+        let instance = module.pre.instantiate_async(&mut store).await?;
+        // Loads the export, runs `init`, and names the loaded operator.
+        macro_rules! load_and_init {
+            ($indices:expr, $loaded:ident, $data:ident) => {{
+                let guest = $indices.load(&mut store, &instance)?;
+                let configuration = $data::lower_configuration(&configuration);
+                let accepted = guest.call_init(&mut store, &configuration).await?;
+                (Loaded::$loaded(guest), accepted)
+            }};
+        }
+        let (operator, accepted) = match (&module.indices, kind) {
+            (Indices::Ga { map: Some(ix), .. }, OperatorKind::Map) => {
+                load_and_init!(ix, GaMap, ga_data)
+            }
+            (
+                Indices::Ga {
+                    filter: Some(ix), ..
+                },
+                OperatorKind::Filter,
+            ) => load_and_init!(ix, GaFilter, ga_data),
+            (
+                Indices::Ga {
+                    branch: Some(ix), ..
+                },
+                OperatorKind::Branch,
+            ) => load_and_init!(ix, GaBranch, ga_data),
+            (
+                Indices::Ga {
+                    accumulate: Some(ix),
+                    ..
+                },
+                OperatorKind::Accumulate,
+            ) => {
+                load_and_init!(ix, GaAccumulate, ga_data)
+            }
+            (
+                Indices::Ga {
+                    delay: Some(ix), ..
+                },
+                OperatorKind::Delay,
+            ) => load_and_init!(ix, GaDelay, ga_data),
+            (Indices::Preview { map: Some(ix), .. }, OperatorKind::Map) => {
+                load_and_init!(ix, PreviewMap, preview_data)
+            }
+            (
+                Indices::Preview {
+                    filter: Some(ix), ..
+                },
+                OperatorKind::Filter,
+            ) => {
+                load_and_init!(ix, PreviewFilter, preview_data)
+            }
+            (
+                Indices::Preview {
+                    branch: Some(ix), ..
+                },
+                OperatorKind::Branch,
+            ) => {
+                load_and_init!(ix, PreviewBranch, preview_data)
+            }
+            (
+                Indices::Preview {
+                    accumulate: Some(ix),
+                    ..
+                },
+                OperatorKind::Accumulate,
+            ) => {
+                load_and_init!(ix, PreviewAccumulate, preview_data)
+            }
+            (
+                Indices::Preview {
+                    delay: Some(ix), ..
+                },
+                OperatorKind::Delay,
+            ) => {
+                load_and_init!(ix, PreviewDelay, preview_data)
+            }
+            (_, kind) => return Err(wasmtime::format_err!("module does not export {kind}")),
+        };
+        Ok::<_, wasmtime::Error>((operator, accepted))
+    })
+    .await;
+    match outcome {
+        Err(_elapsed) => Err(OperatorError::Deadline {
+            timeout: limits.timeout,
+        }),
+        Ok(Err(error)) => Err(classify(&error, store.data(), &limits)),
+        Ok(Ok((_, false))) => Err(OperatorError::InitRejected),
+        Ok(Ok((operator, true))) => Ok(Live { store, operator }),
     }
 }
 

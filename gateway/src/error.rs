@@ -29,6 +29,14 @@ pub struct ApiError {
     errors: Vec<ProblemField>,
 }
 
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code.as_str(), self.detail)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
 impl ApiError {
     /// An error with `code` and a message for people.
     pub fn new(code: ErrorCode, detail: impl Into<String>) -> Self {

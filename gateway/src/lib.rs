@@ -23,11 +23,78 @@ use weir_tenants::{JwtVerifier, MemoryRevocations, TokenIssuer};
 
 pub use auth::Caller;
 pub use error::{ApiError, ApiJson, ApiQuery, ProblemField};
+pub use routes::resume_deployments;
 
 /// Checks uploaded module bytes: the executor decides what a runnable module is.
 pub trait ModuleValidator: Send + Sync + std::fmt::Debug {
     /// The operator interfaces the module exports, or why it is not a module weir can run.
     fn validate(&self, bytes: &[u8]) -> Result<Vec<String>, String>;
+}
+
+/// A message handed to a deployment's HTTP source.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestMessage {
+    /// The topic it arrives on (default `ingest`).
+    #[serde(default = "default_topic")]
+    pub topic: String,
+    /// The payload, as text.
+    pub payload: String,
+    /// User properties, in order.
+    #[serde(default)]
+    pub user_properties: Vec<(String, String)>,
+}
+
+fn default_topic() -> String {
+    "ingest".to_owned()
+}
+
+/// An item a deployment's HTTP sink produced.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct OutputMessage {
+    /// Its topic.
+    pub topic: String,
+    /// Its payload (lossy UTF-8).
+    pub payload: String,
+    /// Its user properties.
+    pub user_properties: Vec<(String, String)>,
+}
+
+/// What a deployment needs to start: everything resolved from the tenant's stored artifacts.
+#[derive(Debug, Clone)]
+pub struct StartDeployment {
+    /// The tenant.
+    pub tenant: weir_api::TenantId,
+    /// Its quotas.
+    pub quotas: weir_tenants::Quotas,
+    /// The deployment id.
+    pub id: String,
+    /// The graph definition text.
+    pub graph: String,
+    /// Module bytes by the reference the graph uses.
+    pub modules: std::collections::BTreeMap<String, Vec<u8>>,
+    /// Configuration values.
+    pub configuration: std::collections::BTreeMap<String, String>,
+}
+
+/// Runs deployments: the executor, reached without the gateway linking it.
+#[async_trait::async_trait]
+pub trait DeploymentRuntime: Send + Sync + std::fmt::Debug {
+    /// Starts a deployment; configuration warnings on success.
+    async fn start(&self, request: StartDeployment) -> Result<Vec<String>, ApiError>;
+    /// Stops a deployment (messages in flight are abandoned, not acknowledged).
+    async fn stop(&self, tenant: &weir_api::TenantId, id: &str);
+    /// Hands messages to the deployment's HTTP source; with `wait`, returns the outputs derived
+    /// from them once each message is fully processed (or the timeout passes).
+    async fn ingest(
+        &self,
+        tenant: &weir_api::TenantId,
+        id: &str,
+        messages: Vec<IngestMessage>,
+        wait: Option<std::time::Duration>,
+    ) -> Result<Vec<OutputMessage>, ApiError>;
+    /// Counters and state of a running deployment, if it runs here.
+    async fn status(&self, tenant: &weir_api::TenantId, id: &str) -> Option<serde_json::Value>;
 }
 
 /// What the gateway's handlers share.
@@ -45,6 +112,8 @@ pub struct GatewayState {
     pub revocations: Arc<MemoryRevocations>,
     /// Judges uploaded modules.
     pub validator: Arc<dyn ModuleValidator>,
+    /// Runs deployments.
+    pub runtime: Arc<dyn DeploymentRuntime>,
 }
 
 /// The API.

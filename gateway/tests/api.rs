@@ -38,6 +38,40 @@ impl ModuleValidator for EngineValidator {
     }
 }
 
+/// The gateway alone has no executor: deployments are tested through `weir serve`
+/// (`cli/tests/serve.rs`).
+#[derive(Debug)]
+struct NoExecutor;
+
+#[async_trait::async_trait]
+impl weir_gateway::DeploymentRuntime for NoExecutor {
+    async fn start(
+        &self,
+        _: weir_gateway::StartDeployment,
+    ) -> Result<Vec<String>, weir_gateway::ApiError> {
+        Err(weir_gateway::ApiError::new(
+            weir_api::ErrorCode::Unavailable,
+            "no executor attached",
+        ))
+    }
+    async fn stop(&self, _: &TenantId, _: &str) {}
+    async fn ingest(
+        &self,
+        _: &TenantId,
+        _: &str,
+        _: Vec<weir_gateway::IngestMessage>,
+        _: Option<Duration>,
+    ) -> Result<Vec<weir_gateway::OutputMessage>, weir_gateway::ApiError> {
+        Err(weir_gateway::ApiError::new(
+            weir_api::ErrorCode::Unavailable,
+            "no executor attached",
+        ))
+    }
+    async fn status(&self, _: &TenantId, _: &str) -> Option<Value> {
+        None
+    }
+}
+
 struct Api {
     app: Router,
     admin: String,
@@ -80,6 +114,7 @@ impl Api {
                 })
                 .unwrap(),
             )),
+            runtime: Arc::new(NoExecutor),
         };
         Self {
             app: router(state),

@@ -1,6 +1,7 @@
 //! The routes, one file per resource.
 
 mod artifacts;
+mod deployments;
 mod tenants;
 mod tokens;
 
@@ -17,6 +18,8 @@ use serde_json::json;
 use weir_api::ErrorCode;
 
 use crate::error::REQUEST_ID;
+pub use deployments::resume_deployments;
+
 use crate::{ApiError, GatewayState};
 
 /// Largest request body: the largest module a tenant may upload (64 MiB by default) plus
@@ -52,6 +55,15 @@ pub(crate) fn router(state: GatewayState) -> Router {
             "/v1/graphs/{name}/{version}",
             get(artifacts::get_graph).delete(artifacts::delete_graph),
         )
+        .route(
+            "/v1/deployments",
+            post(deployments::create).get(deployments::list),
+        )
+        .route(
+            "/v1/deployments/{id}",
+            get(deployments::get).delete(deployments::delete),
+        )
+        .route("/v1/deployments/{id}/ingest", post(deployments::ingest))
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such route") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn(request_id))

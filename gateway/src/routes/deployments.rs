@@ -1,0 +1,389 @@
+//! `/v1/deployments`: a graph of the tenant's, its configuration, and the HTTP source and sink;
+//! `/ingest` hands messages to the source and, with `?wait=true`, answers with the outputs.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use weir_api::graph::parse_graph;
+use weir_api::{ErrorCode, TenantId};
+use weir_store::DeploymentRecord;
+use weir_tenants::{Quotas, Role};
+
+use super::check_name;
+use crate::{
+    ApiError, ApiJson, ApiQuery, Caller, GatewayState, IngestMessage, ProblemField, StartDeployment,
+};
+
+/// Longest an ingest waits for its outputs.
+const MAX_WAIT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct GraphRef {
+    name: String,
+    version: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Binding {
+    endpoint: String,
+}
+
+fn http_binding() -> Binding {
+    Binding {
+        endpoint: "http".to_owned(),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CreateDeployment {
+    id: String,
+    graph: GraphRef,
+    #[serde(default)]
+    configuration: BTreeMap<String, String>,
+    #[serde(default = "http_binding")]
+    source: Binding,
+    #[serde(default = "http_binding")]
+    sink: Binding,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct IngestQuery {
+    #[serde(default)]
+    wait: bool,
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+}
+
+/// The module a graph reference names among the tenant's: `<…/>name[:version]`; without a
+/// version, the newest.
+async fn resolve_module(
+    state: &GatewayState,
+    tenant: &TenantId,
+    reference: &str,
+) -> Result<Vec<u8>, String> {
+    let last = reference.rsplit('/').next().unwrap_or(reference);
+    let (name, version) = match last.split_once(':') {
+        Some((name, version)) => (name, Some(version)),
+        None => (last, None),
+    };
+    let record = match version {
+        Some(version) => state
+            .store
+            .module(tenant, name, version)
+            .await
+            .map_err(|e| e.to_string())?,
+        None => state
+            .store
+            .modules(tenant)
+            .await
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .filter(|m| m.name == name)
+            .max_by_key(|m| m.created_at),
+    }
+    .ok_or_else(|| {
+        format!(
+            "no module {name}{} in this tenant",
+            version.map(|v| format!("@{v}")).unwrap_or_default()
+        )
+    })?;
+    state
+        .blobs
+        .get(&record.digest)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| "module bytes are missing".to_owned())
+}
+
+/// Everything a deployment needs, from the tenant's stored graph and modules.
+async fn start_request(
+    state: &GatewayState,
+    tenant: &TenantId,
+    quotas: &Quotas,
+    spec: &CreateDeployment,
+) -> Result<StartDeployment, ApiError> {
+    let graph = state
+        .store
+        .graph(tenant, &spec.graph.name, &spec.graph.version)
+        .await?
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::InvalidDeployment,
+                format!(
+                    "no graph {}@{} in this tenant",
+                    spec.graph.name, spec.graph.version
+                ),
+            )
+        })?;
+    let bytes = state
+        .blobs
+        .get(&graph.digest)
+        .map_err(|e| ApiError::internal(&e))?
+        .ok_or_else(|| ApiError::new(ErrorCode::Internal, "graph bytes are missing"))?;
+    let text = String::from_utf8(bytes).map_err(|e| ApiError::internal(&e))?;
+    let validated = parse_graph(&text)
+        .map_err(|e| ApiError::new(ErrorCode::InvalidDeployment, e.to_string()))?;
+    let mut modules = BTreeMap::new();
+    let mut errors = Vec::new();
+    for (index, operation) in validated.operations().iter().enumerate() {
+        let Some(reference) = &operation.module else {
+            continue;
+        };
+        if modules.contains_key(reference) {
+            continue;
+        }
+        match resolve_module(state, tenant, reference).await {
+            Ok(bytes) => {
+                modules.insert(reference.clone(), bytes);
+            }
+            Err(message) => errors.push(ProblemField {
+                path: format!("graph.operations[{index}].module"),
+                message,
+            }),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::new(
+            ErrorCode::InvalidDeployment,
+            "the graph names modules this tenant does not have",
+        )
+        .with_errors(errors));
+    }
+    Ok(StartDeployment {
+        tenant: tenant.clone(),
+        quotas: quotas.clone(),
+        id: spec.id.clone(),
+        graph: text,
+        modules,
+        configuration: spec.configuration.clone(),
+    })
+}
+
+async fn caller_tenant(
+    state: &GatewayState,
+    caller: &weir_tenants::Principal,
+    needed: Role,
+) -> Result<(TenantId, Quotas), ApiError> {
+    caller.require(needed)?;
+    let tenant = caller.tenant()?.clone();
+    let record = state
+        .store
+        .tenant(&tenant)
+        .await?
+        .ok_or_else(|| ApiError::not_found("tenant"))?;
+    Ok((tenant, record.quotas))
+}
+
+pub(crate) async fn create(
+    State(state): State<GatewayState>,
+    Caller(caller): Caller,
+    ApiJson(spec): ApiJson<CreateDeployment>,
+) -> Result<impl IntoResponse, ApiError> {
+    let (tenant, quotas) = caller_tenant(&state, &caller, Role::Developer).await?;
+    let mut errors = Vec::new();
+    check_name("id", &spec.id, &mut errors);
+    for (field, binding) in [("source", &spec.source), ("sink", &spec.sink)] {
+        if binding.endpoint != "http" {
+            errors.push(ProblemField {
+                path: format!("/{field}/endpoint"),
+                message: "only the http endpoint is available yet".to_owned(),
+            });
+        }
+    }
+    if !errors.is_empty() {
+        return Err(
+            ApiError::new(ErrorCode::InvalidRequest, "invalid deployment").with_errors(errors),
+        );
+    }
+    if state.store.deployments(&tenant).await?.len() as u64 >= u64::from(quotas.max_deployments) {
+        return Err(ApiError::new(
+            ErrorCode::QuotaExceeded,
+            format!(
+                "the tenant runs {} deployments, the limit",
+                quotas.max_deployments
+            ),
+        ));
+    }
+    if state.store.deployment(&tenant, &spec.id).await?.is_some() {
+        return Err(ApiError::new(
+            ErrorCode::Conflict,
+            format!("deployment {} exists", spec.id),
+        ));
+    }
+    let request = start_request(&state, &tenant, &quotas, &spec).await?;
+    let warnings = state.runtime.start(request).await?;
+    let record = DeploymentRecord {
+        tenant: tenant.clone(),
+        id: spec.id.clone(),
+        spec: serde_json::to_value(&spec).map_err(|e| ApiError::internal(&e))?,
+        status: "running".to_owned(),
+        created_at: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs(),
+    };
+    if let Err(error) = state.store.put_deployment(&record).await {
+        state.runtime.stop(&tenant, &spec.id).await;
+        return Err(error.into());
+    }
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"id": spec.id, "status": "running", "warnings": warnings})),
+    ))
+}
+
+pub(crate) async fn list(
+    State(state): State<GatewayState>,
+    Caller(caller): Caller,
+) -> Result<impl IntoResponse, ApiError> {
+    let (tenant, _) = caller_tenant(&state, &caller, Role::Viewer).await?;
+    let list: Vec<_> = state
+        .store
+        .deployments(&tenant)
+        .await?
+        .into_iter()
+        .map(
+            |d| json!({"id": d.id, "status": d.status, "spec": d.spec, "created_at": d.created_at}),
+        )
+        .collect();
+    Ok(Json(list))
+}
+
+pub(crate) async fn get(
+    State(state): State<GatewayState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let (tenant, _) = caller_tenant(&state, &caller, Role::Viewer).await?;
+    let record = state
+        .store
+        .deployment(&tenant, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("deployment"))?;
+    let history: Vec<_> = state
+        .store
+        .deployment_history(&tenant, &id)
+        .await?
+        .into_iter()
+        .map(|c| json!({"status": c.status, "detail": c.detail, "at": c.at}))
+        .collect();
+    let runtime = state.runtime.status(&tenant, &id).await;
+    Ok(Json(
+        json!({"id": record.id, "status": record.status, "spec": record.spec, "history": history, "runtime": runtime}),
+    ))
+}
+
+pub(crate) async fn delete(
+    State(state): State<GatewayState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let (tenant, _) = caller_tenant(&state, &caller, Role::Developer).await?;
+    if !state.store.delete_deployment(&tenant, &id).await? {
+        return Err(ApiError::not_found("deployment"));
+    }
+    state.runtime.stop(&tenant, &id).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub(crate) async fn ingest(
+    State(state): State<GatewayState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+    ApiQuery(query): ApiQuery<IngestQuery>,
+    ApiJson(messages): ApiJson<Vec<IngestMessage>>,
+) -> Result<impl IntoResponse, ApiError> {
+    let (tenant, quotas) = caller_tenant(&state, &caller, Role::Developer).await?;
+    state
+        .store
+        .deployment(&tenant, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("deployment"))?;
+    if let Some(big) = messages
+        .iter()
+        .find(|m| m.payload.len() as u64 > quotas.max_message_bytes)
+    {
+        return Err(ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!(
+                "a message of {} bytes exceeds the limit of {}",
+                big.payload.len(),
+                quotas.max_message_bytes
+            ),
+        ));
+    }
+    let wait = query.wait.then(|| {
+        query
+            .timeout_ms
+            .map_or(MAX_WAIT, |ms| Duration::from_millis(ms).min(MAX_WAIT))
+    });
+    let count = messages.len();
+    let outputs = state.runtime.ingest(&tenant, &id, messages, wait).await?;
+    if wait.is_some() {
+        Ok((
+            StatusCode::OK,
+            Json(json!({"accepted": count, "outputs": outputs})),
+        ))
+    } else {
+        Ok((StatusCode::ACCEPTED, Json(json!({"accepted": count}))))
+    }
+}
+
+/// Starts every stored deployment again: what a restarted platform does first. Deployments
+/// that fail to start are marked `failed` with the reason.
+pub async fn resume_deployments(state: &GatewayState) -> Result<usize, ApiError> {
+    let mut resumed = 0;
+    for record in state.store.all_deployments().await? {
+        if record.status != "running" {
+            continue;
+        }
+        let outcome = async {
+            let spec: CreateDeployment =
+                serde_json::from_value(record.spec.clone()).map_err(|e| ApiError::internal(&e))?;
+            let tenant = state
+                .store
+                .tenant(&record.tenant)
+                .await?
+                .ok_or_else(|| ApiError::not_found("tenant"))?;
+            let request = start_request(state, &record.tenant, &tenant.quotas, &spec).await?;
+            state.runtime.start(request).await
+        }
+        .await;
+        match outcome {
+            Ok(_) => {
+                state
+                    .store
+                    .set_deployment_status(
+                        &record.tenant,
+                        &record.id,
+                        "running",
+                        "resumed after restart",
+                    )
+                    .await?;
+                resumed += 1;
+            }
+            Err(error) => {
+                tracing::warn!(tenant = %record.tenant, deployment = %record.id, code = error.code().as_str(), "deployment did not resume");
+                state
+                    .store
+                    .set_deployment_status(
+                        &record.tenant,
+                        &record.id,
+                        "failed",
+                        "did not resume after restart",
+                    )
+                    .await?;
+            }
+        }
+    }
+    Ok(resumed)
+}
