@@ -122,10 +122,10 @@ fn invalid_graphs_report_every_golden_problem() {
     }
 }
 
-/// The official schema, from the team's reference folder beside the repository.
+/// The official schema, vendored as a test fixture (see `tests/schema/README.md`).
 fn official_schema() -> jsonschema::Validator {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/reference/aio-wasm-graph-config-1.0.0.json");
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/schema/aio-wasm-graph-config-1.0.0.json");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
         panic!(
             "the official graph schema is needed at {}: {e}",
