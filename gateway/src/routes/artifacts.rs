@@ -7,12 +7,12 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use serde::{Deserialize, Serialize};
+use weir_api::ErrorCode;
 use weir_api::graph::parse_graph;
-use weir_api::{ErrorCode, TenantId};
 use weir_store::{GraphRecord, ModuleRecord};
-use weir_tenants::{Principal, Quotas, Role};
+use weir_tenants::Role;
 
-use super::check_name;
+use super::{caller_tenant, check_name};
 use crate::{ApiError, ApiQuery, Caller, GatewayState, ProblemField};
 
 #[derive(Debug, Deserialize)]
@@ -71,21 +71,6 @@ fn content_type(headers: &HeaderMap) -> &str {
         .map_or("", |v| v.split(';').next().unwrap_or("").trim())
 }
 
-async fn tenant_and_quotas(
-    state: &GatewayState,
-    caller: &Principal,
-    needed: Role,
-) -> Result<(TenantId, Quotas), ApiError> {
-    caller.require(needed)?;
-    let tenant = caller.tenant()?.clone();
-    let record = state
-        .store
-        .tenant(&tenant)
-        .await?
-        .ok_or_else(|| ApiError::not_found("tenant"))?;
-    Ok((tenant, record.quotas))
-}
-
 fn check_upload(upload: &Upload) -> Result<(), ApiError> {
     let mut errors = Vec::new();
     check_name("name", &upload.name, &mut errors);
@@ -104,7 +89,7 @@ pub(crate) async fn upload_module(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
-    let (tenant, quotas) = tenant_and_quotas(&state, &caller, Role::Developer).await?;
+    let (tenant, quotas) = caller_tenant(&state, &caller, Role::Developer).await?;
     check_upload(&upload)?;
     if content_type(&headers) != "application/wasm" {
         return Err(ApiError::new(
@@ -179,7 +164,7 @@ pub(crate) async fn list_modules(
     State(state): State<GatewayState>,
     Caller(caller): Caller,
 ) -> Result<impl IntoResponse, ApiError> {
-    let (tenant, _) = tenant_and_quotas(&state, &caller, Role::Viewer).await?;
+    let (tenant, _) = caller_tenant(&state, &caller, Role::Viewer).await?;
     let modules: Vec<ModuleView> = state
         .store
         .modules(&tenant)
@@ -195,7 +180,7 @@ pub(crate) async fn get_module(
     Caller(caller): Caller,
     Path((name, version)): Path<(String, String)>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let (tenant, _) = tenant_and_quotas(&state, &caller, Role::Viewer).await?;
+    let (tenant, _) = caller_tenant(&state, &caller, Role::Viewer).await?;
     let module = state
         .store
         .module(&tenant, &name, &version)
@@ -209,7 +194,7 @@ pub(crate) async fn delete_module(
     Caller(caller): Caller,
     Path((name, version)): Path<(String, String)>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let (tenant, _) = tenant_and_quotas(&state, &caller, Role::Developer).await?;
+    let (tenant, _) = caller_tenant(&state, &caller, Role::Developer).await?;
     if state.store.delete_module(&tenant, &name, &version).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
@@ -224,7 +209,7 @@ pub(crate) async fn upload_graph(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
-    let (tenant, quotas) = tenant_and_quotas(&state, &caller, Role::Developer).await?;
+    let (tenant, quotas) = caller_tenant(&state, &caller, Role::Developer).await?;
     check_upload(&upload)?;
     if !matches!(
         content_type(&headers),
@@ -286,7 +271,7 @@ pub(crate) async fn list_graphs(
     State(state): State<GatewayState>,
     Caller(caller): Caller,
 ) -> Result<impl IntoResponse, ApiError> {
-    let (tenant, _) = tenant_and_quotas(&state, &caller, Role::Viewer).await?;
+    let (tenant, _) = caller_tenant(&state, &caller, Role::Viewer).await?;
     let graphs: Vec<GraphView> = state
         .store
         .graphs(&tenant)
@@ -302,7 +287,7 @@ pub(crate) async fn get_graph(
     Caller(caller): Caller,
     Path((name, version)): Path<(String, String)>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let (tenant, _) = tenant_and_quotas(&state, &caller, Role::Viewer).await?;
+    let (tenant, _) = caller_tenant(&state, &caller, Role::Viewer).await?;
     let graph = state
         .store
         .graph(&tenant, &name, &version)
@@ -316,7 +301,7 @@ pub(crate) async fn delete_graph(
     Caller(caller): Caller,
     Path((name, version)): Path<(String, String)>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let (tenant, _) = tenant_and_quotas(&state, &caller, Role::Developer).await?;
+    let (tenant, _) = caller_tenant(&state, &caller, Role::Developer).await?;
     if state.store.delete_graph(&tenant, &name, &version).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {

@@ -15,7 +15,7 @@ use weir_api::{ErrorCode, TenantId};
 use weir_store::DeploymentRecord;
 use weir_tenants::{Quotas, Role};
 
-use super::check_name;
+use super::{caller_tenant, check_name};
 use crate::{
     ApiError, ApiJson, ApiQuery, Caller, GatewayState, IngestMessage, ProblemField, StartDeployment,
 };
@@ -166,21 +166,6 @@ async fn start_request(
         modules,
         configuration: spec.configuration.clone(),
     })
-}
-
-async fn caller_tenant(
-    state: &GatewayState,
-    caller: &weir_tenants::Principal,
-    needed: Role,
-) -> Result<(TenantId, Quotas), ApiError> {
-    caller.require(needed)?;
-    let tenant = caller.tenant()?.clone();
-    let record = state
-        .store
-        .tenant(&tenant)
-        .await?
-        .ok_or_else(|| ApiError::not_found("tenant"))?;
-    Ok((tenant, record.quotas))
 }
 
 pub(crate) async fn create(

@@ -94,6 +94,22 @@ async fn readyz(State(state): State<GatewayState>) -> Result<impl IntoResponse, 
     Ok(Json(json!({"status": "ready"})))
 }
 
+/// The caller's tenant and its quotas, once the caller has at least `needed`.
+pub(crate) async fn caller_tenant(
+    state: &GatewayState,
+    caller: &weir_tenants::Principal,
+    needed: weir_tenants::Role,
+) -> Result<(weir_api::TenantId, weir_tenants::Quotas), ApiError> {
+    caller.require(needed)?;
+    let tenant = caller.tenant()?.clone();
+    let record = state
+        .store
+        .tenant(&tenant)
+        .await?
+        .ok_or_else(|| ApiError::not_found("tenant"))?;
+    Ok((tenant, record.quotas))
+}
+
 /// Names of modules, graphs and their versions: safe in paths, URLs and file names.
 pub(crate) fn check_name(field: &str, value: &str, errors: &mut Vec<crate::ProblemField>) {
     let ok = !value.is_empty()

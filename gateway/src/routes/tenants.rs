@@ -51,6 +51,20 @@ fn tenant_id(text: &str) -> Result<TenantId, ApiError> {
     TenantId::new(text).map_err(|_| ApiError::not_found("tenant"))
 }
 
+/// The tenant `id`, for an admin caller.
+async fn admin_load(
+    state: &GatewayState,
+    caller: &weir_tenants::Principal,
+    id: &str,
+) -> Result<TenantRecord, ApiError> {
+    caller.require(Role::Admin)?;
+    state
+        .store
+        .tenant(&tenant_id(id)?)
+        .await?
+        .ok_or_else(|| ApiError::not_found("tenant"))
+}
+
 pub(crate) async fn create(
     State(state): State<GatewayState>,
     Caller(caller): Caller,
@@ -99,12 +113,7 @@ pub(crate) async fn get(
     Caller(caller): Caller,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    caller.require(Role::Admin)?;
-    let record = state
-        .store
-        .tenant(&tenant_id(&id)?)
-        .await?
-        .ok_or_else(|| ApiError::not_found("tenant"))?;
+    let record = admin_load(&state, &caller, &id).await?;
     Ok(Json(TenantView::from(record)))
 }
 
@@ -114,12 +123,7 @@ pub(crate) async fn set_quotas(
     Path(id): Path<String>,
     ApiJson(quotas): ApiJson<Quotas>,
 ) -> Result<impl IntoResponse, ApiError> {
-    caller.require(Role::Admin)?;
-    let mut record = state
-        .store
-        .tenant(&tenant_id(&id)?)
-        .await?
-        .ok_or_else(|| ApiError::not_found("tenant"))?;
+    let mut record = admin_load(&state, &caller, &id).await?;
     record.quotas = quotas;
     state.store.update_tenant(&record).await?;
     Ok(Json(TenantView::from(record)))
@@ -130,12 +134,7 @@ pub(crate) async fn suspend(
     Caller(caller): Caller,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    caller.require(Role::Admin)?;
-    let mut record = state
-        .store
-        .tenant(&tenant_id(&id)?)
-        .await?
-        .ok_or_else(|| ApiError::not_found("tenant"))?;
+    let mut record = admin_load(&state, &caller, &id).await?;
     record.suspended = true;
     state.store.update_tenant(&record).await?;
     Ok(Json(TenantView::from(record)))
