@@ -23,7 +23,7 @@ use weir_executor::{CompiledModule, OperatorEngine};
 use weir_gateway::{
     ApiError, DeploymentRuntime, IngestMessage, OutputMessage, ProblemField, StartDeployment,
 };
-use weir_state::MemoryStateStore;
+use weir_state::StateStore;
 
 /// Dead letters a deployment keeps for its status.
 const KEPT_DEAD_LETTERS: usize = 100;
@@ -38,7 +38,7 @@ struct Running {
 pub(crate) struct LocalDeployments {
     engine: OperatorEngine,
     runtime: DataflowRuntime,
-    state: Arc<MemoryStateStore>,
+    state: Arc<dyn StateStore>,
     logs: Arc<MemoryLogSink>,
     metrics: Arc<MetricsRegistry>,
     clock: Arc<HlcClock>,
@@ -55,11 +55,15 @@ impl std::fmt::Debug for LocalDeployments {
 }
 
 impl LocalDeployments {
-    pub(crate) fn new(engine: OperatorEngine, workers: usize) -> anyhow::Result<Self> {
+    pub(crate) fn new(
+        engine: OperatorEngine,
+        workers: usize,
+        state: Arc<dyn StateStore>,
+    ) -> anyhow::Result<Self> {
         Ok(Self {
             engine,
             runtime: DataflowRuntime::start(workers, tokio::runtime::Handle::current())?,
-            state: Arc::new(MemoryStateStore::default()),
+            state,
             logs: Arc::new(MemoryLogSink::new(10_000)),
             metrics: Arc::new(MetricsRegistry::new(1_000)),
             clock: Arc::new(HlcClock::new("weir-serve")),

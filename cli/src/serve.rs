@@ -1,5 +1,5 @@
 //! `weir serve`: the platform in one process on embedded defaults: the REST API on a loopback
-//! port, the SQLite control store and blob store in the data directory, modules validated by this
+//! port, the SQLite control store, blob store and tenants' state store in the data directory, modules validated by this
 //! process's wasm engine. On first start it creates the data directory, a signing secret, and an
 //! admin token, which it prints once.
 
@@ -124,7 +124,13 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCod
         issuer,
         revocations,
         validator: Arc::new(EngineValidator(engine.clone())),
-        runtime: Arc::new(crate::deployments::LocalDeployments::new(engine, workers)?),
+        runtime: Arc::new(crate::deployments::LocalDeployments::new(
+            engine,
+            workers,
+            Arc::new(weir_store::SqliteStateStore::open(
+                &args.data.join("state.db"),
+            )?),
+        )?),
     };
     let resumed = weir_gateway::resume_deployments(&state).await?;
     if resumed > 0 {

@@ -274,3 +274,105 @@ fn deploys_a_graph_ingests_with_wait_and_resumes_after_a_restart() {
     assert_eq!(status, 200, "{body}");
     assert!(body.contains(r#"\"value\":100.0"#), "{body}");
 }
+
+#[test]
+fn module_state_is_intact_after_a_restart() {
+    let data = tempfile::tempdir().unwrap();
+    let first = serve(data.path());
+    let admin = first.admin_token.clone().unwrap();
+    let address = first.address.clone();
+    assert_eq!(
+        http(
+            &address,
+            "POST",
+            "/v1/tenants",
+            &admin,
+            r#"{"id": "plant"}"#
+        )
+        .0,
+        201
+    );
+    let (_, developer) = http(
+        &address,
+        "POST",
+        "/v1/tokens",
+        &admin,
+        r#"{"subject": "dev", "role": "developer", "tenant": "plant"}"#,
+    );
+    let developer = token_of(&developer);
+    let module = std::fs::read(weir_guests::ENRICHMENT.path()).unwrap();
+    assert_eq!(
+        http_bytes(
+            &address,
+            "POST",
+            "/v1/modules?name=enrichment&version=1.0.0",
+            &developer,
+            "application/wasm",
+            &module
+        )
+        .0,
+        201
+    );
+    let graph = "metadata: {$schema: s, name: enrich, version: '1'}
+moduleRequirements: {apiVersion: '1.1.0', runtimeVersion: '1.1.0'}
+operations:
+  - {operationType: source, name: source}
+  - {operationType: map, name: module-enrichment/map, module: 'enrichment:1.0.0'}
+  - {operationType: sink, name: sink}
+connections:
+  - {from: {name: source}, to: {name: module-enrichment/map}}
+  - {from: {name: module-enrichment/map}, to: {name: sink}}
+";
+    assert_eq!(
+        http_bytes(
+            &address,
+            "POST",
+            "/v1/graphs?name=enrich&version=1",
+            &developer,
+            "application/yaml",
+            graph.as_bytes()
+        )
+        .0,
+        201
+    );
+    assert_eq!(
+        http(
+            &address,
+            "POST",
+            "/v1/deployments",
+            &developer,
+            r#"{"id": "enrich", "graph": {"name": "enrich", "version": "1"}}"#
+        )
+        .0,
+        201
+    );
+    let hot = r#"[{"payload": "{\"sensor_data\":{\"temperature\":[{\"count\":1,\"max\":150,\"min\":150,\"average\":150,\"last\":150,\"unit\":\"C\"}]}}"}]"#;
+    let mild = r#"[{"payload": "{\"sensor_data\":{\"temperature\":[{\"count\":1,\"max\":50,\"min\":10,\"average\":30,\"last\":30,\"unit\":\"C\"}]}}"}]"#;
+    let (status, body) = http(
+        &address,
+        "POST",
+        "/v1/deployments/enrich/ingest?wait=true",
+        &developer,
+        hot,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains(r#"\"overtemp\":true"#),
+        "a hot reading sets the flag: {body}"
+    );
+    drop(first);
+
+    let second = serve(data.path());
+    let (status, body) = http(
+        &second.address,
+        "POST",
+        "/v1/deployments/enrich/ingest?wait=true",
+        &developer,
+        mild,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains(r#"\"overtemp\":true"#),
+        "the module read the flag it stored before the restart: {body}"
+    );
+}

@@ -4,7 +4,8 @@
 //! Owns the [`ControlStore`] seam (tenants, tokens, modules, graphs, deployments and their
 //! status history), its embedded SQLite backend ([`SqliteControlStore`]: one file in the data
 //! directory, WAL, versioned migrations, a tenant's rows deleted with it), and the
-//! content-addressed [`BlobStore`] for module and graph bytes. Every query of a tenant's
+//! content-addressed [`BlobStore`] for module and graph bytes, and the tenants' state store on
+//! SQLite ([`SqliteStateStore`], passing `weir_state::testing::conformance`). Every query of a tenant's
 //! resource takes the tenant and filters by it: there is no way to fetch another tenant's row
 //! by id. Never knows about wasmtime or HTTP.
 #![warn(missing_docs)]
@@ -12,6 +13,7 @@
 mod blobs;
 mod records;
 mod sqlite;
+mod state;
 
 use async_trait::async_trait;
 use weir_api::{ErrorCode, TenantId};
@@ -21,6 +23,7 @@ pub use records::{
     DeploymentRecord, GraphRecord, ModuleRecord, StatusChange, TenantRecord, TokenRecord,
 };
 pub use sqlite::SqliteControlStore;
+pub use state::SqliteStateStore;
 
 /// Why a control-store operation failed.
 #[derive(Debug, thiserror::Error)]

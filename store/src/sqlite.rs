@@ -70,13 +70,77 @@ const MIGRATIONS: &[&str] = &["
     );
 "];
 
-/// The control store on SQLite.
+/// One SQLite connection used from async code: each call runs on tokio's blocking pool.
 #[derive(Debug, Clone)]
-pub struct SqliteControlStore {
+pub(crate) struct Db {
     connection: Arc<Mutex<Connection>>,
 }
 
-fn database(error: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+impl Db {
+    /// Opens `path` (or memory) with WAL, foreign keys, and `migrations` applied in order.
+    pub(crate) fn open(path: Option<&Path>, migrations: &[&str]) -> Result<Self, StoreError> {
+        let mut connection = match path {
+            Some(path) => Connection::open(path),
+            None => Connection::open_in_memory(),
+        }
+        .map_err(database)?;
+        connection
+            .execute_batch(
+                "PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
+            )
+            .map_err(database)?;
+        let version: i64 = connection
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(database)?;
+        let version = usize::try_from(version).unwrap_or(0);
+        for (index, migration) in migrations.iter().enumerate().skip(version) {
+            let transaction = connection.transaction().map_err(database)?;
+            transaction.execute_batch(migration).map_err(database)?;
+            transaction
+                .execute_batch(&format!("PRAGMA user_version = {}", index + 1))
+                .map_err(database)?;
+            transaction.commit().map_err(database)?;
+        }
+        Ok(Self {
+            connection: Arc::new(Mutex::new(connection)),
+        })
+    }
+
+    pub(crate) fn schema_version(&self) -> Result<usize, StoreError> {
+        let connection = self
+            .connection
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let version: i64 = connection
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(database)?;
+        Ok(usize::try_from(version).unwrap_or(0))
+    }
+
+    pub(crate) async fn with<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let connection = self.connection.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut connection = connection
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            work(&mut connection)
+        })
+        .await
+        .map_err(database)?
+    }
+}
+
+/// The control store on SQLite.
+#[derive(Debug, Clone)]
+pub struct SqliteControlStore {
+    db: Db,
+}
+
+pub(crate) fn database(error: impl std::error::Error + Send + Sync + 'static) -> StoreError {
     StoreError::Database(Box::new(error))
 }
 
@@ -206,47 +270,21 @@ fn write_error(
 impl SqliteControlStore {
     /// Opens (creating and migrating as needed) the store at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        Self::prepare(Connection::open(path).map_err(database)?)
+        Ok(Self {
+            db: Db::open(Some(path), MIGRATIONS)?,
+        })
     }
 
     /// A store in memory, for tests.
     pub fn in_memory() -> Result<Self, StoreError> {
-        Self::prepare(Connection::open_in_memory().map_err(database)?)
-    }
-
-    fn prepare(mut connection: Connection) -> Result<Self, StoreError> {
-        connection
-            .execute_batch(
-                "PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
-            )
-            .map_err(database)?;
-        let version: i64 = connection
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .map_err(database)?;
-        let version = usize::try_from(version).unwrap_or(0);
-        for (index, migration) in MIGRATIONS.iter().enumerate().skip(version) {
-            let transaction = connection.transaction().map_err(database)?;
-            transaction.execute_batch(migration).map_err(database)?;
-            transaction
-                .execute_batch(&format!("PRAGMA user_version = {}", index + 1))
-                .map_err(database)?;
-            transaction.commit().map_err(database)?;
-        }
         Ok(Self {
-            connection: Arc::new(Mutex::new(connection)),
+            db: Db::open(None, MIGRATIONS)?,
         })
     }
 
     /// The schema version: the number of migrations applied.
     pub fn schema_version(&self) -> Result<usize, StoreError> {
-        let connection = self
-            .connection
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let version: i64 = connection
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .map_err(database)?;
-        Ok(usize::try_from(version).unwrap_or(0))
+        self.db.schema_version()
     }
 
     async fn with<T, F>(&self, work: F) -> Result<T, StoreError>
@@ -254,15 +292,7 @@ impl SqliteControlStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let connection = self.connection.clone();
-        tokio::task::spawn_blocking(move || {
-            let connection = connection
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            work(&connection)
-        })
-        .await
-        .map_err(database)?
+        self.db.with(move |c| work(c)).await
     }
 }
 

@@ -334,3 +334,40 @@ fn blobs_are_stored_by_digest_and_read_back() {
     let reopened = BlobStore::open(dir.path().join("blobs")).unwrap();
     assert!(reopened.get(&first).unwrap().is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sqlite_state_store_passes_the_state_conformance_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = weir_store::SqliteStateStore::open(&dir.path().join("state.db")).unwrap();
+    weir_state::testing::conformance(&store).await;
+}
+
+#[tokio::test]
+async fn state_survives_a_reopen() {
+    use weir_state::StateStore;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let scope = weir_state::testing::scope("keeper");
+    {
+        let store = weir_store::SqliteStateStore::open(&path).unwrap();
+        store
+            .set(
+                &scope,
+                b"overtemp",
+                b"true",
+                weir_state::SetOptions::default(),
+            )
+            .await
+            .unwrap();
+    }
+    let store = weir_store::SqliteStateStore::open(&path).unwrap();
+    assert_eq!(
+        store
+            .get(&scope, b"overtemp")
+            .await
+            .unwrap()
+            .value
+            .as_deref(),
+        Some(b"true".as_slice())
+    );
+}
