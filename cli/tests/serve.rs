@@ -375,4 +375,30 @@ connections:
         body.contains(r#"\"overtemp\":true"#),
         "the module read the flag it stored before the restart: {body}"
     );
+    let (status, body) = http(&second.address, "GET", "/v1/state/overtemp", &developer, "");
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains(r#""value":"true""#),
+        "the API sees the module's state: {body}"
+    );
+    let (status, body) = http_bytes(
+        &second.address,
+        "PUT",
+        "/v1/state/overtemp",
+        &developer,
+        "text/plain",
+        b"false",
+    );
+    assert_eq!(status, 200, "{body}");
+    let (_, body) = http(
+        &second.address,
+        "POST",
+        "/v1/deployments/enrich/ingest?wait=true",
+        &developer,
+        mild,
+    );
+    assert!(
+        body.contains(r#"\"overtemp\":false"#),
+        "the module sees what the API seeded: {body}"
+    );
 }

@@ -114,6 +114,8 @@ pub struct GatewayState {
     pub validator: Arc<dyn ModuleValidator>,
     /// Runs deployments.
     pub runtime: Arc<dyn DeploymentRuntime>,
+    /// The tenants' state store: the same one modules reach through `state-store`.
+    pub state: Arc<dyn weir_state::StateStore>,
 }
 
 /// The API.

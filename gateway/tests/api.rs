@@ -115,6 +115,7 @@ impl Api {
                 .unwrap(),
             )),
             runtime: Arc::new(NoExecutor),
+            state: Arc::new(weir_state::MemoryStateStore::default()),
         };
         Self {
             app: router(state),
@@ -715,5 +716,66 @@ async fn malformed_bodies_are_problems_not_500s() {
             .await
             .status,
         StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn state_keys_are_the_callers_tenants_only() {
+    let api = Api::new();
+    let (_, developer_a) = api.tenant("state-a").await;
+    let (_, developer_b) = api.tenant("state-b").await;
+    let put = api
+        .call(
+            Method::PUT,
+            "/v1/state/factoryId",
+            Some(&developer_a),
+            Some("text/plain"),
+            b"factoryA".to_vec(),
+        )
+        .await;
+    assert_eq!(put.status, StatusCode::OK, "{:?}", put.body);
+    let read = api.get("/v1/state/factoryId", &developer_a).await;
+    assert_eq!(read.body["value"], "factoryA");
+    assert_problem(
+        &api.get("/v1/state/factoryId", &developer_b).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    assert_eq!(
+        api.get("/v1/state", &developer_b).await.body["keys"],
+        json!([])
+    );
+    assert_problem(
+        &api.call(
+            Method::DELETE,
+            "/v1/state/factoryId",
+            Some(&developer_b),
+            None,
+            vec![],
+        )
+        .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    assert_eq!(
+        api.get("/v1/state", &developer_a).await.body["keys"],
+        json!(["factoryId"])
+    );
+    assert_eq!(
+        api.call(
+            Method::DELETE,
+            "/v1/state/factoryId",
+            Some(&developer_a),
+            None,
+            vec![]
+        )
+        .await
+        .status,
+        StatusCode::NO_CONTENT
+    );
+    assert_problem(
+        &api.get("/v1/state/factoryId", &developer_a).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
     );
 }

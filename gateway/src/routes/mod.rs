@@ -2,6 +2,7 @@
 
 mod artifacts;
 mod deployments;
+mod state;
 mod tenants;
 mod tokens;
 
@@ -64,6 +65,11 @@ pub(crate) fn router(state: GatewayState) -> Router {
             get(deployments::get).delete(deployments::delete),
         )
         .route("/v1/deployments/{id}/ingest", post(deployments::ingest))
+        .route("/v1/state", get(state::list))
+        .route(
+            "/v1/state/{key}",
+            get(state::get).put(state::put).delete(state::delete),
+        )
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such route") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn(request_id))

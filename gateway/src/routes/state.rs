@@ -1,0 +1,124 @@
+//! `/v1/state`: the caller's tenant's keys in the state store modules use, for seeding and
+//! inspection. Keys are UTF-8 in the API (modules may use any bytes); values are raw bytes in and
+//! (lossy) UTF-8 out.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use serde::Deserialize;
+use serde_json::json;
+use weir_api::ErrorCode;
+use weir_state::{SetOptions, StateError, StateLimits, StateScope};
+use weir_tenants::{Principal, Role};
+
+use super::caller_tenant;
+use crate::{ApiError, ApiQuery, Caller, GatewayState};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListQuery {
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+async fn scope(
+    state: &GatewayState,
+    caller: &Principal,
+    needed: Role,
+) -> Result<StateScope, ApiError> {
+    let (tenant, quotas) = caller_tenant(state, caller, needed).await?;
+    Ok(StateScope::new(
+        tenant,
+        StateLimits {
+            max_keys: quotas.max_state_keys,
+            max_bytes: quotas.max_state_bytes,
+            max_key_bytes: quotas.max_state_key_bytes,
+        },
+    ))
+}
+
+fn state_error(error: StateError) -> ApiError {
+    match error {
+        StateError::QuotaExceeded { .. } => {
+            ApiError::new(ErrorCode::QuotaExceeded, error.to_string())
+        }
+        StateError::Timeout | StateError::Unavailable(_) => {
+            ApiError::new(ErrorCode::Unavailable, "the state store is unavailable")
+        }
+        other => ApiError::new(ErrorCode::InvalidRequest, other.to_string()),
+    }
+}
+
+pub(crate) async fn list(
+    State(state): State<GatewayState>,
+    Caller(caller): Caller,
+    ApiQuery(query): ApiQuery<ListQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    let scope = scope(&state, &caller, Role::Viewer).await?;
+    let keys = state
+        .state
+        .keys(&scope, query.limit.unwrap_or(1000).min(10_000))
+        .await
+        .map_err(state_error)?;
+    let keys: Vec<String> = keys
+        .iter()
+        .map(|k| String::from_utf8_lossy(k).into_owned())
+        .collect();
+    Ok(Json(json!({"keys": keys})))
+}
+
+pub(crate) async fn get(
+    State(state): State<GatewayState>,
+    Caller(caller): Caller,
+    Path(key): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let scope = scope(&state, &caller, Role::Viewer).await?;
+    let found = state
+        .state
+        .get(&scope, key.as_bytes())
+        .await
+        .map_err(state_error)?;
+    let value = found.value.ok_or_else(|| ApiError::not_found("key"))?;
+    Ok(Json(json!({
+        "key": key,
+        "value": String::from_utf8_lossy(&value),
+        "version": found.version.map(|v| v.to_ts()),
+    })))
+}
+
+pub(crate) async fn put(
+    State(state): State<GatewayState>,
+    Caller(caller): Caller,
+    Path(key): Path<String>,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let scope = scope(&state, &caller, Role::Developer).await?;
+    let written = state
+        .state
+        .set(&scope, key.as_bytes(), &body, SetOptions::default())
+        .await
+        .map_err(state_error)?;
+    Ok(Json(
+        json!({"key": key, "version": written.version.map(|v| v.to_ts())}),
+    ))
+}
+
+pub(crate) async fn delete(
+    State(state): State<GatewayState>,
+    Caller(caller): Caller,
+    Path(key): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let scope = scope(&state, &caller, Role::Developer).await?;
+    match state
+        .state
+        .del(&scope, key.as_bytes(), None)
+        .await
+        .map_err(state_error)?
+        .deleted
+    {
+        1 => Ok(StatusCode::NO_CONTENT),
+        _ => Err(ApiError::not_found("key")),
+    }
+}
