@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use weir_api::{DataItem, Hlc, HlcClock, Message, TenantId};
+use weir_api::{DataItem, Hlc, Message, TenantId};
 use weir_executor::logs::MemoryLogSink;
 use weir_executor::metrics::MetricsRegistry;
 use weir_executor::{
@@ -84,7 +84,6 @@ async fn weir_map(iterations: u32, size: usize) -> anyhow::Result<Duration> {
         logs: Arc::new(MemoryLogSink::new(16)),
         metrics: Arc::new(MetricsRegistry::new(16)),
         max_log_line_bytes: 1024,
-        clock: Arc::new(HlcClock::new("bench")),
     });
     let mut node = OperatorInstance::new(
         engine,

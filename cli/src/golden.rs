@@ -168,7 +168,7 @@ async fn run_case(
     let state = Arc::new(MemoryStateStore::default());
     let context =
         LocalPlatform::tenant("golden", state.clone(), Arc::new(MemoryLogSink::new(1000)))?;
-    seed_state(&graph_path, &LocalPlatform::scope(&context), state.as_ref()).await?;
+    seed_state(&graph_path, &context.state_scope(), state.as_ref()).await?;
 
     let input_dir = base.join(&case.input);
     let mut files: Vec<PathBuf> = std::fs::read_dir(&input_dir)

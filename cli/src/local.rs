@@ -17,7 +17,7 @@ use weir_executor::dataflow::{
 use weir_executor::logs::LogSink;
 use weir_executor::metrics::MetricsRegistry;
 use weir_executor::{EngineConfig, OperatorEngine};
-use weir_state::{MemoryStateStore, StateLimits, StateScope};
+use weir_state::MemoryStateStore;
 use weir_tenants::Quotas;
 
 /// The local platform: one engine and one dataflow worker.
@@ -70,19 +70,6 @@ impl LocalPlatform {
             metrics: Arc::new(MetricsRegistry::new(1000)),
             clock: Arc::new(HlcClock::new("weir-local")),
         })
-    }
-
-    /// The state scope of `tenant`, for seeding.
-    pub(crate) fn scope(tenant: &TenantContext) -> StateScope {
-        let q = &tenant.quotas;
-        StateScope::new(
-            tenant.tenant.clone(),
-            StateLimits {
-                max_keys: q.max_state_keys,
-                max_bytes: q.max_state_bytes,
-                max_key_bytes: q.max_state_key_bytes,
-            },
-        )
     }
 
     /// Runs `graph` over `inputs` (topic, payload) until it completes or `timeout` passes.

@@ -9,15 +9,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use serde_json::json;
-use weir_api::{DataItem, Hlc, HlcClock, Message, TenantId};
+use weir_api::{DataItem, Hlc, Message};
 use weir_executor::logs::{LogRecord, LogSink, MemoryLogSink};
-use weir_executor::metrics::MetricsRegistry;
 use weir_executor::{
-    CallLimits, EngineConfig, ModuleConfiguration, NodeEnv, OperatorEngine, OperatorError,
-    OperatorInstance, OperatorKind,
+    CallLimits, EngineConfig, ModuleConfiguration, OperatorEngine, OperatorError, OperatorInstance,
+    OperatorKind,
 };
-use weir_state::{MemoryStateStore, StateLimits, StateScope};
-use weir_tenants::Quotas;
+use weir_state::MemoryStateStore;
 
 use crate::OutputFormat;
 
@@ -102,28 +100,12 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<std::process::ExitCode>
     let (engine, module) = module
         .with_context(|| format!("{} is not a module weir can run", args.module.display()))?;
 
-    let quotas = Quotas::default();
-    let tenant = TenantId::new("local")?;
-    let env = Arc::new(NodeEnv {
-        tenant: tenant.clone(),
-        node: format!("run/{kind}"),
-        state: Arc::new(MemoryStateStore::default()),
-        state_scope: StateScope::new(
-            tenant,
-            StateLimits {
-                max_keys: quotas.max_state_keys,
-                max_bytes: quotas.max_state_bytes,
-                max_key_bytes: quotas.max_state_key_bytes,
-            },
-        ),
-        state_timeout_cap: Duration::from_secs(1),
-        logs: Arc::new(PrintingLog {
-            kept: MemoryLogSink::new(16),
-        }),
-        metrics: Arc::new(MetricsRegistry::new(quotas.max_metric_series as usize)),
-        max_log_line_bytes: quotas.max_log_line_bytes as usize,
-        clock: Arc::new(HlcClock::new("weir-run")),
+    let logs: Arc<dyn LogSink> = Arc::new(PrintingLog {
+        kept: MemoryLogSink::new(16),
     });
+    let tenant =
+        crate::local::LocalPlatform::tenant("local", Arc::new(MemoryStateStore::default()), logs)?;
+    let env = tenant.node_env(format!("run/{kind}"));
     let configuration = ModuleConfiguration {
         properties,
         module_schemas: Vec::new(),
@@ -134,13 +116,13 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<std::process::ExitCode>
         kind,
         configuration,
         env.clone(),
-        CallLimits::from_quotas(&quotas),
+        CallLimits::from_quotas(&tenant.quotas),
     )?;
     if let Err(error) = node.start().await {
         bail!("the {kind} operator did not start: {error}");
     }
 
-    let clock = &env.clock;
+    let clock = &tenant.clock;
     let items: Vec<DataItem> = payloads
         .into_iter()
         .map(|payload| DataItem::Message(Message::new(clock.now(), args.topic.clone(), payload)))

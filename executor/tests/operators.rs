@@ -14,7 +14,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use weir_api::{DataItem, Hlc, HlcClock, Message, TenantId};
+use weir_api::{DataItem, Hlc, Message, TenantId};
 use weir_executor::logs::{LogSink, MemoryLogSink};
 use weir_executor::metrics::{MetricsRegistry, SeriesValue};
 use weir_executor::{
@@ -94,7 +94,6 @@ impl Tenant {
             logs: self.logs.clone() as Arc<dyn LogSink>,
             metrics: self.metrics.clone(),
             max_log_line_bytes: 4096,
-            clock: Arc::new(HlcClock::new("test-executor")),
         });
         let configuration = ModuleConfiguration {
             properties: properties

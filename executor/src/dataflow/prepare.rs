@@ -87,6 +87,36 @@ pub struct TenantContext {
     pub clock: Arc<HlcClock>,
 }
 
+impl TenantContext {
+    /// The tenant's state keys, bounded by its quotas.
+    pub fn state_scope(&self) -> StateScope {
+        let quotas = &self.quotas;
+        StateScope::new(
+            self.tenant.clone(),
+            StateLimits {
+                max_keys: quotas.max_state_keys,
+                max_bytes: quotas.max_state_bytes,
+                max_key_bytes: quotas.max_state_key_bytes,
+            },
+        )
+    }
+
+    /// What the node named `node` of this tenant reaches of the host.
+    pub fn node_env(&self, node: String) -> Arc<NodeEnv> {
+        Arc::new(NodeEnv {
+            tenant: self.tenant.clone(),
+            node,
+            state: self.state.clone(),
+            state_scope: self.state_scope(),
+            state_timeout_cap: Duration::from_secs(1),
+            logs: self.logs.clone(),
+            metrics: self.metrics.clone(),
+            max_log_line_bytes: usize::try_from(self.quotas.max_log_line_bytes)
+                .unwrap_or(usize::MAX),
+        })
+    }
+}
+
 /// One problem with a deployment, naming the node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeployProblem {
@@ -259,29 +289,10 @@ pub async fn prepare(
         .map(|key| format!("configuration key {key:?} is declared by no operation; it is kept but not delivered"))
         .collect();
 
-    let quotas = &tenant.quotas;
-    let state_scope = StateScope::new(
-        tenant.tenant.clone(),
-        StateLimits {
-            max_keys: quotas.max_state_keys,
-            max_bytes: quotas.max_state_bytes,
-            max_key_bytes: quotas.max_state_key_bytes,
-        },
-    );
-    let limits = CallLimits::from_quotas(quotas);
+    let limits = CallLimits::from_quotas(&tenant.quotas);
     let mut nodes = HashMap::new();
     for (index, node, kind, module, module_configuration) in planned {
-        let env = Arc::new(NodeEnv {
-            tenant: tenant.tenant.clone(),
-            node: format!("{id}/{node}"),
-            state: tenant.state.clone(),
-            state_scope: state_scope.clone(),
-            state_timeout_cap: Duration::from_secs(1),
-            logs: tenant.logs.clone(),
-            metrics: tenant.metrics.clone(),
-            max_log_line_bytes: usize::try_from(quotas.max_log_line_bytes).unwrap_or(usize::MAX),
-            clock: tenant.clock.clone(),
-        });
+        let env = tenant.node_env(format!("{id}/{node}"));
         let mut instance = OperatorInstance::new(
             engine.clone(),
             module,

@@ -202,7 +202,9 @@ pub(crate) fn build<'scope>(
             let mut batch: Vec<(u64, Envelope)> = Vec::new();
             let mut closed = false;
             let mut taken = 0;
-            while taken < settings.batch_size && !shared.outputs.is_over_capacity() {
+            // Checked once per activation: the queue's lock is not for every message.
+            let held_back = shared.outputs.is_over_capacity();
+            while !held_back && taken < settings.batch_size {
                 match receiver.try_recv() {
                     Ok(Incoming { item, ack }) => {
                         taken += 1;
@@ -266,13 +268,13 @@ pub(crate) fn build<'scope>(
                 cap.downgrade(&frontier);
             }
             // A full batch means more may be waiting; every send also wakes the operator.
-            if taken >= settings.batch_size && !shared.outputs.is_over_capacity() {
+            if taken >= settings.batch_size {
                 activator.activate();
             } else {
                 match settings.frontier {
                     FrontierPolicy::WallClock => activator.activate_after(settings.frontier_tick),
                     // Held back by consumers: look again soon.
-                    FrontierPolicy::EventTime if shared.outputs.is_over_capacity() => {
+                    FrontierPolicy::EventTime if held_back => {
                         activator.activate_after(Duration::from_millis(5));
                     }
                     FrontierPolicy::EventTime => {}

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, format_err};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
-use weir_api::{HlcClock, TenantId};
+use weir_api::TenantId;
 use weir_state::{StateScope, StateStore};
 
 use crate::logs::{LogLevel, LogRecord, LogSink};
@@ -45,8 +45,6 @@ pub struct NodeEnv {
     pub metrics: Arc<MetricsRegistry>,
     /// Longest log line kept; longer lines are cut.
     pub max_log_line_bytes: usize,
-    /// The executor's clock, for versions and timestamps the host makes.
-    pub clock: Arc<HlcClock>,
 }
 
 impl NodeEnv {
