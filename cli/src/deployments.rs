@@ -1,48 +1,103 @@
 //! The deployments of `weir serve`: the gateway's `DeploymentRuntime` on this process's
-//! dataflow runtime. The HTTP source is the deployment's `SourceHandle`; the HTTP sink is its
-//! output queue, read by `/ingest?wait=true`.
+//! dataflow runtime. The HTTP source is the deployment's `SourceHandle`; the HTTP sink is a
+//! bounded queue per deployment, filled by a drain task that also moves dead letters into the
+//! tenant's feed. The drain stops taking outputs while the queue is full, so a deployment
+//! nobody reads holds its source back instead of losing outputs.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use serde_json::json;
 use tokio::sync::Mutex;
 use weir_api::graph::{OperationType, parse_graph};
+use weir_api::rest::{DeadLetter, Executor, LogLine, MetricSeries, Usage};
 use weir_api::{DataItem, ErrorCode, HlcClock, TenantId};
 use weir_executor::dataflow::{
-    DataflowRuntime, DataflowSettings, DeployError, Deployment, ModuleResolver, SourceError,
-    TenantContext, message_from_broker, prepare,
+    DataflowRuntime, DataflowSettings, DeployError, Deployment, ModuleResolver, SinkOutput,
+    SourceError, TenantContext, message_from_broker, prepare,
 };
-use weir_executor::logs::MemoryLogSink;
-use weir_executor::metrics::MetricsRegistry;
+use weir_executor::logs::{LogLevel, MemoryLogSink};
+use weir_executor::metrics::{MetricsRegistry, SeriesValue};
 use weir_executor::{CompiledModule, OperatorEngine};
 use weir_gateway::{
-    ApiError, DeploymentRuntime, IngestMessage, OutputMessage, ProblemField, StartDeployment,
+    ApiError, DeploymentRuntime, FeedQuery, IngestMessage, OutputMessage, ProblemField,
+    StartDeployment,
 };
 use weir_state::StateStore;
 
-/// Dead letters a deployment keeps for its status.
-const KEPT_DEAD_LETTERS: usize = 100;
+/// Outputs a deployment's HTTP sink queue holds before its source is held back.
+const OUTPUT_QUEUE: usize = 10_000;
+/// Dead letters kept per tenant for `/v1/deadletters`.
+const KEPT_DEAD_LETTERS: usize = 10_000;
+/// The id of the one executor of `weir serve`.
+const LOCAL_EXECUTOR: &str = "local";
+
+/// A tenant's data-plane feeds and counters.
+#[derive(Default)]
+struct TenantFeed {
+    dead_letters: std::sync::Mutex<VecDeque<DeadLetter>>,
+    messages_in: AtomicU64,
+    bytes_in: AtomicU64,
+    messages_out: AtomicU64,
+    dead_lettered: AtomicU64,
+    /// Fuel of deployments that no longer run; running ones are summed live.
+    retired_fuel: AtomicU64,
+}
+
+/// An output in a deployment's HTTP sink queue, numbered so a waiting ingest takes its own.
+struct Queued {
+    seq: u64,
+    message: OutputMessage,
+}
 
 struct Running {
-    deployment: Deployment,
+    deployment: Arc<Deployment>,
     source: String,
-    dead_letters: VecDeque<serde_json::Value>,
+    nodes: Vec<String>,
+    outputs: Arc<std::sync::Mutex<VecDeque<Queued>>>,
+    next_output: Arc<AtomicU64>,
+    /// One ingest at a time, so a waiting caller's outputs are the ones its messages made.
+    ingest: Mutex<()>,
+    drain: tokio::task::JoinHandle<()>,
+    feed: Arc<TenantFeed>,
+}
+
+impl Running {
+    fn fuel(&self) -> u64 {
+        self.nodes
+            .iter()
+            .filter_map(|n| self.deployment.node_counters(n))
+            .map(|c| c.fuel.load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.drain.abort();
+        self.feed
+            .retired_fuel
+            .fetch_add(self.fuel(), Ordering::Relaxed);
+    }
 }
 
 /// Deployments running in this process.
 pub(crate) struct LocalDeployments {
     engine: OperatorEngine,
     runtime: DataflowRuntime,
+    workers: usize,
     state: Arc<dyn StateStore>,
     logs: Arc<MemoryLogSink>,
     metrics: Arc<MetricsRegistry>,
     clock: Arc<HlcClock>,
-    running: Mutex<HashMap<DeploymentKey, Arc<Mutex<Running>>>>,
+    cordoned: AtomicBool,
+    next_dead_letter: Arc<AtomicU64>,
+    feeds: std::sync::Mutex<HashMap<TenantId, Arc<TenantFeed>>>,
+    running: Mutex<HashMap<DeploymentKey, Arc<Running>>>,
 }
 
 /// A deployment by tenant and id.
@@ -63,15 +118,19 @@ impl LocalDeployments {
         Ok(Self {
             engine,
             runtime: DataflowRuntime::start(workers, tokio::runtime::Handle::current())?,
+            workers,
             state,
             logs: Arc::new(MemoryLogSink::new(10_000)),
             metrics: Arc::new(MetricsRegistry::new(1_000)),
             clock: Arc::new(HlcClock::new("weir-serve")),
+            cordoned: AtomicBool::new(false),
+            next_dead_letter: Arc::new(AtomicU64::new(1)),
+            feeds: std::sync::Mutex::new(HashMap::new()),
             running: Mutex::new(HashMap::new()),
         })
     }
 
-    async fn find(&self, tenant: &TenantId, id: &str) -> Result<Arc<Mutex<Running>>, ApiError> {
+    async fn find(&self, tenant: &TenantId, id: &str) -> Result<Arc<Running>, ApiError> {
         self.running
             .lock()
             .await
@@ -80,9 +139,18 @@ impl LocalDeployments {
             .ok_or_else(|| {
                 ApiError::new(
                     ErrorCode::Unavailable,
-                    "the deployment is not running on this executor",
+                    "the deployment is not running (paused, failed, or not placed yet)",
                 )
             })
+    }
+
+    fn feed(&self, tenant: &TenantId) -> Arc<TenantFeed> {
+        self.feeds
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(tenant.clone())
+            .or_default()
+            .clone()
     }
 }
 
@@ -124,9 +192,119 @@ fn deploy_error(error: DeployError) -> ApiError {
     }
 }
 
+fn text(bytes: &Bytes) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn output_message(output: SinkOutput) -> Option<OutputMessage> {
+    match output.accept() {
+        DataItem::Message(message) => Some(OutputMessage {
+            topic: text(&message.topic),
+            payload: text(&message.payload),
+            user_properties: message
+                .user_properties
+                .iter()
+                .map(|(k, v)| (text(k), text(v)))
+                .collect(),
+        }),
+        // The HTTP sink speaks messages; anything else reaching it is counted as an output only.
+        DataItem::Snapshot(_) | DataItem::Bytes(_) => None,
+    }
+}
+
+/// Moves a deployment's outputs into its HTTP sink queue (while there is room) and its dead
+/// letters into the tenant's feed, acknowledging both.
+async fn drain(
+    deployment: Arc<Deployment>,
+    id: String,
+    outputs: Arc<std::sync::Mutex<VecDeque<Queued>>>,
+    next_output: Arc<AtomicU64>,
+    next_dead_letter: Arc<AtomicU64>,
+    feed: Arc<TenantFeed>,
+) {
+    loop {
+        let mut moved = false;
+        loop {
+            let room = outputs
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .len()
+                < OUTPUT_QUEUE;
+            if !room {
+                break;
+            }
+            let Some(output) = deployment.outputs().try_pop() else {
+                break;
+            };
+            moved = true;
+            feed.messages_out.fetch_add(1, Ordering::Relaxed);
+            if let Some(message) = output_message(output) {
+                let seq = next_output.fetch_add(1, Ordering::Relaxed);
+                outputs
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push_back(Queued { seq, message });
+            }
+        }
+        while let Some(letter) = deployment.dead_letters().try_pop() {
+            moved = true;
+            feed.dead_lettered.fetch_add(1, Ordering::Relaxed);
+            let (topic, payload) = match &letter.input {
+                DataItem::Message(m) => (text(&m.topic), text(&m.payload)),
+                DataItem::Snapshot(_) => (String::new(), "<snapshot>".to_owned()),
+                DataItem::Bytes(b) => (String::new(), text(b)),
+            };
+            // The node of a letter is `<deployment>/<operation>`; the feed names the operation.
+            let node = letter
+                .node
+                .strip_prefix(&format!("{id}/"))
+                .unwrap_or(&letter.node)
+                .to_owned();
+            let entry = DeadLetter {
+                seq: next_dead_letter.fetch_add(1, Ordering::Relaxed),
+                deployment: id.clone(),
+                node,
+                reason: letter.reason.clone(),
+                detail: letter.detail.clone(),
+                topic,
+                payload,
+            };
+            letter.accept();
+            let mut letters = feed
+                .dead_letters
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if letters.len() >= KEPT_DEAD_LETTERS {
+                letters.pop_front();
+            }
+            letters.push_back(entry);
+        }
+        if !moved {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+}
+
+fn level_name(level: LogLevel) -> &'static str {
+    match level {
+        LogLevel::Trace => "trace",
+        LogLevel::Debug => "debug",
+        LogLevel::Info => "info",
+        LogLevel::Warn => "warn",
+        LogLevel::Error => "error",
+        LogLevel::Critical => "critical",
+    }
+}
+
 #[async_trait]
 impl DeploymentRuntime for LocalDeployments {
     async fn start(&self, request: StartDeployment) -> Result<Vec<String>, ApiError> {
+        if self.cordoned.load(Ordering::Acquire) {
+            return Err(ApiError::new(
+                ErrorCode::Unavailable,
+                "no executor takes new deployments (every executor is cordoned)",
+            ));
+        }
         let graph = parse_graph(&request.graph)
             .map_err(|e| ApiError::new(ErrorCode::InvalidDeployment, e.to_string()))?;
         let source = graph
@@ -137,6 +315,7 @@ impl DeploymentRuntime for LocalDeployments {
             .ok_or_else(|| {
                 ApiError::new(ErrorCode::InvalidDeployment, "the graph has no source")
             })?;
+        let nodes = graph.operations().iter().map(|o| o.name.clone()).collect();
         let context = TenantContext {
             tenant: request.tenant.clone(),
             quotas: request.quotas.clone(),
@@ -149,9 +328,8 @@ impl DeploymentRuntime for LocalDeployments {
             engine: self.engine.clone(),
             bytes: request.modules,
         };
-        let id = format!("{}/{}", request.tenant, request.id);
         let prepared = prepare(
-            &id,
+            &request.id,
             &graph,
             &request.configuration,
             &context,
@@ -163,16 +341,33 @@ impl DeploymentRuntime for LocalDeployments {
         .await
         .map_err(deploy_error)?;
         let warnings = prepared.warnings.clone();
-        let deployment = self.runtime.deploy(prepared).map_err(deploy_error)?;
+        let deployment = Arc::new(self.runtime.deploy(prepared).map_err(deploy_error)?);
+        let feed = self.feed(&request.tenant);
+        let outputs = Arc::new(std::sync::Mutex::new(VecDeque::new()));
+        let next_output = Arc::new(AtomicU64::new(1));
+        let drain = tokio::spawn(drain(
+            deployment.clone(),
+            request.id.clone(),
+            outputs.clone(),
+            next_output.clone(),
+            self.next_dead_letter.clone(),
+            feed.clone(),
+        ));
         let running = Running {
             deployment,
             source,
-            dead_letters: VecDeque::new(),
+            nodes,
+            outputs,
+            next_output,
+            ingest: Mutex::new(()),
+            drain,
+            feed,
         };
+        // Replacing the entry stops the previous version, now that this one runs.
         self.running
             .lock()
             .await
-            .insert((request.tenant, request.id), Arc::new(Mutex::new(running)));
+            .insert((request.tenant, request.id), Arc::new(running));
         Ok(warnings)
     }
 
@@ -191,8 +386,7 @@ impl DeploymentRuntime for LocalDeployments {
         wait: Option<Duration>,
     ) -> Result<Vec<OutputMessage>, ApiError> {
         let running = self.find(tenant, id).await?;
-        // One ingest at a time per deployment, so a waiting caller reads its own outputs.
-        let mut running = running.lock().await;
+        let _one_at_a_time = running.ingest.lock().await;
         let source = running
             .deployment
             .source(&running.source)
@@ -200,8 +394,10 @@ impl DeploymentRuntime for LocalDeployments {
             .ok_or_else(|| {
                 ApiError::new(ErrorCode::Unavailable, "the deployment's source is closed")
             })?;
+        let first_output = running.next_output.load(Ordering::Acquire);
         let pending = Arc::new(AtomicUsize::new(0));
         for message in messages {
+            let size = message.payload.len() as u64;
             let properties = message
                 .user_properties
                 .into_iter()
@@ -220,7 +416,10 @@ impl DeploymentRuntime for LocalDeployments {
                 done.fetch_sub(1, Ordering::AcqRel);
             });
             match sent {
-                Ok(()) => {}
+                Ok(()) => {
+                    running.feed.messages_in.fetch_add(1, Ordering::Relaxed);
+                    running.feed.bytes_in.fetch_add(size, Ordering::Relaxed);
+                }
                 Err(SourceError::Full) => {
                     pending.fetch_sub(1, Ordering::AcqRel);
                     return Err(ApiError::new(
@@ -241,49 +440,217 @@ impl DeploymentRuntime for LocalDeployments {
             return Ok(Vec::new());
         };
         let deadline = Instant::now() + wait;
-        let mut outputs = Vec::new();
         while pending.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
-            let deployment = &running.deployment;
-            let popped = deployment.outputs().try_pop();
-            let letter = deployment.dead_letters().try_pop();
-            if let Some(DataItem::Message(message)) =
-                popped.map(weir_executor::dataflow::SinkOutput::accept)
-            {
-                let text = |b: &Bytes| String::from_utf8_lossy(b).into_owned();
-                outputs.push(OutputMessage {
-                    topic: text(&message.topic),
-                    payload: text(&message.payload),
-                    user_properties: message
-                        .user_properties
-                        .iter()
-                        .map(|(k, v)| (text(k), text(v)))
-                        .collect(),
-                });
-            }
-            if let Some(letter) = letter {
-                let summary = json!({"node": letter.node, "reason": letter.reason, "detail": letter.detail, "time": letter.time});
-                letter.accept();
-                if running.dead_letters.len() >= KEPT_DEAD_LETTERS {
-                    running.dead_letters.pop_front();
-                }
-                running.dead_letters.push_back(summary);
-            }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        Ok(outputs)
+        // An item is acknowledged once its outputs reached the sink; the drain task may still be
+        // moving the last of them into the queue.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let mut queue = running
+            .outputs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut mine = Vec::new();
+        queue.retain_mut(|queued| {
+            if queued.seq >= first_output {
+                mine.push(std::mem::replace(
+                    &mut queued.message,
+                    OutputMessage {
+                        topic: String::new(),
+                        payload: String::new(),
+                        user_properties: Vec::new(),
+                    },
+                ));
+                false
+            } else {
+                true
+            }
+        });
+        Ok(mine)
+    }
+
+    async fn take_outputs(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        limit: usize,
+    ) -> Result<Vec<OutputMessage>, ApiError> {
+        let running = self.find(tenant, id).await?;
+        let mut queue = running
+            .outputs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let take = limit.min(queue.len());
+        Ok(queue.drain(..take).map(|q| q.message).collect())
     }
 
     async fn status(&self, tenant: &TenantId, id: &str) -> Option<serde_json::Value> {
         let running = self.find(tenant, id).await.ok()?;
-        let running = running.lock().await;
         let stats = running.deployment.stats();
+        let nodes: serde_json::Map<String, serde_json::Value> = running
+            .nodes
+            .iter()
+            .filter_map(|name| {
+                let counters = running.deployment.node_counters(name)?;
+                Some((
+                    name.clone(),
+                    json!({
+                        "calls": counters.calls.load(Ordering::Relaxed),
+                        "failures": counters.failures.load(Ordering::Relaxed),
+                        "fuel": counters.fuel.load(Ordering::Relaxed),
+                    }),
+                ))
+            })
+            .collect();
+        let recent: Vec<DeadLetter> = running
+            .feed
+            .dead_letters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .rev()
+            .filter(|l| l.deployment == id)
+            .take(10)
+            .cloned()
+            .collect();
+        let queued = running
+            .outputs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len();
         Some(json!({
+            "executor": LOCAL_EXECUTOR,
             "received": stats.received.load(Ordering::Relaxed),
             "emitted": stats.emitted.load(Ordering::Relaxed),
             "dead_lettered": stats.dead_lettered.load(Ordering::Relaxed),
             "late": stats.late.load(Ordering::Relaxed),
             "clock_drift": stats.clock_drift.load(Ordering::Relaxed),
-            "recent_dead_letters": running.dead_letters,
+            "delay_clamped": stats.delay_clamped.load(Ordering::Relaxed),
+            "outputs_queued": queued,
+            "nodes": nodes,
+            "recent_dead_letters": recent,
         }))
+    }
+
+    async fn logs(&self, tenant: &TenantId, query: &FeedQuery) -> Vec<LogLine> {
+        let mut lines = Vec::new();
+        let mut after = query.after;
+        // Filtered reads page through the kept lines until the page is full.
+        loop {
+            let batch = self.logs.lines_after(tenant, after, 1000);
+            let Some((last, _)) = batch.last() else { break };
+            after = *last;
+            for (seq, record) in batch {
+                let (deployment, node) = match record.node.split_once('/') {
+                    Some((deployment, node)) => (Some(deployment.to_owned()), node.to_owned()),
+                    None => (None, record.node.clone()),
+                };
+                if query.deployment.is_some() && query.deployment != deployment {
+                    continue;
+                }
+                lines.push(LogLine {
+                    seq,
+                    at_ms: record
+                        .at
+                        .duration_since(UNIX_EPOCH)
+                        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                    level: level_name(record.level).to_owned(),
+                    deployment,
+                    node: Some(node),
+                    message: record.message,
+                });
+                if lines.len() >= query.limit() {
+                    return lines;
+                }
+            }
+        }
+        lines
+    }
+
+    async fn dead_letters(&self, tenant: &TenantId, query: &FeedQuery) -> Vec<DeadLetter> {
+        let feed = self.feed(tenant);
+        let letters = feed
+            .dead_letters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        letters
+            .iter()
+            .filter(|l| l.seq > query.after)
+            .filter(|l| query.deployment.as_ref().is_none_or(|d| *d == l.deployment))
+            .take(query.limit())
+            .cloned()
+            .collect()
+    }
+
+    async fn metrics(&self, tenant: &TenantId) -> Vec<MetricSeries> {
+        let (series, _dropped) = self.metrics.snapshot(tenant);
+        series
+            .into_iter()
+            .map(|((name, labels), value)| match value {
+                SeriesValue::Counter(total) => MetricSeries {
+                    name,
+                    kind: "counter".to_owned(),
+                    labels,
+                    #[expect(clippy::cast_precision_loss, reason = "exported as a float")]
+                    value: total as f64,
+                    count: None,
+                },
+                SeriesValue::Histogram { count, sum, .. } => MetricSeries {
+                    name,
+                    kind: "histogram".to_owned(),
+                    labels,
+                    value: sum,
+                    count: Some(count),
+                },
+            })
+            .collect()
+    }
+
+    async fn usage(&self, tenant: &TenantId) -> Usage {
+        let feed = self.feed(tenant);
+        let live_fuel: u64 = self
+            .running
+            .lock()
+            .await
+            .iter()
+            .filter(|((t, _), _)| t == tenant)
+            .map(|(_, r)| r.fuel())
+            .sum();
+        Usage {
+            messages_in: feed.messages_in.load(Ordering::Relaxed),
+            bytes_in: feed.bytes_in.load(Ordering::Relaxed),
+            messages_out: feed.messages_out.load(Ordering::Relaxed),
+            dead_letters: feed.dead_lettered.load(Ordering::Relaxed),
+            fuel: feed.retired_fuel.load(Ordering::Relaxed) + live_fuel,
+            ..Usage::default()
+        }
+    }
+
+    async fn executors(&self) -> Vec<Executor> {
+        let cordoned = self.cordoned.load(Ordering::Acquire);
+        vec![Executor {
+            id: LOCAL_EXECUTOR.to_owned(),
+            state: if cordoned { "cordoned" } else { "ready" }.to_owned(),
+            deployments: self.running.lock().await.len() as u64,
+            workers: self.workers as u64,
+        }]
+    }
+
+    async fn cordon(&self, executor: &str, cordoned: bool) -> bool {
+        if executor != LOCAL_EXECUTOR {
+            return false;
+        }
+        self.cordoned.store(cordoned, Ordering::Release);
+        true
+    }
+
+    async fn forget_tenant(&self, tenant: &TenantId) {
+        self.running.lock().await.retain(|(t, _), _| t != tenant);
+        self.feeds
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(tenant);
+        self.logs.forget(tenant);
+        self.metrics.forget(tenant);
     }
 }

@@ -51,7 +51,8 @@ pub trait LogSink: Send + Sync + std::fmt::Debug {
 #[derive(Debug)]
 pub struct MemoryLogSink {
     capacity: usize,
-    lines: Mutex<HashMap<TenantId, VecDeque<LogRecord>>>,
+    lines: Mutex<HashMap<TenantId, VecDeque<(u64, LogRecord)>>>,
+    next_seq: std::sync::atomic::AtomicU64,
 }
 
 impl MemoryLogSink {
@@ -60,6 +61,7 @@ impl MemoryLogSink {
         Self {
             capacity,
             lines: Mutex::new(HashMap::new()),
+            next_seq: std::sync::atomic::AtomicU64::new(1),
         }
     }
 
@@ -71,8 +73,40 @@ impl MemoryLogSink {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         lines
             .get(tenant)
-            .map(|l| l.iter().cloned().collect())
+            .map(|l| l.iter().map(|(_, r)| r.clone()).collect())
             .unwrap_or_default()
+    }
+
+    /// The kept lines of `tenant` with a sequence number above `after`, oldest first, each with
+    /// its number (increasing across tenants, so a follower passes the last one it saw).
+    pub fn lines_after(
+        &self,
+        tenant: &TenantId,
+        after: u64,
+        limit: usize,
+    ) -> Vec<(u64, LogRecord)> {
+        let lines = self
+            .lines
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        lines
+            .get(tenant)
+            .map(|l| {
+                l.iter()
+                    .filter(|(seq, _)| *seq > after)
+                    .take(limit)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Forgets a tenant's lines (the tenant was deleted).
+    pub fn forget(&self, tenant: &TenantId) {
+        self.lines
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(tenant);
     }
 }
 
@@ -94,6 +128,9 @@ impl LogSink for MemoryLogSink {
         if tenant_lines.len() >= self.capacity {
             tenant_lines.pop_front();
         }
-        tenant_lines.push_back(record);
+        let seq = self
+            .next_seq
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tenant_lines.push_back((seq, record));
     }
 }

@@ -175,6 +175,14 @@ impl MetricsRegistry {
         Ok(())
     }
 
+    /// Forgets a tenant's series (the tenant was deleted).
+    pub fn forget(&self, tenant: &TenantId) {
+        self.tenants
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(tenant);
+    }
+
     /// The series of `tenant`, and how many recordings were dropped at the series bound.
     pub fn snapshot(&self, tenant: &TenantId) -> (BTreeMap<SeriesKey, SeriesValue>, u64) {
         let tenants = self

@@ -6,19 +6,11 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use weir_api::ErrorCode;
+use weir_api::rest::ProblemField;
 
 tokio::task_local! {
     /// The id of the request being handled.
     pub(crate) static REQUEST_ID: String;
-}
-
-/// One problem of a validation: where, and what.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ProblemField {
-    /// A JSON pointer or YAML path.
-    pub path: String,
-    /// What is wrong there.
-    pub message: String,
 }
 
 /// An API error.

@@ -22,8 +22,9 @@ use weir_store::{BlobStore, ControlStore};
 use weir_tenants::{JwtVerifier, MemoryRevocations, TokenIssuer};
 
 pub use auth::Caller;
-pub use error::{ApiError, ApiJson, ApiQuery, ProblemField};
+pub use error::{ApiError, ApiJson, ApiQuery};
 pub use routes::resume_deployments;
+pub use weir_api::rest::ProblemField;
 
 /// Checks uploaded module bytes: the executor decides what a runnable module is.
 pub trait ModuleValidator: Send + Sync + std::fmt::Debug {
@@ -31,34 +32,9 @@ pub trait ModuleValidator: Send + Sync + std::fmt::Debug {
     fn validate(&self, bytes: &[u8]) -> Result<Vec<String>, String>;
 }
 
-/// A message handed to a deployment's HTTP source.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct IngestMessage {
-    /// The topic it arrives on (default `ingest`).
-    #[serde(default = "default_topic")]
-    pub topic: String,
-    /// The payload, as text.
-    pub payload: String,
-    /// User properties, in order.
-    #[serde(default)]
-    pub user_properties: Vec<(String, String)>,
-}
-
-fn default_topic() -> String {
-    "ingest".to_owned()
-}
-
-/// An item a deployment's HTTP sink produced.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct OutputMessage {
-    /// Its topic.
-    pub topic: String,
-    /// Its payload (lossy UTF-8).
-    pub payload: String,
-    /// Its user properties.
-    pub user_properties: Vec<(String, String)>,
-}
+pub use weir_api::rest::{
+    DeadLetter, Executor, IngestMessage, LogLine, MetricSeries, OutputMessage, Usage,
+};
 
 /// What a deployment needs to start: everything resolved from the tenant's stored artifacts.
 #[derive(Debug, Clone)]
@@ -80,7 +56,9 @@ pub struct StartDeployment {
 /// Runs deployments: the executor, reached without the gateway linking it.
 #[async_trait::async_trait]
 pub trait DeploymentRuntime: Send + Sync + std::fmt::Debug {
-    /// Starts a deployment; configuration warnings on success.
+    /// Starts a deployment; configuration warnings on success. A deployment of the same id
+    /// that runs already is replaced only once the new one has started (a rolling update):
+    /// if the new one fails, the old one keeps running.
     async fn start(&self, request: StartDeployment) -> Result<Vec<String>, ApiError>;
     /// Stops a deployment (messages in flight are abandoned, not acknowledged).
     async fn stop(&self, tenant: &weir_api::TenantId, id: &str);
@@ -93,8 +71,52 @@ pub trait DeploymentRuntime: Send + Sync + std::fmt::Debug {
         messages: Vec<IngestMessage>,
         wait: Option<std::time::Duration>,
     ) -> Result<Vec<OutputMessage>, ApiError>;
+    /// Takes up to `limit` outputs waiting in the deployment's HTTP sink queue.
+    async fn take_outputs(
+        &self,
+        tenant: &weir_api::TenantId,
+        id: &str,
+        limit: usize,
+    ) -> Result<Vec<OutputMessage>, ApiError>;
     /// Counters and state of a running deployment, if it runs here.
     async fn status(&self, tenant: &weir_api::TenantId, id: &str) -> Option<serde_json::Value>;
+    /// The tenant's log lines numbered above `after`, oldest first.
+    async fn logs(&self, tenant: &weir_api::TenantId, query: &FeedQuery) -> Vec<LogLine>;
+    /// The tenant's dead letters numbered above `after`, oldest first.
+    async fn dead_letters(&self, tenant: &weir_api::TenantId, query: &FeedQuery)
+    -> Vec<DeadLetter>;
+    /// The tenant's metric series.
+    async fn metrics(&self, tenant: &weir_api::TenantId) -> Vec<MetricSeries>;
+    /// What the tenant's deployments have used (the data-plane fields of [`Usage`]).
+    async fn usage(&self, tenant: &weir_api::TenantId) -> Usage;
+    /// The executors deployments run on.
+    async fn executors(&self) -> Vec<Executor>;
+    /// Cordons (`true`: no new deployments) or uncordons an executor; whether it exists.
+    async fn cordon(&self, executor: &str, cordoned: bool) -> bool;
+    /// Stops the tenant's deployments and forgets its logs, metrics and dead letters.
+    async fn forget_tenant(&self, tenant: &weir_api::TenantId);
+}
+
+/// Which lines of a feed (logs, dead letters) to read.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeedQuery {
+    /// Only this deployment's.
+    #[serde(default)]
+    pub deployment: Option<String>,
+    /// Only those numbered above this.
+    #[serde(default)]
+    pub after: u64,
+    /// At most this many (default and cap 1,000).
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+impl FeedQuery {
+    /// The number of lines to return.
+    pub fn limit(&self) -> usize {
+        self.limit.unwrap_or(1000).clamp(1, 1000)
+    }
 }
 
 /// What the gateway's handlers share.

@@ -15,32 +15,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
+use weir_api::tenancy::Role;
 use weir_api::{ErrorCode, TenantId};
-
-/// What a principal may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// The platform operator: tenants, quotas, executors. Belongs to no tenant.
-    Admin,
-    /// Everything a developer may, plus the tenant's tokens and endpoints.
-    Owner,
-    /// Reads, uploads and deploys.
-    Developer,
-    /// Reads.
-    Viewer,
-}
-
-impl Role {
-    fn rank(self) -> u8 {
-        match self {
-            Self::Viewer => 0,
-            Self::Developer => 1,
-            Self::Owner => 2,
-            Self::Admin => 3,
-        }
-    }
-}
 
 /// A verified caller.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -113,6 +113,10 @@ pub(crate) fn accumulate<'scope>(
                 let Poll::Ready((instance, batch, result)) = call.as_mut().poll(&mut cx) else {
                     break;
                 };
+                context
+                    .counters
+                    .fuel
+                    .store(instance.stats().fuel_used, Ordering::Relaxed);
                 idle = Some(instance);
                 in_flight = None;
                 budget = budget.saturating_sub(batch.len());

@@ -117,6 +117,8 @@ pub struct NodeCounters {
     pub calls: AtomicU64,
     /// Items that failed.
     pub failures: AtomicU64,
+    /// Fuel the node's calls used (the tenant's metered CPU).
+    pub fuel: AtomicU64,
 }
 
 /// What a deployment's operators and its handle share.

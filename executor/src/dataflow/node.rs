@@ -175,6 +175,10 @@ pub(crate) fn per_item<'scope>(
                 let Poll::Ready((instance, items, results)) = call.as_mut().poll(&mut cx) else {
                     break;
                 };
+                context
+                    .counters
+                    .fuel
+                    .store(instance.stats().fuel_used, Ordering::Relaxed);
                 idle = Some(instance);
                 let Some((time, caps, _)) = in_flight.take() else {
                     break;

@@ -6,9 +6,10 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use weir_api::ErrorCode;
 use weir_api::graph::parse_graph;
+use weir_api::rest::{Graph, Module};
 use weir_store::{GraphRecord, ModuleRecord};
 use weir_tenants::Role;
 
@@ -22,45 +23,23 @@ pub(crate) struct Upload {
     version: String,
 }
 
-#[derive(Debug, Serialize)]
-pub(crate) struct ModuleView {
-    name: String,
-    version: String,
-    digest: String,
-    size: u64,
-    operators: Vec<String>,
-    created_at: u64,
-}
-
-impl From<ModuleRecord> for ModuleView {
-    fn from(m: ModuleRecord) -> Self {
-        Self {
-            name: m.name,
-            version: m.version,
-            digest: m.digest.to_string(),
-            size: m.size,
-            operators: m.operators,
-            created_at: m.created_at,
-        }
+fn module_view(m: ModuleRecord) -> Module {
+    Module {
+        name: m.name,
+        version: m.version,
+        digest: m.digest.to_string(),
+        size: m.size,
+        operators: m.operators,
+        created_at: m.created_at,
     }
 }
 
-#[derive(Debug, Serialize)]
-pub(crate) struct GraphView {
-    name: String,
-    version: String,
-    digest: String,
-    created_at: u64,
-}
-
-impl From<GraphRecord> for GraphView {
-    fn from(g: GraphRecord) -> Self {
-        Self {
-            name: g.name,
-            version: g.version,
-            digest: g.digest.to_string(),
-            created_at: g.created_at,
-        }
+fn graph_view(g: GraphRecord) -> Graph {
+    Graph {
+        name: g.name,
+        version: g.version,
+        digest: g.digest.to_string(),
+        created_at: g.created_at,
     }
 }
 
@@ -157,7 +136,7 @@ pub(crate) async fn upload_module(
         created_at: 0,
     };
     state.store.put_module(&record).await?;
-    Ok((StatusCode::CREATED, Json(ModuleView::from(record))))
+    Ok((StatusCode::CREATED, Json(module_view(record))))
 }
 
 pub(crate) async fn list_modules(
@@ -165,12 +144,12 @@ pub(crate) async fn list_modules(
     Caller(caller): Caller,
 ) -> Result<impl IntoResponse, ApiError> {
     let (tenant, _) = caller_tenant(&state, &caller, Role::Viewer).await?;
-    let modules: Vec<ModuleView> = state
+    let modules: Vec<Module> = state
         .store
         .modules(&tenant)
         .await?
         .into_iter()
-        .map(ModuleView::from)
+        .map(module_view)
         .collect();
     Ok(Json(modules))
 }
@@ -186,7 +165,7 @@ pub(crate) async fn get_module(
         .module(&tenant, &name, &version)
         .await?
         .ok_or_else(|| ApiError::not_found("module"))?;
-    Ok(Json(ModuleView::from(module)))
+    Ok(Json(module_view(module)))
 }
 
 pub(crate) async fn delete_module(
@@ -264,7 +243,7 @@ pub(crate) async fn upload_graph(
         created_at: 0,
     };
     state.store.put_graph(&record).await?;
-    Ok((StatusCode::CREATED, Json(GraphView::from(record))))
+    Ok((StatusCode::CREATED, Json(graph_view(record))))
 }
 
 pub(crate) async fn list_graphs(
@@ -272,12 +251,12 @@ pub(crate) async fn list_graphs(
     Caller(caller): Caller,
 ) -> Result<impl IntoResponse, ApiError> {
     let (tenant, _) = caller_tenant(&state, &caller, Role::Viewer).await?;
-    let graphs: Vec<GraphView> = state
+    let graphs: Vec<Graph> = state
         .store
         .graphs(&tenant)
         .await?
         .into_iter()
-        .map(GraphView::from)
+        .map(graph_view)
         .collect();
     Ok(Json(graphs))
 }
@@ -293,7 +272,7 @@ pub(crate) async fn get_graph(
         .graph(&tenant, &name, &version)
         .await?
         .ok_or_else(|| ApiError::not_found("graph"))?;
-    Ok(Json(GraphView::from(graph)))
+    Ok(Json(graph_view(graph)))
 }
 
 pub(crate) async fn delete_graph(

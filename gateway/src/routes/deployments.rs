@@ -8,9 +8,10 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::json;
 use weir_api::graph::parse_graph;
+use weir_api::rest::CreateDeployment;
 use weir_api::{ErrorCode, TenantId};
 use weir_store::DeploymentRecord;
 use weir_tenants::{Quotas, Role};
@@ -22,38 +23,6 @@ use crate::{
 
 /// Longest an ingest waits for its outputs.
 const MAX_WAIT: Duration = Duration::from_secs(30);
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct GraphRef {
-    name: String,
-    version: String,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct Binding {
-    endpoint: String,
-}
-
-fn http_binding() -> Binding {
-    Binding {
-        endpoint: "http".to_owned(),
-    }
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct CreateDeployment {
-    id: String,
-    graph: GraphRef,
-    #[serde(default)]
-    configuration: BTreeMap<String, String>,
-    #[serde(default = "http_binding")]
-    source: Binding,
-    #[serde(default = "http_binding")]
-    sink: Binding,
-}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -8,41 +8,20 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 
 use crate::ApiJson;
-use serde::{Deserialize, Serialize};
+use weir_api::rest::{CreateTenant, Tenant};
 use weir_api::{ErrorCode, TenantId};
 use weir_store::TenantRecord;
 use weir_tenants::{Quotas, Role};
 
 use crate::{ApiError, Caller, GatewayState, ProblemField};
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct CreateTenant {
-    id: String,
-    #[serde(default)]
-    display_name: Option<String>,
-    #[serde(default)]
-    quotas: Option<Quotas>,
-}
-
-#[derive(Debug, Serialize)]
-pub(crate) struct TenantView {
-    id: String,
-    display_name: String,
-    quotas: Quotas,
-    suspended: bool,
-    created_at: u64,
-}
-
-impl From<TenantRecord> for TenantView {
-    fn from(record: TenantRecord) -> Self {
-        Self {
-            id: record.id.to_string(),
-            display_name: record.display_name,
-            quotas: record.quotas,
-            suspended: record.suspended,
-            created_at: record.created_at,
-        }
+fn tenant_view(record: TenantRecord) -> Tenant {
+    Tenant {
+        id: record.id.to_string(),
+        display_name: record.display_name,
+        quotas: record.quotas,
+        suspended: record.suspended,
+        created_at: record.created_at,
     }
 }
 
@@ -90,7 +69,7 @@ pub(crate) async fn create(
             .as_secs(),
     };
     state.store.create_tenant(&record).await?;
-    Ok((StatusCode::CREATED, Json(TenantView::from(record))))
+    Ok((StatusCode::CREATED, Json(tenant_view(record))))
 }
 
 pub(crate) async fn list(
@@ -98,12 +77,12 @@ pub(crate) async fn list(
     Caller(caller): Caller,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Role::Admin)?;
-    let tenants: Vec<TenantView> = state
+    let tenants: Vec<Tenant> = state
         .store
         .tenants()
         .await?
         .into_iter()
-        .map(TenantView::from)
+        .map(tenant_view)
         .collect();
     Ok(Json(tenants))
 }
@@ -114,7 +93,7 @@ pub(crate) async fn get(
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let record = admin_load(&state, &caller, &id).await?;
-    Ok(Json(TenantView::from(record)))
+    Ok(Json(tenant_view(record)))
 }
 
 pub(crate) async fn set_quotas(
@@ -126,7 +105,7 @@ pub(crate) async fn set_quotas(
     let mut record = admin_load(&state, &caller, &id).await?;
     record.quotas = quotas;
     state.store.update_tenant(&record).await?;
-    Ok(Json(TenantView::from(record)))
+    Ok(Json(tenant_view(record)))
 }
 
 pub(crate) async fn suspend(
@@ -137,7 +116,7 @@ pub(crate) async fn suspend(
     let mut record = admin_load(&state, &caller, &id).await?;
     record.suspended = true;
     state.store.update_tenant(&record).await?;
-    Ok(Json(TenantView::from(record)))
+    Ok(Json(tenant_view(record)))
 }
 
 pub(crate) async fn delete(

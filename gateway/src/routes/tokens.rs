@@ -8,7 +8,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use serde::{Deserialize, Serialize};
+use weir_api::rest::{MintToken, Token};
 use weir_api::{ErrorCode, TenantId};
 use weir_store::TokenRecord;
 use weir_tenants::Role;
@@ -17,30 +17,6 @@ use crate::{ApiError, ApiJson, Caller, GatewayState, ProblemField};
 
 /// Longest a minted token lives.
 const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct MintToken {
-    subject: String,
-    role: Role,
-    #[serde(default)]
-    ttl_seconds: Option<u64>,
-    /// Admins only: the tenant the token is for.
-    #[serde(default)]
-    tenant: Option<String>,
-}
-
-#[derive(Debug, Serialize)]
-pub(crate) struct TokenView {
-    id: String,
-    subject: String,
-    role: Role,
-    tenant: Option<String>,
-    expires_at: u64,
-    revoked: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    token: Option<String>,
-}
 
 fn token_id(subject: &str) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -137,7 +113,7 @@ pub(crate) async fn mint(
         created_at: now,
     };
     state.store.put_token(&record).await?;
-    let view = TokenView {
+    let view = Token {
         id,
         subject: body.subject,
         role: body.role,
@@ -163,12 +139,12 @@ pub(crate) async fn list(
     Caller(caller): Caller,
 ) -> Result<impl IntoResponse, ApiError> {
     let tenant = scope(&caller)?;
-    let tokens: Vec<TokenView> = state
+    let tokens: Vec<Token> = state
         .store
         .tokens(tenant.as_ref())
         .await?
         .into_iter()
-        .map(|t| TokenView {
+        .map(|t| Token {
             id: t.id,
             subject: t.subject,
             role: t.role,

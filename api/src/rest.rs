@@ -1,0 +1,437 @@
+//! The documents of weir's REST API (`/v1`), as the gateway writes them and the typed client
+//! reads them. One definition per document, so the server and its client cannot drift apart.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::tenancy::{Quotas, Role};
+
+/// An `application/problem+json` document (RFC 9457) with weir's stable `code`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Problem {
+    /// A URI naming the kind of problem.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The HTTP reason phrase.
+    pub title: String,
+    /// The HTTP status.
+    pub status: u16,
+    /// The stable code (`invalid_graph`, `quota_exceeded`, ...).
+    pub code: String,
+    /// What went wrong, for people.
+    pub detail: String,
+    /// The request, as `urn:weir:request:<id>`.
+    pub instance: String,
+    /// Every problem of a validation, each with where it is.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<ProblemField>,
+}
+
+/// One problem of a validation: where, and what.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProblemField {
+    /// A JSON pointer or YAML path.
+    pub path: String,
+    /// What is wrong there.
+    pub message: String,
+}
+
+/// `POST /v1/tenants`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTenant {
+    /// The tenant id (lowercase letters, digits, `-`).
+    pub id: String,
+    /// A name for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    /// Quotas other than the defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quotas: Option<Quotas>,
+}
+
+/// A tenant, as an admin sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tenant {
+    /// Its id.
+    pub id: String,
+    /// A name for people.
+    pub display_name: String,
+    /// Its quotas.
+    pub quotas: Quotas,
+    /// Whether its tokens are refused and its deployments paused.
+    pub suspended: bool,
+    /// Seconds since the epoch.
+    pub created_at: u64,
+}
+
+/// `POST /v1/tokens`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MintToken {
+    /// Who the token is for.
+    pub subject: String,
+    /// What it may do.
+    pub role: Role,
+    /// How long it lives (default one day, at most a year).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_seconds: Option<u64>,
+    /// Admins only: the tenant the token is for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+}
+
+/// A token weir minted. `token` is present once, in the answer to the mint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Token {
+    /// Its id (`jti`), for revocation.
+    pub id: String,
+    /// Its subject.
+    pub subject: String,
+    /// Its role.
+    pub role: Role,
+    /// Its tenant; none for admin tokens.
+    pub tenant: Option<String>,
+    /// Expiry, seconds since the epoch.
+    pub expires_at: u64,
+    /// Whether it was revoked.
+    pub revoked: bool,
+    /// The bearer token itself (mint answer only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+/// A module version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Module {
+    /// Its name.
+    pub name: String,
+    /// Its version.
+    pub version: String,
+    /// `sha256:<hex>` of its bytes.
+    pub digest: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// The operator interfaces it exports.
+    pub operators: Vec<String>,
+    /// Seconds since the epoch.
+    pub created_at: u64,
+}
+
+/// A graph definition version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Graph {
+    /// Its name.
+    pub name: String,
+    /// Its version.
+    pub version: String,
+    /// `sha256:<hex>` of its text.
+    pub digest: String,
+    /// Seconds since the epoch.
+    pub created_at: u64,
+}
+
+/// The kinds of endpoint a deployment can read from or write to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EndpointKind {
+    /// An MQTT broker.
+    Mqtt,
+    /// A Kafka-protocol broker.
+    Kafka,
+    /// An OpenTelemetry collector (sink only).
+    Otlp,
+    /// weir's own HTTP ingest and output queue.
+    Http,
+}
+
+/// `POST /v1/endpoints`. The secret is write-only: it is stored, never shown again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateEndpoint {
+    /// Its name, unique in the tenant; deployments bind to it by name.
+    pub name: String,
+    /// What it is.
+    pub kind: EndpointKind,
+    /// `host:port` of the broker or collector (not for `http`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// Connector settings (client id, TLS on/off, ...), never secret.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub settings: BTreeMap<String, String>,
+    /// A password or key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+}
+
+/// An endpoint as it is read back: whether it has a secret, never the secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    /// Its name.
+    pub name: String,
+    /// What it is.
+    pub kind: EndpointKind,
+    /// `host:port`, if it has one.
+    pub address: Option<String>,
+    /// Connector settings.
+    pub settings: BTreeMap<String, String>,
+    /// Whether a secret is stored.
+    pub has_secret: bool,
+    /// Seconds since the epoch.
+    pub created_at: u64,
+}
+
+/// A graph of the tenant's, by name and version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GraphRef {
+    /// Graph name.
+    pub name: String,
+    /// Graph version.
+    pub version: String,
+}
+
+/// Where a deployment reads or writes: an endpoint of the tenant's (or the built-in `http`)
+/// and its topics.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Binding {
+    /// Endpoint name; `http` is built in.
+    pub endpoint: String,
+    /// Topics to subscribe to (source) or the one to publish to (sink).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub topics: Vec<String>,
+}
+
+impl Default for Binding {
+    fn default() -> Self {
+        Self {
+            endpoint: "http".to_owned(),
+            topics: Vec::new(),
+        }
+    }
+}
+
+/// `POST /v1/deployments` in weir's own form (an Azure `DataflowGraph` document is accepted
+/// too), and `PUT /v1/deployments/{id}` for a rolling update.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateDeployment {
+    /// Its id, unique in the tenant.
+    pub id: String,
+    /// The graph to run.
+    pub graph: GraphRef,
+    /// Configuration values for the graph's modules.
+    #[serde(default)]
+    pub configuration: BTreeMap<String, String>,
+    /// Where messages come from.
+    #[serde(default)]
+    pub source: Binding,
+    /// Where outputs go.
+    #[serde(default)]
+    pub sink: Binding,
+}
+
+/// The answer to creating, updating, pausing or resuming a deployment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentChanged {
+    /// Its id.
+    pub id: String,
+    /// Its status now.
+    pub status: String,
+    /// Configuration keys no module declared, and similar advice.
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
+
+/// One change of a deployment's status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusChange {
+    /// The new status.
+    pub status: String,
+    /// Why.
+    pub detail: String,
+    /// Seconds since the epoch.
+    pub at: u64,
+}
+
+/// A deployment: what was deployed, its status and, while it runs, its counters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Deployment {
+    /// Its id.
+    pub id: String,
+    /// `running`, `paused` or `failed`.
+    pub status: String,
+    /// What was deployed.
+    pub spec: CreateDeployment,
+    /// Seconds since the epoch.
+    pub created_at: u64,
+    /// Status changes, oldest first (single reads only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<StatusChange>,
+    /// Placement and per-node counters, while it runs (single reads only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<serde_json::Value>,
+}
+
+/// A message handed to a deployment's HTTP source.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestMessage {
+    /// The topic it arrives on (default `ingest`).
+    #[serde(default = "default_topic")]
+    pub topic: String,
+    /// The payload, as text.
+    pub payload: String,
+    /// User properties, in order.
+    #[serde(default)]
+    pub user_properties: Vec<(String, String)>,
+}
+
+impl IngestMessage {
+    /// A message on the default topic with no properties.
+    pub fn new(payload: impl Into<String>) -> Self {
+        Self {
+            topic: default_topic(),
+            payload: payload.into(),
+            user_properties: Vec::new(),
+        }
+    }
+}
+
+fn default_topic() -> String {
+    "ingest".to_owned()
+}
+
+/// An item a deployment's HTTP sink produced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputMessage {
+    /// Its topic.
+    pub topic: String,
+    /// Its payload (lossy UTF-8).
+    pub payload: String,
+    /// Its user properties.
+    pub user_properties: Vec<(String, String)>,
+}
+
+/// The answer to an ingest: how many messages were taken and, when waited for, the outputs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IngestReply {
+    /// Messages accepted.
+    pub accepted: usize,
+    /// Outputs derived from them (`?wait=true`), or taken from the output queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outputs: Option<Vec<OutputMessage>>,
+}
+
+/// `GET /v1/state`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateKeys {
+    /// Keys, in order.
+    pub keys: Vec<String>,
+}
+
+/// A state entry read or written through the API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateEntry {
+    /// The key.
+    pub key: String,
+    /// The value (lossy UTF-8); absent in the answer to a write.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// Its version (an HLC timestamp).
+    pub version: Option<String>,
+}
+
+/// A line a tenant's module logged, or one weir logged about the tenant's deployment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLine {
+    /// Sequence number, increasing: pass the last one seen as `after` to follow.
+    pub seq: u64,
+    /// Milliseconds since the epoch.
+    pub at_ms: u64,
+    /// `error`, `warn`, `info`, `debug` or `trace`.
+    pub level: String,
+    /// The deployment it came from, if known.
+    pub deployment: Option<String>,
+    /// The node (operation) it came from, if known.
+    pub node: Option<String>,
+    /// The text.
+    pub message: String,
+}
+
+/// A message a node could not process, with the reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// Sequence number, increasing.
+    pub seq: u64,
+    /// The deployment.
+    pub deployment: String,
+    /// The node that failed.
+    pub node: String,
+    /// The stable reason (`trap`, `fuel_exhausted`, `deadline`, `memory_limit`, ...).
+    pub reason: String,
+    /// Details for people.
+    pub detail: String,
+    /// The input's topic.
+    pub topic: String,
+    /// The input's payload (lossy UTF-8).
+    pub payload: String,
+}
+
+/// One metric series of the tenant's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricSeries {
+    /// Its name.
+    pub name: String,
+    /// `counter`, `gauge` or `histogram`.
+    pub kind: String,
+    /// Its labels.
+    pub labels: BTreeMap<String, String>,
+    /// Counter total or gauge value; for histograms the sum.
+    pub value: f64,
+    /// For histograms, the number of observations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+}
+
+/// What a tenant has used.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Modules stored.
+    pub modules: u64,
+    /// Bytes of modules stored.
+    pub module_bytes: u64,
+    /// Graphs stored.
+    pub graphs: u64,
+    /// Deployments.
+    pub deployments: u64,
+    /// Messages taken in by the tenant's deployments.
+    pub messages_in: u64,
+    /// Bytes of payload taken in.
+    pub bytes_in: u64,
+    /// Messages its deployments put out.
+    pub messages_out: u64,
+    /// Messages dead-lettered.
+    pub dead_letters: u64,
+    /// Fuel its operators burned.
+    pub fuel: u64,
+    /// API requests made.
+    pub api_requests: u64,
+    /// API requests refused by the rate limit.
+    pub api_requests_limited: u64,
+}
+
+/// An executor of the platform.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Executor {
+    /// Its id.
+    pub id: String,
+    /// `ready`, `cordoned` (takes no new deployments) or `draining`.
+    pub state: String,
+    /// Deployments placed on it.
+    pub deployments: u64,
+    /// Its dataflow workers.
+    pub workers: u64,
+}
