@@ -134,6 +134,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCod
             module_state.clone(),
         )?),
         state: module_state,
+        limits: Arc::default(),
     };
     let resumed = weir_gateway::resume_deployments(&state).await?;
     if resumed > 0 {

@@ -13,6 +13,7 @@
 
 mod auth;
 mod error;
+mod limits;
 mod routes;
 
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use weir_tenants::{JwtVerifier, MemoryRevocations, TokenIssuer};
 
 pub use auth::Caller;
 pub use error::{ApiError, ApiJson, ApiQuery};
+pub use limits::ApiLimits;
 pub use routes::resume_deployments;
 pub use weir_api::rest::ProblemField;
 
@@ -138,6 +140,8 @@ pub struct GatewayState {
     pub runtime: Arc<dyn DeploymentRuntime>,
     /// The tenants' state store: the same one modules reach through `state-store`.
     pub state: Arc<dyn weir_state::StateStore>,
+    /// API rate limits and request counters per tenant.
+    pub limits: Arc<ApiLimits>,
 }
 
 /// The API.

@@ -67,9 +67,40 @@ impl weir_gateway::DeploymentRuntime for NoExecutor {
             "no executor attached",
         ))
     }
+    async fn take_outputs(
+        &self,
+        _: &TenantId,
+        _: &str,
+        _: usize,
+    ) -> Result<Vec<weir_gateway::OutputMessage>, weir_gateway::ApiError> {
+        Ok(Vec::new())
+    }
     async fn status(&self, _: &TenantId, _: &str) -> Option<Value> {
         None
     }
+    async fn logs(&self, _: &TenantId, _: &weir_gateway::FeedQuery) -> Vec<weir_gateway::LogLine> {
+        Vec::new()
+    }
+    async fn dead_letters(
+        &self,
+        _: &TenantId,
+        _: &weir_gateway::FeedQuery,
+    ) -> Vec<weir_gateway::DeadLetter> {
+        Vec::new()
+    }
+    async fn metrics(&self, _: &TenantId) -> Vec<weir_gateway::MetricSeries> {
+        Vec::new()
+    }
+    async fn usage(&self, _: &TenantId) -> weir_gateway::Usage {
+        weir_gateway::Usage::default()
+    }
+    async fn executors(&self) -> Vec<weir_gateway::Executor> {
+        Vec::new()
+    }
+    async fn cordon(&self, _: &str, _: bool) -> bool {
+        false
+    }
+    async fn forget_tenant(&self, _: &TenantId) {}
 }
 
 struct Api {
@@ -116,6 +147,7 @@ impl Api {
             )),
             runtime: Arc::new(NoExecutor),
             state: Arc::new(weir_state::MemoryStateStore::default()),
+            limits: Arc::default(),
         };
         Self {
             app: router(state),

@@ -2,7 +2,7 @@
 //! kept across restarts.
 //!
 //! Owns the [`ControlStore`] seam (tenants, tokens, modules, graphs, deployments and their
-//! status history), its embedded SQLite backend ([`SqliteControlStore`]: one file in the data
+//! status history, endpoints), its embedded SQLite backend ([`SqliteControlStore`]: one file in the data
 //! directory, WAL, versioned migrations, a tenant's rows deleted with it), and the
 //! content-addressed [`BlobStore`] for module and graph bytes, and the tenants' state store on
 //! SQLite ([`SqliteStateStore`], passing `weir_state::testing::conformance`). Every query of a tenant's
@@ -20,7 +20,8 @@ use weir_api::{ErrorCode, TenantId};
 
 pub use blobs::{BlobError, BlobStore};
 pub use records::{
-    DeploymentRecord, GraphRecord, ModuleRecord, StatusChange, TenantRecord, TokenRecord,
+    DeploymentRecord, EndpointRecord, GraphRecord, ModuleRecord, StatusChange, TenantRecord,
+    TokenRecord,
 };
 pub use sqlite::SqliteControlStore;
 pub use state::SqliteStateStore;
@@ -143,4 +144,20 @@ pub trait ControlStore: Send + Sync + std::fmt::Debug {
     ) -> Result<Vec<StatusChange>, StoreError>;
     /// Deletes a deployment; whether it existed.
     async fn delete_deployment(&self, tenant: &TenantId, id: &str) -> Result<bool, StoreError>;
+    /// Replaces what a deployment runs (a rolling update), marks it running and records why;
+    /// whether it existed.
+    async fn update_deployment_spec(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        spec: &serde_json::Value,
+        detail: &str,
+    ) -> Result<bool, StoreError>;
+
+    /// Records an endpoint; `Conflict` if its name exists for the tenant.
+    async fn put_endpoint(&self, endpoint: &EndpointRecord) -> Result<(), StoreError>;
+    /// The endpoints of `tenant`.
+    async fn endpoints(&self, tenant: &TenantId) -> Result<Vec<EndpointRecord>, StoreError>;
+    /// Deletes an endpoint; whether it existed.
+    async fn delete_endpoint(&self, tenant: &TenantId, name: &str) -> Result<bool, StoreError>;
 }

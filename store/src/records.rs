@@ -94,3 +94,23 @@ pub struct StatusChange {
     /// Seconds since the epoch.
     pub at: u64,
 }
+
+/// An endpoint of a tenant: where deployments connect. The secret is kept for connectors and
+/// never returned by the API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointRecord {
+    /// Its tenant.
+    pub tenant: TenantId,
+    /// Its name, unique in the tenant.
+    pub name: String,
+    /// `mqtt`, `kafka`, `otlp` or `http`.
+    pub kind: String,
+    /// `host:port`, if it has one.
+    pub address: Option<String>,
+    /// Connector settings.
+    pub settings: std::collections::BTreeMap<String, String>,
+    /// A password or key.
+    pub secret: Option<String>,
+    /// Seconds since the epoch.
+    pub created_at: u64,
+}

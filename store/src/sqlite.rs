@@ -12,12 +12,13 @@ use weir_api::{ModuleDigest, TenantId};
 use weir_tenants::{Quotas, Role};
 
 use crate::{
-    ControlStore, DeploymentRecord, GraphRecord, ModuleRecord, StatusChange, StoreError,
-    TenantRecord, TokenRecord,
+    ControlStore, DeploymentRecord, EndpointRecord, GraphRecord, ModuleRecord, StatusChange,
+    StoreError, TenantRecord, TokenRecord,
 };
 
 /// Schema versions, applied in order; never edit one that has shipped, add the next.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE tenants (
         id TEXT PRIMARY KEY,
         display_name TEXT NOT NULL,
@@ -68,7 +69,20 @@ const MIGRATIONS: &[&str] = &["
         at INTEGER NOT NULL,
         FOREIGN KEY (tenant, deployment) REFERENCES deployments(tenant, id) ON DELETE CASCADE
     );
-"];
+",
+    "
+    CREATE TABLE endpoints (
+        tenant TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        address TEXT,
+        settings TEXT NOT NULL,
+        secret TEXT,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (tenant, name)
+    );
+",
+];
 
 /// One SQLite connection used from async code: each call runs on tokio's blocking pool.
 #[derive(Debug, Clone)]
@@ -654,4 +668,87 @@ impl ControlStore for SqliteControlStore {
         })
         .await
     }
+
+    async fn update_deployment_spec(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        spec: &serde_json::Value,
+        detail: &str,
+    ) -> Result<bool, StoreError> {
+        let spec = serde_json::to_string(spec).map_err(database)?;
+        let (tenant, id, detail) = (tenant.clone(), id.to_owned(), detail.to_owned());
+        self.with(move |c| {
+            let changed = c
+                .execute(
+                    "UPDATE deployments SET spec = ?3, status = 'running' WHERE tenant = ?1 AND id = ?2",
+                    params![tenant.as_str(), id, spec],
+                )
+                .map_err(database)?;
+            if changed > 0 {
+                c.execute(
+                    "INSERT INTO deployment_history (tenant, deployment, status, detail, at) VALUES (?1, ?2, 'running', ?3, ?4)",
+                    params![tenant.as_str(), id, detail, now()],
+                )
+                .map_err(database)?;
+            }
+            Ok(changed > 0)
+        })
+        .await
+    }
+
+    async fn put_endpoint(&self, endpoint: &EndpointRecord) -> Result<(), StoreError> {
+        let e = endpoint.clone();
+        let settings = serde_json::to_string(&e.settings).map_err(database)?;
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO endpoints (tenant, name, kind, address, settings, secret, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![e.tenant.as_str(), e.name, e.kind, e.address, settings, e.secret, now()],
+            )
+            .map_err(|err| write_error(err, || format!("endpoint {}", e.name), Some(&e.tenant)))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn endpoints(&self, tenant: &TenantId) -> Result<Vec<EndpointRecord>, StoreError> {
+        let tenant = tenant.clone();
+        self.with(move |c| {
+            let mut statement = c
+                .prepare("SELECT tenant, name, kind, address, settings, secret, created_at FROM endpoints WHERE tenant = ?1 ORDER BY name")
+                .map_err(database)?;
+            let rows = statement
+                .query_map(params![tenant.as_str()], endpoint_row)
+                .map_err(database)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(database)
+        })
+        .await
+    }
+
+    async fn delete_endpoint(&self, tenant: &TenantId, name: &str) -> Result<bool, StoreError> {
+        let (tenant, name) = (tenant.clone(), name.to_owned());
+        self.with(move |c| {
+            c.execute(
+                "DELETE FROM endpoints WHERE tenant = ?1 AND name = ?2",
+                params![tenant.as_str(), name],
+            )
+            .map(|n| n > 0)
+            .map_err(database)
+        })
+        .await
+    }
+}
+
+fn endpoint_row(row: &Row<'_>) -> rusqlite::Result<EndpointRecord> {
+    let tenant: String = row.get(0)?;
+    let settings: String = row.get(4)?;
+    Ok(EndpointRecord {
+        tenant: parsed(0, TenantId::new(tenant))?,
+        name: row.get(1)?,
+        kind: row.get(2)?,
+        address: row.get(3)?,
+        settings: parsed(4, serde_json::from_str(&settings))?,
+        secret: row.get(5)?,
+        created_at: to_u64(row.get(6)?),
+    })
 }

@@ -11,8 +11,8 @@
 use serde_json::json;
 use weir_api::{ModuleDigest, TenantId};
 use weir_store::{
-    BlobStore, ControlStore, DeploymentRecord, GraphRecord, ModuleRecord, SqliteControlStore,
-    StoreError, TenantRecord, TokenRecord,
+    BlobStore, ControlStore, DeploymentRecord, EndpointRecord, GraphRecord, ModuleRecord,
+    SqliteControlStore, StoreError, TenantRecord, TokenRecord,
 };
 use weir_tenants::{Quotas, Role};
 
@@ -290,7 +290,7 @@ async fn everything_survives_a_reopen_and_migrations_run_once() {
     let path = dir.path().join("control.db");
     {
         let store = SqliteControlStore::open(&path).unwrap();
-        assert_eq!(store.schema_version().unwrap(), 1);
+        assert_eq!(store.schema_version().unwrap(), 2);
         store.create_tenant(&tenant("acme")).await.unwrap();
         store.put_module(&module("acme", "m", "1")).await.unwrap();
         store
@@ -299,7 +299,7 @@ async fn everything_survives_a_reopen_and_migrations_run_once() {
             .unwrap();
     }
     let reopened = SqliteControlStore::open(&path).unwrap();
-    assert_eq!(reopened.schema_version().unwrap(), 1);
+    assert_eq!(reopened.schema_version().unwrap(), 2);
     assert_eq!(
         reopened.modules(&id("acme")).await.unwrap(),
         vec![ModuleRecord {
@@ -370,4 +370,38 @@ async fn state_survives_a_reopen() {
             .as_deref(),
         Some(b"true".as_slice())
     );
+}
+
+#[tokio::test]
+async fn endpoints_are_walled_by_tenant_and_deleted_with_it() {
+    let store = SqliteControlStore::in_memory().unwrap();
+    for t in ["acme", "globex"] {
+        store.create_tenant(&tenant(t)).await.unwrap();
+    }
+    let endpoint = EndpointRecord {
+        tenant: id("acme"),
+        name: "broker".to_owned(),
+        kind: "mqtt".to_owned(),
+        address: Some("broker.example.com:1883".to_owned()),
+        settings: [("client_id".to_owned(), "weir".to_owned())].into(),
+        secret: Some("s3cret".to_owned()),
+        created_at: 0,
+    };
+    store.put_endpoint(&endpoint).await.unwrap();
+    assert!(matches!(
+        store.put_endpoint(&endpoint).await,
+        Err(StoreError::Conflict { .. })
+    ));
+    let stored = store.endpoints(&id("acme")).await.unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].secret.as_deref(), Some("s3cret"));
+    assert!(store.endpoints(&id("globex")).await.unwrap().is_empty());
+    assert!(
+        !store
+            .delete_endpoint(&id("globex"), "broker")
+            .await
+            .unwrap()
+    );
+    assert!(store.delete_tenant(&id("acme")).await.unwrap());
+    assert!(store.endpoints(&id("acme")).await.unwrap().is_empty());
 }

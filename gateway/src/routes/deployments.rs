@@ -5,13 +5,14 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Json;
+use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use serde::Deserialize;
-use serde_json::json;
+use weir_api::dataflow_graph::DataflowGraphDocument;
 use weir_api::graph::parse_graph;
-use weir_api::rest::CreateDeployment;
+use weir_api::rest::{CreateDeployment, Deployment, DeploymentChanged, IngestReply, StatusChange};
 use weir_api::{ErrorCode, TenantId};
 use weir_store::DeploymentRecord;
 use weir_tenants::{Quotas, Role};
@@ -137,25 +138,103 @@ async fn start_request(
     })
 }
 
-pub(crate) async fn create(
-    State(state): State<GatewayState>,
-    Caller(caller): Caller,
-    ApiJson(spec): ApiJson<CreateDeployment>,
-) -> Result<impl IntoResponse, ApiError> {
-    let (tenant, quotas) = caller_tenant(&state, &caller, Role::Developer).await?;
+/// The deployment a request body describes: weir's own JSON document, or an Azure
+/// `DataflowGraph` in JSON or YAML. The flag is `false` for a `DataflowGraph` in mode `Disabled`.
+fn deployment_body(headers: &HeaderMap, body: &[u8]) -> Result<(CreateDeployment, bool), ApiError> {
+    if body.is_empty() {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            "the body is empty; send a deployment document",
+        ));
+    }
+    let media = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map_or("", |v| v.split(';').next().unwrap_or("").trim());
+    let value: serde_json::Value = match media {
+        "application/json" => serde_json::from_slice(body).map_err(|e| {
+            ApiError::new(ErrorCode::InvalidRequest, format!("malformed JSON: {e}"))
+        })?,
+        "application/yaml" | "application/x-yaml" | "text/yaml" => {
+            let text = std::str::from_utf8(body)
+                .map_err(|_| ApiError::new(ErrorCode::InvalidRequest, "the YAML is not UTF-8"))?;
+            serde_saphyr::from_str(text).map_err(|e| {
+                ApiError::new(ErrorCode::InvalidRequest, format!("malformed YAML: {e}"))
+            })?
+        }
+        _ => {
+            return Err(ApiError::new(
+                ErrorCode::UnsupportedMediaType,
+                "send a deployment as application/json, or a DataflowGraph as application/yaml or application/json",
+            ));
+        }
+    };
+    if DataflowGraphDocument::is_dataflow_graph(&value) {
+        let document: DataflowGraphDocument = serde_json::from_value(value).map_err(|e| {
+            ApiError::new(
+                ErrorCode::InvalidDeployment,
+                format!("not a DataflowGraph: {e}"),
+            )
+        })?;
+        let converted = document.to_deployment().map_err(|problems| {
+            ApiError::new(
+                ErrorCode::InvalidDeployment,
+                "the DataflowGraph cannot run on weir as written",
+            )
+            .with_errors(problems)
+        })?;
+        return Ok((converted.deployment, converted.enabled));
+    }
+    let spec = serde_json::from_value(value).map_err(|e| {
+        ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("invalid deployment: {e}"),
+        )
+    })?;
+    Ok((spec, true))
+}
+
+/// Problems with a deployment's bindings: each names `http` or an `http` endpoint of the
+/// tenant's (the broker connectors are not part of this server yet).
+async fn check_bindings(
+    state: &GatewayState,
+    tenant: &TenantId,
+    spec: &CreateDeployment,
+) -> Result<Vec<ProblemField>, ApiError> {
     let mut errors = Vec::new();
     check_name("id", &spec.id, &mut errors);
     for (field, binding) in [("source", &spec.source), ("sink", &spec.sink)] {
-        if binding.endpoint != "http" {
-            errors.push(ProblemField {
-                path: format!("/{field}/endpoint"),
-                message: "only the http endpoint is available yet".to_owned(),
-            });
+        if binding.endpoint == "http" {
+            continue;
         }
+        let message = match super::endpoints::find(state, tenant, &binding.endpoint).await? {
+            None => format!("no endpoint {} in this tenant", binding.endpoint),
+            Some(endpoint) if endpoint.kind == "http" => continue,
+            Some(endpoint) => format!(
+                "{} is a {} endpoint; this server runs http endpoints only so far (the {} connector is not built in)",
+                endpoint.name, endpoint.kind, endpoint.kind
+            ),
+        };
+        errors.push(ProblemField {
+            path: format!("/{field}/endpoint"),
+            message,
+        });
     }
+    Ok(errors)
+}
+
+pub(crate) async fn create(
+    State(state): State<GatewayState>,
+    Caller(caller): Caller,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let (tenant, quotas) = caller_tenant(&state, &caller, Role::Developer).await?;
+    let (spec, enabled) = deployment_body(&headers, &body)?;
+    let errors = check_bindings(&state, &tenant, &spec).await?;
     if !errors.is_empty() {
         return Err(
-            ApiError::new(ErrorCode::InvalidRequest, "invalid deployment").with_errors(errors),
+            ApiError::new(ErrorCode::InvalidDeployment, "invalid deployment").with_errors(errors),
         );
     }
     if state.store.deployments(&tenant).await?.len() as u64 >= u64::from(quotas.max_deployments) {
@@ -173,13 +252,19 @@ pub(crate) async fn create(
             format!("deployment {} exists", spec.id),
         ));
     }
+    // Resolved even when paused, so a deployment that could never start is refused now.
     let request = start_request(&state, &tenant, &quotas, &spec).await?;
-    let warnings = state.runtime.start(request).await?;
+    let warnings = if enabled {
+        state.runtime.start(request).await?
+    } else {
+        Vec::new()
+    };
+    let status = if enabled { "running" } else { "paused" };
     let record = DeploymentRecord {
         tenant: tenant.clone(),
         id: spec.id.clone(),
         spec: serde_json::to_value(&spec).map_err(|e| ApiError::internal(&e))?,
-        status: "running".to_owned(),
+        status: status.to_owned(),
         created_at: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
@@ -191,8 +276,160 @@ pub(crate) async fn create(
     }
     Ok((
         StatusCode::CREATED,
-        Json(json!({"id": spec.id, "status": "running", "warnings": warnings})),
+        Json(DeploymentChanged {
+            id: spec.id,
+            status: status.to_owned(),
+            warnings,
+        }),
     ))
+}
+
+/// The stored deployment `id` of the tenant and what it runs.
+async fn stored(
+    state: &GatewayState,
+    tenant: &TenantId,
+    id: &str,
+) -> Result<(DeploymentRecord, CreateDeployment), ApiError> {
+    let record = state
+        .store
+        .deployment(tenant, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("deployment"))?;
+    let spec = serde_json::from_value(record.spec.clone()).map_err(|e| ApiError::internal(&e))?;
+    Ok((record, spec))
+}
+
+/// A rolling update: the new version starts (modules resolved, instantiated, `init`ed) before
+/// the old one stops; if it cannot start, the old one keeps running and the answer says why.
+pub(crate) async fn update(
+    State(state): State<GatewayState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let (tenant, quotas) = caller_tenant(&state, &caller, Role::Developer).await?;
+    let (record, _) = stored(&state, &tenant, &id).await?;
+    let (spec, _) = deployment_body(&headers, &body)?;
+    if spec.id != id {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("the document is for deployment {}, not {id}", spec.id),
+        ));
+    }
+    let errors = check_bindings(&state, &tenant, &spec).await?;
+    if !errors.is_empty() {
+        return Err(
+            ApiError::new(ErrorCode::InvalidDeployment, "invalid deployment").with_errors(errors),
+        );
+    }
+    let request = start_request(&state, &tenant, &quotas, &spec).await?;
+    let warnings = state.runtime.start(request).await?;
+    let detail = format!(
+        "updated to graph {}@{} (was {})",
+        spec.graph.name, spec.graph.version, record.status
+    );
+    let value = serde_json::to_value(&spec).map_err(|e| ApiError::internal(&e))?;
+    state
+        .store
+        .update_deployment_spec(&tenant, &id, &value, &detail)
+        .await?;
+    Ok(Json(DeploymentChanged {
+        id,
+        status: "running".to_owned(),
+        warnings,
+    }))
+}
+
+pub(crate) async fn pause(
+    State(state): State<GatewayState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let (tenant, _) = caller_tenant(&state, &caller, Role::Developer).await?;
+    let (record, _) = stored(&state, &tenant, &id).await?;
+    if record.status != "paused" {
+        state.runtime.stop(&tenant, &id).await;
+        state
+            .store
+            .set_deployment_status(
+                &tenant,
+                &id,
+                "paused",
+                &format!("paused by {}", caller.subject),
+            )
+            .await?;
+    }
+    Ok(Json(DeploymentChanged {
+        id,
+        status: "paused".to_owned(),
+        warnings: Vec::new(),
+    }))
+}
+
+pub(crate) async fn resume(
+    State(state): State<GatewayState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let (tenant, quotas) = caller_tenant(&state, &caller, Role::Developer).await?;
+    let (record, spec) = stored(&state, &tenant, &id).await?;
+    let mut warnings = Vec::new();
+    if record.status != "running" || state.runtime.status(&tenant, &id).await.is_none() {
+        let request = start_request(&state, &tenant, &quotas, &spec).await?;
+        warnings = state.runtime.start(request).await?;
+        state
+            .store
+            .set_deployment_status(
+                &tenant,
+                &id,
+                "running",
+                &format!("resumed by {}", caller.subject),
+            )
+            .await?;
+    }
+    Ok(Json(DeploymentChanged {
+        id,
+        status: "running".to_owned(),
+        warnings,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct OutputsQuery {
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+/// Takes outputs from the deployment's HTTP sink queue (those no waiting ingest took).
+pub(crate) async fn outputs(
+    State(state): State<GatewayState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+    ApiQuery(query): ApiQuery<OutputsQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    let (tenant, _) = caller_tenant(&state, &caller, Role::Developer).await?;
+    stored(&state, &tenant, &id).await?;
+    let outputs = state
+        .runtime
+        .take_outputs(&tenant, &id, query.limit.unwrap_or(100).clamp(1, 10_000))
+        .await?;
+    Ok(Json(IngestReply {
+        accepted: 0,
+        outputs: Some(outputs),
+    }))
+}
+
+fn deployment_view(record: DeploymentRecord) -> Result<Deployment, ApiError> {
+    Ok(Deployment {
+        spec: serde_json::from_value(record.spec).map_err(|e| ApiError::internal(&e))?,
+        id: record.id,
+        status: record.status,
+        created_at: record.created_at,
+        history: Vec::new(),
+        runtime: None,
+    })
 }
 
 pub(crate) async fn list(
@@ -200,15 +437,13 @@ pub(crate) async fn list(
     Caller(caller): Caller,
 ) -> Result<impl IntoResponse, ApiError> {
     let (tenant, _) = caller_tenant(&state, &caller, Role::Viewer).await?;
-    let list: Vec<_> = state
+    let list = state
         .store
         .deployments(&tenant)
         .await?
         .into_iter()
-        .map(
-            |d| json!({"id": d.id, "status": d.status, "spec": d.spec, "created_at": d.created_at}),
-        )
-        .collect();
+        .map(deployment_view)
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(Json(list))
 }
 
@@ -218,22 +453,21 @@ pub(crate) async fn get(
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let (tenant, _) = caller_tenant(&state, &caller, Role::Viewer).await?;
-    let record = state
-        .store
-        .deployment(&tenant, &id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("deployment"))?;
-    let history: Vec<_> = state
+    let (record, _) = stored(&state, &tenant, &id).await?;
+    let mut view = deployment_view(record)?;
+    view.history = state
         .store
         .deployment_history(&tenant, &id)
         .await?
         .into_iter()
-        .map(|c| json!({"status": c.status, "detail": c.detail, "at": c.at}))
+        .map(|c| StatusChange {
+            status: c.status,
+            detail: c.detail,
+            at: c.at,
+        })
         .collect();
-    let runtime = state.runtime.status(&tenant, &id).await;
-    Ok(Json(
-        json!({"id": record.id, "status": record.status, "spec": record.spec, "history": history, "runtime": runtime}),
-    ))
+    view.runtime = state.runtime.status(&tenant, &id).await;
+    Ok(Json(view))
 }
 
 pub(crate) async fn delete(
@@ -285,10 +519,19 @@ pub(crate) async fn ingest(
     if wait.is_some() {
         Ok((
             StatusCode::OK,
-            Json(json!({"accepted": count, "outputs": outputs})),
+            Json(IngestReply {
+                accepted: count,
+                outputs: Some(outputs),
+            }),
         ))
     } else {
-        Ok((StatusCode::ACCEPTED, Json(json!({"accepted": count}))))
+        Ok((
+            StatusCode::ACCEPTED,
+            Json(IngestReply {
+                accepted: count,
+                outputs: None,
+            }),
+        ))
     }
 }
 

@@ -2,6 +2,8 @@
 
 mod artifacts;
 mod deployments;
+mod endpoints;
+mod observe;
 mod state;
 mod tenants;
 mod tokens;
@@ -38,6 +40,7 @@ pub(crate) fn router(state: GatewayState) -> Router {
         )
         .route("/v1/tenants/{id}/quotas", put(tenants::set_quotas))
         .route("/v1/tenants/{id}/suspend", post(tenants::suspend))
+        .route("/v1/tenants/{id}/unsuspend", post(tenants::unsuspend))
         .route("/v1/tokens", post(tokens::mint).get(tokens::list))
         .route("/v1/tokens/{id}", delete(tokens::revoke))
         .route(
@@ -62,9 +65,30 @@ pub(crate) fn router(state: GatewayState) -> Router {
         )
         .route(
             "/v1/deployments/{id}",
-            get(deployments::get).delete(deployments::delete),
+            get(deployments::get)
+                .put(deployments::update)
+                .delete(deployments::delete),
         )
         .route("/v1/deployments/{id}/ingest", post(deployments::ingest))
+        .route("/v1/deployments/{id}/outputs", post(deployments::outputs))
+        .route("/v1/deployments/{id}/pause", post(deployments::pause))
+        .route("/v1/deployments/{id}/resume", post(deployments::resume))
+        .route(
+            "/v1/endpoints",
+            post(endpoints::create).get(endpoints::list),
+        )
+        .route(
+            "/v1/endpoints/{name}",
+            get(endpoints::get).delete(endpoints::delete),
+        )
+        .route("/v1/logs", get(observe::logs))
+        .route("/v1/deadletters", get(observe::dead_letters))
+        .route("/v1/metrics", get(observe::metrics))
+        .route("/v1/usage", get(observe::usage))
+        .route("/v1/executors", get(observe::executors))
+        .route("/v1/executors/{id}/cordon", post(observe::cordon))
+        .route("/v1/executors/{id}/uncordon", post(observe::uncordon))
+        .route("/v1/executors/{id}/drain", post(observe::drain))
         .route("/v1/state", get(state::list))
         .route(
             "/v1/state/{key}",
@@ -106,13 +130,27 @@ pub(crate) async fn caller_tenant(
     caller: &weir_tenants::Principal,
     needed: weir_tenants::Role,
 ) -> Result<(weir_api::TenantId, weir_tenants::Quotas), ApiError> {
-    caller.require(needed)?;
     let tenant = caller.tenant()?.clone();
     let record = state
         .store
         .tenant(&tenant)
         .await?
         .ok_or_else(|| ApiError::not_found("tenant"))?;
+    // Counted before the role check: a flood of forbidden requests is still a flood.
+    if state
+        .limits
+        .admit(&tenant, record.quotas.api_requests_per_second)
+        .is_err()
+    {
+        return Err(ApiError::new(
+            ErrorCode::RateLimited,
+            format!(
+                "over the tenant's {} API requests per second; retry after the advertised delay",
+                record.quotas.api_requests_per_second
+            ),
+        ));
+    }
+    caller.require(needed)?;
     Ok((tenant, record.quotas))
 }
 

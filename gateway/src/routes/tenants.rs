@@ -108,6 +108,7 @@ pub(crate) async fn set_quotas(
     Ok(Json(tenant_view(record)))
 }
 
+/// Suspends a tenant: its tokens stop at once (see `Caller`) and its deployments are paused.
 pub(crate) async fn suspend(
     State(state): State<GatewayState>,
     Caller(caller): Caller,
@@ -116,18 +117,65 @@ pub(crate) async fn suspend(
     let mut record = admin_load(&state, &caller, &id).await?;
     record.suspended = true;
     state.store.update_tenant(&record).await?;
+    for deployment in state.store.deployments(&record.id).await? {
+        state.runtime.stop(&record.id, &deployment.id).await;
+        if deployment.status == "running" {
+            state
+                .store
+                .set_deployment_status(&record.id, &deployment.id, "paused", "tenant suspended")
+                .await?;
+        }
+    }
     Ok(Json(tenant_view(record)))
 }
 
+/// Lifts a suspension; the tenant resumes its deployments itself.
+pub(crate) async fn unsuspend(
+    State(state): State<GatewayState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let mut record = admin_load(&state, &caller, &id).await?;
+    record.suspended = false;
+    state.store.update_tenant(&record).await?;
+    Ok(Json(tenant_view(record)))
+}
+
+/// Deletes a tenant with everything it owns: rows (cascade), running deployments, module
+/// state, logs, metrics, dead letters and counters.
 pub(crate) async fn delete(
     State(state): State<GatewayState>,
     Caller(caller): Caller,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    caller.require(Role::Admin)?;
-    if state.store.delete_tenant(&tenant_id(&id)?).await? {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::not_found("tenant"))
+    let record = admin_load(&state, &caller, &id).await?;
+    state.runtime.forget_tenant(&record.id).await;
+    let scope = weir_state::StateScope::new(
+        record.id.clone(),
+        weir_state::StateLimits {
+            max_keys: record.quotas.max_state_keys,
+            max_bytes: record.quotas.max_state_bytes,
+            max_key_bytes: record.quotas.max_state_key_bytes,
+        },
+    );
+    loop {
+        let keys = state
+            .state
+            .keys(&scope, 1000)
+            .await
+            .map_err(|e| ApiError::internal(&e))?;
+        if keys.is_empty() {
+            break;
+        }
+        for key in keys {
+            state
+                .state
+                .del(&scope, &key, None)
+                .await
+                .map_err(|e| ApiError::internal(&e))?;
+        }
     }
+    state.limits.forget(&record.id);
+    state.store.delete_tenant(&record.id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

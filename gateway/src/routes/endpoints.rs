@@ -1,0 +1,245 @@
+//! `/v1/endpoints`: where a tenant's deployments connect. Owners create and delete them;
+//! secrets are write-only; an address on the platform's own network (loopback, private,
+//! link-local, unspecified) is refused unless an admin opened that host for the tenant
+//! (`allowed_private_hosts`).
+
+use std::net::IpAddr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use weir_api::ErrorCode;
+use weir_api::rest::{CreateEndpoint, Endpoint, EndpointKind};
+use weir_store::EndpointRecord;
+use weir_tenants::{Quotas, Role};
+
+use super::{caller_tenant, check_name};
+use crate::{ApiError, ApiJson, Caller, GatewayState, ProblemField};
+
+fn kind_name(kind: EndpointKind) -> &'static str {
+    match kind {
+        EndpointKind::Mqtt => "mqtt",
+        EndpointKind::Kafka => "kafka",
+        EndpointKind::Otlp => "otlp",
+        EndpointKind::Http => "http",
+    }
+}
+
+fn kind_of(name: &str) -> Option<EndpointKind> {
+    serde_json::from_value(serde_json::Value::String(name.to_owned())).ok()
+}
+
+pub(crate) fn endpoint_view(record: EndpointRecord) -> Result<Endpoint, ApiError> {
+    let kind = kind_of(&record.kind).ok_or_else(|| {
+        ApiError::new(ErrorCode::Internal, "a stored endpoint has an unknown kind")
+    })?;
+    Ok(Endpoint {
+        name: record.name,
+        kind,
+        address: record.address,
+        settings: record.settings,
+        has_secret: record.secret.is_some(),
+        created_at: record.created_at,
+    })
+}
+
+/// Whether `host` is on the platform's own network rather than the tenant's.
+fn is_private(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.eq_ignore_ascii_case("localhost") || host.to_ascii_lowercase().ends_with(".localhost") {
+        return true;
+    }
+    match host.parse::<IpAddr>() {
+        Ok(IpAddr::V4(v4)) => {
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                // 100.64.0.0/10, carrier-grade NAT: the platform's network on many clouds.
+                || (v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64)
+        }
+        Ok(IpAddr::V6(v6)) => {
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || (v6.segments()[0] & 0xfe00) == 0xfc00
+                || (v6.segments()[0] & 0xffc0) == 0xfe80
+                || v6
+                    .to_ipv4_mapped()
+                    .is_some_and(|v4| is_private(&v4.to_string()))
+        }
+        Err(_) => false,
+    }
+}
+
+/// Problems with an endpoint's address: its shape, and whether the tenant may reach it.
+fn check_address(body: &CreateEndpoint, quotas: &Quotas, errors: &mut Vec<ProblemField>) {
+    let problem = |message: String| ProblemField {
+        path: "/address".to_owned(),
+        message,
+    };
+    match (body.kind, &body.address) {
+        (EndpointKind::Http, None) => {}
+        (EndpointKind::Http, Some(_)) => errors.push(problem(
+            "an http endpoint is weir's own ingest; it has no address".to_owned(),
+        )),
+        (_, None) => errors.push(problem("host:port is required".to_owned())),
+        (_, Some(address)) => {
+            let Some((host, port)) = address.rsplit_once(':') else {
+                errors.push(problem(format!("expected host:port, found {address}")));
+                return;
+            };
+            if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
+                errors.push(problem(format!("expected host:port, found {address}")));
+                return;
+            }
+            let allowed = quotas.allowed_private_hosts.iter().any(|h| {
+                h.eq_ignore_ascii_case(host.trim_start_matches('[').trim_end_matches(']'))
+            });
+            if is_private(host) && !allowed {
+                errors.push(problem(format!(
+                    "{host} is on the platform's own network; an admin must allow it for this tenant"
+                )));
+            }
+        }
+    }
+}
+
+pub(crate) async fn create(
+    State(state): State<GatewayState>,
+    Caller(caller): Caller,
+    ApiJson(body): ApiJson<CreateEndpoint>,
+) -> Result<impl IntoResponse, ApiError> {
+    let (tenant, quotas) = caller_tenant(&state, &caller, Role::Owner).await?;
+    let mut errors = Vec::new();
+    check_name("name", &body.name, &mut errors);
+    if body.name == "http" {
+        errors.push(ProblemField {
+            path: "/name".to_owned(),
+            message: "http is the built-in endpoint".to_owned(),
+        });
+    }
+    check_address(&body, &quotas, &mut errors);
+    if body.secret.as_ref().is_some_and(|s| s.len() > 4096) {
+        errors.push(ProblemField {
+            path: "/secret".to_owned(),
+            message: "at most 4096 bytes".to_owned(),
+        });
+    }
+    if body.settings.len() > 64 {
+        errors.push(ProblemField {
+            path: "/settings".to_owned(),
+            message: "at most 64 settings".to_owned(),
+        });
+    }
+    if !errors.is_empty() {
+        return Err(
+            ApiError::new(ErrorCode::InvalidRequest, "invalid endpoint").with_errors(errors)
+        );
+    }
+    let record = EndpointRecord {
+        tenant,
+        name: body.name,
+        kind: kind_name(body.kind).to_owned(),
+        address: body.address,
+        settings: body.settings,
+        secret: body.secret,
+        created_at: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs(),
+    };
+    state.store.put_endpoint(&record).await?;
+    Ok((StatusCode::CREATED, Json(endpoint_view(record)?)))
+}
+
+pub(crate) async fn list(
+    State(state): State<GatewayState>,
+    Caller(caller): Caller,
+) -> Result<impl IntoResponse, ApiError> {
+    let (tenant, _) = caller_tenant(&state, &caller, Role::Viewer).await?;
+    let endpoints = state
+        .store
+        .endpoints(&tenant)
+        .await?
+        .into_iter()
+        .map(endpoint_view)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Json(endpoints))
+}
+
+/// The tenant's endpoint `name`.
+pub(crate) async fn find(
+    state: &GatewayState,
+    tenant: &weir_api::TenantId,
+    name: &str,
+) -> Result<Option<EndpointRecord>, ApiError> {
+    Ok(state
+        .store
+        .endpoints(tenant)
+        .await?
+        .into_iter()
+        .find(|e| e.name == name))
+}
+
+pub(crate) async fn get(
+    State(state): State<GatewayState>,
+    Caller(caller): Caller,
+    Path(name): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let (tenant, _) = caller_tenant(&state, &caller, Role::Viewer).await?;
+    let record = find(&state, &tenant, &name)
+        .await?
+        .ok_or_else(|| ApiError::not_found("endpoint"))?;
+    Ok(Json(endpoint_view(record)?))
+}
+
+pub(crate) async fn delete(
+    State(state): State<GatewayState>,
+    Caller(caller): Caller,
+    Path(name): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let (tenant, _) = caller_tenant(&state, &caller, Role::Owner).await?;
+    if state.store.delete_endpoint(&tenant, &name).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found("endpoint"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_private;
+
+    #[test]
+    fn the_platforms_network_is_private() {
+        for host in [
+            "localhost",
+            "127.0.0.1",
+            "10.1.2.3",
+            "192.168.0.9",
+            "172.16.5.5",
+            "169.254.169.254",
+            "0.0.0.0",
+            "100.64.1.1",
+            "[::1]",
+            "::",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+            "metadata.localhost",
+        ] {
+            assert!(is_private(host), "{host}");
+        }
+        for host in [
+            "broker.example.com",
+            "8.8.8.8",
+            "2001:db8::1",
+            "100.128.0.1",
+        ] {
+            assert!(!is_private(host), "{host}");
+        }
+    }
+}
