@@ -89,6 +89,11 @@ impl Client {
         }
     }
 
+    /// The bearer token it sends.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
     /// The server's address.
     pub fn base(&self) -> &str {
         &self.base

@@ -8,58 +8,13 @@
     reason = "test code: a failed expectation is a failed test"
 )]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-/// A running `weir serve`, killed when dropped.
-struct Server {
-    child: Child,
-    address: String,
-    admin_token: Option<String>,
-}
+mod common;
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.child.kill().ok();
-        self.child.wait().ok();
-    }
-}
-
-fn serve(data: &Path) -> Server {
-    let child = Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
-        .arg(data)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    // The guard owns the child from here on, so a failed expectation still kills it.
-    let mut server = Server {
-        child,
-        address: String::new(),
-        admin_token: None,
-    };
-    let mut lines = BufReader::new(server.child.stdout.take().unwrap()).lines();
-    loop {
-        let line = lines
-            .next()
-            .expect("weir serve printed its address")
-            .unwrap();
-        if let Some(token) = line
-            .split("admin token (shown once, valid 365 days): ")
-            .nth(1)
-        {
-            server.admin_token = Some(token.trim().to_owned());
-        }
-        if let Some(address) = line.strip_prefix("weir listening on http://") {
-            server.address = address.trim().to_owned();
-            return server;
-        }
-    }
-}
+use common::serve;
 
 /// One HTTP/1.1 request over a plain socket; returns the status and the body.
 fn http(address: &str, method: &str, path: &str, token: &str, body: &str) -> (u16, String) {

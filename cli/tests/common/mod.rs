@@ -1,0 +1,78 @@
+//! A real `weir serve` for tests: the binary on a free loopback port, killed when dropped.
+#![allow(
+    dead_code,
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code shared by several test binaries, each using a part"
+)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+/// A running `weir serve`, killed when dropped.
+pub struct Server {
+    child: Child,
+    pub address: String,
+    pub admin_token: Option<String>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
+
+pub fn serve(data: &Path) -> Server {
+    serve_with(data, &[])
+}
+
+/// `weir serve` with extra arguments.
+pub fn serve_with(data: &Path, extra: &[&str]) -> Server {
+    let child = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(data)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The guard owns the child from here on, so a failed expectation still kills it.
+    let mut server = Server {
+        child,
+        address: String::new(),
+        admin_token: None,
+    };
+    let mut lines = BufReader::new(server.child.stdout.take().unwrap()).lines();
+    loop {
+        let line = lines
+            .next()
+            .expect("weir serve printed its address")
+            .unwrap();
+        if let Some(token) = line
+            .split("admin token (shown once, valid 365 days): ")
+            .nth(1)
+        {
+            server.admin_token = Some(token.trim().to_owned());
+        }
+        if let Some(address) = line.strip_prefix("weir listening on http://") {
+            server.address = address.trim().to_owned();
+            return server;
+        }
+    }
+}
+
+impl Server {
+    /// A typed client of this server acting with `token`.
+    pub fn client(&self, token: &str) -> weir_api::client::Client {
+        weir_api::client::Client::new(&format!("http://{}", self.address), Some(token.to_owned()))
+            .unwrap()
+    }
+
+    /// A typed client with the admin token of the first start.
+    pub fn admin(&self) -> weir_api::client::Client {
+        self.client(self.admin_token.as_deref().expect("first start"))
+    }
+}
