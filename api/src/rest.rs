@@ -9,6 +9,7 @@ use crate::tenancy::{Quotas, Role};
 
 /// An `application/problem+json` document (RFC 9457) with weir's stable `code`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Problem {
     /// A URI naming the kind of problem.
     #[serde(rename = "type")]
@@ -30,6 +31,7 @@ pub struct Problem {
 
 /// One problem of a validation: where, and what.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProblemField {
     /// A JSON pointer or YAML path.
     pub path: String,
@@ -39,6 +41,7 @@ pub struct ProblemField {
 
 /// `POST /v1/tenants`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateTenant {
     /// The tenant id (lowercase letters, digits, `-`).
@@ -53,6 +56,7 @@ pub struct CreateTenant {
 
 /// A tenant, as an admin sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Tenant {
     /// Its id.
     pub id: String,
@@ -68,6 +72,7 @@ pub struct Tenant {
 
 /// `POST /v1/tokens`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct MintToken {
     /// Who the token is for.
@@ -84,6 +89,7 @@ pub struct MintToken {
 
 /// A token weir minted. `token` is present once, in the answer to the mint.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Token {
     /// Its id (`jti`), for revocation.
     pub id: String,
@@ -104,6 +110,7 @@ pub struct Token {
 
 /// A module version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Module {
     /// Its name.
     pub name: String,
@@ -121,6 +128,7 @@ pub struct Module {
 
 /// A graph definition version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Graph {
     /// Its name.
     pub name: String,
@@ -134,6 +142,7 @@ pub struct Graph {
 
 /// The kinds of endpoint a deployment can read from or write to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum EndpointKind {
     /// An MQTT broker.
@@ -148,6 +157,7 @@ pub enum EndpointKind {
 
 /// `POST /v1/endpoints`. The secret is write-only: it is stored, never shown again.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateEndpoint {
     /// Its name, unique in the tenant; deployments bind to it by name.
@@ -167,6 +177,7 @@ pub struct CreateEndpoint {
 
 /// An endpoint as it is read back: whether it has a secret, never the secret.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Endpoint {
     /// Its name.
     pub name: String,
@@ -184,6 +195,7 @@ pub struct Endpoint {
 
 /// A graph of the tenant's, by name and version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct GraphRef {
     /// Graph name.
@@ -195,6 +207,7 @@ pub struct GraphRef {
 /// Where a deployment reads or writes: an endpoint of the tenant's (or the built-in `http`)
 /// and its topics.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Binding {
     /// Endpoint name; `http` is built in.
@@ -216,6 +229,7 @@ impl Default for Binding {
 /// `POST /v1/deployments` in weir's own form (an Azure `DataflowGraph` document is accepted
 /// too), and `PUT /v1/deployments/{id}` for a rolling update.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateDeployment {
     /// Its id, unique in the tenant.
@@ -235,6 +249,7 @@ pub struct CreateDeployment {
 
 /// The answer to creating, updating, pausing or resuming a deployment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeploymentChanged {
     /// Its id.
     pub id: String,
@@ -247,6 +262,7 @@ pub struct DeploymentChanged {
 
 /// One change of a deployment's status.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StatusChange {
     /// The new status.
     pub status: String,
@@ -258,6 +274,7 @@ pub struct StatusChange {
 
 /// A deployment: what was deployed, its status and, while it runs, its counters.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Deployment {
     /// Its id.
     pub id: String,
@@ -277,6 +294,7 @@ pub struct Deployment {
 
 /// A message handed to a deployment's HTTP source.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct IngestMessage {
     /// The topic it arrives on (default `ingest`).
@@ -286,6 +304,7 @@ pub struct IngestMessage {
     pub payload: String,
     /// User properties, in order.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<Vec<String>>))]
     pub user_properties: Vec<(String, String)>,
 }
 
@@ -306,17 +325,20 @@ fn default_topic() -> String {
 
 /// An item a deployment's HTTP sink produced.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OutputMessage {
     /// Its topic.
     pub topic: String,
     /// Its payload (lossy UTF-8).
     pub payload: String,
     /// Its user properties.
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<Vec<String>>))]
     pub user_properties: Vec<(String, String)>,
 }
 
 /// The answer to an ingest: how many messages were taken and, when waited for, the outputs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct IngestReply {
     /// Messages accepted.
     pub accepted: usize,
@@ -327,6 +349,7 @@ pub struct IngestReply {
 
 /// `GET /v1/state`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StateKeys {
     /// Keys, in order.
     pub keys: Vec<String>,
@@ -334,6 +357,7 @@ pub struct StateKeys {
 
 /// A state entry read or written through the API.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StateEntry {
     /// The key.
     pub key: String,
@@ -346,6 +370,7 @@ pub struct StateEntry {
 
 /// A line a tenant's module logged, or one weir logged about the tenant's deployment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LogLine {
     /// Sequence number, increasing: pass the last one seen as `after` to follow.
     pub seq: u64,
@@ -363,6 +388,7 @@ pub struct LogLine {
 
 /// A message a node could not process, with the reason.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeadLetter {
     /// Sequence number, increasing.
     pub seq: u64,
@@ -382,6 +408,7 @@ pub struct DeadLetter {
 
 /// One metric series of the tenant's.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MetricSeries {
     /// Its name.
     pub name: String,
@@ -398,6 +425,7 @@ pub struct MetricSeries {
 
 /// What a tenant has used.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Usage {
     /// Modules stored.
     pub modules: u64,
@@ -425,6 +453,7 @@ pub struct Usage {
 
 /// An executor of the platform.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Executor {
     /// Its id.
     pub id: String,

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 /// What a principal may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// The platform operator: tenants, quotas, executors. Belongs to no tenant.
@@ -35,6 +36,7 @@ impl Role {
 /// tens of MiB of linear memory and ~600k fuel for its first `process`); an admin may override
 /// any of them per tenant.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct Quotas {
     /// Modules a tenant may store.
@@ -55,6 +57,7 @@ pub struct Quotas {
     pub fuel_per_second: u64,
     /// Wall-clock time one operator call may take, host calls included.
     #[serde(with = "millis")]
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
     pub call_timeout: Duration,
     /// Linear memory of one operator instance.
     pub memory_per_instance: u64,

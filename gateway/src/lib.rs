@@ -25,7 +25,7 @@ use weir_tenants::{JwtVerifier, MemoryRevocations, TokenIssuer};
 pub use auth::Caller;
 pub use error::{ApiError, ApiJson, ApiQuery};
 pub use limits::ApiLimits;
-pub use routes::resume_deployments;
+pub use routes::{openapi, resume_deployments};
 pub use weir_api::rest::ProblemField;
 
 /// Checks uploaded module bytes: the executor decides what a runnable module is.

@@ -61,6 +61,7 @@ fn check_upload(upload: &Upload) -> Result<(), ApiError> {
     }
 }
 
+#[utoipa::path(post, path = "/v1/modules", tag = "modules", request_body(content = Vec<u8>, content_type = "application/wasm"), responses((status = 201, body = weir_api::rest::Module), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn upload_module(
     State(state): State<GatewayState>,
     Caller(caller): Caller,
@@ -139,6 +140,7 @@ pub(crate) async fn upload_module(
     Ok((StatusCode::CREATED, Json(module_view(record))))
 }
 
+#[utoipa::path(get, path = "/v1/modules", tag = "modules", responses((status = 200, body = Vec<weir_api::rest::Module>), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn list_modules(
     State(state): State<GatewayState>,
     Caller(caller): Caller,
@@ -154,6 +156,7 @@ pub(crate) async fn list_modules(
     Ok(Json(modules))
 }
 
+#[utoipa::path(get, path = "/v1/modules/{name}/{version}", tag = "modules", params(("name" = String, Path), ("version" = String, Path)), responses((status = 200, body = weir_api::rest::Module), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn get_module(
     State(state): State<GatewayState>,
     Caller(caller): Caller,
@@ -168,6 +171,7 @@ pub(crate) async fn get_module(
     Ok(Json(module_view(module)))
 }
 
+#[utoipa::path(delete, path = "/v1/modules/{name}/{version}", tag = "modules", params(("name" = String, Path), ("version" = String, Path)), responses((status = 204), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn delete_module(
     State(state): State<GatewayState>,
     Caller(caller): Caller,
@@ -181,6 +185,7 @@ pub(crate) async fn delete_module(
     }
 }
 
+#[utoipa::path(post, path = "/v1/graphs", tag = "graphs", request_body(content = String, content_type = "application/yaml"), responses((status = 201, body = weir_api::rest::Graph), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn upload_graph(
     State(state): State<GatewayState>,
     Caller(caller): Caller,
@@ -246,6 +251,7 @@ pub(crate) async fn upload_graph(
     Ok((StatusCode::CREATED, Json(graph_view(record))))
 }
 
+#[utoipa::path(get, path = "/v1/graphs", tag = "graphs", responses((status = 200, body = Vec<weir_api::rest::Graph>), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn list_graphs(
     State(state): State<GatewayState>,
     Caller(caller): Caller,
@@ -261,6 +267,7 @@ pub(crate) async fn list_graphs(
     Ok(Json(graphs))
 }
 
+#[utoipa::path(get, path = "/v1/graphs/{name}/{version}", tag = "graphs", params(("name" = String, Path), ("version" = String, Path)), responses((status = 200, body = weir_api::rest::Graph), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn get_graph(
     State(state): State<GatewayState>,
     Caller(caller): Caller,
@@ -275,6 +282,7 @@ pub(crate) async fn get_graph(
     Ok(Json(graph_view(graph)))
 }
 
+#[utoipa::path(delete, path = "/v1/graphs/{name}/{version}", tag = "graphs", params(("name" = String, Path), ("version" = String, Path)), responses((status = 204), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn delete_graph(
     State(state): State<GatewayState>,
     Caller(caller): Caller,

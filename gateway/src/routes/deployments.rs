@@ -223,6 +223,7 @@ async fn check_bindings(
     Ok(errors)
 }
 
+#[utoipa::path(post, path = "/v1/deployments", tag = "deployments", request_body = weir_api::rest::CreateDeployment, responses((status = 201, body = weir_api::rest::DeploymentChanged), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn create(
     State(state): State<GatewayState>,
     Caller(caller): Caller,
@@ -301,6 +302,7 @@ async fn stored(
 
 /// A rolling update: the new version starts (modules resolved, instantiated, `init`ed) before
 /// the old one stops; if it cannot start, the old one keeps running and the answer says why.
+#[utoipa::path(put, path = "/v1/deployments/{id}", tag = "deployments", params(("id" = String, Path)), request_body = weir_api::rest::CreateDeployment, responses((status = 200, body = weir_api::rest::DeploymentChanged), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn update(
     State(state): State<GatewayState>,
     Caller(caller): Caller,
@@ -341,6 +343,7 @@ pub(crate) async fn update(
     }))
 }
 
+#[utoipa::path(post, path = "/v1/deployments/{id}/pause", tag = "deployments", params(("id" = String, Path)), responses((status = 200, body = weir_api::rest::DeploymentChanged), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn pause(
     State(state): State<GatewayState>,
     Caller(caller): Caller,
@@ -367,6 +370,7 @@ pub(crate) async fn pause(
     }))
 }
 
+#[utoipa::path(post, path = "/v1/deployments/{id}/resume", tag = "deployments", params(("id" = String, Path)), responses((status = 200, body = weir_api::rest::DeploymentChanged), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn resume(
     State(state): State<GatewayState>,
     Caller(caller): Caller,
@@ -403,6 +407,7 @@ pub(crate) struct OutputsQuery {
 }
 
 /// Takes outputs from the deployment's HTTP sink queue (those no waiting ingest took).
+#[utoipa::path(post, path = "/v1/deployments/{id}/outputs", tag = "deployments", params(("id" = String, Path)), responses((status = 200, body = weir_api::rest::IngestReply), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn outputs(
     State(state): State<GatewayState>,
     Caller(caller): Caller,
@@ -432,6 +437,7 @@ fn deployment_view(record: DeploymentRecord) -> Result<Deployment, ApiError> {
     })
 }
 
+#[utoipa::path(get, path = "/v1/deployments", tag = "deployments", responses((status = 200, body = Vec<weir_api::rest::Deployment>), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn list(
     State(state): State<GatewayState>,
     Caller(caller): Caller,
@@ -447,6 +453,7 @@ pub(crate) async fn list(
     Ok(Json(list))
 }
 
+#[utoipa::path(get, path = "/v1/deployments/{id}", tag = "deployments", params(("id" = String, Path)), responses((status = 200, body = weir_api::rest::Deployment), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn get(
     State(state): State<GatewayState>,
     Caller(caller): Caller,
@@ -470,6 +477,7 @@ pub(crate) async fn get(
     Ok(Json(view))
 }
 
+#[utoipa::path(delete, path = "/v1/deployments/{id}", tag = "deployments", params(("id" = String, Path)), responses((status = 204), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn delete(
     State(state): State<GatewayState>,
     Caller(caller): Caller,
@@ -483,6 +491,7 @@ pub(crate) async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(post, path = "/v1/deployments/{id}/ingest", tag = "deployments", params(("id" = String, Path)), request_body = Vec<weir_api::rest::IngestMessage>, responses((status = 200, body = weir_api::rest::IngestReply), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn ingest(
     State(state): State<GatewayState>,
     Caller(caller): Caller,

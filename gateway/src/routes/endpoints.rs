@@ -107,6 +107,7 @@ fn check_address(body: &CreateEndpoint, quotas: &Quotas, errors: &mut Vec<Proble
     }
 }
 
+#[utoipa::path(post, path = "/v1/endpoints", tag = "endpoints", request_body = weir_api::rest::CreateEndpoint, responses((status = 201, body = weir_api::rest::Endpoint), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn create(
     State(state): State<GatewayState>,
     Caller(caller): Caller,
@@ -155,6 +156,7 @@ pub(crate) async fn create(
     Ok((StatusCode::CREATED, Json(endpoint_view(record)?)))
 }
 
+#[utoipa::path(get, path = "/v1/endpoints", tag = "endpoints", responses((status = 200, body = Vec<weir_api::rest::Endpoint>), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn list(
     State(state): State<GatewayState>,
     Caller(caller): Caller,
@@ -184,6 +186,7 @@ pub(crate) async fn find(
         .find(|e| e.name == name))
 }
 
+#[utoipa::path(get, path = "/v1/endpoints/{name}", tag = "endpoints", params(("name" = String, Path)), responses((status = 200, body = weir_api::rest::Endpoint), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn get(
     State(state): State<GatewayState>,
     Caller(caller): Caller,
@@ -196,6 +199,7 @@ pub(crate) async fn get(
     Ok(Json(endpoint_view(record)?))
 }
 
+#[utoipa::path(delete, path = "/v1/endpoints/{name}", tag = "endpoints", params(("name" = String, Path)), responses((status = 204), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn delete(
     State(state): State<GatewayState>,
     Caller(caller): Caller,

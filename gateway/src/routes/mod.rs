@@ -15,9 +15,13 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::HeaderValue;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post, put};
+use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
+use std::sync::Arc;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use weir_api::ErrorCode;
 
 use crate::error::REQUEST_ID;
@@ -29,70 +33,88 @@ use crate::{ApiError, GatewayState};
 /// headroom; each route checks its own, tenant-specific limit.
 const MAX_BODY_BYTES: usize = 65 << 20;
 
+/// The documented API: each route is registered together with its OpenAPI operation.
+fn api() -> OpenApiRouter<GatewayState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(tenants::create, tenants::list))
+        .routes(routes!(tenants::get, tenants::delete))
+        .routes(routes!(tenants::set_quotas))
+        .routes(routes!(tenants::suspend))
+        .routes(routes!(tenants::unsuspend))
+        .routes(routes!(tokens::mint, tokens::list))
+        .routes(routes!(tokens::revoke))
+        .routes(routes!(artifacts::upload_module, artifacts::list_modules))
+        .routes(routes!(artifacts::get_module, artifacts::delete_module))
+        .routes(routes!(artifacts::upload_graph, artifacts::list_graphs))
+        .routes(routes!(artifacts::get_graph, artifacts::delete_graph))
+        .routes(routes!(endpoints::create, endpoints::list))
+        .routes(routes!(endpoints::get, endpoints::delete))
+        .routes(routes!(deployments::create, deployments::list))
+        .routes(routes!(
+            deployments::get,
+            deployments::update,
+            deployments::delete
+        ))
+        .routes(routes!(deployments::ingest))
+        .routes(routes!(deployments::outputs))
+        .routes(routes!(deployments::pause))
+        .routes(routes!(deployments::resume))
+        .routes(routes!(state::list))
+        .routes(routes!(state::get, state::put, state::delete))
+        .routes(routes!(observe::logs))
+        .routes(routes!(observe::dead_letters))
+        .routes(routes!(observe::metrics))
+        .routes(routes!(observe::usage))
+        .routes(routes!(observe::executors))
+        .routes(routes!(observe::cordon))
+        .routes(routes!(observe::uncordon))
+        .routes(routes!(observe::drain))
+}
+
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "weir",
+        description = "The REST API of weir: tenants, modules, graphs, endpoints, deployments, state and what they report. Errors are application/problem+json with a stable code."
+    ),
+    modifiers(&BearerAuth)
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The OpenAPI document of the API, as `/openapi.json` serves it.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api().split_for_parts().1
+}
+
 pub(crate) fn router(state: GatewayState) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
+    let (api, document) = api().split_for_parts();
+    let document = Arc::new(document);
+    api.route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/v1/tenants", post(tenants::create).get(tenants::list))
         .route(
-            "/v1/tenants/{id}",
-            get(tenants::get).delete(tenants::delete),
-        )
-        .route("/v1/tenants/{id}/quotas", put(tenants::set_quotas))
-        .route("/v1/tenants/{id}/suspend", post(tenants::suspend))
-        .route("/v1/tenants/{id}/unsuspend", post(tenants::unsuspend))
-        .route("/v1/tokens", post(tokens::mint).get(tokens::list))
-        .route("/v1/tokens/{id}", delete(tokens::revoke))
-        .route(
-            "/v1/modules",
-            post(artifacts::upload_module).get(artifacts::list_modules),
-        )
-        .route(
-            "/v1/modules/{name}/{version}",
-            get(artifacts::get_module).delete(artifacts::delete_module),
-        )
-        .route(
-            "/v1/graphs",
-            post(artifacts::upload_graph).get(artifacts::list_graphs),
-        )
-        .route(
-            "/v1/graphs/{name}/{version}",
-            get(artifacts::get_graph).delete(artifacts::delete_graph),
-        )
-        .route(
-            "/v1/deployments",
-            post(deployments::create).get(deployments::list),
-        )
-        .route(
-            "/v1/deployments/{id}",
-            get(deployments::get)
-                .put(deployments::update)
-                .delete(deployments::delete),
-        )
-        .route("/v1/deployments/{id}/ingest", post(deployments::ingest))
-        .route("/v1/deployments/{id}/outputs", post(deployments::outputs))
-        .route("/v1/deployments/{id}/pause", post(deployments::pause))
-        .route("/v1/deployments/{id}/resume", post(deployments::resume))
-        .route(
-            "/v1/endpoints",
-            post(endpoints::create).get(endpoints::list),
-        )
-        .route(
-            "/v1/endpoints/{name}",
-            get(endpoints::get).delete(endpoints::delete),
-        )
-        .route("/v1/logs", get(observe::logs))
-        .route("/v1/deadletters", get(observe::dead_letters))
-        .route("/v1/metrics", get(observe::metrics))
-        .route("/v1/usage", get(observe::usage))
-        .route("/v1/executors", get(observe::executors))
-        .route("/v1/executors/{id}/cordon", post(observe::cordon))
-        .route("/v1/executors/{id}/uncordon", post(observe::uncordon))
-        .route("/v1/executors/{id}/drain", post(observe::drain))
-        .route("/v1/state", get(state::list))
-        .route(
-            "/v1/state/{key}",
-            get(state::get).put(state::put).delete(state::delete),
+            "/openapi.json",
+            get(move || {
+                let document = document.clone();
+                async move { Json(document.as_ref().clone()) }
+            }),
         )
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such route") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

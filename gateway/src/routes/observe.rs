@@ -15,6 +15,7 @@ use weir_tenants::Role;
 use super::caller_tenant;
 use crate::{ApiError, ApiQuery, Caller, FeedQuery, GatewayState};
 
+#[utoipa::path(get, path = "/v1/logs", tag = "observability", responses((status = 200, body = Vec<weir_api::rest::LogLine>), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn logs(
     State(state): State<GatewayState>,
     Caller(caller): Caller,
@@ -24,6 +25,7 @@ pub(crate) async fn logs(
     Ok(Json(state.runtime.logs(&tenant, &query).await))
 }
 
+#[utoipa::path(get, path = "/v1/deadletters", tag = "observability", responses((status = 200, body = Vec<weir_api::rest::DeadLetter>), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn dead_letters(
     State(state): State<GatewayState>,
     Caller(caller): Caller,
@@ -91,6 +93,7 @@ fn prometheus_text(series: &[MetricSeries]) -> String {
     text
 }
 
+#[utoipa::path(get, path = "/v1/metrics", tag = "observability", responses((status = 200, body = Vec<weir_api::rest::MetricSeries>), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn metrics(
     State(state): State<GatewayState>,
     Caller(caller): Caller,
@@ -114,6 +117,7 @@ pub(crate) async fn metrics(
     }
 }
 
+#[utoipa::path(get, path = "/v1/usage", tag = "observability", responses((status = 200, body = weir_api::rest::Usage), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn usage(
     State(state): State<GatewayState>,
     Caller(caller): Caller,
@@ -133,6 +137,7 @@ pub(crate) async fn usage(
     Ok(Json(usage))
 }
 
+#[utoipa::path(get, path = "/v1/executors", tag = "executors", responses((status = 200, body = Vec<weir_api::rest::Executor>), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn executors(
     State(state): State<GatewayState>,
     Caller(caller): Caller,
@@ -161,6 +166,7 @@ async fn set_cordon(
     Ok(Json(executor).into_response())
 }
 
+#[utoipa::path(post, path = "/v1/executors/{id}/cordon", tag = "executors", params(("id" = String, Path)), responses((status = 200, body = weir_api::rest::Executor), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn cordon(
     State(state): State<GatewayState>,
     Caller(caller): Caller,
@@ -169,6 +175,7 @@ pub(crate) async fn cordon(
     set_cordon(&state, &caller, &id, true).await
 }
 
+#[utoipa::path(post, path = "/v1/executors/{id}/uncordon", tag = "executors", params(("id" = String, Path)), responses((status = 200, body = weir_api::rest::Executor), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn uncordon(
     State(state): State<GatewayState>,
     Caller(caller): Caller,
@@ -179,6 +186,7 @@ pub(crate) async fn uncordon(
 
 /// Draining moves an executor's deployments elsewhere. With one executor there is nowhere to
 /// move them: the executor is cordoned and its deployments keep running, which the answer says.
+#[utoipa::path(post, path = "/v1/executors/{id}/drain", tag = "executors", params(("id" = String, Path)), responses((status = 200, body = weir_api::rest::Executor), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn drain(
     State(state): State<GatewayState>,
     Caller(caller): Caller,

@@ -51,6 +51,7 @@ fn state_error(error: StateError) -> ApiError {
     }
 }
 
+#[utoipa::path(get, path = "/v1/state", tag = "state", responses((status = 200, body = weir_api::rest::StateKeys), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn list(
     State(state): State<GatewayState>,
     Caller(caller): Caller,
@@ -69,6 +70,7 @@ pub(crate) async fn list(
     Ok(Json(json!({"keys": keys})))
 }
 
+#[utoipa::path(get, path = "/v1/state/{key}", tag = "state", params(("key" = String, Path)), responses((status = 200, body = weir_api::rest::StateEntry), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn get(
     State(state): State<GatewayState>,
     Caller(caller): Caller,
@@ -88,6 +90,7 @@ pub(crate) async fn get(
     })))
 }
 
+#[utoipa::path(put, path = "/v1/state/{key}", tag = "state", params(("key" = String, Path)), request_body(content = Vec<u8>, content_type = "application/octet-stream"), responses((status = 200, body = weir_api::rest::StateEntry), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn put(
     State(state): State<GatewayState>,
     Caller(caller): Caller,
@@ -105,6 +108,7 @@ pub(crate) async fn put(
     ))
 }
 
+#[utoipa::path(delete, path = "/v1/state/{key}", tag = "state", params(("key" = String, Path)), responses((status = 204), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn delete(
     State(state): State<GatewayState>,
     Caller(caller): Caller,

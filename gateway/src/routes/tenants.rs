@@ -44,6 +44,7 @@ async fn admin_load(
         .ok_or_else(|| ApiError::not_found("tenant"))
 }
 
+#[utoipa::path(post, path = "/v1/tenants", tag = "tenants", request_body = weir_api::rest::CreateTenant, responses((status = 201, body = weir_api::rest::Tenant), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn create(
     State(state): State<GatewayState>,
     Caller(caller): Caller,
@@ -72,6 +73,7 @@ pub(crate) async fn create(
     Ok((StatusCode::CREATED, Json(tenant_view(record))))
 }
 
+#[utoipa::path(get, path = "/v1/tenants", tag = "tenants", responses((status = 200, body = Vec<weir_api::rest::Tenant>), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn list(
     State(state): State<GatewayState>,
     Caller(caller): Caller,
@@ -87,6 +89,7 @@ pub(crate) async fn list(
     Ok(Json(tenants))
 }
 
+#[utoipa::path(get, path = "/v1/tenants/{id}", tag = "tenants", params(("id" = String, Path)), responses((status = 200, body = weir_api::rest::Tenant), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn get(
     State(state): State<GatewayState>,
     Caller(caller): Caller,
@@ -96,6 +99,7 @@ pub(crate) async fn get(
     Ok(Json(tenant_view(record)))
 }
 
+#[utoipa::path(put, path = "/v1/tenants/{id}/quotas", tag = "tenants", params(("id" = String, Path)), request_body = weir_api::tenancy::Quotas, responses((status = 200, body = weir_api::rest::Tenant), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn set_quotas(
     State(state): State<GatewayState>,
     Caller(caller): Caller,
@@ -109,6 +113,7 @@ pub(crate) async fn set_quotas(
 }
 
 /// Suspends a tenant: its tokens stop at once (see `Caller`) and its deployments are paused.
+#[utoipa::path(post, path = "/v1/tenants/{id}/suspend", tag = "tenants", params(("id" = String, Path)), responses((status = 200, body = weir_api::rest::Tenant), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn suspend(
     State(state): State<GatewayState>,
     Caller(caller): Caller,
@@ -130,6 +135,7 @@ pub(crate) async fn suspend(
 }
 
 /// Lifts a suspension; the tenant resumes its deployments itself.
+#[utoipa::path(post, path = "/v1/tenants/{id}/unsuspend", tag = "tenants", params(("id" = String, Path)), responses((status = 200, body = weir_api::rest::Tenant), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn unsuspend(
     State(state): State<GatewayState>,
     Caller(caller): Caller,
@@ -143,6 +149,7 @@ pub(crate) async fn unsuspend(
 
 /// Deletes a tenant with everything it owns: rows (cascade), running deployments, module
 /// state, logs, metrics, dead letters and counters.
+#[utoipa::path(delete, path = "/v1/tenants/{id}", tag = "tenants", params(("id" = String, Path)), responses((status = 204), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn delete(
     State(state): State<GatewayState>,
     Caller(caller): Caller,

@@ -37,6 +37,7 @@ fn token_id(subject: &str) -> String {
     format!("tok-{nanos:x}-{hash:016x}")
 }
 
+#[utoipa::path(post, path = "/v1/tokens", tag = "tokens", request_body = weir_api::rest::MintToken, responses((status = 201, body = weir_api::rest::Token), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn mint(
     State(state): State<GatewayState>,
     Caller(caller): Caller,
@@ -134,6 +135,7 @@ fn scope(caller: &weir_tenants::Principal) -> Result<Option<TenantId>, ApiError>
     }
 }
 
+#[utoipa::path(get, path = "/v1/tokens", tag = "tokens", responses((status = 200, body = Vec<weir_api::rest::Token>), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn list(
     State(state): State<GatewayState>,
     Caller(caller): Caller,
@@ -157,6 +159,7 @@ pub(crate) async fn list(
     Ok(Json(tokens))
 }
 
+#[utoipa::path(delete, path = "/v1/tokens/{id}", tag = "tokens", params(("id" = String, Path)), responses((status = 204), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn revoke(
     State(state): State<GatewayState>,
     Caller(caller): Caller,
