@@ -3,6 +3,7 @@
 mod deployments;
 mod golden;
 mod local;
+mod remote;
 mod run;
 mod serve;
 
@@ -24,6 +25,26 @@ enum Command {
     Test(golden::TestArgs),
     /// Run the platform: the REST API with its control store, on embedded defaults.
     Serve(serve::ServeArgs),
+    /// Check a server and keep its address and your token for the other commands.
+    Login(remote::LoginArgs),
+    /// Manage tenants (admin).
+    Tenant(remote::TenantArgs),
+    /// Mint, list and revoke tokens.
+    Token(remote::TokenArgs),
+    /// Upload and list operator modules.
+    Module(remote::ArtifactArgs),
+    /// Upload and list graph definitions.
+    Graph(remote::ArtifactArgs),
+    /// Deploy a graph (weir's JSON document, or an Azure DataflowGraph).
+    Deploy(remote::DeployArgs),
+    /// Show deployments, or one with its counters and history.
+    Status(remote::StatusArgs),
+    /// Send messages to an http-sourced deployment.
+    Ingest(remote::IngestArgs),
+    /// Print the tenant's module log lines.
+    Logs(remote::LogsArgs),
+    /// Read and write the tenant's state store.
+    State(remote::StateArgs),
 }
 
 /// How results are printed.
@@ -59,6 +80,16 @@ fn main() -> std::process::ExitCode {
             Command::Run(args) => run::run(args).await,
             Command::Test(args) => golden::run(args).await,
             Command::Serve(args) => serve::run(args).await,
+            Command::Login(args) => remote::login(args).await,
+            Command::Tenant(args) => remote::tenant(args).await,
+            Command::Token(args) => remote::token(args).await,
+            Command::Module(args) => remote::module(args).await,
+            Command::Graph(args) => remote::graph(args).await,
+            Command::Deploy(args) => remote::deploy(args).await,
+            Command::Status(args) => remote::status(args).await,
+            Command::Ingest(args) => remote::ingest(args).await,
+            Command::Logs(args) => remote::logs(args).await,
+            Command::State(args) => remote::state(args).await,
         }
     });
     match result {

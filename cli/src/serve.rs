@@ -25,6 +25,82 @@ pub(crate) struct ServeArgs {
     /// The address the API listens on.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+    /// Create a `demo` tenant with the temperature module and the sample graph deployed as
+    /// `demo` (once; later starts find it), and print a developer token and what to try.
+    #[arg(long)]
+    demo: bool,
+    /// Where `--demo` finds `temperature.wasm` (built by `scripts/demo`).
+    #[arg(long, default_value = "target/guests/wasm32-wasip2/release")]
+    modules: PathBuf,
+}
+
+/// The graph `--demo` deploys: Fahrenheit readings to Celsius, then a range filter.
+const DEMO_GRAPH: &str = include_str!("../../tests/golden/graph-simple.yaml");
+
+/// Sets up the demo tenant through the API itself, as a user would.
+async fn demo(address: SocketAddr, admin: &str, modules: &Path) -> anyhow::Result<()> {
+    use weir_api::client::Client;
+    use weir_api::rest::{Binding, CreateDeployment, CreateTenant, GraphRef, MintToken};
+    let admin = Client::new(&format!("http://{address}"), Some(admin.to_owned()))?;
+    let created = admin
+        .create_tenant(&CreateTenant {
+            id: "demo".to_owned(),
+            display_name: Some("weir demo".to_owned()),
+            quotas: None,
+        })
+        .await;
+    match created {
+        Ok(_) => {}
+        Err(error) if error.code() == Some("conflict") => {
+            println!(
+                "demo: tenant demo exists already (deployment demo resumed if it was running)"
+            );
+            return Ok(());
+        }
+        Err(error) => return Err(error.into()),
+    }
+    let token = admin
+        .mint_token(&MintToken {
+            subject: "demo".to_owned(),
+            role: Role::Developer,
+            ttl_seconds: Some(30 * 24 * 3600),
+            tenant: Some("demo".to_owned()),
+        })
+        .await?
+        .token
+        .context("the mint answer carries the token")?;
+    let developer = admin.with_token(token.clone());
+    let wasm_path = modules.join("temperature.wasm");
+    let wasm = std::fs::read(&wasm_path).with_context(|| {
+        format!(
+            "--demo needs {} (scripts/demo builds it, or pass --modules DIR)",
+            wasm_path.display()
+        )
+    })?;
+    developer.push_module("temperature", "1.0.0", wasm).await?;
+    developer
+        .push_graph("graph-simple", "1.0.0", DEMO_GRAPH.to_owned())
+        .await?;
+    developer
+        .deploy(&CreateDeployment {
+            id: "demo".to_owned(),
+            graph: GraphRef {
+                name: "graph-simple".to_owned(),
+                version: "1.0.0".to_owned(),
+            },
+            configuration: Default::default(),
+            source: Binding::default(),
+            sink: Binding::default(),
+        })
+        .await?;
+    println!(
+        "demo: tenant demo, module temperature@1.0.0, graph graph-simple@1.0.0, deployment demo (http in, http out)"
+    );
+    println!("demo: developer token: {token}");
+    println!(
+        "demo: try  weir ingest demo --server http://{address} --token $TOKEN --wait '{{\"temperature\":{{\"value\":212,\"unit\":\"F\"}}}}'"
+    );
+    Ok(())
 }
 
 /// Issuer name of weir's own tokens.
@@ -91,6 +167,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCod
     for id in store.revoked_token_ids().await? {
         revocations.revoke(&id);
     }
+    let mut first_admin_token = None;
     if first_start {
         let ttl = Duration::from_secs(365 * 24 * 3600);
         let now = SystemTime::now()
@@ -112,6 +189,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCod
             .await?;
         println!("first start: data in {}", args.data.display());
         println!("admin token (shown once, valid 365 days): {token}");
+        first_admin_token = Some(token);
     } else {
         println!("data in {}", args.data.display());
     }
@@ -125,7 +203,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCod
         store,
         blobs,
         verifier,
-        issuer,
+        issuer: issuer.clone(),
         revocations,
         validator: Arc::new(EngineValidator(engine.clone())),
         runtime: Arc::new(crate::deployments::LocalDeployments::new(
@@ -143,12 +221,32 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCod
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    println!("weir listening on http://{}", listener.local_addr()?);
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(async {
-            let _signal = tokio::signal::ctrl_c().await;
-        })
+    let address = listener.local_addr()?;
+    let server = tokio::spawn(async move {
+        axum::serve(listener, router(state))
+            .with_graceful_shutdown(async {
+                let _signal = tokio::signal::ctrl_c().await;
+            })
+            .await
+    });
+    if args.demo {
+        let admin = match &first_admin_token {
+            Some(token) => token.clone(),
+            None => issuer.mint(
+                "demo-setup",
+                None,
+                Role::Admin,
+                Duration::from_secs(300),
+                "demo-setup",
+            )?,
+        };
+        demo(address, &admin, &args.modules).await?;
+    }
+    // Printed last: scripts and tests wait for this line to know the API is up.
+    println!("weir listening on http://{address}");
+    server
         .await
+        .context("the API server stopped")?
         .context("the API server failed")?;
     Ok(std::process::ExitCode::SUCCESS)
 }

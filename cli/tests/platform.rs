@@ -505,3 +505,140 @@ async fn the_openapi_document_names_every_route() {
         assert!(paths.contains_key(path), "{path} is documented");
     }
 }
+
+/// Runs the `weir` command with the config file `config`; returns exit success and stdout.
+fn weir(config: &std::path::Path, args: &[&str]) -> (bool, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(args)
+        .env("WEIR_CONFIG", config)
+        .env_remove("WEIR_SERVER")
+        .env_remove("WEIR_TOKEN")
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn serve_demo_and_the_cli_commands_work_together() {
+    let data = tempfile::tempdir().unwrap();
+    let server = common::serve_with(
+        data.path(),
+        &[
+            "--demo",
+            "--modules",
+            weir_guests::Guest::dir().to_str().unwrap(),
+        ],
+    );
+    let token = server
+        .lines
+        .iter()
+        .find_map(|l| l.strip_prefix("demo: developer token: "))
+        .expect("--demo prints a developer token")
+        .to_owned();
+    let config = data.path().join("cli.json");
+    let url = format!("http://{}", server.address);
+    let (ok, _) = weir(&config, &["login", "--server", &url, "--token", &token]);
+    assert!(ok, "login");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&config).unwrap().permissions().mode() & 0o777,
+        0o600,
+        "the saved token is the owner's only"
+    );
+
+    let (ok, out) = weir(&config, &["status", "--output", "json"]);
+    assert!(ok, "{out}");
+    let list: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(list[0]["id"], "demo");
+    assert_eq!(list[0]["status"], "running");
+
+    let payload = r#"{"temperature":{"value":212,"unit":"F"}}"#;
+    let (ok, out) = weir(
+        &config,
+        &["ingest", "demo", payload, "--wait", "--output", "json"],
+    );
+    assert!(ok, "{out}");
+    let reply: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        reply["outputs"][0]["payload"]
+            .as_str()
+            .unwrap()
+            .contains(r#""value":100.0"#),
+        "{out}"
+    );
+
+    let humidity = weir_guests::HUMIDITY.path();
+    let (ok, out) = weir(
+        &config,
+        &[
+            "module",
+            "push",
+            humidity.to_str().unwrap(),
+            "--version",
+            "2.0.0",
+        ],
+    );
+    assert!(ok, "{out}");
+    assert!(out.starts_with("humidity@2.0.0 sha256:"), "{out}");
+    let (ok, out) = weir(&config, &["module", "list", "--output", "json"]);
+    assert!(ok);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&out)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+
+    let (ok, out) = weir(&config, &["state", "set", "mode", "eco"]);
+    assert!(ok, "{out}");
+    let (ok, out) = weir(&config, &["state", "get", "mode"]);
+    assert_eq!((ok, out.trim()), (true, "eco"));
+    let (ok, out) = weir(&config, &["logs", "--output", "json"]);
+    assert!(ok, "{out}");
+
+    // Errors: the server's problem, exit code 1.
+    let (ok, out) = weir(
+        &config,
+        &[
+            "deploy",
+            "--id",
+            "second",
+            "--graph",
+            "missing:1",
+            "--output",
+            "json",
+        ],
+    );
+    assert!(!ok);
+    let problem: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(problem["code"], "invalid_deployment");
+    let (ok, out) = weir(&config, &["tenant", "list", "--output", "json"]);
+    assert!(!ok);
+    assert!(out.contains("\"forbidden\""), "{out}");
+    let (ok, _) = weir(&config, &["status", "nonexistent"]);
+    assert!(!ok);
+    drop(server);
+
+    // A second start with --demo finds the demo in place.
+    let again = common::serve_with(
+        data.path(),
+        &[
+            "--demo",
+            "--modules",
+            weir_guests::Guest::dir().to_str().unwrap(),
+        ],
+    );
+    assert!(
+        again
+            .lines
+            .iter()
+            .any(|l| l.contains("tenant demo exists already")),
+        "{:?}",
+        again.lines
+    );
+}

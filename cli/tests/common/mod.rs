@@ -16,6 +16,8 @@ pub struct Server {
     child: Child,
     pub address: String,
     pub admin_token: Option<String>,
+    /// What it printed before it listened.
+    pub lines: Vec<String>,
 }
 
 impl Drop for Server {
@@ -44,6 +46,7 @@ pub fn serve_with(data: &Path, extra: &[&str]) -> Server {
         child,
         address: String::new(),
         admin_token: None,
+        lines: Vec::new(),
     };
     let mut lines = BufReader::new(server.child.stdout.take().unwrap()).lines();
     loop {
@@ -57,6 +60,7 @@ pub fn serve_with(data: &Path, extra: &[&str]) -> Server {
         {
             server.admin_token = Some(token.trim().to_owned());
         }
+        server.lines.push(line.clone());
         if let Some(address) = line.strip_prefix("weir listening on http://") {
             server.address = address.trim().to_owned();
             return server;

@@ -1,0 +1,709 @@
+//! The commands that talk to a weir server through the typed client: `login`, `tenant`,
+//! `token`, `module`, `graph`, `deploy`, `status`, `ingest`, `logs`, `state`. The server and
+//! token come from `--server`/`--token`, `WEIR_SERVER`/`WEIR_TOKEN`, or what `weir login`
+//! saved (`$WEIR_CONFIG`, else `~/.config/weir/config.json`, owner-only).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use weir_api::client::{Client, ClientError};
+use weir_api::rest::{Binding, CreateDeployment, CreateTenant, GraphRef, IngestMessage, MintToken};
+use weir_api::tenancy::Role;
+
+use crate::OutputFormat;
+
+/// Where the server is and who we are.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Connection {
+    /// The server, e.g. http://127.0.0.1:8080 (default: what `weir login` saved).
+    #[arg(long, env = "WEIR_SERVER", global = true)]
+    server: Option<String>,
+    /// The bearer token (default: what `weir login` saved).
+    #[arg(long, env = "WEIR_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
+    /// How results are printed.
+    #[arg(long, value_enum, default_value = "text", global = true)]
+    output: OutputFormat,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Saved {
+    server: String,
+    token: String,
+}
+
+fn config_path() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("WEIR_CONFIG") {
+        return Ok(PathBuf::from(path));
+    }
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+        .context("neither WEIR_CONFIG, XDG_CONFIG_HOME nor HOME is set")?;
+    Ok(base.join("weir").join("config.json"))
+}
+
+fn load_saved() -> Option<Saved> {
+    let path = config_path().ok()?;
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+}
+
+fn save(saved: &Saved) -> anyhow::Result<PathBuf> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = config_path()?;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    file.write_all(&serde_json::to_vec_pretty(saved)?)?;
+    Ok(path)
+}
+
+impl Connection {
+    fn client(&self) -> anyhow::Result<Client> {
+        let saved = load_saved();
+        let server = self
+            .server
+            .clone()
+            .or_else(|| saved.as_ref().map(|s| s.server.clone()))
+            .context("no server: pass --server, set WEIR_SERVER, or run `weir login`")?;
+        let token = self.token.clone().or_else(|| saved.map(|s| s.token));
+        Ok(Client::new(&server, token)?)
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct LoginArgs {
+    #[command(flatten)]
+    connection: Connection,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct TenantArgs {
+    #[command(subcommand)]
+    command: TenantCommand,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum TenantCommand {
+    /// Create a tenant (admin).
+    Create {
+        /// Its id.
+        id: String,
+        /// A name for people.
+        #[arg(long)]
+        display_name: Option<String>,
+    },
+    /// List tenants (admin).
+    List,
+    /// Show a tenant with its quotas (admin).
+    Get {
+        /// Its id.
+        id: String,
+    },
+    /// Suspend a tenant: its tokens stop, its deployments pause (admin).
+    Suspend {
+        /// Its id.
+        id: String,
+    },
+    /// Delete a tenant and everything it owns (admin).
+    Delete {
+        /// Its id.
+        id: String,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct TokenArgs {
+    #[command(subcommand)]
+    command: TokenCommand,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum TokenCommand {
+    /// Mint a token; it is printed once.
+    Mint {
+        /// Who it is for.
+        #[arg(long)]
+        subject: String,
+        /// owner, developer or viewer (admin for admins).
+        #[arg(long)]
+        role: String,
+        /// Lifetime in seconds (default one hour).
+        #[arg(long)]
+        ttl: Option<u64>,
+        /// Admins only: the tenant it is for.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// List tokens.
+    List,
+    /// Revoke a token by id.
+    Revoke {
+        /// Its id.
+        id: String,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct ArtifactArgs {
+    #[command(subcommand)]
+    command: ArtifactCommand,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum ArtifactCommand {
+    /// Upload a file; the server validates it before keeping it.
+    Push {
+        /// The file (a `.wasm` component, or a graph definition in YAML).
+        file: PathBuf,
+        /// Name (default: the file name without extension).
+        #[arg(long)]
+        name: Option<String>,
+        /// Version.
+        #[arg(long, default_value = "1.0.0")]
+        version: String,
+    },
+    /// List what the tenant has.
+    List,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct DeployArgs {
+    /// A deployment document (JSON) or an Azure DataflowGraph (YAML or JSON); or use --id/--graph.
+    file: Option<PathBuf>,
+    /// Deployment id.
+    #[arg(long)]
+    id: Option<String>,
+    /// The graph, NAME:VERSION.
+    #[arg(long)]
+    graph: Option<String>,
+    /// Configuration, KEY=VALUE (repeatable).
+    #[arg(long = "config", value_name = "KEY=VALUE")]
+    configuration: Vec<String>,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct StatusArgs {
+    /// A deployment; without one, every deployment of the tenant.
+    id: Option<String>,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct IngestArgs {
+    /// The deployment.
+    id: String,
+    /// Payloads, one message each.
+    #[arg(required = true)]
+    payloads: Vec<String>,
+    /// The topic they arrive on.
+    #[arg(long, default_value = "ingest")]
+    topic: String,
+    /// Wait for the outputs and print them.
+    #[arg(long)]
+    wait: bool,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct LogsArgs {
+    /// Only this deployment's lines.
+    #[arg(long)]
+    deployment: Option<String>,
+    /// Keep printing new lines.
+    #[arg(short, long)]
+    follow: bool,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct StateArgs {
+    #[command(subcommand)]
+    command: StateCommand,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum StateCommand {
+    /// List keys.
+    List,
+    /// Read a key.
+    Get {
+        /// The key.
+        key: String,
+    },
+    /// Write a key.
+    Set {
+        /// The key.
+        key: String,
+        /// The value.
+        value: String,
+    },
+    /// Delete a key.
+    Delete {
+        /// The key.
+        key: String,
+    },
+}
+
+/// Prints `value` as JSON, or as `text` for people.
+fn print<T: Serialize>(output: OutputFormat, value: &T, text: impl FnOnce(&T) -> String) {
+    match output {
+        OutputFormat::Json => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(value).unwrap_or_default()
+            );
+        }
+        OutputFormat::Text => {
+            let text = text(value);
+            if !text.is_empty() {
+                println!("{text}");
+            }
+        }
+    }
+}
+
+/// Reports a failed call: the server's problem in full, and exit code 1.
+fn failed(output: OutputFormat, error: &ClientError) -> ExitCode {
+    match (output, error.problem()) {
+        (OutputFormat::Json, Some(problem)) => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(problem).unwrap_or_default()
+            );
+        }
+        (_, Some(problem)) => {
+            eprintln!(
+                "error: {} ({}): {}",
+                problem.code, problem.status, problem.detail
+            );
+            for field in &problem.errors {
+                eprintln!("  {}: {}", field.path, field.message);
+            }
+        }
+        (_, None) => eprintln!("error: {error}"),
+    }
+    ExitCode::FAILURE
+}
+
+macro_rules! call {
+    ($output:expr, $call:expr) => {
+        match $call.await {
+            Ok(value) => value,
+            Err(error) => return Ok(failed($output, &error)),
+        }
+    };
+}
+
+pub(crate) async fn login(args: LoginArgs) -> anyhow::Result<ExitCode> {
+    let client = args.connection.client()?;
+    let token = client
+        .token()
+        .context("pass the token to keep with --token or WEIR_TOKEN")?
+        .to_owned();
+    call!(args.connection.output, client.health());
+    let path = save(&Saved {
+        server: client.base().to_owned(),
+        token,
+    })?;
+    print(
+        args.connection.output,
+        &serde_json::json!({"server": client.base(), "config": path}),
+        |_| {
+            format!(
+                "logged in to {}; saved in {}",
+                client.base(),
+                path.display()
+            )
+        },
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) async fn tenant(args: TenantArgs) -> anyhow::Result<ExitCode> {
+    let client = args.connection.client()?;
+    let output = args.connection.output;
+    let line = |t: &weir_api::rest::Tenant| {
+        format!(
+            "{}\t{}{}",
+            t.id,
+            t.display_name,
+            if t.suspended { "\t(suspended)" } else { "" }
+        )
+    };
+    match args.command {
+        TenantCommand::Create { id, display_name } => {
+            let tenant = call!(
+                output,
+                client.create_tenant(&CreateTenant {
+                    id,
+                    display_name,
+                    quotas: None,
+                })
+            );
+            print(output, &tenant, |t| format!("created tenant {}", t.id));
+        }
+        TenantCommand::List => {
+            let tenants = call!(output, client.tenants());
+            print(output, &tenants, |ts| {
+                ts.iter().map(line).collect::<Vec<_>>().join("\n")
+            });
+        }
+        TenantCommand::Get { id } => {
+            let tenant = call!(output, client.tenant(&id));
+            print(output, &tenant, |t| {
+                format!(
+                    "{}\n{}",
+                    line(t),
+                    serde_json::to_string_pretty(&t.quotas).unwrap_or_default()
+                )
+            });
+        }
+        TenantCommand::Suspend { id } => {
+            let tenant = call!(output, client.suspend_tenant(&id));
+            print(output, &tenant, |t| format!("suspended {}", t.id));
+        }
+        TenantCommand::Delete { id } => {
+            call!(output, client.delete_tenant(&id));
+            print(output, &serde_json::json!({"deleted": id}), |_| {
+                format!("deleted tenant {id} and everything it owned")
+            });
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) async fn token(args: TokenArgs) -> anyhow::Result<ExitCode> {
+    let client = args.connection.client()?;
+    let output = args.connection.output;
+    match args.command {
+        TokenCommand::Mint {
+            subject,
+            role,
+            ttl,
+            tenant,
+        } => {
+            let role: Role = serde_json::from_value(serde_json::Value::String(role.clone()))
+                .with_context(|| {
+                    format!("unknown role {role}: admin, owner, developer or viewer")
+                })?;
+            let token = call!(
+                output,
+                client.mint_token(&MintToken {
+                    subject,
+                    role,
+                    ttl_seconds: ttl,
+                    tenant,
+                })
+            );
+            print(output, &token, |t| t.token.clone().unwrap_or_default());
+        }
+        TokenCommand::List => {
+            let tokens = call!(output, client.tokens());
+            print(output, &tokens, |ts| {
+                ts.iter()
+                    .map(|t| {
+                        format!(
+                            "{}\t{}\t{:?}{}",
+                            t.id,
+                            t.subject,
+                            t.role,
+                            if t.revoked { "\t(revoked)" } else { "" }
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+        }
+        TokenCommand::Revoke { id } => {
+            call!(output, client.revoke_token(&id));
+            print(output, &serde_json::json!({"revoked": id}), |_| {
+                format!("revoked {id}")
+            });
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn default_name(file: &Path) -> anyhow::Result<String> {
+    file.file_stem()
+        .and_then(|s| s.to_str())
+        .map(str::to_owned)
+        .context("cannot take a name from the file name; pass --name")
+}
+
+pub(crate) async fn module(args: ArtifactArgs) -> anyhow::Result<ExitCode> {
+    let client = args.connection.client()?;
+    let output = args.connection.output;
+    match args.command {
+        ArtifactCommand::Push {
+            file,
+            name,
+            version,
+        } => {
+            let name = name.map_or_else(|| default_name(&file), Ok)?;
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            if output == OutputFormat::Text {
+                eprintln!(
+                    "uploading {} ({} KiB); the server validates and compiles it...",
+                    file.display(),
+                    bytes.len() / 1024
+                );
+            }
+            let module = call!(output, client.push_module(&name, &version, bytes));
+            print(output, &module, |m| {
+                format!(
+                    "{}@{} {} exports {}",
+                    m.name,
+                    m.version,
+                    m.digest,
+                    m.operators.join(", ")
+                )
+            });
+        }
+        ArtifactCommand::List => {
+            let modules = call!(output, client.modules());
+            print(output, &modules, |ms| {
+                ms.iter()
+                    .map(|m| format!("{}@{}\t{}\t{} B", m.name, m.version, m.digest, m.size))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) async fn graph(args: ArtifactArgs) -> anyhow::Result<ExitCode> {
+    let client = args.connection.client()?;
+    let output = args.connection.output;
+    match args.command {
+        ArtifactCommand::Push {
+            file,
+            name,
+            version,
+        } => {
+            let name = name.map_or_else(|| default_name(&file), Ok)?;
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let graph = call!(output, client.push_graph(&name, &version, text));
+            print(output, &graph, |g| {
+                format!("{}@{} {}", g.name, g.version, g.digest)
+            });
+        }
+        ArtifactCommand::List => {
+            let graphs = call!(output, client.graphs());
+            print(output, &graphs, |gs| {
+                gs.iter()
+                    .map(|g| format!("{}@{}\t{}", g.name, g.version, g.digest))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
+    let client = args.connection.client()?;
+    let output = args.connection.output;
+    let changed = match (&args.file, &args.id, &args.graph) {
+        (Some(file), None, None) => {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            match serde_json::from_str::<CreateDeployment>(&text) {
+                Ok(spec) => call!(output, client.deploy(&spec)),
+                // Anything else goes as YAML: a DataflowGraph, or a mistake the server names.
+                Err(_) => call!(output, client.deploy_dataflow_graph(text)),
+            }
+        }
+        (None, Some(id), Some(graph)) => {
+            let (name, version) = graph
+                .split_once(':')
+                .context("--graph takes NAME:VERSION")?;
+            let mut configuration = BTreeMap::new();
+            for pair in &args.configuration {
+                let (key, value) = pair
+                    .split_once('=')
+                    .with_context(|| format!("--config takes KEY=VALUE, not {pair}"))?;
+                configuration.insert(key.to_owned(), value.to_owned());
+            }
+            call!(
+                output,
+                client.deploy(&CreateDeployment {
+                    id: id.clone(),
+                    graph: GraphRef {
+                        name: name.to_owned(),
+                        version: version.to_owned(),
+                    },
+                    configuration,
+                    source: Binding::default(),
+                    sink: Binding::default(),
+                })
+            )
+        }
+        _ => anyhow::bail!("pass a deployment file, or --id and --graph"),
+    };
+    print(output, &changed, |c| {
+        let mut text = format!("deployment {} is {}", c.id, c.status);
+        for warning in &c.warnings {
+            text.push_str(&format!("\nwarning: {warning}"));
+        }
+        text
+    });
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let client = args.connection.client()?;
+    let output = args.connection.output;
+    match args.id {
+        Some(id) => {
+            let deployment = call!(output, client.deployment(&id));
+            print(output, &deployment, |d| {
+                let mut text = format!(
+                    "{}\t{}\tgraph {}@{}",
+                    d.id, d.status, d.spec.graph.name, d.spec.graph.version
+                );
+                if let Some(runtime) = &d.runtime {
+                    text.push_str(&format!(
+                        "\nreceived {}  emitted {}  dead-lettered {}  late {}",
+                        runtime["received"],
+                        runtime["emitted"],
+                        runtime["dead_lettered"],
+                        runtime["late"]
+                    ));
+                }
+                for change in &d.history {
+                    text.push_str(&format!(
+                        "\n  {}  {}: {}",
+                        change.at, change.status, change.detail
+                    ));
+                }
+                text
+            });
+        }
+        None => {
+            let deployments = call!(output, client.deployments());
+            print(output, &deployments, |ds| {
+                ds.iter()
+                    .map(|d| {
+                        format!(
+                            "{}\t{}\t{}@{}",
+                            d.id, d.status, d.spec.graph.name, d.spec.graph.version
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) async fn ingest(args: IngestArgs) -> anyhow::Result<ExitCode> {
+    let client = args.connection.client()?;
+    let output = args.connection.output;
+    let messages: Vec<IngestMessage> = args
+        .payloads
+        .into_iter()
+        .map(|payload| IngestMessage {
+            topic: args.topic.clone(),
+            ..IngestMessage::new(payload)
+        })
+        .collect();
+    let reply = call!(output, client.ingest(&args.id, &messages, args.wait));
+    print(output, &reply, |r| match &r.outputs {
+        Some(outputs) => outputs
+            .iter()
+            .map(|o| format!("{}\t{}", o.topic, o.payload))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        None => format!("accepted {}", r.accepted),
+    });
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) async fn logs(args: LogsArgs) -> anyhow::Result<ExitCode> {
+    let client = args.connection.client()?;
+    let output = args.connection.output;
+    let mut after = None;
+    loop {
+        let lines = call!(output, client.logs(args.deployment.as_deref(), after));
+        if let Some(last) = lines.last() {
+            after = Some(last.seq);
+        }
+        for line in &lines {
+            match output {
+                OutputFormat::Json => {
+                    println!("{}", serde_json::to_string(line).unwrap_or_default());
+                }
+                OutputFormat::Text => println!(
+                    "{} {:<5} {}/{}: {}",
+                    line.at_ms,
+                    line.level,
+                    line.deployment.as_deref().unwrap_or("-"),
+                    line.node.as_deref().unwrap_or("-"),
+                    line.message
+                ),
+            }
+        }
+        if !args.follow {
+            return Ok(ExitCode::SUCCESS);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+pub(crate) async fn state(args: StateArgs) -> anyhow::Result<ExitCode> {
+    let client = args.connection.client()?;
+    let output = args.connection.output;
+    match args.command {
+        StateCommand::List => {
+            let keys = call!(output, client.state_keys());
+            print(output, &keys, |k| k.keys.join("\n"));
+        }
+        StateCommand::Get { key } => {
+            let entry = call!(output, client.state_get(&key));
+            print(output, &entry, |e| e.value.clone().unwrap_or_default());
+        }
+        StateCommand::Set { key, value } => {
+            let entry = call!(output, client.state_set(&key, value.into_bytes()));
+            print(output, &entry, |e| format!("set {}", e.key));
+        }
+        StateCommand::Delete { key } => {
+            call!(output, client.state_delete(&key));
+            print(output, &serde_json::json!({"deleted": key}), |_| {
+                format!("deleted {key}")
+            });
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
