@@ -43,6 +43,8 @@ pub enum ErrorCode {
     UnsupportedMediaType,
     /// Too many requests; retry after the advertised delay.
     RateLimited,
+    /// The route exists, the method does not.
+    MethodNotAllowed,
     /// A dependency failed.
     Unavailable,
     /// weir failed.
@@ -65,6 +67,7 @@ impl ErrorCode {
             Self::PayloadTooLarge => "payload_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::RateLimited => "rate_limited",
+            Self::MethodNotAllowed => "method_not_allowed",
             Self::Unavailable => "unavailable",
             Self::Internal => "internal",
         }

@@ -130,11 +130,47 @@ async fn request_id(request: Request, next: Next) -> Response {
         .unwrap_or_default()
         .as_micros();
     let id = format!("{started:x}-{:x}", COUNTER.fetch_add(1, Ordering::Relaxed));
-    let mut response = REQUEST_ID.scope(id.clone(), next.run(request)).await;
+    let mut response = REQUEST_ID
+        .scope(id.clone(), async {
+            as_problem(next.run(request).await).await
+        })
+        .await;
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert("x-request-id", value);
     }
     response
+}
+
+/// Turns an error answer that is not a problem document (axum's own rejections: body over the
+/// limit, bad path encoding, method not allowed) into one, so every error has a `code`.
+async fn as_problem(response: Response) -> Response {
+    let status = response.status();
+    let is_problem = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+        return response;
+    }
+    let code = match status.as_u16() {
+        400 => ErrorCode::InvalidRequest,
+        404 => ErrorCode::NotFound,
+        405 => ErrorCode::MethodNotAllowed,
+        413 => ErrorCode::PayloadTooLarge,
+        415 => ErrorCode::UnsupportedMediaType,
+        422 => ErrorCode::InvalidRequest,
+        _ => ErrorCode::Internal,
+    };
+    let body = axum::body::to_bytes(response.into_body(), 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let detail = String::from_utf8_lossy(&body).trim().to_owned();
+    let detail = if detail.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_owned()
+    } else {
+        detail
+    };
+    ApiError::new(code, detail).into_response()
 }
 
 async fn healthz() -> impl IntoResponse {
