@@ -196,8 +196,10 @@ fn text(bytes: &Bytes) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-fn output_message(output: SinkOutput) -> Option<OutputMessage> {
-    match output.accept() {
+/// The output as the HTTP sink hands it out; the caller accepts the output only once this is
+/// queued, so an acknowledged item's outputs are always readable.
+fn output_message(output: &SinkOutput) -> Option<OutputMessage> {
+    match &output.item {
         DataItem::Message(message) => Some(OutputMessage {
             topic: text(&message.topic),
             payload: text(&message.payload),
@@ -238,13 +240,14 @@ async fn drain(
             };
             moved = true;
             feed.messages_out.fetch_add(1, Ordering::Relaxed);
-            if let Some(message) = output_message(output) {
+            if let Some(message) = output_message(&output) {
                 let seq = next_output.fetch_add(1, Ordering::Relaxed);
                 outputs
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .push_back(Queued { seq, message });
             }
+            output.accept();
         }
         while let Some(letter) = deployment.dead_letters().try_pop() {
             moved = true;
@@ -269,15 +272,18 @@ async fn drain(
                 topic,
                 payload,
             };
-            letter.accept();
-            let mut letters = feed
-                .dead_letters
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if letters.len() >= KEPT_DEAD_LETTERS {
-                letters.pop_front();
+            {
+                let mut letters = feed
+                    .dead_letters
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if letters.len() >= KEPT_DEAD_LETTERS {
+                    letters.pop_front();
+                }
+                letters.push_back(entry);
             }
-            letters.push_back(entry);
+            // Acknowledged once it is in the feed, so a waiting ingest that returns can read it.
+            letter.accept();
         }
         if !moved {
             tokio::time::sleep(Duration::from_millis(2)).await;
@@ -443,9 +449,6 @@ impl DeploymentRuntime for LocalDeployments {
         while pending.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        // An item is acknowledged once its outputs reached the sink; the drain task may still be
-        // moving the last of them into the queue.
-        tokio::time::sleep(Duration::from_millis(5)).await;
         let mut queue = running
             .outputs
             .lock()

@@ -13,7 +13,6 @@
 
 mod auth;
 mod error;
-mod limits;
 mod routes;
 
 use std::sync::Arc;
@@ -24,9 +23,9 @@ use weir_tenants::{JwtVerifier, MemoryRevocations, TokenIssuer};
 
 pub use auth::Caller;
 pub use error::{ApiError, ApiJson, ApiQuery};
-pub use limits::ApiLimits;
 pub use routes::{openapi, resume_deployments};
 pub use weir_api::rest::ProblemField;
+pub use weir_tenants::ApiLimits;
 
 /// Checks uploaded module bytes: the executor decides what a runnable module is.
 pub trait ModuleValidator: Send + Sync + std::fmt::Debug {
