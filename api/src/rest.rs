@@ -445,6 +445,8 @@ pub struct Usage {
     pub dead_letters: u64,
     /// Fuel its operators burned.
     pub fuel: u64,
+    /// State store operations (by modules and through the API).
+    pub state_ops: u64,
     /// API requests made.
     pub api_requests: u64,
     /// API requests refused by the rate limit.

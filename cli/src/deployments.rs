@@ -27,7 +27,7 @@ use weir_gateway::{
     ApiError, DeploymentRuntime, FeedQuery, IngestMessage, OutputMessage, ProblemField,
     StartDeployment,
 };
-use weir_state::StateStore;
+use weir_state::MeteredStateStore;
 
 /// Outputs a deployment's HTTP sink queue holds before its source is held back.
 const OUTPUT_QUEUE: usize = 10_000;
@@ -90,7 +90,7 @@ pub(crate) struct LocalDeployments {
     engine: OperatorEngine,
     runtime: DataflowRuntime,
     workers: usize,
-    state: Arc<dyn StateStore>,
+    state: Arc<MeteredStateStore>,
     logs: Arc<MemoryLogSink>,
     metrics: Arc<MetricsRegistry>,
     clock: Arc<HlcClock>,
@@ -113,7 +113,7 @@ impl LocalDeployments {
     pub(crate) fn new(
         engine: OperatorEngine,
         workers: usize,
-        state: Arc<dyn StateStore>,
+        state: Arc<MeteredStateStore>,
     ) -> anyhow::Result<Self> {
         Ok(Self {
             engine,
@@ -625,6 +625,7 @@ impl DeploymentRuntime for LocalDeployments {
             messages_out: feed.messages_out.load(Ordering::Relaxed),
             dead_letters: feed.dead_lettered.load(Ordering::Relaxed),
             fuel: feed.retired_fuel.load(Ordering::Relaxed) + live_fuel,
+            state_ops: self.state.operations(tenant),
             ..Usage::default()
         }
     }
@@ -654,6 +655,7 @@ impl DeploymentRuntime for LocalDeployments {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(tenant);
         self.logs.forget(tenant);
+        self.state.forget(tenant);
         self.metrics.forget(tenant);
     }
 }

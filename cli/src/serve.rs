@@ -196,9 +196,9 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCod
     let engine = OperatorEngine::new(&EngineConfig::default())?;
     let workers = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     // One state store for the API and the modules: what `/v1/state` seeds, modules read.
-    let module_state: Arc<dyn weir_state::StateStore> = Arc::new(
+    let module_state = Arc::new(weir_state::MeteredStateStore::new(Arc::new(
         weir_store::SqliteStateStore::open(&args.data.join("state.db"))?,
-    );
+    )));
     let state = GatewayState {
         store,
         blobs,

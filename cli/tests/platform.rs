@@ -242,10 +242,16 @@ async fn a_tenant_deploys_ingests_observes_and_survives_a_restart() {
     assert_eq!(history, ["running", "paused", "running", "running"]);
 
     // State written through the API survives the restart.
+    let state_ops = developer.usage().await.unwrap().state_ops;
     developer
         .state_set("greeting", b"hello".to_vec())
         .await
         .unwrap();
+    assert_eq!(
+        developer.usage().await.unwrap().state_ops,
+        state_ops + 1,
+        "state operations are metered"
+    );
     drop(first);
 
     let second = common::serve(data.path());

@@ -13,6 +13,7 @@
 #![warn(missing_docs)]
 
 mod memory;
+mod metered;
 pub mod testing;
 
 use std::time::Duration;
@@ -21,6 +22,7 @@ use async_trait::async_trait;
 use weir_api::{Hlc, TenantId};
 
 pub use memory::MemoryStateStore;
+pub use metered::MeteredStateStore;
 
 /// How far in the future a fencing token may lie; further is a forged or broken clock.
 pub const MAX_FENCING_TOKEN_DRIFT: Duration = Duration::from_secs(60);
