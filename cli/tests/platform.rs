@@ -109,10 +109,12 @@ async fn a_tenant_deploys_ingests_observes_and_survives_a_restart() {
         .push_graph("simple", "1", SIMPLE_GRAPH.to_owned())
         .await
         .unwrap();
-    let created = developer
-        .deploy(&deployment("convert", "simple"))
-        .await
-        .unwrap();
+    let mut convert = deployment("convert", "simple");
+    // A declared parameter: the map logs the properties it is given at init.
+    convert
+        .configuration
+        .insert("key1".to_owned(), "hello".to_owned());
+    let created = developer.deploy(&convert).await.unwrap();
     assert_eq!(created.status, "running");
 
     let reply = developer
@@ -147,32 +149,14 @@ async fn a_tenant_deploys_ingests_observes_and_survives_a_restart() {
         .await
         .unwrap();
     assert_eq!((reply.accepted, reply.outputs), (2, None));
-    let taken = eventually(
-        || developer.take_outputs("convert", 10),
-        |r| {
-            r.as_ref()
-                .map_or(true, |r| !r.outputs.as_ref().unwrap().is_empty())
-        },
-    )
-    .await
-    .unwrap();
-    let mut payloads: Vec<String> = taken
-        .outputs
-        .unwrap()
-        .into_iter()
-        .map(|o| o.payload)
-        .collect();
-    if payloads.len() < 2 {
-        payloads.extend(
-            developer
-                .take_outputs("convert", 10)
-                .await
-                .unwrap()
-                .outputs
-                .unwrap()
-                .into_iter()
-                .map(|o| o.payload),
-        );
+    let mut payloads: Vec<String> = Vec::new();
+    for _ in 0..200 {
+        let taken = developer.take_outputs("convert", 10).await.unwrap();
+        payloads.extend(taken.outputs.unwrap().into_iter().map(|o| o.payload));
+        if payloads.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
     assert_eq!(payloads.len(), 2, "{payloads:?}");
     assert!(payloads[0].contains(r#""value":100.0"#), "{payloads:?}");
@@ -206,9 +190,24 @@ async fn a_tenant_deploys_ingests_observes_and_survives_a_restart() {
     assert!(usage.fuel > 0);
     assert!(usage.api_requests > 5);
     let logs = developer.logs(Some("convert"), None).await.unwrap();
+    assert!(!logs.is_empty(), "the map logs its configuration at init");
     for line in &logs {
         assert_eq!(line.deployment.as_deref(), Some("convert"));
+        assert!(
+            line.node
+                .as_deref()
+                .is_some_and(|n| n.starts_with("module-temperature/")),
+            "{line:?}"
+        );
     }
+    let later = developer
+        .logs(Some("convert"), Some(logs.last().unwrap().seq))
+        .await
+        .unwrap();
+    assert!(
+        later.iter().all(|l| l.seq > logs.last().unwrap().seq),
+        "after= follows"
+    );
 
     // Pause, resume, rolling update.
     assert_eq!(developer.pause("convert").await.unwrap().status, "paused");

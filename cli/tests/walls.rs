@@ -937,6 +937,16 @@ async fn the_tenant_walls_hold_against_a_real_server() {
     assert!(reborn.metrics().await.unwrap().is_empty());
     assert!(reborn.logs(None, None).await.unwrap().is_empty());
     assert!(reborn.deployments().await.unwrap().is_empty());
+    let usage = reborn.usage().await.unwrap();
+    assert_eq!(
+        (usage.messages_in, usage.dead_letters, usage.fuel),
+        (0, 0, 0),
+        "{usage:?}"
+    );
+    assert!(
+        usage.state_ops <= 1,
+        "only the reborn tenant's own read: {usage:?}"
+    );
     assert_eq!(
         admin.executors().await.unwrap()[0].deployments,
         0,

@@ -182,6 +182,8 @@ pub(crate) async fn delete(
                 .map_err(|e| ApiError::internal(&e))?;
         }
     }
+    // Again, now that the state is gone: the deletions above were metered to the tenant.
+    state.runtime.forget_tenant(&record.id).await;
     state.limits.forget(&record.id);
     state.store.delete_tenant(&record.id).await?;
     Ok(StatusCode::NO_CONTENT)
