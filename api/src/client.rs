@@ -11,8 +11,8 @@ use serde::de::DeserializeOwned;
 
 use crate::rest::{
     CreateDeployment, CreateEndpoint, CreateTenant, DeadLetter, Deployment, DeploymentChanged,
-    Endpoint, Executor, Graph, IngestMessage, IngestReply, LogLine, MetricSeries, MintToken,
-    Module, Problem, StateEntry, StateKeys, Tenant, Token, Usage,
+    Endpoint, Executor, Graph, ImportArtifact, IngestMessage, IngestReply, LogLine, MetricSeries,
+    MintToken, Module, Problem, StateEntry, StateKeys, Tenant, Token, Usage,
 };
 use crate::tenancy::Quotas;
 
@@ -224,6 +224,16 @@ impl Client {
                 .body(wasm),
         )
         .await
+    }
+
+    /// Imports a module from an OCI registry (validated and compiled like an upload).
+    pub async fn import_module(&self, request: &ImportArtifact) -> Result<Module, ClientError> {
+        self.post("/v1/modules/import", request).await
+    }
+
+    /// Imports a graph definition from an OCI registry.
+    pub async fn import_graph(&self, request: &ImportArtifact) -> Result<Graph, ClientError> {
+        self.post("/v1/graphs/import", request).await
     }
 
     /// The tenant's modules.

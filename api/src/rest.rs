@@ -140,6 +140,25 @@ pub struct Graph {
     pub created_at: u64,
 }
 
+/// `POST /v1/modules/import` and `POST /v1/graphs/import`: fetch an artifact from an OCI
+/// registry (as Azure's samples publish them) and keep it like an upload.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportArtifact {
+    /// `registry[:port]/repository:tag` (or `@sha256:…`).
+    pub reference: String,
+    /// Name to keep it under (default: the repository's last segment).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Version to keep it under (default: the tag).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Speak plain HTTP to the registry (a local registry without TLS).
+    #[serde(default)]
+    pub insecure: bool,
+}
+
 /// The kinds of endpoint a deployment can read from or write to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -31,9 +31,9 @@ enum Command {
     Tenant(remote::TenantArgs),
     /// Mint, list and revoke tokens.
     Token(remote::TokenArgs),
-    /// Upload and list operator modules.
+    /// Upload, import (OCI) and list operator modules.
     Module(remote::ArtifactArgs),
-    /// Upload and list graph definitions.
+    /// Upload, import (OCI) and list graph definitions.
     Graph(remote::ArtifactArgs),
     /// Deploy a graph (weir's JSON document, or an Azure DataflowGraph).
     Deploy(remote::DeployArgs),

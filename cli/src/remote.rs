@@ -182,8 +182,36 @@ enum ArtifactCommand {
         #[arg(long, default_value = "1.0.0")]
         version: String,
     },
+    /// Fetch from an OCI registry (as Azure's samples publish them) and keep it like an upload.
+    Import {
+        /// `registry[:port]/repository:tag`.
+        reference: String,
+        /// Name (default: the repository's last segment).
+        #[arg(long)]
+        name: Option<String>,
+        /// Version (default: the tag).
+        #[arg(long)]
+        version: Option<String>,
+        /// Plain HTTP to the registry (a local registry without TLS).
+        #[arg(long)]
+        insecure: bool,
+    },
     /// List what the tenant has.
     List,
+}
+
+fn import_request(
+    reference: String,
+    name: Option<String>,
+    version: Option<String>,
+    insecure: bool,
+) -> weir_api::rest::ImportArtifact {
+    weir_api::rest::ImportArtifact {
+        reference,
+        name,
+        version,
+        insecure,
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -488,6 +516,24 @@ pub(crate) async fn module(args: ArtifactArgs) -> anyhow::Result<ExitCode> {
                 )
             });
         }
+        ArtifactCommand::Import {
+            reference,
+            name,
+            version,
+            insecure,
+        } => {
+            let request = import_request(reference, name, version, insecure);
+            let module = call!(output, client.import_module(&request));
+            print(output, &module, |m| {
+                format!(
+                    "{}@{} {} exports {}",
+                    m.name,
+                    m.version,
+                    m.digest,
+                    m.operators.join(", ")
+                )
+            });
+        }
         ArtifactCommand::List => {
             let modules = call!(output, client.modules());
             print(output, &modules, |ms| {
@@ -514,6 +560,18 @@ pub(crate) async fn graph(args: ArtifactArgs) -> anyhow::Result<ExitCode> {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("cannot read {}", file.display()))?;
             let graph = call!(output, client.push_graph(&name, &version, text));
+            print(output, &graph, |g| {
+                format!("{}@{} {}", g.name, g.version, g.digest)
+            });
+        }
+        ArtifactCommand::Import {
+            reference,
+            name,
+            version,
+            insecure,
+        } => {
+            let request = import_request(reference, name, version, insecure);
+            let graph = call!(output, client.import_graph(&request));
             print(output, &graph, |g| {
                 format!("{}@{} {}", g.name, g.version, g.digest)
             });

@@ -19,11 +19,11 @@ use crate::{ApiError, ApiQuery, Caller, GatewayState, ProblemField};
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Upload {
-    name: String,
-    version: String,
+    pub(crate) name: String,
+    pub(crate) version: String,
 }
 
-fn module_view(m: ModuleRecord) -> Module {
+pub(crate) fn module_view(m: ModuleRecord) -> Module {
     Module {
         name: m.name,
         version: m.version,
@@ -34,7 +34,7 @@ fn module_view(m: ModuleRecord) -> Module {
     }
 }
 
-fn graph_view(g: GraphRecord) -> Graph {
+pub(crate) fn graph_view(g: GraphRecord) -> Graph {
     Graph {
         name: g.name,
         version: g.version,
@@ -50,7 +50,7 @@ fn content_type(headers: &HeaderMap) -> &str {
         .map_or("", |v| v.split(';').next().unwrap_or("").trim())
 }
 
-fn check_upload(upload: &Upload) -> Result<(), ApiError> {
+pub(crate) fn check_upload(upload: &Upload) -> Result<(), ApiError> {
     let mut errors = Vec::new();
     check_name("name", &upload.name, &mut errors);
     check_name("version", &upload.version, &mut errors);
@@ -77,6 +77,19 @@ pub(crate) async fn upload_module(
             "upload a module as application/wasm",
         ));
     }
+    let record = store_module(&state, tenant, &quotas, upload, body).await?;
+    Ok((StatusCode::CREATED, Json(module_view(record))))
+}
+
+/// Validates and keeps a module version: quotas first, then the executor's judgement, then the
+/// bytes and the record. Uploads and OCI imports both end here.
+pub(crate) async fn store_module(
+    state: &GatewayState,
+    tenant: weir_api::TenantId,
+    quotas: &weir_tenants::Quotas,
+    upload: Upload,
+    body: Bytes,
+) -> Result<ModuleRecord, ApiError> {
     let size = body.len() as u64;
     if size == 0 {
         return Err(ApiError::new(
@@ -137,7 +150,7 @@ pub(crate) async fn upload_module(
         created_at: 0,
     };
     state.store.put_module(&record).await?;
-    Ok((StatusCode::CREATED, Json(module_view(record))))
+    Ok(record)
 }
 
 #[utoipa::path(get, path = "/v1/modules", tag = "modules", responses((status = 200, body = Vec<weir_api::rest::Module>), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
@@ -204,6 +217,18 @@ pub(crate) async fn upload_graph(
             "upload a graph as application/yaml or application/json",
         ));
     }
+    let record = store_graph(&state, tenant, &quotas, upload, body).await?;
+    Ok((StatusCode::CREATED, Json(graph_view(record))))
+}
+
+/// Validates and keeps a graph version; uploads and OCI imports both end here.
+pub(crate) async fn store_graph(
+    state: &GatewayState,
+    tenant: weir_api::TenantId,
+    quotas: &weir_tenants::Quotas,
+    upload: Upload,
+    body: Bytes,
+) -> Result<GraphRecord, ApiError> {
     let text = std::str::from_utf8(&body)
         .map_err(|_| ApiError::new(ErrorCode::InvalidGraph, "the graph definition is not UTF-8"))?;
     let graph = parse_graph(text).map_err(|error| {
@@ -248,7 +273,7 @@ pub(crate) async fn upload_graph(
         created_at: 0,
     };
     state.store.put_graph(&record).await?;
-    Ok((StatusCode::CREATED, Json(graph_view(record))))
+    Ok(record)
 }
 
 #[utoipa::path(get, path = "/v1/graphs", tag = "graphs", responses((status = 200, body = Vec<weir_api::rest::Graph>), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]

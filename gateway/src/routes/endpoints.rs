@@ -74,6 +74,22 @@ fn is_private(host: &str) -> bool {
     }
 }
 
+/// Whether the tenant may connect to `host`: anywhere but the platform's own network, unless an
+/// admin allowed that host for the tenant.
+pub(crate) fn check_host(host: &str, quotas: &Quotas) -> Result<(), String> {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let allowed = quotas
+        .allowed_private_hosts
+        .iter()
+        .any(|h| h.eq_ignore_ascii_case(bare));
+    if is_private(host) && !allowed {
+        return Err(format!(
+            "{host} is on the platform's own network; an admin must allow it for this tenant"
+        ));
+    }
+    Ok(())
+}
+
 /// Problems with an endpoint's address: its shape, and whether the tenant may reach it.
 fn check_address(body: &CreateEndpoint, quotas: &Quotas, errors: &mut Vec<ProblemField>) {
     let problem = |message: String| ProblemField {
@@ -95,13 +111,8 @@ fn check_address(body: &CreateEndpoint, quotas: &Quotas, errors: &mut Vec<Proble
                 errors.push(problem(format!("expected host:port, found {address}")));
                 return;
             }
-            let allowed = quotas.allowed_private_hosts.iter().any(|h| {
-                h.eq_ignore_ascii_case(host.trim_start_matches('[').trim_end_matches(']'))
-            });
-            if is_private(host) && !allowed {
-                errors.push(problem(format!(
-                    "{host} is on the platform's own network; an admin must allow it for this tenant"
-                )));
+            if let Err(message) = check_host(host, quotas) {
+                errors.push(problem(message));
             }
         }
     }

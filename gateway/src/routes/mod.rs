@@ -3,6 +3,7 @@
 mod artifacts;
 mod deployments;
 mod endpoints;
+mod import;
 mod observe;
 mod state;
 mod tenants;
@@ -45,6 +46,8 @@ fn api() -> OpenApiRouter<GatewayState> {
         .routes(routes!(tokens::revoke))
         .routes(routes!(artifacts::upload_module, artifacts::list_modules))
         .routes(routes!(artifacts::get_module, artifacts::delete_module))
+        .routes(routes!(import::import_module))
+        .routes(routes!(import::import_graph))
         .routes(routes!(artifacts::upload_graph, artifacts::list_graphs))
         .routes(routes!(artifacts::get_graph, artifacts::delete_graph))
         .routes(routes!(endpoints::create, endpoints::list))
