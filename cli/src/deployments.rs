@@ -453,23 +453,13 @@ impl DeploymentRuntime for LocalDeployments {
             .outputs
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut mine = Vec::new();
-        queue.retain_mut(|queued| {
-            if queued.seq >= first_output {
-                mine.push(std::mem::replace(
-                    &mut queued.message,
-                    OutputMessage {
-                        topic: String::new(),
-                        payload: String::new(),
-                        user_properties: Vec::new(),
-                    },
-                ));
-                false
-            } else {
-                true
-            }
-        });
-        Ok(mine)
+        // The queue is in sequence order: this ingest's outputs are its tail.
+        let start = queue.partition_point(|queued| queued.seq < first_output);
+        Ok(queue
+            .split_off(start)
+            .into_iter()
+            .map(|q| q.message)
+            .collect())
     }
 
     async fn take_outputs(
