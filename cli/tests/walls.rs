@@ -235,6 +235,18 @@ async fn bad_input_gets_its_documented_code_and_never_a_500() {
             "method_not_allowed",
         ),
         case(
+            "a document over 1 MiB",
+            Method::POST,
+            "/v1/tenants",
+            JSON,
+            format!(
+                r#"{{"id": "x", "display_name": "{}"}}"#,
+                "a".repeat(2 << 20)
+            ),
+            413,
+            "payload_too_large",
+        ),
+        case(
             "unknown route",
             Method::GET,
             "/v1/nothing-here",
@@ -370,6 +382,15 @@ async fn bad_input_gets_its_documented_code_and_never_a_500() {
             "",
             422,
             "invalid_graph",
+        ),
+        case(
+            "a graph over 4 MiB",
+            Method::POST,
+            "/v1/graphs?name=g&version=1",
+            YAML,
+            format!("# {}\n", "x".repeat(5 << 20)),
+            413,
+            "payload_too_large",
         ),
         case(
             "a graph as text/plain",

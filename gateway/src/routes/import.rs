@@ -21,9 +21,6 @@ use super::caller_tenant;
 use super::endpoints::check_host;
 use crate::{ApiError, ApiJson, Caller, GatewayState};
 
-/// Largest graph definition fetched.
-const MAX_GRAPH_BYTES: u64 = 4 << 20;
-
 /// What to fetch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -202,7 +199,13 @@ pub(crate) async fn import_graph(
     ApiJson(request): ApiJson<ImportArtifact>,
 ) -> Result<impl IntoResponse, ApiError> {
     let (tenant, quotas) = caller_tenant(&state, &caller, Role::Developer).await?;
-    let (reference, bytes) = fetch(&request, &quotas, Kind::Graph, MAX_GRAPH_BYTES).await?;
+    let (reference, bytes) = fetch(
+        &request,
+        &quotas,
+        Kind::Graph,
+        super::MAX_GRAPH_BYTES as u64,
+    )
+    .await?;
     let upload = upload_for(&request, &reference)?;
     let record = store_graph(&state, tenant, &quotas, upload, bytes).await?;
     Ok((StatusCode::CREATED, Json(graph_view(record))))

@@ -37,27 +37,30 @@ const MAX_BODY_BYTES: usize = 65 << 20;
 /// The documented API: each route is registered together with its OpenAPI operation.
 fn api() -> OpenApiRouter<GatewayState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .routes(routes!(tenants::create, tenants::list))
+        .routes(document(routes!(tenants::create, tenants::list)))
         .routes(routes!(tenants::get, tenants::delete))
-        .routes(routes!(tenants::set_quotas))
+        .routes(document(routes!(tenants::set_quotas)))
         .routes(routes!(tenants::suspend))
         .routes(routes!(tenants::unsuspend))
-        .routes(routes!(tokens::mint, tokens::list))
+        .routes(document(routes!(tokens::mint, tokens::list)))
         .routes(routes!(tokens::revoke))
         .routes(routes!(artifacts::upload_module, artifacts::list_modules))
         .routes(routes!(artifacts::get_module, artifacts::delete_module))
-        .routes(routes!(import::import_module))
-        .routes(routes!(import::import_graph))
-        .routes(routes!(artifacts::upload_graph, artifacts::list_graphs))
+        .routes(document(routes!(import::import_module)))
+        .routes(document(routes!(import::import_graph)))
+        .routes(graph(routes!(
+            artifacts::upload_graph,
+            artifacts::list_graphs
+        )))
         .routes(routes!(artifacts::get_graph, artifacts::delete_graph))
-        .routes(routes!(endpoints::create, endpoints::list))
+        .routes(document(routes!(endpoints::create, endpoints::list)))
         .routes(routes!(endpoints::get, endpoints::delete))
-        .routes(routes!(deployments::create, deployments::list))
-        .routes(routes!(
+        .routes(document(routes!(deployments::create, deployments::list)))
+        .routes(document(routes!(
             deployments::get,
             deployments::update,
             deployments::delete
-        ))
+        )))
         .routes(routes!(deployments::ingest))
         .routes(routes!(deployments::outputs))
         .routes(routes!(deployments::pause))
@@ -72,6 +75,31 @@ fn api() -> OpenApiRouter<GatewayState> {
         .routes(routes!(observe::cordon))
         .routes(routes!(observe::uncordon))
         .routes(routes!(observe::drain))
+}
+
+/// Largest JSON or YAML document (tenant, token, endpoint, deployment, import request).
+const MAX_DOCUMENT_BYTES: usize = 1 << 20;
+/// Largest graph definition.
+pub(crate) const MAX_GRAPH_BYTES: usize = 4 << 20;
+
+type Routes = utoipa_axum::router::UtoipaMethodRouter<GatewayState>;
+
+/// Routes whose bodies are small documents: refused early rather than buffered up to the
+/// module-sized global limit.
+fn document((schemas, paths, router): Routes) -> Routes {
+    (
+        schemas,
+        paths,
+        router.layer(DefaultBodyLimit::max(MAX_DOCUMENT_BYTES)),
+    )
+}
+
+fn graph((schemas, paths, router): Routes) -> Routes {
+    (
+        schemas,
+        paths,
+        router.layer(DefaultBodyLimit::max(MAX_GRAPH_BYTES)),
+    )
 }
 
 #[derive(utoipa::OpenApi)]
