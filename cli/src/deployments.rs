@@ -33,6 +33,10 @@ use weir_state::MeteredStateStore;
 const OUTPUT_QUEUE: usize = 10_000;
 /// Dead letters kept per tenant for `/v1/deadletters`.
 const KEPT_DEAD_LETTERS: usize = 10_000;
+/// How often a busy deployment's outputs are collected.
+const DRAIN_POLL: Duration = Duration::from_millis(1);
+/// How often an idle deployment's are.
+const IDLE_POLL: Duration = Duration::from_millis(100);
 /// The id of the one executor of `weir serve`.
 const LOCAL_EXECUTOR: &str = "local";
 
@@ -62,6 +66,8 @@ struct Running {
     next_output: Arc<AtomicU64>,
     /// One ingest at a time, so a waiting caller's outputs are the ones its messages made.
     ingest: Mutex<()>,
+    /// Wakes the drain task when messages arrive.
+    wake: Arc<tokio::sync::Notify>,
     drain: tokio::task::JoinHandle<()>,
     feed: Arc<TenantFeed>,
 }
@@ -144,6 +150,15 @@ impl LocalDeployments {
             })
     }
 
+    /// The tenant's feed, if it ever deployed here: reads never create one.
+    fn existing_feed(&self, tenant: &TenantId) -> Option<Arc<TenantFeed>> {
+        self.feeds
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(tenant)
+            .cloned()
+    }
+
     fn feed(&self, tenant: &TenantId) -> Arc<TenantFeed> {
         self.feeds
             .lock()
@@ -218,12 +233,13 @@ fn output_message(output: &SinkOutput) -> Option<OutputMessage> {
 /// letters into the tenant's feed, acknowledging both.
 async fn drain(
     deployment: Arc<Deployment>,
-    id: String,
+    wake: Arc<tokio::sync::Notify>,
     outputs: Arc<std::sync::Mutex<VecDeque<Queued>>>,
     next_output: Arc<AtomicU64>,
     next_dead_letter: Arc<AtomicU64>,
     feed: Arc<TenantFeed>,
 ) {
+    let mut idle = DRAIN_POLL;
     loop {
         let mut moved = false;
         loop {
@@ -257,16 +273,10 @@ async fn drain(
                 DataItem::Snapshot(_) => (String::new(), "<snapshot>".to_owned()),
                 DataItem::Bytes(b) => (String::new(), text(b)),
             };
-            // The node of a letter is `<deployment>/<operation>`; the feed names the operation.
-            let node = letter
-                .node
-                .strip_prefix(&format!("{id}/"))
-                .unwrap_or(&letter.node)
-                .to_owned();
             let entry = DeadLetter {
                 seq: next_dead_letter.fetch_add(1, Ordering::Relaxed),
-                deployment: id.clone(),
-                node,
+                deployment: letter.deployment.clone(),
+                node: letter.node.clone(),
                 reason: letter.reason.clone(),
                 detail: letter.detail.clone(),
                 topic,
@@ -285,8 +295,15 @@ async fn drain(
             // Acknowledged once it is in the feed, so a waiting ingest that returns can read it.
             letter.accept();
         }
-        if !moved {
-            tokio::time::sleep(Duration::from_millis(2)).await;
+        // Busy: poll again at once. Idle: back off to `IDLE_POLL`, so idle deployments cost
+        // almost nothing; an ingest wakes the drain and resets the pace.
+        if moved {
+            idle = DRAIN_POLL;
+        } else {
+            tokio::select! {
+                () = wake.notified() => idle = DRAIN_POLL,
+                () = tokio::time::sleep(idle) => idle = (idle * 2).min(IDLE_POLL),
+            }
         }
     }
 }
@@ -351,9 +368,10 @@ impl DeploymentRuntime for LocalDeployments {
         let feed = self.feed(&request.tenant);
         let outputs = Arc::new(std::sync::Mutex::new(VecDeque::new()));
         let next_output = Arc::new(AtomicU64::new(1));
+        let wake = Arc::new(tokio::sync::Notify::new());
         let drain = tokio::spawn(drain(
             deployment.clone(),
-            request.id.clone(),
+            wake.clone(),
             outputs.clone(),
             next_output.clone(),
             self.next_dead_letter.clone(),
@@ -366,6 +384,7 @@ impl DeploymentRuntime for LocalDeployments {
             outputs,
             next_output,
             ingest: Mutex::new(()),
+            wake,
             drain,
             feed,
         };
@@ -442,6 +461,7 @@ impl DeploymentRuntime for LocalDeployments {
                 }
             }
         }
+        running.wake.notify_one();
         let Some(wait) = wait else {
             return Ok(Vec::new());
         };
@@ -561,7 +581,9 @@ impl DeploymentRuntime for LocalDeployments {
     }
 
     async fn dead_letters(&self, tenant: &TenantId, query: &FeedQuery) -> Vec<DeadLetter> {
-        let feed = self.feed(tenant);
+        let Some(feed) = self.existing_feed(tenant) else {
+            return Vec::new();
+        };
         let letters = feed
             .dead_letters
             .lock()
@@ -600,7 +622,13 @@ impl DeploymentRuntime for LocalDeployments {
     }
 
     async fn usage(&self, tenant: &TenantId) -> Usage {
-        let feed = self.feed(tenant);
+        let state_ops = self.state.operations(tenant);
+        let Some(feed) = self.existing_feed(tenant) else {
+            return Usage {
+                state_ops,
+                ..Usage::default()
+            };
+        };
         let live_fuel: u64 = self
             .running
             .lock()
@@ -615,7 +643,7 @@ impl DeploymentRuntime for LocalDeployments {
             messages_out: feed.messages_out.load(Ordering::Relaxed),
             dead_letters: feed.dead_lettered.load(Ordering::Relaxed),
             fuel: feed.retired_fuel.load(Ordering::Relaxed) + live_fuel,
-            state_ops: self.state.operations(tenant),
+            state_ops,
             ..Usage::default()
         }
     }
@@ -645,7 +673,6 @@ impl DeploymentRuntime for LocalDeployments {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(tenant);
         self.logs.forget(tenant);
-        self.state.forget(tenant);
         self.metrics.forget(tenant);
     }
 }

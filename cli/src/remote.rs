@@ -479,6 +479,20 @@ pub(crate) async fn token(args: TokenArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn module_line(m: &weir_api::rest::Module) -> String {
+    format!(
+        "{}@{} {} exports {}",
+        m.name,
+        m.version,
+        m.digest,
+        m.operators.join(", ")
+    )
+}
+
+fn graph_line(g: &weir_api::rest::Graph) -> String {
+    format!("{}@{} {}", g.name, g.version, g.digest)
+}
+
 fn default_name(file: &Path) -> anyhow::Result<String> {
     file.file_stem()
         .and_then(|s| s.to_str())
@@ -506,15 +520,7 @@ pub(crate) async fn module(args: ArtifactArgs) -> anyhow::Result<ExitCode> {
                 );
             }
             let module = call!(output, client.push_module(&name, &version, bytes));
-            print(output, &module, |m| {
-                format!(
-                    "{}@{} {} exports {}",
-                    m.name,
-                    m.version,
-                    m.digest,
-                    m.operators.join(", ")
-                )
-            });
+            print(output, &module, module_line);
         }
         ArtifactCommand::Import {
             reference,
@@ -524,15 +530,7 @@ pub(crate) async fn module(args: ArtifactArgs) -> anyhow::Result<ExitCode> {
         } => {
             let request = import_request(reference, name, version, insecure);
             let module = call!(output, client.import_module(&request));
-            print(output, &module, |m| {
-                format!(
-                    "{}@{} {} exports {}",
-                    m.name,
-                    m.version,
-                    m.digest,
-                    m.operators.join(", ")
-                )
-            });
+            print(output, &module, module_line);
         }
         ArtifactCommand::List => {
             let modules = call!(output, client.modules());
@@ -560,9 +558,7 @@ pub(crate) async fn graph(args: ArtifactArgs) -> anyhow::Result<ExitCode> {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("cannot read {}", file.display()))?;
             let graph = call!(output, client.push_graph(&name, &version, text));
-            print(output, &graph, |g| {
-                format!("{}@{} {}", g.name, g.version, g.digest)
-            });
+            print(output, &graph, graph_line);
         }
         ArtifactCommand::Import {
             reference,
@@ -572,9 +568,7 @@ pub(crate) async fn graph(args: ArtifactArgs) -> anyhow::Result<ExitCode> {
         } => {
             let request = import_request(reference, name, version, insecure);
             let graph = call!(output, client.import_graph(&request));
-            print(output, &graph, |g| {
-                format!("{}@{} {}", g.name, g.version, g.digest)
-            });
+            print(output, &graph, graph_line);
         }
         ArtifactCommand::List => {
             let graphs = call!(output, client.graphs());

@@ -16,11 +16,8 @@ use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
 use oci_client::manifest::OciImageManifest;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client as OciClient, Reference};
-use weir_api::client::Client;
-use weir_api::rest::{
-    Binding, CreateDeployment, CreateTenant, GraphRef, ImportArtifact, IngestMessage, MintToken,
-};
-use weir_api::tenancy::{Quotas, Role};
+use weir_api::rest::{Binding, CreateDeployment, GraphRef, ImportArtifact, IngestMessage};
+use weir_api::tenancy::Quotas;
 
 fn registry() -> String {
     std::env::var("WEIR_TEST_REGISTRY").expect(
@@ -60,27 +57,6 @@ async fn push(reference: &str, file: &str, data: Vec<u8>, layer_type: &str, conf
     .unwrap();
 }
 
-async fn developer(admin: &Client, id: &str, quotas: Quotas) -> Client {
-    admin
-        .create_tenant(&CreateTenant {
-            id: id.to_owned(),
-            display_name: None,
-            quotas: Some(quotas),
-        })
-        .await
-        .unwrap();
-    let token = admin
-        .mint_token(&MintToken {
-            subject: "ci".to_owned(),
-            role: Role::Developer,
-            ttl_seconds: None,
-            tenant: Some(id.to_owned()),
-        })
-        .await
-        .unwrap();
-    admin.with_token(token.token.unwrap())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn artifacts_imported_from_a_registry_deploy_and_run() {
     let registry = registry();
@@ -114,7 +90,7 @@ async fn artifacts_imported_from_a_registry_deploy_and_run() {
     };
 
     // The registry is on loopback: the platform's own network, closed until an admin opens it.
-    let walled = developer(&admin, "walled", Quotas::default()).await;
+    let walled = common::tenant(&admin, "walled", Quotas::default()).await;
     let refused = walled
         .import_module(&import(&module_ref))
         .await
@@ -123,7 +99,7 @@ async fn artifacts_imported_from_a_registry_deploy_and_run() {
     assert!(walled.modules().await.unwrap().is_empty());
 
     let host = registry.split(':').next().unwrap().to_owned();
-    let plant = developer(
+    let plant = common::tenant(
         &admin,
         "plant",
         Quotas {
@@ -195,7 +171,7 @@ async fn artifacts_imported_from_a_registry_deploy_and_run() {
         .await
         .unwrap_err();
     assert_eq!(not_a_reference.code(), Some("invalid_request"));
-    let small = developer(
+    let small = common::tenant(
         &admin,
         "small",
         Quotas {

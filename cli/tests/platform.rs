@@ -141,7 +141,8 @@ async fn a_tenant_deploys_ingests_observes_and_survives_a_restart() {
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].reason, "operator_error");
     assert_eq!(letters[0].payload, "not json");
-    assert!(letters[0].node.contains("map"), "{:?}", letters[0]);
+    assert_eq!(letters[0].node, "module-temperature/map");
+    assert_eq!(letters[0].deployment, "convert");
 
     // Ingest without waiting: the outputs wait in the HTTP sink queue.
     let reply = developer

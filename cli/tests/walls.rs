@@ -11,39 +11,15 @@
 
 mod common;
 
+use common::{tenant, token};
+
 use weir_api::client::{Client, HttpMethod as Method};
 use weir_api::rest::{
-    CreateDeployment, CreateEndpoint, CreateTenant, EndpointKind, GraphRef, IngestMessage,
-    MintToken, Problem,
+    CreateDeployment, CreateEndpoint, EndpointKind, GraphRef, IngestMessage, MintToken, Problem,
 };
 use weir_api::tenancy::{Quotas, Role};
 
 const SIMPLE_GRAPH: &str = include_str!("../../tests/golden/graph-simple.yaml");
-
-async fn token(admin: &Client, tenant: &str, role: Role) -> Client {
-    let minted = admin
-        .mint_token(&MintToken {
-            subject: format!("{tenant}-{role:?}"),
-            role,
-            ttl_seconds: None,
-            tenant: Some(tenant.to_owned()),
-        })
-        .await
-        .unwrap();
-    admin.with_token(minted.token.unwrap())
-}
-
-async fn tenant(admin: &Client, id: &str, quotas: Quotas) -> Client {
-    admin
-        .create_tenant(&CreateTenant {
-            id: id.to_owned(),
-            display_name: None,
-            quotas: Some(quotas),
-        })
-        .await
-        .unwrap();
-    token(admin, id, Role::Developer).await
-}
 
 /// Quotas generous on the API rate, so a test's burst of requests is not what it measures.
 fn roomy() -> Quotas {
@@ -916,29 +892,32 @@ async fn the_tenant_walls_hold_against_a_real_server() {
     assert_eq!(other_tenant.code(), Some("forbidden"));
 
     // Wall: revoked tokens, and tokens of suspended or deleted tenants, stop at once.
-    let doomed = token(&admin, "acme", Role::Viewer).await;
-    let doomed_id = acme_owner
-        .tokens()
+    let doomed = acme_owner
+        .mint_token(&MintToken {
+            subject: "doomed".to_owned(),
+            role: Role::Viewer,
+            ttl_seconds: None,
+            tenant: None,
+        })
         .await
-        .unwrap()
-        .into_iter()
-        .find(|t| t.subject == "acme-Viewer" && !t.revoked)
-        .unwrap()
-        .id;
-    acme_owner.revoke_token(&doomed_id).await.unwrap();
-    let revoked: Vec<_> = acme_owner.tokens().await.unwrap();
-    assert!(revoked.iter().any(|t| t.id == doomed_id && t.revoked));
-    // Both viewer tokens share a subject; whichever was revoked fails, the wall is that one.
-    let (a, b) = (
-        doomed.deployments().await.map(drop),
-        acme_viewer.deployments().await.map(drop),
-    );
-    assert!(
-        [a, b]
-            .iter()
-            .any(|r| matches!(r, Err(e) if e.code() == Some("unauthenticated"))),
+        .unwrap();
+    let doomed_client = acme_owner.with_token(doomed.token.unwrap());
+    doomed_client
+        .deployments()
+        .await
+        .expect("valid until revoked");
+    acme_owner.revoke_token(&doomed.id).await.unwrap();
+    let listed = acme_owner.tokens().await.unwrap();
+    assert!(listed.iter().any(|t| t.id == doomed.id && t.revoked));
+    assert_eq!(
+        doomed_client.deployments().await.unwrap_err().code(),
+        Some("unauthenticated"),
         "the revoked token stopped"
     );
+    acme_viewer
+        .deployments()
+        .await
+        .expect("revoking one token leaves the others");
     admin.suspend_tenant("globex").await.unwrap();
     assert_eq!(
         globex.modules().await.unwrap_err().code(),

@@ -67,14 +67,10 @@ impl MemoryLogSink {
 
     /// The kept lines of `tenant`, oldest first.
     pub fn lines(&self, tenant: &TenantId) -> Vec<LogRecord> {
-        let lines = self
-            .lines
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        lines
-            .get(tenant)
-            .map(|l| l.iter().map(|(_, r)| r.clone()).collect())
-            .unwrap_or_default()
+        self.lines_after(tenant, 0, usize::MAX)
+            .into_iter()
+            .map(|(_, record)| record)
+            .collect()
     }
 
     /// The kept lines of `tenant` with a sequence number above `after`, oldest first, each with

@@ -4,13 +4,28 @@
 use axum::extract::FromRequestParts;
 use axum::http::header;
 use axum::http::request::Parts;
+use weir_store::TenantRecord;
 use weir_tenants::{AuthError, Principal};
 
 use crate::{ApiError, GatewayState};
 
-/// The authenticated caller of a request.
+/// The authenticated caller of a request, with its tenant's record as read while checking the
+/// token, so handlers need not read it again.
 #[derive(Debug, Clone)]
-pub struct Caller(pub Principal);
+pub struct Caller {
+    /// Who is calling.
+    pub principal: Principal,
+    /// The caller's tenant (none for admins): it exists and is not suspended.
+    pub tenant: Option<TenantRecord>,
+}
+
+impl std::ops::Deref for Caller {
+    type Target = Principal;
+
+    fn deref(&self) -> &Principal {
+        &self.principal
+    }
+}
 
 impl FromRequestParts<GatewayState> for Caller {
     type Rejection = ApiError;
@@ -31,13 +46,14 @@ impl FromRequestParts<GatewayState> for Caller {
         let principal = state
             .verifier
             .verify(token.trim(), state.revocations.as_ref())?;
-        if let Some(tenant) = &principal.tenant {
+        let tenant = match &principal.tenant {
             // Tokens of deleted or suspended tenants stop working at once.
-            match state.store.tenant(tenant).await? {
-                Some(record) if !record.suspended => {}
+            Some(tenant) => match state.store.tenant(tenant).await? {
+                Some(record) if !record.suspended => Some(record),
                 _ => return Err(AuthError::Revoked.into()),
-            }
-        }
-        Ok(Self(principal))
+            },
+            None => None,
+        };
+        Ok(Self { principal, tenant })
     }
 }

@@ -156,6 +156,12 @@ pub trait ControlStore: Send + Sync + std::fmt::Debug {
 
     /// Records an endpoint; `Conflict` if its name exists for the tenant.
     async fn put_endpoint(&self, endpoint: &EndpointRecord) -> Result<(), StoreError>;
+    /// The endpoint `name` of `tenant`.
+    async fn endpoint(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+    ) -> Result<Option<EndpointRecord>, StoreError>;
     /// The endpoints of `tenant`.
     async fn endpoints(&self, tenant: &TenantId) -> Result<Vec<EndpointRecord>, StoreError>;
     /// Deletes an endpoint; whether it existed.

@@ -711,6 +711,24 @@ impl ControlStore for SqliteControlStore {
         .await
     }
 
+    async fn endpoint(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+    ) -> Result<Option<EndpointRecord>, StoreError> {
+        let (tenant, name) = (tenant.clone(), name.to_owned());
+        self.with(move |c| {
+            c.query_row(
+                "SELECT tenant, name, kind, address, settings, secret, created_at FROM endpoints WHERE tenant = ?1 AND name = ?2",
+                params![tenant.as_str(), name],
+                endpoint_row,
+            )
+            .optional()
+            .map_err(database)
+        })
+        .await
+    }
+
     async fn endpoints(&self, tenant: &TenantId) -> Result<Vec<EndpointRecord>, StoreError> {
         let tenant = tenant.clone();
         self.with(move |c| {

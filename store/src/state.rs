@@ -299,4 +299,15 @@ impl StateStore for SqliteStateStore {
         })
         .await
     }
+
+    /// One statement, expired rows included.
+    async fn clear(&self, scope: &StateScope) -> Result<(), StateError> {
+        let tenant = scope.tenant().to_string();
+        self.run(move |tx| {
+            tx.execute("DELETE FROM state WHERE tenant = ?1", params![tenant])
+                .map(drop)
+                .map_err(unavailable)
+        })
+        .await
+    }
 }

@@ -396,6 +396,11 @@ async fn endpoints_are_walled_by_tenant_and_deleted_with_it() {
     assert_eq!(stored.len(), 1);
     assert_eq!(stored[0].secret.as_deref(), Some("s3cret"));
     assert!(store.endpoints(&id("globex")).await.unwrap().is_empty());
+    assert_eq!(
+        store.endpoint(&id("acme"), "broker").await.unwrap(),
+        Some(stored[0].clone())
+    );
+    assert_eq!(store.endpoint(&id("globex"), "broker").await.unwrap(), None);
     assert!(
         !store
             .delete_endpoint(&id("globex"), "broker")

@@ -11,6 +11,10 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
+use weir_api::client::Client;
+use weir_api::rest::{CreateTenant, MintToken};
+use weir_api::tenancy::{Quotas, Role};
+
 /// A running `weir serve`, killed when dropped.
 pub struct Server {
     child: Child,
@@ -70,13 +74,40 @@ pub fn serve_with(data: &Path, extra: &[&str]) -> Server {
 
 impl Server {
     /// A typed client of this server acting with `token`.
-    pub fn client(&self, token: &str) -> weir_api::client::Client {
-        weir_api::client::Client::new(&format!("http://{}", self.address), Some(token.to_owned()))
-            .unwrap()
+    pub fn client(&self, token: &str) -> Client {
+        Client::new(&format!("http://{}", self.address), Some(token.to_owned())).unwrap()
     }
 
     /// A typed client with the admin token of the first start.
-    pub fn admin(&self) -> weir_api::client::Client {
+    pub fn admin(&self) -> Client {
         self.client(self.admin_token.as_deref().expect("first start"))
     }
+}
+
+/// A client of `tenant` with a fresh token of `role` (subject `<tenant>-<role>`), minted by
+/// `admin`.
+pub async fn token(admin: &Client, tenant: &str, role: Role) -> Client {
+    let minted = admin
+        .mint_token(&MintToken {
+            subject: format!("{tenant}-{role:?}"),
+            role,
+            ttl_seconds: None,
+            tenant: Some(tenant.to_owned()),
+        })
+        .await
+        .unwrap();
+    admin.with_token(minted.token.unwrap())
+}
+
+/// Creates tenant `id` with `quotas`; a client with a developer token of it.
+pub async fn tenant(admin: &Client, id: &str, quotas: Quotas) -> Client {
+    admin
+        .create_tenant(&CreateTenant {
+            id: id.to_owned(),
+            display_name: None,
+            quotas: Some(quotas),
+        })
+        .await
+        .unwrap();
+    token(admin, id, Role::Developer).await
 }

@@ -90,15 +90,7 @@ pub struct TenantContext {
 impl TenantContext {
     /// The tenant's state keys, bounded by its quotas.
     pub fn state_scope(&self) -> StateScope {
-        let quotas = &self.quotas;
-        StateScope::new(
-            self.tenant.clone(),
-            StateLimits {
-                max_keys: quotas.max_state_keys,
-                max_bytes: quotas.max_state_bytes,
-                max_key_bytes: quotas.max_state_key_bytes,
-            },
-        )
+        StateScope::new(self.tenant.clone(), StateLimits::of(&self.quotas))
     }
 
     /// What the node named `node` of this tenant reaches of the host.

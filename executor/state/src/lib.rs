@@ -62,6 +62,17 @@ pub struct StateLimits {
     pub max_key_bytes: u64,
 }
 
+impl StateLimits {
+    /// The state bounds of a tenant's quotas.
+    pub fn of(quotas: &weir_api::tenancy::Quotas) -> Self {
+        Self {
+            max_keys: quotas.max_state_keys,
+            max_bytes: quotas.max_state_bytes,
+            max_key_bytes: quotas.max_state_key_bytes,
+        }
+    }
+}
+
 /// When a `set` may write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SetCondition {
@@ -197,6 +208,20 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
 
     /// Up to `limit` keys of the scope, in byte order.
     async fn keys(&self, scope: &StateScope, limit: usize) -> Result<Vec<Vec<u8>>, StateError>;
+
+    /// Deletes every key of the scope (its tenant was deleted). Backends with a cheaper way
+    /// than deleting key by key override it.
+    async fn clear(&self, scope: &StateScope) -> Result<(), StateError> {
+        loop {
+            let keys = self.keys(scope, 1000).await?;
+            if keys.is_empty() {
+                return Ok(());
+            }
+            for key in keys {
+                self.del(scope, &key, None).await?;
+            }
+        }
+    }
 }
 
 /// Checks a key against the scope's limits; every backend calls it first.

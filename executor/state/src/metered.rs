@@ -37,8 +37,7 @@ impl MeteredStateStore {
             .unwrap_or(0)
     }
 
-    /// Forgets a deleted tenant's count.
-    pub fn forget(&self, tenant: &TenantId) {
+    fn forget(&self, tenant: &TenantId) {
         self.operations
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -98,6 +97,13 @@ impl StateStore for MeteredStateStore {
         self.count(scope);
         self.inner.keys(scope, limit).await
     }
+
+    /// Not metered: the tenant is going, and its count goes with it.
+    async fn clear(&self, scope: &StateScope) -> Result<(), StateError> {
+        self.inner.clear(scope).await?;
+        self.forget(scope.tenant());
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -130,5 +136,14 @@ mod tests {
             before + 2
         );
         assert_eq!(metered.operations(&TenantId::new("metered-b").unwrap()), 0);
+        metered.clear(&scope("metered-a")).await.unwrap();
+        assert_eq!(metered.operations(&TenantId::new("metered-a").unwrap()), 0);
+        assert!(
+            metered
+                .keys(&scope("metered-a"), 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
     }
 }

@@ -45,6 +45,27 @@ pub async fn conformance(store: &dyn StateStore) {
     empty_and_oversized_keys_are_refused(store).await;
     key_and_byte_quotas_refuse_at_their_limit(store).await;
     tenants_never_see_each_others_keys(store).await;
+    clear_removes_one_tenants_keys_only(store).await;
+}
+
+async fn clear_removes_one_tenants_keys_only(store: &dyn StateStore) {
+    let (going, staying) = (scope("c-clear-going"), scope("c-clear-staying"));
+    for key in [b"a".as_slice(), b"b", b"c"] {
+        store.set(&going, key, b"v", unconditional()).await.unwrap();
+    }
+    store
+        .set(&staying, b"a", b"v", unconditional())
+        .await
+        .unwrap();
+    store.clear(&going).await.unwrap();
+    assert!(store.keys(&going, 10).await.unwrap().is_empty());
+    assert!(store.get(&going, b"a").await.unwrap().value.is_none());
+    assert_eq!(store.keys(&staying, 10).await.unwrap(), [b"a".to_vec()]);
+    // A cleared scope takes keys again.
+    store
+        .set(&going, b"a", b"again", unconditional())
+        .await
+        .unwrap();
 }
 
 fn unconditional() -> SetOptions {

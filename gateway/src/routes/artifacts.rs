@@ -4,7 +4,7 @@
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use serde::Deserialize;
 use weir_api::ErrorCode;
@@ -13,7 +13,7 @@ use weir_api::rest::{Graph, Module};
 use weir_store::{GraphRecord, ModuleRecord};
 use weir_tenants::Role;
 
-use super::{caller_tenant, check_name};
+use super::{caller_tenant, check_name, content_type};
 use crate::{ApiError, ApiQuery, Caller, GatewayState, ProblemField};
 
 #[derive(Debug, Deserialize)]
@@ -43,13 +43,6 @@ pub(crate) fn graph_view(g: GraphRecord) -> Graph {
     }
 }
 
-fn content_type(headers: &HeaderMap) -> &str {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map_or("", |v| v.split(';').next().unwrap_or("").trim())
-}
-
 pub(crate) fn check_upload(upload: &Upload) -> Result<(), ApiError> {
     let mut errors = Vec::new();
     check_name("name", &upload.name, &mut errors);
@@ -64,12 +57,12 @@ pub(crate) fn check_upload(upload: &Upload) -> Result<(), ApiError> {
 #[utoipa::path(post, path = "/v1/modules", tag = "modules", request_body(content = Vec<u8>, content_type = "application/wasm"), responses((status = 201, body = weir_api::rest::Module), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn upload_module(
     State(state): State<GatewayState>,
-    Caller(caller): Caller,
+    caller: Caller,
     ApiQuery(upload): ApiQuery<Upload>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
-    let (tenant, quotas) = caller_tenant(&state, &caller, Role::Developer).await?;
+    let (tenant, quotas) = caller_tenant(&state, &caller, Role::Developer)?;
     check_upload(&upload)?;
     if content_type(&headers) != "application/wasm" {
         return Err(ApiError::new(
@@ -156,9 +149,9 @@ pub(crate) async fn store_module(
 #[utoipa::path(get, path = "/v1/modules", tag = "modules", responses((status = 200, body = Vec<weir_api::rest::Module>), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn list_modules(
     State(state): State<GatewayState>,
-    Caller(caller): Caller,
+    caller: Caller,
 ) -> Result<impl IntoResponse, ApiError> {
-    let (tenant, _) = caller_tenant(&state, &caller, Role::Viewer).await?;
+    let (tenant, _) = caller_tenant(&state, &caller, Role::Viewer)?;
     let modules: Vec<Module> = state
         .store
         .modules(&tenant)
@@ -172,10 +165,10 @@ pub(crate) async fn list_modules(
 #[utoipa::path(get, path = "/v1/modules/{name}/{version}", tag = "modules", params(("name" = String, Path), ("version" = String, Path)), responses((status = 200, body = weir_api::rest::Module), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn get_module(
     State(state): State<GatewayState>,
-    Caller(caller): Caller,
+    caller: Caller,
     Path((name, version)): Path<(String, String)>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let (tenant, _) = caller_tenant(&state, &caller, Role::Viewer).await?;
+    let (tenant, _) = caller_tenant(&state, &caller, Role::Viewer)?;
     let module = state
         .store
         .module(&tenant, &name, &version)
@@ -187,10 +180,10 @@ pub(crate) async fn get_module(
 #[utoipa::path(delete, path = "/v1/modules/{name}/{version}", tag = "modules", params(("name" = String, Path), ("version" = String, Path)), responses((status = 204), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn delete_module(
     State(state): State<GatewayState>,
-    Caller(caller): Caller,
+    caller: Caller,
     Path((name, version)): Path<(String, String)>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let (tenant, _) = caller_tenant(&state, &caller, Role::Developer).await?;
+    let (tenant, _) = caller_tenant(&state, &caller, Role::Developer)?;
     if state.store.delete_module(&tenant, &name, &version).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
@@ -201,12 +194,12 @@ pub(crate) async fn delete_module(
 #[utoipa::path(post, path = "/v1/graphs", tag = "graphs", request_body(content = String, content_type = "application/yaml"), responses((status = 201, body = weir_api::rest::Graph), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn upload_graph(
     State(state): State<GatewayState>,
-    Caller(caller): Caller,
+    caller: Caller,
     ApiQuery(upload): ApiQuery<Upload>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
-    let (tenant, quotas) = caller_tenant(&state, &caller, Role::Developer).await?;
+    let (tenant, quotas) = caller_tenant(&state, &caller, Role::Developer)?;
     check_upload(&upload)?;
     if !matches!(
         content_type(&headers),
@@ -279,9 +272,9 @@ pub(crate) async fn store_graph(
 #[utoipa::path(get, path = "/v1/graphs", tag = "graphs", responses((status = 200, body = Vec<weir_api::rest::Graph>), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn list_graphs(
     State(state): State<GatewayState>,
-    Caller(caller): Caller,
+    caller: Caller,
 ) -> Result<impl IntoResponse, ApiError> {
-    let (tenant, _) = caller_tenant(&state, &caller, Role::Viewer).await?;
+    let (tenant, _) = caller_tenant(&state, &caller, Role::Viewer)?;
     let graphs: Vec<Graph> = state
         .store
         .graphs(&tenant)
@@ -295,10 +288,10 @@ pub(crate) async fn list_graphs(
 #[utoipa::path(get, path = "/v1/graphs/{name}/{version}", tag = "graphs", params(("name" = String, Path), ("version" = String, Path)), responses((status = 200, body = weir_api::rest::Graph), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn get_graph(
     State(state): State<GatewayState>,
-    Caller(caller): Caller,
+    caller: Caller,
     Path((name, version)): Path<(String, String)>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let (tenant, _) = caller_tenant(&state, &caller, Role::Viewer).await?;
+    let (tenant, _) = caller_tenant(&state, &caller, Role::Viewer)?;
     let graph = state
         .store
         .graph(&tenant, &name, &version)
@@ -310,10 +303,10 @@ pub(crate) async fn get_graph(
 #[utoipa::path(delete, path = "/v1/graphs/{name}/{version}", tag = "graphs", params(("name" = String, Path), ("version" = String, Path)), responses((status = 204), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn delete_graph(
     State(state): State<GatewayState>,
-    Caller(caller): Caller,
+    caller: Caller,
     Path((name, version)): Path<(String, String)>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let (tenant, _) = caller_tenant(&state, &caller, Role::Developer).await?;
+    let (tenant, _) = caller_tenant(&state, &caller, Role::Developer)?;
     if state.store.delete_graph(&tenant, &name, &version).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {

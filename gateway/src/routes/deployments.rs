@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use serde::Deserialize;
 use weir_api::dataflow_graph::DataflowGraphDocument;
@@ -17,7 +17,7 @@ use weir_api::{ErrorCode, TenantId};
 use weir_store::DeploymentRecord;
 use weir_tenants::{Quotas, Role};
 
-use super::{caller_tenant, check_name};
+use super::{caller_tenant, check_name, content_type};
 use crate::{
     ApiError, ApiJson, ApiQuery, Caller, GatewayState, IngestMessage, ProblemField, StartDeployment,
 };
@@ -147,11 +147,7 @@ fn deployment_body(headers: &HeaderMap, body: &[u8]) -> Result<(CreateDeployment
             "the body is empty; send a deployment document",
         ));
     }
-    let media = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map_or("", |v| v.split(';').next().unwrap_or("").trim());
-    let value: serde_json::Value = match media {
+    let value: serde_json::Value = match content_type(headers) {
         "application/json" => serde_json::from_slice(body).map_err(|e| {
             ApiError::new(ErrorCode::InvalidRequest, format!("malformed JSON: {e}"))
         })?,
@@ -207,7 +203,7 @@ async fn check_bindings(
         if binding.endpoint == "http" {
             continue;
         }
-        let message = match super::endpoints::find(state, tenant, &binding.endpoint).await? {
+        let message = match state.store.endpoint(tenant, &binding.endpoint).await? {
             None => format!("no endpoint {} in this tenant", binding.endpoint),
             Some(endpoint) if endpoint.kind == "http" => continue,
             Some(endpoint) => format!(
@@ -226,11 +222,11 @@ async fn check_bindings(
 #[utoipa::path(post, path = "/v1/deployments", tag = "deployments", request_body = weir_api::rest::CreateDeployment, responses((status = 201, body = weir_api::rest::DeploymentChanged), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn create(
     State(state): State<GatewayState>,
-    Caller(caller): Caller,
+    caller: Caller,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
-    let (tenant, quotas) = caller_tenant(&state, &caller, Role::Developer).await?;
+    let (tenant, quotas) = caller_tenant(&state, &caller, Role::Developer)?;
     let (spec, enabled) = deployment_body(&headers, &body)?;
     let errors = check_bindings(&state, &tenant, &spec).await?;
     if !errors.is_empty() {
@@ -305,12 +301,12 @@ async fn stored(
 #[utoipa::path(put, path = "/v1/deployments/{id}", tag = "deployments", params(("id" = String, Path)), request_body = weir_api::rest::CreateDeployment, responses((status = 200, body = weir_api::rest::DeploymentChanged), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn update(
     State(state): State<GatewayState>,
-    Caller(caller): Caller,
+    caller: Caller,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
-    let (tenant, quotas) = caller_tenant(&state, &caller, Role::Developer).await?;
+    let (tenant, quotas) = caller_tenant(&state, &caller, Role::Developer)?;
     let (record, _) = stored(&state, &tenant, &id).await?;
     let (spec, _) = deployment_body(&headers, &body)?;
     if spec.id != id {
@@ -346,10 +342,10 @@ pub(crate) async fn update(
 #[utoipa::path(post, path = "/v1/deployments/{id}/pause", tag = "deployments", params(("id" = String, Path)), responses((status = 200, body = weir_api::rest::DeploymentChanged), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn pause(
     State(state): State<GatewayState>,
-    Caller(caller): Caller,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let (tenant, _) = caller_tenant(&state, &caller, Role::Developer).await?;
+    let (tenant, _) = caller_tenant(&state, &caller, Role::Developer)?;
     let (record, _) = stored(&state, &tenant, &id).await?;
     if record.status != "paused" {
         state.runtime.stop(&tenant, &id).await;
@@ -373,10 +369,10 @@ pub(crate) async fn pause(
 #[utoipa::path(post, path = "/v1/deployments/{id}/resume", tag = "deployments", params(("id" = String, Path)), responses((status = 200, body = weir_api::rest::DeploymentChanged), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn resume(
     State(state): State<GatewayState>,
-    Caller(caller): Caller,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let (tenant, quotas) = caller_tenant(&state, &caller, Role::Developer).await?;
+    let (tenant, quotas) = caller_tenant(&state, &caller, Role::Developer)?;
     let (record, spec) = stored(&state, &tenant, &id).await?;
     let mut warnings = Vec::new();
     if record.status != "running" || state.runtime.status(&tenant, &id).await.is_none() {
@@ -410,11 +406,11 @@ pub(crate) struct OutputsQuery {
 #[utoipa::path(post, path = "/v1/deployments/{id}/outputs", tag = "deployments", params(("id" = String, Path)), responses((status = 200, body = weir_api::rest::IngestReply), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn outputs(
     State(state): State<GatewayState>,
-    Caller(caller): Caller,
+    caller: Caller,
     Path(id): Path<String>,
     ApiQuery(query): ApiQuery<OutputsQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let (tenant, _) = caller_tenant(&state, &caller, Role::Developer).await?;
+    let (tenant, _) = caller_tenant(&state, &caller, Role::Developer)?;
     stored(&state, &tenant, &id).await?;
     let outputs = state
         .runtime
@@ -440,9 +436,9 @@ fn deployment_view(record: DeploymentRecord) -> Result<Deployment, ApiError> {
 #[utoipa::path(get, path = "/v1/deployments", tag = "deployments", responses((status = 200, body = Vec<weir_api::rest::Deployment>), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn list(
     State(state): State<GatewayState>,
-    Caller(caller): Caller,
+    caller: Caller,
 ) -> Result<impl IntoResponse, ApiError> {
-    let (tenant, _) = caller_tenant(&state, &caller, Role::Viewer).await?;
+    let (tenant, _) = caller_tenant(&state, &caller, Role::Viewer)?;
     let list = state
         .store
         .deployments(&tenant)
@@ -456,10 +452,10 @@ pub(crate) async fn list(
 #[utoipa::path(get, path = "/v1/deployments/{id}", tag = "deployments", params(("id" = String, Path)), responses((status = 200, body = weir_api::rest::Deployment), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn get(
     State(state): State<GatewayState>,
-    Caller(caller): Caller,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let (tenant, _) = caller_tenant(&state, &caller, Role::Viewer).await?;
+    let (tenant, _) = caller_tenant(&state, &caller, Role::Viewer)?;
     let (record, _) = stored(&state, &tenant, &id).await?;
     let mut view = deployment_view(record)?;
     view.history = state
@@ -480,10 +476,10 @@ pub(crate) async fn get(
 #[utoipa::path(delete, path = "/v1/deployments/{id}", tag = "deployments", params(("id" = String, Path)), responses((status = 204), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn delete(
     State(state): State<GatewayState>,
-    Caller(caller): Caller,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let (tenant, _) = caller_tenant(&state, &caller, Role::Developer).await?;
+    let (tenant, _) = caller_tenant(&state, &caller, Role::Developer)?;
     if !state.store.delete_deployment(&tenant, &id).await? {
         return Err(ApiError::not_found("deployment"));
     }
@@ -494,12 +490,12 @@ pub(crate) async fn delete(
 #[utoipa::path(post, path = "/v1/deployments/{id}/ingest", tag = "deployments", params(("id" = String, Path)), request_body = Vec<weir_api::rest::IngestMessage>, responses((status = 200, body = weir_api::rest::IngestReply), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn ingest(
     State(state): State<GatewayState>,
-    Caller(caller): Caller,
+    caller: Caller,
     Path(id): Path<String>,
     ApiQuery(query): ApiQuery<IngestQuery>,
     ApiJson(messages): ApiJson<Vec<IngestMessage>>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let (tenant, quotas) = caller_tenant(&state, &caller, Role::Developer).await?;
+    let (tenant, quotas) = caller_tenant(&state, &caller, Role::Developer)?;
     state
         .store
         .deployment(&tenant, &id)

@@ -121,10 +121,10 @@ fn check_address(body: &CreateEndpoint, quotas: &Quotas, errors: &mut Vec<Proble
 #[utoipa::path(post, path = "/v1/endpoints", tag = "endpoints", request_body = weir_api::rest::CreateEndpoint, responses((status = 201, body = weir_api::rest::Endpoint), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn create(
     State(state): State<GatewayState>,
-    Caller(caller): Caller,
+    caller: Caller,
     ApiJson(body): ApiJson<CreateEndpoint>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let (tenant, quotas) = caller_tenant(&state, &caller, Role::Owner).await?;
+    let (tenant, quotas) = caller_tenant(&state, &caller, Role::Owner)?;
     let mut errors = Vec::new();
     check_name("name", &body.name, &mut errors);
     if body.name == "http" {
@@ -170,9 +170,9 @@ pub(crate) async fn create(
 #[utoipa::path(get, path = "/v1/endpoints", tag = "endpoints", responses((status = 200, body = Vec<weir_api::rest::Endpoint>), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn list(
     State(state): State<GatewayState>,
-    Caller(caller): Caller,
+    caller: Caller,
 ) -> Result<impl IntoResponse, ApiError> {
-    let (tenant, _) = caller_tenant(&state, &caller, Role::Viewer).await?;
+    let (tenant, _) = caller_tenant(&state, &caller, Role::Viewer)?;
     let endpoints = state
         .store
         .endpoints(&tenant)
@@ -183,28 +183,16 @@ pub(crate) async fn list(
     Ok(Json(endpoints))
 }
 
-/// The tenant's endpoint `name`.
-pub(crate) async fn find(
-    state: &GatewayState,
-    tenant: &weir_api::TenantId,
-    name: &str,
-) -> Result<Option<EndpointRecord>, ApiError> {
-    Ok(state
-        .store
-        .endpoints(tenant)
-        .await?
-        .into_iter()
-        .find(|e| e.name == name))
-}
-
 #[utoipa::path(get, path = "/v1/endpoints/{name}", tag = "endpoints", params(("name" = String, Path)), responses((status = 200, body = weir_api::rest::Endpoint), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn get(
     State(state): State<GatewayState>,
-    Caller(caller): Caller,
+    caller: Caller,
     Path(name): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let (tenant, _) = caller_tenant(&state, &caller, Role::Viewer).await?;
-    let record = find(&state, &tenant, &name)
+    let (tenant, _) = caller_tenant(&state, &caller, Role::Viewer)?;
+    let record = state
+        .store
+        .endpoint(&tenant, &name)
         .await?
         .ok_or_else(|| ApiError::not_found("endpoint"))?;
     Ok(Json(endpoint_view(record)?))
@@ -213,10 +201,10 @@ pub(crate) async fn get(
 #[utoipa::path(delete, path = "/v1/endpoints/{name}", tag = "endpoints", params(("name" = String, Path)), responses((status = 204), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn delete(
     State(state): State<GatewayState>,
-    Caller(caller): Caller,
+    caller: Caller,
     Path(name): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let (tenant, _) = caller_tenant(&state, &caller, Role::Owner).await?;
+    let (tenant, _) = caller_tenant(&state, &caller, Role::Owner)?;
     if state.store.delete_endpoint(&tenant, &name).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {

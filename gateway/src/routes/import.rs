@@ -181,10 +181,10 @@ fn upload_for(request: &ImportArtifact, reference: &Reference) -> Result<Upload,
 #[utoipa::path(post, path = "/v1/modules/import", tag = "modules", request_body = weir_api::rest::ImportArtifact, responses((status = 201, body = weir_api::rest::Module), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn import_module(
     State(state): State<GatewayState>,
-    Caller(caller): Caller,
+    caller: Caller,
     ApiJson(request): ApiJson<ImportArtifact>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let (tenant, quotas) = caller_tenant(&state, &caller, Role::Developer).await?;
+    let (tenant, quotas) = caller_tenant(&state, &caller, Role::Developer)?;
     let (reference, bytes) =
         fetch(&request, &quotas, Kind::Module, quotas.max_module_bytes).await?;
     let upload = upload_for(&request, &reference)?;
@@ -195,10 +195,10 @@ pub(crate) async fn import_module(
 #[utoipa::path(post, path = "/v1/graphs/import", tag = "graphs", request_body = weir_api::rest::ImportArtifact, responses((status = 201, body = weir_api::rest::Graph), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn import_graph(
     State(state): State<GatewayState>,
-    Caller(caller): Caller,
+    caller: Caller,
     ApiJson(request): ApiJson<ImportArtifact>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let (tenant, quotas) = caller_tenant(&state, &caller, Role::Developer).await?;
+    let (tenant, quotas) = caller_tenant(&state, &caller, Role::Developer)?;
     let (reference, bytes) = fetch(
         &request,
         &quotas,

@@ -213,17 +213,18 @@ async fn readyz(State(state): State<GatewayState>) -> Result<impl IntoResponse, 
     Ok(Json(json!({"status": "ready"})))
 }
 
-/// The caller's tenant and its quotas, once the caller has at least `needed`.
-pub(crate) async fn caller_tenant(
+/// The caller's tenant and its quotas, once the caller has at least `needed` and is within the
+/// tenant's API rate.
+pub(crate) fn caller_tenant(
     state: &GatewayState,
-    caller: &weir_tenants::Principal,
+    caller: &crate::Caller,
     needed: weir_tenants::Role,
 ) -> Result<(weir_api::TenantId, weir_tenants::Quotas), ApiError> {
     let tenant = caller.tenant()?.clone();
-    let record = state
-        .store
-        .tenant(&tenant)
-        .await?
+    // `Caller` read the record while checking the token; it is there for every tenant principal.
+    let record = caller
+        .tenant
+        .as_ref()
         .ok_or_else(|| ApiError::not_found("tenant"))?;
     // Counted before the role check: a flood of forbidden requests is still a flood.
     if state
@@ -240,7 +241,15 @@ pub(crate) async fn caller_tenant(
         ));
     }
     caller.require(needed)?;
-    Ok((tenant, record.quotas))
+    Ok((tenant, record.quotas.clone()))
+}
+
+/// The media type of a request body, without parameters (`; charset=…`).
+pub(crate) fn content_type(headers: &axum::http::HeaderMap) -> &str {
+    headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map_or("", |v| v.split(';').next().unwrap_or("").trim())
 }
 
 /// Names of modules, graphs and their versions: safe in paths, URLs and file names.

@@ -18,20 +18,20 @@ use crate::{ApiError, ApiQuery, Caller, FeedQuery, GatewayState};
 #[utoipa::path(get, path = "/v1/logs", tag = "observability", responses((status = 200, body = Vec<weir_api::rest::LogLine>), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn logs(
     State(state): State<GatewayState>,
-    Caller(caller): Caller,
+    caller: Caller,
     ApiQuery(query): ApiQuery<FeedQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let (tenant, _) = caller_tenant(&state, &caller, Role::Viewer).await?;
+    let (tenant, _) = caller_tenant(&state, &caller, Role::Viewer)?;
     Ok(Json(state.runtime.logs(&tenant, &query).await))
 }
 
 #[utoipa::path(get, path = "/v1/deadletters", tag = "observability", responses((status = 200, body = Vec<weir_api::rest::DeadLetter>), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn dead_letters(
     State(state): State<GatewayState>,
-    Caller(caller): Caller,
+    caller: Caller,
     ApiQuery(query): ApiQuery<FeedQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let (tenant, _) = caller_tenant(&state, &caller, Role::Viewer).await?;
+    let (tenant, _) = caller_tenant(&state, &caller, Role::Viewer)?;
     Ok(Json(state.runtime.dead_letters(&tenant, &query).await))
 }
 
@@ -96,10 +96,10 @@ fn prometheus_text(series: &[MetricSeries]) -> String {
 #[utoipa::path(get, path = "/v1/metrics", tag = "observability", responses((status = 200, body = Vec<weir_api::rest::MetricSeries>), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn metrics(
     State(state): State<GatewayState>,
-    Caller(caller): Caller,
+    caller: Caller,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let (tenant, _) = caller_tenant(&state, &caller, Role::Viewer).await?;
+    let (tenant, _) = caller_tenant(&state, &caller, Role::Viewer)?;
     let series = state.runtime.metrics(&tenant).await;
     let wants_text = headers
         .get(header::ACCEPT)
@@ -120,9 +120,9 @@ pub(crate) async fn metrics(
 #[utoipa::path(get, path = "/v1/usage", tag = "observability", responses((status = 200, body = weir_api::rest::Usage), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn usage(
     State(state): State<GatewayState>,
-    Caller(caller): Caller,
+    caller: Caller,
 ) -> Result<impl IntoResponse, ApiError> {
-    let (tenant, _) = caller_tenant(&state, &caller, Role::Viewer).await?;
+    let (tenant, _) = caller_tenant(&state, &caller, Role::Viewer)?;
     let modules = state.store.modules(&tenant).await?;
     let (requests, limited) = state.limits.counts(&tenant);
     let usage = Usage {
@@ -140,7 +140,7 @@ pub(crate) async fn usage(
 #[utoipa::path(get, path = "/v1/executors", tag = "executors", responses((status = 200, body = Vec<weir_api::rest::Executor>), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn executors(
     State(state): State<GatewayState>,
-    Caller(caller): Caller,
+    caller: Caller,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Role::Admin)?;
     Ok(Json(state.runtime.executors().await))
@@ -169,7 +169,7 @@ async fn set_cordon(
 #[utoipa::path(post, path = "/v1/executors/{id}/cordon", tag = "executors", params(("id" = String, Path)), responses((status = 200, body = weir_api::rest::Executor), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn cordon(
     State(state): State<GatewayState>,
-    Caller(caller): Caller,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     set_cordon(&state, &caller, &id, true).await
@@ -178,7 +178,7 @@ pub(crate) async fn cordon(
 #[utoipa::path(post, path = "/v1/executors/{id}/uncordon", tag = "executors", params(("id" = String, Path)), responses((status = 200, body = weir_api::rest::Executor), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn uncordon(
     State(state): State<GatewayState>,
-    Caller(caller): Caller,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     set_cordon(&state, &caller, &id, false).await
@@ -189,13 +189,11 @@ pub(crate) async fn uncordon(
 #[utoipa::path(post, path = "/v1/executors/{id}/drain", tag = "executors", params(("id" = String, Path)), responses((status = 200, body = weir_api::rest::Executor), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn drain(
     State(state): State<GatewayState>,
-    Caller(caller): Caller,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let executors = {
-        caller.require(Role::Admin)?;
-        state.runtime.executors().await
-    };
+    caller.require(Role::Admin)?;
+    let executors = state.runtime.executors().await;
     if !executors.iter().any(|e| e.id == id) {
         return Err(ApiError::not_found("executor"));
     }

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::json;
 use weir_api::ErrorCode;
 use weir_state::{SetOptions, StateError, StateLimits, StateScope};
-use weir_tenants::{Principal, Role};
+use weir_tenants::Role;
 
 use super::caller_tenant;
 use crate::{ApiError, ApiQuery, Caller, GatewayState};
@@ -23,20 +23,9 @@ pub(crate) struct ListQuery {
     limit: Option<usize>,
 }
 
-async fn scope(
-    state: &GatewayState,
-    caller: &Principal,
-    needed: Role,
-) -> Result<StateScope, ApiError> {
-    let (tenant, quotas) = caller_tenant(state, caller, needed).await?;
-    Ok(StateScope::new(
-        tenant,
-        StateLimits {
-            max_keys: quotas.max_state_keys,
-            max_bytes: quotas.max_state_bytes,
-            max_key_bytes: quotas.max_state_key_bytes,
-        },
-    ))
+fn scope(state: &GatewayState, caller: &Caller, needed: Role) -> Result<StateScope, ApiError> {
+    let (tenant, quotas) = caller_tenant(state, caller, needed)?;
+    Ok(StateScope::new(tenant, StateLimits::of(&quotas)))
 }
 
 fn state_error(error: StateError) -> ApiError {
@@ -54,10 +43,10 @@ fn state_error(error: StateError) -> ApiError {
 #[utoipa::path(get, path = "/v1/state", tag = "state", responses((status = 200, body = weir_api::rest::StateKeys), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn list(
     State(state): State<GatewayState>,
-    Caller(caller): Caller,
+    caller: Caller,
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let scope = scope(&state, &caller, Role::Viewer).await?;
+    let scope = scope(&state, &caller, Role::Viewer)?;
     let keys = state
         .state
         .keys(&scope, query.limit.unwrap_or(1000).min(10_000))
@@ -73,10 +62,10 @@ pub(crate) async fn list(
 #[utoipa::path(get, path = "/v1/state/{key}", tag = "state", params(("key" = String, Path)), responses((status = 200, body = weir_api::rest::StateEntry), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn get(
     State(state): State<GatewayState>,
-    Caller(caller): Caller,
+    caller: Caller,
     Path(key): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let scope = scope(&state, &caller, Role::Viewer).await?;
+    let scope = scope(&state, &caller, Role::Viewer)?;
     let found = state
         .state
         .get(&scope, key.as_bytes())
@@ -93,11 +82,11 @@ pub(crate) async fn get(
 #[utoipa::path(put, path = "/v1/state/{key}", tag = "state", params(("key" = String, Path)), request_body(content = Vec<u8>, content_type = "application/octet-stream"), responses((status = 200, body = weir_api::rest::StateEntry), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn put(
     State(state): State<GatewayState>,
-    Caller(caller): Caller,
+    caller: Caller,
     Path(key): Path<String>,
     body: Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
-    let scope = scope(&state, &caller, Role::Developer).await?;
+    let scope = scope(&state, &caller, Role::Developer)?;
     let written = state
         .state
         .set(&scope, key.as_bytes(), &body, SetOptions::default())
@@ -111,10 +100,10 @@ pub(crate) async fn put(
 #[utoipa::path(delete, path = "/v1/state/{key}", tag = "state", params(("key" = String, Path)), responses((status = 204), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn delete(
     State(state): State<GatewayState>,
-    Caller(caller): Caller,
+    caller: Caller,
     Path(key): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let scope = scope(&state, &caller, Role::Developer).await?;
+    let scope = scope(&state, &caller, Role::Developer)?;
     match state
         .state
         .del(&scope, key.as_bytes(), None)

@@ -47,7 +47,7 @@ async fn admin_load(
 #[utoipa::path(post, path = "/v1/tenants", tag = "tenants", request_body = weir_api::rest::CreateTenant, responses((status = 201, body = weir_api::rest::Tenant), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn create(
     State(state): State<GatewayState>,
-    Caller(caller): Caller,
+    caller: Caller,
     ApiJson(body): ApiJson<CreateTenant>,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Role::Admin)?;
@@ -76,7 +76,7 @@ pub(crate) async fn create(
 #[utoipa::path(get, path = "/v1/tenants", tag = "tenants", responses((status = 200, body = Vec<weir_api::rest::Tenant>), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn list(
     State(state): State<GatewayState>,
-    Caller(caller): Caller,
+    caller: Caller,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Role::Admin)?;
     let tenants: Vec<Tenant> = state
@@ -92,7 +92,7 @@ pub(crate) async fn list(
 #[utoipa::path(get, path = "/v1/tenants/{id}", tag = "tenants", params(("id" = String, Path)), responses((status = 200, body = weir_api::rest::Tenant), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn get(
     State(state): State<GatewayState>,
-    Caller(caller): Caller,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let record = admin_load(&state, &caller, &id).await?;
@@ -102,7 +102,7 @@ pub(crate) async fn get(
 #[utoipa::path(put, path = "/v1/tenants/{id}/quotas", tag = "tenants", params(("id" = String, Path)), request_body = weir_api::tenancy::Quotas, responses((status = 200, body = weir_api::rest::Tenant), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn set_quotas(
     State(state): State<GatewayState>,
-    Caller(caller): Caller,
+    caller: Caller,
     Path(id): Path<String>,
     ApiJson(quotas): ApiJson<Quotas>,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -116,7 +116,7 @@ pub(crate) async fn set_quotas(
 #[utoipa::path(post, path = "/v1/tenants/{id}/suspend", tag = "tenants", params(("id" = String, Path)), responses((status = 200, body = weir_api::rest::Tenant), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn suspend(
     State(state): State<GatewayState>,
-    Caller(caller): Caller,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let mut record = admin_load(&state, &caller, &id).await?;
@@ -138,7 +138,7 @@ pub(crate) async fn suspend(
 #[utoipa::path(post, path = "/v1/tenants/{id}/unsuspend", tag = "tenants", params(("id" = String, Path)), responses((status = 200, body = weir_api::rest::Tenant), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn unsuspend(
     State(state): State<GatewayState>,
-    Caller(caller): Caller,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let mut record = admin_load(&state, &caller, &id).await?;
@@ -152,38 +152,21 @@ pub(crate) async fn unsuspend(
 #[utoipa::path(delete, path = "/v1/tenants/{id}", tag = "tenants", params(("id" = String, Path)), responses((status = 204), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn delete(
     State(state): State<GatewayState>,
-    Caller(caller): Caller,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let record = admin_load(&state, &caller, &id).await?;
+    // Deployments stop first, so no module writes state while it is cleared.
     state.runtime.forget_tenant(&record.id).await;
     let scope = weir_state::StateScope::new(
         record.id.clone(),
-        weir_state::StateLimits {
-            max_keys: record.quotas.max_state_keys,
-            max_bytes: record.quotas.max_state_bytes,
-            max_key_bytes: record.quotas.max_state_key_bytes,
-        },
+        weir_state::StateLimits::of(&record.quotas),
     );
-    loop {
-        let keys = state
-            .state
-            .keys(&scope, 1000)
-            .await
-            .map_err(|e| ApiError::internal(&e))?;
-        if keys.is_empty() {
-            break;
-        }
-        for key in keys {
-            state
-                .state
-                .del(&scope, &key, None)
-                .await
-                .map_err(|e| ApiError::internal(&e))?;
-        }
-    }
-    // Again, now that the state is gone: the deletions above were metered to the tenant.
-    state.runtime.forget_tenant(&record.id).await;
+    state
+        .state
+        .clear(&scope)
+        .await
+        .map_err(|e| ApiError::internal(&e))?;
     state.limits.forget(&record.id);
     state.store.delete_tenant(&record.id).await?;
     Ok(StatusCode::NO_CONTENT)

@@ -40,7 +40,7 @@ fn token_id(subject: &str) -> String {
 #[utoipa::path(post, path = "/v1/tokens", tag = "tokens", request_body = weir_api::rest::MintToken, responses((status = 201, body = weir_api::rest::Token), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn mint(
     State(state): State<GatewayState>,
-    Caller(caller): Caller,
+    caller: Caller,
     ApiJson(body): ApiJson<MintToken>,
 ) -> Result<impl IntoResponse, ApiError> {
     let tenant = if caller.role == Role::Admin {
@@ -138,7 +138,7 @@ fn scope(caller: &weir_tenants::Principal) -> Result<Option<TenantId>, ApiError>
 #[utoipa::path(get, path = "/v1/tokens", tag = "tokens", responses((status = 200, body = Vec<weir_api::rest::Token>), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn list(
     State(state): State<GatewayState>,
-    Caller(caller): Caller,
+    caller: Caller,
 ) -> Result<impl IntoResponse, ApiError> {
     let tenant = scope(&caller)?;
     let tokens: Vec<Token> = state
@@ -162,7 +162,7 @@ pub(crate) async fn list(
 #[utoipa::path(delete, path = "/v1/tokens/{id}", tag = "tokens", params(("id" = String, Path)), responses((status = 204), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn revoke(
     State(state): State<GatewayState>,
-    Caller(caller): Caller,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let tenant = scope(&caller)?;
