@@ -25,6 +25,8 @@ pub enum ClientError {
     Api {
         /// The document, as sent.
         problem: Box<Problem>,
+        /// The server's `Retry-After` (on `429` and `503`), when it sent one in seconds.
+        retry_after: Option<Duration>,
     },
     /// The server could not be reached, or answered with something that is not weir's API.
     #[error("{0}")]
@@ -35,7 +37,7 @@ impl ClientError {
     /// The problem document, when the server sent one.
     pub fn problem(&self) -> Option<&Problem> {
         match self {
-            Self::Api { problem } => Some(problem),
+            Self::Api { problem, .. } => Some(problem),
             Self::Transport(_) => None,
         }
     }
@@ -43,6 +45,14 @@ impl ClientError {
     /// The stable code, when the server sent one.
     pub fn code(&self) -> Option<&str> {
         self.problem().map(|p| p.code.as_str())
+    }
+
+    /// How long the server asked to wait before retrying (`Retry-After`), when it said so.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Api { retry_after, .. } => *retry_after,
+            Self::Transport(_) => None,
+        }
     }
 }
 
@@ -121,10 +131,17 @@ impl Client {
             return Ok(response);
         }
         let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|text| text.trim().parse().ok())
+            .map(Duration::from_secs);
         let body = response.bytes().await?;
         match serde_json::from_slice::<Problem>(&body) {
             Ok(problem) => Err(ClientError::Api {
                 problem: Box::new(problem),
+                retry_after,
             }),
             Err(_) => Err(ClientError::Transport(format!(
                 "{status}: {}",

@@ -131,25 +131,39 @@ impl HlcClock {
             .last
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (mut time, mut counter) = *last;
-        let remote = remote.unwrap_or((Duration::ZERO, 0));
-        let latest = wall.max(time).max(remote.0);
-        counter = if latest == time && latest == remote.0 {
-            counter.max(remote.1) + 1
-        } else if latest == time {
-            counter + 1
-        } else if latest == remote.0 {
-            remote.1 + 1
+        let (previous, previous_counter) = *last;
+        let remote = remote.map_or((Duration::ZERO, 0), |(time, counter)| {
+            (whole_millis(time), counter)
+        });
+        // Readings are kept at the millisecond, the resolution `__ts` carries: two readings in
+        // one millisecond differ by their counter, also once written out.
+        let mut time = whole_millis(wall).max(previous).max(remote.0);
+        // `None` when the counter would overflow (a remote may send `u64::MAX`): the reading
+        // then moves to the next nanosecond instead, which is later still.
+        let counter = if time == previous && time == remote.0 {
+            previous_counter.max(remote.1).checked_add(1)
+        } else if time == previous {
+            previous_counter.checked_add(1)
+        } else if time == remote.0 {
+            remote.1.checked_add(1)
         } else {
-            0
+            Some(0)
         };
-        time = latest;
+        let counter = counter.unwrap_or_else(|| {
+            time = time.saturating_add(Duration::from_millis(1));
+            0
+        });
         *last = (time, counter);
         Hlc {
             counter,
             ..Hlc::at(time, self.node_id.clone())
         }
     }
+}
+
+/// `time` truncated to the whole millisecond.
+fn whole_millis(time: Duration) -> Duration {
+    Duration::from_millis(u64::try_from(time.as_millis()).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]
@@ -197,14 +211,34 @@ mod tests {
     }
 
     #[test]
-    fn clock_readings_strictly_increase() {
+    fn clock_readings_strictly_increase_also_as_ts_text() {
         let clock = HlcClock::new("n");
         let mut previous = clock.now();
         for _ in 0..1000 {
             let next = clock.now();
             assert!(next > previous);
+            assert!(
+                next.to_ts() > previous.to_ts(),
+                "{next} repeats {previous} in text"
+            );
             previous = next;
         }
+    }
+
+    #[test]
+    fn counters_at_their_limit_never_overflow() {
+        let clock = HlcClock::new("n");
+        let base = clock.now();
+        let limit = Hlc {
+            counter: u64::MAX,
+            ..Hlc::at(base.time() + Duration::from_secs(1), "far")
+        };
+        let merged = clock.update(&limit);
+        assert!(merged > limit, "{merged:?} is not later than {limit:?}");
+        assert_eq!(merged.counter, 0);
+        let again = clock.update(&limit);
+        assert!(again > merged);
+        assert!(Hlc::parse_ts("18446744073709551615:18446744073709551615:x").is_ok());
     }
 
     #[test]
@@ -212,7 +246,7 @@ mod tests {
         let clock = HlcClock::new("n");
         let future = Hlc {
             counter: 9,
-            ..Hlc::at(Duration::from_secs(u64::MAX / 4), "far")
+            ..Hlc::at(Duration::from_millis(u64::MAX / 4), "far")
         };
         let merged = clock.update(&future);
         assert!(merged.time() == future.time() && merged.counter == 10);

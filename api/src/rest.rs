@@ -328,6 +328,16 @@ pub struct IngestMessage {
 }
 
 impl IngestMessage {
+    /// Its size as `max_message_bytes` counts it: topic, payload and user properties.
+    pub fn byte_len(&self) -> u64 {
+        let properties: usize = self
+            .user_properties
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum();
+        (self.topic.len() + self.payload.len() + properties) as u64
+    }
+
     /// A message on the default topic with no properties.
     pub fn new(payload: impl Into<String>) -> Self {
         Self {
@@ -421,8 +431,14 @@ pub struct DeadLetter {
     pub detail: String,
     /// The input's topic.
     pub topic: String,
-    /// The input's payload (lossy UTF-8).
+    /// The input's payload (lossy UTF-8), cut to 64 KiB: see `input_bytes`.
     pub payload: String,
+    /// The size of the whole input (topic, payload and properties), in bytes.
+    #[serde(default)]
+    pub input_bytes: u64,
+    /// Whether `payload` was cut.
+    #[serde(default)]
+    pub payload_truncated: bool,
 }
 
 /// One metric series of the tenant's.
@@ -456,12 +472,21 @@ pub struct Usage {
     pub deployments: u64,
     /// Messages taken in by the tenant's deployments.
     pub messages_in: u64,
-    /// Bytes of payload taken in.
+    /// Bytes taken in: topic, payload and user properties of each message.
     pub bytes_in: u64,
+    /// Messages refused at intake by `messages_per_second_in`.
+    #[serde(default)]
+    pub messages_limited: u64,
     /// Messages its deployments put out.
     pub messages_out: u64,
     /// Messages dead-lettered.
     pub dead_letters: u64,
+    /// Dead letters dropped, oldest first, to keep within `max_dead_letter_bytes`.
+    #[serde(default)]
+    pub dead_letters_evicted: u64,
+    /// Of `fuel`, what `init` calls used (after deploys, and after every trap).
+    #[serde(default)]
+    pub init_fuel: u64,
     /// Fuel its operators burned.
     pub fuel: u64,
     /// State store operations (by modules and through the API).

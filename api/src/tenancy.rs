@@ -67,6 +67,16 @@ pub struct Quotas {
     pub messages_per_second_in: u32,
     /// Size of one item, in or out of an operator (payload, topic, properties together).
     pub max_message_bytes: u64,
+    /// Bytes of the tenant's messages taken by its deployments' sources and not yet processed
+    /// (queued at intake or anywhere inside a dataflow), across its deployments. A source
+    /// that would pass it holds back (HTTP ingest answers `429`).
+    pub max_inflight_bytes: u64,
+    /// Bytes of outputs waiting in the tenant's HTTP sink queues for a reader, across its
+    /// deployments. While it is full the deployments' sinks hold back, and so their sources.
+    pub max_queued_output_bytes: u64,
+    /// Bytes of dead letters kept for the tenant to read (each letter's kept payload is cut
+    /// to 64 KiB, its original size recorded); the oldest go first, counted in usage.
+    pub max_dead_letter_bytes: u64,
     /// Keys in the tenant's state store.
     pub max_state_keys: u64,
     /// Bytes of keys and values in the tenant's state store.
@@ -104,6 +114,9 @@ impl Default for Quotas {
             max_instances: 64,
             messages_per_second_in: 10_000,
             max_message_bytes: 16 * MIB,
+            max_inflight_bytes: 64 * MIB,
+            max_queued_output_bytes: 64 * MIB,
+            max_dead_letter_bytes: 16 * MIB,
             max_state_keys: 100_000,
             max_state_bytes: 256 * MIB,
             max_state_key_bytes: 1024,

@@ -47,14 +47,14 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     let runtime = DataflowRuntime::start(1, tokio.handle().clone())?;
     let engine = OperatorEngine::new(&EngineConfig::default())?;
-    let tenant = TenantContext {
-        tenant: TenantId::new("bench")?,
-        quotas: Quotas::default(),
-        state: Arc::new(MemoryStateStore::default()),
-        logs: Arc::new(MemoryLogSink::new(16)),
-        metrics: Arc::new(MetricsRegistry::new(100)),
-        clock: Arc::new(HlcClock::new("bench")),
-    };
+    let tenant = TenantContext::new(
+        TenantId::new("bench")?,
+        Quotas::default(),
+        Arc::new(MemoryStateStore::default()),
+        Arc::new(MemoryLogSink::new(16)),
+        Arc::new(MetricsRegistry::new(100)),
+        Arc::new(HlcClock::new("bench")),
+    );
     let graph = parse_graph(GRAPH)?;
     let modules = DirectoryModules::new(weir_guests::Guest::dir(), engine.clone());
     let settings = DataflowSettings {

@@ -62,14 +62,14 @@ impl LocalPlatform {
         state: Arc<MemoryStateStore>,
         logs: Arc<dyn LogSink>,
     ) -> anyhow::Result<TenantContext> {
-        Ok(TenantContext {
-            tenant: TenantId::new(name)?,
-            quotas: Quotas::default(),
+        Ok(TenantContext::new(
+            TenantId::new(name)?,
+            Quotas::default(),
             state,
             logs,
-            metrics: Arc::new(MetricsRegistry::new(1000)),
-            clock: Arc::new(HlcClock::new("weir-local")),
-        })
+            Arc::new(MetricsRegistry::new(1000)),
+            Arc::new(HlcClock::new("weir-local")),
+        ))
     }
 
     /// Runs `graph` over `inputs` (topic, payload) until it completes or `timeout` passes.

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use weir_executor::{EngineConfig, OperatorEngine};
+use weir_executor::dataflow::DataflowSettings;
+use weir_executor::{EngineConfig, OperatorEngine, PoolingConfig};
 use weir_gateway::{GatewayState, ModuleValidator, router};
 
 use weir_store::{BlobStore, ControlStore, SqliteControlStore, TokenRecord};
@@ -32,6 +33,14 @@ pub(crate) struct ServeArgs {
     /// Where `--demo` finds `temperature.wasm` (built by `scripts/demo`).
     #[arg(long, default_value = "target/guests/wasm32-wasip2/release")]
     modules: PathBuf,
+    /// Operator instances alive at once on this executor, across tenants: the pool that
+    /// tenants' `max_instances` quotas are admitted against.
+    #[arg(long, default_value_t = 256)]
+    instance_slots: u32,
+    /// Milliseconds an operator instance lives without a call before it is dropped (and
+    /// re-created, `init` included, on the next message).
+    #[arg(long, default_value_t = 5_000)]
+    instance_idle_ms: u64,
 }
 
 /// The graph `--demo` deploys: Fahrenheit readings to Celsius, then a range filter.
@@ -193,7 +202,16 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCod
     } else {
         println!("data in {}", args.data.display());
     }
-    let engine = OperatorEngine::new(&EngineConfig::default())?;
+    let engine = OperatorEngine::new(&EngineConfig {
+        pooling: Some(PoolingConfig {
+            instance_slots: args.instance_slots,
+        }),
+        ..EngineConfig::default()
+    })?;
+    let settings = DataflowSettings {
+        instance_idle: Duration::from_millis(args.instance_idle_ms),
+        ..DataflowSettings::default()
+    };
     let workers = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     // One state store for the API and the modules: what `/v1/state` seeds, modules read.
     let module_state = Arc::new(weir_state::MeteredStateStore::new(Arc::new(
@@ -208,6 +226,8 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCod
         validator: Arc::new(EngineValidator(engine.clone())),
         runtime: Arc::new(crate::deployments::LocalDeployments::new(
             engine,
+            usize::try_from(args.instance_slots)?,
+            settings,
             workers,
             module_state.clone(),
         )?),

@@ -632,13 +632,15 @@ async fn each_api_quota_refuses_precisely_at_its_limit() {
     developer.deploy(&deploy("one")).await.unwrap();
     refused(developer.deploy(&deploy("two")).await, "deployment count");
 
-    // Message size at ingest: 64 bytes pass, 65 do not.
-    developer
-        .ingest("one", &[IngestMessage::new("x".repeat(64))], false)
-        .await
-        .unwrap();
+    // Message size at ingest counts topic, payload and properties: 64 bytes pass, 65 do not.
+    let sized = |payload: usize| IngestMessage {
+        topic: "t/1".to_owned(),
+        payload: "x".repeat(payload),
+        user_properties: vec![("k".to_owned(), "vv".to_owned())],
+    };
+    developer.ingest("one", &[sized(58)], false).await.unwrap();
     let over = developer
-        .ingest("one", &[IngestMessage::new("x".repeat(65))], false)
+        .ingest("one", &[sized(59)], false)
         .await
         .unwrap_err();
     assert_eq!(over.code(), Some("payload_too_large"));

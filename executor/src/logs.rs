@@ -46,23 +46,57 @@ pub trait LogSink: Send + Sync + std::fmt::Debug {
     fn record(&self, record: LogRecord);
 }
 
-/// The embedded log: the newest `capacity` lines of each tenant, in memory, also sent to
-/// `tracing` with the tenant and node as fields.
+/// The embedded log: the newest lines of each tenant (up to its `max_log_lines` quota, see
+/// [`set_capacity`](Self::set_capacity)), in memory, also sent to `tracing` with the tenant and
+/// node as fields. Lines are numbered per tenant, so a tenant's numbers say nothing of others.
 #[derive(Debug)]
 pub struct MemoryLogSink {
     capacity: usize,
-    lines: Mutex<HashMap<TenantId, VecDeque<(u64, LogRecord)>>>,
-    next_seq: std::sync::atomic::AtomicU64,
+    tenants: Mutex<HashMap<TenantId, TenantLog>>,
+}
+
+#[derive(Debug)]
+struct TenantLog {
+    capacity: usize,
+    next_seq: u64,
+    lines: VecDeque<(u64, LogRecord)>,
+}
+
+impl TenantLog {
+    fn trim(&mut self) {
+        while self.lines.len() > self.capacity {
+            self.lines.pop_front();
+        }
+    }
 }
 
 impl MemoryLogSink {
-    /// Keeps up to `capacity` lines per tenant, dropping the oldest.
+    /// Keeps up to `capacity` lines per tenant (unless [`set_capacity`](Self::set_capacity) says
+    /// otherwise for a tenant), dropping the oldest.
     pub fn new(capacity: usize) -> Self {
         Self {
             capacity,
-            lines: Mutex::new(HashMap::new()),
-            next_seq: std::sync::atomic::AtomicU64::new(1),
+            tenants: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Keeps up to `capacity` lines of `tenant` from now on (its `max_log_lines` quota); older
+    /// lines over the new bound go at once.
+    pub fn set_capacity(&self, tenant: &TenantId, capacity: usize) {
+        let mut tenants = self.lock();
+        let log = tenants.entry(tenant.clone()).or_insert_with(|| TenantLog {
+            capacity,
+            next_seq: 1,
+            lines: VecDeque::new(),
+        });
+        log.capacity = capacity;
+        log.trim();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TenantId, TenantLog>> {
+        self.tenants
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The kept lines of `tenant`, oldest first.
@@ -74,21 +108,18 @@ impl MemoryLogSink {
     }
 
     /// The kept lines of `tenant` with a sequence number above `after`, oldest first, each with
-    /// its number (increasing across tenants, so a follower passes the last one it saw).
+    /// its number (increasing per tenant, from 1, so a follower passes the last one it saw).
     pub fn lines_after(
         &self,
         tenant: &TenantId,
         after: u64,
         limit: usize,
     ) -> Vec<(u64, LogRecord)> {
-        let lines = self
-            .lines
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        lines
+        self.lock()
             .get(tenant)
-            .map(|l| {
-                l.iter()
+            .map(|log| {
+                log.lines
+                    .iter()
                     .filter(|(seq, _)| *seq > after)
                     .take(limit)
                     .cloned()
@@ -99,10 +130,7 @@ impl MemoryLogSink {
 
     /// Forgets a tenant's lines (the tenant was deleted).
     pub fn forget(&self, tenant: &TenantId) {
-        self.lines
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(tenant);
+        self.lock().remove(tenant);
     }
 }
 
@@ -116,17 +144,20 @@ impl LogSink for MemoryLogSink {
             "{}",
             record.message
         );
-        let mut lines = self
-            .lines
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let tenant_lines = lines.entry(record.tenant.clone()).or_default();
-        if tenant_lines.len() >= self.capacity {
-            tenant_lines.pop_front();
+        let mut tenants = self.lock();
+        let log = tenants
+            .entry(record.tenant.clone())
+            .or_insert_with(|| TenantLog {
+                capacity: self.capacity,
+                next_seq: 1,
+                lines: VecDeque::new(),
+            });
+        if log.capacity == 0 {
+            return;
         }
-        let seq = self
-            .next_seq
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        tenant_lines.push_back((seq, record));
+        let seq = log.next_seq;
+        log.next_seq += 1;
+        log.lines.push_back((seq, record));
+        log.trim();
     }
 }

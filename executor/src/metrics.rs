@@ -63,6 +63,8 @@ pub type SeriesKey = (String, BTreeMap<String, String>);
 
 #[derive(Debug, Default)]
 struct TenantMetrics {
+    /// The tenant's `max_metric_series` quota, when one was set.
+    max_series: Option<usize>,
     kinds: HashMap<String, Kind>,
     series: HashMap<SeriesKey, SeriesValue>,
     dropped: u64,
@@ -83,6 +85,17 @@ impl MetricsRegistry {
             max_series,
             tenants: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Caps `tenant`'s series at `max_series` (its `max_metric_series` quota) from now on;
+    /// series it already has are kept.
+    pub fn set_max_series(&self, tenant: &TenantId, max_series: usize) {
+        self.tenants
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(tenant.clone())
+            .or_default()
+            .max_series = Some(max_series);
     }
 
     /// Records `value` for the series `name` + `labels` of `tenant`.
@@ -137,7 +150,8 @@ impl MetricsRegistry {
             _ => {}
         }
         let key: SeriesKey = (name.to_owned(), labels.into_iter().collect());
-        if !metrics.series.contains_key(&key) && metrics.series.len() >= self.max_series {
+        let max_series = metrics.max_series.unwrap_or(self.max_series);
+        if !metrics.series.contains_key(&key) && metrics.series.len() >= max_series {
             metrics.dropped += 1;
             return Ok(());
         }
@@ -252,5 +266,14 @@ mod tests {
             registry.snapshot(&tenant("b")).0.is_empty(),
             "tenants see only their own series"
         );
+        registry.set_max_series(&tenant("b"), 4);
+        for i in 0..5 {
+            let labels = vec![("i".to_owned(), i.to_string())];
+            registry
+                .record(&tenant("b"), "c", labels, MetricValue::Counter(1))
+                .unwrap();
+        }
+        assert_eq!(registry.snapshot(&tenant("b")).0.len(), 4, "b's own quota");
+        assert_eq!(registry.snapshot(&tenant("a")).0.len(), 2);
     }
 }

@@ -174,8 +174,10 @@ pub struct OperatorStats {
     pub consecutive_failures: u64,
     /// Instances created (the first one included).
     pub instantiations: u64,
-    /// Fuel used by all calls.
+    /// Fuel used by all calls and `init`s.
     pub fuel_used: u64,
+    /// Of which `init`s used.
+    pub init_fuel: u64,
 }
 
 /// An operator export loaded from a live instance.
@@ -268,6 +270,11 @@ impl OperatorInstance {
     /// Drops the live instance (an idle node costs nothing); the next call re-creates it.
     pub fn release(&mut self) {
         self.live = None;
+    }
+
+    /// Whether an instance is live (holds a pool slot and memory).
+    pub fn is_live(&self) -> bool {
+        self.live.is_some()
     }
 
     /// The node's counters.
@@ -472,7 +479,7 @@ impl OperatorInstance {
         let live = match self.live.take() {
             Some(live) => live,
             None => {
-                let live = instantiate(
+                let (live, init_fuel) = instantiate(
                     self.engine.clone(),
                     self.module.clone(),
                     self.kind,
@@ -480,8 +487,11 @@ impl OperatorInstance {
                     self.env.clone(),
                     self.limits,
                 )
-                .await
-                .map_err(|e| match e {
+                .await;
+                // `init` is the tenant's CPU too, whether it succeeded or not.
+                self.stats.fuel_used += init_fuel;
+                self.stats.init_fuel += init_fuel;
+                let live = live.map_err(|e| match e {
                     OperatorError::InitRejected | OperatorError::Capacity => e,
                     other => OperatorError::InitFailed(Box::new(other)),
                 })?;
@@ -546,8 +556,9 @@ impl OperatorInstance {
     }
 }
 
-/// A fresh store and instance of `module`, with `init` run. Takes owned parts, not the
-/// instance, so the future is `Send` (a store is not `Sync`).
+/// A fresh store and instance of `module`, with `init` run, and the fuel that took (whatever
+/// the outcome). Takes owned parts, not the instance, so the future is `Send` (a store is not
+/// `Sync`).
 async fn instantiate(
     engine: OperatorEngine,
     module: Arc<CompiledModule>,
@@ -555,7 +566,7 @@ async fn instantiate(
     configuration: ModuleConfiguration,
     env: Arc<NodeEnv>,
     limits: CallLimits,
-) -> Result<Live, OperatorError> {
+) -> (Result<Live, OperatorError>, u64) {
     let mut store = Store::new(engine.engine(), HostState::new(env, limits.memory_bytes));
     store.limiter(|state| state as &mut dyn ResourceLimiter);
     store.epoch_deadline_callback(|mut context| {
@@ -567,9 +578,14 @@ async fn instantiate(
             Ok(UpdateDeadline::Yield(1))
         }
     });
-    arm(&mut store, &limits).map_err(|error| OperatorError::Trap {
-        detail: format!("{error:#}"),
-    })?;
+    if let Err(error) = arm(&mut store, &limits) {
+        return (
+            Err(OperatorError::Trap {
+                detail: format!("{error:#}"),
+            }),
+            0,
+        );
+    }
     let outcome = tokio::time::timeout(limits.timeout + HOST_GRACE, async {
         let instance = module.pre.instantiate_async(&mut store).await?;
         // Loads the export, runs `init`, and names the loaded operator.
@@ -653,14 +669,16 @@ async fn instantiate(
         Ok::<_, wasmtime::Error>((operator, accepted))
     })
     .await;
-    match outcome {
+    let fuel = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
+    let live = match outcome {
         Err(_elapsed) => Err(OperatorError::Deadline {
             timeout: limits.timeout,
         }),
         Ok(Err(error)) => Err(classify(&error, store.data(), &limits)),
         Ok(Ok((_, false))) => Err(OperatorError::InitRejected),
         Ok(Ok((operator, true))) => Ok(Live { store, operator }),
-    }
+    };
+    (live, fuel)
 }
 
 fn lift_with(lifted: Result<DataItem, InvalidOutput>) -> Returned<DataItem> {
@@ -705,6 +723,8 @@ fn classify(error: &wasmtime::Error, state: &HostState, limits: &CallLimits) -> 
     if error.downcast_ref::<PoolConcurrencyLimitError>().is_some() {
         return OperatorError::Capacity;
     }
-    let detail = crate::host::truncate(&format!("{error:?}"), 8 * 1024);
+    // The alternate `Display` is the trap and its context chain (the guest's wasm backtrace
+    // among it), never the host's Rust backtrace that `Debug` adds when `RUST_BACKTRACE` is set.
+    let detail = crate::host::truncate(&format!("{error:#}"), 8 * 1024);
     OperatorError::Trap { detail }
 }

@@ -19,6 +19,7 @@ pub struct ApiError {
     code: ErrorCode,
     detail: String,
     errors: Vec<ProblemField>,
+    retry_after: Option<std::time::Duration>,
 }
 
 impl std::fmt::Display for ApiError {
@@ -36,7 +37,15 @@ impl ApiError {
             code,
             detail: detail.into(),
             errors: Vec::new(),
+            retry_after: None,
         }
+    }
+
+    /// When to retry, for `429` and `503` (`Retry-After`, in whole seconds rounded up; 1 s
+    /// when not set).
+    pub fn with_retry_after(mut self, wait: std::time::Duration) -> Self {
+        self.retry_after = Some(wait);
+        self
     }
 
     /// Adds the individual problems.
@@ -119,9 +128,13 @@ impl IntoResponse for ApiError {
             HeaderValue::from_static("application/problem+json"),
         );
         if matches!(self.code, ErrorCode::RateLimited | ErrorCode::Unavailable) {
+            // RFC 9110 §10.2.3: whole seconds; a wait under one second rounds up to one.
+            let seconds = self.retry_after.map_or(1, |wait| {
+                wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
+            });
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
         }
         response
     }

@@ -96,6 +96,9 @@ pub trait DeploymentRuntime: Send + Sync + std::fmt::Debug {
     async fn cordon(&self, executor: &str, cordoned: bool) -> bool;
     /// Stops the tenant's deployments and forgets its logs, metrics and dead letters.
     async fn forget_tenant(&self, tenant: &weir_api::TenantId);
+    /// Applies the tenant's changed quotas to its running deployments (rates, budgets, log
+    /// and metric bounds at once; per-call limits on each deployment's next start).
+    async fn set_quotas(&self, tenant: &weir_api::TenantId, quotas: &weir_tenants::Quotas);
 }
 
 /// Which lines of a feed (logs, dead letters) to read.

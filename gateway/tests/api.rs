@@ -101,6 +101,7 @@ impl weir_gateway::DeploymentRuntime for NoExecutor {
         false
     }
     async fn forget_tenant(&self, _: &TenantId) {}
+    async fn set_quotas(&self, _: &TenantId, _: &weir_api::tenancy::Quotas) {}
 }
 
 struct Api {

@@ -15,6 +15,6 @@ pub use identity::{
     AuthError, Claims, JwtVerifier, KeyError, MemoryRevocations, MintError, Principal,
     RevocationList, Secret, TokenIssuer, VerificationKey,
 };
-pub use limits::ApiLimits;
+pub use limits::{ApiLimits, MessageRates, RateRefusal};
 // The quota and role vocabulary lives in weir-api so the typed API client speaks it too.
 pub use weir_api::tenancy::{Quotas, Role};

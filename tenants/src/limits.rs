@@ -78,6 +78,92 @@ impl ApiLimits {
     }
 }
 
+/// Why messages were refused by [`MessageRates::admit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateRefusal {
+    /// Over the rate now: retry after this long.
+    Wait(Duration),
+    /// The batch is larger than one second's worth: it can never be admitted whole.
+    TooMany {
+        /// The tenant's `messages_per_second_in`.
+        per_second: u32,
+    },
+}
+
+struct TenantRate {
+    per_second: u32,
+    limiter: DefaultDirectRateLimiter,
+    limited: u64,
+}
+
+/// The `messages_per_second_in` limits of every tenant (GCRA via `governor`, burst = one
+/// second's worth): a batch of messages is admitted whole or not at all.
+#[derive(Default)]
+pub struct MessageRates {
+    tenants: Mutex<HashMap<TenantId, TenantRate>>,
+}
+
+impl std::fmt::Debug for MessageRates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MessageRates").finish_non_exhaustive()
+    }
+}
+
+impl MessageRates {
+    /// Admits `messages` messages into `tenant`'s deployments at `per_second`, or refuses all
+    /// of them. A changed quota applies from this call on.
+    pub fn admit(
+        &self,
+        tenant: &TenantId,
+        per_second: u32,
+        messages: u32,
+    ) -> Result<(), RateRefusal> {
+        let Some(cells) = NonZeroU32::new(messages) else {
+            return Ok(());
+        };
+        let mut tenants = self
+            .tenants
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let rate = NonZeroU32::new(per_second).unwrap_or(NonZeroU32::MIN);
+        let entry = tenants.entry(tenant.clone()).or_insert_with(|| TenantRate {
+            per_second,
+            limiter: RateLimiter::direct(Quota::per_second(rate)),
+            limited: 0,
+        });
+        if entry.per_second != per_second {
+            entry.per_second = per_second;
+            entry.limiter = RateLimiter::direct(Quota::per_second(rate));
+        }
+        let refusal = match entry.limiter.check_n(cells) {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(not_until)) => {
+                RateRefusal::Wait(not_until.wait_time_from(DefaultClock::default().now()))
+            }
+            Err(_insufficient) => RateRefusal::TooMany { per_second },
+        };
+        entry.limited += u64::from(messages);
+        Err(refusal)
+    }
+
+    /// Messages of `tenant` refused by its rate.
+    pub fn limited(&self, tenant: &TenantId) -> u64 {
+        self.tenants
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(tenant)
+            .map_or(0, |t| t.limited)
+    }
+
+    /// Forgets a deleted tenant.
+    pub fn forget(&self, tenant: &TenantId) {
+        self.tenants
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(tenant);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,5 +180,22 @@ mod tests {
             limits.admit(&other, 3).is_ok(),
             "tenants have their own budget"
         );
+    }
+
+    #[test]
+    fn message_batches_are_admitted_whole_or_not_at_all() {
+        let rates = MessageRates::default();
+        let tenant = TenantId::new("acme").unwrap();
+        assert_eq!(rates.admit(&tenant, 5, 4), Ok(()));
+        assert!(matches!(
+            rates.admit(&tenant, 5, 2),
+            Err(RateRefusal::Wait(wait)) if wait > Duration::ZERO
+        ));
+        assert_eq!(rates.admit(&tenant, 5, 1), Ok(()), "exactly the fifth");
+        assert_eq!(
+            rates.admit(&tenant, 5, 6),
+            Err(RateRefusal::TooMany { per_second: 5 })
+        );
+        assert_eq!(rates.limited(&tenant), 8);
     }
 }

@@ -37,10 +37,16 @@ pub fn serve(data: &Path) -> Server {
 
 /// `weir serve` with extra arguments.
 pub fn serve_with(data: &Path, extra: &[&str]) -> Server {
+    serve_with_env(data, extra, &[])
+}
+
+/// `weir serve` with extra arguments and environment variables.
+pub fn serve_with_env(data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
     let child = Command::new(env!("CARGO_BIN_EXE_weir"))
         .args(["serve", "--listen", "127.0.0.1:0", "--data"])
         .arg(data)
         .args(extra)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

@@ -19,7 +19,7 @@ use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use weir_api::{DataItem, Message};
 
 use super::envelope::Envelope;
-use super::node::NodeContext;
+use super::node::{Meter, NodeContext};
 use super::waker::operator_waker;
 use crate::{OperatorError, OperatorInstance};
 
@@ -64,6 +64,7 @@ pub(crate) fn accumulate<'scope>(
         drop(initial_capabilities);
         let mut windows: BTreeMap<u64, Window> = BTreeMap::new();
         let mut in_flight: Option<(u64, Call)> = None;
+        let meter = Meter::new(&context, &instance);
         let mut idle = Some(instance);
         let batch_size = context.settings.batch_size.max(1);
         move |frontiers| {
@@ -93,6 +94,11 @@ pub(crate) fn accumulate<'scope>(
                         .iter_mut()
                         .find(|(_, w)| !w.isolate.is_empty() || !w.pending.is_empty());
                     let Some((&time, window)) = next else { break };
+                    // The tenant spent its CPU share: no new call until the rate pays it back.
+                    if let Some(wait) = context.fuel.throttled() {
+                        activator.activate_after(wait);
+                        break;
+                    }
                     let Some(instance) = idle.take() else { break };
                     let batch: Vec<Envelope> = match window.isolate.pop_front() {
                         Some(single) => vec![single],
@@ -113,10 +119,7 @@ pub(crate) fn accumulate<'scope>(
                 let Poll::Ready((instance, batch, result)) = call.as_mut().poll(&mut cx) else {
                     break;
                 };
-                context
-                    .counters
-                    .fuel
-                    .store(instance.stats().fuel_used, Ordering::Relaxed);
+                meter.charge(&instance);
                 idle = Some(instance);
                 in_flight = None;
                 budget = budget.saturating_sub(batch.len());
@@ -162,6 +165,9 @@ pub(crate) fn accumulate<'scope>(
                 if window.folded {
                     output.activate().session(&window.cap).give(window.staged);
                 }
+            }
+            if in_flight.is_none() && windows.is_empty() {
+                meter.release_when_idle(&context, idle.as_mut(), &activator);
             }
         }
     });

@@ -9,6 +9,8 @@ use std::sync::{Arc, Mutex};
 
 use weir_api::DataItem;
 
+use super::source::Intake;
+
 /// How a source message ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Delivery {
@@ -20,10 +22,12 @@ pub enum Delivery {
 
 type OnDone = Box<dyn FnOnce(Delivery) + Send>;
 
-/// The acknowledgement of one source message.
+/// The acknowledgement of one source message. It also holds the message's place in its
+/// deployment's intake (see `source::Intake`), given back when the token goes.
 pub struct AckToken {
     on_done: Mutex<Option<OnDone>>,
     running: Arc<AtomicBool>,
+    intake: Option<(Arc<Intake>, u64)>,
 }
 
 impl std::fmt::Debug for AckToken {
@@ -33,10 +37,15 @@ impl std::fmt::Debug for AckToken {
 }
 
 impl AckToken {
-    pub(crate) fn new(running: Arc<AtomicBool>, on_done: OnDone) -> Arc<Self> {
+    pub(crate) fn new(
+        running: Arc<AtomicBool>,
+        on_done: OnDone,
+        intake: Option<(Arc<Intake>, u64)>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             on_done: Mutex::new(Some(on_done)),
             running,
+            intake,
         })
     }
 
@@ -52,6 +61,9 @@ impl AckToken {
 
 impl Drop for AckToken {
     fn drop(&mut self) {
+        if let Some((intake, bytes)) = self.intake.take() {
+            intake.release(1, bytes);
+        }
         let on_done = self
             .on_done
             .get_mut()

@@ -13,6 +13,7 @@
 //! queue with the node and the reason; acknowledgements ride along (see `envelope`).
 
 mod accumulate;
+mod budget;
 mod envelope;
 mod node;
 mod prepare;
@@ -33,15 +34,17 @@ use timely::communication::allocator::thread::Thread;
 use timely::dataflow::Stream;
 use timely::dataflow::operators::Concatenate;
 use timely::worker::Worker;
+use weir_api::HlcClock;
 use weir_api::graph::{Arm, OperationType};
 
+pub use budget::{ByteBudget, FuelBudget};
 pub use envelope::{DeadLetter, Delivery, Envelope, SinkOutput};
 pub use prepare::{
     DeployError, DeployProblem, DirectoryModules, ModuleResolver, PreparedDeployment,
     TenantContext, prepare,
 };
 pub use queue::OutputQueue;
-pub use source::{SourceError, SourceHandle, message_from_broker};
+pub use source::{Offer, SourceError, SourceHandle, message_from_broker};
 
 use crate::host::NodeEnv;
 use crate::{OperatorInstance, OperatorKind};
@@ -76,6 +79,9 @@ pub struct DataflowSettings {
     pub batch_size: usize,
     /// Items one operator handles per activation before it yields the worker.
     pub activation_budget: usize,
+    /// How long a node's instance lives without a call before it is dropped (re-created and
+    /// `init`ed on the next item).
+    pub instance_idle: Duration,
 }
 
 impl Default for DataflowSettings {
@@ -89,6 +95,7 @@ impl Default for DataflowSettings {
             output_capacity: 10_000,
             batch_size: 64,
             activation_budget: 256,
+            instance_idle: Duration::from_secs(5),
         }
     }
 }
@@ -117,8 +124,12 @@ pub struct NodeCounters {
     pub calls: AtomicU64,
     /// Items that failed.
     pub failures: AtomicU64,
-    /// Fuel the node's calls used (the tenant's metered CPU).
+    /// Fuel the node's calls and `init`s used (the tenant's metered CPU).
     pub fuel: AtomicU64,
+    /// Instances created (the first included): each after a trap or an idle release.
+    pub instantiations: AtomicU64,
+    /// Whether the node holds a live instance now (idle nodes release theirs).
+    pub live: AtomicBool,
 }
 
 /// What a deployment's operators and its handle share.
@@ -129,6 +140,11 @@ pub(crate) struct DeploymentShared {
     pub(crate) dead_letters: OutputQueue<DeadLetter>,
     pub(crate) stats: DeploymentStats,
     pub(crate) nodes: BTreeMap<String, Arc<NodeCounters>>,
+    /// The deployment's own hybrid logical clock: only its own messages' `__ts` move it, and
+    /// only once they passed the drift check (ARCHITECTURE "Seams: Time").
+    pub(crate) clock: Arc<HlcClock>,
+    /// The tenant's CPU rate budget: sources hold back while it is in debt.
+    pub(crate) fuel: Arc<FuelBudget>,
     open_sinks: AtomicUsize,
     complete: AtomicBool,
 }
@@ -219,6 +235,8 @@ impl DataflowRuntime {
             dead_letters: OutputQueue::new(settings.output_capacity),
             stats: DeploymentStats::default(),
             nodes,
+            clock: Arc::new(HlcClock::new(prepared.executor_node_id.clone())),
+            fuel: prepared.fuel.clone(),
             open_sinks: AtomicUsize::new(sink_count),
             complete: AtomicBool::new(sink_count == 0),
         });
@@ -230,7 +248,12 @@ impl DataflowRuntime {
             .iter()
             .filter(|o| o.operation_type == OperationType::Source)
         {
-            let (handle, receiver) = source::channel(settings.intake_capacity, running.clone());
+            let (handle, receiver) = source::channel(
+                settings.intake_capacity,
+                running.clone(),
+                shared.clock.clone(),
+                prepared.in_flight_bytes.clone(),
+            );
             sources.insert(operation.name.clone(), handle);
             receivers.insert(operation.name.clone(), receiver);
         }
@@ -238,9 +261,10 @@ impl DataflowRuntime {
         let handles = sources.clone();
         let install_shared = shared.clone();
         let install: Command = Box::new(move |worker: &mut Worker| {
-            let index = worker.dataflow::<u64, _, _>(|scope| {
+            // The identifier `drop_dataflow` takes; `scope.index()` is the worker's index.
+            let index = worker.next_dataflow_index();
+            worker.dataflow::<u64, _, _>(|scope| {
                 build_dataflow(scope, prepared, &handles, receivers, &install_shared);
-                scope.index()
             });
             // The deployer waits on this; if it gave up, nobody needs the index.
             let _unwanted = built.send(index);
@@ -342,6 +366,11 @@ impl Deployment {
                 let _gone = activator.activate();
             }
         }
+    }
+
+    /// The deployment's hybrid logical clock: stamps messages that arrive without a `__ts`.
+    pub fn clock(&self) -> &Arc<HlcClock> {
+        &self.shared.clock
     }
 
     /// What reached the sinks.
@@ -446,9 +475,7 @@ fn build_dataflow<'scope>(
                 let stream = source::build(scope, name, handle, receiver, &settings, shared);
                 streams.insert((index, None), stream);
             }
-            (OperationType::Sink, Some(input)) => {
-                sink::build(input, name, shared, &executor_node_id)
-            }
+            (OperationType::Sink, Some(input)) => sink::build(input, name, shared),
             (OperationType::Concatenate, Some(input)) => {
                 streams.insert((index, None), input);
             }
@@ -465,6 +492,7 @@ fn build_dataflow<'scope>(
                     settings: settings.clone(),
                     counters,
                     executor_node_id: executor_node_id.clone(),
+                    fuel: shared.fuel.clone(),
                 };
                 if node.kind == OperatorKind::Accumulate {
                     streams.insert(

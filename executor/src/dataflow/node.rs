@@ -4,13 +4,15 @@
 //! future's waker re-activates the operator, so the worker serves other operators meanwhile.
 //! Each activation does a bounded amount of work, so one deployment cannot monopolise a worker.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::Stream;
@@ -20,6 +22,7 @@ use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use weir_api::{DataItem, Hlc};
 
+use super::budget::FuelBudget;
 use super::envelope::{DeadLetter, Envelope};
 use super::waker::operator_waker;
 use super::{DataflowSettings, DeploymentShared, NodeCounters};
@@ -36,6 +39,8 @@ pub(crate) struct NodeContext {
     pub(crate) settings: DataflowSettings,
     pub(crate) counters: Arc<NodeCounters>,
     pub(crate) executor_node_id: String,
+    /// The tenant's CPU rate budget.
+    pub(crate) fuel: Arc<FuelBudget>,
 }
 
 impl NodeContext {
@@ -84,10 +89,13 @@ fn start_call(
     mut instance: OperatorInstance,
     items: Vec<Envelope>,
     time: Hlc,
+    meter: Meter,
 ) -> Call {
     Box::pin(async move {
         let mut results = Vec::with_capacity(items.len());
         for envelope in &items {
+            // Every item waits its tenant's turn: a batch is no way around the CPU rate.
+            meter.turn().await;
             let item = &envelope.item;
             results.push(match kind {
                 OperatorKind::Map => instance.map(item).await.map(Outcome::Item),
@@ -99,6 +107,7 @@ fn start_call(
                     called: kind,
                 }),
             });
+            meter.charge(&instance);
         }
         (instance, items, results)
     })
@@ -133,6 +142,7 @@ pub(crate) fn per_item<'scope>(
         drop(initial_capabilities);
         let mut queue: VecDeque<Batch> = VecDeque::new();
         let mut in_flight: Option<(u64, Vec<Capability<u64>>, Call)> = None;
+        let meter = Meter::new(&context, &instance);
         let mut idle = Some(instance);
         let kind = context.kind;
         let batch_size = context.settings.batch_size.max(1);
@@ -158,6 +168,14 @@ pub(crate) fn per_item<'scope>(
             let mut cx = Context::from_waker(&waker);
             loop {
                 if in_flight.is_none() {
+                    if queue.is_empty() {
+                        break;
+                    }
+                    // The tenant spent its CPU share: no new call until the rate pays it back.
+                    if let Some(wait) = context.fuel.throttled() {
+                        activator.activate_after(wait);
+                        break;
+                    }
                     let Some(batch) = queue.pop_front() else {
                         break;
                     };
@@ -166,7 +184,7 @@ pub(crate) fn per_item<'scope>(
                     in_flight = Some((
                         batch.time,
                         batch.caps,
-                        start_call(kind, instance, batch.items, hlc),
+                        start_call(kind, instance, batch.items, hlc, meter.clone()),
                     ));
                 }
                 let Some((_, _, call)) = in_flight.as_mut() else {
@@ -175,10 +193,7 @@ pub(crate) fn per_item<'scope>(
                 let Poll::Ready((instance, items, results)) = call.as_mut().poll(&mut cx) else {
                     break;
                 };
-                context
-                    .counters
-                    .fuel
-                    .store(instance.stats().fuel_used, Ordering::Relaxed);
+                meter.charge(&instance);
                 idle = Some(instance);
                 let Some((time, caps, _)) = in_flight.take() else {
                     break;
@@ -192,9 +207,105 @@ pub(crate) fn per_item<'scope>(
                     break;
                 }
             }
+            if in_flight.is_none() && queue.is_empty() {
+                meter.release_when_idle(&context, idle.as_mut(), &activator);
+            }
         }
     });
     streams
+}
+
+/// Meters a node: charges its fuel to its tenant's CPU budget as each call ends, holds its
+/// calls while the tenant is in debt, and releases its instance once idle. Shared between the
+/// operator and its call in flight (both on the worker thread).
+#[derive(Clone)]
+pub(crate) struct Meter {
+    fuel: Arc<FuelBudget>,
+    counters: Arc<NodeCounters>,
+    state: Rc<Cell<Charged>>,
+}
+
+/// What a node has charged so far.
+#[derive(Clone, Copy, Default)]
+struct Charged {
+    /// Fuel of the node already charged to the tenant's budget.
+    fuel: u64,
+    /// Of which `init` calls used.
+    init_fuel: u64,
+    /// When the node last finished a call.
+    last_call: Option<Instant>,
+}
+
+impl Meter {
+    /// A meter that has charged what `instance` used so far (the `init` of deploy time).
+    pub(crate) fn new(context: &NodeContext, instance: &OperatorInstance) -> Self {
+        let meter = Self {
+            fuel: context.fuel.clone(),
+            counters: context.counters.clone(),
+            state: Rc::new(Cell::new(Charged::default())),
+        };
+        meter.charge(instance);
+        meter
+    }
+
+    /// Waits while the tenant is over its CPU rate (the operator is woken when the wait ends).
+    pub(crate) async fn turn(&self) {
+        while let Some(wait) = self.fuel.throttled() {
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Charges what `instance` used since the last charge (calls and `init`s alike) to the
+    /// tenant's CPU budget, and publishes it in the node's counters.
+    pub(crate) fn charge(&self, instance: &OperatorInstance) {
+        let stats = instance.stats();
+        let charged = self.state.get();
+        self.fuel.charge_with_init(
+            stats.fuel_used.saturating_sub(charged.fuel),
+            stats.init_fuel.saturating_sub(charged.init_fuel),
+        );
+        self.state.set(Charged {
+            fuel: stats.fuel_used,
+            init_fuel: stats.init_fuel,
+            last_call: Some(Instant::now()),
+        });
+        self.counters.fuel.store(stats.fuel_used, Ordering::Relaxed);
+        self.counters
+            .instantiations
+            .store(stats.instantiations, Ordering::Relaxed);
+        self.counters
+            .live
+            .store(instance.is_live(), Ordering::Relaxed);
+    }
+
+    /// Drops the live instance of a node that has had nothing to do for the deployment's
+    /// `instance_idle` (ARCHITECTURE decision 3: an idle deployment holds no instance); the
+    /// next item instantiates and `init`s a fresh one. Until then, looks again later.
+    pub(crate) fn release_when_idle(
+        &self,
+        context: &NodeContext,
+        instance: Option<&mut OperatorInstance>,
+        activator: &timely::scheduling::Activator,
+    ) {
+        let charged = self.state.get();
+        let (Some(instance), Some(last_call)) = (instance, charged.last_call) else {
+            return;
+        };
+        if !instance.is_live() {
+            return;
+        }
+        let idle_for = last_call.elapsed();
+        if idle_for >= context.settings.instance_idle {
+            instance.release();
+            self.counters.live.store(false, Ordering::Relaxed);
+            self.state.set(Charged {
+                last_call: None,
+                ..charged
+            });
+        } else {
+            activator.activate_after(context.settings.instance_idle - idle_for);
+        }
+    }
 }
 
 fn emit(

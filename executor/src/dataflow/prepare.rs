@@ -11,6 +11,7 @@ use weir_api::{HlcClock, TenantId};
 use weir_state::{StateLimits, StateScope, StateStore};
 use weir_tenants::Quotas;
 
+use super::budget::{ByteBudget, FuelBudget};
 use super::{DataflowSettings, PreparedNode};
 use crate::host::NodeEnv;
 use crate::logs::LogSink;
@@ -83,11 +84,38 @@ pub struct TenantContext {
     pub logs: Arc<dyn LogSink>,
     /// Its metrics.
     pub metrics: Arc<MetricsRegistry>,
-    /// The executor's clock.
+    /// The executor's clock (state-store versions); each deployment stamps messages with its
+    /// own clock.
     pub clock: Arc<HlcClock>,
+    /// The tenant's CPU rate budget (`fuel_per_second`), shared by its deployments.
+    pub fuel: Arc<FuelBudget>,
+    /// The tenant's in-flight bytes budget (`max_inflight_bytes`), shared by its deployments.
+    pub in_flight_bytes: Arc<ByteBudget>,
 }
 
 impl TenantContext {
+    /// A tenant with budgets of its own, sized by `quotas`. A runtime running several
+    /// deployments of a tenant hands them all the same budgets instead.
+    pub fn new(
+        tenant: TenantId,
+        quotas: Quotas,
+        state: Arc<dyn StateStore>,
+        logs: Arc<dyn LogSink>,
+        metrics: Arc<MetricsRegistry>,
+        clock: Arc<HlcClock>,
+    ) -> Self {
+        Self {
+            fuel: Arc::new(FuelBudget::new(quotas.fuel_per_second)),
+            in_flight_bytes: Arc::new(ByteBudget::new(quotas.max_inflight_bytes)),
+            tenant,
+            quotas,
+            state,
+            logs,
+            metrics,
+            clock,
+        }
+    }
+
     /// The tenant's state keys, bounded by its quotas.
     pub fn state_scope(&self) -> StateScope {
         StateScope::new(self.tenant.clone(), StateLimits::of(&self.quotas))
@@ -152,6 +180,8 @@ pub struct PreparedDeployment {
     pub(crate) nodes: HashMap<usize, PreparedNode>,
     pub(crate) settings: DataflowSettings,
     pub(crate) executor_node_id: String,
+    pub(crate) fuel: Arc<FuelBudget>,
+    pub(crate) in_flight_bytes: Arc<ByteBudget>,
     /// Configuration keys no operation declares: kept, not delivered (§11 row 2).
     pub warnings: Vec<String>,
 }
@@ -318,6 +348,8 @@ pub async fn prepare(
         nodes,
         settings,
         executor_node_id: executor_node_id.to_owned(),
+        fuel: tenant.fuel.clone(),
+        in_flight_bytes: tenant.in_flight_bytes.clone(),
         warnings,
     })
 }

@@ -49,6 +49,16 @@ impl<T> OutputQueue<T> {
         self.lock().pop_front()
     }
 
+    /// The next item, if one is waiting and `accept` takes it; else it stays first in line.
+    pub fn try_pop_if(&self, accept: impl FnOnce(&T) -> bool) -> Option<T> {
+        let mut items = self.lock();
+        if accept(items.front()?) {
+            items.pop_front()
+        } else {
+            None
+        }
+    }
+
     /// The next item, waiting up to `timeout` for one.
     pub fn pop_timeout(&self, timeout: Duration) -> Option<T> {
         let deadline = Instant::now() + timeout;

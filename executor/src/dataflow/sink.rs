@@ -1,6 +1,6 @@
 //! The sink operator: hands each item to the deployment's output queue with the outgoing
-//! `__ts` user property (its dataflow time, as an HLC of this executor), and reports when its
-//! input is complete.
+//! `__ts` user property (a reading of the deployment's HLC at or after the item's dataflow
+//! time, azure-compat §11 row 11), and reports when its input is complete.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -19,20 +19,20 @@ pub(crate) fn build(
     input: Stream<'_, u64, Vec<Envelope>>,
     name: &str,
     shared: &Arc<DeploymentShared>,
-    executor_node_id: &str,
 ) {
     let shared = shared.clone();
     let sink = name.to_owned();
-    let node_id = executor_node_id.to_owned();
     let mut closed = false;
     input.sink(Pipeline, name, move |(input, frontier)| {
         input.for_each(|cap, data| {
             let Some(&time) = cap.least() else { return };
             for envelope in data.drain(..) {
-                let item = with_outgoing_ts(
-                    envelope.item,
-                    &Hlc::at(Duration::from_millis(time), node_id.clone()),
-                );
+                // A real reading of the deployment's clock, at or after the item's time:
+                // unique and increasing across the deployment's outputs.
+                let stamp = shared
+                    .clock
+                    .update(&Hlc::at(Duration::from_millis(time), String::new()));
+                let item = with_outgoing_ts(envelope.item, &stamp);
                 shared.stats.emitted.fetch_add(1, Ordering::Relaxed);
                 shared.outputs.push(SinkOutput {
                     sink: sink.clone(),

@@ -4,9 +4,9 @@
 
 use std::cell::Cell;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -15,15 +15,39 @@ use timely::dataflow::{Scope, Stream};
 use timely::scheduling::SyncActivator;
 use weir_api::{DataItem, Hlc, HlcClock, Message};
 
+use super::budget::ByteBudget;
 use super::envelope::{AckToken, DeadLetter, Delivery, Envelope};
 use super::{DataflowSettings, DeploymentShared, FrontierPolicy};
 
-/// Why a message was not taken.
+/// Why a message (or a batch) was not taken. Nothing of a refused batch was taken.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SourceError {
     /// The intake is full (the deployment is behind): retry later; the broker keeps the message.
     #[error("the deployment's intake is full")]
     Full,
+    /// The tenant's messages in flight hold its whole `max_inflight_bytes` budget: retry later.
+    #[error(
+        "the tenant's {limit} bytes of messages in flight are taken; retry once they are processed"
+    )]
+    InFlightBytes {
+        /// The budget, in bytes.
+        limit: u64,
+    },
+    /// The batch can never fit: more messages than the intake holds, or more bytes than the
+    /// tenant's in-flight budget.
+    #[error(
+        "a batch of {messages} messages and {bytes} bytes can never fit the intake ({capacity} messages, {limit} bytes)"
+    )]
+    TooLarge {
+        /// Messages in the batch.
+        messages: usize,
+        /// Their bytes.
+        bytes: u64,
+        /// The intake's capacity, in messages.
+        capacity: usize,
+        /// The tenant's in-flight budget, in bytes.
+        limit: u64,
+    },
     /// The deployment is gone or its source was closed.
     #[error("the deployment no longer takes messages")]
     Closed,
@@ -34,12 +58,87 @@ pub(crate) struct Incoming {
     ack: Arc<AckToken>,
 }
 
+/// The places of a deployment's intake: messages its sources took that are not processed yet
+/// (queued, or anywhere inside the dataflow), bounded by count (`intake_capacity`) and by the
+/// tenant's in-flight bytes (`max_inflight_bytes`, shared by its deployments). A place is
+/// reserved before a message is taken and given back when its acknowledgement fires, so every
+/// queue inside the dataflow is bounded and backpressure reaches the sender.
+#[derive(Debug)]
+pub(crate) struct Intake {
+    capacity: usize,
+    messages: AtomicUsize,
+    bytes: Arc<ByteBudget>,
+    released: (Mutex<()>, Condvar),
+}
+
+impl Intake {
+    pub(crate) fn new(capacity: usize, bytes: Arc<ByteBudget>) -> Self {
+        Self {
+            capacity,
+            messages: AtomicUsize::new(0),
+            bytes,
+            released: (Mutex::new(()), Condvar::new()),
+        }
+    }
+
+    fn try_reserve(&self, messages: usize, bytes: u64) -> Result<(), SourceError> {
+        let limit = self.bytes.limit();
+        if messages > self.capacity || bytes > limit {
+            return Err(SourceError::TooLarge {
+                messages,
+                bytes,
+                capacity: self.capacity,
+                limit,
+            });
+        }
+        self.messages
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |taken| {
+                taken
+                    .checked_add(messages)
+                    .filter(|total| *total <= self.capacity)
+            })
+            .map_err(|_| SourceError::Full)?;
+        if !self.bytes.try_reserve(bytes) {
+            self.messages.fetch_sub(messages, Ordering::AcqRel);
+            return Err(SourceError::InFlightBytes { limit });
+        }
+        Ok(())
+    }
+
+    pub(crate) fn release(&self, messages: usize, bytes: u64) {
+        self.messages.fetch_sub(messages, Ordering::AcqRel);
+        self.bytes.release(bytes);
+        let (_lock, released) = &self.released;
+        released.notify_all();
+    }
+
+    /// Waits (a thread, not a task) until a place may have been given back.
+    fn wait_for_release(&self) {
+        let (lock, released) = &self.released;
+        let guard = lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Woken by a release; the timeout covers one that came between the check and here.
+        let _woken = released.wait_timeout(guard, Duration::from_millis(10));
+    }
+
+    /// Messages in flight now.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.messages.load(Ordering::Acquire)
+    }
+}
+
+/// One message offered to a source, with what to call once it is done.
+pub type Offer = (DataItem, Box<dyn FnOnce(Delivery) + Send + 'static>);
+
 /// The producer side of a deployment's source operation.
 #[derive(Debug, Clone)]
 pub struct SourceHandle {
     sender: SyncSender<Incoming>,
     activator: Arc<OnceLock<SyncActivator>>,
     running: Arc<AtomicBool>,
+    clock: Arc<HlcClock>,
+    intake: Arc<Intake>,
 }
 
 impl std::fmt::Debug for Incoming {
@@ -58,25 +157,18 @@ impl SourceHandle {
         item: DataItem,
         on_done: impl FnOnce(Delivery) + Send + 'static,
     ) -> Result<(), SourceError> {
+        self.try_send_all(vec![(item, Box::new(on_done))])
+    }
+
+    /// Offers every message of `batch`, all or none: when this returns an error, none was
+    /// taken and no `on_done` will be called. Never blocks.
+    pub fn try_send_all(&self, batch: Vec<Offer>) -> Result<(), SourceError> {
         if !self.running.load(Ordering::Acquire) {
             return Err(SourceError::Closed);
         }
-        let ack = AckToken::new(self.running.clone(), Box::new(on_done));
-        match self.sender.try_send(Incoming { item, ack }) {
-            Ok(()) => {
-                self.wake();
-                Ok(())
-            }
-            // Not taken: the caller hears it from the error, not from the token.
-            Err(TrySendError::Full(rejected)) => {
-                rejected.ack.disarm();
-                Err(SourceError::Full)
-            }
-            Err(TrySendError::Disconnected(rejected)) => {
-                rejected.ack.disarm();
-                Err(SourceError::Closed)
-            }
-        }
+        let bytes: u64 = batch.iter().map(|(item, _)| item.byte_len() as u64).sum();
+        self.intake.try_reserve(batch.len(), bytes)?;
+        self.deliver(batch)
     }
 
     /// Offers `item`, waiting while the intake is full. For threads, not async tasks.
@@ -85,19 +177,57 @@ impl SourceHandle {
         item: DataItem,
         on_done: impl FnOnce(Delivery) + Send + 'static,
     ) -> Result<(), SourceError> {
-        if !self.running.load(Ordering::Acquire) {
-            return Err(SourceError::Closed);
+        let bytes = item.byte_len() as u64;
+        loop {
+            if !self.running.load(Ordering::Acquire) {
+                return Err(SourceError::Closed);
+            }
+            match self.intake.try_reserve(1, bytes) {
+                Ok(()) => return self.deliver(vec![(item, Box::new(on_done))]),
+                Err(SourceError::Full | SourceError::InFlightBytes { .. }) => {
+                    self.intake.wait_for_release();
+                }
+                Err(error) => return Err(error),
+            }
         }
-        let ack = AckToken::new(self.running.clone(), Box::new(on_done));
-        let result = self
-            .sender
-            .send(Incoming { item, ack })
-            .map_err(|rejected| {
-                rejected.0.ack.disarm();
-                SourceError::Closed
-            });
+    }
+
+    /// Hands over a batch whose places are reserved.
+    fn deliver(&self, batch: Vec<Offer>) -> Result<(), SourceError> {
+        let mut result = Ok(());
+        for (item, on_done) in batch {
+            let bytes = item.byte_len() as u64;
+            let ack = AckToken::new(
+                self.running.clone(),
+                on_done,
+                Some((self.intake.clone(), bytes)),
+            );
+            if result.is_err() {
+                // The runtime went away midway: the rest is refused, silently.
+                ack.disarm();
+                continue;
+            }
+            // Cannot be full: the channel holds as many as the intake has places.
+            if let Err(TrySendError::Full(rejected) | TrySendError::Disconnected(rejected)) =
+                self.sender.try_send(Incoming { item, ack })
+            {
+                rejected.ack.disarm();
+                result = Err(SourceError::Closed);
+            }
+        }
         self.wake();
         result
+    }
+
+    /// The deployment's clock: stamp messages that arrive without a `__ts` with it (see
+    /// [`message_from_broker`]).
+    pub fn clock(&self) -> &HlcClock {
+        &self.clock
+    }
+
+    /// Messages taken and not processed yet (queued or inside the dataflow).
+    pub fn in_flight(&self) -> usize {
+        self.intake.in_flight()
     }
 
     /// The source operator's activator, to wake it after the handle is dropped.
@@ -113,7 +243,9 @@ impl SourceHandle {
 }
 
 /// Builds a broker message, stamped with its `__ts` user property when present and valid,
-/// else with `clock`'s reading.
+/// else with `clock`'s reading (the deployment's clock, [`SourceHandle::clock`]). A `__ts` does
+/// not move `clock` here: the source operator does that once the stamp passed the drift check,
+/// so a far-future stamp never shifts anyone's time.
 pub fn message_from_broker(
     topic: impl Into<Bytes>,
     payload: impl Into<Bytes>,
@@ -126,13 +258,7 @@ pub fn message_from_broker(
         .find(|(k, _)| k.as_ref() == b"__ts")
         .and_then(|(_, v)| std::str::from_utf8(v).ok())
         .and_then(|text| Hlc::parse_ts(text).ok());
-    let timestamp = match stamped {
-        Some(remote) => {
-            let _advanced = clock.update(&remote);
-            remote
-        }
-        None => clock.now(),
-    };
+    let timestamp = stamped.unwrap_or_else(|| clock.now());
     Message {
         timestamp,
         topic: topic.into(),
@@ -159,6 +285,8 @@ pub(crate) fn dataflow_time(item: &DataItem) -> Option<u64> {
 pub(crate) fn channel(
     capacity: usize,
     running: Arc<AtomicBool>,
+    clock: Arc<HlcClock>,
+    bytes: Arc<ByteBudget>,
 ) -> (SourceHandle, Receiver<Incoming>) {
     let (sender, receiver) = std::sync::mpsc::sync_channel(capacity);
     (
@@ -166,6 +294,8 @@ pub(crate) fn channel(
             sender,
             activator: Arc::new(OnceLock::new()),
             running,
+            clock,
+            intake: Arc::new(Intake::new(capacity, bytes)),
         },
         receiver,
     )
@@ -202,8 +332,10 @@ pub(crate) fn build<'scope>(
             let mut batch: Vec<(u64, Envelope)> = Vec::new();
             let mut closed = false;
             let mut taken = 0;
-            // Checked once per activation: the queue's lock is not for every message.
-            let held_back = shared.outputs.is_over_capacity();
+            // Checked once per activation: the queue's lock is not for every message. A tenant
+            // over its CPU share takes no new message until the rate pays its debt back.
+            let throttled = shared.fuel.throttled();
+            let held_back = throttled.is_some() || shared.outputs.is_over_capacity();
             while !held_back && taken < settings.batch_size {
                 match receiver.try_recv() {
                     Ok(Incoming { item, ack }) => {
@@ -229,6 +361,10 @@ pub(crate) fn build<'scope>(
                                 acks: envelope.acks,
                             });
                             continue;
+                        }
+                        // Within the drift bound: the stamp may move this deployment's clock.
+                        if let Some(stamp) = envelope.item.timestamp() {
+                            let _advanced = shared.clock.update(stamp);
                         }
                         max_seen.set(max_seen.get().max(time));
                         if time < *cap.time() {
@@ -268,7 +404,9 @@ pub(crate) fn build<'scope>(
                 cap.downgrade(&frontier);
             }
             // A full batch means more may be waiting; every send also wakes the operator.
-            if taken >= settings.batch_size {
+            if let Some(wait) = throttled {
+                activator.activate_after(wait.min(settings.frontier_tick));
+            } else if taken >= settings.batch_size {
                 activator.activate();
             } else {
                 match settings.frontier {

@@ -501,15 +501,16 @@ pub(crate) async fn ingest(
         .deployment(&tenant, &id)
         .await?
         .ok_or_else(|| ApiError::not_found("deployment"))?;
+    // The whole message counts (topic, payload and properties), as the quota's doc says.
     if let Some(big) = messages
         .iter()
-        .find(|m| m.payload.len() as u64 > quotas.max_message_bytes)
+        .map(IngestMessage::byte_len)
+        .find(|size| *size > quotas.max_message_bytes)
     {
         return Err(ApiError::new(
             ErrorCode::PayloadTooLarge,
             format!(
-                "a message of {} bytes exceeds the limit of {}",
-                big.payload.len(),
+                "a message of {big} bytes (topic, payload and properties) exceeds the limit of {}",
                 quotas.max_message_bytes
             ),
         ));

@@ -227,10 +227,9 @@ pub(crate) fn caller_tenant(
         .as_ref()
         .ok_or_else(|| ApiError::not_found("tenant"))?;
     // Counted before the role check: a flood of forbidden requests is still a flood.
-    if state
+    if let Err(wait) = state
         .limits
         .admit(&tenant, record.quotas.api_requests_per_second)
-        .is_err()
     {
         return Err(ApiError::new(
             ErrorCode::RateLimited,
@@ -238,7 +237,8 @@ pub(crate) fn caller_tenant(
                 "over the tenant's {} API requests per second; retry after the advertised delay",
                 record.quotas.api_requests_per_second
             ),
-        ));
+        )
+        .with_retry_after(wait));
     }
     caller.require(needed)?;
     Ok((tenant, record.quotas.clone()))

@@ -109,6 +109,8 @@ pub(crate) async fn set_quotas(
     let mut record = admin_load(&state, &caller, &id).await?;
     record.quotas = quotas;
     state.store.update_tenant(&record).await?;
+    // Running deployments follow at once (rates, budgets, log and metric bounds).
+    state.runtime.set_quotas(&record.id, &record.quotas).await;
     Ok(Json(tenant_view(record)))
 }
 

@@ -63,11 +63,13 @@ pub const SOCKET_DIALER: Guest = Guest("socket_dialer");
 pub const FOREIGN_IMPORT: Guest = Guest("foreign_import");
 /// A delay that returns a time 5 s before the item's.
 pub const REWIND: Guest = Guest("rewind");
+/// A map that logs a line and mints a metric series (labelled by payload) per message.
+pub const CHATTY: Guest = Guest("chatty");
 /// A map built against the preview contract `tinykube-graph:processor@1.0.0`.
 pub const PREVIEW_ECHO: Guest = Guest("preview_echo");
 
 /// Every guest.
-pub const ALL: [Guest; 14] = [
+pub const ALL: [Guest; 15] = [
     TEMPERATURE,
     HUMIDITY,
     WINDOW,
@@ -82,4 +84,5 @@ pub const ALL: [Guest; 14] = [
     SOCKET_DIALER,
     FOREIGN_IMPORT,
     PREVIEW_ECHO,
+    CHATTY,
 ];
