@@ -127,6 +127,12 @@ impl ModuleValidator for EngineValidator {
             .map(|k| k.as_str().to_owned())
             .collect())
     }
+
+    fn forget(&self, digest: &str) {
+        if let Ok(digest) = weir_api::ModuleDigest::new(digest) {
+            self.0.forget(&digest);
+        }
+    }
 }
 
 /// Reads the signing secret, creating it (32 random bytes, owner-only) on first start.

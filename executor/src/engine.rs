@@ -25,6 +25,11 @@ pub struct EngineConfig {
     pub pooling: Option<PoolingConfig>,
     /// Largest linear memory any instance may have; tenants' quotas cap it lower.
     pub max_memory_bytes: u64,
+    /// Bytes of compiled code the compile cache keeps; the least recently used modules go
+    /// first (deployments running a module keep their own reference).
+    pub compile_cache_bytes: usize,
+    /// Compiles running at once; more wait their turn (each compile uses a whole core).
+    pub max_concurrent_compiles: usize,
 }
 
 /// Sizes of the pooling allocator.
@@ -42,6 +47,9 @@ impl Default for EngineConfig {
                 instance_slots: 256,
             }),
             max_memory_bytes: 256 << 20,
+            compile_cache_bytes: 512 << 20,
+            max_concurrent_compiles: std::thread::available_parallelism()
+                .map_or(1, std::num::NonZeroUsize::get),
         }
     }
 }
@@ -72,8 +80,102 @@ struct EngineInner {
     engine: Engine,
     ga_linker: Linker<HostState>,
     preview_linker: Linker<HostState>,
-    modules: Mutex<HashMap<ModuleDigest, Arc<CompiledModule>>>,
+    modules: Mutex<CompileCache>,
+    compiles: CompileSlots,
     _ticker: EpochTicker,
+}
+
+/// Compiled modules by digest, bounded by the bytes of their code (least recently used first
+/// out).
+struct CompileCache {
+    capacity: usize,
+    bytes: usize,
+    clock: u64,
+    entries: HashMap<ModuleDigest, CacheEntry>,
+}
+
+struct CacheEntry {
+    module: Arc<CompiledModule>,
+    bytes: usize,
+    used: u64,
+}
+
+impl CompileCache {
+    fn get(&mut self, digest: &ModuleDigest) -> Option<Arc<CompiledModule>> {
+        self.clock += 1;
+        let entry = self.entries.get_mut(digest)?;
+        entry.used = self.clock;
+        Some(entry.module.clone())
+    }
+
+    fn insert(&mut self, module: Arc<CompiledModule>, bytes: usize) -> Arc<CompiledModule> {
+        if let Some(existing) = self.get(module.digest()) {
+            return existing;
+        }
+        self.clock += 1;
+        self.bytes += bytes;
+        self.entries.insert(
+            module.digest().clone(),
+            CacheEntry {
+                module: module.clone(),
+                bytes,
+                used: self.clock,
+            },
+        );
+        while self.bytes > self.capacity && self.entries.len() > 1 {
+            let oldest = self
+                .entries
+                .iter()
+                .filter(|(digest, _)| *digest != module.digest())
+                .min_by_key(|(_, entry)| entry.used)
+                .map(|(digest, _)| digest.clone());
+            let Some(oldest) = oldest else { break };
+            self.remove(&oldest);
+        }
+        module
+    }
+
+    fn remove(&mut self, digest: &ModuleDigest) {
+        if let Some(entry) = self.entries.remove(digest) {
+            self.bytes -= entry.bytes;
+        }
+    }
+}
+
+/// A counting semaphore for compiles, for the blocking threads that run them.
+struct CompileSlots {
+    free: Mutex<usize>,
+    freed: std::sync::Condvar,
+}
+
+impl CompileSlots {
+    fn acquire(&self) -> CompileSlot<'_> {
+        let mut free = self
+            .free
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        while *free == 0 {
+            free = self
+                .freed
+                .wait(free)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        *free -= 1;
+        CompileSlot(self)
+    }
+}
+
+struct CompileSlot<'a>(&'a CompileSlots);
+
+impl Drop for CompileSlot<'_> {
+    fn drop(&mut self) {
+        *self
+            .0
+            .free
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) += 1;
+        self.0.freed.notify_one();
+    }
 }
 
 impl std::fmt::Debug for EngineInner {
@@ -134,7 +236,16 @@ impl OperatorEngine {
                 engine,
                 ga_linker,
                 preview_linker,
-                modules: Mutex::new(HashMap::new()),
+                modules: Mutex::new(CompileCache {
+                    capacity: config.compile_cache_bytes,
+                    bytes: 0,
+                    clock: 0,
+                    entries: HashMap::new(),
+                }),
+                compiles: CompileSlots {
+                    free: Mutex::new(config.max_concurrent_compiles.max(1)),
+                    freed: std::sync::Condvar::new(),
+                },
                 _ticker: ticker,
             }),
         })
@@ -145,38 +256,59 @@ impl OperatorEngine {
     }
 
     /// Validates and compiles `bytes`, or returns the module already compiled from the same
-    /// bytes. Compiling takes milliseconds (Rust modules) to seconds (Python modules): call it
-    /// off the async workers, e.g. in `spawn_blocking`.
+    /// bytes. Compiling takes milliseconds (Rust modules) to seconds (Python modules) and blocks
+    /// while `max_concurrent_compiles` others run: call it off the async workers, e.g. in
+    /// `spawn_blocking`.
     pub fn load(&self, bytes: &[u8]) -> Result<Arc<CompiledModule>, ModuleError> {
         let digest = sha256_digest(bytes);
         if let Some(module) = self.cached(&digest) {
             return Ok(module);
         }
-        let compiled = Arc::new(self.compile(digest.clone(), bytes)?);
-        let mut modules = self
-            .inner
-            .modules
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        Ok(modules.entry(digest).or_insert(compiled).clone())
+        let _slot = self.inner.compiles.acquire();
+        // Compiled by another caller while this one waited for its turn?
+        if let Some(module) = self.cached(&digest) {
+            return Ok(module);
+        }
+        let (compiled, code_bytes) = self.compile(digest, bytes)?;
+        Ok(self.cache().insert(Arc::new(compiled), code_bytes))
     }
 
-    /// The module compiled from bytes with this digest, if any.
+    /// The module compiled from bytes with this digest, if the cache still has it.
     pub fn cached(&self, digest: &ModuleDigest) -> Option<Arc<CompiledModule>> {
-        let modules = self
-            .inner
-            .modules
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        modules.get(digest).cloned()
+        self.cache().get(digest)
     }
 
-    fn compile(&self, digest: ModuleDigest, bytes: &[u8]) -> Result<CompiledModule, ModuleError> {
+    /// Drops the compiled module of `digest` from the cache (its last reference was deleted);
+    /// deployments running it keep their own.
+    pub fn forget(&self, digest: &ModuleDigest) {
+        self.cache().remove(digest);
+    }
+
+    /// Bytes of compiled code the cache holds.
+    pub fn cached_bytes(&self) -> usize {
+        self.cache().bytes
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, CompileCache> {
+        self.inner
+            .modules
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The compiled module and the bytes of its code.
+    fn compile(
+        &self,
+        digest: ModuleDigest,
+        bytes: &[u8],
+    ) -> Result<(CompiledModule, usize), ModuleError> {
         check_header(bytes)?;
         let component =
             Component::new(&self.inner.engine, bytes).map_err(|error| ModuleError::Invalid {
                 detail: format!("{error:#}"),
             })?;
+        let range = component.image_range();
+        let code_bytes = (range.end as usize).saturating_sub(range.start as usize);
         let shape = inspect(&self.inner.engine, &component)?;
         let linker = match shape.contract {
             crate::Contract::Ga => &self.inner.ga_linker,
@@ -187,7 +319,7 @@ impl OperatorEngine {
             .map_err(|error| ModuleError::Unlinkable {
                 detail: format!("{error:#}"),
             })?;
-        CompiledModule::new(digest, shape, pre)
+        CompiledModule::new(digest, shape, pre).map(|module| (module, code_bytes))
     }
 }
 

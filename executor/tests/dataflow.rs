@@ -709,3 +709,50 @@ connections:
         problems[0].message
     );
 }
+
+#[test]
+fn dropping_a_deployment_stops_exactly_its_dataflow_and_abandons_its_queued_work() {
+    let mut fixture = Fixture::new();
+    fixture.tenant.quotas.fuel_per_message = 50_000_000;
+    let spinner = graph(
+        "
+operations:
+  - { operationType: source, name: source }
+  - { operationType: map, name: spin, module: spin_loop }
+  - { operationType: sink, name: sink }
+connections:
+  - { from: { name: source }, to: { name: spin } }
+  - { from: { name: spin }, to: { name: sink } }
+",
+    );
+    // All three share the one worker; the first installed is its dataflow 0.
+    let first = fixture.deploy(&graph(ECHO_GRAPH), DataflowSettings::default());
+    let spinning = fixture.deploy(&spinner, DataflowSettings::default());
+    let third = fixture.deploy(&graph(ECHO_GRAPH), DataflowSettings::default());
+    let queued: Vec<Deliveries> = (0..50)
+        .map(|_| send(&spinning, message_at(now_ms(), "spin")))
+        .collect();
+    let dropped_at = std::time::Instant::now();
+    drop(spinning);
+    let deadline = dropped_at + Duration::from_secs(5);
+    while queued.iter().any(|d| d.lock().unwrap().is_empty()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "queued work still runs after the drop"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let abandoned = queued
+        .iter()
+        .filter(|d| *d.lock().unwrap() == [Delivery::Abandoned])
+        .count();
+    assert!(abandoned >= 45, "only {abandoned} of 50 abandoned");
+    for (name, deployment) in [("first", &first), ("third", &third)] {
+        send(deployment, message_at(now_ms(), name));
+        let output = deployment
+            .outputs()
+            .pop_timeout(Duration::from_secs(5))
+            .unwrap_or_else(|| panic!("{name} stopped with its neighbour"));
+        assert_eq!(payload(&output), name);
+    }
+}

@@ -837,3 +837,33 @@ async fn tenants_sharing_an_executor_never_see_each_others_state_logs_or_metrics
             .any(|(name, _)| name == "requests")
     );
 }
+
+#[test]
+fn the_compile_cache_is_bounded_by_bytes_and_forgets_on_request() {
+    let echo = Guest::bytes(weir_guests::ECHO);
+    let trap = Guest::bytes(weir_guests::TRAP);
+    let probe = OperatorEngine::new(&EngineConfig {
+        pooling: None,
+        ..EngineConfig::default()
+    })
+    .unwrap();
+    let first = probe.load(&echo).unwrap();
+    let one_module = probe.cached_bytes();
+    assert!(one_module > 0);
+    // Room for one module: loading a second evicts the least recently used.
+    let engine = OperatorEngine::new(&EngineConfig {
+        pooling: None,
+        compile_cache_bytes: one_module + one_module / 2,
+        ..EngineConfig::default()
+    })
+    .unwrap();
+    let echo_module = engine.load(&echo).unwrap();
+    let trap_module = engine.load(&trap).unwrap();
+    assert!(engine.cached(echo_module.digest()).is_none(), "evicted");
+    assert!(engine.cached(trap_module.digest()).is_some());
+    // A module still in use keeps working after eviction; loading it again compiles it anew.
+    assert_eq!(echo_module.digest(), first.digest());
+    engine.forget(trap_module.digest());
+    assert!(engine.cached(trap_module.digest()).is_none());
+    assert_eq!(engine.cached_bytes(), 0);
+}

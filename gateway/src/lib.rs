@@ -31,6 +31,9 @@ pub use weir_tenants::ApiLimits;
 pub trait ModuleValidator: Send + Sync + std::fmt::Debug {
     /// The operator interfaces the module exports, or why it is not a module weir can run.
     fn validate(&self, bytes: &[u8]) -> Result<Vec<String>, String>;
+    /// Forgets what was compiled from the module with `digest` (`sha256:<hex>`): its last
+    /// reference is gone. Running deployments keep their own.
+    fn forget(&self, _digest: &str) {}
 }
 
 pub use weir_api::rest::{
