@@ -10,6 +10,8 @@
 //!
 //! Outputs are taken as the graph makes them and only what the comparison needs is kept (an
 //! expected array's length and one more, or the last output), so a test may expect any number.
+//! A test's `timeout` (ms) is how long its graph may go without taking an input or producing
+//! anything before the test fails as stuck.
 //!
 //! The graph runs on the event-time frontier and its source is closed after the inputs, so every
 //! window closes at once and "no output" is known without waiting.

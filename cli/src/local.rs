@@ -219,9 +219,11 @@ impl LocalPlatform {
     }
 
     /// Runs `graph` over `inputs`, read lazily, handing each output and dead letter to
-    /// `consumer` while inputs are still fed, until the graph completes. Fails when `timeout`
-    /// passes with no input taken and nothing produced (the graph is stuck), or when an input
-    /// cannot be read or the consumer fails. Gives the consumer back with the counts.
+    /// `consumer` while inputs are still fed, until the graph completes. Fails when the graph
+    /// goes `timeout` without taking an input it is offered or producing anything (it is
+    /// stuck; time spent waiting for the input itself, such as a terminal, does not count), or
+    /// when an input cannot be read or the consumer fails. Gives the consumer back with the
+    /// counts.
     pub(crate) async fn run<C: RunConsumer>(
         &self,
         graph: &LocalGraph,
@@ -279,19 +281,29 @@ fn drive<C: RunConsumer>(
     timeout: Duration,
     mut consumer: C,
 ) -> anyhow::Result<(RunCounts, C)> {
-    let taken = AtomicUsize::new(0);
-    let stop = AtomicBool::new(false);
+    let progress = FeedProgress::default();
     std::thread::scope(|scope| {
-        let feeder = scope.spawn(|| feed(handle, &clock, inputs, &taken, &stop));
-        let drained = drain(&mut deployment, feeder, &taken, timeout, &mut consumer);
+        let feeder = scope.spawn(|| feed(handle, &clock, inputs, &progress));
+        let drained = drain(&mut deployment, feeder, &progress, timeout, &mut consumer);
         if drained.is_err() {
             // Unblocks a feeder waiting for room: it stops at its next message, and dropping the
             // deployment disconnects the intake it may be waiting on.
-            stop.store(true, Ordering::Release);
+            progress.stop.store(true, Ordering::Release);
             drop(deployment);
         }
         drained.map(|counts| (counts, consumer))
     })
+}
+
+/// What the feeder and the drain share.
+#[derive(Debug, Default)]
+struct FeedProgress {
+    /// Inputs the source took.
+    taken: AtomicUsize,
+    /// Whether the feeder is waiting for the next input (not for the graph).
+    reading: AtomicBool,
+    /// Set by the drain when it gives up: the feeder stops.
+    stop: AtomicBool,
 }
 
 /// Sends every input to the source, waiting while its intake is full; returns when the input
@@ -299,12 +311,17 @@ fn drive<C: RunConsumer>(
 fn feed(
     handle: SourceHandle,
     clock: &HlcClock,
-    inputs: impl Iterator<Item = Input>,
-    taken: &AtomicUsize,
-    stop: &AtomicBool,
+    mut inputs: impl Iterator<Item = Input>,
+    progress: &FeedProgress,
 ) -> anyhow::Result<()> {
-    for input in inputs {
-        if stop.load(Ordering::Acquire) {
+    loop {
+        progress.reading.store(true, Ordering::Release);
+        let next = inputs.next();
+        progress.reading.store(false, Ordering::Release);
+        let Some(input) = next else {
+            return Ok(());
+        };
+        if progress.stop.load(Ordering::Acquire) {
             return Ok(());
         }
         let (topic, payload) = input?;
@@ -314,9 +331,8 @@ fn feed(
                 |_| {},
             )
             .context("the graph stopped taking input")?;
-        taken.fetch_add(1, Ordering::Release);
+        progress.taken.fetch_add(1, Ordering::Release);
     }
-    Ok(())
 }
 
 /// Hands outputs and dead letters to `consumer` as they come, closes the source once the feeder
@@ -324,7 +340,7 @@ fn feed(
 fn drain<C: RunConsumer>(
     deployment: &mut Deployment,
     feeder: std::thread::ScopedJoinHandle<'_, anyhow::Result<()>>,
-    taken: &AtomicUsize,
+    progress: &FeedProgress,
     timeout: Duration,
     consumer: &mut C,
 ) -> anyhow::Result<RunCounts> {
@@ -342,13 +358,14 @@ fn drain<C: RunConsumer>(
             }
             deployment.close_sources();
         }
-        counts.inputs = taken.load(Ordering::Acquire);
+        counts.inputs = progress.taken.load(Ordering::Acquire);
         if feeder.is_none() && deployment.is_complete() {
             // The sinks pushed everything before they reported completion.
             hand_on(deployment, consumer, &mut counts)?;
             return Ok(counts);
         }
-        if (counts.outputs, counts.dead_letters, counts.inputs) != before {
+        let waiting_for_input = feeder.is_some() && progress.reading.load(Ordering::Acquire);
+        if waiting_for_input || (counts.outputs, counts.dead_letters, counts.inputs) != before {
             last_progress = Instant::now();
         } else if last_progress.elapsed() >= timeout {
             bail!(
