@@ -175,6 +175,8 @@ pub(crate) struct RunCounts {
     pub(crate) outputs: usize,
     /// Dead letters handed to the consumer.
     pub(crate) dead_letters: usize,
+    /// What the deployment kept but did not deliver (configuration no operation declares).
+    pub(crate) warnings: Vec<String>,
 }
 
 /// One input message: its topic and payload, or why it could not be read.
@@ -252,6 +254,7 @@ impl LocalPlatform {
             "weir-local",
         )
         .await?;
+        let warnings = prepared.warnings.clone();
         let deployment = self.runtime.deploy(prepared)?;
         let source = graph
             .graph
@@ -265,10 +268,11 @@ impl LocalPlatform {
             .context("the deployment has no source")?
             .clone();
         let clock = tenant.clock.clone();
-        tokio::task::spawn_blocking(move || {
+        let (counts, consumer) = tokio::task::spawn_blocking(move || {
             drive(deployment, handle, clock, inputs, timeout, consumer)
         })
-        .await?
+        .await??;
+        Ok((RunCounts { warnings, ..counts }, consumer))
     }
 }
 

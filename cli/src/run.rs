@@ -234,6 +234,9 @@ async fn run_graph(args: RunArgs) -> anyhow::Result<std::process::ExitCode> {
         )
         .await?;
     printer.out.flush().context("cannot write the outputs")?;
+    for warning in &counts.warnings {
+        eprintln!("warning: {warning}");
+    }
     eprintln!(
         "done: {} messages in, {} out, {} dead letters",
         counts.inputs, counts.outputs, counts.dead_letters

@@ -286,3 +286,28 @@ fn without_hostapp_env_list_the_schema_filter_refuses_to_start_naming_the_node()
         "{stderr}"
     );
 }
+
+#[test]
+fn a_graph_run_warns_about_configuration_no_operation_declares() {
+    let graph = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/golden/graph-echo.yaml"
+    );
+    let modules = weir_guests::Guest::dir();
+    let (stdout, stderr, ok) = weir_run(
+        &[
+            graph,
+            "--modules",
+            modules.to_str().unwrap(),
+            "--config",
+            "nobody=1",
+        ],
+        "{\"n\":1}\n",
+    );
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout, "probe/1 {\"n\":1}\n");
+    assert!(
+        stderr.contains("warning: configuration key \"nobody\" is declared by no operation"),
+        "{stderr}"
+    );
+}
