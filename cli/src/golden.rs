@@ -3,7 +3,15 @@
 //! folder (`*.json` files are published to `probe/1`, `*.raw` to `snapshot_simulation`) and an
 //! expected file: an object is compared with the last output, an array with all outputs in
 //! order, `[]` means no output. Outputs are compared as `{topic, payload, properties}` with JSON
-//! payloads parsed, after `select` (keep these dot-paths) and `ignores` (drop these).
+//! payloads parsed, after `select` (keep these dot-paths) and `ignores` (drop these). A
+//! `statestore.json` beside the graph seeds the state store; a `hostapp.env.list` beside it may
+//! name a JSON schema (`TK_SCHEMA_CONFIG_PATH`) that every operator's `init` receives, as with
+//! Azure's local host app.
+//!
+//! Outputs are taken as the graph makes them and only what the comparison needs is kept (an
+//! expected array's length and one more, or the last output), so a test may expect any number.
+//! A test's `timeout` (ms) is how long its graph may go without taking an input or producing
+//! anything before the test fails as stuck.
 //!
 //! The graph runs on the event-time frontier and its source is closed after the inputs, so every
 //! window closes at once and "no output" is known without waiting.
@@ -18,11 +26,11 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use weir_api::DataItem;
-use weir_api::graph::parse_graph;
+use weir_executor::dataflow::{DeadLetter, SinkOutput};
 use weir_executor::logs::MemoryLogSink;
 use weir_state::{MemoryStateStore, SetOptions, StateScope, StateStore};
 
-use crate::local::LocalPlatform;
+use crate::local::{LocalGraph, LocalPlatform, RunConsumer, files_as_inputs};
 
 /// Arguments of `weir test`.
 #[derive(Debug, clap::Args)]
@@ -161,9 +169,13 @@ async fn run_case(
 ) -> anyhow::Result<Option<String>> {
     let base = file.parent().unwrap_or(Path::new("."));
     let graph_path = base.join(&case.graph);
-    let text = std::fs::read_to_string(&graph_path)
-        .with_context(|| format!("cannot read graph {}", graph_path.display()))?;
-    let graph = parse_graph(&text).with_context(|| format!("graph {}", graph_path.display()))?;
+    let graph = LocalGraph::load(&graph_path)?;
+
+    let expected_path = base.join(&case.expected);
+    let expected_text = std::fs::read_to_string(&expected_path)
+        .with_context(|| format!("cannot read {}", expected_path.display()))?;
+    let expected: Value = serde_json::from_str(&expected_text)
+        .with_context(|| format!("{} is not JSON", expected_path.display()))?;
 
     let state = Arc::new(MemoryStateStore::default());
     let context =
@@ -177,61 +189,112 @@ async fn run_case(
         .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("json" | "raw")))
         .collect();
     files.sort();
-    let mut inputs = Vec::with_capacity(files.len());
-    for path in &files {
-        let bytes =
-            std::fs::read(path).with_context(|| format!("cannot read input {}", path.display()))?;
-        let topic = if path.extension().is_some_and(|e| e == "raw") {
-            "snapshot_simulation"
-        } else {
-            "probe/1"
-        };
-        inputs.push((topic.to_owned(), bytes));
-    }
-    let run = platform
+    let collected = Collected {
+        keep: match &expected {
+            Value::Array(items) => Keep::First(items.len() + 1),
+            _ => Keep::Last,
+        },
+        select: case.select.clone(),
+        ignores: case.ignores.clone(),
+        outputs: Vec::new(),
+        more_outputs: 0,
+        dead_letters: Vec::new(),
+        more_dead_letters: 0,
+    };
+    let (_, collected) = platform
         .run(
             &graph,
             &BTreeMap::new(),
             &context,
-            inputs,
+            files_as_inputs(files),
             Duration::from_millis(case.timeout),
+            collected,
         )
         .await?;
-    let actual: Vec<Value> = run
-        .outputs
-        .into_iter()
-        .map(|o| output_json(&o.accept()))
-        .collect();
-    let dead: Vec<String> = run
-        .dead_letters
-        .into_iter()
-        .map(|d| format!("dead letter at {}: {} ({})", d.node, d.reason, d.detail))
-        .collect();
 
-    let expected_path = base.join(&case.expected);
-    let expected_text = std::fs::read_to_string(&expected_path)
-        .with_context(|| format!("cannot read {}", expected_path.display()))?;
-    let expected: Value = serde_json::from_str(&expected_text)
-        .with_context(|| format!("{} is not JSON", expected_path.display()))?;
     let shape = |value: &Value| project(&normalise(value), &case.select, &case.ignores);
     let (want, got) = match &expected {
         Value::Array(items) => (
             Value::Array(items.iter().map(shape).collect()),
-            Value::Array(actual.iter().map(shape).collect()),
+            Value::Array(collected.outputs),
         ),
         object => (
             shape(object),
-            actual.last().map(shape).unwrap_or(Value::Null),
+            collected.outputs.last().cloned().unwrap_or(Value::Null),
         ),
     };
     if want == got {
         return Ok(None);
     }
     let mut diff = diff_lines(&want, &got);
-    for line in dead {
+    if collected.more_outputs > 0 {
+        diff.push_str(&format!(
+            "\n... and {} more outputs",
+            collected.more_outputs
+        ));
+    }
+    for line in collected.dead_letters {
         diff.push_str(&format!("\n{line}"));
     }
+    if collected.more_dead_letters > 0 {
+        diff.push_str(&format!(
+            "\n... and {} more dead letters",
+            collected.more_dead_letters
+        ));
+    }
     Ok(Some(diff))
+}
+
+/// Dead letters a failed test shows; more are counted.
+const SHOWN_DEAD_LETTERS: usize = 20;
+
+/// Which outputs the comparison needs.
+enum Keep {
+    /// The first n (an expected array: its length and one more, so a diff shows the extra).
+    First(usize),
+    /// Only the last (an expected object).
+    Last,
+}
+
+/// What the comparison needs of a test's run, taken as outputs come: bounded by the expected
+/// file, however many outputs the graph makes.
+struct Collected {
+    keep: Keep,
+    select: Vec<String>,
+    ignores: Vec<String>,
+    /// Outputs as compared (`select`, `ignores` applied).
+    outputs: Vec<Value>,
+    more_outputs: usize,
+    dead_letters: Vec<String>,
+    more_dead_letters: usize,
+}
+
+impl RunConsumer for Collected {
+    fn output(&mut self, output: SinkOutput) -> anyhow::Result<()> {
+        let shaped = project(
+            &normalise(&output_json(&output.accept())),
+            &self.select,
+            &self.ignores,
+        );
+        match self.keep {
+            Keep::Last => self.outputs = vec![shaped],
+            Keep::First(limit) if self.outputs.len() < limit => self.outputs.push(shaped),
+            Keep::First(_) => self.more_outputs += 1,
+        }
+        Ok(())
+    }
+
+    fn dead_letter(&mut self, letter: DeadLetter) -> anyhow::Result<()> {
+        if self.dead_letters.len() < SHOWN_DEAD_LETTERS {
+            self.dead_letters.push(format!(
+                "dead letter at {}: {} ({})",
+                letter.node, letter.reason, letter.detail
+            ));
+        } else {
+            self.more_dead_letters += 1;
+        }
+        Ok(())
+    }
 }
 
 /// Seeds the state store from `statestore.json` beside the graph: a list of one-key objects.

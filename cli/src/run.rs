@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, bail};
 use serde_json::json;
 use weir_api::{DataItem, Hlc, Message};
+use weir_executor::dataflow::{DeadLetter, SinkOutput};
 use weir_executor::logs::{LogRecord, LogSink, MemoryLogSink};
 use weir_executor::{
     CallLimits, EngineConfig, ModuleConfiguration, OperatorEngine, OperatorError, OperatorInstance,
@@ -187,12 +188,14 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<std::process::ExitCode>
     Ok(std::process::ExitCode::SUCCESS)
 }
 
-/// `weir run GRAPH`: the whole graph over the input, on embedded defaults.
+/// `weir run GRAPH`: the whole graph over the input, on embedded defaults. The input is read as
+/// the graph takes it and outputs are printed as they come, so a run of any length holds only
+/// what is in flight; a `hostapp.env.list` beside the graph may name a schema for every `init`.
 async fn run_graph(args: RunArgs) -> anyhow::Result<std::process::ExitCode> {
-    let text = std::fs::read_to_string(&args.module)
-        .with_context(|| format!("cannot read graph {}", args.module.display()))?;
-    let graph = weir_api::graph::parse_graph(&text)
-        .with_context(|| format!("{} is not a valid graph", args.module.display()))?;
+    let graph = crate::local::LocalGraph::load(&args.module)?;
+    for warning in &graph.warnings {
+        eprintln!("warning: {warning}");
+    }
     let configuration = args
         .config
         .iter()
@@ -202,43 +205,64 @@ async fn run_graph(args: RunArgs) -> anyhow::Result<std::process::ExitCode> {
                 .with_context(|| format!("--config {pair:?} is not KEY=VALUE"))
         })
         .collect::<anyhow::Result<std::collections::BTreeMap<_, _>>>()?;
-    let inputs: Vec<(String, Vec<u8>)> = read_payloads(&args.input)?
-        .into_iter()
-        .map(|p| (args.topic.clone(), p.into_bytes()))
-        .collect();
-    let count = inputs.len();
+    let reader: Box<dyn BufRead + Send> = if args.input.as_os_str() == "-" {
+        Box::new(std::io::BufReader::new(std::io::stdin()))
+    } else {
+        let file = std::fs::File::open(&args.input)
+            .with_context(|| format!("cannot read input {}", args.input.display()))?;
+        Box::new(std::io::BufReader::new(file))
+    };
+    let inputs = crate::local::lines_as_inputs(reader, args.topic.clone());
     let platform = crate::local::LocalPlatform::new(&args.modules)?;
     let logs: Arc<dyn LogSink> = Arc::new(PrintingLog {
         kept: MemoryLogSink::new(16),
     });
     let tenant =
         crate::local::LocalPlatform::tenant("local", Arc::new(MemoryStateStore::default()), logs)?;
-    let run = platform
+    let printer = Printer {
+        out: std::io::stdout(),
+        format: args.output,
+    };
+    let (counts, mut printer) = platform
         .run(
             &graph,
             &configuration,
             &tenant,
             inputs,
             Duration::from_secs(60),
+            printer,
         )
         .await?;
-    for warning in &run.warnings {
+    printer.out.flush().context("cannot write the outputs")?;
+    for warning in &counts.warnings {
         eprintln!("warning: {warning}");
     }
-    let mut out = std::io::stdout().lock();
-    let outputs = run.outputs.len();
-    for output in run.outputs {
-        print_item(&mut out, args.output, None, &output.accept())?;
+    eprintln!(
+        "done: {} messages in, {} out, {} dead letters",
+        counts.inputs, counts.outputs, counts.dead_letters
+    );
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// Prints a graph run's outputs on stdout and its dead letters on stderr, as they come.
+struct Printer {
+    /// Line-buffered: each output shows as soon as it is printed.
+    out: std::io::Stdout,
+    format: OutputFormat,
+}
+
+impl crate::local::RunConsumer for Printer {
+    fn output(&mut self, output: SinkOutput) -> anyhow::Result<()> {
+        print_item(&mut self.out, self.format, None, &output.accept())
     }
-    let dead_letters = run.dead_letters.len();
-    for letter in run.dead_letters {
+
+    fn dead_letter(&mut self, letter: DeadLetter) -> anyhow::Result<()> {
         eprintln!(
             "dead letter: node {} reason={} {}",
             letter.node, letter.reason, letter.detail
         );
+        Ok(())
     }
-    eprintln!("done: {count} messages in, {outputs} out, {dead_letters} dead letters");
-    Ok(std::process::ExitCode::SUCCESS)
 }
 
 fn read_payloads(input: &PathBuf) -> anyhow::Result<Vec<String>> {

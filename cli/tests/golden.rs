@@ -9,7 +9,8 @@
 )]
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/golden");
 
@@ -46,11 +47,19 @@ fn copy_dir(from: &Path, to: &Path) {
 fn the_shipped_golden_suite_passes() {
     let (stdout, stderr, code) = weir_test(Path::new(GOLDEN), &[]);
     assert_eq!(code, Some(0), "{stdout}{stderr}");
-    assert!(stdout.contains("5 passed, 0 failed"), "{stdout}");
+    assert!(stdout.contains("8 passed, 0 failed"), "{stdout}");
     assert!(
         stdout.contains("PASS Complex pipeline - temperature accumulation per window"),
         "{stdout}"
     );
+    // The schema of the scenario's hostapp.env.list reaches the filter's init.
+    for name in [
+        "Schema filter - a reading that fits the schema passes",
+        "Schema filter - a fractional humidity is filtered out",
+        "Schema filter - only the fitting reading of four comes out",
+    ] {
+        assert!(stdout.contains(&format!("PASS {name}")), "{stdout}");
+    }
 }
 
 #[test]
@@ -74,13 +83,87 @@ fn a_wrong_expectation_fails_with_a_readable_diff_and_exit_code_one() {
         stdout.contains("+       \"value\": 653.8888888888889"),
         "{stdout}"
     );
-    assert!(stdout.contains("4 passed, 1 failed"), "{stdout}");
+    assert!(stdout.contains("7 passed, 1 failed"), "{stdout}");
     let (json, _, code) = weir_test(&dir, &["--output", "json"]);
     assert_eq!(code, Some(1));
     let report: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(
         (report["passed"].as_u64(), report["failed"].as_u64()),
-        (Some(4), Some(1))
+        (Some(7), Some(1))
     );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_test_expecting_more_outputs_than_the_queue_holds_completes() {
+    const COUNT: usize = 12_000; // the output queue holds 10,000
+    let dir = tempfile::tempdir().unwrap();
+    let case = dir.path().join("t-many");
+    std::fs::create_dir_all(case.join("input")).unwrap();
+    std::fs::create_dir_all(case.join("expected")).unwrap();
+    std::fs::copy(
+        Path::new(GOLDEN).join("graph-echo.yaml"),
+        dir.path().join("graph-echo.yaml"),
+    )
+    .unwrap();
+    let mut expected = Vec::with_capacity(COUNT);
+    for n in 0..COUNT {
+        std::fs::write(
+            case.join(format!("input/m{n:05}.json")),
+            format!("{{\"n\":{n}}}"),
+        )
+        .unwrap();
+        expected.push(serde_json::json!({"topic": "sensors", "payload": format!("{{\"n\":{n}}}")}));
+    }
+    std::fs::write(
+        case.join("expected/expected.json"),
+        serde_json::to_string(&expected).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(
+        case.join("t-many.test.yaml"),
+        "name: \"Echo - twelve thousand outputs in order\"\ngraph: \"../graph-echo.yaml\"\ninput: \"./input\"\nexpected: \"./expected/expected.json\"\nselect: [\"topic\", \"payload\"]\n",
+    )
+    .unwrap();
+    let (stdout, stderr, code) = weir_test_within(dir.path(), Duration::from_secs(240));
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("PASS Echo - twelve thousand outputs in order"),
+        "{stdout}"
+    );
+}
+
+/// `weir test` that gives up after `limit`: a stalled run is a failed test, not a hung one.
+fn weir_test_within(dir: &Path, limit: Duration) -> (String, String, Option<i32>) {
+    let child = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .arg("test")
+        .arg(dir)
+        .arg("--modules")
+        .arg(weir_guests::Guest::dir())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // The test may have given up waiting; then nobody needs the output.
+        let _unwanted = done.send(child.wait_with_output());
+    });
+    let Ok(output) = finished.recv_timeout(limit) else {
+        Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap();
+        panic!(
+            "weir test {} did not finish within {limit:?}: it stalled",
+            dir.display()
+        );
+    };
+    let output = output.unwrap();
+    (
+        String::from_utf8(output.stdout).unwrap(),
+        String::from_utf8(output.stderr).unwrap(),
+        output.status.code(),
+    )
 }

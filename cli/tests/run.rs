@@ -8,6 +8,7 @@
 )]
 
 use std::io::Write;
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 fn weir_run(args: &[&str], input: &str) -> (String, String, bool) {
@@ -111,6 +112,202 @@ fn runs_a_whole_graph_and_reports_dead_letters() {
     );
     assert!(
         stderr.contains("done: 3 messages in, 1 out, 1 dead letters"),
+        "{stderr}"
+    );
+}
+
+/// Runs `weir run` with `args` (no stdin) and gives up after `limit`: a stalled run is a failed
+/// test, not a hung one.
+fn weir_run_within(args: &[&str], limit: std::time::Duration) -> (String, String, bool) {
+    let child = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .arg("run")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // The test may have given up waiting; then nobody needs the output.
+        let _unwanted = done.send(child.wait_with_output());
+    });
+    let Ok(output) = finished.recv_timeout(limit) else {
+        Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap();
+        panic!("weir run {args:?} did not finish within {limit:?}: it stalled");
+    };
+    let output = output.unwrap();
+    (
+        String::from_utf8(output.stdout).unwrap(),
+        String::from_utf8(output.stderr).unwrap(),
+        output.status.success(),
+    )
+}
+
+#[test]
+fn a_graph_run_with_ten_times_more_outputs_than_the_queue_holds_completes_in_order() {
+    const COUNT: usize = 100_000; // the output queue holds 10,000
+    let graph = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/golden/graph-echo.yaml"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("input.jsonl");
+    let mut text = String::with_capacity(COUNT * 16);
+    for n in 0..COUNT {
+        text.push_str(&format!("{{\"n\":{n}}}\n"));
+    }
+    std::fs::write(&input, text).unwrap();
+    let modules = weir_guests::Guest::dir();
+    let (stdout, stderr, ok) = weir_run_within(
+        &[
+            graph,
+            "--modules",
+            modules.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+        ],
+        std::time::Duration::from_secs(240),
+    );
+    assert!(ok, "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), COUNT, "{stderr}");
+    for (n, line) in lines.iter().enumerate() {
+        assert_eq!(
+            *line,
+            format!("probe/1 {{\"n\":{n}}}"),
+            "output {n} out of order"
+        );
+    }
+    assert!(
+        stderr.contains(&format!(
+            "done: {COUNT} messages in, {COUNT} out, 0 dead letters"
+        )),
+        "{stderr}"
+    );
+}
+
+const SCHEMA_SCENARIO: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../tests/golden/schema-scenario"
+);
+
+/// Two schema filters in a row: each one's `init` needs a schema to start.
+const TWO_SCHEMA_FILTERS: &str = r#"metadata:
+  $schema: "https://www.schemastore.org/aio-wasm-graph-config-1.0.0.json"
+  name: "Two schema filters"
+  version: "1.0.0"
+moduleRequirements:
+  apiVersion: "1.1.0"
+  runtimeVersion: "1.1.0"
+operations:
+  - { operationType: source, name: source }
+  - { operationType: filter, name: first, module: filter }
+  - { operationType: filter, name: second, module: filter }
+  - { operationType: sink, name: sink }
+connections:
+  - { from: { name: source }, to: { name: first } }
+  - { from: { name: first }, to: { name: second } }
+  - { from: { name: second }, to: { name: sink } }
+"#;
+
+#[test]
+fn every_operator_init_receives_the_schema_hostapp_env_list_names() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("schemas")).unwrap();
+    std::fs::copy(
+        Path::new(SCHEMA_SCENARIO).join("tk_schema_config.json"),
+        dir.path().join("schemas/reading.json"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("hostapp.env.list"),
+        "# as Azure's local host reads it\nTK_SCHEMA_CONFIG_PATH=schemas/reading.json\n",
+    )
+    .unwrap();
+    let graph = dir.path().join("graph.yaml");
+    std::fs::write(&graph, TWO_SCHEMA_FILTERS).unwrap();
+    let modules = weir_guests::Guest::dir();
+    let (stdout, stderr, ok) = weir_run(
+        &[
+            graph.to_str().unwrap(),
+            "--modules",
+            modules.to_str().unwrap(),
+        ],
+        "{\"humidity\":175,\"temperature\":12.5}\n{\"humidity\":175.1,\"temperature\":12}\n",
+    );
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        stdout, "probe/1 {\"humidity\":175,\"temperature\":12.5}\n",
+        "{stderr}"
+    );
+    // Both filters started on it: each init logs the schema it validates against.
+    assert_eq!(
+        stderr
+            .matches(
+                "validating payloads against schema \"reading.json\" (application/schema+json)"
+            )
+            .count(),
+        2,
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("done: 2 messages in, 1 out, 0 dead letters"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn without_hostapp_env_list_the_schema_filter_refuses_to_start_naming_the_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let graph = dir.path().join("graph.dataflow.yaml");
+    std::fs::copy(
+        Path::new(SCHEMA_SCENARIO).join("graph.dataflow.yaml"),
+        &graph,
+    )
+    .unwrap();
+    let modules = weir_guests::Guest::dir();
+    let (stdout, stderr, ok) = weir_run(
+        &[
+            graph.to_str().unwrap(),
+            "--modules",
+            modules.to_str().unwrap(),
+        ],
+        "{\"humidity\":175}\n",
+    );
+    assert!(!ok, "{stdout}");
+    assert!(stderr.contains("init received no schema"), "{stderr}");
+    assert!(
+        stderr.contains("node \"filter\": init returned false"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_graph_run_warns_about_configuration_no_operation_declares() {
+    let graph = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/golden/graph-echo.yaml"
+    );
+    let modules = weir_guests::Guest::dir();
+    let (stdout, stderr, ok) = weir_run(
+        &[
+            graph,
+            "--modules",
+            modules.to_str().unwrap(),
+            "--config",
+            "nobody=1",
+        ],
+        "{\"n\":1}\n",
+    );
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout, "probe/1 {\"n\":1}\n");
+    assert!(
+        stderr.contains("warning: configuration key \"nobody\" is declared by no operation"),
         "{stderr}"
     );
 }

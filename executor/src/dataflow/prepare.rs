@@ -25,6 +25,13 @@ use crate::{
 pub trait ModuleResolver: Send + Sync {
     /// The module `reference` names, or why there is none.
     fn resolve(&self, reference: &str) -> Result<Arc<CompiledModule>, String>;
+
+    /// Schemas every operation's `init` receives after those of its input edges: none, except
+    /// where the host provides some, as Azure's local host app does with the file
+    /// `TK_SCHEMA_CONFIG_PATH` names (azure-compat §3.2; `weir test`, `weir run`).
+    fn shared_schemas(&self) -> Vec<ModuleSchema> {
+        Vec::new()
+    }
 }
 
 /// Modules from a directory of built components, named as `weir test` names them
@@ -224,6 +231,7 @@ pub async fn prepare(
     let mut problems = Vec::new();
     let mut planned = Vec::new();
     let mut delivered_keys = BTreeSet::new();
+    let shared_schemas = modules.shared_schemas();
     for (index, operation) in graph.operations().iter().enumerate() {
         let Some(kind) = operator_kind(operation.operation_type) else {
             continue;
@@ -290,6 +298,7 @@ pub async fn prepare(
                 content_type: schema.format.clone(),
                 content: schema.schema.clone(),
             })
+            .chain(shared_schemas.iter().cloned())
             .collect();
         planned.push((
             index,

@@ -47,6 +47,8 @@ pub const COLLECTION: Guest = Guest("collection");
 pub const ENRICHMENT: Guest = Guest("enrichment");
 /// The trivial map (payload read and returned as bytes).
 pub const ECHO: Guest = Guest("echo");
+/// JSON-schema filter: keeps payloads that validate against the schema `init` receives.
+pub const SCHEMA_FILTER: Guest = Guest("filter");
 /// Loops forever on payload `spin`.
 pub const SPIN_LOOP: Guest = Guest("spin_loop");
 /// Allocates without bound on payload `hog`.
@@ -69,13 +71,14 @@ pub const CHATTY: Guest = Guest("chatty");
 pub const PREVIEW_ECHO: Guest = Guest("preview_echo");
 
 /// Every guest.
-pub const ALL: [Guest; 15] = [
+pub const ALL: [Guest; 16] = [
     TEMPERATURE,
     HUMIDITY,
     WINDOW,
     COLLECTION,
     ENRICHMENT,
     ECHO,
+    SCHEMA_FILTER,
     SPIN_LOOP,
     MEMORY_HOG,
     TRAP,
