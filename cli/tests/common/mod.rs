@@ -73,6 +73,11 @@ pub fn serve_with(data: &Path, extra: &[&str]) -> Server {
 }
 
 impl Server {
+    /// The process id of the server.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// A typed client of this server acting with `token`.
     pub fn client(&self, token: &str) -> Client {
         Client::new(&format!("http://{}", self.address), Some(token.to_owned())).unwrap()
