@@ -168,7 +168,7 @@ async fn request_id(request: Request, next: Next) -> Response {
         .map(|d| d.0);
     let mut response = REQUEST_ID
         .scope(id.clone(), async {
-            let handled = as_problem(next.run(request).await);
+            let handled = async { as_problem(next.run(request).await).await };
             match deadline {
                 None => handled.await,
                 Some(limit) => tokio::time::timeout(limit, handled)
