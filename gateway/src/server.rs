@@ -115,7 +115,7 @@ pub async fn serve(
         ));
     }
     drop(listener);
-    let _ = stop.send(true);
+    stop.send_replace(true);
     while tasks.join_next().await.is_some() {}
     Ok(())
 }
