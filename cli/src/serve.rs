@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use weir_executor::dataflow::DataflowSettings;
 use weir_executor::{EngineConfig, OperatorEngine, PoolingConfig};
-use weir_gateway::{GatewayState, ModuleValidator, router};
+use weir_gateway::{GatewayState, ModuleValidator, ServerLimits, router};
 
 use weir_store::{BlobStore, ControlStore, SqliteControlStore, TokenRecord};
 use weir_tenants::{JwtVerifier, MemoryRevocations, Role, Secret, TokenIssuer, VerificationKey};
@@ -41,6 +41,17 @@ pub(crate) struct ServeArgs {
     /// re-created, `init` included, on the next message).
     #[arg(long, default_value_t = 5_000)]
     instance_idle_ms: u64,
+    /// Longest a connection may take to send a request head, and may stay idle between
+    /// requests, in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    header_read_timeout_ms: u64,
+    /// Longest a request may take, its body included, in milliseconds.
+    #[arg(long, default_value_t = 120_000)]
+    request_timeout_ms: u64,
+    /// Most API connections open at once; at the cap a new connection closes the oldest idle
+    /// one.
+    #[arg(long, default_value_t = 2048)]
+    max_connections: usize,
 }
 
 /// The graph `--demo` deploys: Fahrenheit readings to Celsius, then a range filter.
@@ -248,12 +259,17 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCod
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let address = listener.local_addr()?;
+    let limits = ServerLimits {
+        header_read_timeout: Duration::from_millis(args.header_read_timeout_ms),
+        request_timeout: Duration::from_millis(args.request_timeout_ms),
+        max_connections: args.max_connections,
+        ..ServerLimits::default()
+    };
     let server = tokio::spawn(async move {
-        axum::serve(listener, router(state))
-            .with_graceful_shutdown(async {
-                let _signal = tokio::signal::ctrl_c().await;
-            })
-            .await
+        weir_gateway::serve(listener, router(state), limits, async {
+            let _signal = tokio::signal::ctrl_c().await;
+        })
+        .await
     });
     if args.demo {
         let admin = match &first_admin_token {

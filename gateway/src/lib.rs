@@ -8,12 +8,18 @@
 //! tenant's resource answers 404 exactly like a missing one (the walls are listed in
 //! `gateway/README.md`).
 //!
+//! [`serve`] runs the router on HTTP/1.1 with every resource a client can hold bounded
+//! ([`ServerLimits`]). Connections made on a tenant's behalf (OCI imports) pass the egress rule of
+//! `weir_api::egress`.
+//!
 //! It must never depend on wasmtime or the executor: module validation arrives through
 //! [`ModuleValidator`], which the `weir` binary implements with the executor's engine.
 
 mod auth;
+mod egress_proxy;
 mod error;
 mod routes;
+mod server;
 
 use std::sync::Arc;
 
@@ -24,6 +30,7 @@ use weir_tenants::{JwtVerifier, MemoryRevocations, TokenIssuer};
 pub use auth::Caller;
 pub use error::{ApiError, ApiJson, ApiQuery};
 pub use routes::{openapi, resume_deployments};
+pub use server::{ServerLimits, serve};
 pub use weir_api::rest::ProblemField;
 pub use weir_tenants::ApiLimits;
 

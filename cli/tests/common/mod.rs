@@ -79,6 +79,11 @@ pub fn serve_with_env(data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Serv
 }
 
 impl Server {
+    /// The process id of the server.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// A typed client of this server acting with `token`.
     pub fn client(&self, token: &str) -> Client {
         Client::new(&format!("http://{}", self.address), Some(token.to_owned())).unwrap()

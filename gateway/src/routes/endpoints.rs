@@ -1,9 +1,9 @@
 //! `/v1/endpoints`: where a tenant's deployments connect. Owners create and delete them;
 //! secrets are write-only; an address on the platform's own network (loopback, private,
-//! link-local, unspecified) is refused unless an admin opened that host for the tenant
-//! (`allowed_private_hosts`).
+//! link-local, unspecified, in any spelling, or a name resolving to one) is refused unless an
+//! admin opened that host for the tenant (`allowed_private_hosts`), by the egress rule of
+//! `weir_api::egress`.
 
-use std::net::IpAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Json;
@@ -11,6 +11,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use weir_api::ErrorCode;
+use weir_api::egress::{Egress, EgressError};
 use weir_api::rest::{CreateEndpoint, Endpoint, EndpointKind};
 use weir_store::EndpointRecord;
 use weir_tenants::{Quotas, Role};
@@ -45,53 +46,20 @@ pub(crate) fn endpoint_view(record: EndpointRecord) -> Result<Endpoint, ApiError
     })
 }
 
-/// Whether `host` is on the platform's own network rather than the tenant's.
-fn is_private(host: &str) -> bool {
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.eq_ignore_ascii_case("localhost") || host.to_ascii_lowercase().ends_with(".localhost") {
-        return true;
-    }
-    match host.parse::<IpAddr>() {
-        Ok(IpAddr::V4(v4)) => {
-            v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                // 100.64.0.0/10, carrier-grade NAT: the platform's network on many clouds.
-                || (v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64)
-        }
-        Ok(IpAddr::V6(v6)) => {
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || (v6.segments()[0] & 0xfe00) == 0xfc00
-                || (v6.segments()[0] & 0xffc0) == 0xfe80
-                || v6
-                    .to_ipv4_mapped()
-                    .is_some_and(|v4| is_private(&v4.to_string()))
-        }
-        Err(_) => false,
-    }
+/// How long the create-time resolution of an endpoint's host may take.
+const RESOLVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The tenant's egress rule (`weir_api::egress`): the one rule for every connection weir makes
+/// on a tenant's behalf.
+pub(crate) fn egress(quotas: &Quotas) -> Egress {
+    Egress::new(&quotas.allowed_private_hosts)
 }
 
-/// Whether the tenant may connect to `host`: anywhere but the platform's own network, unless an
-/// admin allowed that host for the tenant.
-pub(crate) fn check_host(host: &str, quotas: &Quotas) -> Result<(), String> {
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    let allowed = quotas
-        .allowed_private_hosts
-        .iter()
-        .any(|h| h.eq_ignore_ascii_case(bare));
-    if is_private(host) && !allowed {
-        return Err(format!(
-            "{host} is on the platform's own network; an admin must allow it for this tenant"
-        ));
-    }
-    Ok(())
-}
-
-/// Problems with an endpoint's address: its shape, and whether the tenant may reach it.
-fn check_address(body: &CreateEndpoint, quotas: &Quotas, errors: &mut Vec<ProblemField>) {
+/// Problems with an endpoint's address: its shape, and whether the tenant may reach it by the
+/// egress rule, on the address as written (every numeric spelling, IPv6, IPv4 in IPv6) and on
+/// every address the host resolves to now. A host that does not resolve yet passes: the
+/// connectors apply the same rule again when they connect.
+async fn check_address(body: &CreateEndpoint, quotas: &Quotas, errors: &mut Vec<ProblemField>) {
     let problem = |message: String| ProblemField {
         path: "/address".to_owned(),
         message,
@@ -111,8 +79,17 @@ fn check_address(body: &CreateEndpoint, quotas: &Quotas, errors: &mut Vec<Proble
                 errors.push(problem(format!("expected host:port, found {address}")));
                 return;
             }
-            if let Err(message) = check_host(host, quotas) {
-                errors.push(problem(message));
+            let Ok(port) = port.parse::<u16>() else {
+                return;
+            };
+            let egress = egress(quotas);
+            if let Err(error) = egress.check_host(host) {
+                errors.push(problem(error.to_string()));
+                return;
+            }
+            let resolved = tokio::time::timeout(RESOLVE_TIMEOUT, egress.resolve(host, port)).await;
+            if let Ok(Err(error @ EgressError::Private { .. })) = resolved {
+                errors.push(problem(error.to_string()));
             }
         }
     }
@@ -133,7 +110,7 @@ pub(crate) async fn create(
             message: "http is the built-in endpoint".to_owned(),
         });
     }
-    check_address(&body, &quotas, &mut errors);
+    check_address(&body, &quotas, &mut errors).await;
     if body.secret.as_ref().is_some_and(|s| s.len() > 4096) {
         errors.push(ProblemField {
             path: "/secret".to_owned(),
@@ -209,40 +186,5 @@ pub(crate) async fn delete(
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found("endpoint"))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::is_private;
-
-    #[test]
-    fn the_platforms_network_is_private() {
-        for host in [
-            "localhost",
-            "127.0.0.1",
-            "10.1.2.3",
-            "192.168.0.9",
-            "172.16.5.5",
-            "169.254.169.254",
-            "0.0.0.0",
-            "100.64.1.1",
-            "[::1]",
-            "::",
-            "fd00::1",
-            "fe80::1",
-            "::ffff:127.0.0.1",
-            "metadata.localhost",
-        ] {
-            assert!(is_private(host), "{host}");
-        }
-        for host in [
-            "broker.example.com",
-            "8.8.8.8",
-            "2001:db8::1",
-            "100.128.0.1",
-        ] {
-            assert!(!is_private(host), "{host}");
-        }
     }
 }

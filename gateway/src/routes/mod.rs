@@ -153,7 +153,8 @@ pub(crate) fn router(state: GatewayState) -> Router {
         .with_state(state)
 }
 
-/// Gives every request an id: in the `x-request-id` header and in every problem document.
+/// Gives every request an id: in the `x-request-id` header and in every problem document; holds
+/// it to the server's request timeout ([`crate::server`]) when one is set.
 async fn request_id(request: Request, next: Next) -> Response {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let started = SystemTime::now()
@@ -161,9 +162,28 @@ async fn request_id(request: Request, next: Next) -> Response {
         .unwrap_or_default()
         .as_micros();
     let id = format!("{started:x}-{:x}", COUNTER.fetch_add(1, Ordering::Relaxed));
+    let deadline = request
+        .extensions()
+        .get::<crate::server::RequestDeadline>()
+        .map(|d| d.0);
     let mut response = REQUEST_ID
         .scope(id.clone(), async {
-            as_problem(next.run(request).await).await
+            let handled = async { as_problem(next.run(request).await).await };
+            match deadline {
+                None => handled.await,
+                Some(limit) => tokio::time::timeout(limit, handled)
+                    .await
+                    .unwrap_or_else(|_| {
+                        ApiError::new(
+                            ErrorCode::Unavailable,
+                            format!(
+                                "the request took longer than the server's {} ms",
+                                limit.as_millis()
+                            ),
+                        )
+                        .into_response()
+                    }),
+            }
         })
         .await;
     if let Ok(value) = HeaderValue::from_str(&id) {
