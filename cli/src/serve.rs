@@ -152,8 +152,18 @@ fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 }
 
 pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
-    std::fs::create_dir_all(&args.data)
-        .with_context(|| format!("cannot create data directory {}", args.data.display()))?;
+    // The data directory is the server user's alone (its files are created 0600 inside).
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&args.data)
+            .and_then(|()| {
+                std::fs::set_permissions(&args.data, std::fs::Permissions::from_mode(0o700))
+            })
+            .with_context(|| format!("cannot create data directory {}", args.data.display()))?;
+    }
     let (secret, first_start) = secret(&args.data)?;
     let store = Arc::new(SqliteControlStore::open(&args.data.join("control.db"))?);
     let blobs = BlobStore::open(args.data.join("blobs"))?;
@@ -213,7 +223,12 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCod
         )?),
         state: module_state,
         limits: Arc::default(),
+        tenant_locks: Arc::default(),
     };
+    let swept = weir_gateway::sweep_blobs(&state).await?;
+    if swept > 0 {
+        println!("removed {swept} unreferenced blob(s)");
+    }
     let resumed = weir_gateway::resume_deployments(&state).await?;
     if resumed > 0 {
         println!("resumed {resumed} deployment(s)");

@@ -13,6 +13,7 @@
 
 mod auth;
 mod error;
+mod locks;
 mod routes;
 
 use std::sync::Arc;
@@ -23,7 +24,8 @@ use weir_tenants::{JwtVerifier, MemoryRevocations, TokenIssuer};
 
 pub use auth::Caller;
 pub use error::{ApiError, ApiJson, ApiQuery};
-pub use routes::{openapi, resume_deployments};
+pub use locks::{TenantGuard, TenantLocks};
+pub use routes::{openapi, resume_deployments, sweep_blobs};
 pub use weir_api::rest::ProblemField;
 pub use weir_tenants::ApiLimits;
 
@@ -31,6 +33,13 @@ pub use weir_tenants::ApiLimits;
 pub trait ModuleValidator: Send + Sync + std::fmt::Debug {
     /// The operator interfaces the module exports, or why it is not a module weir can run.
     fn validate(&self, bytes: &[u8]) -> Result<Vec<String>, String>;
+
+    /// The module of `digest` is gone (its last module record was deleted and its blob
+    /// removed): anything kept for it, such as a compiled artifact, may go too. Called off the
+    /// async workers. Does nothing by default.
+    fn forget(&self, digest: &weir_api::ModuleDigest) {
+        let _ = digest;
+    }
 }
 
 pub use weir_api::rest::{
@@ -141,6 +150,8 @@ pub struct GatewayState {
     pub state: Arc<dyn weir_state::StateStore>,
     /// API rate limits and request counters per tenant.
     pub limits: Arc<ApiLimits>,
+    /// One lock per tenant around changes that touch both the store and the runtime.
+    pub tenant_locks: Arc<TenantLocks>,
 }
 
 /// The API.

@@ -148,6 +148,7 @@ impl Api {
             runtime: Arc::new(NoExecutor),
             state: Arc::new(weir_state::MemoryStateStore::default()),
             limits: Arc::default(),
+            tenant_locks: Arc::default(),
         };
         Self {
             app: router(state),
@@ -808,5 +809,60 @@ async fn state_keys_are_the_callers_tenants_only() {
         &api.get("/v1/state/factoryId", &developer_a).await,
         StatusCode::NOT_FOUND,
         "not_found",
+    );
+}
+
+/// The temperature component with a custom section of `padding` bytes: a valid module of any
+/// size.
+fn padded_module(padding: usize) -> Vec<u8> {
+    let mut wasm = weir_guests::TEMPERATURE.bytes();
+    let name = b"padding";
+    let mut body = vec![u8::try_from(name.len()).unwrap()];
+    body.extend_from_slice(name);
+    body.resize(body.len() + padding, 0xa5);
+    wasm.push(0);
+    let mut size = body.len();
+    loop {
+        let byte = u8::try_from(size & 0x7f).unwrap();
+        size >>= 7;
+        if size == 0 {
+            wasm.push(byte);
+            break;
+        }
+        wasm.push(byte | 0x80);
+    }
+    wasm.extend(body);
+    wasm
+}
+
+/// Hashing and writing an upload (and every SQLite call) happen on the blocking pool: on a
+/// runtime with a single worker thread, a ticker keeps ticking while a 48 MiB module is stored.
+#[tokio::test(flavor = "current_thread")]
+async fn uploads_never_stall_the_async_workers() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let api = Api::new();
+    let (_, developer) = api.tenant("big").await;
+    let module = padded_module(48 << 20);
+    let done = Arc::new(AtomicBool::new(false));
+    let ticker = tokio::spawn({
+        let done = done.clone();
+        async move {
+            let mut longest = Duration::ZERO;
+            while !done.load(Ordering::Relaxed) {
+                let before = std::time::Instant::now();
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                longest = longest.max(before.elapsed());
+            }
+            longest
+        }
+    });
+    let reply = api.upload(&developer, "big", "1", module).await;
+    done.store(true, Ordering::Relaxed);
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    let longest = ticker.await.unwrap();
+    eprintln!("longest pause of the worker: {longest:?}");
+    assert!(
+        longest < Duration::from_millis(100),
+        "the only worker thread stalled for {longest:?}"
     );
 }
