@@ -34,9 +34,10 @@ pub trait ModuleValidator: Send + Sync + std::fmt::Debug {
     /// The operator interfaces the module exports, or why it is not a module weir can run.
     fn validate(&self, bytes: &[u8]) -> Result<Vec<String>, String>;
 
-    /// The module of `digest` is gone (its last module record was deleted and its blob
-    /// removed): anything kept for it, such as a compiled artifact, may go too. Called off the
-    /// async workers. Does nothing by default.
+    /// The bytes of `digest` are gone: no module or graph of any tenant references them any
+    /// more and their blob was removed, so anything kept for them, such as a compiled
+    /// artifact, may go too (a digest never seen, such as a graph's, is no error). Called off
+    /// the async workers. Does nothing by default.
     fn forget(&self, digest: &weir_api::ModuleDigest) {
         let _ = digest;
     }

@@ -836,13 +836,15 @@ fn padded_module(padding: usize) -> Vec<u8> {
 }
 
 /// Hashing and writing an upload (and every SQLite call) happen on the blocking pool: on a
-/// runtime with a single worker thread, a ticker keeps ticking while a 48 MiB module is stored.
+/// runtime with a single worker thread, a ticker keeps ticking while a 60 MiB module is stored.
+/// (Stored on the worker, hashing and writing it stalls the ticker for 300 ms or more; off it,
+/// the longest pause is about 10 ms, leaving room for a busy machine's scheduling.)
 #[tokio::test(flavor = "current_thread")]
 async fn uploads_never_stall_the_async_workers() {
     use std::sync::atomic::{AtomicBool, Ordering};
     let api = Api::new();
     let (_, developer) = api.tenant("big").await;
-    let module = padded_module(48 << 20);
+    let module = padded_module(60 << 20);
     let done = Arc::new(AtomicBool::new(false));
     let ticker = tokio::spawn({
         let done = done.clone();
@@ -862,7 +864,7 @@ async fn uploads_never_stall_the_async_workers() {
     let longest = ticker.await.unwrap();
     eprintln!("longest pause of the worker: {longest:?}");
     assert!(
-        longest < Duration::from_millis(100),
+        longest < Duration::from_millis(200),
         "the only worker thread stalled for {longest:?}"
     );
 }

@@ -245,9 +245,9 @@ impl BlobStore {
         .map_err(|e| StoreError::Blob(blocking_error(e)))?
     }
 
-    /// Removes every blob not in `referenced`, and temporary files of interrupted writes: what
-    /// a server does at start, before it takes requests (so nothing is in flight). The digests
-    /// removed.
+    /// Removes every blob not in `referenced`, and temporary files of interrupted writes, and
+    /// makes the blobs kept private (0600): what a server does at start, before it takes
+    /// requests (so nothing is in flight). The digests removed.
     pub async fn sweep(
         &self,
         referenced: HashSet<ModuleDigest>,
@@ -264,7 +264,14 @@ impl BlobStore {
                     .to_str()
                     .and_then(|hex| ModuleDigest::from_sha256_hex(hex).ok());
                 match digest {
-                    Some(digest) if referenced.contains(&digest) => {}
+                    // Blobs of older versions were created with the default mode.
+                    Some(digest) if referenced.contains(&digest) => {
+                        std::fs::set_permissions(
+                            entry.path(),
+                            std::fs::Permissions::from_mode(0o600),
+                        )
+                        .map_err(context)?;
+                    }
                     digest => {
                         std::fs::remove_file(entry.path()).map_err(context)?;
                         removed.extend(digest);
