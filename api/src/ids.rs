@@ -28,8 +28,8 @@ pub enum IdError {
 }
 
 /// A tenant: the unit of isolation. Every state key, metric series, log line and artifact is
-/// scoped by one. Lowercase ASCII letters, digits and `-`, 1 to 63 characters, so it is safe in
-/// topic names, key prefixes and file names.
+/// scoped by one. Lowercase ASCII letters, digits and `-`, 1 to 63 characters, starting with a
+/// letter or digit, so it is safe in topic names, key prefixes, file names and command lines.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct TenantId(String);
@@ -47,13 +47,18 @@ impl TenantId {
                 len: id.len(),
             });
         }
+        let allowed = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+        // The first character is a letter or digit, so an id is never taken for an option
+        // (`-x`) by a command it is passed to.
         if let Some(found) = id
             .chars()
-            .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
+            .enumerate()
+            .find(|(index, c)| !(allowed(*c) || (*index > 0 && *c == '-')))
+            .map(|(_, c)| c)
         {
             return Err(IdError::Character {
                 kind: "tenant id",
-                allowed: "lowercase letters, digits and '-'",
+                allowed: "lowercase letters, digits and '-', starting with a letter or digit",
                 found,
             });
         }
@@ -156,11 +161,24 @@ mod tests {
     #[test]
     fn accepts_plain_tenant_ids() {
         assert_eq!(TenantId::new("acme-01").unwrap().as_str(), "acme-01");
+        assert_eq!(TenantId::new("0-a-").unwrap().as_str(), "0-a-");
     }
 
     #[test]
     fn rejects_tenant_ids_that_could_escape_a_prefix() {
-        for bad in ["", "a/b", "A", "a:b", "..", "a b", "ä", &"x".repeat(64)] {
+        for bad in [
+            "",
+            "a/b",
+            "A",
+            "a:b",
+            "..",
+            "a b",
+            "ä",
+            "-zz",
+            "-",
+            "--help",
+            &"x".repeat(64),
+        ] {
             assert!(TenantId::new(bad).is_err(), "{bad:?} accepted");
         }
     }

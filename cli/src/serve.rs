@@ -139,10 +139,8 @@ impl ModuleValidator for EngineValidator {
             .collect())
     }
 
-    fn forget(&self, digest: &str) {
-        if let Ok(digest) = weir_api::ModuleDigest::new(digest) {
-            self.0.forget(&digest);
-        }
+    fn forget(&self, digest: &weir_api::ModuleDigest) {
+        self.0.forget(digest);
     }
 }
 
@@ -178,8 +176,18 @@ fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 }
 
 pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
-    std::fs::create_dir_all(&args.data)
-        .with_context(|| format!("cannot create data directory {}", args.data.display()))?;
+    // The data directory is the server user's alone (its files are created 0600 inside).
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&args.data)
+            .and_then(|()| {
+                std::fs::set_permissions(&args.data, std::fs::Permissions::from_mode(0o700))
+            })
+            .with_context(|| format!("cannot create data directory {}", args.data.display()))?;
+    }
     let (secret, first_start) = secret(&args.data)?;
     let store = Arc::new(SqliteControlStore::open(&args.data.join("control.db"))?);
     let blobs = BlobStore::open(args.data.join("blobs"))?;
@@ -250,7 +258,12 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCod
         )?),
         state: module_state,
         limits: Arc::default(),
+        tenant_locks: Arc::default(),
     };
+    let swept = weir_gateway::sweep_blobs(&state).await?;
+    if swept > 0 {
+        println!("removed {swept} unreferenced blob(s)");
+    }
     let resumed = weir_gateway::resume_deployments(&state).await?;
     if resumed > 0 {
         println!("resumed {resumed} deployment(s)");

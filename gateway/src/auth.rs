@@ -1,5 +1,5 @@
 //! The caller, from the `Authorization: Bearer` header: a verified token whose tenant still
-//! exists and is not suspended.
+//! exists (the same instance the token was minted for) and is not suspended.
 
 use axum::extract::FromRequestParts;
 use axum::http::header;
@@ -47,9 +47,16 @@ impl FromRequestParts<GatewayState> for Caller {
             .verifier
             .verify(token.trim(), state.revocations.as_ref())?;
         let tenant = match &principal.tenant {
-            // Tokens of deleted or suspended tenants stop working at once.
+            // Tokens of deleted or suspended tenants stop working at once, and a tenant
+            // created again under the same id is another instance: its predecessor's tokens
+            // are not its own.
             Some(tenant) => match state.store.tenant(tenant).await? {
-                Some(record) if !record.suspended => Some(record),
+                Some(record)
+                    if !record.suspended
+                        && principal.belongs_to(&record.instance, record.created_at) =>
+                {
+                    Some(record)
+                }
                 _ => return Err(AuthError::Revoked.into()),
             },
             None => None,

@@ -18,6 +18,7 @@
 mod auth;
 mod egress_proxy;
 mod error;
+mod locks;
 mod routes;
 mod server;
 
@@ -29,7 +30,8 @@ use weir_tenants::{JwtVerifier, MemoryRevocations, TokenIssuer};
 
 pub use auth::Caller;
 pub use error::{ApiError, ApiJson, ApiQuery};
-pub use routes::{openapi, resume_deployments};
+pub use locks::{TenantGuard, TenantLocks};
+pub use routes::{openapi, resume_deployments, sweep_blobs};
 pub use server::{ServerLimits, serve};
 pub use weir_api::rest::ProblemField;
 pub use weir_tenants::ApiLimits;
@@ -38,9 +40,14 @@ pub use weir_tenants::ApiLimits;
 pub trait ModuleValidator: Send + Sync + std::fmt::Debug {
     /// The operator interfaces the module exports, or why it is not a module weir can run.
     fn validate(&self, bytes: &[u8]) -> Result<Vec<String>, String>;
-    /// Forgets what was compiled from the module with `digest` (`sha256:<hex>`): its last
-    /// reference is gone. Running deployments keep their own.
-    fn forget(&self, _digest: &str) {}
+
+    /// The bytes of `digest` are gone: no module or graph of any tenant references them any
+    /// more and their blob was removed, so anything kept for them, such as a compiled
+    /// artifact, may go too (a digest never seen, such as a graph's, is no error). Called off
+    /// the async workers. Does nothing by default.
+    fn forget(&self, digest: &weir_api::ModuleDigest) {
+        let _ = digest;
+    }
 }
 
 pub use weir_api::rest::{
@@ -154,6 +161,8 @@ pub struct GatewayState {
     pub state: Arc<dyn weir_state::StateStore>,
     /// API rate limits and request counters per tenant.
     pub limits: Arc<ApiLimits>,
+    /// One lock per tenant around changes that touch both the store and the runtime.
+    pub tenant_locks: Arc<TenantLocks>,
 }
 
 /// The API.

@@ -4,25 +4,32 @@
 //! Owns the [`ControlStore`] seam (tenants, tokens, modules, graphs, deployments and their
 //! status history, endpoints), its embedded SQLite backend ([`SqliteControlStore`]: one file in the data
 //! directory, WAL, versioned migrations, a tenant's rows deleted with it), and the
-//! content-addressed [`BlobStore`] for module and graph bytes, and the tenants' state store on
+//! content-addressed [`BlobStore`] for module and graph bytes (reference-counted by the records:
+//! a blob goes with its last module, graph or tenant), and the tenants' state store on
 //! SQLite ([`SqliteStateStore`], passing `weir_state::testing::conformance`). Every query of a tenant's
 //! resource takes the tenant and filters by it: there is no way to fetch another tenant's row
-//! by id. Never knows about wasmtime or HTTP.
+//! by id. Count quotas are checked in the same transaction as the write they bound. Files and
+//! directories it creates are private to the server's user (0600/0700, SQLite's WAL and SHM
+//! files included); endpoint secrets are sealed at rest with a key kept beside the database.
+//! Never knows about wasmtime or HTTP.
 #![warn(missing_docs)]
 
 mod blobs;
 mod records;
+mod sealing;
 mod sqlite;
 mod state;
 
 use async_trait::async_trait;
-use weir_api::{ErrorCode, TenantId};
+use weir_api::{ErrorCode, ModuleDigest, TenantId};
+use weir_tenants::Quotas;
 
-pub use blobs::{BlobError, BlobStore};
+pub use blobs::{BlobError, BlobStore, PinnedBlob};
 pub use records::{
-    DeploymentRecord, EndpointRecord, GraphRecord, ModuleRecord, StatusChange, TenantRecord,
-    TokenRecord,
+    DeletedTenant, DeploymentRecord, EndpointRecord, GraphRecord, ModuleRecord, StatusChange,
+    TenantRecord, TokenRecord, TokenScope,
 };
+pub use sealing::SealError;
 pub use sqlite::SqliteControlStore;
 pub use state::SqliteStateStore;
 
@@ -39,6 +46,16 @@ pub enum StoreError {
     /// The referenced tenant does not exist.
     #[error("no tenant {0}")]
     NoTenant(TenantId),
+    /// The write would take the tenant over a count or size quota (checked in the write's own
+    /// transaction, so concurrent writes cannot pass it together).
+    #[error("{0}")]
+    QuotaExceeded(String),
+    /// The blob store failed.
+    #[error("blob store failed")]
+    Blob(#[from] BlobError),
+    /// A secret could not be sealed or opened, or the key not loaded.
+    #[error("secret sealing failed")]
+    Seal(#[from] SealError),
     /// The database failed.
     #[error("control store failed")]
     Database(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -50,7 +67,8 @@ impl StoreError {
         match self {
             Self::Conflict { .. } => ErrorCode::Conflict,
             Self::NoTenant(_) => ErrorCode::NotFound,
-            Self::Database(_) => ErrorCode::Internal,
+            Self::QuotaExceeded(_) => ErrorCode::QuotaExceeded,
+            Self::Database(_) | Self::Blob(_) | Self::Seal(_) => ErrorCode::Internal,
         }
     }
 }
@@ -58,28 +76,38 @@ impl StoreError {
 /// What the platform keeps about tenants and their resources.
 #[async_trait]
 pub trait ControlStore: Send + Sync + std::fmt::Debug {
-    /// Creates a tenant; `Conflict` if the id is taken.
-    async fn create_tenant(&self, tenant: &TenantRecord) -> Result<(), StoreError>;
+    /// Creates a tenant; `Conflict` if the id is taken. The record as stored: with a fresh
+    /// `instance` (tokens are bound to it) and the store's `created_at`.
+    async fn create_tenant(&self, tenant: &TenantRecord) -> Result<TenantRecord, StoreError>;
     /// The tenant `id`.
     async fn tenant(&self, id: &TenantId) -> Result<Option<TenantRecord>, StoreError>;
     /// Every tenant.
     async fn tenants(&self) -> Result<Vec<TenantRecord>, StoreError>;
     /// Replaces a tenant's quotas and suspension; whether it existed.
     async fn update_tenant(&self, tenant: &TenantRecord) -> Result<bool, StoreError>;
-    /// Deletes a tenant and everything it owns; whether it existed.
-    async fn delete_tenant(&self, id: &TenantId) -> Result<bool, StoreError>;
+    /// Deletes a tenant and everything it owns, and revokes its tokens for good (the
+    /// revocations outlive the tenant); what it released, or `None` if it did not exist.
+    async fn delete_tenant(&self, id: &TenantId) -> Result<Option<DeletedTenant>, StoreError>;
 
     /// Records a minted token.
     async fn put_token(&self, token: &TokenRecord) -> Result<(), StoreError>;
-    /// The tokens of `tenant` (admin tokens: `None`).
-    async fn tokens(&self, tenant: Option<&TenantId>) -> Result<Vec<TokenRecord>, StoreError>;
-    /// Revokes token `id` of `tenant`; whether it existed there.
-    async fn revoke_token(&self, tenant: Option<&TenantId>, id: &str) -> Result<bool, StoreError>;
-    /// Ids of every revoked token.
+    /// The tokens in `scope`.
+    async fn tokens(&self, scope: TokenScope<'_>) -> Result<Vec<TokenRecord>, StoreError>;
+    /// Revokes token `id` if it is in `scope`; whether it was. The revocation is kept apart
+    /// from the token's record, so it survives the deletion of the token's tenant.
+    async fn revoke_token(&self, scope: TokenScope<'_>, id: &str) -> Result<bool, StoreError>;
+    /// Ids of every revoked token that has not expired (deleted tenants' included).
     async fn revoked_token_ids(&self) -> Result<Vec<String>, StoreError>;
 
-    /// Records a module version; `Conflict` if `name`@`version` exists for the tenant.
-    async fn put_module(&self, module: &ModuleRecord) -> Result<(), StoreError>;
+    /// Whether any module or graph (of any tenant) references the blob `digest`.
+    async fn blob_referenced(&self, digest: &ModuleDigest) -> Result<bool, StoreError>;
+    /// Every blob a module or graph references.
+    async fn referenced_blobs(&self) -> Result<Vec<ModuleDigest>, StoreError>;
+
+    /// Records a module version; `Conflict` if `name`@`version` exists for the tenant,
+    /// `QuotaExceeded` if the tenant would exceed `max_modules` or `max_module_total_bytes`
+    /// (checked in the same transaction as the insert).
+    async fn put_module(&self, module: &ModuleRecord, quotas: &Quotas) -> Result<(), StoreError>;
     /// The module `name`@`version` of `tenant`.
     async fn module(
         &self,
@@ -89,16 +117,19 @@ pub trait ControlStore: Send + Sync + std::fmt::Debug {
     ) -> Result<Option<ModuleRecord>, StoreError>;
     /// The modules of `tenant`.
     async fn modules(&self, tenant: &TenantId) -> Result<Vec<ModuleRecord>, StoreError>;
-    /// Deletes a module version; whether it existed.
+    /// Deletes a module version; the digest of its blob (to collect), or `None` if it did not
+    /// exist.
     async fn delete_module(
         &self,
         tenant: &TenantId,
         name: &str,
         version: &str,
-    ) -> Result<bool, StoreError>;
+    ) -> Result<Option<ModuleDigest>, StoreError>;
 
-    /// Records a graph version; `Conflict` if `name`@`version` exists for the tenant.
-    async fn put_graph(&self, graph: &GraphRecord) -> Result<(), StoreError>;
+    /// Records a graph version; `Conflict` if `name`@`version` exists for the tenant,
+    /// `QuotaExceeded` if the tenant would exceed `max_graphs` (checked in the insert's
+    /// transaction).
+    async fn put_graph(&self, graph: &GraphRecord, quotas: &Quotas) -> Result<(), StoreError>;
     /// The graph `name`@`version` of `tenant`.
     async fn graph(
         &self,
@@ -108,16 +139,22 @@ pub trait ControlStore: Send + Sync + std::fmt::Debug {
     ) -> Result<Option<GraphRecord>, StoreError>;
     /// The graphs of `tenant`.
     async fn graphs(&self, tenant: &TenantId) -> Result<Vec<GraphRecord>, StoreError>;
-    /// Deletes a graph version; whether it existed.
+    /// Deletes a graph version; the digest of its blob (to collect), or `None` if it did not
+    /// exist.
     async fn delete_graph(
         &self,
         tenant: &TenantId,
         name: &str,
         version: &str,
-    ) -> Result<bool, StoreError>;
+    ) -> Result<Option<ModuleDigest>, StoreError>;
 
-    /// Records a deployment; `Conflict` if its id exists for the tenant.
-    async fn put_deployment(&self, deployment: &DeploymentRecord) -> Result<(), StoreError>;
+    /// Records a deployment; `Conflict` if its id exists for the tenant, `QuotaExceeded` if
+    /// the tenant would exceed `max_deployments` (checked in the insert's transaction).
+    async fn put_deployment(
+        &self,
+        deployment: &DeploymentRecord,
+        quotas: &Quotas,
+    ) -> Result<(), StoreError>;
     /// The deployment `id` of `tenant`.
     async fn deployment(
         &self,

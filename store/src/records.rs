@@ -14,6 +14,29 @@ pub struct TenantRecord {
     pub suspended: bool,
     /// Seconds since the epoch.
     pub created_at: u64,
+    /// This incarnation of the tenant id, set by the store when the tenant is created: tokens
+    /// minted for it carry it, so a tenant deleted and created again does not inherit them.
+    pub instance: String,
+}
+
+/// What deleting a tenant released.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeletedTenant {
+    /// Ids of its tokens, all revoked now.
+    pub tokens: Vec<String>,
+    /// The blobs its modules and graphs referenced (collect them: other tenants may share some).
+    pub blobs: Vec<ModuleDigest>,
+}
+
+/// Which tokens a call is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenScope<'a> {
+    /// The platform's own (admin) tokens.
+    Platform,
+    /// One tenant's.
+    Tenant(&'a TenantId),
+    /// Every token: the admin's view.
+    All,
 }
 
 /// A token weir minted (the token itself is never stored).

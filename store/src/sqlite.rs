@@ -1,19 +1,24 @@
 //! The embedded control store: one SQLite file (WAL), schema versions in `PRAGMA user_version`,
 //! foreign keys so deleting a tenant deletes everything it owns. rusqlite is blocking, so each
-//! call runs on tokio's blocking pool behind one connection.
+//! call runs on tokio's blocking pool behind one connection. Writes bounded by a quota check
+//! the bound in their own `IMMEDIATE` transaction. The database file is created 0600 (SQLite
+//! gives its WAL and SHM files the database's mode) and deleted content is overwritten
+//! (`secure_delete`).
 
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use rusqlite::{Connection, OptionalExtension, Row, params};
+use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use weir_api::{ModuleDigest, TenantId};
 use weir_tenants::{Quotas, Role};
 
+use crate::sealing::{Sealer, endpoint_identity};
 use crate::{
-    ControlStore, DeploymentRecord, EndpointRecord, GraphRecord, ModuleRecord, StatusChange,
-    StoreError, TenantRecord, TokenRecord,
+    ControlStore, DeletedTenant, DeploymentRecord, EndpointRecord, GraphRecord, ModuleRecord,
+    StatusChange, StoreError, TenantRecord, TokenRecord, TokenScope,
 };
 
 /// Schema versions, applied in order; never edit one that has shipped, add the next.
@@ -82,7 +87,48 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (tenant, name)
     );
 ",
+    // Tenants get an instance (tokens are bound to it); revocations move to a table of their
+    // own that outlives tenants; blobs are found by digest (reference counting); endpoint
+    // secrets are sealed (the plain column is emptied when the store opens).
+    "
+    ALTER TABLE tenants ADD COLUMN instance TEXT NOT NULL DEFAULT '';
+    UPDATE tenants SET instance = lower(hex(randomblob(16)));
+    CREATE TABLE revoked_tokens (
+        id TEXT PRIMARY KEY,
+        expires_at INTEGER NOT NULL
+    );
+    INSERT INTO revoked_tokens (id, expires_at) SELECT id, expires_at FROM tokens WHERE revoked = 1;
+    CREATE INDEX modules_digest ON modules (digest);
+    CREATE INDEX graphs_digest ON graphs (digest);
+    ALTER TABLE endpoints ADD COLUMN sealed_secret BLOB;
+",
 ];
+
+/// Creates `path` private to this user if missing, and makes it (and SQLite's WAL and SHM
+/// files, if present) private if not.
+fn private_file(path: &Path) -> Result<(), StoreError> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(database)?;
+    let with_suffix = |suffix: &str| {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        std::path::PathBuf::from(name)
+    };
+    for file in [path.to_path_buf(), with_suffix("-wal"), with_suffix("-shm")] {
+        match std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                return Err(database(error));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
 
 /// One SQLite connection used from async code: each call runs on tokio's blocking pool.
 #[derive(Debug, Clone)]
@@ -93,6 +139,9 @@ pub(crate) struct Db {
 impl Db {
     /// Opens `path` (or memory) with WAL, foreign keys, and `migrations` applied in order.
     pub(crate) fn open(path: Option<&Path>, migrations: &[&str]) -> Result<Self, StoreError> {
+        if let Some(path) = path {
+            private_file(path)?;
+        }
         let mut connection = match path {
             Some(path) => Connection::open(path),
             None => Connection::open_in_memory(),
@@ -100,7 +149,7 @@ impl Db {
         .map_err(database)?;
         connection
             .execute_batch(
-                "PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
+                "PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000; PRAGMA secure_delete = ON;",
             )
             .map_err(database)?;
         let version: i64 = connection
@@ -152,6 +201,7 @@ impl Db {
 #[derive(Debug, Clone)]
 pub struct SqliteControlStore {
     db: Db,
+    sealer: Arc<Sealer>,
 }
 
 pub(crate) fn database(error: impl std::error::Error + Send + Sync + 'static) -> StoreError {
@@ -200,6 +250,8 @@ fn role(column: usize, text: &str) -> rusqlite::Result<Role> {
     )
 }
 
+const TENANT_COLUMNS: &str = "id, display_name, quotas, suspended, created_at, instance";
+
 fn tenant_row(row: &Row<'_>) -> rusqlite::Result<TenantRecord> {
     let quotas: String = row.get(2)?;
     Ok(TenantRecord {
@@ -208,6 +260,7 @@ fn tenant_row(row: &Row<'_>) -> rusqlite::Result<TenantRecord> {
         quotas: parsed(2, serde_json::from_str::<Quotas>(&quotas))?,
         suspended: row.get(3)?,
         created_at: to_u64(row.get(4)?),
+        instance: row.get(5)?,
     })
 }
 
@@ -282,18 +335,68 @@ fn write_error(
 }
 
 impl SqliteControlStore {
-    /// Opens (creating and migrating as needed) the store at `path`.
+    /// Opens (creating and migrating as needed) the store at `path`. Endpoint secrets are
+    /// sealed with the key in the file beside it with the extension `key` (`control.db` →
+    /// `control.key`), created 0600 on first open; secrets an older version kept in plain text
+    /// are sealed now.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        Ok(Self {
+        let store = Self {
             db: Db::open(Some(path), MIGRATIONS)?,
-        })
+            sealer: Arc::new(Sealer::load_or_create(&path.with_extension("key"))?),
+        };
+        store.seal_plain_secrets()?;
+        Ok(store)
     }
 
-    /// A store in memory, for tests.
+    /// A store in memory, for tests (its sealing key lives as long as it does).
     pub fn in_memory() -> Result<Self, StoreError> {
         Ok(Self {
             db: Db::open(None, MIGRATIONS)?,
+            sealer: Arc::new(Sealer::ephemeral()),
         })
+    }
+
+    /// Seals secrets kept in plain text by an older version, then truncates the WAL so no
+    /// page with the plain text stays behind (`secure_delete` overwrote the old rows).
+    fn seal_plain_secrets(&self) -> Result<(), StoreError> {
+        let mut connection = self
+            .db
+            .connection
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let transaction = connection.transaction().map_err(database)?;
+        let plain = {
+            let mut statement = transaction
+                .prepare("SELECT tenant, name, secret FROM endpoints WHERE secret IS NOT NULL")
+                .map_err(database)?;
+            let rows = statement
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                    ))
+                })
+                .map_err(database)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(database)?
+        };
+        if plain.is_empty() {
+            return Ok(());
+        }
+        for (tenant, name, secret) in &plain {
+            let sealed = self.sealer.seal(&endpoint_identity(tenant, name), secret)?;
+            transaction
+                .execute(
+                    "UPDATE endpoints SET sealed_secret = ?3, secret = NULL WHERE tenant = ?1 AND name = ?2",
+                    params![tenant, name, sealed],
+                )
+                .map_err(database)?;
+        }
+        transaction.commit().map_err(database)?;
+        connection
+            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+            .map_err(database)
     }
 
     /// The schema version: the number of migrations applied.
@@ -312,16 +415,16 @@ impl SqliteControlStore {
 
 #[async_trait]
 impl ControlStore for SqliteControlStore {
-    async fn create_tenant(&self, tenant: &TenantRecord) -> Result<(), StoreError> {
+    async fn create_tenant(&self, tenant: &TenantRecord) -> Result<TenantRecord, StoreError> {
         let t = tenant.clone();
         let quotas = serde_json::to_string(&t.quotas).map_err(database)?;
         self.with(move |c| {
-            c.execute(
-                "INSERT INTO tenants (id, display_name, quotas, suspended, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            c.query_row(
+                &format!("INSERT INTO tenants (id, display_name, quotas, suspended, created_at, instance) VALUES (?1, ?2, ?3, ?4, ?5, lower(hex(randomblob(16)))) RETURNING {TENANT_COLUMNS}"),
                 params![t.id.as_str(), t.display_name, quotas, t.suspended, now()],
+                tenant_row,
             )
-            .map_err(|e| write_error(e, || format!("tenant {}", t.id), None))?;
-            Ok(())
+            .map_err(|e| write_error(e, || format!("tenant {}", t.id), None))
         })
         .await
     }
@@ -330,7 +433,7 @@ impl ControlStore for SqliteControlStore {
         let id = id.clone();
         self.with(move |c| {
             c.query_row(
-                "SELECT id, display_name, quotas, suspended, created_at FROM tenants WHERE id = ?1",
+                &format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE id = ?1"),
                 [id.as_str()],
                 tenant_row,
             )
@@ -342,8 +445,9 @@ impl ControlStore for SqliteControlStore {
 
     async fn tenants(&self) -> Result<Vec<TenantRecord>, StoreError> {
         self.with(|c| {
-            let mut statement =
-                c.prepare("SELECT id, display_name, quotas, suspended, created_at FROM tenants ORDER BY id").map_err(database)?;
+            let mut statement = c
+                .prepare(&format!("SELECT {TENANT_COLUMNS} FROM tenants ORDER BY id"))
+                .map_err(database)?;
             let rows = statement.query_map([], tenant_row).map_err(database)?;
             rows.collect::<rusqlite::Result<Vec<_>>>().map_err(database)
         })
@@ -364,14 +468,41 @@ impl ControlStore for SqliteControlStore {
         .await
     }
 
-    async fn delete_tenant(&self, id: &TenantId) -> Result<bool, StoreError> {
+    async fn delete_tenant(&self, id: &TenantId) -> Result<Option<DeletedTenant>, StoreError> {
         let id = id.clone();
-        self.with(move |c| {
-            c.execute("DELETE FROM tenants WHERE id = ?1", [id.as_str()])
-                .map(|n| n > 0)
-                .map_err(database)
-        })
-        .await
+        self.db
+            .with(move |c| {
+                let transaction = c
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(database)?;
+                let strings = |sql: &str| -> Result<Vec<String>, StoreError> {
+                    let mut statement = transaction.prepare(sql).map_err(database)?;
+                    let rows = statement
+                        .query_map([id.as_str()], |r| r.get::<_, String>(0))
+                        .map_err(database)?;
+                    rows.collect::<rusqlite::Result<Vec<_>>>().map_err(database)
+                };
+                let tokens = strings("SELECT id FROM tokens WHERE tenant = ?1 ORDER BY id")?;
+                let blobs = strings(
+                    "SELECT digest FROM modules WHERE tenant = ?1 UNION SELECT digest FROM graphs WHERE tenant = ?1",
+                )?
+                .into_iter()
+                .filter_map(|d| ModuleDigest::new(d).ok())
+                .collect();
+                // Its tokens stay revoked after the tenant (and their records) are gone.
+                transaction
+                    .execute(
+                        "INSERT OR IGNORE INTO revoked_tokens (id, expires_at) SELECT id, expires_at FROM tokens WHERE tenant = ?1",
+                        [id.as_str()],
+                    )
+                    .map_err(database)?;
+                let deleted = transaction
+                    .execute("DELETE FROM tenants WHERE id = ?1", [id.as_str()])
+                    .map_err(database)?;
+                transaction.commit().map_err(database)?;
+                Ok((deleted > 0).then_some(DeletedTenant { tokens, blobs }))
+            })
+            .await
     }
 
     async fn put_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
@@ -387,37 +518,55 @@ impl ControlStore for SqliteControlStore {
         .await
     }
 
-    async fn tokens(&self, tenant: Option<&TenantId>) -> Result<Vec<TokenRecord>, StoreError> {
-        let tenant = tenant.cloned();
+    async fn tokens(&self, scope: TokenScope<'_>) -> Result<Vec<TokenRecord>, StoreError> {
+        let (filter, tenant) = scope_filter(scope);
         self.with(move |c| {
             let mut statement = c
-                .prepare(
-                    "SELECT id, tenant, subject, role, expires_at, revoked, created_at FROM tokens WHERE tenant IS ?1 ORDER BY created_at, id",
-                )
+                .prepare(&format!(
+                    "SELECT id, tenant, subject, role, expires_at, revoked, created_at FROM tokens WHERE {filter} ORDER BY created_at, id"
+                ))
                 .map_err(database)?;
-            let rows = statement.query_map([tenant.as_ref().map(TenantId::as_str)], token_row).map_err(database)?;
+            let rows = statement
+                .query_map(params![tenant], token_row)
+                .map_err(database)?;
             rows.collect::<rusqlite::Result<Vec<_>>>().map_err(database)
         })
         .await
     }
 
-    async fn revoke_token(&self, tenant: Option<&TenantId>, id: &str) -> Result<bool, StoreError> {
-        let (tenant, id) = (tenant.cloned(), id.to_owned());
-        self.with(move |c| {
-            c.execute(
-                "UPDATE tokens SET revoked = 1 WHERE id = ?1 AND tenant IS ?2",
-                params![id, tenant.as_ref().map(TenantId::as_str)],
-            )
-            .map(|n| n > 0)
-            .map_err(database)
-        })
-        .await
+    async fn revoke_token(&self, scope: TokenScope<'_>, id: &str) -> Result<bool, StoreError> {
+        let (filter, tenant) = scope_filter(scope);
+        let id = id.to_owned();
+        self.db
+            .with(move |c| {
+                let transaction = c.transaction().map_err(database)?;
+                let changed = transaction
+                    .execute(
+                        &format!("UPDATE tokens SET revoked = 1 WHERE id = ?2 AND {filter}"),
+                        params![tenant, id],
+                    )
+                    .map_err(database)?;
+                if changed > 0 {
+                    transaction
+                        .execute(
+                            "INSERT OR IGNORE INTO revoked_tokens (id, expires_at) SELECT id, expires_at FROM tokens WHERE id = ?1",
+                            [&id],
+                        )
+                        .map_err(database)?;
+                }
+                transaction.commit().map_err(database)?;
+                Ok(changed > 0)
+            })
+            .await
     }
 
     async fn revoked_token_ids(&self) -> Result<Vec<String>, StoreError> {
         self.with(|c| {
+            // Expired revocations are of no use: the token is refused for its `exp` anyway.
+            c.execute("DELETE FROM revoked_tokens WHERE expires_at < ?1", [now()])
+                .map_err(database)?;
             let mut statement = c
-                .prepare("SELECT id FROM tokens WHERE revoked = 1")
+                .prepare("SELECT id FROM revoked_tokens ORDER BY id")
                 .map_err(database)?;
             let rows = statement.query_map([], |r| r.get(0)).map_err(database)?;
             rows.collect::<rusqlite::Result<Vec<_>>>().map_err(database)
@@ -425,18 +574,70 @@ impl ControlStore for SqliteControlStore {
         .await
     }
 
-    async fn put_module(&self, module: &ModuleRecord) -> Result<(), StoreError> {
-        let m = module.clone();
-        let operators = serde_json::to_string(&m.operators).map_err(database)?;
+    async fn blob_referenced(&self, digest: &ModuleDigest) -> Result<bool, StoreError> {
+        let digest = digest.clone();
         self.with(move |c| {
-            c.execute(
-                "INSERT INTO modules (tenant, name, version, digest, size, operators, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![m.tenant.as_str(), m.name, m.version, m.digest.as_str(), to_i64(m.size), operators, now()],
+            c.query_row(
+                "SELECT EXISTS (SELECT 1 FROM modules WHERE digest = ?1) OR EXISTS (SELECT 1 FROM graphs WHERE digest = ?1)",
+                [digest.as_str()],
+                |r| r.get(0),
             )
-            .map_err(|e| write_error(e, || format!("module {}@{}", m.name, m.version), Some(&m.tenant)))?;
-            Ok(())
+            .map_err(database)
         })
         .await
+    }
+
+    async fn referenced_blobs(&self) -> Result<Vec<ModuleDigest>, StoreError> {
+        self.with(|c| {
+            let mut statement = c
+                .prepare("SELECT digest FROM modules UNION SELECT digest FROM graphs")
+                .map_err(database)?;
+            let rows = statement
+                .query_map([], |r| {
+                    let digest: String = r.get(0)?;
+                    parsed(0, ModuleDigest::new(digest))
+                })
+                .map_err(database)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(database)
+        })
+        .await
+    }
+
+    async fn put_module(&self, module: &ModuleRecord, quotas: &Quotas) -> Result<(), StoreError> {
+        let m = module.clone();
+        let (max_modules, max_bytes) = (quotas.max_modules, quotas.max_module_total_bytes);
+        let operators = serde_json::to_string(&m.operators).map_err(database)?;
+        self.db
+            .with(move |c| {
+                let transaction = c
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(database)?;
+                let (count, total): (i64, i64) = transaction
+                    .query_row(
+                        "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM modules WHERE tenant = ?1",
+                        [m.tenant.as_str()],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .map_err(database)?;
+                if to_u64(count) >= u64::from(max_modules) {
+                    return Err(StoreError::QuotaExceeded(format!(
+                        "the tenant has {max_modules} modules, the limit"
+                    )));
+                }
+                let total = to_u64(total).saturating_add(m.size);
+                if total > max_bytes {
+                    return Err(StoreError::QuotaExceeded(format!(
+                        "modules would take {total} bytes; the limit is {max_bytes}"
+                    )));
+                }
+                transaction.execute(
+                    "INSERT INTO modules (tenant, name, version, digest, size, operators, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![m.tenant.as_str(), m.name, m.version, m.digest.as_str(), to_i64(m.size), operators, now()],
+                )
+                .map_err(|e| write_error(e, || format!("module {}@{}", m.name, m.version), Some(&m.tenant)))?;
+                transaction.commit().map_err(database)
+            })
+            .await
     }
 
     async fn module(
@@ -475,30 +676,38 @@ impl ControlStore for SqliteControlStore {
         tenant: &TenantId,
         name: &str,
         version: &str,
-    ) -> Result<bool, StoreError> {
-        let (tenant, name, version) = (tenant.clone(), name.to_owned(), version.to_owned());
-        self.with(move |c| {
-            c.execute(
-                "DELETE FROM modules WHERE tenant = ?1 AND name = ?2 AND version = ?3",
-                params![tenant.as_str(), name, version],
-            )
-            .map(|n| n > 0)
-            .map_err(database)
-        })
-        .await
+    ) -> Result<Option<ModuleDigest>, StoreError> {
+        delete_versioned(self, "modules", tenant, name, version).await
     }
 
-    async fn put_graph(&self, graph: &GraphRecord) -> Result<(), StoreError> {
+    async fn put_graph(&self, graph: &GraphRecord, quotas: &Quotas) -> Result<(), StoreError> {
         let g = graph.clone();
-        self.with(move |c| {
-            c.execute(
-                "INSERT INTO graphs (tenant, name, version, digest, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![g.tenant.as_str(), g.name, g.version, g.digest.as_str(), now()],
-            )
-            .map_err(|e| write_error(e, || format!("graph {}@{}", g.name, g.version), Some(&g.tenant)))?;
-            Ok(())
-        })
-        .await
+        let max_graphs = quotas.max_graphs;
+        self.db
+            .with(move |c| {
+                let transaction = c
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(database)?;
+                let count: i64 = transaction
+                    .query_row(
+                        "SELECT COUNT(*) FROM graphs WHERE tenant = ?1",
+                        [g.tenant.as_str()],
+                        |r| r.get(0),
+                    )
+                    .map_err(database)?;
+                if to_u64(count) >= u64::from(max_graphs) {
+                    return Err(StoreError::QuotaExceeded(format!(
+                        "the tenant has {max_graphs} graphs, the limit"
+                    )));
+                }
+                transaction.execute(
+                    "INSERT INTO graphs (tenant, name, version, digest, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![g.tenant.as_str(), g.name, g.version, g.digest.as_str(), now()],
+                )
+                .map_err(|e| write_error(e, || format!("graph {}@{}", g.name, g.version), Some(&g.tenant)))?;
+                transaction.commit().map_err(database)
+            })
+            .await
     }
 
     async fn graph(
@@ -537,36 +746,55 @@ impl ControlStore for SqliteControlStore {
         tenant: &TenantId,
         name: &str,
         version: &str,
-    ) -> Result<bool, StoreError> {
-        let (tenant, name, version) = (tenant.clone(), name.to_owned(), version.to_owned());
-        self.with(move |c| {
-            c.execute(
-                "DELETE FROM graphs WHERE tenant = ?1 AND name = ?2 AND version = ?3",
-                params![tenant.as_str(), name, version],
-            )
-            .map(|n| n > 0)
-            .map_err(database)
-        })
-        .await
+    ) -> Result<Option<ModuleDigest>, StoreError> {
+        delete_versioned(self, "graphs", tenant, name, version).await
     }
 
-    async fn put_deployment(&self, deployment: &DeploymentRecord) -> Result<(), StoreError> {
+    async fn put_deployment(
+        &self,
+        deployment: &DeploymentRecord,
+        quotas: &Quotas,
+    ) -> Result<(), StoreError> {
         let d = deployment.clone();
+        let max_deployments = quotas.max_deployments;
         let spec = serde_json::to_string(&d.spec).map_err(database)?;
-        self.with(move |c| {
-            c.execute(
-                "INSERT INTO deployments (tenant, id, spec, status, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![d.tenant.as_str(), d.id, spec, d.status, now()],
-            )
-            .map_err(|e| write_error(e, || format!("deployment {}", d.id), Some(&d.tenant)))?;
-            c.execute(
-                "INSERT INTO deployment_history (tenant, deployment, status, detail, at) VALUES (?1, ?2, ?3, 'created', ?4)",
-                params![d.tenant.as_str(), d.id, d.status, now()],
-            )
-            .map_err(database)?;
-            Ok(())
-        })
-        .await
+        self.db
+            .with(move |c| {
+                let transaction = c
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(database)?;
+                let count: i64 = transaction
+                    .query_row(
+                        "SELECT COUNT(*) FROM deployments WHERE tenant = ?1",
+                        [d.tenant.as_str()],
+                        |r| r.get(0),
+                    )
+                    .map_err(database)?;
+                let exists: bool = transaction
+                    .query_row(
+                        "SELECT EXISTS (SELECT 1 FROM deployments WHERE tenant = ?1 AND id = ?2)",
+                        params![d.tenant.as_str(), d.id],
+                        |r| r.get(0),
+                    )
+                    .map_err(database)?;
+                if !exists && to_u64(count) >= u64::from(max_deployments) {
+                    return Err(StoreError::QuotaExceeded(format!(
+                        "the tenant runs {max_deployments} deployments, the limit"
+                    )));
+                }
+                transaction.execute(
+                    "INSERT INTO deployments (tenant, id, spec, status, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![d.tenant.as_str(), d.id, spec, d.status, now()],
+                )
+                .map_err(|e| write_error(e, || format!("deployment {}", d.id), Some(&d.tenant)))?;
+                transaction.execute(
+                    "INSERT INTO deployment_history (tenant, deployment, status, detail, at) VALUES (?1, ?2, ?3, 'created', ?4)",
+                    params![d.tenant.as_str(), d.id, d.status, now()],
+                )
+                .map_err(database)?;
+                transaction.commit().map_err(database)
+            })
+            .await
     }
 
     async fn deployment(
@@ -700,10 +928,18 @@ impl ControlStore for SqliteControlStore {
     async fn put_endpoint(&self, endpoint: &EndpointRecord) -> Result<(), StoreError> {
         let e = endpoint.clone();
         let settings = serde_json::to_string(&e.settings).map_err(database)?;
+        let sealed = e
+            .secret
+            .as_deref()
+            .map(|secret| {
+                self.sealer
+                    .seal(&endpoint_identity(e.tenant.as_str(), &e.name), secret)
+            })
+            .transpose()?;
         self.with(move |c| {
             c.execute(
-                "INSERT INTO endpoints (tenant, name, kind, address, settings, secret, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![e.tenant.as_str(), e.name, e.kind, e.address, settings, e.secret, now()],
+                "INSERT INTO endpoints (tenant, name, kind, address, settings, sealed_secret, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![e.tenant.as_str(), e.name, e.kind, e.address, settings, sealed, now()],
             )
             .map_err(|err| write_error(err, || format!("endpoint {}", e.name), Some(&e.tenant)))?;
             Ok(())
@@ -717,11 +953,12 @@ impl ControlStore for SqliteControlStore {
         name: &str,
     ) -> Result<Option<EndpointRecord>, StoreError> {
         let (tenant, name) = (tenant.clone(), name.to_owned());
+        let sealer = self.sealer.clone();
         self.with(move |c| {
             c.query_row(
-                "SELECT tenant, name, kind, address, settings, secret, created_at FROM endpoints WHERE tenant = ?1 AND name = ?2",
+                "SELECT tenant, name, kind, address, settings, sealed_secret, created_at FROM endpoints WHERE tenant = ?1 AND name = ?2",
                 params![tenant.as_str(), name],
-                endpoint_row,
+                |row| endpoint_row(&sealer, row),
             )
             .optional()
             .map_err(database)
@@ -731,12 +968,13 @@ impl ControlStore for SqliteControlStore {
 
     async fn endpoints(&self, tenant: &TenantId) -> Result<Vec<EndpointRecord>, StoreError> {
         let tenant = tenant.clone();
+        let sealer = self.sealer.clone();
         self.with(move |c| {
             let mut statement = c
-                .prepare("SELECT tenant, name, kind, address, settings, secret, created_at FROM endpoints WHERE tenant = ?1 ORDER BY name")
+                .prepare("SELECT tenant, name, kind, address, settings, sealed_secret, created_at FROM endpoints WHERE tenant = ?1 ORDER BY name")
                 .map_err(database)?;
             let rows = statement
-                .query_map(params![tenant.as_str()], endpoint_row)
+                .query_map(params![tenant.as_str()], |row| endpoint_row(&sealer, row))
                 .map_err(database)?;
             rows.collect::<Result<Vec<_>, _>>().map_err(database)
         })
@@ -757,16 +995,58 @@ impl ControlStore for SqliteControlStore {
     }
 }
 
-fn endpoint_row(row: &Row<'_>) -> rusqlite::Result<EndpointRecord> {
+/// An endpoint row, its secret opened: connectors read secrets through the store.
+fn endpoint_row(sealer: &Sealer, row: &Row<'_>) -> rusqlite::Result<EndpointRecord> {
     let tenant: String = row.get(0)?;
+    let name: String = row.get(1)?;
     let settings: String = row.get(4)?;
+    let sealed: Option<Vec<u8>> = row.get(5)?;
+    let secret = sealed
+        .map(|sealed| parsed(5, sealer.open(&endpoint_identity(&tenant, &name), &sealed)))
+        .transpose()?;
     Ok(EndpointRecord {
         tenant: parsed(0, TenantId::new(tenant))?,
-        name: row.get(1)?,
+        name,
         kind: row.get(2)?,
         address: row.get(3)?,
         settings: parsed(4, serde_json::from_str(&settings))?,
-        secret: row.get(5)?,
+        secret,
         created_at: to_u64(row.get(6)?),
     })
+}
+
+/// The filter of a token query (`?1` is the tenant) and its parameter.
+fn scope_filter(scope: TokenScope<'_>) -> (&'static str, Option<String>) {
+    match scope {
+        TokenScope::Platform => ("tenant IS NULL AND ?1 IS NULL", None),
+        TokenScope::Tenant(tenant) => ("tenant = ?1", Some(tenant.as_str().to_owned())),
+        TokenScope::All => ("?1 IS NULL", None),
+    }
+}
+
+/// Deletes a module or graph version (`table`); the digest it referenced.
+async fn delete_versioned(
+    store: &SqliteControlStore,
+    table: &'static str,
+    tenant: &TenantId,
+    name: &str,
+    version: &str,
+) -> Result<Option<ModuleDigest>, StoreError> {
+    let (tenant, name, version) = (tenant.clone(), name.to_owned(), version.to_owned());
+    store
+        .with(move |c| {
+            c.query_row(
+                &format!(
+                    "DELETE FROM {table} WHERE tenant = ?1 AND name = ?2 AND version = ?3 RETURNING digest"
+                ),
+                params![tenant.as_str(), name, version],
+                |r| {
+                    let digest: String = r.get(0)?;
+                    parsed(0, ModuleDigest::new(digest))
+                },
+            )
+            .optional()
+            .map_err(database)
+        })
+        .await
 }

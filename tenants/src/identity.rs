@@ -29,6 +29,11 @@ pub struct Principal {
     pub role: Role,
     /// The token's id, for revocation.
     pub token_id: Option<String>,
+    /// The tenant instance the token was minted for (weir's own tokens carry it): a tenant
+    /// deleted and created again under the same id is another instance.
+    pub tenant_instance: Option<String>,
+    /// When the token was issued (`iat`), seconds since the epoch.
+    pub issued_at: Option<u64>,
 }
 
 impl Principal {
@@ -37,6 +42,17 @@ impl Principal {
         self.tenant.as_ref().ok_or(AuthError::Forbidden {
             needed: Role::Viewer,
         })
+    }
+
+    /// Whether the token belongs to the tenant instance `instance`, created at `created_at`
+    /// (seconds since the epoch): a token naming an instance must name this one; a token
+    /// without one (issued by another identity provider) must not predate the tenant.
+    pub fn belongs_to(&self, instance: &str, created_at: u64) -> bool {
+        match (&self.tenant_instance, self.issued_at) {
+            (Some(minted_for), _) => minted_for == instance,
+            (None, Some(issued_at)) => issued_at >= created_at,
+            (None, None) => true,
+        }
     }
 
     /// Passes when the role is at least `needed` within a tenant (viewer < developer < owner),
@@ -83,6 +99,9 @@ pub struct Claims {
     /// Token id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jti: Option<String>,
+    /// The tenant instance a weir token was minted for (see [`Principal::belongs_to`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_instance: Option<String>,
 }
 
 /// Why a request is not authenticated or not allowed.
@@ -325,6 +344,8 @@ fn principal(claims: Claims, revocations: &dyn RevocationList) -> Result<Princip
         tenant,
         role: claims.role,
         token_id: claims.jti,
+        tenant_instance: claims.tenant_instance,
+        issued_at: claims.iat,
     })
 }
 
@@ -358,11 +379,37 @@ impl TokenIssuer {
         }
     }
 
-    /// A token for `subject` with `role` in `tenant`, valid for `ttl`, with id `jti`.
+    /// A token for `subject` with `role` in `tenant`, valid for `ttl`, with id `jti`, bound to
+    /// no tenant instance (admin tokens; see [`TokenIssuer::mint_for_instance`]).
     pub fn mint(
         &self,
         subject: &str,
         tenant: Option<&TenantId>,
+        role: Role,
+        ttl: Duration,
+        jti: &str,
+    ) -> Result<String, MintError> {
+        self.mint_claims(subject, tenant.map(|t| (t, None)), role, ttl, jti)
+    }
+
+    /// A token for `subject` with `role` in the tenant `tenant` of instance `instance`: it
+    /// stops working when that tenant is deleted, even if one of the same id is created again.
+    pub fn mint_for_instance(
+        &self,
+        subject: &str,
+        tenant: &TenantId,
+        instance: &str,
+        role: Role,
+        ttl: Duration,
+        jti: &str,
+    ) -> Result<String, MintError> {
+        self.mint_claims(subject, Some((tenant, Some(instance))), role, ttl, jti)
+    }
+
+    fn mint_claims(
+        &self,
+        subject: &str,
+        tenant: Option<(&TenantId, Option<&str>)>,
         role: Role,
         ttl: Duration,
         jti: &str,
@@ -373,7 +420,8 @@ impl TokenIssuer {
             .as_secs();
         let claims = Claims {
             sub: subject.to_owned(),
-            tenant: tenant.map(|t| t.as_str().to_owned()),
+            tenant: tenant.map(|(t, _)| t.as_str().to_owned()),
+            tenant_instance: tenant.and_then(|(_, i)| i.map(str::to_owned)),
             role,
             exp: Some(now.saturating_add(ttl.as_secs())),
             iat: Some(now),

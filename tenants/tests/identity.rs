@@ -92,6 +92,8 @@ fn accepts_hs256_rs256_and_es256_tokens_and_reads_the_principal() {
         tenant: Some(TenantId::new("acme").unwrap()),
         role: Role::Developer,
         token_id: Some("t-1".to_owned()),
+        tenant_instance: None,
+        issued_at: None,
     };
     assert_eq!(
         verify(&verifier, &hs(&claims(json!({})))).unwrap(),
@@ -299,12 +301,16 @@ fn roles_allow_what_they_should_and_nothing_more() {
         tenant: Some(TenantId::new("t").unwrap()),
         role,
         token_id: None,
+        tenant_instance: None,
+        issued_at: None,
     };
     let admin = Principal {
         subject: "root".to_owned(),
         tenant: None,
         role: Role::Admin,
         token_id: None,
+        tenant_instance: None,
+        issued_at: None,
     };
     assert!(principal(Role::Viewer).require(Role::Viewer).is_ok());
     assert!(principal(Role::Viewer).require(Role::Developer).is_err());
@@ -354,4 +360,32 @@ fn minted_tokens_verify_until_revoked() {
         AuthError::Revoked
     );
     assert_eq!(format!("{:?}", Secret::new(SECRET)), "Secret(<redacted>)");
+}
+
+#[test]
+fn tokens_belong_to_the_tenant_instance_they_were_minted_for() {
+    let secret = Secret::new(SECRET);
+    let issuer = TokenIssuer::new(&secret, Some("weir"), None);
+    let verifier = JwtVerifier::new(&[VerificationKey::Hs256(secret)], Some("weir"), None).unwrap();
+    let tenant = TenantId::new("zz").unwrap();
+    let token = issuer
+        .mint_for_instance(
+            "owner",
+            &tenant,
+            "first",
+            Role::Owner,
+            Duration::from_secs(300),
+            "tok-1",
+        )
+        .unwrap();
+    let principal = verifier
+        .verify(&token, &MemoryRevocations::default())
+        .unwrap();
+    assert_eq!(principal.tenant_instance.as_deref(), Some("first"));
+    assert!(principal.belongs_to("first", 0));
+    assert!(!principal.belongs_to("second", 0), "a re-created tenant");
+    // A token without an instance (another identity provider's) must not predate the tenant.
+    let unbound = verify(&all_keys(), &hs(&claims(json!({"iat": 1_000})))).unwrap();
+    assert!(unbound.belongs_to("any", 1_000));
+    assert!(!unbound.belongs_to("any", 1_001));
 }

@@ -1,5 +1,8 @@
 //! `/v1/modules` and `/v1/graphs`: upload (validated before anything is stored), list, get,
-//! delete — all within the caller's tenant and its quotas.
+//! delete — all within the caller's tenant and its quotas. The count and size quotas are
+//! checked early (before a module is compiled) and again, atomically, when the record is
+//! written. Bytes live in the blob store, one copy per content, pinned while their record is
+//! written and collected when their last record goes.
 
 use axum::Json;
 use axum::body::Bytes;
@@ -7,9 +10,9 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use serde::Deserialize;
-use weir_api::ErrorCode;
 use weir_api::graph::parse_graph;
 use weir_api::rest::{Graph, Module};
+use weir_api::{ErrorCode, ModuleDigest};
 use weir_store::{GraphRecord, ModuleRecord};
 use weir_tenants::Role;
 
@@ -132,18 +135,59 @@ pub(crate) async fn store_module(
         .await
         .map_err(|e| ApiError::internal(&e))?
         .map_err(|message| ApiError::new(ErrorCode::InvalidModule, message))?;
-    let digest = state.blobs.put(&body).map_err(|e| ApiError::internal(&e))?;
+    let blob = state
+        .blobs
+        .put(body)
+        .await
+        .map_err(|e| ApiError::internal(&e))?;
     let record = ModuleRecord {
         tenant,
         name: upload.name,
         version: upload.version,
-        digest,
+        digest: blob.digest().clone(),
         size,
         operators,
         created_at: 0,
     };
-    state.store.put_module(&record).await?;
+    let stored = state.store.put_module(&record, quotas).await;
+    drop(blob);
+    if stored.is_err() {
+        release_blobs(state, vec![record.digest.clone()]).await;
+    }
+    stored?;
     Ok(record)
+}
+
+/// Removes the blobs no module or graph references (left by a crash or an interrupted upload,
+/// or by a version that did not collect them): what a server does at start, before it takes
+/// requests. The number removed.
+pub async fn sweep_blobs(state: &GatewayState) -> Result<usize, ApiError> {
+    let referenced = state.store.referenced_blobs().await?;
+    let removed = state
+        .blobs
+        .sweep(referenced.into_iter().collect())
+        .await
+        .map_err(|e| ApiError::internal(&e))?;
+    Ok(removed.len())
+}
+
+/// Collects blobs whose records were deleted (or refused): each goes if nothing references it
+/// any more, and the module validator forgets what it kept for it. Failures are logged, not
+/// returned: the records are gone, and a blob left behind is removed by the next start's sweep.
+pub(crate) async fn release_blobs(state: &GatewayState, digests: Vec<ModuleDigest>) {
+    for digest in digests {
+        match state.blobs.collect(state.store.as_ref(), &digest).await {
+            Ok(true) => {
+                let validator = state.validator.clone();
+                let forgotten = tokio::task::spawn_blocking(move || validator.forget(&digest));
+                if let Err(error) = forgotten.await {
+                    tracing::warn!(%error, "module validator failed to forget a module");
+                }
+            }
+            Ok(false) => {}
+            Err(error) => tracing::warn!(%error, %digest, "blob not collected"),
+        }
+    }
 }
 
 #[utoipa::path(get, path = "/v1/modules", tag = "modules", responses((status = 200, body = Vec<weir_api::rest::Module>), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
@@ -184,11 +228,13 @@ pub(crate) async fn delete_module(
     Path((name, version)): Path<(String, String)>,
 ) -> Result<impl IntoResponse, ApiError> {
     let (tenant, _) = caller_tenant(&state, &caller, Role::Developer)?;
-    if state.store.delete_module(&tenant, &name, &version).await? {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::not_found("module"))
-    }
+    let digest = state
+        .store
+        .delete_module(&tenant, &name, &version)
+        .await?
+        .ok_or_else(|| ApiError::not_found("module"))?;
+    release_blobs(&state, vec![digest]).await;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[utoipa::path(post, path = "/v1/graphs", tag = "graphs", request_body(content = String, content_type = "application/yaml"), responses((status = 201, body = weir_api::rest::Graph), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
@@ -214,6 +260,24 @@ pub(crate) async fn upload_graph(
     Ok((StatusCode::CREATED, Json(graph_view(record))))
 }
 
+/// A graph's problems as one problem document.
+fn graph_problems(error: weir_api::graph::GraphError) -> ApiError {
+    let problems = error.problems();
+    ApiError::new(
+        ErrorCode::InvalidGraph,
+        format!("the graph definition has {} problem(s)", problems.len()),
+    )
+    .with_errors(
+        problems
+            .into_iter()
+            .map(|p| ProblemField {
+                path: p.path,
+                message: p.message,
+            })
+            .collect(),
+    )
+}
+
 /// Validates and keeps a graph version; uploads and OCI imports both end here.
 pub(crate) async fn store_graph(
     state: &GatewayState,
@@ -222,30 +286,23 @@ pub(crate) async fn store_graph(
     upload: Upload,
     body: Bytes,
 ) -> Result<GraphRecord, ApiError> {
-    let text = std::str::from_utf8(&body)
-        .map_err(|_| ApiError::new(ErrorCode::InvalidGraph, "the graph definition is not UTF-8"))?;
-    let graph = parse_graph(text).map_err(|error| {
-        let problems = error.problems();
-        ApiError::new(
-            ErrorCode::InvalidGraph,
-            format!("the graph definition has {} problem(s)", problems.len()),
-        )
-        .with_errors(
-            problems
-                .into_iter()
-                .map(|p| ProblemField {
-                    path: p.path,
-                    message: p.message,
-                })
-                .collect(),
-        )
-    })?;
-    if graph.operations().len() as u64 > u64::from(quotas.max_nodes_per_graph) {
+    // Parsing and validating up to 4 MiB of YAML is CPU work: off the async workers.
+    let text = body.clone();
+    let operations = tokio::task::spawn_blocking(move || {
+        let text = std::str::from_utf8(&text).map_err(|_| {
+            ApiError::new(ErrorCode::InvalidGraph, "the graph definition is not UTF-8")
+        })?;
+        parse_graph(text)
+            .map(|graph| graph.operations().len())
+            .map_err(graph_problems)
+    })
+    .await
+    .map_err(|e| ApiError::internal(&e))??;
+    if operations as u64 > u64::from(quotas.max_nodes_per_graph) {
         return Err(ApiError::new(
             ErrorCode::QuotaExceeded,
             format!(
-                "the graph has {} operations; the limit is {}",
-                graph.operations().len(),
+                "the graph has {operations} operations; the limit is {}",
                 quotas.max_nodes_per_graph
             ),
         ));
@@ -257,15 +314,24 @@ pub(crate) async fn store_graph(
             format!("the tenant has {} graphs, the limit", quotas.max_graphs),
         ));
     }
-    let digest = state.blobs.put(&body).map_err(|e| ApiError::internal(&e))?;
+    let blob = state
+        .blobs
+        .put(body)
+        .await
+        .map_err(|e| ApiError::internal(&e))?;
     let record = GraphRecord {
         tenant,
         name: upload.name,
         version: upload.version,
-        digest,
+        digest: blob.digest().clone(),
         created_at: 0,
     };
-    state.store.put_graph(&record).await?;
+    let stored = state.store.put_graph(&record, quotas).await;
+    drop(blob);
+    if stored.is_err() {
+        release_blobs(state, vec![record.digest.clone()]).await;
+    }
+    stored?;
     Ok(record)
 }
 
@@ -307,9 +373,11 @@ pub(crate) async fn delete_graph(
     Path((name, version)): Path<(String, String)>,
 ) -> Result<impl IntoResponse, ApiError> {
     let (tenant, _) = caller_tenant(&state, &caller, Role::Developer)?;
-    if state.store.delete_graph(&tenant, &name, &version).await? {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::not_found("graph"))
-    }
+    let digest = state
+        .store
+        .delete_graph(&tenant, &name, &version)
+        .await?
+        .ok_or_else(|| ApiError::not_found("graph"))?;
+    release_blobs(&state, vec![digest]).await;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -1,5 +1,10 @@
 //! `/v1/deployments`: a graph of the tenant's, its configuration, and the HTTP source and sink;
 //! `/ingest` hands messages to the source and, with `?wait=true`, answers with the outputs.
+//!
+//! The runtime follows the stored record: every change (create, update, pause, resume, delete)
+//! holds the tenant's lock from its first read of the record to its last runtime call, so no
+//! two changes interleave, and the `max_deployments` quota is checked again in the insert's
+//! transaction.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -70,6 +75,7 @@ async fn resolve_module(
     state
         .blobs
         .get(&record.digest)
+        .await
         .map_err(|e| e.to_string())?
         .ok_or_else(|| "module bytes are missing".to_owned())
 }
@@ -97,6 +103,7 @@ async fn start_request(
     let bytes = state
         .blobs
         .get(&graph.digest)
+        .await
         .map_err(|e| ApiError::internal(&e))?
         .ok_or_else(|| ApiError::new(ErrorCode::Internal, "graph bytes are missing"))?;
     let text = String::from_utf8(bytes).map_err(|e| ApiError::internal(&e))?;
@@ -234,6 +241,7 @@ pub(crate) async fn create(
             ApiError::new(ErrorCode::InvalidDeployment, "invalid deployment").with_errors(errors),
         );
     }
+    let _changing = state.tenant_locks.lock(&tenant).await;
     if state.store.deployments(&tenant).await?.len() as u64 >= u64::from(quotas.max_deployments) {
         return Err(ApiError::new(
             ErrorCode::QuotaExceeded,
@@ -267,8 +275,11 @@ pub(crate) async fn create(
             .unwrap_or_default()
             .as_secs(),
     };
-    if let Err(error) = state.store.put_deployment(&record).await {
-        state.runtime.stop(&tenant, &spec.id).await;
+    if let Err(error) = state.store.put_deployment(&record, &quotas).await {
+        // Under the lock no record of this id existed, so the runtime ran none before this.
+        if enabled {
+            state.runtime.stop(&tenant, &spec.id).await;
+        }
         return Err(error.into());
     }
     Ok((
@@ -307,6 +318,7 @@ pub(crate) async fn update(
     body: Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
     let (tenant, quotas) = caller_tenant(&state, &caller, Role::Developer)?;
+    let _changing = state.tenant_locks.lock(&tenant).await;
     let (record, _) = stored(&state, &tenant, &id).await?;
     let (spec, _) = deployment_body(&headers, &body)?;
     if spec.id != id {
@@ -328,10 +340,15 @@ pub(crate) async fn update(
         spec.graph.name, spec.graph.version, record.status
     );
     let value = serde_json::to_value(&spec).map_err(|e| ApiError::internal(&e))?;
-    state
+    let updated = state
         .store
         .update_deployment_spec(&tenant, &id, &value, &detail)
-        .await?;
+        .await;
+    if !updated? {
+        // The record is gone: the runtime must not run what the store does not have.
+        state.runtime.stop(&tenant, &id).await;
+        return Err(ApiError::not_found("deployment"));
+    }
     Ok(Json(DeploymentChanged {
         id,
         status: "running".to_owned(),
@@ -346,6 +363,7 @@ pub(crate) async fn pause(
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let (tenant, _) = caller_tenant(&state, &caller, Role::Developer)?;
+    let _changing = state.tenant_locks.lock(&tenant).await;
     let (record, _) = stored(&state, &tenant, &id).await?;
     if record.status != "paused" {
         state.runtime.stop(&tenant, &id).await;
@@ -373,6 +391,7 @@ pub(crate) async fn resume(
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let (tenant, quotas) = caller_tenant(&state, &caller, Role::Developer)?;
+    let _changing = state.tenant_locks.lock(&tenant).await;
     let (record, spec) = stored(&state, &tenant, &id).await?;
     let mut warnings = Vec::new();
     if record.status != "running" || state.runtime.status(&tenant, &id).await.is_none() {
@@ -480,6 +499,7 @@ pub(crate) async fn delete(
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let (tenant, _) = caller_tenant(&state, &caller, Role::Developer)?;
+    let _changing = state.tenant_locks.lock(&tenant).await;
     if !state.store.delete_deployment(&tenant, &id).await? {
         return Err(ApiError::not_found("deployment"));
     }

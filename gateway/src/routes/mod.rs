@@ -26,6 +26,7 @@ use utoipa_axum::routes;
 use weir_api::ErrorCode;
 
 use crate::error::REQUEST_ID;
+pub use artifacts::sweep_blobs;
 pub use deployments::resume_deployments;
 
 use crate::{ApiError, GatewayState};
@@ -272,19 +273,23 @@ pub(crate) fn content_type(headers: &axum::http::HeaderMap) -> &str {
         .map_or("", |v| v.split(';').next().unwrap_or("").trim())
 }
 
-/// Names of modules, graphs and their versions: safe in paths, URLs and file names.
+/// Names of modules, graphs, their versions, endpoints and deployment ids: safe in paths,
+/// URLs and file names, and never mistaken for a command-line option or a hidden file (the
+/// first character is a letter or digit, as for tenant ids).
 pub(crate) fn check_name(field: &str, value: &str, errors: &mut Vec<crate::ProblemField>) {
-    let ok = !value.is_empty()
-        && value.len() <= 128
+    let ok = value.len() <= 128
         && value
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
-        && !value.starts_with('.');
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
     if !ok {
         errors.push(crate::ProblemField {
             path: format!("/{field}"),
             message: format!(
-                "{field} must be 1 to 128 of A-Z a-z 0-9 . - _, not starting with '.'"
+                "{field} must be 1 to 128 of A-Z a-z 0-9 . - _, starting with a letter or digit"
             ),
         });
     }

@@ -68,8 +68,10 @@ pub(crate) async fn create(
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs(),
+        // The store gives each tenant its own instance.
+        instance: String::new(),
     };
-    state.store.create_tenant(&record).await?;
+    let record = state.store.create_tenant(&record).await?;
     Ok((StatusCode::CREATED, Json(tenant_view(record))))
 }
 
@@ -122,6 +124,7 @@ pub(crate) async fn suspend(
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let mut record = admin_load(&state, &caller, &id).await?;
+    let _changing = state.tenant_locks.lock(&record.id).await;
     record.suspended = true;
     state.store.update_tenant(&record).await?;
     for deployment in state.store.deployments(&record.id).await? {
@@ -150,7 +153,8 @@ pub(crate) async fn unsuspend(
 }
 
 /// Deletes a tenant with everything it owns: rows (cascade), running deployments, module
-/// state, logs, metrics, dead letters and counters.
+/// state, logs, metrics, dead letters and counters, the blobs only it referenced; its tokens
+/// are revoked for good.
 #[utoipa::path(delete, path = "/v1/tenants/{id}", tag = "tenants", params(("id" = String, Path)), responses((status = 204), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn delete(
     State(state): State<GatewayState>,
@@ -158,6 +162,8 @@ pub(crate) async fn delete(
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let record = admin_load(&state, &caller, &id).await?;
+    // No deployment of the tenant starts while it goes.
+    let _changing = state.tenant_locks.lock(&record.id).await;
     // Deployments stop first, so no module writes state while it is cleared.
     state.runtime.forget_tenant(&record.id).await;
     let scope = weir_state::StateScope::new(
@@ -170,6 +176,14 @@ pub(crate) async fn delete(
         .await
         .map_err(|e| ApiError::internal(&e))?;
     state.limits.forget(&record.id);
-    state.store.delete_tenant(&record.id).await?;
+    let deleted = state
+        .store
+        .delete_tenant(&record.id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("tenant"))?;
+    for token in &deleted.tokens {
+        state.revocations.revoke(token);
+    }
+    super::artifacts::release_blobs(&state, deleted.blobs).await;
     Ok(StatusCode::NO_CONTENT)
 }

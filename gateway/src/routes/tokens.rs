@@ -1,5 +1,7 @@
-//! `/v1/tokens`: an owner mints, lists and revokes its tenant's tokens; an admin does the same
-//! for admin tokens and may mint a tenant's first owner token. The token text is shown once.
+//! `/v1/tokens`: an owner mints, lists and revokes its tenant's tokens; an admin mints admin
+//! tokens and tenants' tokens, lists every token (or one tenant's, `?tenant=`) and revokes any.
+//! The token text is shown once. A tenant's tokens are bound to its instance: they stop when
+//! it is deleted, and do not come back when a tenant of the same id is created again.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -8,12 +10,13 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
+use serde::Deserialize;
 use weir_api::rest::{MintToken, Token};
 use weir_api::{ErrorCode, TenantId};
-use weir_store::TokenRecord;
+use weir_store::{TokenRecord, TokenScope};
 use weir_tenants::Role;
 
-use crate::{ApiError, ApiJson, Caller, GatewayState, ProblemField};
+use crate::{ApiError, ApiJson, ApiQuery, Caller, GatewayState, ProblemField};
 
 /// Longest a minted token lives.
 const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -43,17 +46,18 @@ pub(crate) async fn mint(
     caller: Caller,
     ApiJson(body): ApiJson<MintToken>,
 ) -> Result<impl IntoResponse, ApiError> {
+    // The tenant and the instance of it the token is bound to.
     let tenant = if caller.role == Role::Admin {
         match (&body.tenant, body.role) {
             (None, Role::Admin) => None,
             (Some(text), role) if role != Role::Admin => {
                 let id = TenantId::new(text.clone()).map_err(|_| ApiError::not_found("tenant"))?;
-                state
+                let record = state
                     .store
                     .tenant(&id)
                     .await?
                     .ok_or_else(|| ApiError::not_found("tenant"))?;
-                Some(id)
+                Some((id, record.instance))
             }
             _ => {
                 return Err(ApiError::new(
@@ -74,7 +78,11 @@ pub(crate) async fn mint(
                 "owners mint owner, developer and viewer tokens of their own tenant",
             ));
         }
-        Some(caller.tenant()?.clone())
+        let record = caller
+            .tenant
+            .as_ref()
+            .ok_or_else(|| ApiError::not_found("tenant"))?;
+        Some((record.id.clone(), record.instance.clone()))
     };
     let mut errors = Vec::new();
     if body.subject.is_empty() || body.subject.len() > 256 {
@@ -96,10 +104,16 @@ pub(crate) async fn mint(
         );
     }
     let id = token_id(&body.subject);
-    let token = state
-        .issuer
-        .mint(&body.subject, tenant.as_ref(), body.role, ttl, &id)
-        .map_err(|e| ApiError::internal(&e))?;
+    let token = match &tenant {
+        Some((tenant, instance)) => {
+            state
+                .issuer
+                .mint_for_instance(&body.subject, tenant, instance, body.role, ttl, &id)
+        }
+        None => state.issuer.mint(&body.subject, None, body.role, ttl, &id),
+    }
+    .map_err(|e| ApiError::internal(&e))?;
+    let tenant = tenant.map(|(tenant, _)| tenant);
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
@@ -126,24 +140,57 @@ pub(crate) async fn mint(
     Ok((StatusCode::CREATED, Json(view)))
 }
 
-fn scope(caller: &weir_tenants::Principal) -> Result<Option<TenantId>, ApiError> {
+/// The tokens a caller manages: an admin every token, an owner its tenant's.
+fn scope(caller: &weir_tenants::Principal) -> Result<TokenScope<'_>, ApiError> {
     if caller.role == Role::Admin {
-        Ok(None)
+        Ok(TokenScope::All)
     } else {
         caller.require(Role::Owner)?;
-        Ok(Some(caller.tenant()?.clone()))
+        Ok(TokenScope::Tenant(caller.tenant()?))
     }
 }
 
-#[utoipa::path(get, path = "/v1/tokens", tag = "tokens", responses((status = 200, body = Vec<weir_api::rest::Token>), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListQuery {
+    /// Only this tenant's tokens (admin only).
+    #[serde(default)]
+    tenant: Option<String>,
+}
+
+/// Lists tokens (never their text): an owner its tenant's; an admin every token, or with
+/// `?tenant=` one tenant's (`404` if there is no such tenant).
+#[utoipa::path(get, path = "/v1/tokens", tag = "tokens", params(("tenant" = Option<String>, Query, description = "admin only: this tenant's tokens")), responses((status = 200, body = Vec<weir_api::rest::Token>), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn list(
     State(state): State<GatewayState>,
     caller: Caller,
+    ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let tenant = scope(&caller)?;
+    let named = match &query.tenant {
+        Some(_) if caller.role != Role::Admin => {
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                "only an admin lists another tenant's tokens; owners list their own without ?tenant",
+            ));
+        }
+        Some(text) => {
+            let id = TenantId::new(text.clone()).map_err(|_| ApiError::not_found("tenant"))?;
+            state
+                .store
+                .tenant(&id)
+                .await?
+                .ok_or_else(|| ApiError::not_found("tenant"))?;
+            Some(id)
+        }
+        None => None,
+    };
+    let scope = match &named {
+        Some(id) => TokenScope::Tenant(id),
+        None => scope(&caller)?,
+    };
     let tokens: Vec<Token> = state
         .store
-        .tokens(tenant.as_ref())
+        .tokens(scope)
         .await?
         .into_iter()
         .map(|t| Token {
@@ -159,14 +206,14 @@ pub(crate) async fn list(
     Ok(Json(tokens))
 }
 
+/// Revokes a token: an owner one of its tenant's, an admin any.
 #[utoipa::path(delete, path = "/v1/tokens/{id}", tag = "tokens", params(("id" = String, Path)), responses((status = 204), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn revoke(
     State(state): State<GatewayState>,
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let tenant = scope(&caller)?;
-    if state.store.revoke_token(tenant.as_ref(), &id).await? {
+    if state.store.revoke_token(scope(&caller)?, &id).await? {
         state.revocations.revoke(&id);
         Ok(StatusCode::NO_CONTENT)
     } else {
