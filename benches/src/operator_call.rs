@@ -84,6 +84,7 @@ async fn weir_map(iterations: u32, size: usize) -> anyhow::Result<Duration> {
         logs: Arc::new(MemoryLogSink::new(16)),
         metrics: Arc::new(MetricsRegistry::new(16)),
         max_log_line_bytes: 1024,
+        quotas: None,
     });
     let mut node = OperatorInstance::new(
         engine,

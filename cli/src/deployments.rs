@@ -22,7 +22,7 @@ use weir_executor::dataflow::{
 };
 use weir_executor::logs::{LogLevel, MemoryLogSink};
 use weir_executor::metrics::{MetricsRegistry, SeriesValue};
-use weir_executor::{CompiledModule, OperatorEngine};
+use weir_executor::{CompiledModule, LiveQuotas, OperatorEngine};
 use weir_gateway::{
     ApiError, DeploymentRuntime, FeedQuery, IngestMessage, OutputMessage, ProblemField,
     StartDeployment,
@@ -87,7 +87,7 @@ impl DeadLetterFeed {
 /// What a tenant's deployments on this executor share: its quotas in force, its budgets
 /// (CPU rate, in-flight and queued-output bytes), its dead-letter feed and usage counters.
 struct TenantShare {
-    quotas: std::sync::RwLock<Quotas>,
+    quotas: Arc<LiveQuotas>,
     fuel: Arc<FuelBudget>,
     in_flight_bytes: Arc<ByteBudget>,
     queued_output_bytes: Arc<ByteBudget>,
@@ -101,7 +101,7 @@ struct TenantShare {
 impl TenantShare {
     fn new(quotas: &Quotas) -> Self {
         Self {
-            quotas: std::sync::RwLock::new(quotas.clone()),
+            quotas: Arc::new(LiveQuotas::new(quotas.clone())),
             fuel: Arc::new(FuelBudget::new(quotas.fuel_per_second)),
             in_flight_bytes: Arc::new(ByteBudget::new(quotas.max_inflight_bytes)),
             queued_output_bytes: Arc::new(ByteBudget::new(quotas.max_queued_output_bytes)),
@@ -113,19 +113,13 @@ impl TenantShare {
         }
     }
 
-    fn quotas(&self) -> Quotas {
-        self.quotas
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+    fn quotas(&self) -> Arc<Quotas> {
+        self.quotas.get()
     }
 
-    /// Applies changed quotas to the budgets now.
+    /// Applies changed quotas to the budgets and the running nodes now.
     fn apply(&self, quotas: &Quotas) {
-        *self
-            .quotas
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = quotas.clone();
+        self.quotas.set(quotas.clone());
         self.fuel.set_rate(quotas.fuel_per_second);
         self.in_flight_bytes.set_limit(quotas.max_inflight_bytes);
         self.queued_output_bytes
@@ -674,6 +668,7 @@ impl DeploymentRuntime for LocalDeployments {
         let context = TenantContext {
             fuel: share.fuel.clone(),
             in_flight_bytes: share.in_flight_bytes.clone(),
+            live_quotas: share.quotas.clone(),
             ..TenantContext::new(
                 request.tenant.clone(),
                 request.quotas.clone(),

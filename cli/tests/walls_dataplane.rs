@@ -651,3 +651,55 @@ async fn dead_letters_and_log_lines_are_numbered_per_tenant() {
     let owner = token(&admin, "calm", Role::Owner).await;
     assert_eq!(owner.dead_letters(None).await.unwrap()[0].seq, 1);
 }
+
+#[tokio::test]
+async fn per_call_limits_follow_a_quota_change_on_running_deployments() {
+    let data = tempfile::tempdir().unwrap();
+    let server = common::serve(data.path());
+    let admin = server.admin();
+    let quotas = Quotas {
+        fuel_per_message: 40_000_000,
+        ..roomy()
+    };
+    let t = tenant(&admin, "t", quotas.clone()).await;
+    push(&t, "spin", weir_guests::SPIN_LOOP, "spin", 1).await;
+    push(&t, "chatty", weir_guests::CHATTY, "chatty", 1).await;
+    t.deploy(&deployment("spin", "spin")).await.unwrap();
+    t.deploy(&deployment("chatty", "chatty")).await.unwrap();
+    t.ingest("spin", &[message("spin")], true).await.unwrap();
+    t.ingest("chatty", &[message(&"x".repeat(100))], true)
+        .await
+        .unwrap();
+
+    admin
+        .set_quotas(
+            "t",
+            &Quotas {
+                fuel_per_message: 7_000_000,
+                max_log_line_bytes: 20,
+                ..quotas
+            },
+        )
+        .await
+        .unwrap();
+    t.ingest("spin", &[message("spin")], true).await.unwrap();
+    t.ingest("chatty", &[message(&"y".repeat(100))], true)
+        .await
+        .unwrap();
+
+    let letters = t.dead_letters(Some("spin")).await.unwrap();
+    let budgets: Vec<&str> = letters.iter().map(|l| l.detail.as_str()).collect();
+    assert!(budgets[0].contains("40000000"), "{budgets:?}");
+    assert!(budgets[1].contains("7000000 units"), "{budgets:?}");
+    let lines = t.logs(Some("chatty"), None).await.unwrap();
+    let saw: Vec<&str> = lines
+        .iter()
+        .map(|l| l.message.as_str())
+        .filter(|m| m.starts_with("saw"))
+        .collect();
+    assert!(saw[0].contains(&"x".repeat(100)), "{saw:?}");
+    assert!(
+        saw[1].contains("bytes cut") && !saw[1].contains(&"y".repeat(30)),
+        "{saw:?}"
+    );
+}

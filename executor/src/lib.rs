@@ -19,7 +19,7 @@ mod module;
 mod operator;
 
 pub use engine::{EngineConfig, EngineError, OperatorEngine, PoolingConfig};
-pub use host::{HostBuffer, NodeEnv};
+pub use host::{HostBuffer, LiveQuotas, NodeEnv};
 pub use module::{
     CompiledModule, Contract, ModuleError, OperatorKind, UnsupportedImport, check_header,
     sha256_digest,

@@ -476,6 +476,10 @@ impl OperatorInstance {
 
     /// The live instance, created and `init`ed if there is none; arms its per-call limits.
     async fn live(&mut self) -> Result<&mut Live, OperatorError> {
+        // A quota change applies from the next call on.
+        if let Some(quotas) = &self.env.quotas {
+            self.limits = CallLimits::from_quotas(&quotas.get());
+        }
         let live = match self.live.take() {
             Some(live) => live,
             None => {
@@ -693,6 +697,7 @@ fn arm(store: &mut Store<HostState>, limits: &CallLimits) -> wasmtime::Result<()
     store.set_fuel(limits.fuel)?;
     store.set_epoch_deadline(1);
     let state = store.data_mut();
+    state.memory_limit = limits.memory_bytes;
     state.deadline = Instant::now() + limits.timeout;
     state.deadline_hit = false;
     state.memory_limit_hit = false;

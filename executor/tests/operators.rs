@@ -94,6 +94,7 @@ impl Tenant {
             logs: self.logs.clone() as Arc<dyn LogSink>,
             metrics: self.metrics.clone(),
             max_log_line_bytes: 4096,
+            quotas: None,
         });
         let configuration = ModuleConfiguration {
             properties: properties

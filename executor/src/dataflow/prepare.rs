@@ -13,7 +13,7 @@ use weir_tenants::Quotas;
 
 use super::budget::{ByteBudget, FuelBudget};
 use super::{DataflowSettings, PreparedNode};
-use crate::host::NodeEnv;
+use crate::host::{LiveQuotas, NodeEnv};
 use crate::logs::LogSink;
 use crate::metrics::MetricsRegistry;
 use crate::{
@@ -98,6 +98,9 @@ pub struct TenantContext {
     pub fuel: Arc<FuelBudget>,
     /// The tenant's in-flight bytes budget (`max_inflight_bytes`), shared by its deployments.
     pub in_flight_bytes: Arc<ByteBudget>,
+    /// The tenant's quotas as they change: per-call limits, log line length and state limits
+    /// of running nodes follow them.
+    pub live_quotas: Arc<LiveQuotas>,
 }
 
 impl TenantContext {
@@ -114,6 +117,7 @@ impl TenantContext {
         Self {
             fuel: Arc::new(FuelBudget::new(quotas.fuel_per_second)),
             in_flight_bytes: Arc::new(ByteBudget::new(quotas.max_inflight_bytes)),
+            live_quotas: Arc::new(LiveQuotas::new(quotas.clone())),
             tenant,
             quotas,
             state,
@@ -140,6 +144,7 @@ impl TenantContext {
             metrics: self.metrics.clone(),
             max_log_line_bytes: usize::try_from(self.quotas.max_log_line_bytes)
                 .unwrap_or(usize::MAX),
+            quotas: Some(self.live_quotas.clone()),
         })
     }
 }

@@ -178,7 +178,7 @@ macro_rules! host_interfaces {
                 timeout: Option<wit::state_store_types::Duration>,
             ) -> wasmtime::Result<Result<StateStoreGetResponse, StateStoreError>> {
                 let env = self.env.clone();
-                let result = state_call(env.state_timeout_cap, timeout, env.state.get(&env.state_scope, &key)).await;
+                let result = state_call(env.state_timeout_cap, timeout, env.state.get(&env.scope(), &key)).await;
                 Ok(result.map(|r| StateStoreGetResponse { response: r.value, version: r.version.as_ref().map(lower_hlc) }))
             }
 
@@ -208,7 +208,7 @@ macro_rules! host_interfaces {
                 };
                 let options = weir_state::SetOptions { condition, expires, fencing_token };
                 let env = self.env.clone();
-                let result = state_call(env.state_timeout_cap, timeout, env.state.set(&env.state_scope, &key, &value, options)).await;
+                let result = state_call(env.state_timeout_cap, timeout, env.state.set(&env.scope(), &key, &value, options)).await;
                 Ok(result.map(|r| StateStoreSetResponse { response: r.written, version: r.version.as_ref().map(lower_hlc) }))
             }
 
@@ -223,7 +223,8 @@ macro_rules! host_interfaces {
                     Err(error) => return Ok(Err(error)),
                 };
                 let env = self.env.clone();
-                let call = env.state.del(&env.state_scope, &key, fencing_token.as_ref());
+                let scope = env.scope();
+                let call = env.state.del(&scope, &key, fencing_token.as_ref());
                 let result = state_call(env.state_timeout_cap, timeout, call).await;
                 Ok(result.map(|r| StateStoreDelResponse { response: r.deleted, version: r.version.as_ref().map(lower_hlc) }))
             }
@@ -240,7 +241,8 @@ macro_rules! host_interfaces {
                     Err(error) => return Ok(Err(error)),
                 };
                 let env = self.env.clone();
-                let call = env.state.vdel(&env.state_scope, &key, &value, fencing_token.as_ref());
+                let scope = env.scope();
+                let call = env.state.vdel(&scope, &key, &value, fencing_token.as_ref());
                 let result = state_call(env.state_timeout_cap, timeout, call).await;
                 Ok(result.map(|r| StateStoreDelResponse { response: r.deleted, version: r.version.as_ref().map(lower_hlc) }))
             }

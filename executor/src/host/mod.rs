@@ -14,7 +14,8 @@ use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, format_err};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use weir_api::TenantId;
-use weir_state::{StateScope, StateStore};
+use weir_state::{StateLimits, StateScope, StateStore};
+use weir_tenants::Quotas;
 
 use crate::logs::{LogLevel, LogRecord, LogSink};
 use crate::metrics::MetricsRegistry;
@@ -45,9 +46,59 @@ pub struct NodeEnv {
     pub metrics: Arc<MetricsRegistry>,
     /// Longest log line kept; longer lines are cut.
     pub max_log_line_bytes: usize,
+    /// The tenant's quotas as they change while the node runs: when set, they replace
+    /// `state_scope`'s limits, `max_log_line_bytes` and the per-call limits from the next
+    /// call, log line or state operation on.
+    pub quotas: Option<Arc<LiveQuotas>>,
+}
+
+/// A tenant's quotas, swapped whole when an admin changes them; every node of the tenant's
+/// running deployments reads them.
+#[derive(Debug)]
+pub struct LiveQuotas(std::sync::RwLock<Arc<Quotas>>);
+
+impl LiveQuotas {
+    /// Starts with `quotas`.
+    pub fn new(quotas: Quotas) -> Self {
+        Self(std::sync::RwLock::new(Arc::new(quotas)))
+    }
+
+    /// The quotas in force.
+    pub fn get(&self) -> Arc<Quotas> {
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Puts `quotas` in force.
+    pub fn set(&self, quotas: Quotas) {
+        *self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(quotas);
+    }
 }
 
 impl NodeEnv {
+    /// The scope of the node's next state operation, with the limits in force.
+    pub(crate) fn scope(&self) -> std::borrow::Cow<'_, StateScope> {
+        match &self.quotas {
+            Some(quotas) => std::borrow::Cow::Owned(StateScope::new(
+                self.tenant.clone(),
+                StateLimits::of(&quotas.get()),
+            )),
+            None => std::borrow::Cow::Borrowed(&self.state_scope),
+        }
+    }
+
+    /// The longest log line kept now.
+    pub(crate) fn log_line_bytes(&self) -> usize {
+        self.quotas.as_ref().map_or(self.max_log_line_bytes, |q| {
+            usize::try_from(q.get().max_log_line_bytes).unwrap_or(usize::MAX)
+        })
+    }
+
     /// Writes a log line of this node to its tenant's log.
     pub(crate) fn log(&self, level: LogLevel, context: &str, message: &str) {
         self.logs.record(LogRecord {
@@ -55,7 +106,7 @@ impl NodeEnv {
             node: self.node.clone(),
             level,
             context: truncate(context, 256),
-            message: truncate(message, self.max_log_line_bytes),
+            message: truncate(message, self.log_line_bytes()),
             at: std::time::SystemTime::now(),
         });
     }

@@ -68,7 +68,7 @@ impl AsyncWrite for LineWriter {
         _cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        let max = self.env.max_log_line_bytes;
+        let max = self.env.log_line_bytes();
         for &byte in buf {
             if byte == b'\n' {
                 self.emit();
