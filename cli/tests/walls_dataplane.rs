@@ -19,6 +19,9 @@ use weir_api::client::Client;
 use weir_api::rest::{CreateDeployment, GraphRef, IngestMessage};
 use weir_api::tenancy::{Quotas, Role};
 
+/// The fuel of one spinning call in tests that spin.
+const SPIN_FUEL: u64 = 20_000_000;
+
 /// Quotas that stay out of the way unless a test sets one.
 fn roomy() -> Quotas {
     Quotas {
@@ -159,10 +162,19 @@ async fn deleting_pausing_or_updating_a_deployment_leaves_every_other_running() 
     let server = common::serve(data.path());
     let admin = server.admin();
     let a = tenant(&admin, "a", roomy()).await;
-    let b = tenant(&admin, "b", roomy()).await;
+    let b = tenant(
+        &admin,
+        "b",
+        Quotas {
+            fuel_per_message: SPIN_FUEL,
+            ..roomy()
+        },
+    )
+    .await;
     for client in [&a, &b] {
         push(client, "echo", weir_guests::ECHO, "echo", 1).await;
     }
+    push(&b, "spin", weir_guests::SPIN_LOOP, "spin", 1).await;
     for id in ["a1", "a2"] {
         a.deploy(&deployment(id, "echo")).await.unwrap();
     }
@@ -174,6 +186,22 @@ async fn deleting_pausing_or_updating_a_deployment_leaves_every_other_running() 
     let got = outputs(&a, "a1", &[message("after b1 went")]).await;
     assert_eq!(got[0].0, "after b1 went", "a1 still runs");
     assert_eq!(a.deployment("a1").await.unwrap().status, "running");
+
+    // A deleted deployment's queued work stops with it: b's spinner burns nothing more.
+    b.deploy(&deployment("spinner", "spin")).await.unwrap();
+    let spins: Vec<IngestMessage> = (0..50).map(|_| message("spin")).collect();
+    b.ingest("spinner", &spins, false).await.unwrap();
+    b.delete_deployment("spinner").await.unwrap();
+    let at_delete = b.usage().await.unwrap().fuel;
+    for i in 0..50 {
+        outputs(&a, "a1", &[message(&format!("{i}"))]).await;
+    }
+    let later = b.usage().await.unwrap().fuel;
+    assert!(
+        later <= at_delete + 2 * SPIN_FUEL,
+        "the deleted deployment burned {} fuel after its delete",
+        later - at_delete
+    );
 
     b.pause("b2").await.unwrap();
     let got = outputs(&a, "a2", &[message("after b2 paused")]).await;
@@ -411,6 +439,11 @@ async fn byte_budgets_bound_queued_outputs_dead_letters_and_messages_in_flight()
     let over = t.ingest("e", &[big(4)], false).await.unwrap_err();
     assert_eq!(over.code(), Some("rate_limited"), "{over}");
     assert_eq!(runtime_field(&t, "e", "/received").await, 4);
+    assert_eq!(
+        runtime_field(&t, "e", "/outputs_queued").await,
+        2,
+        "the queue's bytes are still full"
+    );
     // Reading frees the queue; nothing was lost.
     let mut seen = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(20);

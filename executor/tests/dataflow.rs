@@ -639,6 +639,8 @@ fn a_spinning_deployment_does_not_starve_another_on_the_same_worker() {
     let mut fixture = Fixture::new();
     fixture.tenant.quotas.fuel_per_message = u64::MAX;
     fixture.tenant.quotas.call_timeout = Duration::from_millis(400);
+    // Running nodes follow the tenant's live quotas.
+    fixture.tenant.live_quotas.set(fixture.tenant.quotas.clone());
     let spinner = graph(
         "
 operations:
@@ -714,6 +716,7 @@ connections:
 fn dropping_a_deployment_stops_exactly_its_dataflow_and_abandons_its_queued_work() {
     let mut fixture = Fixture::new();
     fixture.tenant.quotas.fuel_per_message = 50_000_000;
+    fixture.tenant.live_quotas.set(fixture.tenant.quotas.clone());
     let spinner = graph(
         "
 operations:
@@ -747,6 +750,20 @@ connections:
         .filter(|d| *d.lock().unwrap() == [Delivery::Abandoned])
         .count();
     assert!(abandoned >= 45, "only {abandoned} of 50 abandoned");
+    for (name, deployment) in [("first", &first), ("third", &third)] {
+        send(deployment, message_at(now_ms(), name));
+        let output = deployment
+            .outputs()
+            .pop_timeout(Duration::from_secs(5))
+            .unwrap_or_else(|| panic!("{name} stopped with its neighbour"));
+        assert_eq!(payload(&output), name);
+    }
+    // The dropped dataflow is gone, not merely muted: its queued spins never ran.
+    let charged = fixture.tenant.fuel.charged();
+    assert!(
+        charged <= 5 * 50_000_000,
+        "{charged} fuel: queued spins still ran"
+    );
     for (name, deployment) in [("first", &first), ("third", &third)] {
         send(deployment, message_at(now_ms(), name));
         let output = deployment

@@ -83,7 +83,7 @@ impl ModuleResolver for DirectoryModules {
 pub struct TenantContext {
     /// The tenant.
     pub tenant: TenantId,
-    /// Its quotas.
+    /// Its quotas when a deployment is prepared (running nodes follow `live_quotas`).
     pub quotas: Quotas,
     /// Its state store.
     pub state: Arc<dyn StateStore>,
