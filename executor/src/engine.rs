@@ -42,7 +42,10 @@ pub struct PoolingConfig {
 impl Default for EngineConfig {
     fn default() -> Self {
         Self {
-            epoch_tick: Duration::from_millis(10),
+            // A busy guest gives its worker back every millisecond: a neighbour on the same
+            // worker waits at most that long (10 ms let a spinning tenant raise another's p99
+            // from 4 to 11 ms; see `weir-bench --bin noisy-neighbour`).
+            epoch_tick: Duration::from_millis(1),
             pooling: Some(PoolingConfig {
                 instance_slots: 256,
             }),
