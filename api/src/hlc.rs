@@ -149,7 +149,10 @@ impl HlcClock {
         } else {
             Some(0)
         };
-        let counter = counter.unwrap_or_else(|| {
+        // Past what `__ts` writes in its five digits (or past `u64`), the reading carries into
+        // the next millisecond instead: every stamp keeps the fixed-width form, and its order
+        // as text is its order as a reading.
+        let counter = counter.filter(|c| *c <= MAX_COUNTER).unwrap_or_else(|| {
             time = time.saturating_add(Duration::from_millis(1));
             0
         });
@@ -160,6 +163,9 @@ impl HlcClock {
         }
     }
 }
+
+/// The largest counter a clock writes: `__ts` carries five digits (`{counter:0>5}`).
+const MAX_COUNTER: u64 = 99_999;
 
 /// `time` truncated to the whole millisecond.
 fn whole_millis(time: Duration) -> Duration {
@@ -236,6 +242,17 @@ mod tests {
         let merged = clock.update(&limit);
         assert!(merged > limit, "{merged:?} is not later than {limit:?}");
         assert_eq!(merged.counter, 0);
+        // Five digits at most: 99,999 carries into the next millisecond.
+        let edge = Hlc {
+            counter: 99_999,
+            ..Hlc::at(merged.time() + Duration::from_secs(1), "far")
+        };
+        let carried = clock.update(&edge);
+        assert_eq!(
+            (carried.millis(), carried.counter),
+            (edge.millis() + 1, 0)
+        );
+        assert!(carried.to_ts() > edge.to_ts());
         let again = clock.update(&limit);
         assert!(again > merged);
         assert!(Hlc::parse_ts("18446744073709551615:18446744073709551615:x").is_ok());

@@ -328,6 +328,10 @@ pub struct IngestMessage {
 }
 
 impl IngestMessage {
+    /// User properties one message may carry (each costs the host a resource handle and a
+    /// pair of buffers, whatever its length).
+    pub const MAX_USER_PROPERTIES: usize = 256;
+
     /// Its size as `max_message_bytes` counts it: topic, payload and user properties.
     pub fn byte_len(&self) -> u64 {
         let properties: usize = self

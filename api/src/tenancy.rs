@@ -61,7 +61,9 @@ pub struct Quotas {
     pub call_timeout: Duration,
     /// Linear memory of one operator instance.
     pub memory_per_instance: u64,
-    /// Live operator instances.
+    /// Operator instances the tenant's running deployments may need (one per wasm node; a
+    /// deployment that would pass it is refused). The platform admits the tenants' quotas
+    /// together against its executors' pool, so this many are always there for the tenant.
     pub max_instances: u32,
     /// Messages per second into the tenant's deployments.
     pub messages_per_second_in: u32,
@@ -111,7 +113,7 @@ impl Default for Quotas {
             fuel_per_second: 20_000_000_000,
             call_timeout: Duration::from_secs(1),
             memory_per_instance: 256 * MIB,
-            max_instances: 64,
+            max_instances: 16,
             messages_per_second_in: 10_000,
             max_message_bytes: 16 * MIB,
             max_inflight_bytes: 64 * MIB,

@@ -142,7 +142,9 @@ fn report(phase: &str, sorted: &[u64]) -> f64 {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let weir = args.next().unwrap_or_else(|| "target/debug/weir".to_owned());
+    let weir = args
+        .next()
+        .unwrap_or_else(|| "target/debug/weir".to_owned());
     let requests: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(400);
     let data = tempfile::tempdir()?;
     let mut child = Command::new(&weir)
@@ -157,7 +159,10 @@ async fn main() -> anyhow::Result<()> {
     let (mut address, mut admin_token) = (String::new(), String::new());
     for line in BufReader::new(stdout).lines() {
         let line = line?;
-        if let Some(token) = line.split("admin token (shown once, valid 365 days): ").nth(1) {
+        if let Some(token) = line
+            .split("admin token (shown once, valid 365 days): ")
+            .nth(1)
+        {
             admin_token = token.trim().to_owned();
         }
         if let Some(listening) = line.strip_prefix("weir listening on http://") {
@@ -229,7 +234,10 @@ async fn main() -> anyhow::Result<()> {
         fed.load(Ordering::Relaxed),
         usage.fuel
     );
-    println!("p99 beside noisy / alone: {:.2}x", beside / alone.max(0.001));
+    println!(
+        "p99 beside noisy / alone: {:.2}x",
+        beside / alone.max(0.001)
+    );
     drop(server);
     Ok(())
 }

@@ -209,12 +209,12 @@ impl Drop for Running {
     }
 }
 
-/// The operator instance slots promised to running deployments: a deployment is admitted
-/// only if its tenant's deployments together need no more instances than its
-/// `max_instances` quota, and all tenants' deployments together no more than the executor's
-/// pool. Each wasm node has at most one live instance, so an admitted deployment always finds
-/// a slot: no tenant can take another tenant's (ARCHITECTURE decision 3; idle instances are
-/// dropped all the same, so an idle deployment holds no memory).
+/// The operator instances promised to running deployments, by tenant: a deployment is
+/// admitted only if its tenant's deployments together need no more instances than its
+/// `max_instances` quota (one per wasm node: a node has at most one live instance). The gateway
+/// admits the tenants' `max_instances` together against the executor's pool, so an admitted
+/// node always finds a slot and no tenant can take another's (ARCHITECTURE decision 3). Idle
+/// instances are dropped all the same: an idle deployment holds its promise, not a slot.
 #[derive(Default)]
 struct InstanceLedger {
     promised: std::sync::Mutex<Vec<(u64, TenantId, String, usize)>>,
@@ -239,15 +239,14 @@ impl Drop for InstanceReservation {
 
 impl InstanceLedger {
     /// Promises `instances` slots to deployment `id` of `tenant`, or says why not. A running
-    /// version of the same deployment does not count against the tenant's quota (it stops
-    /// when the new one runs) but does against the pool (both live during the switch).
+    /// version of the same deployment does not count (it stops when the new one runs), so an
+    /// update that needs fewer instances is always admitted.
     fn reserve(
         self: &Arc<Self>,
         tenant: &TenantId,
         id: &str,
         instances: usize,
         max_instances: u32,
-        pool: usize,
     ) -> Result<InstanceReservation, ApiError> {
         let mut promised = self
             .promised
@@ -267,15 +266,6 @@ impl InstanceLedger {
                 ),
             ));
         }
-        let all: usize = promised.iter().map(|(.., n)| n).sum();
-        if all + instances > pool {
-            return Err(ApiError::new(
-                ErrorCode::Unavailable,
-                format!(
-                    "this executor's {pool} operator instance slots are promised to running deployments; {instances} more do not fit"
-                ),
-            ));
-        }
         let token = self.next.fetch_add(1, Ordering::Relaxed);
         promised.push((token, tenant.clone(), id.to_owned(), instances));
         Ok(InstanceReservation {
@@ -290,8 +280,6 @@ pub(crate) struct LocalDeployments {
     engine: OperatorEngine,
     runtime: Arc<DataflowRuntime>,
     workers: usize,
-    /// Operator instance slots of the engine's pool.
-    instance_slots: usize,
     /// Every deployment's dataflow settings.
     settings: DataflowSettings,
     instances: Arc<InstanceLedger>,
@@ -315,10 +303,9 @@ impl std::fmt::Debug for LocalDeployments {
 }
 
 impl LocalDeployments {
-    /// Deployments on `engine`, whose pool has `instance_slots` operator instance slots.
+    /// Deployments on `engine`.
     pub(crate) fn new(
         engine: OperatorEngine,
-        instance_slots: usize,
         settings: DataflowSettings,
         workers: usize,
         state: Arc<MeteredStateStore>,
@@ -330,7 +317,6 @@ impl LocalDeployments {
                 tokio::runtime::Handle::current(),
             )?),
             workers,
-            instance_slots,
             settings,
             instances: Arc::new(InstanceLedger::default()),
             state,
@@ -662,7 +648,6 @@ impl DeploymentRuntime for LocalDeployments {
             &request.id,
             wasm_nodes(&graph),
             request.quotas.max_instances,
-            self.instance_slots,
         )?;
         let share = self.share(&request.tenant, &request.quotas);
         let context = TenantContext {

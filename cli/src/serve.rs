@@ -251,7 +251,6 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCod
         validator: Arc::new(EngineValidator(engine.clone())),
         runtime: Arc::new(crate::deployments::LocalDeployments::new(
             engine,
-            usize::try_from(args.instance_slots)?,
             settings,
             workers,
             module_state.clone(),
@@ -259,6 +258,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCod
         state: module_state,
         limits: Arc::default(),
         tenant_locks: Arc::default(),
+        instance_pool: Arc::new(weir_gateway::InstancePool::new(u64::from(args.instance_slots))),
     };
     let swept = weir_gateway::sweep_blobs(&state).await?;
     if swept > 0 {

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use common::{tenant, token};
 use weir_api::Hlc;
 use weir_api::client::Client;
-use weir_api::rest::{CreateDeployment, GraphRef, IngestMessage};
+use weir_api::rest::{CreateDeployment, CreateTenant, GraphRef, IngestMessage};
 use weir_api::tenancy::{Quotas, Role};
 
 /// The fuel of one spinning call in tests that spin.
@@ -295,25 +295,38 @@ async fn max_instances_is_each_tenants_own_and_admitted_against_the_pool() {
         &["--instance-slots", "40", "--instance-idle-ms", "300"],
     );
     let admin = server.admin();
-    let capped = Quotas {
-        max_instances: 30,
+    let capped = |max_instances| Quotas {
+        max_instances,
         ..roomy()
     };
-    let hog = tenant(&admin, "hog", capped.clone()).await;
-    let quiet = tenant(&admin, "quiet", capped.clone()).await;
-    let late = tenant(&admin, "late", capped).await;
-    push(&hog, "echo", weir_guests::ECHO, "ten", 10).await;
-    push(&late, "echo", weir_guests::ECHO, "ten", 10).await;
-    push(&quiet, "echo", weir_guests::ECHO, "one", 1).await;
+    let hog = tenant(&admin, "hog", capped(30)).await;
+    let quiet = tenant(&admin, "quiet", capped(5)).await;
 
-    for id in ["h1", "h2", "h3"] {
+    // The pool has 40 slots and 35 are promised: a tenant asking for more than 5 is refused,
+    // with the default quota too; so is a quota change that would pass the pool.
+    let create = |quotas: Option<Quotas>| CreateTenant {
+        id: "late".to_owned(),
+        display_name: None,
+        quotas,
+    };
+    let refused = admin.create_tenant(&create(Some(capped(10)))).await;
+    assert_eq!(code(refused), "conflict");
+    assert_eq!(code(admin.create_tenant(&create(None)).await), "conflict");
+    admin.create_tenant(&create(Some(capped(5)))).await.unwrap();
+    assert_eq!(code(admin.set_quotas("quiet", &capped(6)).await), "conflict");
+    admin.set_quotas("hog", &capped(25)).await.unwrap();
+    admin.set_quotas("quiet", &capped(10)).await.unwrap();
+
+    // Within the pool, each tenant's own quota holds: the hog's third 10-node deployment is
+    // refused; the quiet tenant deploys, updates, pauses and resumes meanwhile.
+    push(&hog, "echo", weir_guests::ECHO, "ten", 10).await;
+    push(&quiet, "echo", weir_guests::ECHO, "one", 1).await;
+    for id in ["h1", "h2"] {
         hog.deploy(&deployment(id, "ten")).await.unwrap();
     }
-    let over = hog.deploy(&deployment("h4", "ten")).await.unwrap_err();
+    let over = hog.deploy(&deployment("h3", "ten")).await.unwrap_err();
     assert_eq!(over.code(), Some("quota_exceeded"));
     assert!(over.problem().unwrap().detail.contains("max_instances"));
-
-    // The hog holds all it may; the quiet tenant deploys, updates, pauses and resumes.
     quiet.deploy(&deployment("q", "one")).await.unwrap();
     quiet
         .update_deployment(&deployment("q", "one"))
@@ -322,12 +335,10 @@ async fn max_instances_is_each_tenants_own_and_admitted_against_the_pool() {
     quiet.pause("q").await.unwrap();
     quiet.resume("q").await.unwrap();
     assert_eq!(outputs(&quiet, "q", &[message("hi")]).await[0].0, "hi");
-
-    // 31 of 40 slots are promised: 10 more do not fit, whoever asks.
-    let full = late.deploy(&deployment("l", "ten")).await.unwrap_err();
-    assert_eq!(full.code(), Some("unavailable"));
-    hog.delete_deployment("h1").await.unwrap();
-    late.deploy(&deployment("l", "ten")).await.unwrap();
+    // An update needing as many instances as the tenant has left is admitted.
+    hog.push_graph("five", "1", chain("echo", 5)).await.unwrap();
+    hog.update_deployment(&deployment("h2", "five")).await.unwrap();
+    hog.deploy(&deployment("h3", "five")).await.unwrap();
 
     // An idle node gives its instance back and makes a fresh one for the next message.
     eventually("the idle instance is released", || async {
@@ -335,10 +346,7 @@ async fn max_instances_is_each_tenants_own_and_admitted_against_the_pool() {
     })
     .await;
     let before = runtime_field(&quiet, "q", "/nodes/m0/instantiations").await;
-    assert_eq!(
-        outputs(&quiet, "q", &[message("again")]).await[0].0,
-        "again"
-    );
+    assert_eq!(outputs(&quiet, "q", &[message("again")]).await[0].0, "again");
     let after = runtime_field(&quiet, "q", "/nodes/m0/instantiations").await;
     assert_eq!(after.as_u64(), before.as_u64().map(|n| n + 1));
 }
@@ -530,6 +538,12 @@ async fn every_message_quota_is_enforced_at_its_limit_and_changes_apply_at_once(
         code(q.ingest("c", &[long_topic], false).await),
         "payload_too_large"
     );
+    // However short, each user property costs the host: 256 at most.
+    let crowded = IngestMessage {
+        user_properties: vec![(String::new(), String::new()); 257],
+        ..message("x")
+    };
+    assert_eq!(code(q.ingest("c", &[crowded], false).await), "invalid_request");
 
     // A quota change applies to the running deployment at once.
     admin

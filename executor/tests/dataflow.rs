@@ -640,7 +640,10 @@ fn a_spinning_deployment_does_not_starve_another_on_the_same_worker() {
     fixture.tenant.quotas.fuel_per_message = u64::MAX;
     fixture.tenant.quotas.call_timeout = Duration::from_millis(400);
     // Running nodes follow the tenant's live quotas.
-    fixture.tenant.live_quotas.set(fixture.tenant.quotas.clone());
+    fixture
+        .tenant
+        .live_quotas
+        .set(fixture.tenant.quotas.clone());
     let spinner = graph(
         "
 operations:
@@ -716,7 +719,10 @@ connections:
 fn dropping_a_deployment_stops_exactly_its_dataflow_and_abandons_its_queued_work() {
     let mut fixture = Fixture::new();
     fixture.tenant.quotas.fuel_per_message = 50_000_000;
-    fixture.tenant.live_quotas.set(fixture.tenant.quotas.clone());
+    fixture
+        .tenant
+        .live_quotas
+        .set(fixture.tenant.quotas.clone());
     let spinner = graph(
         "
 operations:

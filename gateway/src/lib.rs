@@ -71,6 +71,28 @@ pub struct StartDeployment {
     pub configuration: std::collections::BTreeMap<String, String>,
 }
 
+/// The operator instance slots of the platform's executors. Tenants' `max_instances` quotas
+/// together may not exceed it, so each tenant's quota is a guarantee: no tenant can take the
+/// slots another was promised.
+#[derive(Debug, Default)]
+pub struct InstancePool {
+    /// Slots in the pool; `None`: not bounded (an in-process gateway without executors).
+    pub slots: Option<u64>,
+    /// Held while a tenant's quota is admitted and written, so two admissions cannot pass
+    /// together.
+    pub(crate) admitting: tokio::sync::Mutex<()>,
+}
+
+impl InstancePool {
+    /// A pool of `slots` operator instance slots.
+    pub fn new(slots: u64) -> Self {
+        Self {
+            slots: Some(slots),
+            admitting: tokio::sync::Mutex::new(()),
+        }
+    }
+}
+
 /// Runs deployments: the executor, reached without the gateway linking it.
 #[async_trait::async_trait]
 pub trait DeploymentRuntime: Send + Sync + std::fmt::Debug {
@@ -163,6 +185,9 @@ pub struct GatewayState {
     pub limits: Arc<ApiLimits>,
     /// One lock per tenant around changes that touch both the store and the runtime.
     pub tenant_locks: Arc<TenantLocks>,
+    /// The executors' operator instance pool that tenants' `max_instances` are admitted
+    /// against.
+    pub instance_pool: Arc<InstancePool>,
 }
 
 /// The API.

@@ -150,6 +150,7 @@ impl Api {
             state: Arc::new(weir_state::MemoryStateStore::default()),
             limits: Arc::default(),
             tenant_locks: Arc::default(),
+            instance_pool: Arc::default(),
         };
         Self {
             app: router(state),

@@ -220,6 +220,23 @@ fn to_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
+/// Rows of `tenant` in `table` (one of weir's own table names, never input), inside the
+/// caller's transaction.
+fn rows_of(
+    transaction: &rusqlite::Transaction<'_>,
+    table: &'static str,
+    tenant: &TenantId,
+) -> Result<u64, StoreError> {
+    transaction
+        .query_row(
+            &format!("SELECT COUNT(*) FROM {table} WHERE tenant = ?1"),
+            [tenant.as_str()],
+            |r| r.get(0),
+        )
+        .map(to_u64)
+        .map_err(database)
+}
+
 fn to_u64(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
 }
@@ -688,14 +705,8 @@ impl ControlStore for SqliteControlStore {
                 let transaction = c
                     .transaction_with_behavior(TransactionBehavior::Immediate)
                     .map_err(database)?;
-                let count: i64 = transaction
-                    .query_row(
-                        "SELECT COUNT(*) FROM graphs WHERE tenant = ?1",
-                        [g.tenant.as_str()],
-                        |r| r.get(0),
-                    )
-                    .map_err(database)?;
-                if to_u64(count) >= u64::from(max_graphs) {
+                let count = rows_of(&transaction, "graphs", &g.tenant)?;
+                if count >= u64::from(max_graphs) {
                     return Err(StoreError::QuotaExceeded(format!(
                         "the tenant has {max_graphs} graphs, the limit"
                     )));
@@ -763,13 +774,7 @@ impl ControlStore for SqliteControlStore {
                 let transaction = c
                     .transaction_with_behavior(TransactionBehavior::Immediate)
                     .map_err(database)?;
-                let count: i64 = transaction
-                    .query_row(
-                        "SELECT COUNT(*) FROM deployments WHERE tenant = ?1",
-                        [d.tenant.as_str()],
-                        |r| r.get(0),
-                    )
-                    .map_err(database)?;
+                let count = rows_of(&transaction, "deployments", &d.tenant)?;
                 let exists: bool = transaction
                     .query_row(
                         "SELECT EXISTS (SELECT 1 FROM deployments WHERE tenant = ?1 AND id = ?2)",
@@ -777,7 +782,7 @@ impl ControlStore for SqliteControlStore {
                         |r| r.get(0),
                     )
                     .map_err(database)?;
-                if !exists && to_u64(count) >= u64::from(max_deployments) {
+                if !exists && count >= u64::from(max_deployments) {
                     return Err(StoreError::QuotaExceeded(format!(
                         "the tenant runs {max_deployments} deployments, the limit"
                     )));

@@ -521,6 +521,23 @@ pub(crate) async fn ingest(
         .deployment(&tenant, &id)
         .await?
         .ok_or_else(|| ApiError::not_found("deployment"))?;
+    if let Some((index, _)) = messages
+        .iter()
+        .enumerate()
+        .find(|(_, m)| m.user_properties.len() > IngestMessage::MAX_USER_PROPERTIES)
+    {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!(
+                "a message carries at most {} user properties",
+                IngestMessage::MAX_USER_PROPERTIES
+            ),
+        )
+        .with_errors(vec![ProblemField {
+            path: format!("/{index}/user_properties"),
+            message: "too many".to_owned(),
+        }]));
+    }
     // The whole message counts (topic, payload and properties), as the quota's doc says.
     if let Some(big) = messages
         .iter()

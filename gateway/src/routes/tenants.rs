@@ -71,6 +71,8 @@ pub(crate) async fn create(
         // The store gives each tenant its own instance.
         instance: String::new(),
     };
+    let _admitting = state.instance_pool.admitting.lock().await;
+    admit_instances(&state, &record.id, record.quotas.max_instances).await?;
     let record = state.store.create_tenant(&record).await?;
     Ok((StatusCode::CREATED, Json(tenant_view(record))))
 }
@@ -109,6 +111,8 @@ pub(crate) async fn set_quotas(
     ApiJson(quotas): ApiJson<Quotas>,
 ) -> Result<impl IntoResponse, ApiError> {
     let mut record = admin_load(&state, &caller, &id).await?;
+    let _admitting = state.instance_pool.admitting.lock().await;
+    admit_instances(&state, &record.id, quotas.max_instances).await?;
     record.quotas = quotas;
     state.store.update_tenant(&record).await?;
     // Running deployments follow at once (rates, budgets, log and metric bounds).
@@ -186,4 +190,38 @@ pub(crate) async fn delete(
     }
     super::artifacts::release_blobs(&state, deleted.blobs).await;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Admits `tenant`'s `max_instances` against the executors' pool: with the other tenants'
+/// quotas it must fit, so every tenant's quota is a promise the pool can keep.
+async fn admit_instances(
+    state: &GatewayState,
+    tenant: &TenantId,
+    max_instances: u32,
+) -> Result<(), ApiError> {
+    let Some(slots) = state.instance_pool.slots else {
+        return Ok(());
+    };
+    let others: u64 = state
+        .store
+        .tenants()
+        .await?
+        .iter()
+        .filter(|t| t.id != *tenant)
+        .map(|t| u64::from(t.quotas.max_instances))
+        .sum();
+    let wanted = u64::from(max_instances);
+    if others + wanted > slots {
+        return Err(ApiError::new(
+            ErrorCode::Conflict,
+            format!(
+                "the executors have {slots} operator instance slots and other tenants are promised {others}; {wanted} more do not fit (lower a tenant's max_instances, or add executor capacity)"
+            ),
+        )
+        .with_errors(vec![ProblemField {
+            path: "/quotas/max_instances".to_owned(),
+            message: format!("at most {} here", slots.saturating_sub(others)),
+        }]));
+    }
+    Ok(())
 }
