@@ -248,10 +248,7 @@ mod tests {
             ..Hlc::at(merged.time() + Duration::from_secs(1), "far")
         };
         let carried = clock.update(&edge);
-        assert_eq!(
-            (carried.millis(), carried.counter),
-            (edge.millis() + 1, 0)
-        );
+        assert_eq!((carried.millis(), carried.counter), (edge.millis() + 1, 0));
         assert!(carried.to_ts() > edge.to_ts());
         let again = clock.update(&limit);
         assert!(again > merged);

@@ -210,9 +210,14 @@ impl LocalPlatform {
         state: Arc<MemoryStateStore>,
         logs: Arc<dyn LogSink>,
     ) -> anyhow::Result<TenantContext> {
+        let quotas = Quotas {
+            // A local run holds what its windows need; its input is the user's own file.
+            max_inflight_bytes: u64::MAX,
+            ..Quotas::default()
+        };
         Ok(TenantContext::new(
             TenantId::new(name)?,
-            Quotas::default(),
+            quotas,
             state,
             logs,
             Arc::new(MetricsRegistry::new(1000)),
@@ -237,6 +242,9 @@ impl LocalPlatform {
     ) -> anyhow::Result<(RunCounts, C)> {
         let settings = DataflowSettings {
             frontier: FrontierPolicy::EventTime,
+            // Windows of a replay hold their messages until later input (or the end) moves
+            // event time past them: the feeder waits on the channel, never on places.
+            max_in_flight: Some(usize::MAX),
             ..DataflowSettings::default()
         };
         let modules = HostModules {

@@ -258,7 +258,9 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCod
         state: module_state,
         limits: Arc::default(),
         tenant_locks: Arc::default(),
-        instance_pool: Arc::new(weir_gateway::InstancePool::new(u64::from(args.instance_slots))),
+        instance_pool: Arc::new(weir_gateway::InstancePool::new(u64::from(
+            args.instance_slots,
+        ))),
     };
     let swept = weir_gateway::sweep_blobs(&state).await?;
     if swept > 0 {

@@ -311,3 +311,51 @@ fn a_graph_run_warns_about_configuration_no_operation_declares() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_window_holding_more_messages_than_the_intake_still_closes() {
+    // All readings fall in one 10 s window, which holds them until the input ends: more than
+    // the 1,024 messages a deployment's intake admits at once.
+    const COUNT: usize = 3_000;
+    let graph = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/golden/graph-complex.yaml"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("input.jsonl");
+    let text: String = (0..COUNT)
+        .map(|n| {
+            format!(
+                "{{\"temperature\":{{\"value\":{},\"unit\":\"F\"}}}}\n",
+                100 + n % 50
+            )
+        })
+        .collect();
+    std::fs::write(&input, text).unwrap();
+    let modules = weir_guests::Guest::dir();
+    let (stdout, stderr, ok) = weir_run_within(
+        &[
+            graph,
+            "--modules",
+            modules.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+        ],
+        std::time::Duration::from_secs(120),
+    );
+    assert!(ok, "{stderr}");
+    assert!(
+        stderr.contains(&format!("done: {COUNT} messages in")),
+        "{stderr}"
+    );
+    // One window (two if the feed straddled a window's end): every reading counted once.
+    let counted: usize = stdout
+        .split("\"count\":")
+        .skip(1)
+        .map(|rest| {
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse::<usize>().unwrap()
+        })
+        .sum();
+    assert_eq!(counted, COUNT, "{stdout}");
+}

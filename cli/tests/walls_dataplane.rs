@@ -313,7 +313,10 @@ async fn max_instances_is_each_tenants_own_and_admitted_against_the_pool() {
     assert_eq!(code(refused), "conflict");
     assert_eq!(code(admin.create_tenant(&create(None)).await), "conflict");
     admin.create_tenant(&create(Some(capped(5)))).await.unwrap();
-    assert_eq!(code(admin.set_quotas("quiet", &capped(6)).await), "conflict");
+    assert_eq!(
+        code(admin.set_quotas("quiet", &capped(6)).await),
+        "conflict"
+    );
     admin.set_quotas("hog", &capped(25)).await.unwrap();
     admin.set_quotas("quiet", &capped(10)).await.unwrap();
 
@@ -337,7 +340,9 @@ async fn max_instances_is_each_tenants_own_and_admitted_against_the_pool() {
     assert_eq!(outputs(&quiet, "q", &[message("hi")]).await[0].0, "hi");
     // An update needing as many instances as the tenant has left is admitted.
     hog.push_graph("five", "1", chain("echo", 5)).await.unwrap();
-    hog.update_deployment(&deployment("h2", "five")).await.unwrap();
+    hog.update_deployment(&deployment("h2", "five"))
+        .await
+        .unwrap();
     hog.deploy(&deployment("h3", "five")).await.unwrap();
 
     // An idle node gives its instance back and makes a fresh one for the next message.
@@ -346,7 +351,10 @@ async fn max_instances_is_each_tenants_own_and_admitted_against_the_pool() {
     })
     .await;
     let before = runtime_field(&quiet, "q", "/nodes/m0/instantiations").await;
-    assert_eq!(outputs(&quiet, "q", &[message("again")]).await[0].0, "again");
+    assert_eq!(
+        outputs(&quiet, "q", &[message("again")]).await[0].0,
+        "again"
+    );
     let after = runtime_field(&quiet, "q", "/nodes/m0/instantiations").await;
     assert_eq!(after.as_u64(), before.as_u64().map(|n| n + 1));
 }
@@ -543,7 +551,10 @@ async fn every_message_quota_is_enforced_at_its_limit_and_changes_apply_at_once(
         user_properties: vec![(String::new(), String::new()); 257],
         ..message("x")
     };
-    assert_eq!(code(q.ingest("c", &[crowded], false).await), "invalid_request");
+    assert_eq!(
+        code(q.ingest("c", &[crowded], false).await),
+        "invalid_request"
+    );
 
     // A quota change applies to the running deployment at once.
     admin

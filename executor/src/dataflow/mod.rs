@@ -73,6 +73,11 @@ pub struct DataflowSettings {
     pub max_clock_drift: Duration,
     /// Messages a source holds before senders are told it is full.
     pub intake_capacity: usize,
+    /// Messages taken and not yet processed (queued or inside the dataflow) before senders are
+    /// told the intake is full; `None`: `intake_capacity`. A larger bound is for senders that
+    /// block ([`SourceHandle::send`]): event-time replays whose windows hold more messages
+    /// than the intake until their input ends.
+    pub max_in_flight: Option<usize>,
     /// Outputs waiting for a consumer before sources hold back.
     pub output_capacity: usize,
     /// Items per wasm call batch.
@@ -92,6 +97,7 @@ impl Default for DataflowSettings {
             allowed_lateness: Duration::ZERO,
             max_clock_drift: Duration::from_secs(60),
             intake_capacity: 1024,
+            max_in_flight: None,
             output_capacity: 10_000,
             batch_size: 64,
             activation_budget: 256,
@@ -250,6 +256,7 @@ impl DataflowRuntime {
         {
             let (handle, receiver) = source::channel(
                 settings.intake_capacity,
+                settings.max_in_flight.unwrap_or(settings.intake_capacity),
                 running.clone(),
                 shared.clock.clone(),
                 prepared.in_flight_bytes.clone(),

@@ -139,6 +139,8 @@ pub struct SourceHandle {
     running: Arc<AtomicBool>,
     clock: Arc<HlcClock>,
     intake: Arc<Intake>,
+    /// Places of the channel in front of the source operator.
+    queue: usize,
 }
 
 impl std::fmt::Debug for Incoming {
@@ -166,6 +168,15 @@ impl SourceHandle {
         if !self.running.load(Ordering::Acquire) {
             return Err(SourceError::Closed);
         }
+        // All or none holds when every place reserved has a slot in the channel.
+        if self.intake.capacity > self.queue && batch.len() > self.queue {
+            return Err(SourceError::TooLarge {
+                messages: batch.len(),
+                bytes: batch.iter().map(|(item, _)| item.byte_len() as u64).sum(),
+                capacity: self.queue,
+                limit: self.intake.bytes.limit(),
+            });
+        }
         let bytes: u64 = batch.iter().map(|(item, _)| item.byte_len() as u64).sum();
         self.intake.try_reserve(batch.len(), bytes)?;
         self.deliver(batch)
@@ -183,7 +194,23 @@ impl SourceHandle {
                 return Err(SourceError::Closed);
             }
             match self.intake.try_reserve(1, bytes) {
-                Ok(()) => return self.deliver(vec![(item, Box::new(on_done))]),
+                Ok(()) => {
+                    let ack = AckToken::new(
+                        self.running.clone(),
+                        Box::new(on_done),
+                        Some((self.intake.clone(), bytes)),
+                    );
+                    // Waits for a slot in the channel when more are in flight than it holds.
+                    let sent = self
+                        .sender
+                        .send(Incoming { item, ack })
+                        .map_err(|rejected| {
+                            rejected.0.ack.disarm();
+                            SourceError::Closed
+                        });
+                    self.wake();
+                    return sent;
+                }
                 Err(SourceError::Full | SourceError::InFlightBytes { .. }) => {
                     self.intake.wait_for_release();
                 }
@@ -284,6 +311,7 @@ pub(crate) fn dataflow_time(item: &DataItem) -> Option<u64> {
 
 pub(crate) fn channel(
     capacity: usize,
+    max_in_flight: usize,
     running: Arc<AtomicBool>,
     clock: Arc<HlcClock>,
     bytes: Arc<ByteBudget>,
@@ -295,7 +323,8 @@ pub(crate) fn channel(
             activator: Arc::new(OnceLock::new()),
             running,
             clock,
-            intake: Arc::new(Intake::new(capacity, bytes)),
+            intake: Arc::new(Intake::new(max_in_flight.max(capacity), bytes)),
+            queue: capacity,
         },
         receiver,
     )
