@@ -172,16 +172,12 @@ async fn main() -> anyhow::Result<()> {
     }
     let admin = Client::new(&format!("http://{address}"), Some(admin_token))?;
     let roomy = serde_json::json!({"api_requests_per_second": 100_000, "max_deployments": 100});
-    let quiet = tenant(
-        &admin,
-        "quiet",
-        roomy.clone(),
-        "echo",
-        weir_guests::ECHO.bytes(),
-    )
-    .await?;
-    let mut noisy_quotas = roomy;
-    noisy_quotas["fuel_per_second"] = serde_json::json!(NOISY_FUEL_PER_SECOND);
+    let quiet = tenant(&admin, "quiet", roomy, "echo", weir_guests::ECHO.bytes()).await?;
+    let noisy_quotas = serde_json::json!({
+        "api_requests_per_second": 100_000,
+        "max_deployments": 100,
+        "fuel_per_second": NOISY_FUEL_PER_SECOND,
+    });
     let noisy = tenant(
         &admin,
         "noisy",
