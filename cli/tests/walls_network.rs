@@ -373,18 +373,19 @@ async fn idle_connections_with_partial_headers_are_capped_and_closed() {
     }
     // The cap is reached many times over; the server still answers, and holds no more
     // descriptors than the cap allows.
-    let started = Instant::now();
     assert_eq!(healthz(&server.address).await, 200);
-    assert!(
-        started.elapsed() < Duration::from_secs(1),
-        "{:?}",
-        started.elapsed()
-    );
-    let held = open_fds(server.pid());
-    assert!(
-        held <= before + 200 + 8,
-        "{held} descriptors open, {before} before"
-    );
+    // Connections over the cap are closed as they are accepted; once the burst is taken, the
+    // server holds no more than the cap allows.
+    let settle = Instant::now() + Duration::from_secs(10);
+    let mut held = open_fds(server.pid());
+    while held > before + 200 + 8 {
+        assert!(
+            Instant::now() < settle,
+            "{held} descriptors open, {before} before"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        held = open_fds(server.pid());
+    }
 
     // Every idle connection is closed by the server: the cap closed the oldest, the header-read
     // timeout the rest.
