@@ -455,22 +455,19 @@ fn text(bytes: &Bytes) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// The output as the HTTP sink hands it out, and its size; the caller accepts the output only
-/// once this is queued, so an acknowledged item's outputs are always readable.
-fn output_message(output: &SinkOutput) -> Option<(OutputMessage, u64)> {
+/// The output as the HTTP sink hands it out; the caller accepts the output only once this is
+/// queued, so an acknowledged item's outputs are always readable.
+fn output_message(output: &SinkOutput) -> Option<OutputMessage> {
     match &output.item {
-        DataItem::Message(message) => Some((
-            OutputMessage {
-                topic: text(&message.topic),
-                payload: text(&message.payload),
-                user_properties: message
-                    .user_properties
-                    .iter()
-                    .map(|(k, v)| (text(k), text(v)))
-                    .collect(),
-            },
-            output.item.byte_len() as u64,
-        )),
+        DataItem::Message(message) => Some(OutputMessage {
+            topic: text(&message.topic),
+            payload: text(&message.payload),
+            user_properties: message
+                .user_properties
+                .iter()
+                .map(|(k, v)| (text(k), text(v)))
+                .collect(),
+        }),
         // The HTTP sink speaks messages; anything else reaching it is counted as an output only.
         DataItem::Snapshot(_) | DataItem::Bytes(_) => None,
     }
@@ -530,30 +527,26 @@ async fn drain(
             if outputs.lock().len() >= OUTPUT_QUEUE {
                 break;
             }
-            let mut reserved = None;
+            let mut bytes = 0;
             let taken = deployment.outputs().try_pop_if(|output| {
-                let bytes = output_message(output).map_or(0, |(_, bytes)| bytes);
-                let room = share.queued_output_bytes.try_reserve(bytes);
-                reserved = Some(bytes);
-                room
+                // Only messages are queued; their bytes are held until a reader takes them.
+                if matches!(output.item, DataItem::Message(_)) {
+                    bytes = output.item.byte_len() as u64;
+                }
+                share.queued_output_bytes.try_reserve(bytes)
             });
             let Some(output) = taken else {
                 break;
             };
             moved = true;
             share.messages_out.fetch_add(1, Ordering::Relaxed);
-            match output_message(&output) {
-                Some((message, bytes)) => {
-                    let seq = next_output.fetch_add(1, Ordering::Relaxed);
-                    outputs.lock().push_back(Queued {
-                        seq,
-                        bytes,
-                        message,
-                    });
-                }
-                None => share
-                    .queued_output_bytes
-                    .release(reserved.unwrap_or_default()),
+            if let Some(message) = output_message(&output) {
+                let seq = next_output.fetch_add(1, Ordering::Relaxed);
+                outputs.lock().push_back(Queued {
+                    seq,
+                    bytes,
+                    message,
+                });
             }
             output.accept();
         }
