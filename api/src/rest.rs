@@ -332,6 +332,22 @@ impl IngestMessage {
     /// pair of buffers, whatever its length).
     pub const MAX_USER_PROPERTIES: usize = 256;
 
+    /// Why its topic cannot name a message, if it cannot: empty, over 65,535 bytes, or holding
+    /// a wildcard (`#`, `+`) or NUL (the MQTT v5 rules for topic names, §4.7).
+    pub fn topic_problem(&self) -> Option<&'static str> {
+        if self.topic.is_empty() {
+            Some("the topic is empty")
+        } else if self.topic.len() > 65_535 {
+            Some("the topic is longer than 65,535 bytes")
+        } else if self.topic.contains(['#', '+']) {
+            Some("a message's topic holds no wildcard (`#`, `+`)")
+        } else if self.topic.contains('\0') {
+            Some("the topic holds a NUL character")
+        } else {
+            None
+        }
+    }
+
     /// Its size as `max_message_bytes` counts it: topic, payload and user properties.
     pub fn byte_len(&self) -> u64 {
         let properties: usize = self

@@ -563,6 +563,16 @@ async fn every_message_quota_is_enforced_at_its_limit_and_changes_apply_at_once(
         code(q.ingest("c", &[crowded], false).await),
         "invalid_request"
     );
+    // A message's topic is a topic name: not empty, no wildcards, no NUL.
+    for topic in ["", "a/#", "a/+/b", "a\0b"] {
+        let odd = IngestMessage {
+            topic: topic.to_owned(),
+            ..message("x")
+        };
+        let refused = q.ingest("c", &[odd], false).await.unwrap_err();
+        assert_eq!(refused.code(), Some("invalid_request"), "{topic:?}");
+        assert_eq!(refused.problem().unwrap().errors[0].path, "/0/topic");
+    }
 
     // A quota change applies to the running deployment at once.
     admin

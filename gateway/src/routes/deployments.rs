@@ -521,6 +521,23 @@ pub(crate) async fn ingest(
         .deployment(&tenant, &id)
         .await?
         .ok_or_else(|| ApiError::not_found("deployment"))?;
+    let topics: Vec<ProblemField> = messages
+        .iter()
+        .enumerate()
+        .filter_map(|(index, m)| {
+            m.topic_problem().map(|problem| ProblemField {
+                path: format!("/{index}/topic"),
+                message: problem.to_owned(),
+            })
+        })
+        .collect();
+    if !topics.is_empty() {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            "a message's topic is not a topic name",
+        )
+        .with_errors(topics));
+    }
     if let Some((index, _)) = messages
         .iter()
         .enumerate()
