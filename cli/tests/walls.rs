@@ -34,26 +34,7 @@ fn temperature() -> Vec<u8> {
 }
 
 fn graph_with_operations(count: usize) -> String {
-    let mut text = String::from(
-        "metadata: {$schema: s, name: big, version: '1'}\nmoduleRequirements: {apiVersion: '1.1.0', runtimeVersion: '1.1.0'}\noperations:\n  - {operationType: source, name: source}\n",
-    );
-    for i in 0..count {
-        text.push_str(&format!(
-            "  - {{operationType: map, name: m{i}, module: 'temperature:1.0.0'}}\n"
-        ));
-    }
-    text.push_str("  - {operationType: sink, name: sink}\nconnections:\n  - {from: {name: source}, to: {name: m0}}\n");
-    for i in 1..count {
-        text.push_str(&format!(
-            "  - {{from: {{name: m{}}}, to: {{name: m{i}}}}}\n",
-            i - 1
-        ));
-    }
-    text.push_str(&format!(
-        "  - {{from: {{name: m{}}}, to: {{name: sink}}}}\n",
-        count - 1
-    ));
-    text
+    common::chain_graph("big", "temperature", count)
 }
 
 fn refused<T>(result: Result<T, weir_api::client::ClientError>, what: &str) {

@@ -33,28 +33,7 @@ fn roomy() -> Quotas {
 
 /// A graph of `count` maps of `module` in a chain.
 fn chain(module: &str, count: usize) -> String {
-    let mut text = String::from(
-        "metadata: {$schema: s, name: chain, version: '1'}\nmoduleRequirements: {apiVersion: '1.1.0', runtimeVersion: '1.1.0'}\noperations:\n  - {operationType: source, name: source}\n",
-    );
-    for i in 0..count {
-        text.push_str(&format!(
-            "  - {{operationType: map, name: m{i}, module: '{module}:1.0.0'}}\n"
-        ));
-    }
-    text.push_str(
-        "  - {operationType: sink, name: sink}\nconnections:\n  - {from: {name: source}, to: {name: m0}}\n",
-    );
-    for i in 1..count {
-        text.push_str(&format!(
-            "  - {{from: {{name: m{}}}, to: {{name: m{i}}}}}\n",
-            i - 1
-        ));
-    }
-    text.push_str(&format!(
-        "  - {{from: {{name: m{}}}, to: {{name: sink}}}}\n",
-        count - 1
-    ));
-    text
+    common::chain_graph("chain", module, count)
 }
 
 /// Pushes `guest` as module `name:1.0.0` and a graph `graph:1` of `maps` of it.

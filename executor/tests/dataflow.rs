@@ -85,6 +85,12 @@ impl Fixture {
         self.runtime.deploy(prepared)
     }
 
+    /// Gives the tenant `quotas`: for the deployments prepared next and the nodes running.
+    fn set_quotas(&mut self, quotas: Quotas) {
+        self.tenant.live_quotas.set(quotas.clone());
+        self.tenant.quotas = quotas;
+    }
+
     fn deploy(&self, yaml: &str, settings: DataflowSettings) -> Deployment {
         self.try_deploy(yaml, &[], settings).unwrap()
     }
@@ -140,6 +146,17 @@ fn graph(body: &str) -> String {
         "metadata: {{$schema: s, name: test, version: '1'}}\nmoduleRequirements: {{apiVersion: '1.1.0', runtimeVersion: '1.1.0'}}\n{body}"
     )
 }
+
+/// A map that spins on payload `spin` until fuel or the deadline stops it.
+const SPINNER: &str = "
+operations:
+  - { operationType: source, name: source }
+  - { operationType: map, name: spin, module: spin_loop }
+  - { operationType: sink, name: sink }
+connections:
+  - { from: { name: source }, to: { name: spin } }
+  - { from: { name: spin }, to: { name: sink } }
+";
 
 /// The complex pipeline of azure-compat §3.3 without the snapshot (inference) arm.
 const COMPLEX: &str = "
@@ -637,24 +654,12 @@ connections:
 #[test]
 fn a_spinning_deployment_does_not_starve_another_on_the_same_worker() {
     let mut fixture = Fixture::new();
-    fixture.tenant.quotas.fuel_per_message = u64::MAX;
-    fixture.tenant.quotas.call_timeout = Duration::from_millis(400);
-    // Running nodes follow the tenant's live quotas.
-    fixture
-        .tenant
-        .live_quotas
-        .set(fixture.tenant.quotas.clone());
-    let spinner = graph(
-        "
-operations:
-  - { operationType: source, name: source }
-  - { operationType: map, name: spin, module: spin_loop }
-  - { operationType: sink, name: sink }
-connections:
-  - { from: { name: source }, to: { name: spin } }
-  - { from: { name: spin }, to: { name: sink } }
-",
-    );
+    fixture.set_quotas(Quotas {
+        fuel_per_message: u64::MAX,
+        call_timeout: Duration::from_millis(400),
+        ..Quotas::default()
+    });
+    let spinner = graph(SPINNER);
     let spinning = fixture.deploy(&spinner, DataflowSettings::default());
     let neighbour = fixture.deploy(&graph(ECHO_GRAPH), DataflowSettings::default());
     for _ in 0..3 {
@@ -718,22 +723,11 @@ connections:
 #[test]
 fn dropping_a_deployment_stops_exactly_its_dataflow_and_abandons_its_queued_work() {
     let mut fixture = Fixture::new();
-    fixture.tenant.quotas.fuel_per_message = 50_000_000;
-    fixture
-        .tenant
-        .live_quotas
-        .set(fixture.tenant.quotas.clone());
-    let spinner = graph(
-        "
-operations:
-  - { operationType: source, name: source }
-  - { operationType: map, name: spin, module: spin_loop }
-  - { operationType: sink, name: sink }
-connections:
-  - { from: { name: source }, to: { name: spin } }
-  - { from: { name: spin }, to: { name: sink } }
-",
-    );
+    fixture.set_quotas(Quotas {
+        fuel_per_message: 50_000_000,
+        ..Quotas::default()
+    });
+    let spinner = graph(SPINNER);
     // All three share the one worker; the first installed is its dataflow 0.
     let first = fixture.deploy(&graph(ECHO_GRAPH), DataflowSettings::default());
     let spinning = fixture.deploy(&spinner, DataflowSettings::default());

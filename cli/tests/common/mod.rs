@@ -122,3 +122,30 @@ pub async fn tenant(admin: &Client, id: &str, quotas: Quotas) -> Client {
         .unwrap();
     token(admin, id, Role::Developer).await
 }
+
+/// A graph named `name` (version 1) of `count` maps of `module:1.0.0` in a chain between its
+/// source and sink.
+pub fn chain_graph(name: &str, module: &str, count: usize) -> String {
+    let mut text = format!(
+        "metadata: {{$schema: s, name: {name}, version: '1'}}\nmoduleRequirements: {{apiVersion: '1.1.0', runtimeVersion: '1.1.0'}}\noperations:\n  - {{operationType: source, name: source}}\n"
+    );
+    for i in 0..count {
+        text.push_str(&format!(
+            "  - {{operationType: map, name: m{i}, module: '{module}:1.0.0'}}\n"
+        ));
+    }
+    text.push_str(
+        "  - {operationType: sink, name: sink}\nconnections:\n  - {from: {name: source}, to: {name: m0}}\n",
+    );
+    for i in 1..count {
+        text.push_str(&format!(
+            "  - {{from: {{name: m{}}}, to: {{name: m{i}}}}}\n",
+            i - 1
+        ));
+    }
+    text.push_str(&format!(
+        "  - {{from: {{name: m{}}}, to: {{name: sink}}}}\n",
+        count - 1
+    ));
+    text
+}
