@@ -117,7 +117,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<std::process::ExitCode>
         kind,
         configuration,
         env.clone(),
-        CallLimits::from_quotas(&tenant.quotas),
+        CallLimits::from_quotas(&tenant.live_quotas.get()),
     )?;
     if let Err(error) = node.start().await {
         bail!("the {kind} operator did not start: {error}");

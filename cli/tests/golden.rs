@@ -8,8 +8,10 @@
     reason = "test code: a failed expectation is a failed test"
 )]
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/golden");
@@ -133,37 +135,16 @@ fn a_test_expecting_more_outputs_than_the_queue_holds_completes() {
     );
 }
 
-/// `weir test` that gives up after `limit`: a stalled run is a failed test, not a hung one.
+/// `weir test DIR --modules <guests>` that gives up after `limit` (see `common::weir_within`).
 fn weir_test_within(dir: &Path, limit: Duration) -> (String, String, Option<i32>) {
-    let child = Command::new(env!("CARGO_BIN_EXE_weir"))
-        .arg("test")
-        .arg(dir)
-        .arg("--modules")
-        .arg(weir_guests::Guest::dir())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let (done, finished) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        // The test may have given up waiting; then nobody needs the output.
-        let _unwanted = done.send(child.wait_with_output());
-    });
-    let Ok(output) = finished.recv_timeout(limit) else {
-        Command::new("kill")
-            .args(["-9", &pid.to_string()])
-            .status()
-            .unwrap();
-        panic!(
-            "weir test {} did not finish within {limit:?}: it stalled",
-            dir.display()
-        );
-    };
-    let output = output.unwrap();
-    (
-        String::from_utf8(output.stdout).unwrap(),
-        String::from_utf8(output.stderr).unwrap(),
-        output.status.code(),
+    let modules = weir_guests::Guest::dir();
+    common::weir_within(
+        &[
+            "test",
+            dir.to_str().unwrap(),
+            "--modules",
+            modules.to_str().unwrap(),
+        ],
+        limit,
     )
 }

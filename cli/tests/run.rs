@@ -7,6 +7,8 @@
     reason = "test code: a failed expectation is a failed test"
 )]
 
+mod common;
+
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -116,35 +118,25 @@ fn runs_a_whole_graph_and_reports_dead_letters() {
     );
 }
 
-/// Runs `weir run` with `args` (no stdin) and gives up after `limit`: a stalled run is a failed
-/// test, not a hung one.
+/// `weir run ARGS` that gives up after `limit` (see `common::weir_within`); whether it exited 0.
 fn weir_run_within(args: &[&str], limit: std::time::Duration) -> (String, String, bool) {
-    let child = Command::new(env!("CARGO_BIN_EXE_weir"))
-        .arg("run")
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let (done, finished) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        // The test may have given up waiting; then nobody needs the output.
-        let _unwanted = done.send(child.wait_with_output());
-    });
-    let Ok(output) = finished.recv_timeout(limit) else {
-        Command::new("kill")
-            .args(["-9", &pid.to_string()])
-            .status()
-            .unwrap();
-        panic!("weir run {args:?} did not finish within {limit:?}: it stalled");
-    };
-    let output = output.unwrap();
-    (
-        String::from_utf8(output.stdout).unwrap(),
-        String::from_utf8(output.stderr).unwrap(),
-        output.status.success(),
+    let args: Vec<&str> = std::iter::once("run").chain(args.iter().copied()).collect();
+    let (stdout, stderr, code) = common::weir_within(&args, limit);
+    (stdout, stderr, code == Some(0))
+}
+
+/// `weir run GRAPH --modules <guests> --input FILE`, given up after `limit`.
+fn run_graph(graph: &str, input: &Path, limit: std::time::Duration) -> (String, String, bool) {
+    let modules = weir_guests::Guest::dir();
+    weir_run_within(
+        &[
+            graph,
+            "--modules",
+            modules.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+        ],
+        limit,
     )
 }
 
@@ -162,17 +154,7 @@ fn a_graph_run_with_ten_times_more_outputs_than_the_queue_holds_completes_in_ord
         text.push_str(&format!("{{\"n\":{n}}}\n"));
     }
     std::fs::write(&input, text).unwrap();
-    let modules = weir_guests::Guest::dir();
-    let (stdout, stderr, ok) = weir_run_within(
-        &[
-            graph,
-            "--modules",
-            modules.to_str().unwrap(),
-            "--input",
-            input.to_str().unwrap(),
-        ],
-        std::time::Duration::from_secs(240),
-    );
+    let (stdout, stderr, ok) = run_graph(graph, &input, std::time::Duration::from_secs(240));
     assert!(ok, "{stderr}");
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), COUNT, "{stderr}");
@@ -332,17 +314,7 @@ fn a_window_holding_more_messages_than_the_intake_still_closes() {
         })
         .collect();
     std::fs::write(&input, text).unwrap();
-    let modules = weir_guests::Guest::dir();
-    let (stdout, stderr, ok) = weir_run_within(
-        &[
-            graph,
-            "--modules",
-            modules.to_str().unwrap(),
-            "--input",
-            input.to_str().unwrap(),
-        ],
-        std::time::Duration::from_secs(120),
-    );
+    let (stdout, stderr, ok) = run_graph(graph, &input, std::time::Duration::from_secs(120));
     assert!(ok, "{stderr}");
     assert!(
         stderr.contains(&format!("done: {COUNT} messages in")),

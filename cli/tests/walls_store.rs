@@ -76,6 +76,19 @@ fn deployment(id: &str, configuration: &[(&str, &str)]) -> CreateDeployment {
     }
 }
 
+/// How many of `outcomes` succeeded; every other one must have failed with `expected`.
+fn succeeded<T>(outcomes: Vec<Result<T, ClientError>>, expected: &str, what: &str) -> usize {
+    let mut ok = 0;
+    for outcome in outcomes {
+        match code(&outcome).as_deref() {
+            None => ok += 1,
+            Some(code) if code == expected => {}
+            Some(other) => panic!("{what} failed with {other}"),
+        }
+    }
+    ok
+}
+
 fn code<T>(result: &Result<T, ClientError>) -> Option<String> {
     result
         .as_ref()
@@ -322,14 +335,7 @@ async fn count_quotas_hold_under_concurrent_uploads_and_deploys() {
         let dev = dev.clone();
         uploads.spawn(async move { dev.push_module("m", &format!("{i}"), variant(i)).await });
     }
-    let mut stored = 0;
-    for outcome in uploads.join_all().await {
-        match code(&outcome).as_deref() {
-            None => stored += 1,
-            Some("quota_exceeded") => {}
-            Some(other) => panic!("an upload failed with {other}"),
-        }
-    }
+    let stored = succeeded(uploads.join_all().await, "quota_exceeded", "an upload");
     assert_eq!(stored, 3, "uploads accepted");
     assert_eq!(dev.modules().await.unwrap().len(), 3, "modules stored");
 
@@ -338,14 +344,7 @@ async fn count_quotas_hold_under_concurrent_uploads_and_deploys() {
         let dev = dev.clone();
         uploads.spawn(async move { dev.push_graph("g", &format!("{i}"), graph(i)).await });
     }
-    let mut stored = 0;
-    for outcome in uploads.join_all().await {
-        match code(&outcome).as_deref() {
-            None => stored += 1,
-            Some("quota_exceeded") => {}
-            Some(other) => panic!("a graph upload failed with {other}"),
-        }
-    }
+    let stored = succeeded(uploads.join_all().await, "quota_exceeded", "a graph upload");
     assert_eq!(stored, 3, "graph uploads accepted");
     assert_eq!(dev.graphs().await.unwrap().len(), 3, "graphs stored");
 
@@ -369,14 +368,7 @@ async fn count_quotas_hold_under_concurrent_uploads_and_deploys() {
         let dev = dev.clone();
         deploys.spawn(async move { dev.deploy(&deployment(&format!("d{i}"), &[])).await });
     }
-    let mut created = 0;
-    for outcome in deploys.join_all().await {
-        match code(&outcome).as_deref() {
-            None => created += 1,
-            Some("quota_exceeded") => {}
-            Some(other) => panic!("a deploy failed with {other}"),
-        }
-    }
+    let created = succeeded(deploys.join_all().await, "quota_exceeded", "a deploy");
     assert_eq!(created, 2, "deployments accepted");
     assert_eq!(dev.deployments().await.unwrap().len(), 2, "stored");
     assert_eq!(running(&admin).await, 2, "running");
@@ -401,14 +393,7 @@ async fn concurrent_deployment_changes_leave_store_and_runtime_agreeing() {
         let dev = dev.clone();
         creates.spawn(async move { dev.deploy(&deployment("same", &[])).await });
     }
-    let mut won = 0;
-    for outcome in creates.join_all().await {
-        match code(&outcome).as_deref() {
-            None => won += 1,
-            Some("conflict") => {}
-            Some(other) => panic!("a create failed with {other}"),
-        }
-    }
+    let won = succeeded(creates.join_all().await, "conflict", "a create");
     assert_eq!(won, 1, "one create wins");
     assert_eq!(dev.deployments().await.unwrap().len(), 1);
     assert_eq!(running(&admin).await, 1, "the stored deployment runs");

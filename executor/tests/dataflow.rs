@@ -86,9 +86,8 @@ impl Fixture {
     }
 
     /// Gives the tenant `quotas`: for the deployments prepared next and the nodes running.
-    fn set_quotas(&mut self, quotas: Quotas) {
-        self.tenant.live_quotas.set(quotas.clone());
-        self.tenant.quotas = quotas;
+    fn set_quotas(&self, quotas: Quotas) {
+        self.tenant.live_quotas.set(quotas);
     }
 
     fn deploy(&self, yaml: &str, settings: DataflowSettings) -> Deployment {
@@ -653,7 +652,7 @@ connections:
 
 #[test]
 fn a_spinning_deployment_does_not_starve_another_on_the_same_worker() {
-    let mut fixture = Fixture::new();
+    let fixture = Fixture::new();
     fixture.set_quotas(Quotas {
         fuel_per_message: u64::MAX,
         call_timeout: Duration::from_millis(400),
@@ -722,7 +721,7 @@ connections:
 
 #[test]
 fn dropping_a_deployment_stops_exactly_its_dataflow_and_abandons_its_queued_work() {
-    let mut fixture = Fixture::new();
+    let fixture = Fixture::new();
     fixture.set_quotas(Quotas {
         fuel_per_message: 50_000_000,
         ..Quotas::default()

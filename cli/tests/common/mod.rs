@@ -149,3 +149,34 @@ pub fn chain_graph(name: &str, module: &str, count: usize) -> String {
     ));
     text
 }
+
+/// Runs `weir ARGS` (no stdin) and gives up after `limit`: a stalled run is a failed test, not
+/// a hung one. Stdout, stderr and the exit code.
+pub fn weir_within(args: &[&str], limit: std::time::Duration) -> (String, String, Option<i32>) {
+    let child = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // The test may have given up waiting; then nobody needs the output.
+        let _unwanted = done.send(child.wait_with_output());
+    });
+    let Ok(output) = finished.recv_timeout(limit) else {
+        Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap();
+        panic!("weir {args:?} did not finish within {limit:?}: it stalled");
+    };
+    let output = output.unwrap();
+    (
+        String::from_utf8(output.stdout).unwrap(),
+        String::from_utf8(output.stderr).unwrap(),
+        output.status.code(),
+    )
+}

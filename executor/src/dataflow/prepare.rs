@@ -83,8 +83,6 @@ impl ModuleResolver for DirectoryModules {
 pub struct TenantContext {
     /// The tenant.
     pub tenant: TenantId,
-    /// Its quotas when a deployment is prepared (running nodes follow `live_quotas`).
-    pub quotas: Quotas,
     /// Its state store.
     pub state: Arc<dyn StateStore>,
     /// Its log.
@@ -98,8 +96,8 @@ pub struct TenantContext {
     pub fuel: Arc<FuelBudget>,
     /// The tenant's in-flight bytes budget (`max_inflight_bytes`), shared by its deployments.
     pub in_flight_bytes: Arc<ByteBudget>,
-    /// The tenant's quotas as they change: per-call limits, log line length and state limits
-    /// of running nodes follow them.
+    /// The tenant's quotas as they change: deployments are prepared with the ones in force,
+    /// and per-call limits, log line length and state limits of running nodes follow them.
     pub live_quotas: Arc<LiveQuotas>,
 }
 
@@ -117,9 +115,8 @@ impl TenantContext {
         Self {
             fuel: Arc::new(FuelBudget::new(quotas.fuel_per_second)),
             in_flight_bytes: Arc::new(ByteBudget::new(quotas.max_inflight_bytes)),
-            live_quotas: Arc::new(LiveQuotas::new(quotas.clone())),
+            live_quotas: Arc::new(LiveQuotas::new(quotas)),
             tenant,
-            quotas,
             state,
             logs,
             metrics,
@@ -129,7 +126,10 @@ impl TenantContext {
 
     /// The tenant's state keys, bounded by its quotas.
     pub fn state_scope(&self) -> StateScope {
-        StateScope::new(self.tenant.clone(), StateLimits::of(&self.quotas))
+        StateScope::new(
+            self.tenant.clone(),
+            StateLimits::of(&self.live_quotas.get()),
+        )
     }
 
     /// What the node named `node` of this tenant reaches of the host.
@@ -142,7 +142,7 @@ impl TenantContext {
             state_timeout_cap: Duration::from_secs(1),
             logs: self.logs.clone(),
             metrics: self.metrics.clone(),
-            max_log_line_bytes: usize::try_from(self.quotas.max_log_line_bytes)
+            max_log_line_bytes: usize::try_from(self.live_quotas.get().max_log_line_bytes)
                 .unwrap_or(usize::MAX),
             quotas: Some(self.live_quotas.clone()),
         })
@@ -325,7 +325,7 @@ pub async fn prepare(
         .map(|key| format!("configuration key {key:?} is declared by no operation; it is kept but not delivered"))
         .collect();
 
-    let limits = CallLimits::from_quotas(&tenant.quotas);
+    let limits = CallLimits::from_quotas(&tenant.live_quotas.get());
     let mut nodes = HashMap::new();
     for (index, node, kind, module, module_configuration) in planned {
         let env = tenant.node_env(format!("{id}/{node}"));
