@@ -406,6 +406,53 @@ async fn a_tenant_over_its_fuel_rate_is_throttled_and_pays_for_every_init() {
 }
 
 #[tokio::test]
+async fn calls_starting_together_cannot_overdraw_the_fuel_rate() {
+    let data = tempfile::tempdir().unwrap();
+    let server = common::serve(data.path());
+    let admin = server.admin();
+    let per_message = 100_000_000;
+    let per_second = 50_000_000;
+    let noisy = tenant(
+        &admin,
+        "noisy",
+        Quotas {
+            fuel_per_message: per_message,
+            fuel_per_second: per_second,
+            call_timeout: Duration::from_secs(10),
+            ..roomy()
+        },
+    )
+    .await;
+    push(&noisy, "spin", weir_guests::SPIN_LOOP, "spin", 1).await;
+    for id in ["s1", "s2", "s3"] {
+        noisy.deploy(&deployment(id, "spin")).await.unwrap();
+    }
+    let before = noisy.usage().await.unwrap().fuel;
+    let started = Instant::now();
+    // Three calls of two seconds' worth each, offered at once on three deployments.
+    let spin = [message("spin")];
+    let (a, b, c) = tokio::join!(
+        noisy.ingest("s1", &spin, true),
+        noisy.ingest("s2", &spin, true),
+        noisy.ingest("s3", &spin, true),
+    );
+    for reply in [a, b, c] {
+        reply.unwrap();
+    }
+    let elapsed = started.elapsed();
+    let spent = noisy.usage().await.unwrap().fuel - before;
+    assert!(spent >= 3 * per_message, "{spent}");
+    #[expect(clippy::cast_precision_loss, reason = "a bound, not an exact figure")]
+    let allowed = per_second as f64 * (elapsed.as_secs_f64() + 1.0) + (2 * per_message) as f64;
+    #[expect(clippy::cast_precision_loss, reason = "a bound, not an exact figure")]
+    let spent_f = spent as f64;
+    assert!(
+        spent_f <= allowed,
+        "{spent} fuel in {elapsed:?}: calls starting together overdrew the {per_second}/s rate"
+    );
+}
+
+#[tokio::test]
 async fn byte_budgets_bound_queued_outputs_dead_letters_and_messages_in_flight() {
     const KIB: u64 = 1024;
     let data = tempfile::tempdir().unwrap();

@@ -73,6 +73,20 @@ impl FuelBudget {
         bucket.0 -= i128::from(fuel);
     }
 
+    /// Gives back `fuel` reserved with [`charge`](Self::charge) before a call: the call's own
+    /// use is charged when it ends.
+    pub fn refund(&self, fuel: u64) {
+        if fuel == 0 {
+            return;
+        }
+        self.charged.fetch_sub(fuel, Ordering::Relaxed);
+        let mut bucket = self.lock();
+        bucket.0 = bucket
+            .0
+            .saturating_add(i128::from(fuel))
+            .min(i128::from(self.rate()));
+    }
+
     /// `None` when the tenant may run; else how long until its debt is paid (at most
     /// 100 ms: the caller looks again then).
     pub fn throttled(&self) -> Option<Duration> {

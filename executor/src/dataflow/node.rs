@@ -222,7 +222,10 @@ pub(crate) fn per_item<'scope>(
 pub(crate) struct Meter {
     fuel: Arc<FuelBudget>,
     counters: Arc<NodeCounters>,
+    env: Arc<NodeEnv>,
     state: Rc<Cell<Charged>>,
+    /// Fuel reserved for the call in flight, given back when it is charged.
+    reserved: Rc<Cell<u64>>,
 }
 
 /// What a node has charged so far.
@@ -242,17 +245,29 @@ impl Meter {
         let meter = Self {
             fuel: context.fuel.clone(),
             counters: context.counters.clone(),
+            env: context.env.clone(),
             state: Rc::new(Cell::new(Charged::default())),
+            reserved: Rc::new(Cell::new(0)),
         };
         meter.charge(instance);
         meter
     }
 
-    /// Waits while the tenant is over its CPU rate (the operator is woken when the wait ends).
+    /// Waits while the tenant is over its CPU rate (the operator is woken when the wait ends),
+    /// then reserves the call's whole fuel budget: calls of the tenant that start together see
+    /// each other's reservations, so together they overdraw the bucket by one call at most, not
+    /// by one call per node. [`charge`](Self::charge) settles it to what the call used.
     pub(crate) async fn turn(&self) {
         while let Some(wait) = self.fuel.throttled() {
             tokio::time::sleep(wait).await;
         }
+        let reserve = self
+            .env
+            .quotas
+            .as_ref()
+            .map_or(0, |quotas| quotas.get().fuel_per_message);
+        self.fuel.charge(reserve);
+        self.reserved.set(self.reserved.get() + reserve);
     }
 
     /// Charges what `instance` used since the last charge (calls and `init`s alike) to the
@@ -260,6 +275,7 @@ impl Meter {
     pub(crate) fn charge(&self, instance: &OperatorInstance) {
         let stats = instance.stats();
         let charged = self.state.get();
+        self.fuel.refund(self.reserved.replace(0));
         self.fuel.charge_with_init(
             stats.fuel_used.saturating_sub(charged.fuel),
             stats.init_fuel.saturating_sub(charged.init_fuel),
