@@ -527,28 +527,26 @@ async fn drain(
             if outputs.lock().len() >= OUTPUT_QUEUE {
                 break;
             }
-            let mut bytes = 0;
-            let taken = deployment.outputs().try_pop_if(|output| {
-                // Only messages are queued; their bytes are held until a reader takes them.
-                if matches!(output.item, DataItem::Message(_)) {
-                    bytes = output.item.byte_len() as u64;
-                }
-                share.queued_output_bytes.try_reserve(bytes)
-            });
-            let Some(output) = taken else {
+            let Some(output) = deployment.outputs().try_pop() else {
                 break;
             };
             moved = true;
             share.messages_out.fetch_add(1, Ordering::Relaxed);
-            if let Some(message) = output_message(&output) {
-                let seq = next_output.fetch_add(1, Ordering::Relaxed);
-                outputs.lock().push_back(Queued {
-                    seq,
-                    bytes,
-                    message,
-                });
+            let message = output_message(&output);
+            // Its bytes stay counted in the tenant's queued-output budget until a reader
+            // takes it (the sink counted them when it made the output).
+            let (_, bytes) = output.accept_keeping_bytes();
+            match message {
+                Some(message) => {
+                    let seq = next_output.fetch_add(1, Ordering::Relaxed);
+                    outputs.lock().push_back(Queued {
+                        seq,
+                        bytes,
+                        message,
+                    });
+                }
+                None => share.queued_output_bytes.release(bytes),
             }
-            output.accept();
         }
         while let Some(letter) = deployment.dead_letters().try_pop() {
             moved = true;
@@ -647,6 +645,7 @@ impl DeploymentRuntime for LocalDeployments {
             fuel: share.fuel.clone(),
             in_flight_bytes: share.in_flight_bytes.clone(),
             live_quotas: share.quotas.clone(),
+            queued_output_bytes: share.queued_output_bytes.clone(),
             ..TenantContext::new(
                 request.tenant.clone(),
                 request.quotas.clone(),

@@ -474,30 +474,31 @@ async fn byte_budgets_bound_queued_outputs_dead_letters_and_messages_in_flight()
     push(&t, "temperature", weir_guests::TEMPERATURE, "temp", 1).await;
     t.deploy(&deployment("e", "echo")).await.unwrap();
 
-    // Outputs nobody reads: two fit the queue's bytes, the third waits in flight.
+    // Outputs nobody reads: calls go on until the outputs fill the queue's 1 MiB (the third
+    // passes it), then stop; what comes in meanwhile waits in flight.
     let big = |n: usize| message(&format!("{n}{}", "x".repeat(500 * 1024)));
     for n in 0..3 {
         t.ingest("e", &[big(n)], false).await.unwrap();
     }
-    eventually("two outputs queued, the third held", || async {
-        runtime_field(&t, "e", "/outputs_queued").await == serde_json::json!(2)
-            && runtime_field(&t, "e", "/received").await == serde_json::json!(3)
+    eventually("three outputs queued", || async {
+        runtime_field(&t, "e", "/outputs_queued").await == serde_json::json!(3)
     })
     .await;
-    // In flight: the third (500 KiB); a fourth fits 1200 KiB, a fifth does not.
+    // In flight: a fourth and a fifth (1000 KiB of 1200 KiB); a sixth does not fit.
     t.ingest("e", &[big(3)], false).await.unwrap();
-    let over = t.ingest("e", &[big(4)], false).await.unwrap_err();
+    t.ingest("e", &[big(4)], false).await.unwrap();
+    let over = t.ingest("e", &[big(5)], false).await.unwrap_err();
     assert_eq!(over.code(), Some("rate_limited"), "{over}");
-    assert_eq!(runtime_field(&t, "e", "/received").await, 4);
+    assert_eq!(runtime_field(&t, "e", "/received").await, 5);
     assert_eq!(
         runtime_field(&t, "e", "/outputs_queued").await,
-        2,
-        "the queue's bytes are still full"
+        3,
+        "no call while the queue's bytes are full"
     );
     // Reading frees the queue; nothing was lost.
     let mut seen = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(20);
-    while seen.len() < 4 {
+    while seen.len() < 5 {
         assert!(Instant::now() < deadline, "outputs lost: {seen:?}");
         let reply = t.take_outputs("e", 10).await.unwrap();
         seen.extend(
@@ -508,7 +509,7 @@ async fn byte_budgets_bound_queued_outputs_dead_letters_and_messages_in_flight()
                 .map(|o| o.payload.chars().next().unwrap()),
         );
     }
-    assert_eq!(seen, ['0', '1', '2', '3']);
+    assert_eq!(seen, ['0', '1', '2', '3', '4']);
 
     // Dead letters: the payload is cut to 64 KiB, the size recorded, the oldest evicted.
     t.deploy(&deployment("bad", "temp")).await.unwrap();
@@ -535,6 +536,60 @@ async fn byte_budgets_bound_queued_outputs_dead_letters_and_messages_in_flight()
     );
     let usage = t.usage().await.unwrap();
     assert_eq!((usage.dead_letters, usage.dead_letters_evicted), (6, 3));
+}
+
+#[tokio::test]
+async fn small_inputs_with_large_outputs_cannot_pile_up_past_the_output_budget() {
+    const MIB: u64 = 1 << 20;
+    let data = tempfile::tempdir().unwrap();
+    let server = common::serve(data.path());
+    let admin = server.admin();
+    let t = tenant(
+        &admin,
+        "t",
+        Quotas {
+            max_message_bytes: 20 * MIB,
+            max_queued_output_bytes: 8 * MIB,
+            max_inflight_bytes: 8 * MIB,
+            ..roomy()
+        },
+    )
+    .await;
+    push(&t, "huge", weir_guests::HUGE_OUTPUT, "huge", 1).await;
+    let ids = ["h1", "h2", "h3"];
+    for id in ids {
+        t.deploy(&deployment(id, "huge")).await.unwrap();
+        for _ in 0..8 {
+            // Seven bytes in, 15 MiB out.
+            t.ingest(id, &[message("huge:15")], false).await.unwrap();
+        }
+    }
+    // Read them one at a time: at no point does the server hold more made-and-unread outputs
+    // than the budget (here: none fits, one passes) plus two a node (one a node may be under
+    // way when the budget fills, one more between a call's end and the sink counting it).
+    let mut read = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while read < 24 {
+        assert!(Instant::now() < deadline, "only {read} of 24 outputs read");
+        let mut emitted = 0;
+        for id in ids {
+            emitted += runtime_field(&t, id, "/emitted").await.as_u64().unwrap();
+        }
+        let unread = emitted - read;
+        assert!(
+            unread <= 1 + 2 * 3,
+            "{unread} outputs of 15 MiB made and unread"
+        );
+        for id in ids {
+            read += t
+                .take_outputs(id, 1)
+                .await
+                .unwrap()
+                .outputs
+                .unwrap_or_default()
+                .len() as u64;
+        }
+    }
 }
 
 #[tokio::test]

@@ -99,6 +99,11 @@ pub(crate) fn accumulate<'scope>(
                         activator.activate_after(wait);
                         break;
                     }
+                    // The tenant's outputs nobody reads fill its queues: fold no more for now.
+                    if context.shared.queued_output_bytes.is_spent() {
+                        activator.activate_after(std::time::Duration::from_millis(5));
+                        break;
+                    }
                     let Some(instance) = idle.take() else { break };
                     let batch: Vec<Envelope> = match window.isolate.pop_front() {
                         Some(single) => vec![single],

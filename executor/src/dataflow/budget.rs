@@ -165,6 +165,16 @@ impl ByteBudget {
             .is_ok()
     }
 
+    /// Counts `bytes` whatever the limit: for what exists already and must be accounted.
+    pub fn hold(&self, bytes: u64) {
+        self.used.fetch_add(bytes, Ordering::AcqRel);
+    }
+
+    /// Whether the budget is spent: nothing more fits.
+    pub fn is_spent(&self) -> bool {
+        self.used() >= self.limit()
+    }
+
     /// Gives back `bytes` reserved earlier.
     pub fn release(&self, bytes: u64) {
         let _previous = self

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use weir_api::DataItem;
 
+use super::budget::ByteBudget;
 use super::source::Intake;
 
 /// How a source message ended.
@@ -127,13 +128,52 @@ pub struct SinkOutput {
     /// The item, with the outgoing `__ts` user property added to messages.
     pub item: DataItem,
     pub(crate) acks: Vec<Arc<AckToken>>,
+    /// Its bytes in the tenant's queued-output budget, from the sink until a reader takes it.
+    pub(crate) held: Option<HeldBytes>,
 }
 
 impl SinkOutput {
-    /// Accepts the output: the acknowledgements it holds are released.
+    /// Accepts the output: the acknowledgements it holds are released, and so are its bytes in
+    /// the tenant's queued-output budget.
     pub fn accept(self) -> DataItem {
         drop(self.acks);
+        drop(self.held);
         self.item
+    }
+
+    /// Accepts the output into a queue of the caller's that keeps its bytes counted in the
+    /// tenant's queued-output budget: the caller releases the returned bytes
+    /// ([`ByteBudget::release`]) when a reader takes the output.
+    pub fn accept_keeping_bytes(mut self) -> (DataItem, u64) {
+        drop(self.acks);
+        let bytes = self.held.take().map_or(0, HeldBytes::keep);
+        (self.item, bytes)
+    }
+}
+
+/// Bytes reserved in a budget for as long as this lives.
+#[derive(Debug)]
+pub(crate) struct HeldBytes {
+    budget: Arc<ByteBudget>,
+    bytes: u64,
+}
+
+impl HeldBytes {
+    /// Counts `bytes` in `budget`, even past its limit (the item exists already).
+    pub(crate) fn new(budget: Arc<ByteBudget>, bytes: u64) -> Self {
+        budget.hold(bytes);
+        Self { budget, bytes }
+    }
+
+    /// Leaves the bytes counted; the caller releases them later.
+    fn keep(mut self) -> u64 {
+        std::mem::take(&mut self.bytes)
+    }
+}
+
+impl Drop for HeldBytes {
+    fn drop(&mut self) {
+        self.budget.release(self.bytes);
     }
 }
 

@@ -151,6 +151,8 @@ pub(crate) struct DeploymentShared {
     pub(crate) clock: Arc<HlcClock>,
     /// The tenant's CPU rate budget: sources hold back while it is in debt.
     pub(crate) fuel: Arc<FuelBudget>,
+    /// The tenant's queued-output bytes: operators wait while it is spent.
+    pub(crate) queued_output_bytes: Arc<ByteBudget>,
     open_sinks: AtomicUsize,
     complete: AtomicBool,
 }
@@ -243,6 +245,7 @@ impl DataflowRuntime {
             nodes,
             clock: Arc::new(HlcClock::new(prepared.executor_node_id.clone())),
             fuel: prepared.fuel.clone(),
+            queued_output_bytes: prepared.queued_output_bytes.clone(),
             open_sinks: AtomicUsize::new(sink_count),
             complete: AtomicBool::new(sink_count == 0),
         });

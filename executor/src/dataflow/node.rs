@@ -22,7 +22,10 @@ use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use weir_api::{DataItem, Hlc};
 
-use super::budget::FuelBudget;
+use super::budget::{ByteBudget, FuelBudget};
+
+/// How often an operator held back by its tenant's full output queues looks again.
+const OUTPUTS_POLL: Duration = Duration::from_millis(5);
 use super::envelope::{DeadLetter, Envelope};
 use super::waker::operator_waker;
 use super::{DataflowSettings, DeploymentShared, NodeCounters};
@@ -93,9 +96,15 @@ fn start_call(
 ) -> Call {
     Box::pin(async move {
         let mut results = Vec::with_capacity(items.len());
+        let mut produced = 0;
         for envelope in &items {
             // Every item waits its tenant's turn: a batch is no way around the CPU rate.
             meter.turn().await;
+            // Outputs of this batch are not counted until the sink has them: once they would
+            // fill the tenant's output budget, the rest of the batch waits for a later call.
+            if produced > 0 && meter.outputs_would_fill(produced) {
+                break;
+            }
             let item = &envelope.item;
             results.push(match kind {
                 OperatorKind::Map => instance.map(item).await.map(Outcome::Item),
@@ -107,6 +116,9 @@ fn start_call(
                     called: kind,
                 }),
             });
+            if let Some(Ok(Outcome::Item(output))) = results.last() {
+                produced += output.byte_len() as u64;
+            }
             meter.charge(&instance);
         }
         (instance, items, results)
@@ -190,7 +202,8 @@ pub(crate) fn per_item<'scope>(
                 let Some((_, _, call)) = in_flight.as_mut() else {
                     break;
                 };
-                let Poll::Ready((instance, items, results)) = call.as_mut().poll(&mut cx) else {
+                let Poll::Ready((instance, mut items, results)) = call.as_mut().poll(&mut cx)
+                else {
                     break;
                 };
                 meter.charge(&instance);
@@ -199,7 +212,22 @@ pub(crate) fn per_item<'scope>(
                     break;
                 };
                 budget = budget.saturating_sub(items.len());
+                // A batch cut short by the output budget: the rest goes first in line, after
+                // the sink has counted what this call made.
+                let rest = items.split_off(results.len());
+                let cut_short = !rest.is_empty();
+                if cut_short {
+                    queue.push_front(Batch {
+                        time,
+                        caps: caps.clone(),
+                        items: rest,
+                    });
+                }
                 emit(&context, &mut outputs, time, &caps, items, results);
+                if cut_short {
+                    activator.activate_after(OUTPUTS_POLL);
+                    break;
+                }
                 if budget == 0 {
                     if !queue.is_empty() {
                         activator.activate();
@@ -223,6 +251,7 @@ pub(crate) struct Meter {
     fuel: Arc<FuelBudget>,
     counters: Arc<NodeCounters>,
     env: Arc<NodeEnv>,
+    queued_outputs: Arc<ByteBudget>,
     state: Rc<Cell<Charged>>,
     /// Fuel reserved for the call in flight, given back when it is charged.
     reserved: Rc<Cell<u64>>,
@@ -246,6 +275,7 @@ impl Meter {
             fuel: context.fuel.clone(),
             counters: context.counters.clone(),
             env: context.env.clone(),
+            queued_outputs: context.shared.queued_output_bytes.clone(),
             state: Rc::new(Cell::new(Charged::default())),
             reserved: Rc::new(Cell::new(0)),
         };
@@ -261,6 +291,11 @@ impl Meter {
         while let Some(wait) = self.fuel.throttled() {
             tokio::time::sleep(wait).await;
         }
+        // Outputs nobody reads fill the tenant's queued-output budget: make no more until a
+        // reader takes some (a call may turn a small input into a large output).
+        while self.queued_outputs.is_spent() {
+            tokio::time::sleep(OUTPUTS_POLL).await;
+        }
         let reserve = self
             .env
             .quotas
@@ -268,6 +303,12 @@ impl Meter {
             .map_or(0, |quotas| quotas.get().fuel_per_message);
         self.fuel.charge(reserve);
         self.reserved.set(self.reserved.get() + reserve);
+    }
+
+    /// Whether `produced` bytes of outputs not yet at the sink would fill the tenant's
+    /// queued-output budget.
+    pub(crate) fn outputs_would_fill(&self, produced: u64) -> bool {
+        self.queued_outputs.used().saturating_add(produced) >= self.queued_outputs.limit()
     }
 
     /// Charges what `instance` used since the last charge (calls and `init`s alike) to the

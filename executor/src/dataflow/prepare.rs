@@ -96,6 +96,10 @@ pub struct TenantContext {
     pub fuel: Arc<FuelBudget>,
     /// The tenant's in-flight bytes budget (`max_inflight_bytes`), shared by its deployments.
     pub in_flight_bytes: Arc<ByteBudget>,
+    /// The tenant's queued-output bytes budget (`max_queued_output_bytes`), shared by its
+    /// deployments' sinks: while it is spent, the tenant's operators start no call, so outputs
+    /// nobody reads cannot pile up in memory.
+    pub queued_output_bytes: Arc<ByteBudget>,
     /// The tenant's quotas as they change: deployments are prepared with the ones in force,
     /// and per-call limits, log line length and state limits of running nodes follow them.
     pub live_quotas: Arc<LiveQuotas>,
@@ -115,6 +119,7 @@ impl TenantContext {
         Self {
             fuel: Arc::new(FuelBudget::new(quotas.fuel_per_second)),
             in_flight_bytes: Arc::new(ByteBudget::new(quotas.max_inflight_bytes)),
+            queued_output_bytes: Arc::new(ByteBudget::new(quotas.max_queued_output_bytes)),
             live_quotas: Arc::new(LiveQuotas::new(quotas)),
             tenant,
             state,
@@ -194,6 +199,7 @@ pub struct PreparedDeployment {
     pub(crate) executor_node_id: String,
     pub(crate) fuel: Arc<FuelBudget>,
     pub(crate) in_flight_bytes: Arc<ByteBudget>,
+    pub(crate) queued_output_bytes: Arc<ByteBudget>,
     /// Configuration keys no operation declares: kept, not delivered (§11 row 2).
     pub warnings: Vec<String>,
 }
@@ -364,6 +370,7 @@ pub async fn prepare(
         executor_node_id: executor_node_id.to_owned(),
         fuel: tenant.fuel.clone(),
         in_flight_bytes: tenant.in_flight_bytes.clone(),
+        queued_output_bytes: tenant.queued_output_bytes.clone(),
         warnings,
     })
 }

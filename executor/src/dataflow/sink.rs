@@ -13,7 +13,7 @@ use timely::dataflow::operators::generic::Operator;
 use weir_api::{DataItem, Hlc};
 
 use super::DeploymentShared;
-use super::envelope::{Envelope, SinkOutput};
+use super::envelope::{Envelope, HeldBytes, SinkOutput};
 
 pub(crate) fn build(
     input: Stream<'_, u64, Vec<Envelope>>,
@@ -34,11 +34,16 @@ pub(crate) fn build(
                     .update(&Hlc::at(Duration::from_millis(time), String::new()));
                 let item = with_outgoing_ts(envelope.item, &stamp);
                 shared.stats.emitted.fetch_add(1, Ordering::Relaxed);
+                // Counted from here until a reader takes it: the tenant's operators wait
+                // while its outputs nobody reads fill `max_queued_output_bytes`.
+                let held =
+                    HeldBytes::new(shared.queued_output_bytes.clone(), item.byte_len() as u64);
                 shared.outputs.push(SinkOutput {
                     sink: sink.clone(),
                     time,
                     item,
                     acks: envelope.acks,
+                    held: Some(held),
                 });
             }
         });
