@@ -296,11 +296,14 @@ impl Meter {
         while self.queued_outputs.is_spent() {
             tokio::time::sleep(OUTPUTS_POLL).await;
         }
+        // At most one second's worth: a call allowed more than that (a huge fuel_per_message)
+        // holds the tenant back for a second, not for its whole allowance.
         let reserve = self
             .env
             .quotas
             .as_ref()
-            .map_or(0, |quotas| quotas.get().fuel_per_message);
+            .map_or(0, |quotas| quotas.get().fuel_per_message)
+            .min(self.fuel.rate());
         self.fuel.charge(reserve);
         self.reserved.set(self.reserved.get() + reserve);
     }
