@@ -104,10 +104,13 @@ async fn measure(quiet: &Client, requests: usize) -> anyhow::Result<Vec<u64>> {
         let reply = quiet
             .ingest("q", &[IngestMessage::new(format!("reading {i}"))], true)
             .await?;
-        anyhow::ensure!(
-            reply.outputs.is_some_and(|o| o.len() == 1),
-            "the quiet tenant's output went missing"
-        );
+        if !reply.outputs.is_some_and(|o| o.len() == 1) {
+            let letters = quiet.dead_letters(Some("q")).await?;
+            anyhow::bail!(
+                "the quiet tenant's output went missing after {:?}; its dead letters: {letters:?}",
+                started.elapsed()
+            );
+        }
         latencies.push(u64::try_from(started.elapsed().as_micros())?);
     }
     latencies.sort_unstable();

@@ -527,16 +527,15 @@ async fn drain(
             if outputs.lock().len() >= OUTPUT_QUEUE {
                 break;
             }
-            let Some(output) = deployment.outputs().try_pop() else {
+            let Some(mut output) = deployment.outputs().try_pop() else {
                 break;
             };
             moved = true;
             share.messages_out.fetch_add(1, Ordering::Relaxed);
-            let message = output_message(&output);
             // Its bytes stay counted in the tenant's queued-output budget until a reader
             // takes it (the sink counted them when it made the output).
-            let (_, bytes) = output.accept_keeping_bytes();
-            match message {
+            let bytes = output.keep_bytes();
+            match output_message(&output) {
                 Some(message) => {
                     let seq = next_output.fetch_add(1, Ordering::Relaxed);
                     outputs.lock().push_back(Queued {
@@ -547,6 +546,8 @@ async fn drain(
                 }
                 None => share.queued_output_bytes.release(bytes),
             }
+            // Acknowledged once queued, so a waiting ingest finds its outputs.
+            output.accept();
         }
         while let Some(letter) = deployment.dead_letters().try_pop() {
             moved = true;

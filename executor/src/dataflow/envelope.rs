@@ -141,13 +141,12 @@ impl SinkOutput {
         self.item
     }
 
-    /// Accepts the output into a queue of the caller's that keeps its bytes counted in the
-    /// tenant's queued-output budget: the caller releases the returned bytes
-    /// ([`ByteBudget::release`]) when a reader takes the output.
-    pub fn accept_keeping_bytes(mut self) -> (DataItem, u64) {
-        drop(self.acks);
-        let bytes = self.held.take().map_or(0, HeldBytes::keep);
-        (self.item, bytes)
+    /// Takes over the output's bytes in the tenant's queued-output budget, for a queue of the
+    /// caller's that keeps them counted: the caller releases them ([`ByteBudget::release`])
+    /// when a reader takes the output. Call it before [`accept`](Self::accept), which then
+    /// releases nothing.
+    pub fn keep_bytes(&mut self) -> u64 {
+        self.held.take().map_or(0, HeldBytes::keep)
     }
 }
 
