@@ -104,7 +104,7 @@ async fn measure(quiet: &Client, requests: usize) -> anyhow::Result<Vec<u64>> {
         let reply = quiet
             .ingest("q", &[IngestMessage::new(format!("reading {i}"))], true)
             .await?;
-        if !reply.outputs.is_some_and(|o| o.len() == 1) {
+        if reply.outputs.is_none_or(|o| o.len() != 1) {
             let letters = quiet.dead_letters(Some("q")).await?;
             anyhow::bail!(
                 "the quiet tenant's output went missing after {:?}; its dead letters: {letters:?}",
