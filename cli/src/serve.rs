@@ -249,12 +249,25 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCod
         issuer: issuer.clone(),
         revocations,
         validator: Arc::new(EngineValidator(engine.clone())),
-        runtime: Arc::new(crate::deployments::LocalDeployments::new(
-            engine,
-            settings,
-            workers,
-            module_state.clone(),
-        )?),
+        runtime: {
+            let dead_letters = Arc::new(weir_executor::runtime::MemoryDeadLetters::default());
+            let executor = weir_executor::runtime::LocalExecutor::new(
+                weir_executor::runtime::ExecutorConfig {
+                    engine,
+                    settings,
+                    workers,
+                    state: module_state.clone(),
+                    connectors: weir_connectors::Registry::standard(),
+                    journal: dead_letters.clone(),
+                    default_broker: None,
+                },
+            )
+            .map_err(|e| anyhow::anyhow!("cannot start the executor: {e}"))?;
+            Arc::new(crate::deployments::LocalDeployments {
+                executor,
+                dead_letters,
+            })
+        },
         state: module_state,
         limits: Arc::default(),
         tenant_locks: Arc::default(),

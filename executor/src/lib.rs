@@ -17,6 +17,7 @@ pub mod logs;
 pub mod metrics;
 mod module;
 mod operator;
+pub mod runtime;
 
 pub use engine::{EngineConfig, EngineError, OperatorEngine, PoolingConfig};
 pub use host::{HostBuffer, LiveQuotas, NodeEnv};

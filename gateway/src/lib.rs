@@ -69,6 +69,40 @@ pub struct StartDeployment {
     pub modules: std::collections::BTreeMap<String, Vec<u8>>,
     /// Configuration values.
     pub configuration: std::collections::BTreeMap<String, String>,
+    /// Where messages come from.
+    pub source: StartBinding,
+    /// Where outputs go.
+    pub sink: StartBinding,
+}
+
+/// A deployment's binding with its endpoint resolved: the tenant's endpoint (secret unsealed,
+/// for the connector only), or a built-in one (`http`; `default`, the embedded MQTT broker,
+/// kind `mqtt` without an address).
+#[derive(Clone, PartialEq, Eq)]
+pub struct StartBinding {
+    /// The endpoint's name.
+    pub endpoint: String,
+    /// Its kind (`http`, `mqtt`, `kafka`, `otlp`).
+    pub kind: String,
+    /// `host:port`, if it has one.
+    pub address: Option<String>,
+    /// Connector settings.
+    pub settings: std::collections::BTreeMap<String, String>,
+    /// The write-only secret.
+    pub secret: Option<String>,
+    /// Topic filters (source) or the topic (sink).
+    pub topics: Vec<String>,
+}
+
+impl std::fmt::Debug for StartBinding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StartBinding")
+            .field("endpoint", &self.endpoint)
+            .field("kind", &self.kind)
+            .field("address", &self.address)
+            .field("topics", &self.topics)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The operator instance slots of the platform's executors. Tenants' `max_instances` quotas
@@ -100,8 +134,13 @@ pub trait DeploymentRuntime: Send + Sync + std::fmt::Debug {
     /// that runs already is replaced only once the new one has started (a rolling update):
     /// if the new one fails, the old one keeps running.
     async fn start(&self, request: StartDeployment) -> Result<Vec<String>, ApiError>;
-    /// Stops a deployment (messages in flight are abandoned, not acknowledged).
+    /// Stops a deployment (messages in flight are abandoned, not acknowledged); its accepted
+    /// outputs are kept for a later start of the same id.
     async fn stop(&self, tenant: &weir_api::TenantId, id: &str);
+    /// Stops a deleted deployment for good: its kept outputs go too.
+    async fn forget(&self, tenant: &weir_api::TenantId, id: &str) {
+        self.stop(tenant, id).await;
+    }
     /// Hands messages to the deployment's HTTP source; with `wait`, returns the outputs derived
     /// from them once each message is fully processed (or the timeout passes).
     async fn ingest(

@@ -69,6 +69,8 @@ pub(crate) struct Intake {
     messages: AtomicUsize,
     bytes: Arc<ByteBudget>,
     released: (Mutex<()>, Condvar),
+    /// Wakes tasks waiting for room ([`SourceHandle::room`]).
+    room: tokio::sync::Notify,
 }
 
 impl Intake {
@@ -78,6 +80,7 @@ impl Intake {
             messages: AtomicUsize::new(0),
             bytes,
             released: (Mutex::new(()), Condvar::new()),
+            room: tokio::sync::Notify::new(),
         }
     }
 
@@ -110,6 +113,7 @@ impl Intake {
         self.bytes.release(bytes);
         let (_lock, released) = &self.released;
         released.notify_all();
+        self.room.notify_waiters();
     }
 
     /// Waits (a thread, not a task) until a place may have been given back.
@@ -244,6 +248,17 @@ impl SourceHandle {
         }
         self.wake();
         result
+    }
+
+    /// Waits (a task) until a place of the intake may have been given back, or 50 ms passed (the
+    /// tenant's in-flight bytes are shared with its other deployments, whose releases do not
+    /// wake this one); offer again then.
+    pub async fn room(&self) {
+        let released = self.intake.room.notified();
+        // A timeout is as good as a wake-up: the caller offers again either way.
+        let _woken = tokio::time::timeout(Duration::from_millis(50), released)
+            .await
+            .is_ok();
     }
 
     /// The deployment's clock: stamp messages that arrive without a `__ts` with it (see

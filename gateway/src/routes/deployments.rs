@@ -24,7 +24,8 @@ use weir_tenants::{Quotas, Role};
 
 use super::{caller_tenant, check_name, content_type};
 use crate::{
-    ApiError, ApiJson, ApiQuery, Caller, GatewayState, IngestMessage, ProblemField, StartDeployment,
+    ApiError, ApiJson, ApiQuery, Caller, GatewayState, IngestMessage, ProblemField, StartBinding,
+    StartDeployment,
 };
 
 /// Longest an ingest waits for its outputs.
@@ -142,6 +143,8 @@ async fn start_request(
         graph: text,
         modules,
         configuration: spec.configuration.clone(),
+        source: start_binding(state, tenant, &spec.source).await?,
+        sink: start_binding(state, tenant, &spec.sink).await?,
     })
 }
 
@@ -197,8 +200,9 @@ fn deployment_body(headers: &HeaderMap, body: &[u8]) -> Result<(CreateDeployment
     Ok((spec, true))
 }
 
-/// Problems with a deployment's bindings: each names `http` or an `http` endpoint of the
-/// tenant's (the broker connectors are not part of this server yet).
+/// Problems with a deployment's bindings that the gateway can see: each names a built-in
+/// endpoint (`http`, or `default`, the embedded MQTT broker) or an endpoint of the tenant's.
+/// What the connector itself requires (topics, settings) is checked by the executor at start.
 async fn check_bindings(
     state: &GatewayState,
     tenant: &TenantId,
@@ -207,23 +211,60 @@ async fn check_bindings(
     let mut errors = Vec::new();
     check_name("id", &spec.id, &mut errors);
     for (field, binding) in [("source", &spec.source), ("sink", &spec.sink)] {
-        if binding.endpoint == "http" {
+        if BUILT_IN_ENDPOINTS.contains(&binding.endpoint.as_str()) {
             continue;
         }
-        let message = match state.store.endpoint(tenant, &binding.endpoint).await? {
-            None => format!("no endpoint {} in this tenant", binding.endpoint),
-            Some(endpoint) if endpoint.kind == "http" => continue,
-            Some(endpoint) => format!(
-                "{} is a {} endpoint; this server runs http endpoints only so far (the {} connector is not built in)",
-                endpoint.name, endpoint.kind, endpoint.kind
-            ),
-        };
-        errors.push(ProblemField {
-            path: format!("/{field}/endpoint"),
-            message,
-        });
+        match state.store.endpoint(tenant, &binding.endpoint).await? {
+            None => errors.push(ProblemField {
+                path: format!("/{field}/endpoint"),
+                message: format!("no endpoint {} in this tenant", binding.endpoint),
+            }),
+            Some(endpoint) if field == "source" && endpoint.kind == "otlp" => {
+                errors.push(ProblemField {
+                    path: format!("/{field}/endpoint"),
+                    message: format!(
+                        "{} is an otlp endpoint; OpenTelemetry endpoints are sinks only",
+                        endpoint.name
+                    ),
+                });
+            }
+            Some(_) => {}
+        }
     }
     Ok(errors)
+}
+
+/// Endpoint names every tenant has: weir's own HTTP ingest and output queue, and the embedded
+/// MQTT broker (Azure's name for the platform broker).
+pub(crate) const BUILT_IN_ENDPOINTS: [&str; 2] = ["http", "default"];
+
+/// A binding with its endpoint resolved for the executor.
+async fn start_binding(
+    state: &GatewayState,
+    tenant: &TenantId,
+    binding: &weir_api::rest::Binding,
+) -> Result<StartBinding, ApiError> {
+    let (kind, address, settings, secret) = match binding.endpoint.as_str() {
+        "http" => ("http".to_owned(), None, BTreeMap::new(), None),
+        "default" => ("mqtt".to_owned(), None, BTreeMap::new(), None),
+        name => {
+            let record = state.store.endpoint(tenant, name).await?.ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::InvalidDeployment,
+                    format!("no endpoint {name} in this tenant"),
+                )
+            })?;
+            (record.kind, record.address, record.settings, record.secret)
+        }
+    };
+    Ok(StartBinding {
+        endpoint: binding.endpoint.clone(),
+        kind,
+        address,
+        settings,
+        secret,
+        topics: binding.topics.clone(),
+    })
 }
 
 #[utoipa::path(post, path = "/v1/deployments", tag = "deployments", request_body = weir_api::rest::CreateDeployment, responses((status = 201, body = weir_api::rest::DeploymentChanged), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
@@ -503,7 +544,7 @@ pub(crate) async fn delete(
     if !state.store.delete_deployment(&tenant, &id).await? {
         return Err(ApiError::not_found("deployment"));
     }
-    state.runtime.stop(&tenant, &id).await;
+    state.runtime.forget(&tenant, &id).await;
     Ok(StatusCode::NO_CONTENT)
 }
 

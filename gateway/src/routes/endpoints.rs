@@ -104,10 +104,10 @@ pub(crate) async fn create(
     let (tenant, quotas) = caller_tenant(&state, &caller, Role::Owner)?;
     let mut errors = Vec::new();
     check_name("name", &body.name, &mut errors);
-    if body.name == "http" {
+    if super::deployments::BUILT_IN_ENDPOINTS.contains(&body.name.as_str()) {
         errors.push(ProblemField {
             path: "/name".to_owned(),
-            message: "http is the built-in endpoint".to_owned(),
+            message: format!("{} is a built-in endpoint", body.name),
         });
     }
     check_address(&body, &quotas, &mut errors).await;

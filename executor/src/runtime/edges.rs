@@ -1,0 +1,552 @@
+//! The edges of a running deployment: the intake its source offers to, the pump that hands
+//! its outputs to its sink, and the one that records its dead letters.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use weir_api::rest::DeadLetter;
+use weir_api::{DataItem, TenantId};
+use weir_connectors::{Ack, AckSender, Inbound, Intake, IntakeRefusal, Outbound, Settled, Sink};
+use weir_tenants::{MessageRates, RateRefusal};
+
+use super::tenant::{RecentLetters, TenantShare};
+use crate::dataflow::message_from_broker;
+use crate::dataflow::{ByteBudget, Delivery, Deployment, Offer, SourceError, SourceHandle};
+
+/// Bytes of a dead letter's payload kept for reading; its original size is recorded.
+pub const DEAD_LETTER_PAYLOAD_BYTES: usize = 64 * 1024;
+/// How often a busy deployment's outputs are collected.
+const DRAIN_POLL: Duration = Duration::from_millis(1);
+/// How often an idle deployment's are.
+const IDLE_POLL: Duration = Duration::from_millis(100);
+/// Messages refused at the edge (too large) waiting to be recorded as dead letters before the
+/// source is held back.
+const EDGE_LETTERS: usize = 64;
+/// Dead letters recorded per journal call.
+const JOURNAL_BATCH: usize = 256;
+
+/// Where dead letters are kept for good: the control store in `weir serve`. Appending is the
+/// point of no return: a letter is accepted (its source message acknowledged) only after it.
+#[async_trait]
+pub trait DeadLetterJournal: Send + Sync + std::fmt::Debug {
+    /// Keeps `letters` of `tenant`, numbering them, evicting the tenant's oldest beyond
+    /// `max_bytes` (its `max_dead_letter_bytes`); the number evicted. An error means nothing
+    /// was kept: the caller retries.
+    async fn append(
+        &self,
+        tenant: &TenantId,
+        letters: Vec<DeadLetter>,
+        max_bytes: u64,
+    ) -> Result<u64, String>;
+}
+
+/// A dead letter whose input never entered the dataflow (refused at the edge), with the
+/// acknowledgement of its source message.
+struct EdgeLetter {
+    letter: DeadLetter,
+    ack: Ack,
+}
+
+/// What the intake and the pumps of one deployment share.
+pub(super) struct Edges {
+    pub(super) tenant: TenantId,
+    pub(super) deployment: String,
+    pub(super) share: Arc<TenantShare>,
+    pub(super) recent: RecentLetters,
+    edge_letters: Mutex<VecDeque<EdgeLetter>>,
+    pub(super) wake: tokio::sync::Notify,
+}
+
+impl Edges {
+    pub(super) fn new(tenant: TenantId, deployment: String, share: Arc<TenantShare>) -> Self {
+        Self {
+            tenant,
+            deployment,
+            share,
+            recent: RecentLetters::default(),
+            edge_letters: Mutex::new(VecDeque::new()),
+            wake: tokio::sync::Notify::new(),
+        }
+    }
+}
+
+/// The intake a deployment's source offers to: its dataflow source, the tenant's message rate
+/// and size limits, and the settlement channel back to the source.
+pub(super) struct DeploymentIntake {
+    pub(super) source: SourceHandle,
+    pub(super) acks: AckSender,
+    pub(super) edges: Arc<Edges>,
+    /// The tenant's `messages_per_second_in`; `None` when the caller admitted the messages
+    /// already (HTTP ingest answers a refusal itself, with `Retry-After`).
+    pub(super) rates: Option<Arc<MessageRates>>,
+}
+
+impl std::fmt::Debug for DeploymentIntake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeploymentIntake")
+            .field("deployment", &self.edges.deployment)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The refusal a source sees for the dataflow's.
+pub(super) fn refusal(error: SourceError) -> IntakeRefusal {
+    match error {
+        SourceError::Full | SourceError::InFlightBytes { .. } => {
+            IntakeRefusal::Full(error.to_string())
+        }
+        SourceError::TooLarge { .. } => IntakeRefusal::TooLarge(error.to_string()),
+        SourceError::Closed => IntakeRefusal::Closed,
+    }
+}
+
+#[async_trait]
+impl Intake for DeploymentIntake {
+    fn try_offer(&self, batch: Vec<Inbound>) -> Result<(), IntakeRefusal> {
+        let quotas = self.edges.share.quotas();
+        // A message over the tenant's size limit can never be processed: it goes to the dead
+        // letters (and is acknowledged once recorded) instead of blocking its source.
+        let (fits, too_large): (Vec<Inbound>, Vec<Inbound>) = batch
+            .into_iter()
+            .partition(|m| m.byte_len() <= quotas.max_message_bytes);
+        if !too_large.is_empty() {
+            let mut edge = self
+                .edges
+                .edge_letters
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if edge.len() + too_large.len() > EDGE_LETTERS.max(too_large.len()) {
+                return Err(IntakeRefusal::Full(
+                    "oversized messages are waiting to be dead-lettered".to_owned(),
+                ));
+            }
+            for message in too_large {
+                let detail = format!(
+                    "a message of {} bytes (topic, payload and properties) exceeds the tenant's max_message_bytes of {}",
+                    message.byte_len(),
+                    quotas.max_message_bytes
+                );
+                let letter = edge_letter(&self.edges.deployment, &message, detail);
+                edge.push_back(EdgeLetter {
+                    letter,
+                    ack: message.ack,
+                });
+            }
+            drop(edge);
+            self.edges.wake.notify_one();
+            if fits.is_empty() {
+                return Ok(());
+            }
+        }
+        let count = u32::try_from(fits.len()).unwrap_or(u32::MAX);
+        if let Some(rates) = &self.rates {
+            match rates.admit(&self.edges.tenant, quotas.messages_per_second_in, count) {
+                Ok(()) => {}
+                Err(RateRefusal::Wait(wait)) => {
+                    return Err(IntakeRefusal::Full(format!(
+                        "over the tenant's {} messages per second (retry in {} ms)",
+                        quotas.messages_per_second_in,
+                        wait.as_millis()
+                    )));
+                }
+                Err(RateRefusal::TooMany { per_second }) => {
+                    return Err(IntakeRefusal::TooLarge(format!(
+                        "a batch of {count} messages is more than the tenant's {per_second} messages per second"
+                    )));
+                }
+            }
+        }
+        let bytes: u64 = fits.iter().map(Inbound::byte_len).sum();
+        let offers: Vec<Offer> = fits
+            .into_iter()
+            .map(|message| {
+                let item = DataItem::Message(message_from_broker(
+                    message.topic,
+                    message.payload,
+                    message.content_type,
+                    message.user_properties,
+                    self.source.clock(),
+                ));
+                let acks = self.acks.clone();
+                let ack = message.ack;
+                let on_done: Box<dyn FnOnce(Delivery) + Send> = Box::new(move |delivery| {
+                    let settled = match delivery {
+                        Delivery::Processed => Settled::Processed(ack),
+                        Delivery::Abandoned => Settled::Abandoned(ack),
+                    };
+                    // The channel holds every message in flight; a stopped source is gone.
+                    let _sent_or_gone = acks.try_send(settled);
+                });
+                (item, on_done)
+            })
+            .collect();
+        self.source.try_send_all(offers).map_err(refusal)?;
+        let share = &self.edges.share;
+        share
+            .messages_in
+            .fetch_add(u64::from(count), Ordering::Relaxed);
+        share.bytes_in.fetch_add(bytes, Ordering::Relaxed);
+        self.edges.wake.notify_one();
+        Ok(())
+    }
+
+    async fn room(&self) {
+        self.source.room().await;
+    }
+}
+
+fn text(bytes: &Bytes) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn cut(payload: &Bytes) -> (String, bool) {
+    let kept = payload.len().min(DEAD_LETTER_PAYLOAD_BYTES);
+    (text(&payload.slice(..kept)), kept < payload.len())
+}
+
+/// A dead letter for a message refused at the edge.
+fn edge_letter(deployment: &str, message: &Inbound, detail: String) -> DeadLetter {
+    let (payload, payload_truncated) = cut(&message.payload);
+    DeadLetter {
+        seq: 0,
+        deployment: deployment.to_owned(),
+        node: "source".to_owned(),
+        reason: "message_too_large".to_owned(),
+        detail,
+        topic: text(&message.topic),
+        payload,
+        input_bytes: message.byte_len(),
+        payload_truncated,
+    }
+}
+
+/// A dead letter as the tenant reads it: the payload cut to [`DEAD_LETTER_PAYLOAD_BYTES`],
+/// the input's whole size recorded.
+fn dead_letter_entry(letter: &crate::dataflow::DeadLetter) -> DeadLetter {
+    let (topic, payload) = match &letter.input {
+        DataItem::Message(m) => (text(&m.topic), &m.payload),
+        DataItem::Snapshot(s) => (String::new(), &s.frame),
+        DataItem::Bytes(b) => (String::new(), b),
+    };
+    let (payload, payload_truncated) = cut(payload);
+    DeadLetter {
+        seq: 0,
+        deployment: letter.deployment.clone(),
+        node: letter.node.clone(),
+        reason: letter.reason.clone(),
+        detail: letter.detail.clone(),
+        topic,
+        payload,
+        input_bytes: input_bytes(&letter.input),
+        payload_truncated,
+    }
+}
+
+/// The size of an input as it came in: topic, payload and user properties of a message (as
+/// `max_message_bytes` counts it), the whole of anything else.
+fn input_bytes(item: &DataItem) -> u64 {
+    match item {
+        DataItem::Message(m) => {
+            let properties: usize = m
+                .user_properties
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum();
+            (m.topic.len() + m.payload.len() + properties) as u64
+        }
+        other => other.byte_len() as u64,
+    }
+}
+
+/// Gives an output's queued bytes back to the tenant's budget when the sink lets it go.
+struct HeldOutput {
+    budget: Arc<ByteBudget>,
+    bytes: u64,
+}
+
+impl Drop for HeldOutput {
+    fn drop(&mut self) {
+        self.budget.release(self.bytes);
+    }
+}
+
+/// Waits for work: at once when busy, backing off to [`IDLE_POLL`] when idle (so idle
+/// deployments cost almost nothing); a wake-up resets the pace.
+async fn idle_wait(wake: &tokio::sync::Notify, idle: &mut Duration, moved: bool) {
+    if moved {
+        *idle = DRAIN_POLL;
+        tokio::task::yield_now().await;
+        return;
+    }
+    tokio::select! {
+        () = wake.notified() => *idle = DRAIN_POLL,
+        () = tokio::time::sleep(*idle) => *idle = (*idle * 2).min(IDLE_POLL),
+    }
+}
+
+/// Hands a deployment's outputs to its sink in batches and accepts them (settling their source
+/// messages) once the sink took them; outputs the sink rejects for good go to the dead
+/// letters first. While the sink waits (its broker is down, its queue full), outputs stay in
+/// the deployment's bounded output queue and its source is held back: no other deployment
+/// waits.
+pub(super) async fn pump_outputs(
+    deployment: Arc<Deployment>,
+    mut sink: Box<dyn Sink>,
+    edges: Arc<Edges>,
+    journal: Arc<dyn DeadLetterJournal>,
+) {
+    let mut idle = DRAIN_POLL;
+    loop {
+        let mut taken = Vec::new();
+        let max = sink.max_batch().max(1);
+        while taken.len() < max {
+            let Some(output) = deployment.outputs().try_pop() else {
+                break;
+            };
+            taken.push(output);
+        }
+        if taken.is_empty() {
+            idle_wait(&edges.wake, &mut idle, false).await;
+            continue;
+        }
+        let batch: Vec<Outbound> = taken
+            .iter_mut()
+            .map(|output| {
+                // Its bytes stay counted in the tenant's queued-output budget until the sink
+                // lets it go (the HTTP queue: until a reader takes it).
+                let hold = HeldOutput {
+                    budget: edges.share.queued_output_bytes.clone(),
+                    bytes: output.keep_bytes(),
+                };
+                let mut outbound = match &output.item {
+                    DataItem::Message(m) => Outbound {
+                        topic: m.topic.clone(),
+                        payload: m.payload.clone(),
+                        content_type: m.content_type.clone(),
+                        user_properties: m.user_properties.clone(),
+                        hold: None,
+                    },
+                    DataItem::Snapshot(s) => Outbound::new(Bytes::new(), s.frame.clone()),
+                    DataItem::Bytes(b) => Outbound::new(Bytes::new(), b.clone()),
+                };
+                outbound.hold = Some(Box::new(hold));
+                outbound
+            })
+            .collect();
+        let report = match sink.send(batch).await {
+            Ok(report) => report,
+            Err(error) => {
+                tracing::warn!(tenant = %edges.tenant, deployment = %edges.deployment, %error, "the sink stopped");
+                // The outputs stay unaccepted: their source messages are redelivered when the
+                // deployment starts again.
+                return;
+            }
+        };
+        let mut letters = Vec::new();
+        for rejection in &report.rejected {
+            if let Some(output) = taken.get(rejection.index) {
+                let (topic, payload) = match &output.item {
+                    DataItem::Message(m) => (text(&m.topic), &m.payload),
+                    DataItem::Snapshot(s) => (String::new(), &s.frame),
+                    DataItem::Bytes(b) => (String::new(), b),
+                };
+                let (payload, payload_truncated) = cut(payload);
+                letters.push(DeadLetter {
+                    seq: 0,
+                    deployment: edges.deployment.clone(),
+                    node: output.sink.clone(),
+                    reason: rejection.reason.clone(),
+                    detail: rejection.detail.clone(),
+                    topic,
+                    payload,
+                    input_bytes: input_bytes(&output.item),
+                    payload_truncated,
+                });
+            }
+        }
+        if !letters.is_empty() {
+            record(&edges, journal.as_ref(), letters).await;
+        }
+        let accepted = taken.len() - report.rejected.len().min(taken.len());
+        edges
+            .share
+            .messages_out
+            .fetch_add(accepted as u64, Ordering::Relaxed);
+        for output in taken {
+            output.accept();
+        }
+        idle_wait(&edges.wake, &mut idle, true).await;
+    }
+}
+
+/// Records `letters` in the journal, retrying (with backoff) until it keeps them: a dead
+/// letter is never dropped.
+async fn record(edges: &Edges, journal: &dyn DeadLetterJournal, letters: Vec<DeadLetter>) {
+    let mut backoff = Duration::from_millis(50);
+    let count = letters.len() as u64;
+    for letter in &letters {
+        edges.recent.push(letter.clone());
+    }
+    loop {
+        let max_bytes = edges.share.quotas().max_dead_letter_bytes;
+        match journal
+            .append(&edges.tenant, letters.clone(), max_bytes)
+            .await
+        {
+            Ok(_evicted) => break,
+            Err(error) => {
+                tracing::warn!(tenant = %edges.tenant, deployment = %edges.deployment, %error, "dead letters not recorded yet; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    edges
+        .share
+        .dead_lettered
+        .fetch_add(count, Ordering::Relaxed);
+}
+
+/// Records a deployment's dead letters (from its operators, and messages refused at its edge)
+/// in the journal and only then accepts them, settling their source messages.
+pub(super) async fn pump_dead_letters(
+    deployment: Arc<Deployment>,
+    edges: Arc<Edges>,
+    journal: Arc<dyn DeadLetterJournal>,
+    acks: AckSender,
+) {
+    let mut idle = DRAIN_POLL;
+    loop {
+        let mut taken = Vec::new();
+        while taken.len() < JOURNAL_BATCH {
+            let Some(letter) = deployment.dead_letters().try_pop() else {
+                break;
+            };
+            taken.push(letter);
+        }
+        let edge: Vec<EdgeLetter> = {
+            let mut queue = edges
+                .edge_letters
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            queue.drain(..).collect()
+        };
+        if taken.is_empty() && edge.is_empty() {
+            idle_wait(&edges.wake, &mut idle, false).await;
+            continue;
+        }
+        let letters: Vec<DeadLetter> = taken
+            .iter()
+            .map(dead_letter_entry)
+            .chain(edge.iter().map(|e| e.letter.clone()))
+            .collect();
+        record(&edges, journal.as_ref(), letters).await;
+        for letter in taken {
+            letter.accept();
+        }
+        for letter in edge {
+            let _sent_or_gone = acks.try_send(Settled::Processed(letter.ack));
+        }
+        idle_wait(&edges.wake, &mut idle, true).await;
+    }
+}
+
+/// One tenant's letters in memory.
+#[derive(Debug, Default)]
+struct MemoryFeed {
+    next: u64,
+    letters: VecDeque<DeadLetter>,
+    bytes: u64,
+    evicted: u64,
+}
+
+/// A journal in memory, per tenant, bounded in count and bytes (for `weir run`-style embedding
+/// and tests; `weir serve` keeps dead letters in its control store).
+#[derive(Debug, Default)]
+pub struct MemoryDeadLetters {
+    tenants: Mutex<std::collections::HashMap<TenantId, MemoryFeed>>,
+}
+
+impl MemoryDeadLetters {
+    /// Letters kept per tenant, at most.
+    pub const MAX_LETTERS: usize = 10_000;
+
+    fn letter_bytes(letter: &DeadLetter) -> u64 {
+        (letter.payload.len()
+            + letter.detail.len()
+            + letter.topic.len()
+            + letter.node.len()
+            + letter.deployment.len()) as u64
+    }
+
+    /// The tenant's letters numbered above `after`, oldest first.
+    pub fn read(
+        &self,
+        tenant: &TenantId,
+        deployment: Option<&str>,
+        after: u64,
+        limit: usize,
+    ) -> Vec<DeadLetter> {
+        let tenants = self.tenants.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(feed) = tenants.get(tenant) else {
+            return Vec::new();
+        };
+        feed.letters
+            .iter()
+            .filter(|l| l.seq > after)
+            .filter(|l| deployment.is_none_or(|d| d == l.deployment))
+            .take(limit)
+            .cloned()
+            .collect()
+    }
+
+    /// Letters of the tenant evicted to stay within its bounds.
+    pub fn evicted(&self, tenant: &TenantId) -> u64 {
+        self.tenants
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(tenant)
+            .map_or(0, |feed| feed.evicted)
+    }
+
+    /// Forgets the tenant's letters.
+    pub fn forget(&self, tenant: &TenantId) {
+        self.tenants
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(tenant);
+    }
+}
+
+#[async_trait]
+impl DeadLetterJournal for MemoryDeadLetters {
+    async fn append(
+        &self,
+        tenant: &TenantId,
+        letters: Vec<DeadLetter>,
+        max_bytes: u64,
+    ) -> Result<u64, String> {
+        let mut tenants = self.tenants.lock().unwrap_or_else(PoisonError::into_inner);
+        let feed = tenants.entry(tenant.clone()).or_default();
+        let mut evicted = 0;
+        for mut letter in letters {
+            feed.next += 1;
+            letter.seq = feed.next;
+            feed.bytes += Self::letter_bytes(&letter);
+            feed.letters.push_back(letter);
+        }
+        while feed.letters.len() > Self::MAX_LETTERS || feed.bytes > max_bytes {
+            let Some(old) = feed.letters.pop_front() else {
+                break;
+            };
+            feed.bytes -= Self::letter_bytes(&old);
+            evicted += 1;
+        }
+        feed.evicted += evicted;
+        Ok(evicted)
+    }
+}

@@ -1,0 +1,1068 @@
+//! Running deployments on this executor: each a timely dataflow (see [`crate::dataflow`])
+//! between a source and a sink connector (`weir-connectors`), with its feeds (outputs, dead
+//! letters, logs, counters) and its lifecycle (start, rolling update, stop).
+//!
+//! [`LocalExecutor`] is the executor's interface: typed requests ([`Assignment`]) and a typed
+//! error ([`RuntimeError`], a stable [`ErrorCode`] with problems), no HTTP types. The `weir`
+//! binary adapts it to the gateway; the scheduler will reach it the same way from another
+//! process.
+//!
+//! Delivery (ARCHITECTURE decision 7): a source message is acknowledged to its broker only when
+//! every output derived from it was accepted by the sink (the broker acknowledged it) or its
+//! dead letter was recorded in the [`DeadLetterJournal`]; messages in flight when a deployment
+//! stops are abandoned, so the broker redelivers them to the next version.
+
+mod edges;
+mod tenant;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, UNIX_EPOCH};
+
+use bytes::Bytes;
+use serde_json::json;
+use weir_api::egress::Egress;
+use weir_api::graph::{OperationType, ValidatedGraph, parse_graph};
+use weir_api::rest::{
+    DeadLetter, Executor, IngestMessage, LogLine, MetricSeries, OutputMessage, Usage,
+};
+use weir_api::{ErrorCode, HlcClock, TenantId};
+use weir_connectors::http::{HttpIngress, HttpOutputs, HttpSink};
+use weir_connectors::{
+    ConnectContext, ConnectionStatus, EndpointSpec, Inbound, IntakeRefusal, Outbound, Problem,
+    Registry, SinkSpec, SourceSpec, ack_channel,
+};
+use weir_state::MeteredStateStore;
+use weir_tenants::{MessageRates, Quotas, RateRefusal};
+
+pub use edges::{DEAD_LETTER_PAYLOAD_BYTES, DeadLetterJournal, MemoryDeadLetters};
+
+use self::edges::{DeploymentIntake, Edges, pump_dead_letters, pump_outputs};
+use self::tenant::{InstanceLedger, InstanceReservation, TenantShare};
+use crate::dataflow::{
+    DataflowRuntime, DataflowSettings, DeployError, Deployment, ModuleResolver, TenantContext,
+    prepare,
+};
+use crate::logs::{LogLevel, LogRecord, LogSink, MemoryLogSink};
+use crate::metrics::{MetricsRegistry, SeriesValue};
+use crate::{CompiledModule, OperatorEngine};
+
+/// The id of the one executor of `weir serve`.
+const LOCAL_EXECUTOR: &str = "local";
+
+/// Why the executor did not do what was asked: a stable code (the gateway's problem `code`),
+/// a message for the tenant, the problems with their paths, and when to retry.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct RuntimeError {
+    /// The stable code.
+    pub code: ErrorCode,
+    /// What happened, for the tenant.
+    pub message: String,
+    /// Every problem, with its path.
+    pub problems: Vec<Problem>,
+    /// When a retry may succeed (rate limits).
+    pub retry_after: Option<Duration>,
+}
+
+impl RuntimeError {
+    /// An error with `code` and `message`.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            problems: Vec::new(),
+            retry_after: None,
+        }
+    }
+
+    fn with_problems(mut self, problems: Vec<Problem>) -> Self {
+        self.problems = problems;
+        self
+    }
+
+    fn internal(error: &dyn std::fmt::Display) -> Self {
+        tracing::error!(%error, "executor error");
+        Self::new(ErrorCode::Internal, "the executor failed; see its log")
+    }
+}
+
+/// Where a deployment reads or writes: the endpoint (with its secret) and the topics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binding {
+    /// The endpoint; kind `http` is weir's own API, and an `mqtt` endpoint named `default`
+    /// without an address is the embedded broker.
+    pub endpoint: EndpointSpec,
+    /// Source: topic filters; sink: the first is the topic (`${outputTopic}` allowed).
+    pub topics: Vec<String>,
+}
+
+impl Binding {
+    /// The built-in `http` endpoint.
+    pub fn http() -> Self {
+        Self {
+            endpoint: EndpointSpec {
+                name: "http".to_owned(),
+                kind: "http".to_owned(),
+                address: None,
+                settings: BTreeMap::new(),
+                secret: None,
+            },
+            topics: Vec::new(),
+        }
+    }
+}
+
+/// A deployment to run here.
+#[derive(Debug, Clone)]
+pub struct Assignment {
+    /// The tenant.
+    pub tenant: TenantId,
+    /// Its quotas.
+    pub quotas: Quotas,
+    /// The deployment id.
+    pub id: String,
+    /// The graph definition text.
+    pub graph: String,
+    /// Module bytes by the reference the graph uses.
+    pub modules: BTreeMap<String, Vec<u8>>,
+    /// Configuration values.
+    pub configuration: BTreeMap<String, String>,
+    /// Where messages come from.
+    pub source: Binding,
+    /// Where outputs go.
+    pub sink: Binding,
+}
+
+/// The embedded MQTT broker, for deployments bound to the `default` endpoint: its address and
+/// the tenant's service credentials on it.
+pub trait DefaultBroker: Send + Sync + std::fmt::Debug {
+    /// The endpoint a deployment of `tenant` connects to (address `host:port` on loopback,
+    /// username in settings, password as secret).
+    fn endpoint(&self, tenant: &TenantId) -> EndpointSpec;
+}
+
+/// What an executor is built from.
+#[derive(Debug)]
+pub struct ExecutorConfig {
+    /// The wasm engine (compile cache, pooling allocator).
+    pub engine: OperatorEngine,
+    /// Every deployment's dataflow settings.
+    pub settings: DataflowSettings,
+    /// Timely worker threads.
+    pub workers: usize,
+    /// The tenants' state store modules read and write.
+    pub state: Arc<MeteredStateStore>,
+    /// The connectors, by endpoint kind.
+    pub connectors: Registry,
+    /// Where dead letters are kept.
+    pub journal: Arc<dyn DeadLetterJournal>,
+    /// The embedded MQTT broker, if this process runs one.
+    pub default_broker: Option<Arc<dyn DefaultBroker>>,
+}
+
+struct Running {
+    deployment: Arc<Deployment>,
+    nodes: Vec<String>,
+    source_kind: String,
+    sink_kind: String,
+    ingress: Option<HttpIngress>,
+    outputs: Option<HttpOutputs>,
+    source_status: Arc<ConnectionStatus>,
+    sink_status: Arc<ConnectionStatus>,
+    /// One ingest at a time, so a waiting caller's outputs are the ones its messages made.
+    ingest: tokio::sync::Mutex<()>,
+    edges: Arc<Edges>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The operator instances this deployment was admitted with.
+    _instances: InstanceReservation,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// A deployment by tenant and id.
+type DeploymentKey = (TenantId, String);
+
+/// Deployments running in this process.
+pub struct LocalExecutor {
+    engine: OperatorEngine,
+    runtime: Arc<DataflowRuntime>,
+    workers: usize,
+    settings: DataflowSettings,
+    connectors: Registry,
+    journal: Arc<dyn DeadLetterJournal>,
+    default_broker: Option<Arc<dyn DefaultBroker>>,
+    instances: Arc<InstanceLedger>,
+    state: Arc<MeteredStateStore>,
+    logs: Arc<MemoryLogSink>,
+    metrics: Arc<MetricsRegistry>,
+    clock: Arc<HlcClock>,
+    rates: Arc<MessageRates>,
+    cordoned: AtomicBool,
+    shares: Mutex<HashMap<TenantId, Arc<TenantShare>>>,
+    running: tokio::sync::Mutex<HashMap<DeploymentKey, Arc<Running>>>,
+    /// HTTP output queues of paused deployments: outputs already acknowledged to their source
+    /// wait for a reader across a pause and a resume (one per deployment the gateway keeps;
+    /// dropped when it is deleted).
+    parked: Mutex<HashMap<DeploymentKey, HttpOutputs>>,
+}
+
+impl std::fmt::Debug for LocalExecutor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalExecutor").finish_non_exhaustive()
+    }
+}
+
+/// Modules handed over with an assignment, compiled before `prepare` (off the async workers).
+struct GivenModules {
+    modules: BTreeMap<String, Arc<CompiledModule>>,
+}
+
+impl GivenModules {
+    /// Compiles (or finds in the engine's cache) every module; on a blocking thread.
+    async fn compile(
+        engine: &OperatorEngine,
+        bytes: BTreeMap<String, Vec<u8>>,
+    ) -> Result<Self, RuntimeError> {
+        let engine = engine.clone();
+        let compiled = tokio::task::spawn_blocking(move || {
+            let mut modules = BTreeMap::new();
+            let mut problems = Vec::new();
+            for (reference, bytes) in bytes {
+                match engine.load(&bytes) {
+                    Ok(module) => {
+                        modules.insert(reference, module);
+                    }
+                    Err(error) => problems.push(Problem::new(
+                        format!("modules[{reference:?}]"),
+                        error.to_string(),
+                    )),
+                }
+            }
+            (modules, problems)
+        })
+        .await
+        .map_err(|error| RuntimeError::internal(&error))?;
+        match compiled {
+            (modules, problems) if problems.is_empty() => Ok(Self { modules }),
+            (_, problems) => Err(RuntimeError::new(
+                ErrorCode::InvalidDeployment,
+                "a module of the deployment does not compile",
+            )
+            .with_problems(problems)),
+        }
+    }
+}
+
+impl ModuleResolver for GivenModules {
+    fn resolve(&self, reference: &str) -> Result<Arc<CompiledModule>, String> {
+        self.modules
+            .get(reference)
+            .cloned()
+            .ok_or_else(|| format!("no module for {reference:?}"))
+    }
+}
+
+fn deploy_error(error: DeployError) -> RuntimeError {
+    match error {
+        DeployError::Invalid(problems) => RuntimeError::new(
+            ErrorCode::InvalidDeployment,
+            "the deployment cannot be built",
+        )
+        .with_problems(
+            problems
+                .into_iter()
+                .map(|p| Problem::new(format!("graph.operations[{}]", p.node), p.message))
+                .collect(),
+        ),
+        DeployError::RuntimeStopped => {
+            RuntimeError::new(ErrorCode::Unavailable, "the executor is shutting down")
+        }
+        other => RuntimeError::new(ErrorCode::InvalidDeployment, other.to_string()),
+    }
+}
+
+fn text(bytes: &Bytes) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// An output as the HTTP API hands it out.
+fn output_message(output: Outbound) -> OutputMessage {
+    OutputMessage {
+        topic: text(&output.topic),
+        payload: text(&output.payload),
+        user_properties: output
+            .user_properties
+            .iter()
+            .map(|(k, v)| (text(k), text(v)))
+            .collect(),
+    }
+}
+
+/// The operator nodes (wasm instances) of a graph.
+fn wasm_nodes(graph: &ValidatedGraph) -> usize {
+    graph
+        .operations()
+        .iter()
+        .filter(|o| {
+            !matches!(
+                o.operation_type,
+                OperationType::Source | OperationType::Sink | OperationType::Concatenate
+            )
+        })
+        .count()
+}
+
+/// Turns an intake's refusal of an HTTP ingest into the API's answer.
+fn intake_error(refusal: IntakeRefusal) -> RuntimeError {
+    match refusal {
+        IntakeRefusal::Full(why) => {
+            RuntimeError::new(ErrorCode::RateLimited, format!("{why}; nothing was taken"))
+        }
+        IntakeRefusal::TooLarge(why) => RuntimeError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("{why}; split the batch"),
+        ),
+        IntakeRefusal::Closed => RuntimeError::new(
+            ErrorCode::Unavailable,
+            "the deployment no longer takes messages",
+        ),
+    }
+}
+
+fn level_name(level: LogLevel) -> &'static str {
+    match level {
+        LogLevel::Trace => "trace",
+        LogLevel::Debug => "debug",
+        LogLevel::Info => "info",
+        LogLevel::Warn => "warn",
+        LogLevel::Error => "error",
+        LogLevel::Critical => "critical",
+    }
+}
+
+fn connection_json(status: &ConnectionStatus) -> serde_json::Value {
+    let (state, since) = status.get();
+    let since_ms = since
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let mut value = serde_json::to_value(&state).unwrap_or_default();
+    if let Some(object) = value.as_object_mut() {
+        object.insert("since_ms".to_owned(), json!(since_ms));
+    }
+    value
+}
+
+impl LocalExecutor {
+    /// An executor with its dataflow workers started on the current tokio runtime.
+    pub fn new(config: ExecutorConfig) -> Result<Self, RuntimeError> {
+        Ok(Self {
+            runtime: Arc::new(
+                DataflowRuntime::start(config.workers, tokio::runtime::Handle::current())
+                    .map_err(|e| RuntimeError::internal(&e))?,
+            ),
+            engine: config.engine,
+            workers: config.workers,
+            settings: config.settings,
+            connectors: config.connectors,
+            journal: config.journal,
+            default_broker: config.default_broker,
+            instances: Arc::new(InstanceLedger::default()),
+            state: config.state,
+            logs: Arc::new(MemoryLogSink::new(10_000)),
+            metrics: Arc::new(MetricsRegistry::new(1_000)),
+            clock: Arc::new(HlcClock::new("weir-serve")),
+            rates: Arc::new(MessageRates::default()),
+            cordoned: AtomicBool::new(false),
+            shares: Mutex::new(HashMap::new()),
+            running: tokio::sync::Mutex::new(HashMap::new()),
+            parked: Mutex::new(HashMap::new()),
+        })
+    }
+
+    async fn find(&self, tenant: &TenantId, id: &str) -> Result<Arc<Running>, RuntimeError> {
+        self.running
+            .lock()
+            .await
+            .get(&(tenant.clone(), id.to_owned()))
+            .cloned()
+            .ok_or_else(|| {
+                RuntimeError::new(
+                    ErrorCode::Unavailable,
+                    "the deployment is not running (paused, failed, or not placed yet)",
+                )
+            })
+    }
+
+    /// The tenant's share, if it ever deployed here: reads never create one.
+    fn existing_share(&self, tenant: &TenantId) -> Option<Arc<TenantShare>> {
+        self.shares
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(tenant)
+            .cloned()
+    }
+
+    /// The tenant's share, with `quotas` in force.
+    fn share(&self, tenant: &TenantId, quotas: &Quotas) -> Arc<TenantShare> {
+        let share = self
+            .shares
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(tenant.clone())
+            .or_insert_with(|| Arc::new(TenantShare::new(quotas)))
+            .clone();
+        self.apply_quotas(tenant, &share, quotas);
+        share
+    }
+
+    fn apply_quotas(&self, tenant: &TenantId, share: &TenantShare, quotas: &Quotas) {
+        share.apply(quotas);
+        self.logs.set_capacity(
+            tenant,
+            usize::try_from(quotas.max_log_lines).unwrap_or(usize::MAX),
+        );
+        self.metrics.set_max_series(
+            tenant,
+            usize::try_from(quotas.max_metric_series).unwrap_or(usize::MAX),
+        );
+    }
+
+    /// The endpoint a binding names, the embedded broker filled in, and the egress rule its
+    /// connections go through: the tenant's (`allowed_private_hosts`), plus the embedded
+    /// broker's own loopback address for the `default` endpoint only.
+    fn endpoint(
+        &self,
+        binding: &Binding,
+        quotas: &Quotas,
+        tenant: &TenantId,
+    ) -> (EndpointSpec, Egress) {
+        let builtin = binding.endpoint.kind == "mqtt"
+            && binding.endpoint.name == "default"
+            && binding.endpoint.address.is_none();
+        match (&self.default_broker, builtin) {
+            (Some(broker), true) => {
+                let endpoint = broker.endpoint(tenant);
+                let host = endpoint
+                    .address
+                    .as_deref()
+                    .and_then(|a| a.rsplit_once(':').map(|(h, _)| h.to_owned()))
+                    .unwrap_or_default();
+                (endpoint, Egress::new([host]))
+            }
+            _ => (
+                binding.endpoint.clone(),
+                Egress::new(&quotas.allowed_private_hosts),
+            ),
+        }
+    }
+
+    /// Every problem with the bindings, by the connectors' checks.
+    fn check_bindings(&self, assignment: &Assignment) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let source = &assignment.source;
+        match self.connectors.get(&source.endpoint.kind) {
+            None => problems.push(Problem::new(
+                "/source/endpoint",
+                format!(
+                    "{} is a {} endpoint; this executor has connectors for {}",
+                    source.endpoint.name,
+                    source.endpoint.kind,
+                    self.connectors.kinds().join(", ")
+                ),
+            )),
+            Some(connector) => problems.extend(connector.check_source(&SourceSpec {
+                endpoint: source.endpoint.clone(),
+                topics: source.topics.clone(),
+            })),
+        }
+        let sink = &assignment.sink;
+        match self.connectors.get(&sink.endpoint.kind) {
+            None => problems.push(Problem::new(
+                "/sink/endpoint",
+                format!(
+                    "{} is a {} endpoint; this executor has connectors for {}",
+                    sink.endpoint.name,
+                    sink.endpoint.kind,
+                    self.connectors.kinds().join(", ")
+                ),
+            )),
+            Some(connector) => problems.extend(connector.check_sink(&SinkSpec {
+                endpoint: sink.endpoint.clone(),
+                topic: sink.topics.first().cloned().unwrap_or_default(),
+            })),
+        }
+        problems
+    }
+
+    /// Starts a deployment; configuration warnings on success. A deployment of the same id
+    /// that runs already is replaced only once the new one has started (a rolling update):
+    /// if the new one fails, the old one keeps running. Its HTTP output queue carries over.
+    pub async fn start(&self, assignment: Assignment) -> Result<Vec<String>, RuntimeError> {
+        if self.cordoned.load(Ordering::Acquire) {
+            return Err(RuntimeError::new(
+                ErrorCode::Unavailable,
+                "no executor takes new deployments (every executor is cordoned)",
+            ));
+        }
+        let graph = parse_graph(&assignment.graph)
+            .map_err(|e| RuntimeError::new(ErrorCode::InvalidDeployment, e.to_string()))?;
+        let source_name = graph
+            .operations()
+            .iter()
+            .find(|o| o.operation_type == OperationType::Source)
+            .map(|o| o.name.clone())
+            .ok_or_else(|| {
+                RuntimeError::new(ErrorCode::InvalidDeployment, "the graph has no source")
+            })?;
+        let problems = self.check_bindings(&assignment);
+        if !problems.is_empty() {
+            return Err(RuntimeError::new(
+                ErrorCode::InvalidDeployment,
+                "the deployment's bindings cannot be used",
+            )
+            .with_problems(problems));
+        }
+        let nodes = graph.operations().iter().map(|o| o.name.clone()).collect();
+        let tenant = assignment.tenant.clone();
+        let quotas = assignment.quotas.clone();
+        // Admitted before anything is instantiated: the slots are promised from here on.
+        let instances = self.instances.reserve(
+            &tenant,
+            &assignment.id,
+            wasm_nodes(&graph),
+            quotas.max_instances,
+        )?;
+        let share = self.share(&tenant, &quotas);
+        let context = TenantContext {
+            fuel: share.fuel.clone(),
+            in_flight_bytes: share.in_flight_bytes.clone(),
+            live_quotas: share.quotas.clone(),
+            queued_output_bytes: share.queued_output_bytes.clone(),
+            ..TenantContext::new(
+                tenant.clone(),
+                quotas.clone(),
+                self.state.clone(),
+                self.logs.clone(),
+                self.metrics.clone(),
+                self.clock.clone(),
+            )
+        };
+        let modules = GivenModules::compile(&self.engine, assignment.modules).await?;
+        let prepared = prepare(
+            &assignment.id,
+            &graph,
+            &assignment.configuration,
+            &context,
+            &modules,
+            &self.engine,
+            self.settings.clone(),
+            "weir-serve",
+        )
+        .await
+        .map_err(deploy_error)?;
+        let warnings = prepared.warnings.clone();
+
+        // The connectors, built before the dataflow so a refused binding leaves nothing behind.
+        let (source_endpoint, source_egress) = self.endpoint(&assignment.source, &quotas, &tenant);
+        let (sink_endpoint, sink_egress) = self.endpoint(&assignment.sink, &quotas, &tenant);
+        let source_context = ConnectContext::new(
+            tenant.clone(),
+            &assignment.id,
+            source_egress,
+            quotas.max_message_bytes,
+        );
+        let sink_context = ConnectContext {
+            egress: sink_egress,
+            ..source_context.with_fresh_status()
+        };
+        let source_status = source_context.status.clone();
+        let sink_status = sink_context.status.clone();
+        let source_kind = source_endpoint.kind.clone();
+        let sink_kind = sink_endpoint.kind.clone();
+        let connector_error = |side: &str, error: weir_connectors::ConnectorError| match error {
+            weir_connectors::ConnectorError::Invalid(problems) => RuntimeError::new(
+                ErrorCode::InvalidDeployment,
+                format!("the {side} binding cannot be used"),
+            )
+            .with_problems(problems),
+            other => RuntimeError::new(
+                ErrorCode::InvalidDeployment,
+                format!("the {side} cannot be built: {other}"),
+            ),
+        };
+        let source = self
+            .connectors
+            .get(&source_kind)
+            .ok_or_else(|| RuntimeError::new(ErrorCode::InvalidDeployment, "no source connector"))?
+            .source(
+                SourceSpec {
+                    endpoint: source_endpoint,
+                    topics: assignment.source.topics.clone(),
+                },
+                source_context,
+            )
+            .await
+            .map_err(|e| connector_error("source", e))?;
+        let key = (tenant.clone(), assignment.id.clone());
+        let sink_topic = assignment.sink.topics.first().cloned().unwrap_or_default();
+        let sink: Box<dyn weir_connectors::Sink> = if sink_kind == "http" {
+            // The queue of the running (or paused) version carries over: its outputs were
+            // acknowledged to their source already.
+            let previous = match self.running.lock().await.get(&key) {
+                Some(running) => running.outputs.clone(),
+                None => None,
+            };
+            let parked = self
+                .parked
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&key);
+            sink_status.set(weir_connectors::ConnectionState::Connected);
+            Box::new(HttpSink::with_outputs(
+                sink_topic,
+                previous.or(parked).unwrap_or_default(),
+            ))
+        } else {
+            self.connectors
+                .get(&sink_kind)
+                .ok_or_else(|| {
+                    RuntimeError::new(ErrorCode::InvalidDeployment, "no sink connector")
+                })?
+                .sink(
+                    SinkSpec {
+                        endpoint: sink_endpoint,
+                        topic: sink_topic,
+                    },
+                    sink_context,
+                )
+                .await
+                .map_err(|e| connector_error("sink", e))?
+        };
+
+        // Installing waits for the worker thread to build the dataflow: not on an async worker.
+        let runtime = self.runtime.clone();
+        let deployment = tokio::task::spawn_blocking(move || runtime.deploy(prepared))
+            .await
+            .map_err(|error| RuntimeError::internal(&error))?
+            .map_err(deploy_error)?;
+        let deployment = Arc::new(deployment);
+        let handle = deployment.source(&source_name).cloned().ok_or_else(|| {
+            RuntimeError::new(
+                ErrorCode::InvalidDeployment,
+                "the graph's source is missing",
+            )
+        })?;
+        let edges = Arc::new(Edges::new(tenant.clone(), assignment.id.clone(), share));
+        let in_flight = self
+            .settings
+            .max_in_flight
+            .unwrap_or(self.settings.intake_capacity);
+        let (acks, settlements) = ack_channel(in_flight + 64);
+        let ingress = source.http_ingress();
+        let outputs = sink.http_outputs();
+        let intake: Arc<dyn weir_connectors::Intake> = Arc::new(DeploymentIntake {
+            source: handle,
+            acks: acks.clone(),
+            edges: edges.clone(),
+            rates: if ingress.is_some() {
+                None
+            } else {
+                Some(self.rates.clone())
+            },
+        });
+        if let Some(ingress) = &ingress {
+            ingress.attach(intake.clone());
+        }
+        let logs = self.logs.clone();
+        let log_tenant = tenant.clone();
+        let log_node = format!("{}/source", assignment.id);
+        let source_task = tokio::spawn(async move {
+            if let Err(error) = source.run(intake, settlements).await {
+                logs.record(LogRecord {
+                    tenant: log_tenant,
+                    node: log_node,
+                    level: LogLevel::Error,
+                    context: "connector".to_owned(),
+                    message: format!("the source stopped: {error}"),
+                    at: std::time::SystemTime::now(),
+                });
+            }
+        });
+        let output_task = tokio::spawn(pump_outputs(
+            deployment.clone(),
+            sink,
+            edges.clone(),
+            self.journal.clone(),
+        ));
+        let letter_task = tokio::spawn(pump_dead_letters(
+            deployment.clone(),
+            edges.clone(),
+            self.journal.clone(),
+            acks,
+        ));
+        let running = Running {
+            deployment,
+            nodes,
+            source_kind,
+            sink_kind,
+            ingress,
+            outputs,
+            source_status,
+            sink_status,
+            ingest: tokio::sync::Mutex::new(()),
+            edges,
+            tasks: vec![source_task, output_task, letter_task],
+            _instances: instances,
+        };
+        // Replacing the entry stops the previous version, now that this one runs.
+        let previous = self.running.lock().await.insert(key, Arc::new(running));
+        drop(previous);
+        Ok(warnings)
+    }
+
+    /// Stops a deployment (messages in flight are abandoned, not acknowledged: their brokers
+    /// redeliver them). Its HTTP output queue is kept for a later start of the same id until
+    /// [`LocalExecutor::forget`].
+    pub async fn stop(&self, tenant: &TenantId, id: &str) {
+        let key = (tenant.clone(), id.to_owned());
+        let stopped = self.running.lock().await.remove(&key);
+        if let Some(outputs) = stopped.as_ref().and_then(|r| r.outputs.clone())
+            && !outputs.is_empty()
+        {
+            self.parked
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(key, outputs);
+        }
+        drop(stopped);
+    }
+
+    /// Stops a deployment for good: its kept outputs go too.
+    pub async fn forget(&self, tenant: &TenantId, id: &str) {
+        self.stop(tenant, id).await;
+        self.parked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&(tenant.clone(), id.to_owned()));
+    }
+
+    /// Hands messages to the deployment's HTTP source; with `wait`, returns the outputs derived
+    /// from them once each message is fully processed (or the timeout passes).
+    pub async fn ingest(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        messages: Vec<IngestMessage>,
+        wait: Option<Duration>,
+    ) -> Result<Vec<OutputMessage>, RuntimeError> {
+        let running = self.find(tenant, id).await?;
+        let ingress = running.ingress.clone().ok_or_else(|| {
+            RuntimeError::new(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "the deployment reads from its {} endpoint, not from http ingest",
+                    running.source_kind
+                ),
+            )
+        })?;
+        let quotas = running.edges.share.quotas();
+        let _one_at_a_time = running.ingest.lock().await;
+        let first_output = running.outputs.as_ref().map(HttpOutputs::next_seq);
+        let mut batch = Vec::with_capacity(messages.len());
+        for message in messages {
+            // The whole message counts: topic, payload and user properties.
+            let size = message.byte_len();
+            if size > quotas.max_message_bytes {
+                return Err(RuntimeError::new(
+                    ErrorCode::PayloadTooLarge,
+                    format!(
+                        "a message of {size} bytes (topic, payload and properties) exceeds the limit of {}",
+                        quotas.max_message_bytes
+                    ),
+                ));
+            }
+            batch.push(Inbound {
+                topic: Bytes::from(message.topic),
+                payload: Bytes::from(message.payload),
+                content_type: None,
+                user_properties: message
+                    .user_properties
+                    .into_iter()
+                    .map(|(k, v)| (Bytes::from(k), Bytes::from(v)))
+                    .collect(),
+                ack: weir_connectors::Ack::Sequence(0),
+            });
+        }
+        let count = u32::try_from(batch.len()).unwrap_or(u32::MAX);
+        match self
+            .rates
+            .admit(tenant, quotas.messages_per_second_in, count)
+        {
+            Ok(()) => {}
+            Err(RateRefusal::Wait(wait)) => {
+                let mut error = RuntimeError::new(
+                    ErrorCode::RateLimited,
+                    format!(
+                        "over the tenant's {} messages per second; nothing was taken",
+                        quotas.messages_per_second_in
+                    ),
+                );
+                error.retry_after = Some(wait);
+                return Err(error);
+            }
+            Err(RateRefusal::TooMany { per_second }) => {
+                return Err(RuntimeError::new(
+                    ErrorCode::PayloadTooLarge,
+                    format!(
+                        "a batch of {count} messages is more than the tenant's {per_second} messages per second; split the batch"
+                    ),
+                ));
+            }
+        }
+        let receipt = ingress.offer(batch).map_err(intake_error)?;
+        let Some(wait) = wait else {
+            return Ok(Vec::new());
+        };
+        let _settled_or_timed_out = tokio::time::timeout(wait, receipt.settled()).await.is_ok();
+        Ok(match (&running.outputs, first_output) {
+            (Some(outputs), Some(first)) => outputs
+                .take_from(first)
+                .into_iter()
+                .map(output_message)
+                .collect(),
+            _ => Vec::new(),
+        })
+    }
+
+    /// Takes up to `limit` outputs waiting in the deployment's HTTP sink queue.
+    pub async fn take_outputs(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        limit: usize,
+    ) -> Result<Vec<OutputMessage>, RuntimeError> {
+        let running = self.find(tenant, id).await?;
+        let outputs = running.outputs.clone().ok_or_else(|| {
+            RuntimeError::new(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "the deployment writes to its {} endpoint, not to the http output queue",
+                    running.sink_kind
+                ),
+            )
+        })?;
+        Ok(outputs
+            .take_front(limit)
+            .into_iter()
+            .map(output_message)
+            .collect())
+    }
+
+    /// Counters, connections and recent dead letters of a running deployment, if it runs here.
+    pub async fn status(&self, tenant: &TenantId, id: &str) -> Option<serde_json::Value> {
+        let running = self.find(tenant, id).await.ok()?;
+        let stats = running.deployment.stats();
+        let nodes: serde_json::Map<String, serde_json::Value> = running
+            .nodes
+            .iter()
+            .filter_map(|name| {
+                let counters = running.deployment.node_counters(name)?;
+                Some((
+                    name.clone(),
+                    json!({
+                        "calls": counters.calls.load(Ordering::Relaxed),
+                        "failures": counters.failures.load(Ordering::Relaxed),
+                        "fuel": counters.fuel.load(Ordering::Relaxed),
+                        "instantiations": counters.instantiations.load(Ordering::Relaxed),
+                        "live": counters.live.load(Ordering::Relaxed),
+                    }),
+                ))
+            })
+            .collect();
+        let queued = running.outputs.as_ref().map_or(0, HttpOutputs::len);
+        Some(json!({
+            "executor": LOCAL_EXECUTOR,
+            "received": stats.received.load(Ordering::Relaxed),
+            "emitted": stats.emitted.load(Ordering::Relaxed),
+            "dead_lettered": stats.dead_lettered.load(Ordering::Relaxed),
+            "late": stats.late.load(Ordering::Relaxed),
+            "clock_drift": stats.clock_drift.load(Ordering::Relaxed),
+            "delay_clamped": stats.delay_clamped.load(Ordering::Relaxed),
+            "outputs_queued": queued,
+            "source": {
+                "kind": running.source_kind,
+                "connection": connection_json(&running.source_status),
+            },
+            "sink": {
+                "kind": running.sink_kind,
+                "connection": connection_json(&running.sink_status),
+            },
+            "nodes": nodes,
+            "recent_dead_letters": running.edges.recent.newest(),
+        }))
+    }
+
+    /// The tenant's log lines numbered above `after` (of `deployment` only, if given), oldest
+    /// first, at most `limit`.
+    pub fn logs(
+        &self,
+        tenant: &TenantId,
+        deployment: Option<&str>,
+        after: u64,
+        limit: usize,
+    ) -> Vec<LogLine> {
+        let mut lines = Vec::new();
+        let mut after = after;
+        // Filtered reads page through the kept lines until the page is full.
+        loop {
+            let batch = self.logs.lines_after(tenant, after, 1000);
+            let Some((last, _)) = batch.last() else { break };
+            after = *last;
+            for (seq, record) in batch {
+                let (owner, node) = match record.node.split_once('/') {
+                    Some((owner, node)) => (Some(owner.to_owned()), node.to_owned()),
+                    None => (None, record.node.clone()),
+                };
+                if deployment.is_some() && deployment != owner.as_deref() {
+                    continue;
+                }
+                lines.push(LogLine {
+                    seq,
+                    at_ms: record
+                        .at
+                        .duration_since(UNIX_EPOCH)
+                        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                    level: level_name(record.level).to_owned(),
+                    deployment: owner,
+                    node: Some(node),
+                    message: record.message,
+                });
+                if lines.len() >= limit {
+                    return lines;
+                }
+            }
+        }
+        lines
+    }
+
+    /// The tenant's metric series.
+    pub fn metrics(&self, tenant: &TenantId) -> Vec<MetricSeries> {
+        let (series, _dropped) = self.metrics.snapshot(tenant);
+        series
+            .into_iter()
+            .map(|((name, labels), value)| match value {
+                SeriesValue::Counter(total) => MetricSeries {
+                    name,
+                    kind: "counter".to_owned(),
+                    labels,
+                    #[expect(clippy::cast_precision_loss, reason = "exported as a float")]
+                    value: total as f64,
+                    count: None,
+                },
+                SeriesValue::Histogram { count, sum, .. } => MetricSeries {
+                    name,
+                    kind: "histogram".to_owned(),
+                    labels,
+                    value: sum,
+                    count: Some(count),
+                },
+            })
+            .collect()
+    }
+
+    /// What the tenant's deployments used here (the data-plane fields of [`Usage`]; dead-letter
+    /// evictions are the journal's).
+    pub fn usage(&self, tenant: &TenantId) -> Usage {
+        let state_ops = self.state.operations(tenant);
+        let messages_limited = self.rates.limited(tenant);
+        let Some(share) = self.existing_share(tenant) else {
+            return Usage {
+                state_ops,
+                messages_limited,
+                ..Usage::default()
+            };
+        };
+        Usage {
+            messages_in: share.messages_in.load(Ordering::Relaxed),
+            bytes_in: share.bytes_in.load(Ordering::Relaxed),
+            messages_limited,
+            messages_out: share.messages_out.load(Ordering::Relaxed),
+            dead_letters: share.dead_lettered.load(Ordering::Relaxed),
+            // Every call and `init` of the tenant's modules, charged as it ran.
+            fuel: share.fuel.charged(),
+            init_fuel: share.fuel.init_charged(),
+            state_ops,
+            ..Usage::default()
+        }
+    }
+
+    /// The executors deployments run on.
+    pub async fn executors(&self) -> Vec<Executor> {
+        let cordoned = self.cordoned.load(Ordering::Acquire);
+        vec![Executor {
+            id: LOCAL_EXECUTOR.to_owned(),
+            state: if cordoned { "cordoned" } else { "ready" }.to_owned(),
+            deployments: self.running.lock().await.len() as u64,
+            workers: self.workers as u64,
+        }]
+    }
+
+    /// Cordons (`true`: no new deployments) or uncordons an executor; whether it exists.
+    pub fn cordon(&self, executor: &str, cordoned: bool) -> bool {
+        if executor != LOCAL_EXECUTOR {
+            return false;
+        }
+        self.cordoned.store(cordoned, Ordering::Release);
+        true
+    }
+
+    /// Stops the tenant's deployments and forgets its logs, metrics and budgets.
+    pub async fn forget_tenant(&self, tenant: &TenantId) {
+        let stopped: Vec<_> = {
+            let mut running = self.running.lock().await;
+            let ids: Vec<DeploymentKey> = running
+                .keys()
+                .filter(|(t, _)| t == tenant)
+                .cloned()
+                .collect();
+            ids.iter().filter_map(|key| running.remove(key)).collect()
+        };
+        drop(stopped);
+        self.parked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|(t, _), _| t != tenant);
+        self.shares
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(tenant);
+        self.rates.forget(tenant);
+        self.logs.forget(tenant);
+        self.metrics.forget(tenant);
+    }
+
+    /// Applies the tenant's changed quotas to its running deployments (rates, budgets, log
+    /// and metric bounds at once; per-call limits on each deployment's next start).
+    pub fn set_quotas(&self, tenant: &TenantId, quotas: &Quotas) {
+        if let Some(share) = self.existing_share(tenant) {
+            self.apply_quotas(tenant, &share, quotas);
+        }
+    }
+
+    /// The recent dead letters of a running deployment, newest first (the durable record is
+    /// the journal's).
+    pub async fn recent_dead_letters(&self, tenant: &TenantId, id: &str) -> Vec<DeadLetter> {
+        match self.find(tenant, id).await {
+            Ok(running) => running.edges.recent.newest(),
+            Err(_) => Vec::new(),
+        }
+    }
+}
