@@ -65,7 +65,10 @@ pub(crate) enum Credentials {
     /// A user name only.
     Username(String),
     /// A TLS client certificate chain and its private key, PEM.
-    #[cfg_attr(not(feature = "mqtt-tls"), allow(dead_code, reason = "built with mqtt-tls"))]
+    #[cfg_attr(
+        not(feature = "mqtt-tls"),
+        allow(dead_code, reason = "built with mqtt-tls")
+    )]
     Certificate {
         username: Option<String>,
         chain: Vec<u8>,
@@ -98,7 +101,10 @@ pub(crate) struct MqttEndpoint {
     pub(crate) keep_alive: Duration,
     pub(crate) receive_maximum: u16,
     pub(crate) max_packet_bytes: Option<u32>,
-    #[cfg_attr(not(feature = "mqtt-tls"), allow(dead_code, reason = "built with mqtt-tls"))]
+    #[cfg_attr(
+        not(feature = "mqtt-tls"),
+        allow(dead_code, reason = "built with mqtt-tls")
+    )]
     pub(crate) tls: Option<Vec<u8>>,
     pub(crate) credentials: Credentials,
     pub(crate) client_id: Option<String>,
@@ -223,7 +229,10 @@ pub(crate) fn parse_endpoint(endpoint: &EndpointSpec) -> Result<MqttEndpoint, Ve
         if !SETTINGS.contains(&key.as_str()) {
             problems.push(Problem::new(
                 setting_path(key),
-                format!("unknown setting; an mqtt endpoint takes {}", SETTINGS.join(", ")),
+                format!(
+                    "unknown setting; an mqtt endpoint takes {}",
+                    SETTINGS.join(", ")
+                ),
             ));
         }
     }
@@ -498,7 +507,10 @@ mod tests {
     #[test]
     fn defaults_and_settings_parse() {
         let e = parse_endpoint(&endpoint("broker.example:1884", &[], None)).unwrap();
-        assert_eq!((e.host.as_str(), e.port, e.qos), ("broker.example", 1884, 1));
+        assert_eq!(
+            (e.host.as_str(), e.port, e.qos),
+            ("broker.example", 1884, 1)
+        );
         assert!(!e.clean_start);
         assert_eq!(e.session_expiry_s, 3600);
         assert_eq!(e.receive_maximum, 100);
@@ -561,13 +573,22 @@ mod tests {
     fn tls_is_a_clear_error_without_the_feature() {
         let problems = parse_endpoint(&endpoint(
             "h:8883",
-            &[("tls", "on"), ("ca_certificate", "-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n")],
+            &[
+                ("tls", "on"),
+                (
+                    "ca_certificate",
+                    "-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n",
+                ),
+            ],
             None,
         ))
         .err()
         .unwrap();
-        assert!(problems.iter().any(|p| p.path == "/endpoint/settings/tls"
-            && p.message.contains("mqtt-tls")));
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.path == "/endpoint/settings/tls" && p.message.contains("mqtt-tls"))
+        );
     }
 
     #[test]
@@ -576,8 +597,14 @@ mod tests {
                       -----BEGIN PRIVATE KEY-----\nKKK\n-----END PRIVATE KEY-----\n";
         let chain = String::from_utf8(pem_blocks(bundle, "CERTIFICATE")).unwrap();
         let key = String::from_utf8(pem_blocks(bundle, "PRIVATE KEY")).unwrap();
-        assert_eq!(chain, "-----BEGIN CERTIFICATE-----\nAAA\n-----END CERTIFICATE-----\n");
-        assert_eq!(key, "-----BEGIN PRIVATE KEY-----\nKKK\n-----END PRIVATE KEY-----\n");
+        assert_eq!(
+            chain,
+            "-----BEGIN CERTIFICATE-----\nAAA\n-----END CERTIFICATE-----\n"
+        );
+        assert_eq!(
+            key,
+            "-----BEGIN PRIVATE KEY-----\nKKK\n-----END PRIVATE KEY-----\n"
+        );
     }
 
     #[test]

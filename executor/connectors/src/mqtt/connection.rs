@@ -13,11 +13,11 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rumqttc::Outgoing;
 use rumqttc::v5::mqttbytes::v5::{
     ConnectReturnCode, Packet, PubAckReason, Publish, SubscribeReasonCode,
 };
 use rumqttc::v5::{AsyncClient, ConnectionError, Event as RumqttEvent, EventLoop, MqttOptions};
-use rumqttc::Outgoing;
 use tokio::sync::{Notify, mpsc};
 
 use super::config::{Credentials, MqttEndpoint};
@@ -159,13 +159,11 @@ fn options(plan: &Plan, address: &str, port: u16) -> MqttOptions {
             Credentials::Certificate { chain, key, .. } => Some((chain.clone(), key.clone())),
             _ => None,
         };
-        options.set_transport(rumqttc::Transport::Tls(
-            rumqttc::TlsConfiguration::Simple {
-                ca: ca.clone(),
-                alpn: None,
-                client_auth,
-            },
-        ));
+        options.set_transport(rumqttc::Transport::Tls(rumqttc::TlsConfiguration::Simple {
+            ca: ca.clone(),
+            alpn: None,
+            client_auth,
+        }));
     }
     options
 }
@@ -225,10 +223,7 @@ async fn attempt(plan: &Plan) -> Attempt {
             AsyncClient::new(options(plan, &target, address.port()), plan.capacity);
         match tokio::time::timeout_at(deadline, eventloop.poll()).await {
             Err(_) => {
-                return Attempt::Retry(format!(
-                    "connecting to {host}:{} timed out",
-                    endpoint.port
-                ));
+                return Attempt::Retry(format!("connecting to {host}:{} timed out", endpoint.port));
             }
             Ok(Ok(RumqttEvent::Incoming(Packet::ConnAck(connack)))) => {
                 let (receive_maximum, max_packet) = connack
@@ -244,7 +239,10 @@ async fn attempt(plan: &Plan) -> Attempt {
                 };
             }
             Ok(Ok(other)) => {
-                last = format!("{host}:{} answered {other:?} instead of CONNACK", endpoint.port);
+                last = format!(
+                    "{host}:{} answered {other:?} instead of CONNACK",
+                    endpoint.port
+                );
             }
             Ok(Err(ConnectionError::ConnectionRefused(code))) if refused_for_good(code) => {
                 return Attempt::Refused(format!(
@@ -263,9 +261,10 @@ async fn attempt(plan: &Plan) -> Attempt {
 /// Maps a rumqttc event to what the source or sink needs (`None`: nothing).
 fn forward(generation: u64, event: RumqttEvent) -> Option<Event> {
     match event {
-        RumqttEvent::Incoming(Packet::Publish(publish)) => {
-            Some(Event::Publish { generation, publish })
-        }
+        RumqttEvent::Incoming(Packet::Publish(publish)) => Some(Event::Publish {
+            generation,
+            publish,
+        }),
         RumqttEvent::Incoming(Packet::PubAck(puback)) => Some(Event::PubAck {
             generation,
             packet_id: puback.pkid,
@@ -302,7 +301,13 @@ async fn supervise(plan: Plan, tx: mpsc::Sender<Event>, rebuild: Arc<Notify>) {
                     session_present,
                     receive_maximum,
                     max_packet,
-                } => (client, eventloop, session_present, receive_maximum, max_packet),
+                } => (
+                    client,
+                    eventloop,
+                    session_present,
+                    receive_maximum,
+                    max_packet,
+                ),
                 Attempt::Retry(error) => {
                     tracing::debug!(client_id = %plan.client_id, %error, "mqtt connect failed");
                     status.retrying(error);
@@ -351,7 +356,10 @@ async fn supervise(plan: Plan, tx: mpsc::Sender<Event>, rebuild: Arc<Notify>) {
             }
         };
         tracing::debug!(client_id = %plan.client_id, %error, generation, "mqtt connection lost");
-        status.retrying(format!("connection to {}:{} lost: {error}", plan.endpoint.host, plan.endpoint.port));
+        status.retrying(format!(
+            "connection to {}:{} lost: {error}",
+            plan.endpoint.host, plan.endpoint.port
+        ));
         if tx.send(Event::Lost { generation }).await.is_err() {
             return;
         }

@@ -57,7 +57,9 @@ impl Connector for MqttConnector {
     }
 
     fn check_source(&self, spec: &SourceSpec) -> Vec<Problem> {
-        let mut problems = config::parse_endpoint(&spec.endpoint).err().unwrap_or_default();
+        let mut problems = config::parse_endpoint(&spec.endpoint)
+            .err()
+            .unwrap_or_default();
         if spec.topics.is_empty() {
             problems.push(Problem::new(
                 "/source/topics",
@@ -76,7 +78,9 @@ impl Connector for MqttConnector {
     }
 
     fn check_sink(&self, spec: &SinkSpec) -> Vec<Problem> {
-        let mut problems = config::parse_endpoint(&spec.endpoint).err().unwrap_or_default();
+        let mut problems = config::parse_endpoint(&spec.endpoint)
+            .err()
+            .unwrap_or_default();
         if let Err(why) = config::check_topic_template(&spec.topic) {
             problems.push(Problem::new(
                 "/sink/topic",

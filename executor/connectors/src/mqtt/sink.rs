@@ -120,7 +120,12 @@ fn prepare(template: &str, output: Outbound) -> Result<Record, (&'static str, St
     let user_properties = output
         .user_properties
         .into_iter()
-        .map(|(k, v)| Ok((text(k, "a user property name")?, text(v, "a user property value")?)))
+        .map(|(k, v)| {
+            Ok((
+                text(k, "a user property name")?,
+                text(v, "a user property value")?,
+            ))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Record {
         topic,
@@ -179,9 +184,11 @@ impl Sink for MqttSink {
             return Ok(report);
         }
         if self.connection.is_none() {
-            let client_id = self.endpoint.client_id.clone().unwrap_or_else(|| {
-                format!("{}-sink", self.context.client_id)
-            });
+            let client_id = self
+                .endpoint
+                .client_id
+                .clone()
+                .unwrap_or_else(|| format!("{}-sink", self.context.client_id));
             self.connection = Some(Connection::start(Plan {
                 endpoint: self.endpoint.clone(),
                 context: self.context.clone(),
@@ -341,17 +348,21 @@ impl Sink for MqttSink {
                                     reason: code.to_owned(),
                                     detail: format!(
                                         "the broker refused the publish: {other:?}{}",
-                                        reason_string.map(|s| format!(" ({s})")).unwrap_or_default()
+                                        reason_string
+                                            .map(|s| format!(" ({s})"))
+                                            .unwrap_or_default()
                                     ),
                                 });
                                 record.state = State::Finished;
                                 left -= 1;
                             } else {
-                                tracing::debug!(?other, "mqtt publish refused for now; publishing again");
+                                tracing::debug!(
+                                    ?other,
+                                    "mqtt publish refused for now; publishing again"
+                                );
                                 record.state = State::Unsent;
                                 next = next.min(index);
-                                paused_until =
-                                    Some(tokio::time::Instant::now() + REFUSED_FOR_NOW);
+                                paused_until = Some(tokio::time::Instant::now() + REFUSED_FOR_NOW);
                             }
                         }
                     }

@@ -19,6 +19,10 @@ use crate::source::{AckReceiver, Intake, IntakeRefusal, Settled, Source};
 use crate::spec::ConnectContext;
 use crate::status::ConnectionState;
 
+/// Messages a source holds for its intake (with [`HOLD_BYTES`]) before it stops reading.
+const HOLD_MESSAGES: usize = 1024;
+/// Bytes of messages a source holds for its intake before it stops reading.
+const HOLD_BYTES: u64 = 64 << 20;
 /// How often PUBACKs that did not fit rumqttc's request channel are tried again.
 const ACK_RETRY: Duration = Duration::from_millis(10);
 
@@ -31,7 +35,11 @@ pub struct MqttSource {
 }
 
 impl MqttSource {
-    pub(crate) fn new(endpoint: MqttEndpoint, filters: Vec<String>, context: ConnectContext) -> Self {
+    pub(crate) fn new(
+        endpoint: MqttEndpoint,
+        filters: Vec<String>,
+        context: ConnectContext,
+    ) -> Self {
         Self {
             endpoint: Arc::new(endpoint),
             filters,
@@ -83,11 +91,13 @@ impl Source for MqttSource {
         intake: Arc<dyn Intake>,
         mut acks: AckReceiver,
     ) -> Result<(), ConnectorError> {
-        let receive_maximum = usize::from(self.endpoint.receive_maximum);
-        // Messages received and not yet taken by the intake: at most a receive maximum of QoS 1
-        // messages (the broker sends no more unacknowledged), and no more than that of QoS 0
-        // either: past it the source stops reading, which holds the broker back through TCP.
-        let hold_limit = receive_maximum.max(64);
+        // Messages received and not yet taken by the intake. Receive Maximum should keep QoS 1
+        // messages to `receive_maximum`, but brokers overrun it (Mosquitto 2.0.11 had over a
+        // thousand unacknowledged in flight with 100 under a steady publish rate) and QoS 0 has
+        // no such bound; past these limits the source stops reading, which holds the broker back
+        // through TCP. The source keeps reading below them, so the connection task is never
+        // stuck behind a slow deployment and a lost connection shows in the status at once.
+        let hold_limit = (usize::from(self.endpoint.receive_maximum) * 4).max(HOLD_MESSAGES);
         let qos = if self.endpoint.qos == 0 {
             QoS::AtMostOnce
         } else {
@@ -122,16 +132,20 @@ impl Source for MqttSource {
 
         let mut current: Option<Current> = None;
         let mut held: VecDeque<Inbound> = VecDeque::new();
+        let mut held_bytes = 0u64;
         let mut unsent_acks: VecDeque<u16> = VecDeque::new();
         let mut sequence = 0u64;
         let mut oversize_warned = false;
+
         loop {
             // Offer what is held, one message at a time (a batch is all or nothing).
             let mut waiting_for_room = false;
             while let Some(message) = held.front() {
                 match intake.try_offer(vec![message.clone()]) {
                     Ok(()) => {
-                        held.pop_front();
+                        if let Some(taken) = held.pop_front() {
+                            held_bytes = held_bytes.saturating_sub(taken.byte_len());
+                        }
                     }
                     Err(IntakeRefusal::Full(_)) => {
                         waiting_for_room = true;
@@ -169,7 +183,7 @@ impl Source for MqttSource {
                     // broker delivers it again on the next connection of this session.
                     Some(Settled::Processed(_) | Settled::Abandoned(_)) => {}
                 },
-                event = connection.events.recv(), if held.len() < hold_limit => match event {
+                event = connection.events.recv(), if held.len() < hold_limit && held_bytes < HOLD_BYTES => match event {
                     None => return Err(ConnectorError::Closed),
                     Some(Event::Connected { generation, client, session_present, .. }) => {
                         unsent_acks.clear();
@@ -188,7 +202,9 @@ impl Source for MqttSource {
                         } else {
                             Ack::Mqtt { generation, packet_id: publish.pkid }
                         };
-                        held.push_back(inbound(publish, ack));
+                        let message = inbound(publish, ack);
+                        held_bytes += message.byte_len();
+                        held.push_back(message);
                     }
                     Some(Event::SubAck { codes, .. }) => {
                         let refused: Vec<String> = self
@@ -215,6 +231,7 @@ impl Source for MqttSource {
                         // start) nothing is sent again, so they are kept.
                         if !self.endpoint.clean_start {
                             held.retain(|m| !matches!(m.ack, Ack::Mqtt { generation: g, .. } if g == generation));
+                            held_bytes = held.iter().map(Inbound::byte_len).sum();
                         }
                     }
                     Some(Event::Refused { error }) => return Err(ConnectorError::Refused(error)),
