@@ -12,7 +12,9 @@
 //!   - `session_expiry_s`: seconds the broker keeps a source's session after a disconnect
 //!     (MQTT v5 §3.1.2.11.2; default 3600, at least 1: 0 would end the session at each
 //!     disconnect and lose QoS 1 messages across reconnects; rumqttc#853).
-//!   - `keep_alive_s`: seconds between PINGREQs, 5 to 65535 (default 60; rumqttc needs ≥ 5).
+//!   - `keep_alive_s`: seconds between PINGREQs, 5 to 65535 (default: the context's read
+//!     timeout, 30 s; rumqttc needs ≥ 5). A broker that stops answering is noticed when a
+//!     PINGRESP is missing at the next PINGREQ, so within twice this.
 //!   - `receive_maximum`: QoS 1 messages the broker may have in flight to a source, 1 to 65535
 //!     (default 100, v5 §3.1.2.11.3): a source acknowledges only what the deployment settled, so
 //!     this is how far the broker runs ahead of a slow deployment.
@@ -98,7 +100,8 @@ pub(crate) struct MqttEndpoint {
     pub(crate) qos: u8,
     pub(crate) clean_start: bool,
     pub(crate) session_expiry_s: u32,
-    pub(crate) keep_alive: Duration,
+    /// The setting, if any (else the context's read timeout).
+    pub(crate) keep_alive: Option<Duration>,
     pub(crate) receive_maximum: u16,
     pub(crate) max_packet_bytes: Option<u32>,
     #[cfg_attr(
@@ -331,8 +334,7 @@ pub(crate) fn parse_endpoint(endpoint: &EndpointSpec) -> Result<MqttEndpoint, Ve
         .and_then(|v| parse_number(&mut problems, "session_expiry_s", v, 1u32, u32::MAX))
         .unwrap_or(3600);
     let keep_alive_s = get("keep_alive_s")
-        .and_then(|v| parse_number(&mut problems, "keep_alive_s", v, 5u16, u16::MAX))
-        .unwrap_or(60);
+        .and_then(|v| parse_number(&mut problems, "keep_alive_s", v, 5u16, u16::MAX));
     let receive_maximum = get("receive_maximum")
         .and_then(|v| parse_number(&mut problems, "receive_maximum", v, 1u16, u16::MAX))
         .unwrap_or(100);
@@ -408,7 +410,7 @@ pub(crate) fn parse_endpoint(endpoint: &EndpointSpec) -> Result<MqttEndpoint, Ve
         qos,
         clean_start,
         session_expiry_s,
-        keep_alive: Duration::from_secs(u64::from(keep_alive_s)),
+        keep_alive: keep_alive_s.map(|s| Duration::from_secs(u64::from(s))),
         receive_maximum,
         max_packet_bytes,
         tls: tls_config,

@@ -127,7 +127,12 @@ fn options(plan: &Plan, address: &str, port: u16) -> MqttOptions {
     let endpoint = &plan.endpoint;
     let mut options = MqttOptions::new(plan.client_id.clone(), address, port);
     options
-        .set_keep_alive(endpoint.keep_alive.max(Duration::from_secs(5)))
+        .set_keep_alive(
+            endpoint
+                .keep_alive
+                .unwrap_or(plan.context.read_timeout)
+                .clamp(Duration::from_secs(5), Duration::from_secs(65_535)),
+        )
         .set_clean_start(!plan.persistent)
         .set_manual_acks(plan.manual_acks)
         .set_outgoing_inflight_upper_limit(plan.outgoing_in_flight.max(1))
