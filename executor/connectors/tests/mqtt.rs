@@ -1008,6 +1008,6 @@ async fn at_least_once_across_a_broker_restart(broker: &str) {
         missing.is_empty(),
         "{} numbers lost, the first: {:?}",
         missing.len(),
-        &missing[..missing.len().min(20)]
+        missing.iter().take(20).collect::<Vec<_>>()
     );
 }
