@@ -25,6 +25,7 @@ mod status;
 
 pub mod conformance;
 pub mod http;
+pub mod mqtt;
 
 pub use message::{Ack, Inbound, Outbound, expand_topic};
 pub use registry::{Connector, Registry};

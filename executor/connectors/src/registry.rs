@@ -46,6 +46,7 @@ impl Registry {
     pub fn standard() -> Self {
         let mut registry = Self::default();
         registry.add(Arc::new(http::HttpConnector));
+        registry.add(Arc::new(crate::mqtt::MqttConnector));
         registry
     }
 

@@ -1,0 +1,256 @@
+//! The MQTT source: subscribes, offers each message to the deployment's intake, and sends the
+//! PUBACK of a QoS 1 message only once the executor settled it as processed.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use rumqttc::v5::AsyncClient;
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::{Filter, Publish, RetainForwardRule, SubscribeReasonCode};
+
+use super::config::MqttEndpoint;
+use super::connection::{Connection, Event, Plan};
+use crate::ConnectorError;
+use crate::message::{Ack, Inbound};
+use crate::source::{AckReceiver, Intake, IntakeRefusal, Settled, Source};
+use crate::spec::ConnectContext;
+use crate::status::ConnectionState;
+
+/// Messages a source holds for its intake (with [`HOLD_BYTES`]) before it stops reading.
+const HOLD_MESSAGES: usize = 1024;
+/// Bytes of messages a source holds for its intake before it stops reading.
+const HOLD_BYTES: u64 = 64 << 20;
+/// How often PUBACKs that did not fit rumqttc's request channel are tried again.
+const ACK_RETRY: Duration = Duration::from_millis(10);
+
+/// A source reading topic filters from one MQTT v5 broker.
+#[derive(Debug)]
+pub struct MqttSource {
+    endpoint: Arc<MqttEndpoint>,
+    filters: Vec<String>,
+    context: ConnectContext,
+}
+
+impl MqttSource {
+    pub(crate) fn new(
+        endpoint: MqttEndpoint,
+        filters: Vec<String>,
+        context: ConnectContext,
+    ) -> Self {
+        Self {
+            endpoint: Arc::new(endpoint),
+            filters,
+            context,
+        }
+    }
+}
+
+/// The message a PUBACK answers: rumqttc builds the PUBACK from the packet id and QoS only.
+fn ack_of(packet_id: u16) -> Publish {
+    let mut publish = Publish::new("", QoS::AtLeastOnce, Bytes::new(), None);
+    publish.pkid = packet_id;
+    publish
+}
+
+/// An incoming PUBLISH as the deployment sees it (azure-compat 4.2): topic, payload, content
+/// type, user properties in order with duplicates (`__ts` among them).
+fn inbound(publish: Publish, ack: Ack) -> Inbound {
+    let (content_type, user_properties) = match publish.properties {
+        Some(properties) => (
+            properties.content_type.map(Bytes::from),
+            properties
+                .user_properties
+                .into_iter()
+                .map(|(k, v)| (Bytes::from(k), Bytes::from(v)))
+                .collect(),
+        ),
+        None => (None, Vec::new()),
+    };
+    Inbound {
+        topic: publish.topic,
+        payload: publish.payload,
+        content_type,
+        user_properties,
+        ack,
+    }
+}
+
+/// The connection the source is on now.
+struct Current {
+    generation: u64,
+    client: AsyncClient,
+}
+
+#[async_trait]
+impl Source for MqttSource {
+    async fn run(
+        self: Box<Self>,
+        intake: Arc<dyn Intake>,
+        mut acks: AckReceiver,
+    ) -> Result<(), ConnectorError> {
+        // Messages received and not yet taken by the intake. Receive Maximum should keep QoS 1
+        // messages to `receive_maximum`, but brokers overrun it (Mosquitto 2.0.11 had over a
+        // thousand unacknowledged in flight with 100 under a steady publish rate) and QoS 0 has
+        // no such bound; past these limits the source stops reading, which holds the broker back
+        // through TCP. The source keeps reading below them, so the connection task is never
+        // stuck behind a slow deployment and a lost connection shows in the status at once.
+        let hold_limit = (usize::from(self.endpoint.receive_maximum) * 4).max(HOLD_MESSAGES);
+        let qos = if self.endpoint.qos == 0 {
+            QoS::AtMostOnce
+        } else {
+            QoS::AtLeastOnce
+        };
+        let client_id = self
+            .endpoint
+            .client_id
+            .clone()
+            .unwrap_or_else(|| self.context.client_id.clone());
+        let mut connection = Connection::start(Plan {
+            endpoint: self.endpoint.clone(),
+            context: self.context.clone(),
+            client_id,
+            persistent: !self.endpoint.clean_start,
+            manual_acks: true,
+            outgoing_in_flight: 1,
+            capacity: hold_limit + 64,
+        });
+        let filters: Vec<Filter> = self
+            .filters
+            .iter()
+            .map(|path| Filter {
+                path: path.clone(),
+                qos,
+                nolocal: false,
+                preserve_retain: false,
+                retain_forward_rule: RetainForwardRule::OnNewSubscribe,
+            })
+            .collect();
+        let status = self.context.status.clone();
+
+        let mut current: Option<Current> = None;
+        let mut held: VecDeque<Inbound> = VecDeque::new();
+        let mut held_bytes = 0u64;
+        let mut unsent_acks: VecDeque<u16> = VecDeque::new();
+        let mut sequence = 0u64;
+        let mut oversize_warned = false;
+
+        loop {
+            // Offer what is held, one message at a time (a batch is all or nothing).
+            let mut waiting_for_room = false;
+            while let Some(message) = held.front() {
+                match intake.try_offer(vec![message.clone()]) {
+                    Ok(()) => {
+                        if let Some(taken) = held.pop_front() {
+                            held_bytes = held_bytes.saturating_sub(taken.byte_len());
+                        }
+                    }
+                    Err(IntakeRefusal::Full(_)) => {
+                        waiting_for_room = true;
+                        break;
+                    }
+                    Err(IntakeRefusal::TooLarge(why)) => {
+                        // One message the intake can never take: the executor dead-letters
+                        // oversize messages before offering, so this should not happen. It is
+                        // held (never dropped) and offered again.
+                        if !oversize_warned {
+                            tracing::warn!(topic = ?message.topic, %why, "an MQTT message the intake refuses as too large");
+                            oversize_warned = true;
+                        }
+                        waiting_for_room = true;
+                        break;
+                    }
+                    Err(IntakeRefusal::Closed) => return Ok(()),
+                }
+            }
+
+            tokio::select! {
+                settled = acks.recv() => match settled {
+                    None => return Ok(()),
+                    Some(Settled::Processed(Ack::Mqtt { generation, packet_id })) => {
+                        // An ack for an older connection would acknowledge another message
+                        // under a reused packet id: dropped, the broker sends it again.
+                        if let Some(now) = &current
+                            && now.generation == generation
+                            && now.client.try_ack(&ack_of(packet_id)).is_err()
+                        {
+                            unsent_acks.push_back(packet_id);
+                        }
+                    }
+                    // QoS 0 needs no ack; an abandoned message is not acknowledged, so the
+                    // broker delivers it again on the next connection of this session.
+                    Some(Settled::Processed(_) | Settled::Abandoned(_)) => {}
+                },
+                event = connection.events.recv(), if held.len() < hold_limit && held_bytes < HOLD_BYTES => match event {
+                    None => return Err(ConnectorError::Closed),
+                    Some(Event::Connected { generation, client, session_present, .. }) => {
+                        unsent_acks.clear();
+                        // Subscribing again to a filter the session has replaces it; a new
+                        // session (session_present false) has none.
+                        tracing::debug!(generation, session_present, "mqtt source connected");
+                        if client.try_subscribe_many(filters.clone()).is_err() {
+                            connection.rebuild();
+                        }
+                        current = Some(Current { generation, client });
+                    }
+                    Some(Event::Publish { generation, publish }) => {
+                        let ack = if publish.qos == QoS::AtMostOnce {
+                            sequence += 1;
+                            Ack::Sequence(sequence)
+                        } else {
+                            Ack::Mqtt { generation, packet_id: publish.pkid }
+                        };
+                        let message = inbound(publish, ack);
+                        held_bytes += message.byte_len();
+                        held.push_back(message);
+                    }
+                    Some(Event::SubAck { codes, .. }) => {
+                        let refused: Vec<String> = self
+                            .filters
+                            .iter()
+                            .zip(&codes)
+                            .filter(|(_, code)| !matches!(code, SubscribeReasonCode::Success(_)))
+                            .map(|(filter, code)| format!("{filter}: {code:?}"))
+                            .collect();
+                        if !refused.is_empty() {
+                            let error = format!("the broker refused the subscription ({})", refused.join(", "));
+                            status.set(ConnectionState::Failed { error: error.clone() });
+                            return Err(ConnectorError::Refused(error));
+                        }
+                    }
+                    Some(Event::Lost { generation }) => {
+                        if current.as_ref().is_some_and(|c| c.generation == generation) {
+                            current = None;
+                        }
+                        unsent_acks.clear();
+                        // QoS 1 messages held but not offered belong to the lost connection: the
+                        // session's broker sends them again, and they are offered from there
+                        // (their acks would be dropped as stale). Without a session (clean
+                        // start) nothing is sent again, so they are kept.
+                        if !self.endpoint.clean_start {
+                            held.retain(|m| !matches!(m.ack, Ack::Mqtt { generation: g, .. } if g == generation));
+                            held_bytes = held.iter().map(Inbound::byte_len).sum();
+                        }
+                    }
+                    Some(Event::Refused { error }) => return Err(ConnectorError::Refused(error)),
+                    Some(Event::Sent { .. } | Event::PubAck { .. } | Event::Collision { .. }) => {}
+                },
+                () = intake.room(), if waiting_for_room => {}
+                () = tokio::time::sleep(ACK_RETRY), if !unsent_acks.is_empty() => {
+                    if let Some(now) = &current {
+                        while let Some(packet_id) = unsent_acks.front() {
+                            if now.client.try_ack(&ack_of(*packet_id)).is_err() {
+                                break;
+                            }
+                            unsent_acks.pop_front();
+                        }
+                    } else {
+                        unsent_acks.clear();
+                    }
+                }
+            }
+        }
+    }
+}
