@@ -2,7 +2,12 @@
 //! is), a broker on a free loopback port, and rumqttc v5 clients whose event loops run in their
 //! own tasks (rumqttc's poll is not cancel-safe).
 
-#![allow(dead_code, reason = "each test binary uses a part")]
+#![allow(
+    dead_code,
+    unreachable_pub,
+    missing_debug_implementations,
+    reason = "test helpers, each test binary uses a part"
+)]
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
