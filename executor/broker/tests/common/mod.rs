@@ -111,7 +111,7 @@ pub fn options(addr: SocketAddr, client_id: &str, login: Option<(&str, &str)>) -
 pub struct Client {
     pub client: AsyncClient,
     pub connack: ConnAck,
-    events: mpsc::UnboundedReceiver<Result<Event, String>>,
+    events: mpsc::Receiver<Result<Event, String>>,
     /// Messages received and not yet taken.
     pub publishes: Vec<Publish>,
     pub pubacks: Vec<PubAck>,
@@ -132,21 +132,24 @@ pub async fn try_connect(
     options: MqttOptions,
 ) -> Result<Client, Result<ConnectReturnCode, String>> {
     let (client, mut eventloop) = AsyncClient::new(options, 64);
-    let (sender, mut events) = mpsc::unbounded_channel();
+    // Bounded like everything else; a test that stops reading stalls only its own client.
+    let (sender, mut events) = mpsc::channel(4096);
     let task = tokio::spawn(async move {
         loop {
             match eventloop.poll().await {
                 Ok(event) => {
-                    if sender.send(Ok(event)).is_err() {
+                    if sender.send(Ok(event)).await.is_err() {
                         return;
                     }
                 }
                 Err(error) => {
                     // No reconnect: a test that wants one connects again.
-                    let _ = sender.send(Err(match error {
-                        ConnectionError::ConnectionRefused(code) => format!("refused:{code:?}"),
-                        other => other.to_string(),
-                    }));
+                    let _receiver_gone = sender
+                        .send(Err(match error {
+                            ConnectionError::ConnectionRefused(code) => format!("refused:{code:?}"),
+                            other => other.to_string(),
+                        }))
+                        .await;
                     return;
                 }
             }
