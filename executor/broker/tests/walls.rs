@@ -431,3 +431,149 @@ async fn a_tenant_cannot_take_over_another_tenants_session() {
     assert_eq!(topic(&acme.receive("acme-queued").await), "jobs/1");
     broker.shutdown().await;
 }
+
+/// An MQTT 3.1.1 client (rumqttc's v4 module): the same walls, without reason codes.
+struct V3 {
+    client: rumqttc::AsyncClient,
+    events: tokio::sync::mpsc::Receiver<rumqttc::Event>,
+    received: Vec<(String, String)>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for V3 {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl V3 {
+    async fn connect(addr: std::net::SocketAddr, id: &str, user: &str, password: &str) -> Self {
+        let mut options = rumqttc::MqttOptions::new(id, addr.ip().to_string(), addr.port());
+        options.set_credentials(user, password);
+        options.set_keep_alive(std::time::Duration::from_secs(30));
+        let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 64);
+        let (sender, events) = tokio::sync::mpsc::channel(4096);
+        let task = tokio::spawn(async move {
+            while let Ok(event) = eventloop.poll().await {
+                if sender.send(event).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let mut v3 = Self {
+            client,
+            events,
+            received: Vec::new(),
+            task,
+        };
+        v3.wait(|event| matches!(event, rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(c)) if c.code == rumqttc::ConnectReturnCode::Success).then_some(()))
+            .await;
+        v3
+    }
+
+    async fn wait<T>(&mut self, mut take: impl FnMut(&rumqttc::Event) -> Option<T>) -> T {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let event = tokio::time::timeout_at(deadline, self.events.recv())
+                .await
+                .expect("v3 event in time")
+                .expect("v3 connection open");
+            if let rumqttc::Event::Incoming(rumqttc::Packet::Publish(publish)) = &event {
+                self.received.push((
+                    publish.topic.clone(),
+                    String::from_utf8_lossy(&publish.payload).into_owned(),
+                ));
+            }
+            if let Some(found) = take(&event) {
+                return found;
+            }
+        }
+    }
+
+    async fn subscribe(&mut self, filter: &str) -> rumqttc::SubscribeReasonCode {
+        self.client
+            .subscribe(filter, rumqttc::QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        self.wait(|event| match event {
+            rumqttc::Event::Incoming(rumqttc::Packet::SubAck(ack)) => {
+                ack.return_codes.first().copied()
+            }
+            _ => None,
+        })
+        .await
+    }
+
+    async fn publish(&mut self, topic: &str, payload: &str) {
+        self.client
+            .publish(
+                topic,
+                rumqttc::QoS::AtLeastOnce,
+                false,
+                payload.as_bytes().to_vec(),
+            )
+            .await
+            .unwrap();
+        self.wait(|event| {
+            matches!(event, rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))).then_some(())
+        })
+        .await;
+    }
+
+    async fn receive(&mut self, payload: &str) -> String {
+        if let Some((topic, _)) = self.received.iter().find(|(_, p)| p == payload) {
+            return topic.clone();
+        }
+        self.wait(|event| match event {
+            rumqttc::Event::Incoming(rumqttc::Packet::Publish(publish))
+                if publish.payload.as_ref() == payload.as_bytes() =>
+            {
+                Some(publish.topic.clone())
+            }
+            _ => None,
+        })
+        .await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_3_1_1_clients_have_the_same_walls() {
+    use rumqttc::SubscribeReasonCode as V3Reason;
+    let broker = broker().await;
+    let addr = broker.local_addr();
+
+    let mut beta = V3::connect(addr, "watcher@beta", "d1@beta", "pw-b1").await;
+    for filter in ["#", "+/+", "sensors/temp"] {
+        assert_eq!(
+            beta.subscribe(filter).await,
+            V3Reason::Success(rumqttc::QoS::AtLeastOnce),
+            "{filter}"
+        );
+    }
+    for filter in ["$SYS/#", "$tenant/acme/#", "$tenant/#"] {
+        assert_eq!(beta.subscribe(filter).await, V3Reason::Failure, "{filter}");
+    }
+
+    let mut acme = V3::connect(addr, "pub@acme", "d1@acme", "pw-a1").await;
+    let mut acme_reader = V3::connect(addr, "reader@acme", "d2@acme", "pw-a2").await;
+    assert_eq!(
+        acme_reader.subscribe("#").await,
+        V3Reason::Success(rumqttc::QoS::AtLeastOnce)
+    );
+    acme.publish("sensors/temp", "acme-secret-1").await;
+    // Into beta's space: acknowledged (3.1.1 has no reason codes) and dropped.
+    acme.publish("$tenant/beta/sensors/temp", "acme-secret-2")
+        .await;
+    assert_eq!(acme_reader.receive("acme-secret-1").await, "sensors/temp");
+
+    let mut beta_publisher = V3::connect(addr, "pub@beta", "d2@beta", "pw-b2").await;
+    beta_publisher.publish("sensors/temp", "beta-control").await;
+    assert_eq!(beta.receive("beta-control").await, "sensors/temp");
+    let leaked: Vec<&(String, String)> = beta
+        .received
+        .iter()
+        .filter(|(_, payload)| payload.starts_with("acme-"))
+        .collect();
+    assert!(leaked.is_empty(), "leaked across the wall: {leaked:?}");
+    broker.shutdown().await;
+}
