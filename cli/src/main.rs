@@ -1,5 +1,6 @@
 //! The `weir` command. Thin: parses arguments, installs tracing, runs the subcommand.
 
+mod broker;
 mod deployments;
 mod golden;
 mod local;

@@ -52,6 +52,10 @@ pub(crate) struct ServeArgs {
     /// one.
     #[arg(long, default_value_t = 2048)]
     max_connections: usize,
+    /// The address of the embedded MQTT v5 broker (devices log in with credentials from
+    /// `weir device create`; deployments reach it as the `default` endpoint). Port 0 picks one.
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    mqtt_listen: SocketAddr,
 }
 
 /// The graph `--demo` deploys: Fahrenheit readings to Celsius, then a range filter.
@@ -242,6 +246,17 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCod
     let module_state = Arc::new(weir_state::MeteredStateStore::new(Arc::new(
         weir_store::SqliteStateStore::open(&args.data.join("state.db"))?,
     )));
+    let broker = Arc::new(
+        weir_broker::EmbeddedBroker::start(
+            weir_broker::BrokerConfig {
+                listen: args.mqtt_listen,
+                ..weir_broker::BrokerConfig::default()
+            },
+            Arc::new(crate::broker::StoreDevices(store.clone())),
+        )
+        .await
+        .with_context(|| format!("cannot start the MQTT broker on {}", args.mqtt_listen))?,
+    );
     let state = GatewayState {
         store,
         blobs,
@@ -259,7 +274,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCod
                     state: module_state.clone(),
                     connectors: weir_connectors::Registry::standard(),
                     journal: dead_letters.clone(),
-                    default_broker: None,
+                    default_broker: Some(Arc::new(crate::broker::BrokerEndpoint(broker.clone()))),
                 },
             )
             .map_err(|e| anyhow::anyhow!("cannot start the executor: {e}"))?;
@@ -312,6 +327,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCod
         };
         demo(address, &admin, &args.modules).await?;
     }
+    println!("mqtt broker listening on mqtt://{}", broker.local_addr());
     // Printed last: scripts and tests wait for this line to know the API is up.
     println!("weir listening on http://{address}");
     server

@@ -43,7 +43,14 @@ pub fn serve_with(data: &Path, extra: &[&str]) -> Server {
 /// `weir serve` with extra arguments and environment variables.
 pub fn serve_with_env(data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
     let child = Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--mqtt-listen",
+            "127.0.0.1:0",
+            "--data",
+        ])
         .arg(data)
         .args(extra)
         .envs(env.iter().copied())

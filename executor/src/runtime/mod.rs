@@ -455,11 +455,12 @@ impl LocalExecutor {
                     .as_deref()
                     .and_then(|a| a.rsplit_once(':').map(|(h, _)| h.to_owned()))
                     .unwrap_or_default();
-                (endpoint, Egress::new([host]))
+                (endpoint, Egress::new([host]), true)
             }
             _ => (
                 binding.endpoint.clone(),
                 Egress::new(&quotas.allowed_private_hosts),
+                false,
             ),
         }
     }
@@ -571,17 +572,33 @@ impl LocalExecutor {
         let warnings = prepared.warnings.clone();
 
         // The connectors, built before the dataflow so a refused binding leaves nothing behind.
-        let (source_endpoint, source_egress) = self.endpoint(&assignment.source, &quotas, &tenant);
-        let (sink_endpoint, sink_egress) = self.endpoint(&assignment.sink, &quotas, &tenant);
-        let source_context = ConnectContext::new(
+        let (source_endpoint, source_egress, source_builtin) =
+            self.endpoint(&assignment.source, &quotas, &tenant);
+        let (sink_endpoint, sink_egress, sink_builtin) =
+            self.endpoint(&assignment.sink, &quotas, &tenant);
+        let plain = ConnectContext::new(
             tenant.clone(),
             &assignment.id,
-            source_egress,
+            Egress::default(),
             quotas.max_message_bytes,
         );
+        // The embedded broker keeps client ids in the tenant's namespace: `<name>@<tenant>`.
+        let client_id = |builtin: bool| {
+            if builtin {
+                format!("weir-{}@{tenant}", assignment.id)
+            } else {
+                plain.client_id.clone()
+            }
+        };
+        let source_context = ConnectContext {
+            egress: source_egress,
+            client_id: client_id(source_builtin),
+            ..plain.with_fresh_status()
+        };
         let sink_context = ConnectContext {
             egress: sink_egress,
-            ..source_context.with_fresh_status()
+            client_id: client_id(sink_builtin),
+            ..plain.with_fresh_status()
         };
         let source_status = source_context.status.clone();
         let sink_status = sink_context.status.clone();

@@ -24,7 +24,7 @@
 //!     its TLS stack costs minutes of build) and the setting `ca_certificate` (PEM).
 //!   - `username`: the MQTT user name; the endpoint's secret is then the password.
 //!   - `client_id`: overrides the client id (default: the deployment's stable
-//!     `ConnectContext::client_id`; a sink adds `-sink`). Two connections with one id take the
+//!     `ConnectContext::client_id`; a sink adds `-sink`, before an `@<tenant>` suffix). Two connections with one id take the
 //!     session from each other, so an override is for one deployment only.
 //! - `secret`: the password (with `username`), or a PEM bundle with a client certificate chain
 //!   and its private key (with `tls`): client-certificate authentication.

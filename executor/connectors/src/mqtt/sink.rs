@@ -188,7 +188,7 @@ impl Sink for MqttSink {
                 .endpoint
                 .client_id
                 .clone()
-                .unwrap_or_else(|| format!("{}-sink", self.context.client_id));
+                .unwrap_or_else(|| sink_client_id(&self.context.client_id));
             self.connection = Some(Connection::start(Plan {
                 endpoint: self.endpoint.clone(),
                 context: self.context.clone(),
@@ -382,5 +382,14 @@ impl Sink for MqttSink {
                 ) => {}
             }
         }
+    }
+}
+
+/// The sink's client id beside its source's `id`: `-sink` added to the name, before an
+/// `@<tenant>` suffix (the embedded broker requires client ids to end in `@<tenant>`).
+fn sink_client_id(id: &str) -> String {
+    match id.rsplit_once('@') {
+        Some((name, tenant)) => format!("{name}-sink@{tenant}"),
+        None => format!("{id}-sink"),
     }
 }
