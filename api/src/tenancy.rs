@@ -93,6 +93,8 @@ pub struct Quotas {
     pub max_log_lines: u32,
     /// API requests per second.
     pub api_requests_per_second: u32,
+    /// Device credentials (`/v1/devices`) the tenant may hold for the embedded MQTT broker.
+    pub max_devices: u32,
     /// Hosts (names or IP addresses) the tenant's endpoints may connect to although they are
     /// loopback, private or link-local: the platform's own network is closed unless an admin
     /// opens a host here.
@@ -126,6 +128,7 @@ impl Default for Quotas {
             max_log_line_bytes: 16 * 1024,
             max_log_lines: 10_000,
             api_requests_per_second: 50,
+            max_devices: 100,
             allowed_private_hosts: Vec::new(),
         }
     }

@@ -492,6 +492,9 @@ fn dead_letter_entry(letter: &weir_executor::dataflow::DeadLetter) -> DeadLetter
         payload: text(&payload.slice(..kept)),
         input_bytes: input_bytes(&letter.input),
         payload_truncated: kept < payload.len(),
+        at_ms: std::time::SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
     }
 }
 
