@@ -567,9 +567,10 @@ pub struct Usage {
     pub messages_limited: u64,
     /// Messages its deployments put out.
     pub messages_out: u64,
-    /// Messages dead-lettered.
+    /// Messages dead-lettered (kept in the control store: counted across restarts).
     pub dead_letters: u64,
-    /// Dead letters dropped, oldest first, to keep within `max_dead_letter_bytes`.
+    /// Dead letters dropped, oldest first, to keep within `max_dead_letter_bytes` and the
+    /// 10,000 letters a tenant keeps at most (counted across restarts).
     #[serde(default)]
     pub dead_letters_evicted: u64,
     /// Of `fuel`, what `init` calls used (after deploys, and after every trap).

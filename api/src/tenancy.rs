@@ -76,8 +76,10 @@ pub struct Quotas {
     /// Bytes of outputs waiting in the tenant's HTTP sink queues for a reader, across its
     /// deployments. While it is full the deployments' sinks hold back, and so their sources.
     pub max_queued_output_bytes: u64,
-    /// Bytes of dead letters kept for the tenant to read (each letter's kept payload is cut
-    /// to 64 KiB, its original size recorded); the oldest go first, counted in usage.
+    /// Bytes of dead letters kept for the tenant to read, in the control store across restarts
+    /// (payload, detail, topic, node and deployment of each; a letter's kept payload is cut to
+    /// 64 KiB, its original size recorded; at most 10,000 letters whatever their bytes); the
+    /// oldest go first, counted in usage.
     pub max_dead_letter_bytes: u64,
     /// Keys in the tenant's state store.
     pub max_state_keys: u64,

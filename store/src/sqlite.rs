@@ -107,8 +107,8 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE endpoints ADD COLUMN sealed_secret BLOB;
 ",
     // Dead letters kept across restarts, numbered per tenant (the counters row keeps the last
-    // number, so numbers are never reused); a deployment's letters outlive it, a tenant's do
-    // not. Small columns first: eviction reads `seq` and `bytes` without the payload's pages.
+    // number, so numbers are never reused, the evictions, and the letters and bytes kept, so an
+    // append need not sum the table); a deployment's letters outlive it, a tenant's do not. Small columns first: eviction reads `seq` and `bytes` without the payload's pages.
     // Device credentials of the embedded MQTT broker (a SHA-256 of each password).
     "
     CREATE TABLE dead_letters (
