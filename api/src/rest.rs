@@ -459,7 +459,8 @@ pub struct DeadLetter {
     /// Whether `payload` was cut.
     #[serde(default)]
     pub payload_truncated: bool,
-    /// When the node gave it up, milliseconds since the epoch.
+    /// When the node gave it up, milliseconds since the epoch (the control store's clock at
+    /// the append if the runtime left it 0).
     #[serde(default)]
     pub at_ms: u64,
 }

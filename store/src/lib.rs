@@ -215,7 +215,8 @@ pub trait ControlStore: Send + Sync + std::fmt::Debug {
     /// Keeps `letters` for the tenant to read, in one transaction: each gets the tenant's next
     /// number (`seq` as passed is ignored; numbers are never reused, not after eviction nor
     /// after a restart); a payload over [`DeadLetter::MAX_PAYLOAD_BYTES`] is cut (at a
-    /// character boundary, `payload_truncated` set; callers cut it already). Then the tenant's
+    /// character boundary, `payload_truncated` set; callers cut it already); an `at_ms` of 0
+    /// becomes the time of the append. Then the tenant's
     /// oldest letters are evicted until it keeps at most `max_bytes` (its
     /// `max_dead_letter_bytes`, counted by [`DeadLetter::byte_len`]) and at most
     /// [`MAX_DEAD_LETTERS`]: a letter larger than `max_bytes` is evicted at once. Evictions are

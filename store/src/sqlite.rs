@@ -256,6 +256,13 @@ fn now() -> i64 {
     i64::try_from(secs).unwrap_or(i64::MAX)
 }
 
+/// Milliseconds since the epoch.
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 fn to_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
@@ -1056,6 +1063,7 @@ impl ControlStore for SqliteControlStore {
                     .map_err(database)?;
                 let mut counts = dead_letter_counters(&transaction, &tenant)?;
                 let mut seqs = Vec::with_capacity(letters.len());
+                let appended_at = now_ms();
                 {
                     let mut insert = transaction
                         .prepare(
@@ -1065,6 +1073,9 @@ impl ControlStore for SqliteControlStore {
                         .map_err(database)?;
                     for mut letter in letters {
                         cut_payload(&mut letter);
+                        if letter.at_ms == 0 {
+                            letter.at_ms = appended_at;
+                        }
                         let seq = counts.appended + 1;
                         let bytes = letter.byte_len();
                         insert

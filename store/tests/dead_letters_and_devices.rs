@@ -108,6 +108,28 @@ async fn letters_keep_every_field_and_are_read_oldest_first_after_a_number() {
             .seqs,
         Vec::<u64>::new()
     );
+    // A letter without a time gets the time of the append.
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let untimed = DeadLetter {
+        at_ms: 0,
+        ..letter("conv", 20)
+    };
+    store
+        .append_dead_letters(&id("acme"), vec![untimed], ROOMY)
+        .await
+        .unwrap();
+    let stamped = u128::from(all(&store, "acme").await[3].at_ms);
+    let after = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    assert!(
+        (before..=after).contains(&stamped),
+        "{before} {stamped} {after}"
+    );
 }
 
 #[tokio::test]
