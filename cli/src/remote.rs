@@ -1,7 +1,7 @@
 //! The commands that talk to a weir server through the typed client: `login`, `tenant`,
-//! `token`, `module`, `graph`, `device`, `deploy`, `status`, `ingest`, `logs`, `state`. The server and
-//! token come from `--server`/`--token`, `WEIR_SERVER`/`WEIR_TOKEN`, or what `weir login`
-//! saved (`$WEIR_CONFIG`, else `~/.config/weir/config.json`, owner-only).
+//! `token`, `module`, `graph`, `device`, `deploy`, `status`, `ingest`, `logs`, `state`. The
+//! server and token come from `--server`/`--token`, `WEIR_SERVER`/`WEIR_TOKEN`, or what
+//! `weir login` saved (`$WEIR_CONFIG`, else `~/.config/weir/config.json`, owner-only).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

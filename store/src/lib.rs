@@ -9,10 +9,10 @@
 //! SQLite ([`SqliteStateStore`], passing `weir_state::testing::conformance`). Every query of a tenant's
 //! resource takes the tenant and filters by it: there is no way to fetch another tenant's row
 //! by id. Count quotas are checked in the same transaction as the write they bound. Dead
-//! letters are kept here, numbered per tenant and bounded per tenant; device credentials of the
-//! embedded MQTT broker too (only a hash of each password). Files and
-//! directories it creates are private to the server's user (0600/0700, SQLite's WAL and SHM
-//! files included); endpoint secrets are sealed at rest with a key kept beside the database.
+//! letters are kept here, numbered and bounded per tenant, and the device credentials of the
+//! embedded MQTT broker (only a hash of each password). Files and directories it creates are
+//! private to the server's user (0600/0700, SQLite's WAL and SHM files included); endpoint
+//! secrets are sealed at rest with a key kept beside the database.
 //! Never knows about wasmtime or HTTP.
 #![warn(missing_docs)]
 
@@ -216,12 +216,12 @@ pub trait ControlStore: Send + Sync + std::fmt::Debug {
     /// number (`seq` as passed is ignored; numbers are never reused, not after eviction nor
     /// after a restart); a payload over [`DeadLetter::MAX_PAYLOAD_BYTES`] is cut (at a
     /// character boundary, `payload_truncated` set; callers cut it already); an `at_ms` of 0
-    /// becomes the time of the append. Then the tenant's
-    /// oldest letters are evicted until it keeps at most `max_bytes` (its
-    /// `max_dead_letter_bytes`, counted by [`DeadLetter::byte_len`]) and at most
-    /// [`MAX_DEAD_LETTERS`]: a letter larger than `max_bytes` is evicted at once. Evictions are
-    /// counted for the tenant. `NoTenant` if the tenant does not exist (it was deleted while
-    /// the letters were on their way). Callers batch: one call per batch of letters.
+    /// becomes the time of the append. Then the tenant's oldest letters are evicted until it
+    /// keeps at most `max_bytes` (its `max_dead_letter_bytes`, counted by
+    /// [`DeadLetter::byte_len`]) and at most [`MAX_DEAD_LETTERS`]: a letter larger than
+    /// `max_bytes` is evicted at once. Evictions are counted for the tenant. `NoTenant` if the
+    /// tenant does not exist (it was deleted while the letters were on their way: nothing was
+    /// kept, and retrying cannot help). Callers batch: one call per batch of letters.
     async fn append_dead_letters(
         &self,
         tenant: &TenantId,
