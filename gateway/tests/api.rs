@@ -934,14 +934,14 @@ async fn owners_create_devices_whose_password_is_shown_once_and_works_on_the_bro
     // What the embedded broker's authentication asks.
     assert_eq!(
         api.store
-            .verify_device("sensor-1@acme", &password)
+            .verify_device("sensor-1@acme", password.as_bytes())
             .await
             .unwrap(),
         Some(TenantId::new("acme").unwrap())
     );
     assert_eq!(
         api.store
-            .verify_device("sensor-1@acme", &"f".repeat(64))
+            .verify_device("sensor-1@acme", "f".repeat(64).as_bytes())
             .await
             .unwrap(),
         None
@@ -1014,7 +1014,7 @@ async fn owners_create_devices_whose_password_is_shown_once_and_works_on_the_bro
     );
     assert_eq!(
         api.store
-            .verify_device("sensor-1@acme", &password)
+            .verify_device("sensor-1@acme", password.as_bytes())
             .await
             .unwrap(),
         None,
@@ -1050,7 +1050,7 @@ async fn another_tenants_devices_are_invisible_and_out_of_reach() {
     );
     assert_eq!(
         api.store
-            .verify_device("gw@tenant-b", password_a)
+            .verify_device("gw@tenant-b", password_a.as_bytes())
             .await
             .unwrap(),
         None,
@@ -1058,7 +1058,7 @@ async fn another_tenants_devices_are_invisible_and_out_of_reach() {
     );
     assert_eq!(
         api.store
-            .verify_device("gw@tenant-a", password_b)
+            .verify_device("gw@tenant-a", password_b.as_bytes())
             .await
             .unwrap(),
         None
@@ -1070,14 +1070,14 @@ async fn another_tenants_devices_are_invisible_and_out_of_reach() {
     );
     assert_eq!(
         api.store
-            .verify_device("gw@tenant-b", password_b)
+            .verify_device("gw@tenant-b", password_b.as_bytes())
             .await
             .unwrap(),
         None
     );
     assert_eq!(
         api.store
-            .verify_device("gw@tenant-a", password_a)
+            .verify_device("gw@tenant-a", password_a.as_bytes())
             .await
             .unwrap(),
         Some(TenantId::new("tenant-a").unwrap())

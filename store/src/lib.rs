@@ -259,12 +259,12 @@ pub trait ControlStore: Send + Sync + std::fmt::Debug {
     /// Deletes a device's credentials; whether they existed.
     async fn delete_device(&self, tenant: &TenantId, name: &str) -> Result<bool, StoreError>;
     /// The tenant of the device whose MQTT user name is `username` (`<name>@<tenant>`), if
-    /// `password` is its password and the tenant is not suspended; `None` otherwise, whatever
+    /// `password` (the MQTT password field, binary data) is its password and the tenant is not suspended; `None` otherwise, whatever
     /// the reason (no such device, wrong password, suspended tenant). The password's SHA-256
     /// is compared in constant time.
     async fn verify_device(
         &self,
         username: &str,
-        password: &str,
+        password: &[u8],
     ) -> Result<Option<TenantId>, StoreError>;
 }

@@ -1186,7 +1186,7 @@ impl ControlStore for SqliteControlStore {
                 let mut secret = [0u8; 32];
                 getrandom::fill(&mut secret).map_err(database)?;
                 let password = hex::encode(secret);
-                let hash = device_secret_hash(&password);
+                let hash = device_secret_hash(password.as_bytes());
                 let transaction = c
                     .transaction_with_behavior(TransactionBehavior::Immediate)
                     .map_err(database)?;
@@ -1263,7 +1263,7 @@ impl ControlStore for SqliteControlStore {
     async fn verify_device(
         &self,
         username: &str,
-        password: &str,
+        password: &[u8],
     ) -> Result<Option<TenantId>, StoreError> {
         // Tenant ids hold no `@`: the last one separates the device name from the tenant.
         let Some((name, tenant)) = username.rsplit_once('@') else {
@@ -1272,7 +1272,7 @@ impl ControlStore for SqliteControlStore {
         let Ok(tenant) = TenantId::new(tenant) else {
             return Ok(None);
         };
-        let (name, password) = (name.to_owned(), password.to_owned());
+        let (name, password) = (name.to_owned(), password.to_vec());
         self.with(move |c| {
             let presented = device_secret_hash(&password);
             let stored: Option<Vec<u8>> = c
@@ -1418,8 +1418,8 @@ fn dead_letter_row(row: &Row<'_>) -> rusqlite::Result<DeadLetter> {
 /// The SHA-256 of a device password. The passwords are 256 random bits made by the store, so
 /// a fast hash is enough: there is no dictionary to try, and a slow KDF would only make every
 /// MQTT connect cost more.
-fn device_secret_hash(password: &str) -> [u8; 32] {
-    Sha256::digest(password.as_bytes()).into()
+fn device_secret_hash(password: &[u8]) -> [u8; 32] {
+    Sha256::digest(password).into()
 }
 
 /// An endpoint row, its secret opened: connectors read secrets through the store.

@@ -478,14 +478,14 @@ async fn device_passwords_are_shown_once_kept_as_a_hash_and_checked() {
     let password = created.password.as_str();
     assert_eq!(
         store
-            .verify_device("sensor-1@acme", password)
+            .verify_device("sensor-1@acme", password.as_bytes())
             .await
             .unwrap(),
         Some(id("acme"))
     );
     assert_eq!(
         store
-            .verify_device("sensor-1@globex", &other.password)
+            .verify_device("sensor-1@globex", other.password.as_bytes())
             .await
             .unwrap(),
         Some(id("globex"))
@@ -507,11 +507,22 @@ async fn device_passwords_are_shown_once_kept_as_a_hash_and_checked() {
         ("", password),
     ] {
         assert_eq!(
-            store.verify_device(username, password).await.unwrap(),
+            store
+                .verify_device(username, password.as_bytes())
+                .await
+                .unwrap(),
             None,
             "{username} / {password}"
         );
     }
+    assert_eq!(
+        store
+            .verify_device("sensor-1@acme", &[0xff, 0xfe, 0x00])
+            .await
+            .unwrap(),
+        None,
+        "a password that is not text is no device's"
+    );
     // Only the hash is on disk.
     drop(store);
     for file in std::fs::read_dir(dir.path()).unwrap() {
@@ -525,7 +536,7 @@ async fn device_passwords_are_shown_once_kept_as_a_hash_and_checked() {
     let store = SqliteControlStore::open(&path).unwrap();
     assert_eq!(
         store
-            .verify_device("sensor-1@acme", password)
+            .verify_device("sensor-1@acme", password.as_bytes())
             .await
             .unwrap(),
         Some(id("acme")),
@@ -537,7 +548,7 @@ async fn device_passwords_are_shown_once_kept_as_a_hash_and_checked() {
     store.update_tenant(&acme).await.unwrap();
     assert_eq!(
         store
-            .verify_device("sensor-1@acme", password)
+            .verify_device("sensor-1@acme", password.as_bytes())
             .await
             .unwrap(),
         None
@@ -553,7 +564,7 @@ async fn device_passwords_are_shown_once_kept_as_a_hash_and_checked() {
     );
     assert_eq!(
         store
-            .verify_device("sensor-1@acme", password)
+            .verify_device("sensor-1@acme", password.as_bytes())
             .await
             .unwrap(),
         Some(id("acme"))
@@ -562,14 +573,14 @@ async fn device_passwords_are_shown_once_kept_as_a_hash_and_checked() {
     assert!(!store.delete_device(&id("acme"), "sensor-1").await.unwrap());
     assert_eq!(
         store
-            .verify_device("sensor-1@acme", password)
+            .verify_device("sensor-1@acme", password.as_bytes())
             .await
             .unwrap(),
         None
     );
     assert_eq!(
         store
-            .verify_device("sensor-1@globex", &other.password)
+            .verify_device("sensor-1@globex", other.password.as_bytes())
             .await
             .unwrap(),
         Some(id("globex")),
