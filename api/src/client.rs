@@ -10,9 +10,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::rest::{
-    CreateDeployment, CreateEndpoint, CreateTenant, DeadLetter, Deployment, DeploymentChanged,
-    Endpoint, Executor, Graph, ImportArtifact, IngestMessage, IngestReply, LogLine, MetricSeries,
-    MintToken, Module, Problem, StateEntry, StateKeys, Tenant, Token, Usage,
+    CreateDeployment, CreateDevice, CreateEndpoint, CreateTenant, DeadLetter, Deployment,
+    DeploymentChanged, Device, DeviceCredentials, Endpoint, Executor, Graph, ImportArtifact,
+    IngestMessage, IngestReply, LogLine, MetricSeries, MintToken, Module, Problem, StateEntry,
+    StateKeys, Tenant, Token, Usage,
 };
 use crate::tenancy::Quotas;
 
@@ -308,6 +309,30 @@ impl Client {
     pub async fn delete_endpoint(&self, name: &str) -> Result<(), ClientError> {
         self.delete(&format!("/v1/endpoints/{}", segment(name)))
             .await
+    }
+
+    // Devices.
+
+    /// Creates credentials for a device on the embedded MQTT broker (owner); the answer
+    /// carries the password once.
+    pub async fn create_device(&self, name: &str) -> Result<DeviceCredentials, ClientError> {
+        self.post(
+            "/v1/devices",
+            &CreateDevice {
+                name: name.to_owned(),
+            },
+        )
+        .await
+    }
+
+    /// The tenant's devices (never their passwords).
+    pub async fn devices(&self) -> Result<Vec<Device>, ClientError> {
+        self.get("/v1/devices").await
+    }
+
+    /// Deletes a device's credentials (owner).
+    pub async fn delete_device(&self, name: &str) -> Result<(), ClientError> {
+        self.delete(&format!("/v1/devices/{}", segment(name))).await
     }
 
     // Deployments.

@@ -459,6 +459,75 @@ pub struct DeadLetter {
     /// Whether `payload` was cut.
     #[serde(default)]
     pub payload_truncated: bool,
+    /// When the node gave it up, milliseconds since the epoch (the control store's clock at
+    /// the append if the runtime left it 0).
+    #[serde(default)]
+    pub at_ms: u64,
+}
+
+impl DeadLetter {
+    /// Bytes of an input's payload a letter keeps (64 KiB); the rest is cut and the input's
+    /// whole size kept in `input_bytes`.
+    pub const MAX_PAYLOAD_BYTES: usize = 64 * 1024;
+
+    /// Its size as `max_dead_letter_bytes` counts it: payload, detail, topic, node and
+    /// deployment.
+    pub fn byte_len(&self) -> u64 {
+        (self.payload.len()
+            + self.detail.len()
+            + self.topic.len()
+            + self.node.len()
+            + self.deployment.len()) as u64
+    }
+}
+
+/// `POST /v1/devices`: credentials for a device (or any MQTT client) to connect to weir's
+/// embedded broker as the tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct CreateDevice {
+    /// Its name, unique in the tenant: 1 to 128 of `A-Z a-z 0-9 . - _`, starting with a letter
+    /// or digit.
+    pub name: String,
+}
+
+/// A device's credentials, as they are listed: never the password.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Device {
+    /// Its name.
+    pub name: String,
+    /// The MQTT user name it connects with: `<name>@<tenant>`, unique on the platform.
+    pub username: String,
+    /// Seconds since the epoch.
+    pub created_at: u64,
+}
+
+/// The answer to `POST /v1/devices`: the only time the password is shown. weir keeps only its
+/// SHA-256; a lost password is replaced by deleting the device and creating it again.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DeviceCredentials {
+    /// Its name.
+    pub name: String,
+    /// The MQTT user name: `<name>@<tenant>`.
+    pub username: String,
+    /// The MQTT password: 32 random bytes as 64 lowercase hex digits.
+    pub password: String,
+    /// Seconds since the epoch.
+    pub created_at: u64,
+}
+
+impl std::fmt::Debug for DeviceCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceCredentials")
+            .field("name", &self.name)
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .field("created_at", &self.created_at)
+            .finish()
+    }
 }
 
 /// One metric series of the tenant's.
@@ -499,9 +568,10 @@ pub struct Usage {
     pub messages_limited: u64,
     /// Messages its deployments put out.
     pub messages_out: u64,
-    /// Messages dead-lettered.
+    /// Messages dead-lettered (kept in the control store: counted across restarts).
     pub dead_letters: u64,
-    /// Dead letters dropped, oldest first, to keep within `max_dead_letter_bytes`.
+    /// Dead letters dropped, oldest first, to keep within `max_dead_letter_bytes` and the
+    /// 10,000 letters a tenant keeps at most (counted across restarts).
     #[serde(default)]
     pub dead_letters_evicted: u64,
     /// Of `fuel`, what `init` calls used (after deploys, and after every trap).

@@ -76,8 +76,10 @@ pub struct Quotas {
     /// Bytes of outputs waiting in the tenant's HTTP sink queues for a reader, across its
     /// deployments. While it is full the deployments' sinks hold back, and so their sources.
     pub max_queued_output_bytes: u64,
-    /// Bytes of dead letters kept for the tenant to read (each letter's kept payload is cut
-    /// to 64 KiB, its original size recorded); the oldest go first, counted in usage.
+    /// Bytes of dead letters kept for the tenant to read, in the control store across restarts
+    /// (payload, detail, topic, node and deployment of each; a letter's kept payload is cut to
+    /// 64 KiB, its original size recorded; at most 10,000 letters whatever their bytes); the
+    /// oldest go first, counted in usage.
     pub max_dead_letter_bytes: u64,
     /// Keys in the tenant's state store.
     pub max_state_keys: u64,
@@ -93,6 +95,8 @@ pub struct Quotas {
     pub max_log_lines: u32,
     /// API requests per second.
     pub api_requests_per_second: u32,
+    /// Device credentials (`/v1/devices`) the tenant may hold for the embedded MQTT broker.
+    pub max_devices: u32,
     /// Hosts (names or IP addresses) the tenant's endpoints may connect to although they are
     /// loopback, private or link-local: the platform's own network is closed unless an admin
     /// opens a host here.
@@ -126,6 +130,7 @@ impl Default for Quotas {
             max_log_line_bytes: 16 * 1024,
             max_log_lines: 10_000,
             api_requests_per_second: 50,
+            max_devices: 100,
             allowed_private_hosts: Vec::new(),
         }
     }

@@ -33,7 +33,9 @@ pub(crate) struct StoreDevices(pub(crate) Arc<dyn weir_store::ControlStore>);
 #[async_trait::async_trait]
 impl DeviceDirectory for StoreDevices {
     async fn verify(&self, username: &str, password: &[u8]) -> Result<Option<TenantId>, String> {
-        let _ = (&self.0, username, password);
-        Ok(None)
+        self.0
+            .verify_device(username, password)
+            .await
+            .map_err(|e| e.to_string())
     }
 }

@@ -9,18 +9,40 @@ use async_trait::async_trait;
 use weir_api::TenantId;
 use weir_api::rest::{DeadLetter, Executor, LogLine, MetricSeries, Usage};
 use weir_connectors::EndpointSpec;
-use weir_executor::runtime::{Assignment, Binding, LocalExecutor, MemoryDeadLetters, RuntimeError};
+use weir_executor::runtime::{Assignment, Binding, DeadLetterJournal, LocalExecutor, RuntimeError};
 use weir_gateway::{
     ApiError, DeploymentRuntime, FeedQuery, IngestMessage, OutputMessage, ProblemField,
     StartBinding, StartDeployment,
 };
+use weir_store::{ControlStore, StoreError};
 use weir_tenants::Quotas;
 
 /// The executor of `weir serve`, as the gateway reaches it.
 #[derive(Debug)]
 pub(crate) struct LocalDeployments {
     pub(crate) executor: LocalExecutor,
-    pub(crate) dead_letters: Arc<MemoryDeadLetters>,
+    pub(crate) store: Arc<dyn ControlStore>,
+}
+
+/// Dead letters kept in the control store (`/v1/deadletters` reads them there).
+#[derive(Debug)]
+pub(crate) struct StoreJournal(pub(crate) Arc<dyn ControlStore>);
+
+#[async_trait]
+impl DeadLetterJournal for StoreJournal {
+    async fn append(
+        &self,
+        tenant: &TenantId,
+        letters: Vec<DeadLetter>,
+        max_bytes: u64,
+    ) -> Result<u64, String> {
+        match self.0.append_dead_letters(tenant, letters, max_bytes).await {
+            Ok(appended) => Ok(appended.evicted),
+            // A deleted tenant's letters have nowhere to go: its deployments are stopping.
+            Err(StoreError::NoTenant(_)) => Ok(0),
+            Err(error) => Err(error.to_string()),
+        }
+    }
 }
 
 fn api_error(error: RuntimeError) -> ApiError {
@@ -120,12 +142,15 @@ impl DeploymentRuntime for LocalDeployments {
     }
 
     async fn dead_letters(&self, tenant: &TenantId, query: &FeedQuery) -> Vec<DeadLetter> {
-        self.dead_letters.read(
-            tenant,
-            query.deployment.as_deref(),
-            query.after,
-            query.limit(),
-        )
+        self.store
+            .dead_letters(
+                tenant,
+                query.deployment.as_deref(),
+                query.after,
+                query.limit(),
+            )
+            .await
+            .unwrap_or_default()
     }
 
     async fn metrics(&self, tenant: &TenantId) -> Vec<MetricSeries> {
@@ -133,10 +158,7 @@ impl DeploymentRuntime for LocalDeployments {
     }
 
     async fn usage(&self, tenant: &TenantId) -> Usage {
-        Usage {
-            dead_letters_evicted: self.dead_letters.evicted(tenant),
-            ..self.executor.usage(tenant)
-        }
+        self.executor.usage(tenant)
     }
 
     async fn executors(&self) -> Vec<Executor> {
@@ -149,7 +171,6 @@ impl DeploymentRuntime for LocalDeployments {
 
     async fn forget_tenant(&self, tenant: &TenantId) {
         self.executor.forget_tenant(tenant).await;
-        self.dead_letters.forget(tenant);
     }
 
     async fn set_quotas(&self, tenant: &TenantId, quotas: &Quotas) {

@@ -36,6 +36,8 @@ enum Command {
     Module(remote::ArtifactArgs),
     /// Upload, import (OCI) and list graph definitions.
     Graph(remote::ArtifactArgs),
+    /// Create, list and delete device credentials for the embedded MQTT broker.
+    Device(remote::DeviceArgs),
     /// Deploy a graph (weir's JSON document, or an Azure DataflowGraph).
     Deploy(remote::DeployArgs),
     /// Show deployments, or one with its counters and history.
@@ -86,6 +88,7 @@ fn main() -> std::process::ExitCode {
             Command::Token(args) => remote::token(args).await,
             Command::Module(args) => remote::module(args).await,
             Command::Graph(args) => remote::graph(args).await,
+            Command::Device(args) => remote::device(args).await,
             Command::Deploy(args) => remote::deploy(args).await,
             Command::Status(args) => remote::status(args).await,
             Command::Ingest(args) => remote::ingest(args).await,

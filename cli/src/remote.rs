@@ -1,7 +1,7 @@
 //! The commands that talk to a weir server through the typed client: `login`, `tenant`,
-//! `token`, `module`, `graph`, `deploy`, `status`, `ingest`, `logs`, `state`. The server and
-//! token come from `--server`/`--token`, `WEIR_SERVER`/`WEIR_TOKEN`, or what `weir login`
-//! saved (`$WEIR_CONFIG`, else `~/.config/weir/config.json`, owner-only).
+//! `token`, `module`, `graph`, `device`, `deploy`, `status`, `ingest`, `logs`, `state`. The
+//! server and token come from `--server`/`--token`, `WEIR_SERVER`/`WEIR_TOKEN`, or what
+//! `weir login` saved (`$WEIR_CONFIG`, else `~/.config/weir/config.json`, owner-only).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -198,6 +198,31 @@ enum ArtifactCommand {
     },
     /// List what the tenant has.
     List,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct DeviceArgs {
+    #[command(subcommand)]
+    command: DeviceCommand,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum DeviceCommand {
+    /// Create credentials for a device on the embedded MQTT broker (owner); the password is
+    /// printed once.
+    Create {
+        /// Its name (letters, digits, `.`, `-`, `_`); it connects as NAME@TENANT.
+        name: String,
+    },
+    /// List the tenant's devices.
+    List,
+    /// Delete a device's credentials (owner).
+    Delete {
+        /// Its name.
+        name: String,
+    },
 }
 
 fn import_request(
@@ -473,6 +498,38 @@ pub(crate) async fn token(args: TokenArgs) -> anyhow::Result<ExitCode> {
             call!(output, client.revoke_token(&id));
             print(output, &serde_json::json!({"revoked": id}), |_| {
                 format!("revoked {id}")
+            });
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) async fn device(args: DeviceArgs) -> anyhow::Result<ExitCode> {
+    let client = args.connection.client()?;
+    let output = args.connection.output;
+    match args.command {
+        DeviceCommand::Create { name } => {
+            let credentials = call!(output, client.create_device(&name));
+            print(output, &credentials, |c| {
+                format!("username {}\npassword {}", c.username, c.password)
+            });
+            if output == OutputFormat::Text {
+                eprintln!("the password is shown only now: weir keeps only its hash");
+            }
+        }
+        DeviceCommand::List => {
+            let devices = call!(output, client.devices());
+            print(output, &devices, |ds| {
+                ds.iter()
+                    .map(|d| format!("{}\t{}\t{}", d.name, d.username, d.created_at))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+        }
+        DeviceCommand::Delete { name } => {
+            call!(output, client.delete_device(&name));
+            print(output, &serde_json::json!({"deleted": name}), |_| {
+                format!("deleted device {name}")
             });
         }
     }

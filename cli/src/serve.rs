@@ -258,14 +258,13 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCod
         .with_context(|| format!("cannot start the MQTT broker on {}", args.mqtt_listen))?,
     );
     let state = GatewayState {
-        store,
+        store: store.clone(),
         blobs,
         verifier,
         issuer: issuer.clone(),
         revocations,
         validator: Arc::new(EngineValidator(engine.clone())),
         runtime: {
-            let dead_letters = Arc::new(weir_executor::runtime::MemoryDeadLetters::default());
             let executor = weir_executor::runtime::LocalExecutor::new(
                 weir_executor::runtime::ExecutorConfig {
                     engine,
@@ -273,14 +272,14 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCod
                     workers,
                     state: module_state.clone(),
                     connectors: weir_connectors::Registry::standard(),
-                    journal: dead_letters.clone(),
+                    journal: Arc::new(crate::deployments::StoreJournal(store.clone())),
                     default_broker: Some(Arc::new(crate::broker::BrokerEndpoint(broker.clone()))),
                 },
             )
             .map_err(|e| anyhow::anyhow!("cannot start the executor: {e}"))?;
             Arc::new(crate::deployments::LocalDeployments {
                 executor,
-                dead_letters,
+                store: store.clone(),
             })
         },
         state: module_state,

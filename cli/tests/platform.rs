@@ -501,6 +501,8 @@ async fn the_openapi_document_names_every_route() {
         "/v1/graphs",
         "/v1/graphs/import",
         "/v1/endpoints",
+        "/v1/devices",
+        "/v1/devices/{name}",
         "/v1/deployments",
         "/v1/deployments/{id}/ingest",
         "/v1/state/{key}",

@@ -4,7 +4,8 @@
 //! [`weir_tenants::Principal`]; the tenant comes from the token and nowhere else), errors as
 //! `application/problem+json` with a stable `code` and the request id, and the resources built so
 //! far: tenants (admin), tokens (owner), modules and graphs (upload with validation before
-//! anything lands). Every tenant-owned lookup goes through the caller's tenant, so another
+//! anything lands), endpoints, device credentials for the embedded MQTT broker, deployments
+//! and what they report (dead letters are read from the control store). Every tenant-owned lookup goes through the caller's tenant, so another
 //! tenant's resource answers 404 exactly like a missing one (the walls are listed in
 //! `gateway/README.md`).
 //!
@@ -161,12 +162,16 @@ pub trait DeploymentRuntime: Send + Sync + std::fmt::Debug {
     async fn status(&self, tenant: &weir_api::TenantId, id: &str) -> Option<serde_json::Value>;
     /// The tenant's log lines numbered above `after`, oldest first.
     async fn logs(&self, tenant: &weir_api::TenantId, query: &FeedQuery) -> Vec<LogLine>;
-    /// The tenant's dead letters numbered above `after`, oldest first.
+    /// The tenant's dead letters numbered above `after`, oldest first. No longer read by the
+    /// gateway: `/v1/deadletters` reads the control store
+    /// (`weir_store::ControlStore::dead_letters`), where the runtime appends them; this goes
+    /// once the runtime keeps none of its own.
     async fn dead_letters(&self, tenant: &weir_api::TenantId, query: &FeedQuery)
     -> Vec<DeadLetter>;
     /// The tenant's metric series.
     async fn metrics(&self, tenant: &weir_api::TenantId) -> Vec<MetricSeries>;
-    /// What the tenant's deployments have used (the data-plane fields of [`Usage`]).
+    /// What the tenant's deployments have used (the data-plane fields of [`Usage`]; the
+    /// gateway takes `dead_letters` and `dead_letters_evicted` from the control store).
     async fn usage(&self, tenant: &weir_api::TenantId) -> Usage;
     /// The executors deployments run on.
     async fn executors(&self) -> Vec<Executor>;

@@ -21,7 +21,7 @@ use tower::ServiceExt;
 use weir_api::TenantId;
 use weir_executor::{EngineConfig, OperatorEngine};
 use weir_gateway::{GatewayState, ModuleValidator, router};
-use weir_store::{BlobStore, SqliteControlStore};
+use weir_store::{BlobStore, ControlStore, SqliteControlStore};
 use weir_tenants::{JwtVerifier, MemoryRevocations, Role, Secret, TokenIssuer, VerificationKey};
 
 #[derive(Debug)]
@@ -107,19 +107,27 @@ impl weir_gateway::DeploymentRuntime for NoExecutor {
 struct Api {
     app: Router,
     admin: String,
-    _dir: tempfile::TempDir,
+    /// The store the router uses: what the runtime writes to (dead letters) and the broker
+    /// asks (device passwords).
+    store: Arc<SqliteControlStore>,
+    _dir: Arc<tempfile::TempDir>,
 }
 
 struct Reply {
     status: StatusCode,
     content_type: String,
     request_id: Option<String>,
+    cache_control: Option<String>,
     body: Value,
 }
 
 impl Api {
     fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        Self::at(Arc::new(tempfile::tempdir().unwrap()))
+    }
+
+    /// A server on the data in `dir`: a second one on the same `dir` is the first restarted.
+    fn at(dir: Arc<tempfile::TempDir>) -> Self {
         let secret = Secret::new(b"gateway-test-secret-gateway-test-secret".to_vec());
         let issuer = Arc::new(TokenIssuer::new(&secret, Some("weir"), None));
         let admin = issuer
@@ -131,8 +139,9 @@ impl Api {
                 "admin-1",
             )
             .unwrap();
+        let store = Arc::new(SqliteControlStore::open(&dir.path().join("control.db")).unwrap());
         let state = GatewayState {
-            store: Arc::new(SqliteControlStore::open(&dir.path().join("control.db")).unwrap()),
+            store: store.clone(),
             blobs: BlobStore::open(dir.path().join("blobs")).unwrap(),
             verifier: Arc::new(
                 JwtVerifier::new(&[VerificationKey::Hs256(secret)], Some("weir"), None).unwrap(),
@@ -155,6 +164,7 @@ impl Api {
         Self {
             app: router(state),
             admin,
+            store,
             _dir: dir,
         }
     }
@@ -189,6 +199,7 @@ impl Api {
         };
         let content_type = header("content-type").unwrap_or_default();
         let request_id = header("x-request-id");
+        let cache_control = header("cache-control");
         let bytes = response.into_body().collect().await.unwrap().to_bytes();
         let body = if bytes.is_empty() {
             Value::Null
@@ -200,6 +211,7 @@ impl Api {
             status,
             content_type,
             request_id,
+            cache_control,
             body,
         }
     }
@@ -875,5 +887,401 @@ async fn uploads_never_stall_the_async_workers() {
     assert!(
         quietest < Duration::from_millis(60),
         "the only worker thread stalled for {pauses:?}"
+    );
+}
+
+impl Api {
+    /// A token of `role` for the tenant of `owner`.
+    async fn token(&self, owner: &str, role: &str) -> String {
+        let minted = self
+            .json(
+                Method::POST,
+                "/v1/tokens",
+                owner,
+                json!({"subject": role, "role": role}),
+            )
+            .await;
+        assert_eq!(minted.status, StatusCode::CREATED, "{:?}", minted.body);
+        minted.body["token"].as_str().unwrap().to_owned()
+    }
+
+    async fn delete(&self, uri: &str, token: &str) -> Reply {
+        self.call(Method::DELETE, uri, Some(token), None, vec![])
+            .await
+    }
+}
+
+#[tokio::test]
+async fn owners_create_devices_whose_password_is_shown_once_and_works_on_the_broker() {
+    let api = Api::new();
+    let (owner, developer) = api.tenant("acme").await;
+    let viewer = api.token(&owner, "viewer").await;
+    let created = api
+        .json(
+            Method::POST,
+            "/v1/devices",
+            &owner,
+            json!({"name": "sensor-1"}),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.body);
+    assert_eq!(created.body["name"], "sensor-1");
+    assert_eq!(created.body["username"], "sensor-1@acme");
+    let password = created.body["password"].as_str().unwrap().to_owned();
+    assert_eq!(password.len(), 64);
+    assert_eq!(created.cache_control.as_deref(), Some("no-store"));
+    assert!(created.body["created_at"].as_u64().unwrap() > 0);
+    // What the embedded broker's authentication asks.
+    assert_eq!(
+        api.store
+            .verify_device("sensor-1@acme", password.as_bytes())
+            .await
+            .unwrap(),
+        Some(TenantId::new("acme").unwrap())
+    );
+    assert_eq!(
+        api.store
+            .verify_device("sensor-1@acme", "f".repeat(64).as_bytes())
+            .await
+            .unwrap(),
+        None
+    );
+    // Listed to every role, never with the password.
+    for token in [&owner, &developer, &viewer] {
+        let listed = api.get("/v1/devices", token).await;
+        assert_eq!(listed.status, StatusCode::OK);
+        assert_eq!(
+            listed.body,
+            json!([{"name": "sensor-1", "username": "sensor-1@acme", "created_at": created.body["created_at"]}])
+        );
+    }
+    // Developers and viewers neither create nor delete; admins are not the tenant.
+    for token in [&developer, &viewer, &api.admin] {
+        assert_problem(
+            &api.json(
+                Method::POST,
+                "/v1/devices",
+                token,
+                json!({"name": "sneaky"}),
+            )
+            .await,
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        );
+        assert_problem(
+            &api.delete("/v1/devices/sensor-1", token).await,
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        );
+    }
+    assert_problem(
+        &api.json(
+            Method::POST,
+            "/v1/devices",
+            &owner,
+            json!({"name": "sensor-1"}),
+        )
+        .await,
+        StatusCode::CONFLICT,
+        "conflict",
+    );
+    for bad in ["", "-x", ".hidden", "a@b", "a/b", "a b", &"x".repeat(129)] {
+        let refused = api
+            .json(Method::POST, "/v1/devices", &owner, json!({"name": bad}))
+            .await;
+        assert_problem(&refused, StatusCode::BAD_REQUEST, "invalid_request");
+        assert_eq!(refused.body["errors"][0]["path"], "/name", "{bad:?}");
+    }
+    assert_problem(
+        &api.json(
+            Method::POST,
+            "/v1/devices",
+            &owner,
+            json!({"name": "x", "password": "mine"}),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+    );
+    assert_eq!(
+        api.delete("/v1/devices/sensor-1", &owner).await.status,
+        StatusCode::NO_CONTENT
+    );
+    assert_problem(
+        &api.delete("/v1/devices/sensor-1", &owner).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    assert_eq!(
+        api.store
+            .verify_device("sensor-1@acme", password.as_bytes())
+            .await
+            .unwrap(),
+        None,
+        "a deleted device's password stops working"
+    );
+    assert_eq!(api.get("/v1/devices", &viewer).await.body, json!([]));
+}
+
+#[tokio::test]
+async fn another_tenants_devices_are_invisible_and_out_of_reach() {
+    let api = Api::new();
+    let (owner_a, _) = api.tenant("tenant-a").await;
+    let (owner_b, _) = api.tenant("tenant-b").await;
+    let a = api
+        .json(Method::POST, "/v1/devices", &owner_a, json!({"name": "gw"}))
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED);
+    assert_eq!(api.get("/v1/devices", &owner_b).await.body, json!([]));
+    assert_problem(
+        &api.delete("/v1/devices/gw", &owner_b).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    // The same name in B is B's own device, with its own user name and password.
+    let b = api
+        .json(Method::POST, "/v1/devices", &owner_b, json!({"name": "gw"}))
+        .await;
+    assert_eq!(b.status, StatusCode::CREATED);
+    assert_eq!(b.body["username"], "gw@tenant-b");
+    let (password_a, password_b) = (
+        a.body["password"].as_str().unwrap(),
+        b.body["password"].as_str().unwrap(),
+    );
+    assert_eq!(
+        api.store
+            .verify_device("gw@tenant-b", password_a.as_bytes())
+            .await
+            .unwrap(),
+        None,
+        "A's password does not open B's device"
+    );
+    assert_eq!(
+        api.store
+            .verify_device("gw@tenant-a", password_b.as_bytes())
+            .await
+            .unwrap(),
+        None
+    );
+    // Deleting B takes its devices; A's stays.
+    assert_eq!(
+        api.delete("/v1/tenants/tenant-b", &api.admin).await.status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        api.store
+            .verify_device("gw@tenant-b", password_b.as_bytes())
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        api.store
+            .verify_device("gw@tenant-a", password_a.as_bytes())
+            .await
+            .unwrap(),
+        Some(TenantId::new("tenant-a").unwrap())
+    );
+}
+
+#[tokio::test]
+async fn max_devices_refuses_precisely_at_its_limit() {
+    let api = Api::new();
+    let (owner, _) = api.tenant("acme").await;
+    assert_eq!(weir_tenants::Quotas::default().max_devices, 100);
+    let mut quotas = serde_json::to_value(weir_tenants::Quotas::default()).unwrap();
+    quotas["max_devices"] = json!(2);
+    assert_eq!(
+        api.json(Method::PUT, "/v1/tenants/acme/quotas", &api.admin, quotas)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    for name in ["one", "two"] {
+        let created = api
+            .json(Method::POST, "/v1/devices", &owner, json!({"name": name}))
+            .await;
+        assert_eq!(
+            created.status,
+            StatusCode::CREATED,
+            "the limit itself is allowed"
+        );
+    }
+    assert_problem(
+        &api.json(
+            Method::POST,
+            "/v1/devices",
+            &owner,
+            json!({"name": "three"}),
+        )
+        .await,
+        StatusCode::FORBIDDEN,
+        "quota_exceeded",
+    );
+    assert_eq!(
+        api.delete("/v1/devices/one", &owner).await.status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        api.json(
+            Method::POST,
+            "/v1/devices",
+            &owner,
+            json!({"name": "three"})
+        )
+        .await
+        .status,
+        StatusCode::CREATED,
+        "a deleted device frees its place"
+    );
+}
+
+fn dead_letter(deployment: &str, payload: &str) -> weir_api::rest::DeadLetter {
+    weir_api::rest::DeadLetter {
+        seq: 0,
+        deployment: deployment.to_owned(),
+        node: "convert".to_owned(),
+        reason: "trap".to_owned(),
+        detail: "unreachable".to_owned(),
+        topic: "ingest".to_owned(),
+        payload: payload.to_owned(),
+        input_bytes: payload.len() as u64 + 6,
+        payload_truncated: false,
+        at_ms: 1_700_000_000_000,
+    }
+}
+
+#[tokio::test]
+async fn dead_letters_are_read_from_the_store_walled_by_tenant_and_outlive_a_restart() {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let api = Api::at(dir.clone());
+    let (_, developer_a) = api.tenant("tenant-a").await;
+    let (_, developer_b) = api.tenant("tenant-b").await;
+    let (a, b) = (
+        TenantId::new("tenant-a").unwrap(),
+        TenantId::new("tenant-b").unwrap(),
+    );
+    let max = weir_tenants::Quotas::default().max_dead_letter_bytes;
+    api.store
+        .append_dead_letters(
+            &a,
+            vec![
+                dead_letter("one", "a1"),
+                dead_letter("two", "a2"),
+                dead_letter("one", "a3"),
+            ],
+            max,
+        )
+        .await
+        .unwrap();
+    api.store
+        .append_dead_letters(&b, vec![dead_letter("one", "b1")], max)
+        .await
+        .unwrap();
+    let payloads = |reply: &Reply| -> Vec<(u64, String)> {
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        reply
+            .body
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| {
+                (
+                    l["seq"].as_u64().unwrap(),
+                    l["payload"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let pairs = |items: &[(u64, &str)]| -> Vec<(u64, String)> {
+        items.iter().map(|(s, p)| (*s, (*p).to_owned())).collect()
+    };
+    assert_eq!(
+        payloads(&api.get("/v1/deadletters", &developer_a).await),
+        pairs(&[(1, "a1"), (2, "a2"), (3, "a3")])
+    );
+    let full = api.get("/v1/deadletters?limit=1", &developer_a).await;
+    assert_eq!(
+        full.body[0],
+        json!({"seq": 1, "deployment": "one", "node": "convert", "reason": "trap",
+               "detail": "unreachable", "topic": "ingest", "payload": "a1",
+               "input_bytes": 8, "payload_truncated": false, "at_ms": 1_700_000_000_000_u64})
+    );
+    assert_eq!(
+        payloads(
+            &api.get("/v1/deadletters?deployment=one&after=1", &developer_a)
+                .await
+        ),
+        pairs(&[(3, "a3")])
+    );
+    assert_eq!(
+        payloads(&api.get("/v1/deadletters", &developer_b).await),
+        pairs(&[(1, "b1")]),
+        "B reads its own letter, numbered for B"
+    );
+    assert_eq!(
+        payloads(
+            &api.get("/v1/deadletters?deployment=two", &developer_b)
+                .await
+        ),
+        pairs(&[])
+    );
+    assert_problem(
+        &api.get("/v1/deadletters?tenant=tenant-a", &developer_b)
+            .await,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+    );
+    // A lowered quota evicts at once, oldest first, and usage counts it.
+    let mut quotas = serde_json::to_value(weir_tenants::Quotas::default()).unwrap();
+    quotas["max_dead_letter_bytes"] = json!(dead_letter("one", "a3").byte_len());
+    assert_eq!(
+        api.json(
+            Method::PUT,
+            "/v1/tenants/tenant-a/quotas",
+            &api.admin,
+            quotas
+        )
+        .await
+        .status,
+        StatusCode::OK
+    );
+    let usage = api.get("/v1/usage", &developer_a).await;
+    assert_eq!(
+        (
+            usage.body["dead_letters"].clone(),
+            usage.body["dead_letters_evicted"].clone()
+        ),
+        (json!(3), json!(2))
+    );
+    let usage_b = api.get("/v1/usage", &developer_b).await;
+    assert_eq!(
+        (
+            usage_b.body["dead_letters"].clone(),
+            usage_b.body["dead_letters_evicted"].clone()
+        ),
+        (json!(1), json!(0)),
+        "B's letters and counters are untouched"
+    );
+    // The server restarts on the same data: letters, numbers and counters are all there.
+    drop(api);
+    let api = Api::at(dir);
+    assert_eq!(
+        payloads(&api.get("/v1/deadletters", &developer_a).await),
+        pairs(&[(3, "a3")])
+    );
+    let appended = api
+        .store
+        .append_dead_letters(&a, vec![dead_letter("one", "a4")], max)
+        .await
+        .unwrap();
+    assert_eq!(appended.seqs, [4], "numbering goes on after the restart");
+    let usage = api.get("/v1/usage", &developer_a).await;
+    assert_eq!(
+        (
+            usage.body["dead_letters"].clone(),
+            usage.body["dead_letters_evicted"].clone()
+        ),
+        (json!(4), json!(2))
     );
 }

@@ -8,9 +8,11 @@
 //! a blob goes with its last module, graph or tenant), and the tenants' state store on
 //! SQLite ([`SqliteStateStore`], passing `weir_state::testing::conformance`). Every query of a tenant's
 //! resource takes the tenant and filters by it: there is no way to fetch another tenant's row
-//! by id. Count quotas are checked in the same transaction as the write they bound. Files and
-//! directories it creates are private to the server's user (0600/0700, SQLite's WAL and SHM
-//! files included); endpoint secrets are sealed at rest with a key kept beside the database.
+//! by id. Count quotas are checked in the same transaction as the write they bound. Dead
+//! letters are kept here, numbered and bounded per tenant, and the device credentials of the
+//! embedded MQTT broker (only a hash of each password). Files and directories it creates are
+//! private to the server's user (0600/0700, SQLite's WAL and SHM files included); endpoint
+//! secrets are sealed at rest with a key kept beside the database.
 //! Never knows about wasmtime or HTTP.
 #![warn(missing_docs)]
 
@@ -21,13 +23,19 @@ mod sqlite;
 mod state;
 
 use async_trait::async_trait;
+use weir_api::rest::DeadLetter;
 use weir_api::{ErrorCode, ModuleDigest, TenantId};
 use weir_tenants::Quotas;
 
+/// Dead letters kept per tenant whatever their bytes: a hard cap beside the tenant's
+/// `max_dead_letter_bytes`, so a flood of tiny letters cannot grow the table without bound.
+pub const MAX_DEAD_LETTERS: u64 = 10_000;
+
 pub use blobs::{BlobError, BlobStore, PinnedBlob};
 pub use records::{
-    DeletedTenant, DeploymentRecord, EndpointRecord, GraphRecord, ModuleRecord, StatusChange,
-    TenantRecord, TokenRecord, TokenScope,
+    DeadLetterAppend, DeadLetterCounts, DeletedTenant, DeploymentRecord, DeviceRecord,
+    EndpointRecord, GraphRecord, ModuleRecord, NewDevice, StatusChange, TenantRecord, TokenRecord,
+    TokenScope,
 };
 pub use sealing::SealError;
 pub use sqlite::SqliteControlStore;
@@ -203,4 +211,60 @@ pub trait ControlStore: Send + Sync + std::fmt::Debug {
     async fn endpoints(&self, tenant: &TenantId) -> Result<Vec<EndpointRecord>, StoreError>;
     /// Deletes an endpoint; whether it existed.
     async fn delete_endpoint(&self, tenant: &TenantId, name: &str) -> Result<bool, StoreError>;
+
+    /// Keeps `letters` for the tenant to read, in one transaction: each gets the tenant's next
+    /// number (`seq` as passed is ignored; numbers are never reused, not after eviction nor
+    /// after a restart); a payload over [`DeadLetter::MAX_PAYLOAD_BYTES`] is cut (at a
+    /// character boundary, `payload_truncated` set; callers cut it already); an `at_ms` of 0
+    /// becomes the time of the append. Then the tenant's oldest letters are evicted until it
+    /// keeps at most `max_bytes` (its `max_dead_letter_bytes`, counted by
+    /// [`DeadLetter::byte_len`]) and at most [`MAX_DEAD_LETTERS`]: a letter larger than
+    /// `max_bytes` is evicted at once. Evictions are counted for the tenant. `NoTenant` if the
+    /// tenant does not exist (it was deleted while the letters were on their way: nothing was
+    /// kept, and retrying cannot help). Callers batch: one call per batch of letters.
+    async fn append_dead_letters(
+        &self,
+        tenant: &TenantId,
+        letters: Vec<DeadLetter>,
+        max_bytes: u64,
+    ) -> Result<DeadLetterAppend, StoreError>;
+    /// The tenant's letters numbered above `after`, oldest first, at most `limit`; only
+    /// `deployment`'s if given. A deleted deployment's letters stay (they are the evidence of
+    /// what it failed to process) until they are evicted or the tenant is deleted.
+    async fn dead_letters(
+        &self,
+        tenant: &TenantId,
+        deployment: Option<&str>,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, StoreError>;
+    /// The tenant's dead-letter counters (all zero for a tenant without letters).
+    async fn dead_letter_counts(&self, tenant: &TenantId) -> Result<DeadLetterCounts, StoreError>;
+    /// Evicts the tenant's oldest letters until it keeps at most `max_bytes` (after the admin
+    /// lowered `max_dead_letter_bytes`); how many went.
+    async fn trim_dead_letters(&self, tenant: &TenantId, max_bytes: u64)
+    -> Result<u64, StoreError>;
+
+    /// Creates credentials for device `name` of `tenant` with a fresh random password (the
+    /// caller checked the name); `Conflict` if the tenant has a device of that name,
+    /// `QuotaExceeded` past `max_devices` (checked in the insert's transaction).
+    async fn create_device(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+        quotas: &Quotas,
+    ) -> Result<NewDevice, StoreError>;
+    /// The devices of `tenant`, by name.
+    async fn devices(&self, tenant: &TenantId) -> Result<Vec<DeviceRecord>, StoreError>;
+    /// Deletes a device's credentials; whether they existed.
+    async fn delete_device(&self, tenant: &TenantId, name: &str) -> Result<bool, StoreError>;
+    /// The tenant of the device whose MQTT user name is `username` (`<name>@<tenant>`), if
+    /// `password` (the MQTT password field, binary data) is its password and the tenant is not suspended; `None` otherwise, whatever
+    /// the reason (no such device, wrong password, suspended tenant). The password's SHA-256
+    /// is compared in constant time.
+    async fn verify_device(
+        &self,
+        username: &str,
+        password: &[u8],
+    ) -> Result<Option<TenantId>, StoreError>;
 }

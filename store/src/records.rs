@@ -137,3 +137,66 @@ pub struct EndpointRecord {
     /// Seconds since the epoch.
     pub created_at: u64,
 }
+
+/// What [`crate::ControlStore::append_dead_letters`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeadLetterAppend {
+    /// The numbers given to the letters, in the order they were passed.
+    pub seqs: Vec<u64>,
+    /// Letters of the tenant evicted (oldest first, possibly some of these) to keep it within
+    /// its bounds.
+    pub evicted: u64,
+}
+
+/// A tenant's dead-letter counters, kept across restarts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeadLetterCounts {
+    /// Letters ever appended (the last number given).
+    pub appended: u64,
+    /// Letters evicted to keep the tenant within `max_dead_letter_bytes` and
+    /// [`crate::MAX_DEAD_LETTERS`].
+    pub evicted: u64,
+    /// Letters kept now.
+    pub kept: u64,
+    /// Bytes of the letters kept now, as `max_dead_letter_bytes` counts them.
+    pub kept_bytes: u64,
+}
+
+/// A device's credentials for the embedded MQTT broker (the password is never stored: only
+/// its SHA-256).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRecord {
+    /// Its tenant.
+    pub tenant: TenantId,
+    /// Its name, unique in the tenant.
+    pub name: String,
+    /// Seconds since the epoch.
+    pub created_at: u64,
+}
+
+impl DeviceRecord {
+    /// The MQTT user name it connects with: `<name>@<tenant>`. Tenant ids hold no `@`, so the
+    /// last `@` separates the two, and the user name is unique on the platform.
+    pub fn username(&self) -> String {
+        format!("{}@{}", self.name, self.tenant)
+    }
+}
+
+/// A device just created, with the password it was given: the only time the password exists
+/// outside the device.
+#[derive(Clone, PartialEq, Eq)]
+pub struct NewDevice {
+    /// The device.
+    pub device: DeviceRecord,
+    /// 32 random bytes as 64 lowercase hex digits.
+    pub password: String,
+}
+
+impl std::fmt::Debug for NewDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewDevice")
+            .field("device", &self.device)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}

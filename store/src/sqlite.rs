@@ -12,12 +12,16 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use weir_api::rest::DeadLetter;
 use weir_api::{ModuleDigest, TenantId};
 use weir_tenants::{Quotas, Role};
 
 use crate::sealing::{Sealer, endpoint_identity};
 use crate::{
-    ControlStore, DeletedTenant, DeploymentRecord, EndpointRecord, GraphRecord, ModuleRecord,
+    ControlStore, DeadLetterAppend, DeadLetterCounts, DeletedTenant, DeploymentRecord,
+    DeviceRecord, EndpointRecord, GraphRecord, MAX_DEAD_LETTERS, ModuleRecord, NewDevice,
     StatusChange, StoreError, TenantRecord, TokenRecord, TokenScope,
 };
 
@@ -101,6 +105,42 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX modules_digest ON modules (digest);
     CREATE INDEX graphs_digest ON graphs (digest);
     ALTER TABLE endpoints ADD COLUMN sealed_secret BLOB;
+",
+    // Dead letters kept across restarts, numbered per tenant (the counters row keeps the last
+    // number, so numbers are never reused, the evictions, and the letters and bytes kept, so an
+    // append need not sum the table); a deployment's letters outlive it, a tenant's do not. Small columns first: eviction reads `seq` and `bytes` without the payload's pages.
+    // Device credentials of the embedded MQTT broker (a SHA-256 of each password).
+    "
+    CREATE TABLE dead_letters (
+        tenant TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+        seq INTEGER NOT NULL,
+        bytes INTEGER NOT NULL,
+        at_ms INTEGER NOT NULL,
+        input_bytes INTEGER NOT NULL,
+        payload_truncated INTEGER NOT NULL,
+        deployment TEXT NOT NULL,
+        node TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        topic TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        PRIMARY KEY (tenant, seq)
+    );
+    CREATE INDEX dead_letters_deployment ON dead_letters (tenant, deployment, seq);
+    CREATE TABLE dead_letter_counters (
+        tenant TEXT PRIMARY KEY REFERENCES tenants(id) ON DELETE CASCADE,
+        appended INTEGER NOT NULL,
+        evicted INTEGER NOT NULL,
+        kept INTEGER NOT NULL,
+        kept_bytes INTEGER NOT NULL
+    );
+    CREATE TABLE devices (
+        tenant TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        secret_hash BLOB NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (tenant, name)
+    );
 ",
 ];
 
@@ -214,6 +254,13 @@ fn now() -> i64 {
         .unwrap_or_default()
         .as_secs();
     i64::try_from(secs).unwrap_or(i64::MAX)
+}
+
+/// Milliseconds since the epoch.
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn to_i64(value: u64) -> i64 {
@@ -998,6 +1045,381 @@ impl ControlStore for SqliteControlStore {
         })
         .await
     }
+
+    async fn append_dead_letters(
+        &self,
+        tenant: &TenantId,
+        letters: Vec<DeadLetter>,
+        max_bytes: u64,
+    ) -> Result<DeadLetterAppend, StoreError> {
+        if letters.is_empty() {
+            return Ok(DeadLetterAppend::default());
+        }
+        let tenant = tenant.clone();
+        self.db
+            .with(move |c| {
+                let transaction = c
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(database)?;
+                let mut counts = dead_letter_counters(&transaction, &tenant)?;
+                let mut seqs = Vec::with_capacity(letters.len());
+                let appended_at = now_ms();
+                {
+                    let mut insert = transaction
+                        .prepare(
+                            "INSERT INTO dead_letters (tenant, seq, bytes, at_ms, input_bytes, payload_truncated, deployment, node, reason, topic, detail, payload)
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                        )
+                        .map_err(database)?;
+                    for mut letter in letters {
+                        cut_payload(&mut letter);
+                        if letter.at_ms == 0 {
+                            letter.at_ms = appended_at;
+                        }
+                        let seq = counts.appended + 1;
+                        let bytes = letter.byte_len();
+                        insert
+                            .execute(params![
+                                tenant.as_str(),
+                                to_i64(seq),
+                                to_i64(bytes),
+                                to_i64(letter.at_ms),
+                                to_i64(letter.input_bytes),
+                                letter.payload_truncated,
+                                letter.deployment,
+                                letter.node,
+                                letter.reason,
+                                letter.topic,
+                                letter.detail,
+                                letter.payload,
+                            ])
+                            .map_err(|e| {
+                                write_error(e, || format!("dead letter {seq}"), Some(&tenant))
+                            })?;
+                        counts.appended = seq;
+                        counts.kept += 1;
+                        counts.kept_bytes += bytes;
+                        seqs.push(seq);
+                    }
+                }
+                let evicted = evict_dead_letters(&transaction, &tenant, &mut counts, max_bytes)?;
+                save_dead_letter_counters(&transaction, &tenant, &counts)?;
+                transaction.commit().map_err(database)?;
+                Ok(DeadLetterAppend { seqs, evicted })
+            })
+            .await
+    }
+
+    async fn dead_letters(
+        &self,
+        tenant: &TenantId,
+        deployment: Option<&str>,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        let (tenant, deployment) = (tenant.clone(), deployment.map(str::to_owned));
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.with(move |c| {
+            let filter = if deployment.is_some() {
+                "AND deployment = ?4"
+            } else {
+                "AND ?4 IS NULL"
+            };
+            let mut statement = c
+                .prepare(&format!(
+                    "SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE tenant = ?1 AND seq > ?2 {filter} ORDER BY seq LIMIT ?3"
+                ))
+                .map_err(database)?;
+            let rows = statement
+                .query_map(
+                    params![tenant.as_str(), to_i64(after), limit, deployment],
+                    dead_letter_row,
+                )
+                .map_err(database)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(database)
+        })
+        .await
+    }
+
+    async fn dead_letter_counts(&self, tenant: &TenantId) -> Result<DeadLetterCounts, StoreError> {
+        let tenant = tenant.clone();
+        self.db
+            .with(move |c| {
+                let transaction = c.transaction().map_err(database)?;
+                dead_letter_counters(&transaction, &tenant)
+            })
+            .await
+    }
+
+    async fn trim_dead_letters(
+        &self,
+        tenant: &TenantId,
+        max_bytes: u64,
+    ) -> Result<u64, StoreError> {
+        let tenant = tenant.clone();
+        self.db
+            .with(move |c| {
+                let transaction = c
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(database)?;
+                let mut counts = dead_letter_counters(&transaction, &tenant)?;
+                let evicted = evict_dead_letters(&transaction, &tenant, &mut counts, max_bytes)?;
+                if evicted > 0 {
+                    save_dead_letter_counters(&transaction, &tenant, &counts)?;
+                }
+                transaction.commit().map_err(database)?;
+                Ok(evicted)
+            })
+            .await
+    }
+
+    async fn create_device(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+        quotas: &Quotas,
+    ) -> Result<NewDevice, StoreError> {
+        let (tenant, name) = (tenant.clone(), name.to_owned());
+        let max_devices = quotas.max_devices;
+        self.db
+            .with(move |c| {
+                let mut secret = [0u8; 32];
+                getrandom::fill(&mut secret).map_err(database)?;
+                let password = hex::encode(secret);
+                let hash = device_secret_hash(password.as_bytes());
+                let transaction = c
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(database)?;
+                let exists: bool = transaction
+                    .query_row(
+                        "SELECT EXISTS (SELECT 1 FROM devices WHERE tenant = ?1 AND name = ?2)",
+                        params![tenant.as_str(), name],
+                        |r| r.get(0),
+                    )
+                    .map_err(database)?;
+                if exists {
+                    return Err(StoreError::Conflict {
+                        what: format!("device {name}"),
+                    });
+                }
+                if rows_of(&transaction, "devices", &tenant)? >= u64::from(max_devices) {
+                    return Err(StoreError::QuotaExceeded(format!(
+                        "the tenant has {max_devices} devices, the limit"
+                    )));
+                }
+                let created_at = now();
+                transaction
+                    .execute(
+                        "INSERT INTO devices (tenant, name, secret_hash, created_at) VALUES (?1, ?2, ?3, ?4)",
+                        params![tenant.as_str(), name, hash.as_slice(), created_at],
+                    )
+                    .map_err(|e| write_error(e, || format!("device {name}"), Some(&tenant)))?;
+                transaction.commit().map_err(database)?;
+                Ok(NewDevice {
+                    device: DeviceRecord {
+                        tenant,
+                        name,
+                        created_at: to_u64(created_at),
+                    },
+                    password,
+                })
+            })
+            .await
+    }
+
+    async fn devices(&self, tenant: &TenantId) -> Result<Vec<DeviceRecord>, StoreError> {
+        let tenant = tenant.clone();
+        self.with(move |c| {
+            let mut statement = c
+                .prepare("SELECT name, created_at FROM devices WHERE tenant = ?1 ORDER BY name")
+                .map_err(database)?;
+            let rows = statement
+                .query_map([tenant.as_str()], |r| {
+                    Ok(DeviceRecord {
+                        tenant: tenant.clone(),
+                        name: r.get(0)?,
+                        created_at: to_u64(r.get(1)?),
+                    })
+                })
+                .map_err(database)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(database)
+        })
+        .await
+    }
+
+    async fn delete_device(&self, tenant: &TenantId, name: &str) -> Result<bool, StoreError> {
+        let (tenant, name) = (tenant.clone(), name.to_owned());
+        self.with(move |c| {
+            c.execute(
+                "DELETE FROM devices WHERE tenant = ?1 AND name = ?2",
+                params![tenant.as_str(), name],
+            )
+            .map(|n| n > 0)
+            .map_err(database)
+        })
+        .await
+    }
+
+    async fn verify_device(
+        &self,
+        username: &str,
+        password: &[u8],
+    ) -> Result<Option<TenantId>, StoreError> {
+        // Tenant ids hold no `@`: the last one separates the device name from the tenant.
+        let Some((name, tenant)) = username.rsplit_once('@') else {
+            return Ok(None);
+        };
+        let Ok(tenant) = TenantId::new(tenant) else {
+            return Ok(None);
+        };
+        let (name, password) = (name.to_owned(), password.to_vec());
+        self.with(move |c| {
+            let presented = device_secret_hash(&password);
+            let stored: Option<Vec<u8>> = c
+                .query_row(
+                    "SELECT d.secret_hash FROM devices d JOIN tenants t ON t.id = d.tenant
+                     WHERE d.tenant = ?1 AND d.name = ?2 AND t.suspended = 0",
+                    params![tenant.as_str(), name],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(database)?;
+            // `ct_eq` on slices of different lengths is false (in time independent of content).
+            let matches = stored.is_some_and(|stored| bool::from(stored.ct_eq(&presented[..])));
+            Ok(matches.then_some(tenant))
+        })
+        .await
+    }
+}
+
+/// The tenant's dead-letter counters, inside the caller's transaction (zeros if it has none).
+fn dead_letter_counters(
+    transaction: &rusqlite::Transaction<'_>,
+    tenant: &TenantId,
+) -> Result<DeadLetterCounts, StoreError> {
+    transaction
+        .query_row(
+            "SELECT appended, evicted, kept, kept_bytes FROM dead_letter_counters WHERE tenant = ?1",
+            [tenant.as_str()],
+            |r| {
+                Ok(DeadLetterCounts {
+                    appended: to_u64(r.get(0)?),
+                    evicted: to_u64(r.get(1)?),
+                    kept: to_u64(r.get(2)?),
+                    kept_bytes: to_u64(r.get(3)?),
+                })
+            },
+        )
+        .optional()
+        .map(Option::unwrap_or_default)
+        .map_err(database)
+}
+
+fn save_dead_letter_counters(
+    transaction: &rusqlite::Transaction<'_>,
+    tenant: &TenantId,
+    counts: &DeadLetterCounts,
+) -> Result<(), StoreError> {
+    transaction
+        .execute(
+            "INSERT INTO dead_letter_counters (tenant, appended, evicted, kept, kept_bytes) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (tenant) DO UPDATE SET appended = ?2, evicted = ?3, kept = ?4, kept_bytes = ?5",
+            params![
+                tenant.as_str(),
+                to_i64(counts.appended),
+                to_i64(counts.evicted),
+                to_i64(counts.kept),
+                to_i64(counts.kept_bytes)
+            ],
+        )
+        .map(drop)
+        .map_err(|e| write_error(e, || "dead-letter counters".to_owned(), Some(tenant)))
+}
+
+/// Deletes the tenant's oldest letters until `counts` is within `max_bytes` and
+/// [`MAX_DEAD_LETTERS`], inside the caller's transaction; how many went (also added to
+/// `counts.evicted`).
+fn evict_dead_letters(
+    transaction: &rusqlite::Transaction<'_>,
+    tenant: &TenantId,
+    counts: &mut DeadLetterCounts,
+    max_bytes: u64,
+) -> Result<u64, StoreError> {
+    let over = |c: &DeadLetterCounts| c.kept > MAX_DEAD_LETTERS || c.kept_bytes > max_bytes;
+    if !over(counts) {
+        return Ok(0);
+    }
+    let mut evicted = 0;
+    let mut last = None;
+    {
+        let mut statement = transaction
+            .prepare("SELECT seq, bytes FROM dead_letters WHERE tenant = ?1 ORDER BY seq")
+            .map_err(database)?;
+        let mut rows = statement.query([tenant.as_str()]).map_err(database)?;
+        while over(counts) {
+            let Some(row) = rows.next().map_err(database)? else {
+                // Nothing left: the counters had drifted from the rows; they agree again.
+                counts.kept = 0;
+                counts.kept_bytes = 0;
+                break;
+            };
+            let seq: i64 = row.get(0).map_err(database)?;
+            let bytes: i64 = row.get(1).map_err(database)?;
+            counts.kept = counts.kept.saturating_sub(1);
+            counts.kept_bytes = counts.kept_bytes.saturating_sub(to_u64(bytes));
+            evicted += 1;
+            last = Some(seq);
+        }
+    }
+    if let Some(last) = last {
+        transaction
+            .execute(
+                "DELETE FROM dead_letters WHERE tenant = ?1 AND seq <= ?2",
+                params![tenant.as_str(), last],
+            )
+            .map_err(database)?;
+    }
+    counts.evicted += evicted;
+    Ok(evicted)
+}
+
+/// Cuts a payload over [`DeadLetter::MAX_PAYLOAD_BYTES`] at the last character boundary
+/// within it.
+fn cut_payload(letter: &mut DeadLetter) {
+    if letter.payload.len() <= DeadLetter::MAX_PAYLOAD_BYTES {
+        return;
+    }
+    let mut end = DeadLetter::MAX_PAYLOAD_BYTES;
+    while !letter.payload.is_char_boundary(end) {
+        end -= 1;
+    }
+    letter.payload.truncate(end);
+    letter.payload_truncated = true;
+}
+
+const DEAD_LETTER_COLUMNS: &str =
+    "seq, deployment, node, reason, detail, topic, payload, input_bytes, payload_truncated, at_ms";
+
+fn dead_letter_row(row: &Row<'_>) -> rusqlite::Result<DeadLetter> {
+    Ok(DeadLetter {
+        seq: to_u64(row.get(0)?),
+        deployment: row.get(1)?,
+        node: row.get(2)?,
+        reason: row.get(3)?,
+        detail: row.get(4)?,
+        topic: row.get(5)?,
+        payload: row.get(6)?,
+        input_bytes: to_u64(row.get(7)?),
+        payload_truncated: row.get(8)?,
+        at_ms: to_u64(row.get(9)?),
+    })
+}
+
+/// The SHA-256 of a device password. The passwords are 256 random bits made by the store, so
+/// a fast hash is enough: there is no dictionary to try, and a slow KDF would only make every
+/// MQTT connect cost more.
+fn device_secret_hash(password: &[u8]) -> [u8; 32] {
+    Sha256::digest(password).into()
 }
 
 /// An endpoint row, its secret opened: connectors read secrets through the store.

@@ -221,6 +221,7 @@ fn edge_letter(deployment: &str, message: &Inbound, detail: String) -> DeadLette
         payload,
         input_bytes: message.byte_len(),
         payload_truncated,
+        at_ms: 0,
     }
 }
 
@@ -243,6 +244,7 @@ fn dead_letter_entry(letter: &crate::dataflow::DeadLetter) -> DeadLetter {
         payload,
         input_bytes: input_bytes(&letter.input),
         payload_truncated,
+        at_ms: 0,
     }
 }
 
@@ -365,6 +367,7 @@ pub(super) async fn pump_outputs(
                     payload,
                     input_bytes: input_bytes(&output.item),
                     payload_truncated,
+                    at_ms: 0,
                 });
             }
         }
@@ -475,14 +478,6 @@ impl MemoryDeadLetters {
     /// Letters kept per tenant, at most.
     pub const MAX_LETTERS: usize = 10_000;
 
-    fn letter_bytes(letter: &DeadLetter) -> u64 {
-        (letter.payload.len()
-            + letter.detail.len()
-            + letter.topic.len()
-            + letter.node.len()
-            + letter.deployment.len()) as u64
-    }
-
     /// The tenant's letters numbered above `after`, oldest first.
     pub fn read(
         &self,
@@ -536,14 +531,14 @@ impl DeadLetterJournal for MemoryDeadLetters {
         for mut letter in letters {
             feed.next += 1;
             letter.seq = feed.next;
-            feed.bytes += Self::letter_bytes(&letter);
+            feed.bytes += letter.byte_len();
             feed.letters.push_back(letter);
         }
         while feed.letters.len() > Self::MAX_LETTERS || feed.bytes > max_bytes {
             let Some(old) = feed.letters.pop_front() else {
                 break;
             };
-            feed.bytes -= Self::letter_bytes(&old);
+            feed.bytes -= old.byte_len();
             evicted += 1;
         }
         feed.evicted += evicted;

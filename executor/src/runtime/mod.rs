@@ -443,7 +443,7 @@ impl LocalExecutor {
         binding: &Binding,
         quotas: &Quotas,
         tenant: &TenantId,
-    ) -> (EndpointSpec, Egress) {
+    ) -> (EndpointSpec, Egress, bool) {
         let builtin = binding.endpoint.kind == "mqtt"
             && binding.endpoint.name == "default"
             && binding.endpoint.address.is_none();

@@ -2,6 +2,7 @@
 
 mod artifacts;
 mod deployments;
+mod devices;
 mod endpoints;
 mod import;
 mod observe;
@@ -56,6 +57,8 @@ fn api() -> OpenApiRouter<GatewayState> {
         .routes(routes!(artifacts::get_graph, artifacts::delete_graph))
         .routes(document(routes!(endpoints::create, endpoints::list)))
         .routes(routes!(endpoints::get, endpoints::delete))
+        .routes(document(routes!(devices::create, devices::list)))
+        .routes(routes!(devices::delete))
         .routes(document(routes!(deployments::create, deployments::list)))
         .routes(document(routes!(
             deployments::get,
@@ -107,7 +110,7 @@ fn graph((schemas, paths, router): Routes) -> Routes {
 #[openapi(
     info(
         title = "weir",
-        description = "The REST API of weir: tenants, modules, graphs, endpoints, deployments, state and what they report. Errors are application/problem+json with a stable code."
+        description = "The REST API of weir: tenants, modules, graphs, endpoints, devices, deployments, state and what they report. Errors are application/problem+json with a stable code."
     ),
     modifiers(&BearerAuth)
 )]

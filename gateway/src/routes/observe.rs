@@ -25,14 +25,26 @@ pub(crate) async fn logs(
     Ok(Json(state.runtime.logs(&tenant, &query).await))
 }
 
-#[utoipa::path(get, path = "/v1/deadletters", tag = "observability", responses((status = 200, body = Vec<weir_api::rest::DeadLetter>), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
+/// The tenant's dead letters from the control store, where they outlive restarts and the
+/// deployments they came from: numbered above `after`, oldest first, at most `limit`, only
+/// `deployment`'s if given.
+#[utoipa::path(get, path = "/v1/deadletters", tag = "observability", params(("deployment" = Option<String>, Query, description = "only this deployment's"), ("after" = Option<u64>, Query, description = "only those numbered above this"), ("limit" = Option<usize>, Query, description = "at most this many (default and cap 1,000)")), responses((status = 200, body = Vec<weir_api::rest::DeadLetter>), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn dead_letters(
     State(state): State<GatewayState>,
     caller: Caller,
     ApiQuery(query): ApiQuery<FeedQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     let (tenant, _) = caller_tenant(&state, &caller, Role::Viewer)?;
-    Ok(Json(state.runtime.dead_letters(&tenant, &query).await))
+    let letters = state
+        .store
+        .dead_letters(
+            &tenant,
+            query.deployment.as_deref(),
+            query.after,
+            query.limit(),
+        )
+        .await?;
+    Ok(Json(letters))
 }
 
 /// A metric or label name as Prometheus accepts it.
@@ -125,11 +137,15 @@ pub(crate) async fn usage(
     let (tenant, _) = caller_tenant(&state, &caller, Role::Viewer)?;
     let modules = state.store.modules(&tenant).await?;
     let (requests, limited) = state.limits.counts(&tenant);
+    // Dead letters are counted where they are kept: across restarts.
+    let letters = state.store.dead_letter_counts(&tenant).await?;
     let usage = Usage {
         modules: modules.len() as u64,
         module_bytes: modules.iter().map(|m| m.size).sum(),
         graphs: state.store.graphs(&tenant).await?.len() as u64,
         deployments: state.store.deployments(&tenant).await?.len() as u64,
+        dead_letters: letters.appended,
+        dead_letters_evicted: letters.evicted,
         api_requests: requests,
         api_requests_limited: limited,
         ..state.runtime.usage(&tenant).await

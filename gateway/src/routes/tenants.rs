@@ -115,6 +115,11 @@ pub(crate) async fn set_quotas(
     admit_instances(&state, &record.id, quotas.max_instances).await?;
     record.quotas = quotas;
     state.store.update_tenant(&record).await?;
+    // Kept dead letters follow a lowered bound at once, the oldest first (counted as evicted).
+    state
+        .store
+        .trim_dead_letters(&record.id, record.quotas.max_dead_letter_bytes)
+        .await?;
     // Running deployments follow at once (rates, budgets, log and metric bounds).
     state.runtime.set_quotas(&record.id, &record.quotas).await;
     Ok(Json(tenant_view(record)))
@@ -156,9 +161,9 @@ pub(crate) async fn unsuspend(
     Ok(Json(tenant_view(record)))
 }
 
-/// Deletes a tenant with everything it owns: rows (cascade), running deployments, module
-/// state, logs, metrics, dead letters and counters, the blobs only it referenced; its tokens
-/// are revoked for good.
+/// Deletes a tenant with everything it owns: rows (cascade: dead letters and device
+/// credentials too), running deployments, module state, logs, metrics and counters, the blobs
+/// only it referenced; its tokens are revoked for good.
 #[utoipa::path(delete, path = "/v1/tenants/{id}", tag = "tenants", params(("id" = String, Path)), responses((status = 204), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn delete(
     State(state): State<GatewayState>,
