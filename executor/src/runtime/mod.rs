@@ -164,6 +164,8 @@ pub struct ExecutorConfig {
 
 struct Running {
     deployment: Arc<Deployment>,
+    /// The graph's source operation, whose intake the status shows.
+    source_name: String,
     nodes: Vec<String>,
     source_kind: String,
     sink_kind: String,
@@ -710,6 +712,7 @@ impl LocalExecutor {
         ));
         let running = Running {
             deployment,
+            source_name,
             nodes,
             source_kind,
             sink_kind,
@@ -888,6 +891,15 @@ impl LocalExecutor {
             })
             .collect();
         let queued = running.outputs.as_ref().map_or(0, HttpOutputs::len);
+        let in_flight = running
+            .deployment
+            .source(&running.source_name)
+            .map_or(0, crate::dataflow::SourceHandle::in_flight);
+        let capacity = self
+            .settings
+            .max_in_flight
+            .unwrap_or(self.settings.intake_capacity)
+            .max(self.settings.intake_capacity);
         Some(json!({
             "executor": LOCAL_EXECUTOR,
             "received": stats.received.load(Ordering::Relaxed),
@@ -897,6 +909,15 @@ impl LocalExecutor {
             "clock_drift": stats.clock_drift.load(Ordering::Relaxed),
             "delay_clamped": stats.delay_clamped.load(Ordering::Relaxed),
             "outputs_queued": queued,
+            // Messages taken from the source and not settled yet, and how many it may take: a
+            // full intake holds the source back (an MQTT source is held back before, by its
+            // broker, at the endpoint's receive_maximum unacknowledged messages).
+            "intake": {
+                "in_flight": in_flight,
+                "capacity": capacity,
+            },
+            // Outputs waiting for the sink to take them (besides the batch it is sending).
+            "outputs_pending": running.deployment.outputs().len(),
             "source": {
                 "kind": running.source_kind,
                 "connection": connection_json(&running.source_status),
