@@ -575,14 +575,24 @@ impl LocalExecutor {
         // The connectors, built before the dataflow so a refused binding leaves nothing behind.
         let (source_endpoint, source_egress) = self.endpoint(&assignment.source, &quotas, &tenant);
         let (sink_endpoint, sink_egress) = self.endpoint(&assignment.sink, &quotas, &tenant);
-        let source_context = ConnectContext::new(
-            tenant.clone(),
-            &assignment.id,
-            source_egress,
-            quotas.max_message_bytes,
-        );
+        // The connections' client ids (MQTT client id and session, Kafka client.id and group)
+        // name the tenant, the side and the deployment so that no two deployments share one: a
+        // tenant id never contains '.', so the tenant ends at the first '.', and the side
+        // follows (with '-' as the separator, tenant `acme-x`'s deployment `y` and tenant
+        // `acme`'s `x-y` were both `weir-acme-x-y`, one session on a broker both use; and the
+        // sink of `x`, `…-x-sink`, was the source of `x-sink`).
+        let source_context = ConnectContext {
+            client_id: format!("weir-{tenant}.source.{}", assignment.id),
+            ..ConnectContext::new(
+                tenant.clone(),
+                &assignment.id,
+                source_egress,
+                quotas.max_message_bytes,
+            )
+        };
         let sink_context = ConnectContext {
             egress: sink_egress,
+            client_id: format!("weir-{tenant}.sink.{}", assignment.id),
             ..source_context.with_fresh_status()
         };
         let source_status = source_context.status.clone();
