@@ -164,6 +164,8 @@ pub struct ExecutorConfig {
 
 struct Running {
     deployment: Arc<Deployment>,
+    /// The graph's source operation, whose intake the status shows.
+    source_name: String,
     nodes: Vec<String>,
     source_kind: String,
     sink_kind: String,
@@ -582,22 +584,39 @@ impl LocalExecutor {
             Egress::default(),
             quotas.max_message_bytes,
         );
-        // The embedded broker keeps client ids in the tenant's namespace: `<name>@<tenant>`.
-        let client_id = |builtin: bool| {
+        // The connections' client ids (MQTT client id and session, Kafka client.id and group)
+        // name the tenant, the side and the deployment so that no two deployments share one: a
+        // tenant id never contains '.', so the tenant ends at the first '.' (with '-' as the
+        // separator, tenant `acme-x`'s deployment `y` and tenant `acme`'s `x-y` were one
+        // session on a broker both use). The source's also names its topic filters: a
+        // persistent session keeps its subscriptions, so an update to other filters starts a
+        // new session instead of still receiving the old topics. The embedded broker keeps
+        // client ids in the tenant's namespace: `<name>@<tenant>`.
+        let filters = {
+            let mut topics = assignment.source.topics.clone();
+            topics.sort();
+            let digest = crate::sha256_digest(topics.join("\n").as_bytes()).to_string();
+            digest.chars().rev().take(8).collect::<String>()
+        };
+        let client_id = |side: &str, builtin: bool| {
+            let name = match side {
+                "source" => format!("source.{}.{filters}", assignment.id),
+                _ => format!("{side}.{}", assignment.id),
+            };
             if builtin {
-                format!("weir-{}@{tenant}", assignment.id)
+                format!("weir.{name}@{tenant}")
             } else {
-                plain.client_id.clone()
+                format!("weir-{tenant}.{name}")
             }
         };
         let source_context = ConnectContext {
             egress: source_egress,
-            client_id: client_id(source_builtin),
+            client_id: client_id("source", source_builtin),
             ..plain.with_fresh_status()
         };
         let sink_context = ConnectContext {
             egress: sink_egress,
-            client_id: client_id(sink_builtin),
+            client_id: client_id("sink", sink_builtin),
             ..plain.with_fresh_status()
         };
         let source_status = source_context.status.clone();
@@ -727,6 +746,7 @@ impl LocalExecutor {
         ));
         let running = Running {
             deployment,
+            source_name,
             nodes,
             source_kind,
             sink_kind,
@@ -905,6 +925,15 @@ impl LocalExecutor {
             })
             .collect();
         let queued = running.outputs.as_ref().map_or(0, HttpOutputs::len);
+        let in_flight = running
+            .deployment
+            .source(&running.source_name)
+            .map_or(0, crate::dataflow::SourceHandle::in_flight);
+        let capacity = self
+            .settings
+            .max_in_flight
+            .unwrap_or(self.settings.intake_capacity)
+            .max(self.settings.intake_capacity);
         Some(json!({
             "executor": LOCAL_EXECUTOR,
             "received": stats.received.load(Ordering::Relaxed),
@@ -914,6 +943,15 @@ impl LocalExecutor {
             "clock_drift": stats.clock_drift.load(Ordering::Relaxed),
             "delay_clamped": stats.delay_clamped.load(Ordering::Relaxed),
             "outputs_queued": queued,
+            // Messages taken from the source and not settled yet, and how many it may take: a
+            // full intake holds the source back (an MQTT source is held back before, by its
+            // broker, at the endpoint's receive_maximum unacknowledged messages).
+            "intake": {
+                "in_flight": in_flight,
+                "capacity": capacity,
+            },
+            // Outputs waiting for the sink to take them (besides the batch it is sending).
+            "outputs_pending": running.deployment.outputs().len(),
             "source": {
                 "kind": running.source_kind,
                 "connection": connection_json(&running.source_status),
