@@ -451,9 +451,10 @@ spec:
         .unwrap_err();
     let problem = refused.problem().unwrap();
     assert_eq!(problem.code, "invalid_deployment");
-    assert!(
-        problem.errors[0].message.contains("mqtt"),
-        "the mqtt connector is named as what is missing: {problem:?}"
+    // The mqtt connector checks the endpoint: its secret is a password with no user named.
+    assert_eq!(
+        problem.errors[0].path, "/endpoint/settings/username",
+        "the endpoint's problem is named with its path: {problem:?}"
     );
     let deployed = developer
         .deploy_dataflow_graph(document("ingest", "Enabled", "azure"))
