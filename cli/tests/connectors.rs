@@ -290,7 +290,21 @@ impl Drop for Mqtt {
 
 impl Mqtt {
     async fn connect(address: &str, id: &str, persistent: bool, filter: Option<&str>) -> Self {
+        Self::connect_as(address, id, None, persistent, filter).await
+    }
+
+    /// A client logging in as `login` (user name, password): a device on the embedded broker.
+    async fn connect_as(
+        address: &str,
+        id: &str,
+        login: Option<(&str, &str)>,
+        persistent: bool,
+        filter: Option<&str>,
+    ) -> Self {
         let mut options = MqttOptions::new(id, "127.0.0.1", port_of(address));
+        if let Some((username, password)) = login {
+            options.set_credentials(username, password);
+        }
         options
             .set_clean_start(!persistent)
             .set_keep_alive(Duration::from_secs(5))
@@ -1437,4 +1451,193 @@ async fn dead_letters_carry_node_reason_and_input_over_mqtt() {
     assert_eq!(all.len(), 2, "{all:?}");
     let status = runtime(developer, &id).await;
     assert_eq!(field(&status, "/dead_lettered"), 1, "{status}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. The embedded broker: MQTT -> graph -> MQTT through the `default` endpoint, and its walls
+// between tenants' devices and deployments.
+
+/// `host:port` of the embedded broker `weir serve` printed.
+fn embedded_broker(server: &common::Server) -> String {
+    server
+        .lines
+        .iter()
+        .find_map(|l| l.strip_prefix("mqtt broker listening on mqtt://"))
+        .expect("weir serve printed its MQTT broker's address")
+        .trim()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_to_graph_to_mqtt_on_the_embedded_broker_behind_tenant_walls() {
+    let data = tempfile::tempdir().unwrap();
+    let server = common::serve(data.path());
+    let broker = embedded_broker(&server);
+    let admin = server.admin();
+    // No egress opening: the `default` endpoint is the platform's own broker.
+    let acme = tenant(&admin, "acme", quotas(&[])).await;
+    let umbra = tenant(&admin, "umbra", quotas(&[])).await;
+    let acme_device = acme.owner.create_device("sensor").await.unwrap();
+    let umbra_device = umbra.owner.create_device("prowler").await.unwrap();
+    push_temperature(&acme.developer).await;
+    push_echo(&umbra.developer).await;
+
+    // acme converts its readings; umbra's deployments read with every filter that would match
+    // acme's topics were there no walls, and write to umbra's HTTP output queue.
+    acme.developer
+        .deploy(&deployment(
+            "convert",
+            "simple",
+            ("default", "sensors/temperature/raw"),
+            ("default", "sensors/temperature/processed"),
+        ))
+        .await
+        .unwrap();
+    let mut prowl = deployment("prowl", "echo", ("default", "#"), ("http", ""));
+    prowl.source.topics = vec![
+        "#".to_owned(),
+        "+/#".to_owned(),
+        "$share/g/#".to_owned(),
+        "sensors/temperature/raw".to_owned(),
+    ];
+    umbra.developer.deploy(&prowl).await.unwrap();
+    source_connected(&acme.developer, "convert").await;
+    source_connected(&umbra.developer, "prowl").await;
+    // A deployment asking for the broker's own topics is refused by the broker, and says so.
+    umbra
+        .developer
+        .deploy(&deployment(
+            "sys",
+            "echo",
+            ("default", "$SYS/#"),
+            ("http", ""),
+        ))
+        .await
+        .unwrap();
+    eventually(
+        "the $SYS subscription is refused",
+        Duration::from_secs(30),
+        || async { state(&runtime(&umbra.developer, "sys").await, "source") == "failed" },
+    )
+    .await;
+
+    let acme_reader = Mqtt::connect_as(
+        &broker,
+        "reader@acme",
+        Some((&acme_device.username, &acme_device.password)),
+        false,
+        Some("sensors/temperature/processed"),
+    )
+    .await;
+    let umbra_watcher = Mqtt::connect_as(
+        &broker,
+        "watcher@umbra",
+        Some((&umbra_device.username, &umbra_device.password)),
+        false,
+        Some("#"),
+    )
+    .await;
+    let acme_sensor = Mqtt::connect_as(
+        &broker,
+        "sensor@acme",
+        Some((&acme_device.username, &acme_device.password)),
+        false,
+        None,
+    )
+    .await;
+    acme_sensor
+        .publish(vec![(
+            "sensors/temperature/raw".to_owned(),
+            Bytes::from_static(br#"{"temperature":{"value":212,"unit":"F"}}"#),
+            PublishProperties {
+                content_type: Some("application/json".to_owned()),
+                user_properties: vec![("site".to_owned(), "north".to_owned())],
+                ..PublishProperties::default()
+            },
+        )])
+        .await;
+    let got = acme_reader.receive(1, Duration::from_secs(30)).await;
+    let message = got.first().expect("acme's converted reading arrives");
+    assert_eq!(
+        message.topic, "sensors/temperature/processed",
+        "plain topics for devices"
+    );
+    let payload: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
+    assert_eq!(payload["temperature"]["value"], 100.0, "{payload}");
+    assert_eq!(message.content_type.as_deref(), Some("application/json"));
+    assert!(
+        message
+            .user_properties
+            .contains(&("site".to_owned(), "north".to_owned()))
+            && message.user_properties.iter().any(|(k, _)| k == "__ts"),
+        "{:?}",
+        message.user_properties
+    );
+
+    // umbra's own traffic flows (the positive control: umbra's clients and deployment work),
+    // and umbra's publish to the same plain topic stays in umbra's space.
+    let umbra_sensor = Mqtt::connect_as(
+        &broker,
+        "sensor@umbra",
+        Some((&umbra_device.username, &umbra_device.password)),
+        false,
+        None,
+    )
+    .await;
+    umbra_sensor
+        .publish_plain("sensors/temperature/raw", ["umbra-own".to_owned()])
+        .await;
+    let mut prowled = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !prowled
+        .iter()
+        .any(|o: &weir_api::rest::OutputMessage| o.payload == "umbra-own")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "umbra's deployment reads umbra's own message within 30 s: {prowled:?}"
+        );
+        prowled.extend(
+            umbra
+                .developer
+                .take_outputs("prowl", 100)
+                .await
+                .unwrap()
+                .outputs
+                .unwrap_or_default(),
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let watched = umbra_watcher.receive(1, Duration::from_secs(30)).await;
+    assert_eq!(
+        watched.first().map(Received::text).as_deref(),
+        Some("umbra-own")
+    );
+
+    // Nothing of acme's reached umbra: not its reading, not its converted output.
+    prowled.extend(
+        umbra
+            .developer
+            .take_outputs("prowl", 100)
+            .await
+            .unwrap()
+            .outputs
+            .unwrap_or_default(),
+    );
+    assert!(
+        prowled.iter().all(|o| o.payload == "umbra-own"),
+        "umbra's deployment read only umbra's messages: {prowled:?}"
+    );
+    let more = umbra_watcher.receive(10, Duration::from_millis(500)).await;
+    assert!(more.is_empty(), "umbra's `#` saw acme's messages: {more:?}");
+    // And umbra's publish to acme's input topic did not reach acme's deployment.
+    assert!(
+        acme_reader
+            .receive(1, Duration::from_millis(500))
+            .await
+            .is_empty(),
+        "umbra's message crossed into acme's graph"
+    );
+    let status = runtime(&acme.developer, "convert").await;
+    assert_eq!(field(&status, "/received"), 1, "{status}");
 }

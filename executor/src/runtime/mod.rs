@@ -470,7 +470,14 @@ impl LocalExecutor {
     /// Every problem with the bindings, by the connectors' checks.
     fn check_bindings(&self, assignment: &Assignment) -> Vec<Problem> {
         let mut problems = Vec::new();
-        let source = &assignment.source;
+        // The built-in `default` endpoint is checked as the embedded broker it stands for.
+        let resolve = |binding: &Binding| Binding {
+            endpoint: self
+                .endpoint(binding, &assignment.quotas, &assignment.tenant)
+                .0,
+            topics: binding.topics.clone(),
+        };
+        let source = &resolve(&assignment.source);
         match self.connectors.get(&source.endpoint.kind) {
             None => problems.push(Problem::new(
                 "/source/endpoint",
@@ -486,7 +493,7 @@ impl LocalExecutor {
                 topics: source.topics.clone(),
             })),
         }
-        let sink = &assignment.sink;
+        let sink = &resolve(&assignment.sink);
         match self.connectors.get(&sink.endpoint.kind) {
             None => problems.push(Problem::new(
                 "/sink/endpoint",
