@@ -363,6 +363,7 @@ impl DataflowGraphDocument {
                     configuration,
                     source: source_binding,
                     sink: sink_binding,
+                    dead_letters: None,
                 },
                 enabled,
             }),

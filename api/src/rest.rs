@@ -264,6 +264,11 @@ pub struct CreateDeployment {
     /// Where outputs go.
     #[serde(default)]
     pub sink: Binding,
+    /// Where the deployment's dead letters are also published (as JSON documents, the shape
+    /// of `GET /v1/deadletters` entries), besides being kept in the control store: an endpoint
+    /// and its topic. None: kept only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letters: Option<Binding>,
 }
 
 /// The answer to creating, updating, pausing or resuming a deployment.

@@ -93,6 +93,7 @@ fn deployment(id: &str) -> CreateDeployment {
         configuration: Default::default(),
         source: Default::default(),
         sink: Default::default(),
+        dead_letters: None,
     }
 }
 

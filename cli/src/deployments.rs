@@ -90,6 +90,7 @@ impl DeploymentRuntime for LocalDeployments {
                 configuration: request.configuration,
                 source: binding(request.source),
                 sink: binding(request.sink),
+                dead_letters: request.dead_letters.map(binding),
             })
             .await
             .map_err(api_error)

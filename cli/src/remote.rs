@@ -675,6 +675,7 @@ pub(crate) async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
                     configuration,
                     source: Binding::default(),
                     sink: Binding::default(),
+                    dead_letters: None,
                 })
             )
         }

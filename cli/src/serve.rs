@@ -115,6 +115,7 @@ async fn demo(address: SocketAddr, admin: &str, modules: &Path) -> anyhow::Resul
             configuration: Default::default(),
             source: Binding::default(),
             sink: Binding::default(),
+            dead_letters: None,
         })
         .await?;
     println!(

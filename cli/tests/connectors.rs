@@ -197,6 +197,7 @@ fn deployment(id: &str, graph: &str, source: (&str, &str), sink: (&str, &str)) -
             endpoint: sink.0.to_owned(),
             topics: vec![sink.1.to_owned()],
         },
+        dead_letters: None,
     }
 }
 
@@ -1640,4 +1641,77 @@ async fn mqtt_to_graph_to_mqtt_on_the_embedded_broker_behind_tenant_walls() {
     );
     let status = runtime(&acme.developer, "convert").await;
     assert_eq!(field(&status, "/received"), 1, "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_also_published_to_the_tenants_topic() {
+    let data = tempfile::tempdir().unwrap();
+    let server = common::serve(data.path());
+    let broker = embedded_broker(&server);
+    let admin = server.admin();
+    let acme = tenant(&admin, "acme", quotas(&[])).await;
+    let device = acme.owner.create_device("ops").await.unwrap();
+    push_temperature(&acme.developer).await;
+    let mut spec = deployment(
+        "convert",
+        "simple",
+        ("default", "sensors/raw"),
+        ("default", "sensors/processed"),
+    );
+    spec.dead_letters = Some(Binding {
+        endpoint: "default".to_owned(),
+        topics: vec!["ops/deadletters".to_owned()],
+    });
+    acme.developer.deploy(&spec).await.unwrap();
+    // A dead-letter binding without a topic is refused, with the path.
+    let mut topicless = spec.clone();
+    topicless.id = "topicless".to_owned();
+    topicless.dead_letters = Some(Binding {
+        endpoint: "default".to_owned(),
+        topics: Vec::new(),
+    });
+    let refused = acme.developer.deploy(&topicless).await.unwrap_err();
+    assert_eq!(
+        refused.problem().unwrap().errors[0].path,
+        "/dead_letters/topics",
+        "{refused:?}"
+    );
+    source_connected(&acme.developer, "convert").await;
+    let ops = Mqtt::connect_as(
+        &broker,
+        "ops@acme",
+        Some((&device.username, &device.password)),
+        false,
+        Some("ops/deadletters"),
+    )
+    .await;
+    let sensor = Mqtt::connect_as(
+        &broker,
+        "sensor@acme",
+        Some((&device.username, &device.password)),
+        false,
+        None,
+    )
+    .await;
+    sensor
+        .publish_plain("sensors/raw", ["not json".to_owned()])
+        .await;
+    let got = ops.receive(1, Duration::from_secs(30)).await;
+    let letter = got.first().expect("the dead letter is published");
+    let document: serde_json::Value = serde_json::from_slice(&letter.payload).unwrap();
+    assert_eq!(document["deployment"], "convert", "{document}");
+    assert_eq!(document["reason"], "operator_error", "{document}");
+    assert_eq!(document["payload"], "not json", "{document}");
+    assert_eq!(document["topic"], "sensors/raw", "{document}");
+    assert!(
+        document["node"]
+            .as_str()
+            .unwrap()
+            .starts_with("module-temperature"),
+        "{document}"
+    );
+    assert_eq!(letter.content_type.as_deref(), Some("application/json"));
+    // And it is kept, too.
+    let kept = acme.developer.dead_letters(None).await.unwrap();
+    assert_eq!(kept.len(), 1, "{kept:?}");
 }

@@ -129,6 +129,7 @@ async fn artifacts_imported_from_a_registry_deploy_and_run() {
             configuration: Default::default(),
             source: Binding::default(),
             sink: Binding::default(),
+            dead_letters: None,
         })
         .await
         .unwrap();

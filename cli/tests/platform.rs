@@ -62,6 +62,7 @@ fn deployment(id: &str, graph: &str) -> CreateDeployment {
         configuration: Default::default(),
         source: Binding::default(),
         sink: Binding::default(),
+        dead_letters: None,
     }
 }
 

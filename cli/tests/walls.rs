@@ -609,6 +609,7 @@ async fn each_api_quota_refuses_precisely_at_its_limit() {
         configuration: Default::default(),
         source: Default::default(),
         sink: Default::default(),
+        dead_letters: None,
     };
     developer.deploy(&deploy("one")).await.unwrap();
     refused(developer.deploy(&deploy("two")).await, "deployment count");
@@ -707,6 +708,7 @@ async fn the_tenant_walls_hold_against_a_real_server() {
         configuration: Default::default(),
         source: Default::default(),
         sink: Default::default(),
+        dead_letters: None,
     })
     .await
     .unwrap();
@@ -755,6 +757,7 @@ async fn the_tenant_walls_hold_against_a_real_server() {
                 configuration: Default::default(),
                 source: Default::default(),
                 sink: Default::default(),
+                dead_letters: None,
             })
             .await,
         "update",
@@ -786,6 +789,7 @@ async fn the_tenant_walls_hold_against_a_real_server() {
             configuration: Default::default(),
             source: Default::default(),
             sink: Default::default(),
+            dead_letters: None,
         })
         .await
         .unwrap_err();

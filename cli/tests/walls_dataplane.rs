@@ -66,6 +66,7 @@ fn deployment(id: &str, graph: &str) -> CreateDeployment {
         configuration: Default::default(),
         source: Default::default(),
         sink: Default::default(),
+        dead_letters: None,
     }
 }
 

@@ -73,6 +73,7 @@ fn deployment(id: &str, configuration: &[(&str, &str)]) -> CreateDeployment {
             .collect(),
         source: Binding::default(),
         sink: Binding::default(),
+        dead_letters: None,
     }
 }
 

@@ -74,6 +74,8 @@ pub struct StartDeployment {
     pub source: StartBinding,
     /// Where outputs go.
     pub sink: StartBinding,
+    /// Where dead letters are also published, if anywhere.
+    pub dead_letters: Option<StartBinding>,
 }
 
 /// A deployment's binding with its endpoint resolved: the tenant's endpoint (secret unsealed,

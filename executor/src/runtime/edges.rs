@@ -414,6 +414,43 @@ async fn record(edges: &Edges, journal: &dyn DeadLetterJournal, letters: Vec<Dea
         .fetch_add(count, Ordering::Relaxed);
 }
 
+/// Publishes dead letters as JSON documents to the deployment's dead-letter topic before they
+/// are recorded and accepted (so a letter is settled only once published); waits while the
+/// broker is away, like any sink. A letter the broker refuses for good is logged; it is still
+/// kept in the journal.
+async fn publish_letters(sink: &mut dyn Sink, edges: &Edges, letters: &[DeadLetter]) {
+    let batch: Vec<Outbound> = letters
+        .iter()
+        .map(|letter| {
+            let mut document = serde_json::to_vec(letter).unwrap_or_default();
+            document.shrink_to_fit();
+            let mut outbound = Outbound::new(Bytes::new(), document);
+            outbound.content_type = Some(Bytes::from_static(b"application/json"));
+            outbound.user_properties = vec![
+                (
+                    Bytes::from_static(b"weir-deployment"),
+                    Bytes::from(letter.deployment.clone()),
+                ),
+                (
+                    Bytes::from_static(b"weir-reason"),
+                    Bytes::from(letter.reason.clone()),
+                ),
+            ];
+            outbound
+        })
+        .collect();
+    match sink.send(batch).await {
+        Ok(report) => {
+            for rejected in report.rejected {
+                tracing::warn!(tenant = %edges.tenant, deployment = %edges.deployment, reason = %rejected.reason, detail = %rejected.detail, "a dead letter was not published");
+            }
+        }
+        Err(error) => {
+            tracing::warn!(tenant = %edges.tenant, deployment = %edges.deployment, %error, "the dead-letter sink stopped");
+        }
+    }
+}
+
 /// Records a deployment's dead letters (from its operators, and messages refused at its edge)
 /// in the journal and only then accepts them, settling their source messages.
 pub(super) async fn pump_dead_letters(
@@ -421,6 +458,7 @@ pub(super) async fn pump_dead_letters(
     edges: Arc<Edges>,
     journal: Arc<dyn DeadLetterJournal>,
     acks: AckSender,
+    mut publish: Option<Box<dyn Sink>>,
 ) {
     let mut idle = DRAIN_POLL;
     loop {
@@ -447,6 +485,9 @@ pub(super) async fn pump_dead_letters(
             .map(dead_letter_entry)
             .chain(edge.iter().map(|e| e.letter.clone()))
             .collect();
+        if let Some(sink) = publish.as_mut() {
+            publish_letters(sink.as_mut(), &edges, &letters).await;
+        }
         record(&edges, journal.as_ref(), letters).await;
         for letter in taken {
             letter.accept();

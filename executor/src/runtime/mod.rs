@@ -133,6 +133,9 @@ pub struct Assignment {
     pub source: Binding,
     /// Where outputs go.
     pub sink: Binding,
+    /// Where dead letters are also published (JSON documents on the binding's topic), besides
+    /// the journal.
+    pub dead_letters: Option<Binding>,
 }
 
 /// The embedded MQTT broker, for deployments bound to the `default` endpoint: its address and
@@ -690,6 +693,41 @@ impl LocalExecutor {
                 .map_err(|e| connector_error("sink", e))?
         };
 
+        let letter_sink = match &assignment.dead_letters {
+            None => None,
+            Some(binding) => {
+                let (endpoint, egress, builtin) = self.endpoint(binding, &quotas, &tenant);
+                let connector = self.connectors.get(&endpoint.kind).ok_or_else(|| {
+                    RuntimeError::new(
+                        ErrorCode::InvalidDeployment,
+                        format!("no connector for {} endpoints", endpoint.kind),
+                    )
+                })?;
+                let spec = SinkSpec {
+                    endpoint,
+                    topic: binding.topics.first().cloned().unwrap_or_default(),
+                };
+                let problems = connector.check_sink(&spec);
+                if !problems.is_empty() {
+                    return Err(RuntimeError::new(
+                        ErrorCode::InvalidDeployment,
+                        "the dead-letter binding cannot be used",
+                    )
+                    .with_problems(problems));
+                }
+                let context = ConnectContext {
+                    egress,
+                    client_id: client_id("deadletters", builtin),
+                    ..plain.with_fresh_status()
+                };
+                Some(
+                    connector
+                        .sink(spec, context)
+                        .await
+                        .map_err(|e| connector_error("dead-letter sink", e))?,
+                )
+            }
+        };
         // Installing waits for the worker thread to build the dataflow: not on an async worker.
         let runtime = self.runtime.clone();
         let deployment = tokio::task::spawn_blocking(move || runtime.deploy(prepared))
@@ -750,6 +788,7 @@ impl LocalExecutor {
             edges.clone(),
             self.journal.clone(),
             acks,
+            letter_sink,
         ));
         let running = Running {
             deployment,

@@ -145,6 +145,10 @@ async fn start_request(
         configuration: spec.configuration.clone(),
         source: start_binding(state, tenant, &spec.source).await?,
         sink: start_binding(state, tenant, &spec.sink).await?,
+        dead_letters: match &spec.dead_letters {
+            Some(binding) => Some(start_binding(state, tenant, binding).await?),
+            None => None,
+        },
     })
 }
 
@@ -210,7 +214,24 @@ async fn check_bindings(
 ) -> Result<Vec<ProblemField>, ApiError> {
     let mut errors = Vec::new();
     check_name("id", &spec.id, &mut errors);
-    for (field, binding) in [("source", &spec.source), ("sink", &spec.sink)] {
+    let bindings = [("source", Some(&spec.source)), ("sink", Some(&spec.sink))]
+        .into_iter()
+        .chain([("dead_letters", spec.dead_letters.as_ref())])
+        .filter_map(|(field, binding)| Some((field, binding?)));
+    for (field, binding) in bindings {
+        if field == "dead_letters" && binding.topics.len() != 1 {
+            errors.push(ProblemField {
+                path: "/dead_letters/topics".to_owned(),
+                message: "name the one topic dead letters are published to".to_owned(),
+            });
+        }
+        if field == "dead_letters" && binding.endpoint == "http" {
+            errors.push(ProblemField {
+                path: "/dead_letters/endpoint".to_owned(),
+                message: "dead letters are read at /v1/deadletters already; name a broker endpoint to publish them to".to_owned(),
+            });
+            continue;
+        }
         if BUILT_IN_ENDPOINTS.contains(&binding.endpoint.as_str()) {
             continue;
         }
