@@ -1715,3 +1715,75 @@ async fn dead_letters_are_also_published_to_the_tenants_topic() {
     let kept = acme.developer.dead_letters(None).await.unwrap();
     assert_eq!(kept.len(), 1, "{kept:?}");
 }
+
+/// The outputs waiting in a deployment's HTTP queue.
+async fn queued(client: &Client, id: &str) -> Vec<String> {
+    client
+        .take_outputs(id, 1000)
+        .await
+        .unwrap()
+        .outputs
+        .unwrap_or_default()
+        .into_iter()
+        .map(|o| o.payload)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outputs_acknowledged_to_their_source_survive_an_update_and_a_pause() {
+    let data = tempfile::tempdir().unwrap();
+    let server = common::serve(data.path());
+    let admin = server.admin();
+    let acme = tenant(&admin, "acme", quotas(&[])).await;
+    push_echo(&acme.developer).await;
+    let spec = deployment("echo", "echo", ("http", ""), ("http", ""));
+    let mut spec = spec;
+    spec.source.topics.clear();
+    spec.sink.topics.clear();
+    acme.developer.deploy(&spec).await.unwrap();
+    let emitted = |n: u64| {
+        let developer = &acme.developer;
+        async move {
+            eventually(
+                &format!("{n} outputs emitted"),
+                Duration::from_secs(30),
+                || async move { field(&runtime(developer, "echo").await, "/emitted") == n },
+            )
+            .await;
+        }
+    };
+    // Three messages processed: their ingest is acknowledged, their outputs wait in the queue.
+    let batch: Vec<_> = (0..3)
+        .map(|i| weir_api::rest::IngestMessage::new(format!("before-update-{i}")))
+        .collect();
+    acme.developer.ingest("echo", &batch, false).await.unwrap();
+    emitted(3).await;
+    // A rolling update (a new configuration) replaces the dataflow; the queue carries over.
+    let mut updated = spec.clone();
+    updated
+        .configuration
+        .insert("note".to_owned(), "v2".to_owned());
+    acme.developer.update_deployment(&updated).await.unwrap();
+    let mut kept = queued(&acme.developer, "echo").await;
+    kept.sort();
+    assert_eq!(
+        kept,
+        ["before-update-0", "before-update-1", "before-update-2"],
+        "outputs queued before the update are still there"
+    );
+    // The same across a pause and a resume.
+    let batch: Vec<_> = (0..2)
+        .map(|i| weir_api::rest::IngestMessage::new(format!("before-pause-{i}")))
+        .collect();
+    acme.developer.ingest("echo", &batch, false).await.unwrap();
+    emitted(2).await;
+    acme.developer.pause("echo").await.unwrap();
+    acme.developer.resume("echo").await.unwrap();
+    let mut kept = queued(&acme.developer, "echo").await;
+    kept.sort();
+    assert_eq!(
+        kept,
+        ["before-pause-0", "before-pause-1"],
+        "outputs queued before the pause are still there"
+    );
+}
