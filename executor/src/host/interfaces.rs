@@ -330,7 +330,10 @@ macro_rules! host_interfaces {
             Ok(Timestamp {
                 timestamp: Timespec { secs: hlc.secs, nanos: hlc.nanos },
                 counter: hlc.counter,
-                node_id: bytes_or_string(state, &Bytes::copy_from_slice(hlc.node_id.as_bytes()))?,
+                node_id: {
+                    let node_id = state.node_id_bytes(&hlc.node_id);
+                    bytes_or_string(state, &node_id)?
+                },
             })
         }
 
