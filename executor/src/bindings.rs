@@ -19,7 +19,15 @@ pub(crate) mod ga {
             }
         ",
         world: "weir:ga-host/operator-host",
-        imports: { default: async | trappable },
+        // Only the state store waits on I/O; every other import is a bounded host-side step
+        // and runs as a plain function, without a future per call (issue 9).
+        imports: {
+            "wasm-graph:processor/state-store.get": async | trappable,
+            "wasm-graph:processor/state-store.set": async | trappable,
+            "wasm-graph:processor/state-store.del": async | trappable,
+            "wasm-graph:processor/state-store.vdel": async | trappable,
+            default: trappable,
+        },
         exports: { default: async },
         with: {
             "wasm-graph:processor/types.buffer": crate::host::HostBuffer,
@@ -48,7 +56,15 @@ pub(crate) mod preview {
             }
         ",
         world: "weir:preview-host/operator-host",
-        imports: { default: async | trappable },
+        // Only the state store waits on I/O; every other import is a bounded host-side step
+        // and runs as a plain function, without a future per call (issue 9).
+        imports: {
+            "tinykube-graph:processor/state-store.get": async | trappable,
+            "tinykube-graph:processor/state-store.set": async | trappable,
+            "tinykube-graph:processor/state-store.del": async | trappable,
+            "tinykube-graph:processor/state-store.vdel": async | trappable,
+            default: trappable,
+        },
         exports: { default: async },
         with: {
             "tinykube-graph:processor/types.buffer": crate::host::HostBuffer,

@@ -61,13 +61,38 @@ enum Kind {
 /// A series: metric name and sorted labels.
 pub type SeriesKey = (String, BTreeMap<String, String>);
 
+/// Labels sorted by key, each key once (the last value given wins, as a map built from them
+/// would have it): the identity of a series under its name.
+type Labels = Vec<(String, String)>;
+
+/// The series of one metric name, all of one kind.
+#[derive(Debug)]
+struct Named {
+    kind: Kind,
+    series: HashMap<Labels, SeriesValue>,
+}
+
 #[derive(Debug, Default)]
 struct TenantMetrics {
     /// The tenant's `max_metric_series` quota, when one was set.
     max_series: Option<usize>,
-    kinds: HashMap<String, Kind>,
-    series: HashMap<SeriesKey, SeriesValue>,
+    /// By metric name: a recording looks its series up by `&str` and the labels it owns, so
+    /// one that hits an existing series allocates nothing.
+    names: HashMap<String, Named>,
+    /// Series across all names.
+    series: usize,
     dropped: u64,
+}
+
+/// Sorts `labels` by key and keeps the last value of a key given twice.
+fn canonical(mut labels: Labels) -> Labels {
+    if labels.len() > 1 {
+        // Reversed, a stable sort puts the last value of a key first, and dedup keeps the first.
+        labels.reverse();
+        labels.sort_by(|a, b| a.0.cmp(&b.0));
+        labels.dedup_by(|later, first| later.0 == first.0);
+    }
+    labels
 }
 
 /// All tenants' module metrics.
@@ -98,7 +123,9 @@ impl MetricsRegistry {
             .max_series = Some(max_series);
     }
 
-    /// Records `value` for the series `name` + `labels` of `tenant`.
+    /// Records `value` for the series `name` + `labels` of `tenant`. A recording into a series
+    /// that exists allocates nothing: this is on the path of every message of a module that
+    /// counts its calls.
     pub fn record(
         &self,
         tenant: &TenantId,
@@ -136,35 +163,54 @@ impl MetricsRegistry {
             #[allow(clippy::cast_precision_loss, reason = "histograms summarise in f64")]
             MetricValue::HistogramU64(v) => (Kind::HistogramU64, Some(v as f64)),
         };
+        let labels = canonical(labels);
         let mut tenants = self
             .tenants
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let metrics = tenants.entry(tenant.clone()).or_default();
-        match metrics.kinds.get(name) {
-            Some(existing) if *existing != kind => {
-                return Err(MetricError::IncompatibleType(format!(
-                    "metric {name:?} is a {existing:?}, not a {kind:?}"
-                )));
-            }
-            _ => {}
+        let metrics = match tenants.get_mut(tenant) {
+            Some(metrics) => metrics,
+            None => tenants.entry(tenant.clone()).or_default(),
+        };
+        if let Some(named) = metrics.names.get(name)
+            && named.kind != kind
+        {
+            return Err(MetricError::IncompatibleType(format!(
+                "metric {name:?} is a {:?}, not a {kind:?}",
+                named.kind
+            )));
         }
-        let key: SeriesKey = (name.to_owned(), labels.into_iter().collect());
         let max_series = metrics.max_series.unwrap_or(self.max_series);
-        if !metrics.series.contains_key(&key) && metrics.series.len() >= max_series {
-            metrics.dropped += 1;
-            return Ok(());
-        }
-        metrics.kinds.insert(name.to_owned(), kind);
-        let series = metrics.series.entry(key).or_insert_with(|| match kind {
-            Kind::Counter => SeriesValue::Counter(0),
-            Kind::HistogramF64 | Kind::HistogramU64 => SeriesValue::Histogram {
-                count: 0,
-                sum: 0.0,
-                min: f64::MAX,
-                max: f64::MIN,
-            },
-        });
+        let series = match metrics
+            .names
+            .get_mut(name)
+            .and_then(|named| named.series.get_mut(&labels))
+        {
+            Some(series) => series,
+            None => {
+                if metrics.series >= max_series {
+                    metrics.dropped += 1;
+                    return Ok(());
+                }
+                metrics.series += 1;
+                let named = match metrics.names.get_mut(name) {
+                    Some(named) => named,
+                    None => metrics.names.entry(name.to_owned()).or_insert(Named {
+                        kind,
+                        series: HashMap::new(),
+                    }),
+                };
+                named.series.entry(labels).or_insert(match kind {
+                    Kind::Counter => SeriesValue::Counter(0),
+                    Kind::HistogramF64 | Kind::HistogramU64 => SeriesValue::Histogram {
+                        count: 0,
+                        sum: 0.0,
+                        min: f64::MAX,
+                        max: f64::MIN,
+                    },
+                })
+            }
+        };
         match (series, value, observation) {
             (SeriesValue::Counter(total), MetricValue::Counter(v), _) => {
                 *total = total.saturating_add(v)
@@ -204,13 +250,19 @@ impl MetricsRegistry {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         tenants.get(tenant).map_or_else(Default::default, |m| {
-            (
-                m.series
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-                m.dropped,
-            )
+            let series = m
+                .names
+                .iter()
+                .flat_map(|(name, named)| {
+                    named.series.iter().map(move |(labels, value)| {
+                        (
+                            (name.clone(), labels.iter().cloned().collect()),
+                            value.clone(),
+                        )
+                    })
+                })
+                .collect();
+            (series, m.dropped)
         })
     }
 }
@@ -235,6 +287,50 @@ mod tests {
             .unwrap();
         let (series, _) = registry.snapshot(&tenant("a"));
         assert_eq!(series.values().next(), Some(&SeriesValue::Counter(5)));
+    }
+
+    #[test]
+    fn labels_name_one_series_whatever_their_order_and_the_last_value_of_a_key_wins() {
+        let registry = MetricsRegistry::new(10);
+        let l = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect::<Vec<_>>()
+        };
+        let a = tenant("a");
+        registry
+            .record(
+                &a,
+                "c",
+                l(&[("x", "1"), ("y", "2")]),
+                MetricValue::Counter(1),
+            )
+            .unwrap();
+        registry
+            .record(
+                &a,
+                "c",
+                l(&[("y", "2"), ("x", "1")]),
+                MetricValue::Counter(1),
+            )
+            .unwrap();
+        registry
+            .record(
+                &a,
+                "c",
+                l(&[("x", "0"), ("y", "2"), ("x", "1")]),
+                MetricValue::Counter(1),
+            )
+            .unwrap();
+        let (series, dropped) = registry.snapshot(&a);
+        let key = (
+            "c".to_owned(),
+            l(&[("x", "1"), ("y", "2")]).into_iter().collect(),
+        );
+        assert_eq!(series.len(), 1, "{series:?}");
+        assert_eq!(series.get(&key), Some(&SeriesValue::Counter(3)));
+        assert_eq!(dropped, 0);
     }
 
     #[test]

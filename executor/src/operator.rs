@@ -206,7 +206,32 @@ enum Returned<T> {
     Invalid(InvalidOutput),
 }
 
-type CallOutcome<T> = Result<wasmtime::Result<Returned<T>>, tokio::time::error::Elapsed>;
+type CallOutcome<T> = Result<wasmtime::Result<Returned<T>>, Elapsed>;
+
+/// The outer deadline passed.
+struct Elapsed;
+
+/// Runs `call` under the outer deadline of `timeout` from now. The deadline is fixed before the
+/// first poll, as `tokio::time::timeout` fixes it; but the timer is only registered when the
+/// call does not finish in that first poll (it waits on a host future or yielded at an epoch
+/// tick), so a call that runs straight through costs no timer-wheel insert and removal.
+async fn within<F: std::future::Future>(timeout: Duration, call: F) -> Result<F::Output, Elapsed> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut call = std::pin::pin!(call);
+    let first = std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(match call.as_mut().poll(cx) {
+            std::task::Poll::Ready(output) => Some(output),
+            std::task::Poll::Pending => None,
+        })
+    })
+    .await;
+    match first {
+        Some(output) => Ok(output),
+        None => tokio::time::timeout_at(deadline, call)
+            .await
+            .map_err(|_| Elapsed),
+    }
+}
 
 /// Grace beyond the call timeout for the outer (tokio) deadline, which catches a call stuck in
 /// a host future, where the epoch deadline cannot fire.
@@ -292,7 +317,7 @@ impl OperatorInstance {
         self.expect_kind(OperatorKind::Map)?;
         let timeout = self.limits.timeout + HOST_GRACE;
         let live = self.live().await?;
-        let outcome: CallOutcome<DataItem> = tokio::time::timeout(timeout, async {
+        let outcome: CallOutcome<DataItem> = within(timeout, async {
             let Live { store, operator } = live;
             match operator {
                 Loaded::GaMap(guest) => {
@@ -320,7 +345,7 @@ impl OperatorInstance {
         self.expect_kind(OperatorKind::Filter)?;
         let timeout = self.limits.timeout + HOST_GRACE;
         let live = self.live().await?;
-        let outcome: CallOutcome<bool> = tokio::time::timeout(timeout, async {
+        let outcome: CallOutcome<bool> = within(timeout, async {
             let Live { store, operator } = live;
             match operator {
                 Loaded::GaFilter(guest) => {
@@ -348,7 +373,7 @@ impl OperatorInstance {
         self.expect_kind(OperatorKind::Branch)?;
         let timeout = self.limits.timeout + HOST_GRACE;
         let live = self.live().await?;
-        let outcome: CallOutcome<bool> = tokio::time::timeout(timeout, async {
+        let outcome: CallOutcome<bool> = within(timeout, async {
             let Live { store, operator } = live;
             match operator {
                 Loaded::GaBranch(guest) => {
@@ -384,7 +409,7 @@ impl OperatorInstance {
         self.expect_kind(OperatorKind::Accumulate)?;
         let timeout = self.limits.timeout + HOST_GRACE;
         let live = self.live().await?;
-        let outcome: CallOutcome<DataItem> = tokio::time::timeout(timeout, async {
+        let outcome: CallOutcome<DataItem> = within(timeout, async {
             let Live { store, operator } = live;
             match operator {
                 Loaded::GaAccumulate(guest) => {
@@ -424,7 +449,7 @@ impl OperatorInstance {
         self.expect_kind(OperatorKind::Delay)?;
         let timeout = self.limits.timeout + HOST_GRACE;
         let live = self.live().await?;
-        let outcome: CallOutcome<Hlc> = tokio::time::timeout(timeout, async {
+        let outcome: CallOutcome<Hlc> = within(timeout, async {
             let Live { store, operator } = live;
             match operator {
                 Loaded::GaDelay(guest) => {

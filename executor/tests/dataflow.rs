@@ -772,3 +772,107 @@ fn dropping_a_deployment_stops_exactly_its_dataflow_and_abandons_its_queued_work
         assert_eq!(payload(&output), name);
     }
 }
+
+#[test]
+fn one_bad_item_in_a_batched_call_dead_letters_only_itself() {
+    let fixture = Fixture::new();
+    let yaml = graph(
+        "
+operations:
+  - { operationType: source, name: source }
+  - { operationType: map, name: map, module: temperature }
+  - { operationType: filter, name: filter, module: temperature }
+  - { operationType: sink, name: sink }
+connections:
+  - { from: { name: source }, to: { name: map } }
+  - { from: { name: map }, to: { name: filter } }
+  - { from: { name: filter }, to: { name: sink } }
+",
+    );
+    let mut deployment = fixture.deploy(&yaml, event_time());
+    // 40 messages of one millisecond, offered at once: one timely batch, one call batch per node.
+    let at = 1_700_000_000_000;
+    let payloads: Vec<String> = (0..40)
+        .map(|i| match i {
+            // The map refuses it (not JSON): an operator error.
+            7 => "not json".to_owned(),
+            // The map traps on it (a Fahrenheit reading without a value): its instance is
+            // replaced in the middle of the batch.
+            20 => r#"{"temperature":{"unit":"F"}}"#.to_owned(),
+            // The filter drops it (above the upper bound).
+            30 => r#"{"temperature":{"value":5000,"unit":"C"}}"#.to_owned(),
+            i => format!(r#"{{"temperature":{{"value":{i},"unit":"C"}}}}"#),
+        })
+        .collect();
+    let deliveries: Vec<Deliveries> = payloads.iter().map(|_| Arc::default()).collect();
+    let batch: Vec<weir_executor::dataflow::Offer> = payloads
+        .iter()
+        .zip(&deliveries)
+        .map(|(payload, record)| {
+            let record = record.clone();
+            let on_done: Box<dyn FnOnce(Delivery) + Send> =
+                Box::new(move |d| record.lock().unwrap().push(d));
+            (message_at(at, payload), on_done)
+        })
+        .collect();
+    deployment
+        .source("source")
+        .unwrap()
+        .try_send_all(batch)
+        .unwrap();
+    deployment.close_sources();
+    assert!(deployment.wait_complete(Duration::from_secs(30)));
+
+    let outputs = deployment.outputs().drain();
+    let expected: Vec<String> = (0..40)
+        .filter(|i| ![7, 20, 30].contains(i))
+        .map(|i| format!(r#"{{"temperature":{{"value":{i},"unit":"C"}}}}"#))
+        .collect();
+    assert_eq!(outputs.iter().map(payload).collect::<Vec<_>>(), expected);
+    let letters = deployment.dead_letters().drain();
+    let seen: Vec<(&str, &str, String)> = letters
+        .iter()
+        .map(|l| {
+            let DataItem::Message(m) = &l.input else {
+                panic!("a message was dead-lettered as {:?}", l.input)
+            };
+            (
+                l.node.as_str(),
+                l.reason.as_str(),
+                String::from_utf8(m.payload.to_vec()).unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("map", "operator_error", payloads[7].clone()),
+            ("map", "trap", payloads[20].clone()),
+        ]
+    );
+    let map = deployment.node_counters("map").unwrap();
+    assert_eq!(map.calls.load(Ordering::Relaxed), 40);
+    assert_eq!(map.failures.load(Ordering::Relaxed), 2);
+    assert_eq!(
+        map.instantiations.load(Ordering::Relaxed),
+        2,
+        "the trap replaced the instance once"
+    );
+    assert_eq!(
+        deployment
+            .node_counters("filter")
+            .unwrap()
+            .calls
+            .load(Ordering::Relaxed),
+        38
+    );
+    drop(outputs);
+    drop(letters);
+    for (i, delivered) in deliveries.iter().enumerate() {
+        assert_eq!(
+            *delivered.lock().unwrap(),
+            [Delivery::Processed],
+            "message {i} is acknowledged once"
+        );
+    }
+}

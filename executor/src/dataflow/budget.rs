@@ -92,6 +92,50 @@ impl FuelBudget {
     pub fn throttled(&self) -> Option<Duration> {
         let mut bucket = self.lock();
         self.refill(&mut bucket, Instant::now());
+        self.wait(&bucket)
+    }
+
+    /// Under one lock: when the tenant may run, charges `fuel` (a call's reservation) and
+    /// returns `None`; else charges nothing and returns how long until its debt is paid, as
+    /// [`throttled`](Self::throttled) does. What a call does before it starts, per item.
+    pub fn reserve(&self, fuel: u64) -> Option<Duration> {
+        let mut bucket = self.lock();
+        self.refill(&mut bucket, Instant::now());
+        if let Some(wait) = self.wait(&bucket) {
+            return Some(wait);
+        }
+        if fuel > 0 {
+            self.charged.fetch_add(fuel, Ordering::Relaxed);
+            bucket.0 -= i128::from(fuel);
+        }
+        None
+    }
+
+    /// Under one lock, what a call does when it ends: gives back the `reserved` fuel (as
+    /// [`refund`](Self::refund)) and charges the `used` fuel, of which `init` calls used
+    /// `init_fuel` (as [`charge_with_init`](Self::charge_with_init)).
+    pub fn settle(&self, reserved: u64, used: u64, init_fuel: u64) {
+        self.init_charged.fetch_add(init_fuel, Ordering::Relaxed);
+        if reserved == 0 && used == 0 {
+            return;
+        }
+        self.charged.fetch_sub(reserved, Ordering::Relaxed);
+        self.charged.fetch_add(used, Ordering::Relaxed);
+        let mut bucket = self.lock();
+        if reserved > 0 {
+            bucket.0 = bucket
+                .0
+                .saturating_add(i128::from(reserved))
+                .min(i128::from(self.rate()));
+        }
+        if used > 0 {
+            self.refill(&mut bucket, Instant::now());
+            bucket.0 -= i128::from(used);
+        }
+    }
+
+    /// How long until the debt in `bucket` is paid; `None` without debt.
+    fn wait(&self, bucket: &(i128, Instant)) -> Option<Duration> {
         if bucket.0 >= 0 {
             return None;
         }
@@ -204,6 +248,33 @@ mod tests {
             "{wait:?}"
         );
         assert_eq!(budget.charged(), 1_500_000);
+    }
+
+    #[test]
+    fn reserve_and_settle_do_what_throttled_charge_and_refund_do() {
+        let rate = 1_000_000;
+        let a = FuelBudget::new(rate);
+        let b = FuelBudget::new(rate);
+        // A reservation, then the call used less: the bucket holds the same either way.
+        assert_eq!(a.reserve(400_000), None);
+        assert_eq!(b.throttled(), None);
+        b.charge(400_000);
+        a.settle(400_000, 150_000, 0);
+        b.refund(400_000);
+        b.charge_with_init(150_000, 0);
+        assert_eq!(a.charged(), b.charged());
+        assert_eq!(a.charged(), 150_000);
+        // Deep in debt: no reservation is taken, and the wait is the same.
+        a.settle(0, 2 * rate, 7);
+        b.charge_with_init(2 * rate, 7);
+        let wait = a.reserve(400_000).expect("in debt");
+        assert_eq!(Some(wait), b.throttled());
+        assert_eq!(
+            a.charged(),
+            b.charged(),
+            "a refused reservation charges nothing"
+        );
+        assert_eq!(a.init_charged(), 7);
     }
 
     #[test]

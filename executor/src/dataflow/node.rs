@@ -288,14 +288,6 @@ impl Meter {
     /// each other's reservations, so together they overdraw the bucket by one call at most, not
     /// by one call per node. [`charge`](Self::charge) settles it to what the call used.
     pub(crate) async fn turn(&self) {
-        while let Some(wait) = self.fuel.throttled() {
-            tokio::time::sleep(wait).await;
-        }
-        // Outputs nobody reads fill the tenant's queued-output budget: make no more until a
-        // reader takes some (a call may turn a small input into a large output).
-        while self.queued_outputs.is_spent() {
-            tokio::time::sleep(OUTPUTS_POLL).await;
-        }
         // At most one second's worth: a call allowed more than that (a huge fuel_per_message)
         // holds the tenant back for a second, not for its whole allowance.
         let reserve = self
@@ -304,7 +296,18 @@ impl Meter {
             .as_ref()
             .map_or(0, |quotas| quotas.get().fuel_per_message)
             .min(self.fuel.rate());
-        self.fuel.charge(reserve);
+        loop {
+            // Outputs nobody reads fill the tenant's queued-output budget: make no more until
+            // a reader takes some (a call may turn a small input into a large output).
+            while self.queued_outputs.is_spent() {
+                tokio::time::sleep(OUTPUTS_POLL).await;
+            }
+            // The throttle check and the reservation are one step (one lock per item).
+            match self.fuel.reserve(reserve) {
+                None => break,
+                Some(wait) => tokio::time::sleep(wait).await,
+            }
+        }
         self.reserved.set(self.reserved.get() + reserve);
     }
 
@@ -319,8 +322,8 @@ impl Meter {
     pub(crate) fn charge(&self, instance: &OperatorInstance) {
         let stats = instance.stats();
         let charged = self.state.get();
-        self.fuel.refund(self.reserved.replace(0));
-        self.fuel.charge_with_init(
+        self.fuel.settle(
+            self.reserved.replace(0),
             stats.fuel_used.saturating_sub(charged.fuel),
             stats.init_fuel.saturating_sub(charged.init_fuel),
         );

@@ -29,6 +29,20 @@ impl<T> OutputQueue<T> {
         self.ready.notify_one();
     }
 
+    /// Pushes every item of `items` in order, under one lock, with one wake-up.
+    pub(crate) fn push_all(&self, items: Vec<T>) {
+        let count = items.len();
+        if count == 0 {
+            return;
+        }
+        self.lock().extend(items);
+        if count == 1 {
+            self.ready.notify_one();
+        } else {
+            self.ready.notify_all();
+        }
+    }
+
     /// Whether consumers are behind: sources hold back while this is true.
     pub(crate) fn is_over_capacity(&self) -> bool {
         self.lock().len() >= self.capacity

@@ -26,6 +26,7 @@ pub(crate) fn build(
     input.sink(Pipeline, name, move |(input, frontier)| {
         input.for_each(|cap, data| {
             let Some(&time) = cap.least() else { return };
+            let mut batch = Vec::with_capacity(data.len());
             for envelope in data.drain(..) {
                 // A real reading of the deployment's clock, at or after the item's time:
                 // unique and increasing across the deployment's outputs.
@@ -33,12 +34,11 @@ pub(crate) fn build(
                     .clock
                     .update(&Hlc::at(Duration::from_millis(time), String::new()));
                 let item = with_outgoing_ts(envelope.item, &stamp);
-                shared.stats.emitted.fetch_add(1, Ordering::Relaxed);
                 // Counted from here until a reader takes it: the tenant's operators wait
                 // while its outputs nobody reads fill `max_queued_output_bytes`.
                 let held =
                     HeldBytes::new(shared.queued_output_bytes.clone(), item.byte_len() as u64);
-                shared.outputs.push(SinkOutput {
+                batch.push(SinkOutput {
                     sink: sink.clone(),
                     time,
                     item,
@@ -46,6 +46,12 @@ pub(crate) fn build(
                     held: Some(held),
                 });
             }
+            shared
+                .stats
+                .emitted
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            // One lock and one wake-up per batch, not per item.
+            shared.outputs.push_all(batch);
         });
         if !closed && frontier.is_empty() {
             closed = true;

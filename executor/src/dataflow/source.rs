@@ -4,7 +4,7 @@
 
 use std::cell::Cell;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -71,6 +71,13 @@ pub(crate) struct Intake {
     released: (Mutex<()>, Condvar),
     /// Wakes tasks waiting for room ([`SourceHandle::room`]).
     room: tokio::sync::Notify,
+    /// Tasks waiting for room: a release wakes them only when there are.
+    room_waiters: AtomicUsize,
+    /// Releases so far: a sender that saw this before it found the intake full waits only if
+    /// no release came since.
+    releases: AtomicU64,
+    /// Senders waiting for a release: a release wakes them (a system call) only when there are.
+    waiters: AtomicUsize,
 }
 
 impl Intake {
@@ -81,6 +88,9 @@ impl Intake {
             bytes,
             released: (Mutex::new(()), Condvar::new()),
             room: tokio::sync::Notify::new(),
+            room_waiters: AtomicUsize::new(0),
+            releases: AtomicU64::new(0),
+            waiters: AtomicUsize::new(0),
         }
     }
 
@@ -111,19 +121,41 @@ impl Intake {
     pub(crate) fn release(&self, messages: usize, bytes: u64) {
         self.messages.fetch_sub(messages, Ordering::AcqRel);
         self.bytes.release(bytes);
-        let (_lock, released) = &self.released;
-        released.notify_all();
-        self.room.notify_waiters();
+        // Sequentially consistent with `wait_for_release`: either this sees the waiter, or the
+        // waiter sees this release and does not wait.
+        self.releases.fetch_add(1, Ordering::SeqCst);
+        if self.waiters.load(Ordering::SeqCst) > 0 {
+            let (lock, released) = &self.released;
+            // Taken so the wake-up cannot fall between a waiter's check and its wait.
+            let _guard = lock
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            released.notify_all();
+        }
+        if self.room_waiters.load(Ordering::SeqCst) > 0 {
+            self.room.notify_waiters();
+        }
     }
 
-    /// Waits (a thread, not a task) until a place may have been given back.
-    fn wait_for_release(&self) {
+    /// Releases so far; pass it to [`wait_for_release`](Self::wait_for_release).
+    fn releases(&self) -> u64 {
+        self.releases.load(Ordering::SeqCst)
+    }
+
+    /// Waits (a thread, not a task) until a place may have been given back since `seen`
+    /// releases.
+    fn wait_for_release(&self, seen: u64) {
         let (lock, released) = &self.released;
         let guard = lock
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        // Woken by a release; the timeout covers one that came between the check and here.
-        let _woken = released.wait_timeout(guard, Duration::from_millis(10));
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        if self.releases.load(Ordering::SeqCst) == seen {
+            // Woken by a release; the timeout covers places given back by the tenant's other
+            // deployments (its in-flight bytes are shared), which wake only their own senders.
+            let _woken = released.wait_timeout(guard, Duration::from_millis(10));
+        }
+        self.waiters.fetch_sub(1, Ordering::SeqCst);
     }
 
     /// Messages in flight now.
@@ -140,6 +172,9 @@ pub type Offer = (DataItem, Box<dyn FnOnce(Delivery) + Send + 'static>);
 pub struct SourceHandle {
     sender: SyncSender<Incoming>,
     activator: Arc<OnceLock<SyncActivator>>,
+    /// Whether the source operator has a wake-up coming that will look at the channel: a
+    /// sender wakes it (an allocation and a system call in timely) only when it has none.
+    woken: Arc<AtomicBool>,
     running: Arc<AtomicBool>,
     clock: Arc<HlcClock>,
     intake: Arc<Intake>,
@@ -197,6 +232,7 @@ impl SourceHandle {
             if !self.running.load(Ordering::Acquire) {
                 return Err(SourceError::Closed);
             }
+            let seen = self.intake.releases();
             match self.intake.try_reserve(1, bytes) {
                 Ok(()) => {
                     let ack = AckToken::new(
@@ -216,7 +252,7 @@ impl SourceHandle {
                     return sent;
                 }
                 Err(SourceError::Full | SourceError::InFlightBytes { .. }) => {
-                    self.intake.wait_for_release();
+                    self.intake.wait_for_release(seen);
                 }
                 Err(error) => return Err(error),
             }
@@ -254,7 +290,16 @@ impl SourceHandle {
     /// tenant's in-flight bytes are shared with its other deployments, whose releases do not
     /// wake this one); offer again then.
     pub async fn room(&self) {
+        /// Counts a waiting task, also when its wait is cancelled.
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
         let released = self.intake.room.notified();
+        self.intake.room_waiters.fetch_add(1, Ordering::SeqCst);
+        let _waiting = Waiting(&self.intake.room_waiters);
         // A timeout is as good as a wake-up: the caller offers again either way.
         let _woken = tokio::time::timeout(Duration::from_millis(50), released)
             .await
@@ -278,8 +323,16 @@ impl SourceHandle {
     }
 
     fn wake(&self) {
+        // Acquire-release with the operator's swap: a sender that finds a wake-up coming has
+        // its message seen by the activation that clears the flag.
+        if self.woken.swap(true, Ordering::AcqRel) {
+            return;
+        }
         if let Some(activator) = self.activator.get() {
             let _gone = activator.activate();
+        } else {
+            // Not built yet: the operator looks at the channel when it first runs.
+            self.woken.store(false, Ordering::Release);
         }
     }
 }
@@ -336,6 +389,7 @@ pub(crate) fn channel(
         SourceHandle {
             sender,
             activator: Arc::new(OnceLock::new()),
+            woken: Arc::new(AtomicBool::new(false)),
             running,
             clock,
             intake: Arc::new(Intake::new(max_in_flight.max(capacity), bytes)),
@@ -355,6 +409,7 @@ pub(crate) fn build<'scope>(
     shared: &Arc<DeploymentShared>,
 ) -> Stream<'scope, u64, Vec<Envelope>> {
     let slot = handle.activator.clone();
+    let woken = handle.woken.clone();
     let settings = settings.clone();
     let shared = shared.clone();
     let node = name.to_owned();
@@ -369,6 +424,8 @@ pub(crate) fn build<'scope>(
             activator.activate();
         }
         move |output| {
+            // From here on, a sender's message is either seen below or wakes this again.
+            woken.swap(false, Ordering::AcqRel);
             let Some(cap) = capability.as_mut() else {
                 return;
             };

@@ -6,7 +6,7 @@
 /// A builder method: weir keeps no builder state, so each step returns a fresh builder.
 macro_rules! builder_step {
     ($method:ident, $builder:ident, $($arg:ty),+) => {
-        async fn $method(
+        fn $method(
             &mut self,
             _: Resource<$builder>,
             $(_: $arg),+
@@ -56,18 +56,18 @@ macro_rules! host_interfaces {
         impl wit::rpc_types::Host for HostState {}
 
         impl wit::types::HostBuffer for HostState {
-            async fn read(&mut self, buffer: Resource<HostBuffer>) -> wasmtime::Result<Vec<u8>> {
+            fn read(&mut self, buffer: Resource<HostBuffer>) -> wasmtime::Result<Vec<u8>> {
                 Ok(self.table.get(&buffer)?.0.to_vec())
             }
 
-            async fn drop(&mut self, buffer: Resource<HostBuffer>) -> wasmtime::Result<()> {
+            fn drop(&mut self, buffer: Resource<HostBuffer>) -> wasmtime::Result<()> {
                 self.table.delete(buffer)?;
                 Ok(())
             }
         }
 
         impl wit::logger::Host for HostState {
-            async fn log(&mut self, level: Level, context: String, message: String) -> wasmtime::Result<()> {
+            fn log(&mut self, level: Level, context: String, message: String) -> wasmtime::Result<()> {
                 let level = match level {
                     Level::Trace => LogLevel::Trace,
                     Level::Debug => LogLevel::Debug,
@@ -94,7 +94,7 @@ macro_rules! host_interfaces {
         }
 
         impl wit::metrics::Host for HostState {
-            async fn add_to_counter(
+            fn add_to_counter(
                 &mut self,
                 name: String,
                 value: CounterValue,
@@ -105,7 +105,7 @@ macro_rules! host_interfaces {
                 Ok(env.metrics.record(&env.tenant, &name, labels(labels_), MetricValue::Counter(value)).map_err(metric_error))
             }
 
-            async fn record_to_histogram(
+            fn record_to_histogram(
                 &mut self,
                 name: String,
                 value: HistogramValue,
@@ -249,38 +249,38 @@ macro_rules! host_interfaces {
         }
 
         impl HostCommandRequest for HostState {
-            async fn drop(&mut self, request: Resource<CommandRequest>) -> wasmtime::Result<()> {
+            fn drop(&mut self, request: Resource<CommandRequest>) -> wasmtime::Result<()> {
                 self.table.delete(request)?;
                 Ok(())
             }
         }
 
         impl HostCommandRequestBuilder for HostState {
-            async fn new(&mut self) -> wasmtime::Result<Resource<CommandRequestBuilder>> {
+            fn new(&mut self) -> wasmtime::Result<Resource<CommandRequestBuilder>> {
                 Ok(self.table.push(CommandRequestBuilder)?)
             }
             builder_step!(payload, CommandRequestBuilder, Vec<u8>);
             builder_step!(custom_user_data, CommandRequestBuilder, Vec<(String, String)>);
             builder_step!(topic_tokens, CommandRequestBuilder, Vec<(String, String)>);
             builder_step!(timeout, CommandRequestBuilder, u64, u32);
-            async fn build(&mut self, _: Resource<CommandRequestBuilder>) -> wasmtime::Result<Result<Resource<CommandRequest>, RpcError>> {
+            fn build(&mut self, _: Resource<CommandRequestBuilder>) -> wasmtime::Result<Result<Resource<CommandRequest>, RpcError>> {
                 Ok(Ok(self.table.push(CommandRequest)?))
             }
-            async fn drop(&mut self, builder: Resource<CommandRequestBuilder>) -> wasmtime::Result<()> {
+            fn drop(&mut self, builder: Resource<CommandRequestBuilder>) -> wasmtime::Result<()> {
                 self.table.delete(builder)?;
                 Ok(())
             }
         }
 
         impl HostCommandInvokerOptions for HostState {
-            async fn drop(&mut self, options: Resource<CommandInvokerOptions>) -> wasmtime::Result<()> {
+            fn drop(&mut self, options: Resource<CommandInvokerOptions>) -> wasmtime::Result<()> {
                 self.table.delete(options)?;
                 Ok(())
             }
         }
 
         impl HostCommandInvokerOptionsBuilder for HostState {
-            async fn new(&mut self) -> wasmtime::Result<Resource<CommandInvokerOptionsBuilder>> {
+            fn new(&mut self) -> wasmtime::Result<Resource<CommandInvokerOptionsBuilder>> {
                 Ok(self.table.push(CommandInvokerOptionsBuilder)?)
             }
             builder_step!(request_topic_pattern, CommandInvokerOptionsBuilder, String);
@@ -290,28 +290,28 @@ macro_rules! host_interfaces {
             builder_step!(topic_token_map, CommandInvokerOptionsBuilder, Vec<(String, String)>);
             builder_step!(response_topic_prefix, CommandInvokerOptionsBuilder, String);
             builder_step!(response_topic_suffix, CommandInvokerOptionsBuilder, String);
-            async fn build(&mut self, _: Resource<CommandInvokerOptionsBuilder>) -> wasmtime::Result<Result<Resource<CommandInvokerOptions>, RpcError>> {
+            fn build(&mut self, _: Resource<CommandInvokerOptionsBuilder>) -> wasmtime::Result<Result<Resource<CommandInvokerOptions>, RpcError>> {
                 Ok(Ok(self.table.push(CommandInvokerOptions)?))
             }
-            async fn drop(&mut self, builder: Resource<CommandInvokerOptionsBuilder>) -> wasmtime::Result<()> {
+            fn drop(&mut self, builder: Resource<CommandInvokerOptionsBuilder>) -> wasmtime::Result<()> {
                 self.table.delete(builder)?;
                 Ok(())
             }
         }
 
         impl HostCommandInvoker for HostState {
-            async fn invoke(&mut self, _: Resource<CommandInvoker>, request: Resource<CommandRequest>) -> wasmtime::Result<Result<CommandResponse, RpcError>> {
+            fn invoke(&mut self, _: Resource<CommandInvoker>, request: Resource<CommandRequest>) -> wasmtime::Result<Result<CommandResponse, RpcError>> {
                 self.table.delete(request)?;
                 Ok(Err(RpcError::ClientError))
             }
-            async fn drop(&mut self, invoker: Resource<CommandInvoker>) -> wasmtime::Result<()> {
+            fn drop(&mut self, invoker: Resource<CommandInvoker>) -> wasmtime::Result<()> {
                 self.table.delete(invoker)?;
                 Ok(())
             }
         }
 
         impl wit::command_invoker::Host for HostState {
-            async fn new_invoker(&mut self, options: Resource<CommandInvokerOptions>) -> wasmtime::Result<Result<Resource<CommandInvoker>, RpcError>> {
+            fn new_invoker(&mut self, options: Resource<CommandInvokerOptions>) -> wasmtime::Result<Result<Resource<CommandInvoker>, RpcError>> {
                 self.table.delete(options)?;
                 self.env.log(LogLevel::Warn, "weir", "command-invoker (MQTT RPC) is not available on weir yet");
                 Ok(Err(RpcError::ClientError))
@@ -330,7 +330,10 @@ macro_rules! host_interfaces {
             Ok(Timestamp {
                 timestamp: Timespec { secs: hlc.secs, nanos: hlc.nanos },
                 counter: hlc.counter,
-                node_id: bytes_or_string(state, &Bytes::copy_from_slice(hlc.node_id.as_bytes()))?,
+                node_id: {
+                    let node_id = state.node_id_bytes(&hlc.node_id);
+                    bytes_or_string(state, &node_id)?
+                },
             })
         }
 
@@ -473,7 +476,7 @@ pub(crate) mod ga {
     impl wit::schema_types::Host for HostState {}
 
     impl wit::schema_registry::Host for HostState {
-        async fn get(
+        fn get(
             &mut self,
             _id: String,
             _version: String,

@@ -137,6 +137,9 @@ pub(crate) struct HostState {
     pub(crate) memory_limit_hit: bool,
     pub(crate) deadline: Instant,
     pub(crate) deadline_hit: bool,
+    /// The last HLC node id handed to the guest, as bytes: items of one stream carry the same
+    /// node id, so lowering one costs a compare, not an allocation.
+    node_id: Option<(String, Bytes)>,
 }
 
 impl std::fmt::Debug for HostState {
@@ -169,6 +172,19 @@ impl HostState {
             memory_limit_hit: false,
             deadline: Instant::now(),
             deadline_hit: false,
+            node_id: None,
+        }
+    }
+
+    /// `node_id` as shared bytes, reusing the last ones when it is the same.
+    pub(crate) fn node_id_bytes(&mut self, node_id: &str) -> Bytes {
+        match &self.node_id {
+            Some((text, bytes)) if text == node_id => bytes.clone(),
+            _ => {
+                let bytes = Bytes::copy_from_slice(node_id.as_bytes());
+                self.node_id = Some((node_id.to_owned(), bytes.clone()));
+                bytes
+            }
         }
     }
 
