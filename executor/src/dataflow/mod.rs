@@ -153,6 +153,9 @@ pub(crate) struct DeploymentShared {
     pub(crate) fuel: Arc<FuelBudget>,
     /// The tenant's queued-output bytes: operators wait while it is spent.
     pub(crate) queued_output_bytes: Arc<ByteBudget>,
+    /// False once the deployment stopped: operators start no further call (the worker drops
+    /// the dataflow when it next takes a command, which may be a while on a busy machine).
+    pub(crate) running: Arc<AtomicBool>,
     open_sinks: AtomicUsize,
     complete: AtomicBool,
 }
@@ -246,6 +249,7 @@ impl DataflowRuntime {
             clock: Arc::new(HlcClock::new(prepared.executor_node_id.clone())),
             fuel: prepared.fuel.clone(),
             queued_output_bytes: prepared.queued_output_bytes.clone(),
+            running: running.clone(),
             open_sinks: AtomicUsize::new(sink_count),
             complete: AtomicBool::new(sink_count == 0),
         });
@@ -418,6 +422,24 @@ impl Deployment {
             std::thread::sleep(Duration::from_millis(2));
         }
         true
+    }
+}
+
+impl Deployment {
+    /// Stops the dataflow now, without waiting for the last handle to go: messages in flight
+    /// are abandoned (not acknowledged), so brokers redeliver them, and no operator starts
+    /// another call. Dropping the deployment does the same.
+    pub fn stop(&self) {
+        self.running.store(false, Ordering::Release);
+        let dataflow = self.dataflow;
+        let _stopping = self.worker.send(Some(Box::new(move |worker: &mut Worker| {
+            if worker.installed_dataflows().contains(&dataflow) {
+                worker.drop_dataflow(dataflow);
+            }
+        })));
+        if let Some(thread) = &self.worker_thread {
+            thread.unpark();
+        }
     }
 }
 

@@ -98,8 +98,18 @@ fn start_call(
         let mut results = Vec::with_capacity(items.len());
         let mut produced = 0;
         for envelope in &items {
+            // A stopped deployment starts no further call; the rest of the batch is abandoned
+            // with the dataflow.
+            if !meter.running() {
+                break;
+            }
             // Every item waits its tenant's turn: a batch is no way around the CPU rate.
             meter.turn().await;
+            if !meter.running() {
+                // Settles the reservation `turn` made: nothing was used.
+                meter.charge(&instance);
+                break;
+            }
             // Outputs of this batch are not counted until the sink has them: once they would
             // fill the tenant's output budget, the rest of the batch waits for a later call.
             if produced > 0 && meter.outputs_would_fill(produced) {
@@ -255,6 +265,8 @@ pub(crate) struct Meter {
     state: Rc<Cell<Charged>>,
     /// Fuel reserved for the call in flight, given back when it is charged.
     reserved: Rc<Cell<u64>>,
+    /// Whether the deployment still runs.
+    running: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// What a node has charged so far.
@@ -278,9 +290,15 @@ impl Meter {
             queued_outputs: context.shared.queued_output_bytes.clone(),
             state: Rc::new(Cell::new(Charged::default())),
             reserved: Rc::new(Cell::new(0)),
+            running: context.shared.running.clone(),
         };
         meter.charge(instance);
         meter
+    }
+
+    /// Whether the deployment still runs (a stopped one starts no further call).
+    pub(crate) fn running(&self) -> bool {
+        self.running.load(Ordering::Acquire)
     }
 
     /// Waits while the tenant is over its CPU rate (the operator is woken when the wait ends),

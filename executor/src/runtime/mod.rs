@@ -186,6 +186,8 @@ struct Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
+        // At once: the pumps hold the deployment until their tasks are cancelled.
+        self.deployment.stop();
         for task in &self.tasks {
             task.abort();
         }
