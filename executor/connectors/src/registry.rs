@@ -46,6 +46,8 @@ impl Registry {
     pub fn standard() -> Self {
         let mut registry = Self::default();
         registry.add(Arc::new(http::HttpConnector));
+        registry.add(Arc::new(crate::kafka::KafkaConnector));
+        registry.add(Arc::new(crate::otlp::OtlpConnector));
         registry
     }
 
