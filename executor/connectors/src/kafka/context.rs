@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -46,6 +47,10 @@ struct Inner {
     refusals: Mutex<BTreeMap<String, (String, Instant)>>,
     /// The source's offsets, kept in step with the group's assignment (consumers only).
     ledger: Option<Arc<Mutex<Ledger>>>,
+    /// Turns through a name's addresses, one per connection attempt (librdkafka gets one
+    /// checked address at a time, so a name whose first address does not answer is still
+    /// reached through the others).
+    rotation: AtomicUsize,
 }
 
 impl KafkaContext {
@@ -63,6 +68,7 @@ impl KafkaContext {
                 client_id: client_id.to_owned(),
                 refusals: Mutex::new(BTreeMap::new()),
                 ledger,
+                rotation: AtomicUsize::new(0),
             }),
         }
     }
@@ -98,12 +104,16 @@ impl KafkaContext {
                 host: host.to_owned(),
             });
         }
-        addresses.first().map(SocketAddr::ip).ok_or_else(|| {
-            resolve_error(std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                "no address",
-            ))
-        })
+        let turn = self.inner.rotation.fetch_add(1, Ordering::Relaxed);
+        addresses
+            .get(turn % addresses.len().max(1))
+            .map(SocketAddr::ip)
+            .ok_or_else(|| {
+                resolve_error(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no address",
+                ))
+            })
     }
 
     fn refusals(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, (String, Instant)>> {
