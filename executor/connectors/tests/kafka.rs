@@ -780,7 +780,16 @@ async fn at_least_once_by_count_through_broker_outages_and_a_consumer_restart() 
     let mut events = Vec::new();
     let mut outage: Option<JoinHandle<()>> = None;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(420);
+    let mut progress = tokio::time::Instant::now();
     while seen.lock().unwrap().len() < COUNT as usize {
+        if progress.elapsed() > Duration::from_secs(10) {
+            progress = tokio::time::Instant::now();
+            eprintln!(
+                "progress: {forwarded} forwarded, {} arrived, source {:?}, events {events:?}",
+                seen.lock().unwrap().len(),
+                context.status.get().0
+            );
+        }
         assert!(
             tokio::time::Instant::now() < deadline,
             "only {} of {COUNT} numbers arrived after 420 s (events: {events:?})",
