@@ -26,6 +26,8 @@ mod status;
 pub mod conformance;
 pub mod http;
 pub mod mqtt;
+pub mod kafka;
+pub mod otlp;
 
 pub use message::{Ack, Inbound, Outbound, expand_topic};
 pub use registry::{Connector, Registry};

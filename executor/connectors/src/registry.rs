@@ -47,6 +47,8 @@ impl Registry {
         let mut registry = Self::default();
         registry.add(Arc::new(http::HttpConnector));
         registry.add(Arc::new(crate::mqtt::MqttConnector));
+        registry.add(Arc::new(crate::kafka::KafkaConnector));
+        registry.add(Arc::new(crate::otlp::OtlpConnector));
         registry
     }
 
