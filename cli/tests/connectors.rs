@@ -57,7 +57,7 @@ fn service(var: &str) -> String {
     std::env::var(var).unwrap_or_else(|_| {
         panic!(
             "{var} is not set: start the services with `scripts/services start` and `source \
-             target/services/env` (this test needs a real Mosquitto; it does not skip)"
+             target/services/env` (this test needs the real service; it does not skip)"
         )
     })
 }
@@ -1786,4 +1786,216 @@ async fn outputs_acknowledged_to_their_source_survive_an_update_and_a_pause() {
         ["before-pause-0", "before-pause-1"],
         "outputs queued before the pause are still there"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. Kafka -> graph -> Kafka, and MQTT -> graph -> OTLP, through `weir serve`. The test's own
+// producer and consumer are weir's Kafka connector halves (the broker is real: tansu).
+
+fn kafka_endpoint(name: &str, address: &str) -> CreateEndpoint {
+    CreateEndpoint {
+        name: name.to_owned(),
+        kind: EndpointKind::Kafka,
+        address: Some(address.to_owned()),
+        settings: [("create_topics".to_owned(), "true".to_owned())]
+            .into_iter()
+            .collect(),
+        secret: None,
+    }
+}
+
+fn test_kafka_spec(address: &str) -> weir_connectors::EndpointSpec {
+    weir_connectors::EndpointSpec {
+        name: "test".to_owned(),
+        kind: "kafka".to_owned(),
+        address: Some(address.to_owned()),
+        settings: [("create_topics".to_owned(), "true".to_owned())]
+            .into_iter()
+            .collect(),
+        secret: None,
+    }
+}
+
+fn test_context(label: &str) -> weir_connectors::ConnectContext {
+    weir_connectors::ConnectContext::new(
+        weir_api::TenantId::new("tester").unwrap(),
+        &unique(label),
+        weir_api::egress::Egress::new(["127.0.0.1"]),
+        1 << 20,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_to_graph_to_kafka() {
+    use weir_connectors::Connector as _;
+    let broker = service("WEIR_TEST_KAFKA");
+    let data = tempfile::tempdir().unwrap();
+    let server = common::serve(data.path());
+    let admin = server.admin();
+    let acme = tenant(&admin, "acme", quotas(&["127.0.0.1"])).await;
+    acme.owner
+        .create_endpoint(&kafka_endpoint("events", &broker))
+        .await
+        .unwrap();
+    push_temperature(&acme.developer).await;
+    let id = unique("kconvert");
+    let input = format!("{id}-in");
+    let output = format!("{id}-out");
+    // The test's consumer of the output topic, subscribed (and the topic created) first.
+    let connector = weir_connectors::kafka::KafkaConnector;
+    let reader = weir_connectors::conformance::start_source(
+        &connector,
+        weir_connectors::SourceSpec {
+            endpoint: test_kafka_spec(&broker),
+            topics: vec![output.clone()],
+        },
+        test_context("kreader"),
+        100,
+    )
+    .await
+    .unwrap();
+    acme.developer
+        .deploy(&deployment(
+            &id,
+            "simple",
+            ("events", &input),
+            ("events", &output),
+        ))
+        .await
+        .unwrap();
+    source_connected(&acme.developer, &id).await;
+    let mut writer = connector
+        .sink(
+            weir_connectors::SinkSpec {
+                endpoint: test_kafka_spec(&broker),
+                topic: input.clone(),
+            },
+            test_context("kwriter"),
+        )
+        .await
+        .unwrap();
+    let mut reading = weir_connectors::Outbound::new(
+        input.clone(),
+        &br#"{"temperature":{"value":212,"unit":"F"}}"#[..],
+    );
+    reading.user_properties = vec![
+        (Bytes::from_static(b"site"), Bytes::from_static(b"north")),
+        (
+            Bytes::from_static(b"__key"),
+            Bytes::from_static(b"sensor-7"),
+        ),
+    ];
+    let report = writer.send(vec![reading]).await.unwrap();
+    assert!(report.rejected.is_empty(), "{report:?}");
+
+    // The first group join takes seconds on tansu.
+    let got = reader.intake.take(1, Duration::from_secs(90)).await;
+    let message = got
+        .first()
+        .expect("the converted reading arrives on the output topic");
+    assert_eq!(message.topic, output.as_bytes());
+    let payload: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
+    assert_eq!(payload["temperature"]["value"], 100.0, "{payload}");
+    let properties: Vec<(String, String)> = message
+        .user_properties
+        .iter()
+        .map(|(k, v)| {
+            (
+                String::from_utf8_lossy(k).into_owned(),
+                String::from_utf8_lossy(v).into_owned(),
+            )
+        })
+        .collect();
+    assert!(
+        properties.contains(&("site".to_owned(), "north".to_owned())),
+        "headers become user properties and back: {properties:?}"
+    );
+    assert!(
+        properties.contains(&("__key".to_owned(), "sensor-7".to_owned())),
+        "the key crosses the graph as __key: {properties:?}"
+    );
+    assert!(
+        properties.iter().any(|(k, _)| k == "__ts"),
+        "the sink adds __ts: {properties:?}"
+    );
+    let status = runtime(&acme.developer, &id).await;
+    assert_eq!(state(&status, "sink"), "connected", "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_to_graph_to_otlp_reaches_the_collector() {
+    let mqtt = mosquitto();
+    let collector = service("WEIR_TEST_OTLP_GRPC");
+    let collector_log = service("WEIR_TEST_OTLP_LOG");
+    let data = tempfile::tempdir().unwrap();
+    let server = common::serve(data.path());
+    let admin = server.admin();
+    let acme = tenant(&admin, "acme", quotas(&["127.0.0.1"])).await;
+    acme.owner
+        .create_endpoint(&mqtt_endpoint("plant", &mqtt))
+        .await
+        .unwrap();
+    acme.owner
+        .create_endpoint(&CreateEndpoint {
+            name: "telemetry".to_owned(),
+            kind: EndpointKind::Otlp,
+            address: Some(format!("http://{collector}")),
+            settings: BTreeMap::new(),
+            secret: None,
+        })
+        .await
+        .unwrap();
+    push_echo(&acme.developer).await;
+    let id = unique("otel");
+    let input = format!("weir-e2e/{id}/otel");
+    acme.developer
+        .deploy(&deployment(
+            &id,
+            "echo",
+            ("plant", &input),
+            ("telemetry", ""),
+        ))
+        .await
+        .unwrap();
+    source_connected(&acme.developer, &id).await;
+    let metric = format!("weir_e2e_{}", id.replace('-', "_"));
+    let payload = format!(
+        r#"{{"metrics":[{{"name":"{metric}","type":"f64_gauge","value":21.5,"attributes":[{{"key":"site","value":"north"}}]}}],"logs":[{{"value":"{metric} log line","level":"info"}}]}}"#
+    );
+    let publisher = Mqtt::connect(&mqtt, &unique("otel-pub"), false, None).await;
+    publisher.publish_plain(&input, [payload]).await;
+    // A payload that does not conform goes to the dead letters with the reason.
+    publisher
+        .publish_plain(
+            &input,
+            [r#"{"metrics":[{"name":"x","type":"bogus","value":1}]}"#.to_owned()],
+        )
+        .await;
+    eventually(
+        "the collector logs the metric",
+        Duration::from_secs(60),
+        || {
+            let path = collector_log.clone();
+            let metric = metric.clone();
+            async move {
+                std::fs::read_to_string(&path)
+                    .map(|log| log.contains(&metric))
+                    .unwrap_or(false)
+            }
+        },
+    )
+    .await;
+    eventually(
+        "the non-conforming payload is a dead letter",
+        Duration::from_secs(30),
+        || async {
+            acme.developer
+                .dead_letters(Some(&id))
+                .await
+                .unwrap()
+                .iter()
+                .any(|l| l.reason == "invalid_otlp_payload" && l.detail.contains("type"))
+        },
+    )
+    .await;
 }

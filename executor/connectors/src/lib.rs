@@ -25,8 +25,8 @@ mod status;
 
 pub mod conformance;
 pub mod http;
-pub mod mqtt;
 pub mod kafka;
+pub mod mqtt;
 pub mod otlp;
 
 pub use message::{Ack, Inbound, Outbound, expand_topic};

@@ -70,7 +70,16 @@ async fn check_address(body: &CreateEndpoint, quotas: &Quotas, errors: &mut Vec<
             "an http endpoint is weir's own ingest; it has no address".to_owned(),
         )),
         (_, None) => errors.push(problem("host:port is required".to_owned())),
-        (_, Some(address)) => {
+        (kind, Some(address)) => {
+            // An OTLP collector is named by URL (`http://host:port`); the rule is the same.
+            let address = match kind {
+                EndpointKind::Otlp => address
+                    .strip_prefix("http://")
+                    .or_else(|| address.strip_prefix("https://"))
+                    .unwrap_or(address)
+                    .trim_end_matches('/'),
+                _ => address.as_str(),
+            };
             let Some((host, port)) = address.rsplit_once(':') else {
                 errors.push(problem(format!("expected host:port, found {address}")));
                 return;
