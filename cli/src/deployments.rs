@@ -35,11 +35,11 @@ impl DeadLetterJournal for StoreJournal {
         tenant: &TenantId,
         letters: Vec<DeadLetter>,
         max_bytes: u64,
-    ) -> Result<u64, String> {
+    ) -> Result<Vec<u64>, String> {
         match self.0.append_dead_letters(tenant, letters, max_bytes).await {
-            Ok(appended) => Ok(appended.evicted),
+            Ok(appended) => Ok(appended.seqs),
             // A deleted tenant's letters have nowhere to go: its deployments are stopping.
-            Err(StoreError::NoTenant(_)) => Ok(0),
+            Err(StoreError::NoTenant(_)) => Ok(Vec::new()),
             Err(error) => Err(error.to_string()),
         }
     }

@@ -191,6 +191,13 @@ impl WallsInner {
             }
         }
 
+        // weir's own clients (`weir.…@<tenant>`, `$service…`) are not for devices to take:
+        // a device of the tenant could otherwise knock a deployment's session off.
+        if username != service_username(&tenant)
+            && (client_id.starts_with("weir.") || client_id.starts_with('$'))
+        {
+            return refuse("client ids starting with `weir.` or `$` are weir's own");
+        }
         let verified = if username == service_username(&tenant) {
             self.service
                 .verify(&tenant, password)

@@ -19,6 +19,7 @@
 //! | no user name                                             | 0x87 Not Authorized      |
 //! | user name names no tenant, no password, wrong password   | 0x86 Bad User Name or Password |
 //! | client id not `<name>@<tenant>`                          | 0x87 Not Authorized      |
+//! | a device's client id starting with `weir.` or `$` (weir's own) | 0x87 Not Authorized |
 //! | will topic empty or starting with `$`                    | 0x87 Not Authorized      |
 //! | will with Retain                                         | 0x9A Retain not supported (MQTT 5.0), 0x87 otherwise |
 //! | directory failed or timed out, or named another tenant   | 0x87 Not Authorized      |

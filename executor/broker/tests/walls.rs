@@ -353,6 +353,15 @@ async fn logins_are_checked_and_name_their_tenant() {
             "client id {id:?}"
         );
     }
+    // Nor one of weir's own client ids (a deployment's source, a service session): a device
+    // would knock the deployment's session off.
+    for id in ["weir.source.convert.0aca999f@acme", "$service@acme"] {
+        assert_eq!(
+            refused(id, Some(("d1@acme", "pw-a1"))).await,
+            Some(Ok(NotAuthorized)),
+            "client id {id:?}"
+        );
+    }
 
     // Service logins: valid for their own tenant only.
     let (acme_user, acme_password) = broker.service_credentials(&tenant("acme"));

@@ -34,14 +34,14 @@ const JOURNAL_BATCH: usize = 256;
 #[async_trait]
 pub trait DeadLetterJournal: Send + Sync + std::fmt::Debug {
     /// Keeps `letters` of `tenant`, numbering them, evicting the tenant's oldest beyond
-    /// `max_bytes` (its `max_dead_letter_bytes`); the number evicted. An error means nothing
-    /// was kept: the caller retries.
+    /// `max_bytes` (its `max_dead_letter_bytes`); the numbers given, in order. An error means
+    /// nothing was kept: the caller retries.
     async fn append(
         &self,
         tenant: &TenantId,
         letters: Vec<DeadLetter>,
         max_bytes: u64,
-    ) -> Result<u64, String>;
+    ) -> Result<Vec<u64>, String>;
 }
 
 /// A dead letter whose input never entered the dataflow (refused at the edge), with the
@@ -372,7 +372,7 @@ pub(super) async fn pump_outputs(
             }
         }
         if !letters.is_empty() {
-            record(&edges, journal.as_ref(), letters).await;
+            let _kept = record(&edges, journal.as_ref(), letters).await;
         }
         let accepted = taken.len() - report.rejected.len().min(taken.len());
         edges
@@ -388,11 +388,21 @@ pub(super) async fn pump_outputs(
 
 /// Records `letters` in the journal, retrying (with backoff) until it keeps them: a dead
 /// letter is never dropped.
-async fn record(edges: &Edges, journal: &dyn DeadLetterJournal, letters: Vec<DeadLetter>) {
+async fn record(
+    edges: &Edges,
+    journal: &dyn DeadLetterJournal,
+    mut letters: Vec<DeadLetter>,
+) -> Vec<DeadLetter> {
     let mut backoff = Duration::from_millis(50);
     let count = letters.len() as u64;
-    for letter in &letters {
-        edges.recent.push(letter.clone());
+    // One time for the kept and the published copy.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    for letter in &mut letters {
+        if letter.at_ms == 0 {
+            letter.at_ms = now;
+        }
     }
     loop {
         let max_bytes = edges.share.quotas().max_dead_letter_bytes;
@@ -400,7 +410,12 @@ async fn record(edges: &Edges, journal: &dyn DeadLetterJournal, letters: Vec<Dea
             .append(&edges.tenant, letters.clone(), max_bytes)
             .await
         {
-            Ok(_evicted) => break,
+            Ok(seqs) => {
+                for (letter, seq) in letters.iter_mut().zip(seqs) {
+                    letter.seq = seq;
+                }
+                break;
+            }
             Err(error) => {
                 tracing::warn!(tenant = %edges.tenant, deployment = %edges.deployment, %error, "dead letters not recorded yet; retrying");
                 tokio::time::sleep(backoff).await;
@@ -412,10 +427,14 @@ async fn record(edges: &Edges, journal: &dyn DeadLetterJournal, letters: Vec<Dea
         .share
         .dead_lettered
         .fetch_add(count, Ordering::Relaxed);
+    for letter in &letters {
+        edges.recent.push(letter.clone());
+    }
+    letters
 }
 
-/// Publishes dead letters as JSON documents to the deployment's dead-letter topic before they
-/// are recorded and accepted (so a letter is settled only once published); waits while the
+/// Publishes dead letters (as kept: numbered and stamped) as JSON documents to the deployment's
+/// dead-letter topic before they are accepted (so a letter is settled only once published); waits while the
 /// broker is away, like any sink. A letter the broker refuses for good is logged; it is still
 /// kept in the journal.
 async fn publish_letters(sink: &mut dyn Sink, edges: &Edges, letters: &[DeadLetter]) {
@@ -485,10 +504,11 @@ pub(super) async fn pump_dead_letters(
             .map(dead_letter_entry)
             .chain(edge.iter().map(|e| e.letter.clone()))
             .collect();
+        // Kept first (numbered), then published with the same number and time, then settled.
+        let letters = record(&edges, journal.as_ref(), letters).await;
         if let Some(sink) = publish.as_mut() {
             publish_letters(sink.as_mut(), &edges, &letters).await;
         }
-        record(&edges, journal.as_ref(), letters).await;
         for letter in taken {
             letter.accept();
         }
@@ -565,13 +585,15 @@ impl DeadLetterJournal for MemoryDeadLetters {
         tenant: &TenantId,
         letters: Vec<DeadLetter>,
         max_bytes: u64,
-    ) -> Result<u64, String> {
+    ) -> Result<Vec<u64>, String> {
         let mut tenants = self.tenants.lock().unwrap_or_else(PoisonError::into_inner);
         let feed = tenants.entry(tenant.clone()).or_default();
         let mut evicted = 0;
+        let mut seqs = Vec::with_capacity(letters.len());
         for mut letter in letters {
             feed.next += 1;
             letter.seq = feed.next;
+            seqs.push(feed.next);
             feed.bytes += letter.byte_len();
             feed.letters.push_back(letter);
         }
@@ -583,6 +605,6 @@ impl DeadLetterJournal for MemoryDeadLetters {
             evicted += 1;
         }
         feed.evicted += evicted;
-        Ok(evicted)
+        Ok(seqs)
     }
 }
