@@ -3,14 +3,14 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use rdkafka::client::BrokerAddr;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{ConsumerContext, Rebalance};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::{ClientContext, TopicPartitionList};
 use weir_api::egress::{Egress, EgressError, parse_ip};
 
@@ -47,6 +47,10 @@ struct Inner {
     refusals: Mutex<BTreeMap<String, (String, Instant)>>,
     /// The source's offsets, kept in step with the group's assignment (consumers only).
     ledger: Option<Arc<Mutex<Ledger>>>,
+    /// A sink's deliveries are failing: broker statistics alone do not make it connected.
+    failing: AtomicBool,
+    /// librdkafka reported a fatal error (an idempotent producer that can produce no more).
+    fatal: AtomicBool,
     /// Turns through a name's addresses, one per connection attempt (librdkafka gets one
     /// checked address at a time, so a name whose first address does not answer is still
     /// reached through the others).
@@ -68,6 +72,8 @@ impl KafkaContext {
                 client_id: client_id.to_owned(),
                 refusals: Mutex::new(BTreeMap::new()),
                 ledger,
+                failing: AtomicBool::new(false),
+                fatal: AtomicBool::new(false),
                 rotation: AtomicUsize::new(0),
             }),
         }
@@ -133,10 +139,25 @@ impl KafkaContext {
             .map(|(why, _)| why.clone())
     }
 
+    /// Whether librdkafka reported a fatal error since the last call (the client must be
+    /// replaced).
+    pub(crate) fn take_fatal(&self) -> bool {
+        self.inner.fatal.swap(false, Ordering::AcqRel)
+    }
+
     /// Records that a broker answered, so the connection is up unless an address was refused.
     pub(crate) fn connected(&self) {
         if self.current_refusal().is_none() {
             self.inner.status.set(ConnectionState::Connected);
+        }
+    }
+
+    /// A sink's deliveries failed (`true`: the status stays `Retrying` until one succeeds) or
+    /// succeeded (`false`: connected).
+    pub(crate) fn deliveries_failing(&self, failing: bool) {
+        self.inner.failing.store(failing, Ordering::Release);
+        if !failing {
+            self.connected();
         }
     }
 
@@ -186,13 +207,18 @@ impl ClientContext for KafkaContext {
         let Ok(statistics) = serde_json::from_slice::<Statistics>(statistics) else {
             return;
         };
-        if statistics.brokers.values().any(|b| b.state == "UP") {
+        if statistics.brokers.values().any(|b| b.state == "UP")
+            && !self.inner.failing.load(Ordering::Acquire)
+        {
             self.connected();
         }
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
         tracing::debug!(client = self.inner.client_id, %error, reason, "kafka client error");
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
+            self.inner.fatal.store(true, Ordering::Release);
+        }
         self.retrying(reason);
     }
 

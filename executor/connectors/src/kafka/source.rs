@@ -147,8 +147,8 @@ impl Running {
             Ok(inbound) => {
                 self.buffer.push_back(inbound);
                 if self.paused {
-                    // A partition assigned since the pause: pause it as well.
-                    self.paused = false;
+                    // From a partition assigned since the pause: pause it as well.
+                    self.set_paused(true);
                 }
             }
             Err(error) => {
@@ -228,9 +228,13 @@ impl Running {
     /// Pauses the assignment while the buffer is full, resumes it once there is room.
     fn pause_or_resume(&mut self) {
         let want_paused = self.buffer.len() >= BUFFERED;
-        if want_paused == self.paused {
-            return;
+        if want_paused != self.paused {
+            self.set_paused(want_paused);
         }
+    }
+
+    /// Pauses (or resumes) every partition assigned now.
+    fn set_paused(&mut self, want_paused: bool) {
         let assignment = match self.consumer.assignment() {
             Ok(assignment) => assignment,
             Err(error) => {
