@@ -368,6 +368,34 @@ async fn sink_creates_its_topic_only_when_asked() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sink_creates_no_topic_unless_asked() {
+    let address = broker();
+    let topic = unique("not-created");
+    let context = context("not-creates", loopback_allowed());
+    let mut sink = KafkaConnector
+        .sink(sink_spec(&address, &topic, &[]), context.clone())
+        .await
+        .unwrap();
+    let sending = tokio::spawn(async move { sink.send(vec![Outbound::new("t", "nowhere")]).await });
+    wait_retrying_with(&context, &topic).await;
+    assert!(
+        !sending.is_finished(),
+        "an output to a missing topic was reported accepted"
+    );
+    sending.abort();
+    let admin: AdminClient<DefaultClientContext> = client_config(&address).create().await.unwrap();
+    let metadata = admin
+        .inner()
+        .fetch_metadata(None, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(
+        !metadata.topics().iter().any(|t| t.name() == topic),
+        "the topic was created without create_topics"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_key_travels_as_the_record_key_and_comes_back_as_user_property_key() {
     let address = broker();
     let topic = unique("keys");

@@ -191,6 +191,9 @@ impl Sink for KafkaSink {
                     }
                 }
             }
+            // Only the sink's own handle keeps the producer, so replacing it closes the
+            // producer on a thread of its own, never here.
+            drop(producer);
             // Every delivery report is awaited before anything is reported accepted. A report
             // comes within `message.timeout.ms`; one that does not (a producer wedged by a
             // fatal error keeps its queue: librdkafka #518) counts as a failure and the
