@@ -396,6 +396,38 @@ async fn sink_creates_no_topic_unless_asked() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_says_when_its_topic_does_not_exist_and_reads_it_once_created() {
+    let address = broker();
+    let topic = unique("missing");
+    let context = context("missing", loopback_allowed());
+    let running = conformance::start_source(
+        &KafkaConnector,
+        source_spec(&address, &topic),
+        context.clone(),
+        10,
+    )
+    .await
+    .unwrap();
+    let error = wait_retrying_with(&context, "nknown topic").await;
+    // It stays so while the topic is missing (broker statistics do not hide it).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        matches!(context.status.get().0, ConnectionState::Retrying { .. }),
+        "{error} then {:?}",
+        context.status.get().0
+    );
+    create_topics(&address, &[&topic], 1).await;
+    let broker = KafkaBroker::new(&address).await;
+    broker
+        .publish(vec![Outbound::new(topic.clone(), "late")])
+        .await
+        .unwrap();
+    let got = running.intake.take(1, Duration::from_secs(120)).await;
+    assert_eq!(got.len(), 1, "the record on the created topic was not read");
+    conformance::wait_connected(&context).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_key_travels_as_the_record_key_and_comes_back_as_user_property_key() {
     let address = broker();
     let topic = unique("keys");

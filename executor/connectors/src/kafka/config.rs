@@ -251,6 +251,9 @@ impl KafkaSettings {
             // Topics are created only when the endpoint asks (through the admin API), never
             // by a broker as a side effect of a metadata request.
             .set("allow.auto.create.topics", "false")
+            // A topic created after the deployment (or re-created) is found within seconds,
+            // not after librdkafka's default five minutes.
+            .set("topic.metadata.refresh.interval.ms", "10000")
             // Our resolve hook checks every address; do not let librdkafka re-resolve the
             // bootstrap list into canonical names behind it.
             .set("client.dns.lookup", "use_all_dns_ips");

@@ -152,13 +152,19 @@ impl KafkaContext {
         }
     }
 
-    /// A sink's deliveries failed (`true`: the status stays `Retrying` until one succeeds) or
-    /// succeeded (`false`: connected).
-    pub(crate) fn deliveries_failing(&self, failing: bool) {
-        self.inner.failing.store(failing, Ordering::Release);
-        if !failing {
+    /// Records that the client cannot do its work although brokers answer (`true`: a sink's
+    /// deliveries fail, a source's topic does not exist; the status stays `Retrying` until it
+    /// is cleared) or that it does it again (`false`: connected).
+    pub(crate) fn set_failing(&self, failing: bool) {
+        let was = self.inner.failing.swap(failing, Ordering::AcqRel);
+        if was && !failing {
             self.connected();
         }
+    }
+
+    /// Whether [`KafkaContext::set_failing`] holds the status at `Retrying`.
+    pub(crate) fn is_failing(&self) -> bool {
+        self.inner.failing.load(Ordering::Acquire)
     }
 
     /// Records a connection problem (the egress refusal wins: it is the one to fix).
@@ -266,10 +272,15 @@ impl ConsumerContext for KafkaContext {
         let mut ledger = ledger.lock().unwrap_or_else(PoisonError::into_inner);
         match rebalance {
             Rebalance::Assign(partitions) => {
-                for (topic, partition) in partition_ids(partitions) {
-                    ledger.assign(&topic, partition);
+                let assigned = partition_ids(partitions);
+                for (topic, partition) in &assigned {
+                    ledger.assign(topic, *partition);
                 }
                 drop(ledger);
+                if !assigned.is_empty() {
+                    // The topics exist and the group answered.
+                    self.set_failing(false);
+                }
                 self.connected();
             }
             Rebalance::Revoke(partitions) => {

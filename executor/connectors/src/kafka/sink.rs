@@ -242,7 +242,8 @@ impl Sink for KafkaSink {
                 }
             }
             if again.is_empty() {
-                self.context.deliveries_failing(false);
+                self.context.set_failing(false);
+                self.context.connected();
                 break;
             }
             let detail = last_error.unwrap_or_default();
@@ -251,7 +252,7 @@ impl Sink for KafkaSink {
                 detail,
                 "kafka deliveries failed; sending again"
             );
-            self.context.deliveries_failing(true);
+            self.context.set_failing(true);
             self.context.retrying(&detail);
             failed_attempts += 1;
             if fatal || self.context.take_fatal() || failed_attempts >= REPLACE_AFTER_ATTEMPTS {

@@ -21,7 +21,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::util::Timeout;
@@ -125,7 +125,10 @@ impl Running {
                     let first = received.map(|m| to_inbound(&m));
                     self.receive(first);
                     // Take what librdkafka already holds, without waiting.
-                    while self.buffer.len() < BUFFERED {
+                    for _ in 0..BUFFERED {
+                        if self.buffer.len() >= BUFFERED {
+                            break;
+                        }
                         let next = tokio::time::timeout(Duration::ZERO, self.consumer.recv()).await;
                         let Ok(next) = next else {
                             break;
@@ -146,6 +149,9 @@ impl Running {
         match received {
             Ok(inbound) => {
                 self.buffer.push_back(inbound);
+                if self.context.is_failing() {
+                    self.context.set_failing(false);
+                }
                 if self.paused {
                     // From a partition assigned since the pause: pause it as well.
                     self.set_paused(true);
@@ -154,7 +160,14 @@ impl Running {
             Err(error) => {
                 tracing::debug!(%error, "kafka consumer error");
                 if let KafkaError::MessageConsumption(code) = &error {
-                    self.context.retrying(&code.to_string());
+                    if matches!(
+                        code,
+                        RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic
+                    ) {
+                        // Held until the group assigns partitions or a record arrives.
+                        self.context.set_failing(true);
+                    }
+                    self.context.retrying(&format!("consuming: {code}"));
                 }
             }
         }
