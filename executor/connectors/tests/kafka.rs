@@ -368,6 +368,66 @@ async fn sink_creates_its_topic_only_when_asked() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sink_creates_no_topic_unless_asked() {
+    let address = broker();
+    let topic = unique("not-created");
+    let context = context("not-creates", loopback_allowed());
+    let mut sink = KafkaConnector
+        .sink(sink_spec(&address, &topic, &[]), context.clone())
+        .await
+        .unwrap();
+    let sending = tokio::spawn(async move { sink.send(vec![Outbound::new("t", "nowhere")]).await });
+    wait_retrying_with(&context, &topic).await;
+    assert!(
+        !sending.is_finished(),
+        "an output to a missing topic was reported accepted"
+    );
+    sending.abort();
+    let admin: AdminClient<DefaultClientContext> = client_config(&address).create().await.unwrap();
+    let metadata = admin
+        .inner()
+        .fetch_metadata(None, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(
+        !metadata.topics().iter().any(|t| t.name() == topic),
+        "the topic was created without create_topics"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_says_when_its_topic_does_not_exist_and_reads_it_once_created() {
+    let address = broker();
+    let topic = unique("missing");
+    let context = context("missing", loopback_allowed());
+    let running = conformance::start_source(
+        &KafkaConnector,
+        source_spec(&address, &topic),
+        context.clone(),
+        10,
+    )
+    .await
+    .unwrap();
+    let error = wait_retrying_with(&context, "nknown topic").await;
+    // It stays so while the topic is missing (broker statistics do not hide it).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        matches!(context.status.get().0, ConnectionState::Retrying { .. }),
+        "{error} then {:?}",
+        context.status.get().0
+    );
+    create_topics(&address, &[&topic], 1).await;
+    let broker = KafkaBroker::new(&address).await;
+    broker
+        .publish(vec![Outbound::new(topic.clone(), "late")])
+        .await
+        .unwrap();
+    let got = running.intake.take(1, Duration::from_secs(120)).await;
+    assert_eq!(got.len(), 1, "the record on the created topic was not read");
+    conformance::wait_connected(&context).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_key_travels_as_the_record_key_and_comes_back_as_user_property_key() {
     let address = broker();
     let topic = unique("keys");
@@ -693,8 +753,12 @@ impl Relay {
         let task = tokio::spawn(async move {
             let mut connections = tokio::task::JoinSet::new();
             loop {
-                let Ok((mut client, _)) = listener.accept().await else {
-                    continue;
+                let (mut client, _) = match listener.accept().await {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        eprintln!("relay accept: {error}");
+                        continue;
+                    }
                 };
                 connections.spawn(async move {
                     if let Ok(mut server) = TcpStream::connect(target).await {
@@ -704,10 +768,12 @@ impl Relay {
             }
         });
         *self.task.lock().unwrap() = Some(task);
+        eprintln!("relay {} up", self.port);
     }
 
     /// Closes the listener and cuts every connection (the accept task owns them).
     fn down(&self) {
+        eprintln!("relay {} down", self.port);
         if let Some(task) = self.task.lock().unwrap().take() {
             task.abort();
         }
@@ -769,11 +835,9 @@ async fn at_least_once_by_count_through_broker_outages_and_a_consumer_restart() 
         conformance::start_source(&KafkaConnector, source_spec.clone(), context.clone(), 500)
             .await
             .unwrap();
+    let sink_context = context.with_fresh_status();
     let mut sink = KafkaConnector
-        .sink(
-            sink_spec(&address, &output, &[]),
-            context.with_fresh_status(),
-        )
+        .sink(sink_spec(&address, &output, &[]), sink_context.clone())
         .await
         .unwrap();
     let mut forwarded = 0_usize;
@@ -785,9 +849,10 @@ async fn at_least_once_by_count_through_broker_outages_and_a_consumer_restart() 
         if progress.elapsed() > Duration::from_secs(10) {
             progress = tokio::time::Instant::now();
             eprintln!(
-                "progress: {forwarded} forwarded, {} arrived, source {:?}, events {events:?}",
+                "progress: {forwarded} forwarded, {} arrived, source {:?}, sink {:?}, events {events:?}",
                 seen.lock().unwrap().len(),
-                context.status.get().0
+                context.status.get().0,
+                sink_context.status.get().0
             );
         }
         assert!(
@@ -803,7 +868,22 @@ async fn at_least_once_by_count_through_broker_outages_and_a_consumer_restart() 
             .iter()
             .map(|m| Outbound::new(output.clone(), m.payload.clone()))
             .collect();
-        let report = sink.send(outputs).await.unwrap();
+        let report = {
+            let sending = sink.send(outputs);
+            tokio::pin!(sending);
+            loop {
+                match tokio::time::timeout(Duration::from_secs(10), &mut sending).await {
+                    Ok(report) => break report.unwrap(),
+                    Err(_) => {
+                        eprintln!(
+                            "progress: a send of {} is taking long; sink {:?}",
+                            batch.len(),
+                            sink_context.status.get().0
+                        );
+                    }
+                }
+            }
+        };
         assert!(report.rejected.is_empty(), "{report:?}");
         forwarded += batch.len();
 
@@ -867,4 +947,149 @@ async fn at_least_once_by_count_through_broker_outages_and_a_consumer_restart() 
         3,
         "every outage and the restart happened: {events:?}"
     );
+}
+
+/// Waits until `group` committed `offset` for partition 0 of `topic`.
+async fn wait_committed(address: &str, group: &str, topic: &str, offset: i64) {
+    let reader: StreamConsumer = client_config(address)
+        .set("group.id", group)
+        .create()
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut partitions = rdkafka::TopicPartitionList::new();
+        partitions.add_partition(topic, 0);
+        let committed = reader
+            .committed_offsets(partitions, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let now = committed.elements()[0].offset();
+        if now == rdkafka::Offset::Offset(offset) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{group} committed {now:?} for {topic}, not {offset}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_record_is_read_again_and_nothing_from_it_on_is_committed() {
+    let address = broker();
+    let topic = unique("abandoned");
+    create_topics(&address, &[&topic], 1).await;
+    let broker = KafkaBroker::new(&address).await;
+    let context = context("abandoned", loopback_allowed());
+    let spec = source_spec(&address, &topic);
+    let running = conformance::start_source(&KafkaConnector, spec.clone(), context.clone(), 10)
+        .await
+        .unwrap();
+    broker
+        .publish(conformance::sample_messages(&topic, "abandoned"))
+        .await
+        .unwrap();
+    let first = running.intake.take(3, Duration::from_secs(60)).await;
+    assert_eq!(first.len(), 3);
+    // 0 processed, 1 abandoned, 2 processed: 1 and 2 come again, 0 does not.
+    running.intake.settle(&running.acks, &first[0], true);
+    running.intake.settle(&running.acks, &first[1], false);
+    running.intake.settle(&running.acks, &first[2], true);
+    let again = running.intake.take(2, Duration::from_secs(30)).await;
+    let payloads: Vec<&Bytes> = again.iter().map(|m| &m.payload).collect();
+    assert_eq!(payloads, [&first[1].payload, &first[2].payload]);
+    for message in &again {
+        running.intake.settle(&running.acks, message, true);
+    }
+    // The source stores offset 3 (the next record to read) and librdkafka commits it.
+    wait_committed(&address, &context.client_id, &topic, 3).await;
+    drop(running);
+    // Everything is processed now: the group's next consumer reads nothing of it again,
+    // only what comes after.
+    let context = context.with_fresh_status();
+    let running = conformance::start_source(&KafkaConnector, spec, context.clone(), 10)
+        .await
+        .unwrap();
+    broker
+        .publish(vec![Outbound::new(topic.clone(), "after")])
+        .await
+        .unwrap();
+    let next = running.intake.take(1, Duration::from_secs(60)).await;
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].payload, "after");
+    assert!(
+        running
+            .intake
+            .take(1, Duration::from_secs(2))
+            .await
+            .is_empty()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_follows_the_broker_through_a_stop_and_a_restart() {
+    let port = free_port();
+    let address = format!("127.0.0.1:{port}");
+    let broker = PrivateBroker::start(port, &address).await;
+    let topic = unique("restart");
+    create_topics(&address, &[&topic], 1).await;
+    let source_context = context("restart-source", loopback_allowed());
+    let running = conformance::start_source(
+        &KafkaConnector,
+        source_spec(&address, &topic),
+        source_context.clone(),
+        10,
+    )
+    .await
+    .unwrap();
+    conformance::wait_connected(&source_context).await.unwrap();
+    let sink_context = context("restart-sink", loopback_allowed());
+    let mut sink = KafkaConnector
+        .sink(
+            sink_spec(&address, &topic, &[("create_topics", "true")]),
+            sink_context.clone(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        sink.send(vec![Outbound::new("t", "before")])
+            .await
+            .unwrap()
+            .rejected
+            .is_empty()
+    );
+
+    // The broker stops: both say so.
+    drop(broker);
+    wait_retrying_with(&source_context, "").await;
+    let mut sending = tokio::spawn(async move {
+        let report = sink.send(vec![Outbound::new("t", "across")]).await;
+        (sink, report)
+    });
+    wait_retrying_with(&sink_context, "").await;
+    assert!(!sending.is_finished());
+
+    // It starts again on the same port (the memory engine starts empty: the test creates the
+    // topic again, as an operator would): the output goes through and both are connected.
+    let _broker = PrivateBroker::start(port, &address).await;
+    create_topics(&address, &[&topic], 1).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let (_sink, report) = loop {
+        match tokio::time::timeout(Duration::from_secs(10), &mut sending).await {
+            Ok(done) => break done.unwrap(),
+            Err(_) => {
+                eprintln!("progress: sink {:?}", sink_context.status.get().0);
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "no delivery after the restart"
+                );
+            }
+        }
+    };
+    assert!(report.unwrap().rejected.is_empty());
+    conformance::wait_connected(&sink_context).await.unwrap();
+    conformance::wait_connected(&source_context).await.unwrap();
+    drop(running);
 }

@@ -248,6 +248,12 @@ impl KafkaSettings {
             )
             // Connection closes are reported through the error callback already.
             .set("log.connection.close", "false")
+            // Topics are created only when the endpoint asks (through the admin API), never
+            // by a broker as a side effect of a metadata request.
+            .set("allow.auto.create.topics", "false")
+            // A topic created after the deployment (or re-created) is found within seconds,
+            // not after librdkafka's default five minutes.
+            .set("topic.metadata.refresh.interval.ms", "10000")
             // Our resolve hook checks every address; do not let librdkafka re-resolve the
             // bootstrap list into canonical names behind it.
             .set("client.dns.lookup", "use_all_dns_ips");
@@ -290,7 +296,6 @@ impl KafkaSettings {
                     OffsetReset::Latest => "latest",
                 },
             )
-            .set("allow.auto.create.topics", "false")
             .set("message.max.bytes", message_max.to_string())
             .set("fetch.max.bytes", fetch_max.to_string())
             .set("receive.message.max.bytes", (fetch_max + 512).to_string())

@@ -3,14 +3,14 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use rdkafka::client::BrokerAddr;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{ConsumerContext, Rebalance};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::{ClientContext, TopicPartitionList};
 use weir_api::egress::{Egress, EgressError, parse_ip};
 
@@ -47,6 +47,10 @@ struct Inner {
     refusals: Mutex<BTreeMap<String, (String, Instant)>>,
     /// The source's offsets, kept in step with the group's assignment (consumers only).
     ledger: Option<Arc<Mutex<Ledger>>>,
+    /// A sink's deliveries are failing: broker statistics alone do not make it connected.
+    failing: AtomicBool,
+    /// librdkafka reported a fatal error (an idempotent producer that can produce no more).
+    fatal: AtomicBool,
     /// Turns through a name's addresses, one per connection attempt (librdkafka gets one
     /// checked address at a time, so a name whose first address does not answer is still
     /// reached through the others).
@@ -68,6 +72,8 @@ impl KafkaContext {
                 client_id: client_id.to_owned(),
                 refusals: Mutex::new(BTreeMap::new()),
                 ledger,
+                failing: AtomicBool::new(false),
+                fatal: AtomicBool::new(false),
                 rotation: AtomicUsize::new(0),
             }),
         }
@@ -133,11 +139,32 @@ impl KafkaContext {
             .map(|(why, _)| why.clone())
     }
 
+    /// Whether librdkafka reported a fatal error since the last call (the client must be
+    /// replaced).
+    pub(crate) fn take_fatal(&self) -> bool {
+        self.inner.fatal.swap(false, Ordering::AcqRel)
+    }
+
     /// Records that a broker answered, so the connection is up unless an address was refused.
     pub(crate) fn connected(&self) {
         if self.current_refusal().is_none() {
             self.inner.status.set(ConnectionState::Connected);
         }
+    }
+
+    /// Records that the client cannot do its work although brokers answer (`true`: a sink's
+    /// deliveries fail, a source's topic does not exist; the status stays `Retrying` until it
+    /// is cleared) or that it does it again (`false`: connected).
+    pub(crate) fn set_failing(&self, failing: bool) {
+        let was = self.inner.failing.swap(failing, Ordering::AcqRel);
+        if was && !failing {
+            self.connected();
+        }
+    }
+
+    /// Whether [`KafkaContext::set_failing`] holds the status at `Retrying`.
+    pub(crate) fn is_failing(&self) -> bool {
+        self.inner.failing.load(Ordering::Acquire)
     }
 
     /// Records a connection problem (the egress refusal wins: it is the one to fix).
@@ -186,13 +213,18 @@ impl ClientContext for KafkaContext {
         let Ok(statistics) = serde_json::from_slice::<Statistics>(statistics) else {
             return;
         };
-        if statistics.brokers.values().any(|b| b.state == "UP") {
+        if statistics.brokers.values().any(|b| b.state == "UP")
+            && !self.inner.failing.load(Ordering::Acquire)
+        {
             self.connected();
         }
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
         tracing::debug!(client = self.inner.client_id, %error, reason, "kafka client error");
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
+            self.inner.fatal.store(true, Ordering::Release);
+        }
         self.retrying(reason);
     }
 
@@ -240,10 +272,15 @@ impl ConsumerContext for KafkaContext {
         let mut ledger = ledger.lock().unwrap_or_else(PoisonError::into_inner);
         match rebalance {
             Rebalance::Assign(partitions) => {
-                for (topic, partition) in partition_ids(partitions) {
-                    ledger.assign(&topic, partition);
+                let assigned = partition_ids(partitions);
+                for (topic, partition) in &assigned {
+                    ledger.assign(topic, *partition);
                 }
                 drop(ledger);
+                if !assigned.is_empty() {
+                    // The topics exist and the group answered.
+                    self.set_failing(false);
+                }
                 self.connected();
             }
             Rebalance::Revoke(partitions) => {

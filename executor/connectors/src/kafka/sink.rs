@@ -22,6 +22,9 @@ use crate::ConnectorError;
 use crate::message::Outbound;
 use crate::sink::{Rejection, SendReport, Sink};
 
+/// Failed attempts of one batch after which the producer is replaced.
+const REPLACE_AFTER_ATTEMPTS: u32 = 2;
+
 /// Most topics remembered as created (a binding with `${outputTopic}` may write to many).
 const MAX_CREATED_TOPICS: usize = 4096;
 
@@ -72,6 +75,16 @@ impl KafkaSink {
             .map_err(|e| ConnectorError::Refused(format!("the kafka producer: {e}")))?;
         self.producer = Some(OffThreadDrop::new(producer.clone()));
         Ok(producer)
+    }
+
+    /// How long delivery reports may take: librdkafka fails a record after
+    /// `message.timeout.ms` (the read timeout), so a report later than that is not coming.
+    fn report_wait(&self) -> std::time::Duration {
+        self.target
+            .context
+            .read_timeout
+            .max(std::time::Duration::from_secs(1))
+            + std::time::Duration::from_secs(5)
     }
 
     /// Turns an output into a record, or says why it can never be produced.
@@ -158,6 +171,7 @@ impl Sink for KafkaSink {
             self.create_topics(&records).await?;
         }
         let mut backoff = Backoff::default();
+        let mut failed_attempts = 0_u32;
         while !records.is_empty() {
             let producer = self.producer().await?;
             let mut deliveries: Vec<(Record, Option<DeliveryFuture>, Option<Failure>)> =
@@ -177,20 +191,37 @@ impl Sink for KafkaSink {
                     }
                 }
             }
-            // Every delivery report is awaited before anything is reported accepted.
+            // Only the sink's own handle keeps the producer, so replacing it closes the
+            // producer on a thread of its own, never here.
+            drop(producer);
+            // Every delivery report is awaited before anything is reported accepted. A report
+            // comes within `message.timeout.ms`; one that does not (a producer wedged by a
+            // fatal error keeps its queue: librdkafka #518) counts as a failure and the
+            // producer is replaced.
+            let reports_due = tokio::time::Instant::now() + self.report_wait();
             let mut again = Vec::new();
             let mut last_error = None;
             let mut fatal = false;
             for (record, delivery, failure) in deliveries {
                 let failure = match (delivery, failure) {
-                    (Some(delivery), _) => match delivery.await {
-                        Ok(Ok(_)) => None,
-                        Ok(Err((error, _))) => Some(classify(&error, &record.topic)),
-                        Err(_canceled) => Some(Failure::Transient {
-                            detail: "the kafka producer stopped".to_owned(),
-                            fatal: true,
-                        }),
-                    },
+                    (Some(delivery), _) => {
+                        match tokio::time::timeout_at(reports_due, delivery).await {
+                            Ok(Ok(Ok(_))) => None,
+                            Ok(Ok(Err((error, _)))) => Some(classify(&error, &record.topic)),
+                            Ok(Err(_canceled)) => Some(Failure::Transient {
+                                detail: "the kafka producer stopped".to_owned(),
+                                fatal: true,
+                            }),
+                            Err(_late) => Some(Failure::Transient {
+                                detail: format!(
+                                    "no delivery report for {} within {:?}",
+                                    record.topic,
+                                    self.report_wait()
+                                ),
+                                fatal: true,
+                            }),
+                        }
+                    }
                     (None, failure) => failure,
                 };
                 match failure {
@@ -211,6 +242,7 @@ impl Sink for KafkaSink {
                 }
             }
             if again.is_empty() {
+                self.context.set_failing(false);
                 self.context.connected();
                 break;
             }
@@ -220,10 +252,16 @@ impl Sink for KafkaSink {
                 detail,
                 "kafka deliveries failed; sending again"
             );
+            self.context.set_failing(true);
             self.context.retrying(&detail);
-            if fatal {
-                // An idempotent producer with a fatal error produces nothing more: start anew.
+            failed_attempts += 1;
+            if fatal || self.context.take_fatal() || failed_attempts >= REPLACE_AFTER_ATTEMPTS {
+                // An idempotent producer with a fatal error (fenced, out of sequence) produces
+                // nothing more, and one that delivered nothing for several attempts may hold
+                // producer state the broker lost (a restarted broker): start anew. Its
+                // undelivered records are purged as it closes.
                 self.producer = None;
+                failed_attempts = 0;
             }
             records = again;
             backoff.wait().await;
@@ -263,7 +301,14 @@ fn classify(error: &KafkaError, topic: &str) -> Failure {
             detail: format!("the broker did not acknowledge records for {topic} in time"),
             fatal: false,
         },
-        Some(RDKafkaErrorCode::Fatal) => Failure::Transient {
+        Some(
+            RDKafkaErrorCode::Fatal
+            | RDKafkaErrorCode::ProducerFenced
+            | RDKafkaErrorCode::InvalidProducerEpoch
+            | RDKafkaErrorCode::OutOfOrderSequenceNumber
+            | RDKafkaErrorCode::UnknownProducerId
+            | RDKafkaErrorCode::InvalidProducerIdMapping,
+        ) => Failure::Transient {
             detail: format!("the producer failed: {error}"),
             fatal: true,
         },

@@ -21,7 +21,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::util::Timeout;
@@ -125,7 +125,10 @@ impl Running {
                     let first = received.map(|m| to_inbound(&m));
                     self.receive(first);
                     // Take what librdkafka already holds, without waiting.
-                    while self.buffer.len() < BUFFERED {
+                    for _ in 0..BUFFERED {
+                        if self.buffer.len() >= BUFFERED {
+                            break;
+                        }
                         let next = tokio::time::timeout(Duration::ZERO, self.consumer.recv()).await;
                         let Ok(next) = next else {
                             break;
@@ -146,15 +149,25 @@ impl Running {
         match received {
             Ok(inbound) => {
                 self.buffer.push_back(inbound);
+                if self.context.is_failing() {
+                    self.context.set_failing(false);
+                }
                 if self.paused {
-                    // A partition assigned since the pause: pause it as well.
-                    self.paused = false;
+                    // From a partition assigned since the pause: pause it as well.
+                    self.set_paused(true);
                 }
             }
             Err(error) => {
                 tracing::debug!(%error, "kafka consumer error");
                 if let KafkaError::MessageConsumption(code) = &error {
-                    self.context.retrying(&code.to_string());
+                    if matches!(
+                        code,
+                        RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic
+                    ) {
+                        // Held until the group assigns partitions or a record arrives.
+                        self.context.set_failing(true);
+                    }
+                    self.context.retrying(&format!("consuming: {code}"));
                 }
             }
         }
@@ -228,9 +241,13 @@ impl Running {
     /// Pauses the assignment while the buffer is full, resumes it once there is room.
     fn pause_or_resume(&mut self) {
         let want_paused = self.buffer.len() >= BUFFERED;
-        if want_paused == self.paused {
-            return;
+        if want_paused != self.paused {
+            self.set_paused(want_paused);
         }
+    }
+
+    /// Pauses (or resumes) every partition assigned now.
+    fn set_paused(&mut self, want_paused: bool) {
         let assignment = match self.consumer.assignment() {
             Ok(assignment) => assignment,
             Err(error) => {

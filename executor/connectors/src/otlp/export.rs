@@ -478,8 +478,4 @@ impl Sink for OtlpSink {
         report.rejected.sort_by_key(|r| r.index);
         Ok(report)
     }
-
-    fn max_batch(&self) -> usize {
-        256
-    }
 }
