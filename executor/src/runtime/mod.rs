@@ -467,7 +467,8 @@ impl LocalExecutor {
         }
     }
 
-    /// Every problem with the bindings, by the connectors' checks.
+    /// Every problem with the bindings, by the connectors' checks, on the endpoints as they will
+    /// be connected (the `default` endpoint filled in with the embedded broker).
     fn check_bindings(&self, assignment: &Assignment) -> Vec<Problem> {
         let mut problems = Vec::new();
         let source = &assignment.source;
@@ -481,10 +482,14 @@ impl LocalExecutor {
                     self.connectors.kinds().join(", ")
                 ),
             )),
-            Some(connector) => problems.extend(connector.check_source(&SourceSpec {
-                endpoint: source.endpoint.clone(),
-                topics: source.topics.clone(),
-            })),
+            Some(connector) => {
+                let (endpoint, _, _) =
+                    self.endpoint(source, &assignment.quotas, &assignment.tenant);
+                problems.extend(connector.check_source(&SourceSpec {
+                    endpoint,
+                    topics: source.topics.clone(),
+                }));
+            }
         }
         let sink = &assignment.sink;
         match self.connectors.get(&sink.endpoint.kind) {
@@ -497,10 +502,13 @@ impl LocalExecutor {
                     self.connectors.kinds().join(", ")
                 ),
             )),
-            Some(connector) => problems.extend(connector.check_sink(&SinkSpec {
-                endpoint: sink.endpoint.clone(),
-                topic: sink.topics.first().cloned().unwrap_or_default(),
-            })),
+            Some(connector) => {
+                let (endpoint, _, _) = self.endpoint(sink, &assignment.quotas, &assignment.tenant);
+                problems.extend(connector.check_sink(&SinkSpec {
+                    endpoint,
+                    topic: sink.topics.first().cloned().unwrap_or_default(),
+                }));
+            }
         }
         problems
     }
