@@ -4,6 +4,7 @@ mod broker;
 mod deployments;
 mod golden;
 mod local;
+mod mqtt;
 mod remote;
 mod run;
 mod serve;
@@ -38,6 +39,9 @@ enum Command {
     Graph(remote::ArtifactArgs),
     /// Create, list and delete device credentials for the embedded MQTT broker.
     Device(remote::DeviceArgs),
+    /// Publish to and subscribe on an MQTT broker (the embedded one by default), for a quick
+    /// check.
+    Mqtt(mqtt::MqttArgs),
     /// Deploy a graph (weir's JSON document, or an Azure DataflowGraph).
     Deploy(remote::DeployArgs),
     /// Show deployments, or one with its counters and history.
@@ -89,6 +93,7 @@ fn main() -> std::process::ExitCode {
             Command::Module(args) => remote::module(args).await,
             Command::Graph(args) => remote::graph(args).await,
             Command::Device(args) => remote::device(args).await,
+            Command::Mqtt(args) => mqtt::mqtt(args).await,
             Command::Deploy(args) => remote::deploy(args).await,
             Command::Status(args) => remote::status(args).await,
             Command::Ingest(args) => remote::ingest(args).await,

@@ -26,13 +26,17 @@ pub(crate) struct ServeArgs {
     /// The address the API listens on.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    /// Create a `demo` tenant with the temperature module and the sample graph deployed as
-    /// `demo` (once; later starts find it), and print a developer token and what to try.
+    /// Create a `demo` tenant with the temperature module (embedded in weir) and the sample
+    /// graph deployed twice: `demo` (HTTP in and out) and `demo-mqtt` (on the embedded broker,
+    /// `sensors/temperature/raw` in, `sensors/temperature/processed` out), and a device
+    /// `thermometer` (once; later starts find them and replace the device's password). Prints
+    /// a developer token, the device's login and what to try.
     #[arg(long)]
     demo: bool,
-    /// Where `--demo` finds `temperature.wasm` (built by `scripts/demo`).
-    #[arg(long, default_value = "target/guests/wasm32-wasip2/release")]
-    modules: PathBuf,
+    /// A directory whose `temperature.wasm` `--demo` uploads instead of the module embedded in
+    /// weir.
+    #[arg(long)]
+    modules: Option<PathBuf>,
     /// Operator instances alive at once on this executor, across tenants: the pool that
     /// tenants' `max_instances` quotas are admitted against.
     #[arg(long, default_value_t = 256)]
@@ -61,10 +65,43 @@ pub(crate) struct ServeArgs {
 /// The graph `--demo` deploys: Fahrenheit readings to Celsius, then a range filter.
 const DEMO_GRAPH: &str = include_str!("../../tests/golden/graph-simple.yaml");
 
-/// Sets up the demo tenant through the API itself, as a user would.
-async fn demo(address: SocketAddr, admin: &str, modules: &Path) -> anyhow::Result<()> {
+/// The device `--demo` creates credentials for: it logs in to the embedded broker as
+/// `thermometer@demo`.
+const DEMO_DEVICE: &str = "thermometer";
+
+/// Where the `demo-mqtt` deployment reads on the embedded broker (topic names as Azure IoT
+/// Operations' dataflow samples use them).
+const DEMO_SOURCE_TOPIC: &str = "sensors/temperature/raw";
+/// Where the `demo-mqtt` deployment writes its outputs on the embedded broker.
+const DEMO_SINK_TOPIC: &str = "sensors/temperature/processed";
+
+/// The reading the printed commands send: 212 °F, which the graph turns into 100 °C.
+const DEMO_READING: &str = r#"{"temperature":{"value":212,"unit":"F"}}"#;
+
+/// Sets up the demo tenant through the API itself, as a user would: the temperature module
+/// (embedded in this binary, or `--modules DIR`'s `temperature.wasm`), the sample graph deployed twice
+/// (`demo` over HTTP, `demo-mqtt` on the embedded broker at `broker`), and a device credential.
+/// A later start finds the tenant and only mints a new developer token and replaces the
+/// device's password (weir keeps only its hash), so the printed commands work again.
+async fn demo(
+    address: SocketAddr,
+    admin: &str,
+    modules: Option<&Path>,
+    broker: SocketAddr,
+) -> anyhow::Result<()> {
     use weir_api::client::Client;
     use weir_api::rest::{Binding, CreateDeployment, CreateTenant, GraphRef, MintToken};
+    // Read first: a missing file leaves no half-made demo behind.
+    let wasm = match modules {
+        Some(dir) => {
+            let path = dir.join("temperature.wasm");
+            let read = path.clone();
+            tokio::task::spawn_blocking(move || std::fs::read(read))
+                .await?
+                .with_context(|| format!("--modules: cannot read {}", path.display()))?
+        }
+        None => weir_guests::TEMPERATURE_WASM.to_vec(),
+    };
     let admin = Client::new(&format!("http://{address}"), Some(admin.to_owned()))?;
     let created = admin
         .create_tenant(&CreateTenant {
@@ -73,59 +110,131 @@ async fn demo(address: SocketAddr, admin: &str, modules: &Path) -> anyhow::Resul
             quotas: None,
         })
         .await;
-    match created {
-        Ok(_) => {}
+    let fresh = match created {
+        Ok(_) => true,
         Err(error) if error.code() == Some("conflict") => {
             println!(
-                "demo: tenant demo exists already (deployment demo resumed if it was running)"
+                "demo: tenant demo exists already (its deployments resumed if they were running)"
             );
-            return Ok(());
+            false
         }
         Err(error) => return Err(error.into()),
-    }
-    let token = admin
-        .mint_token(&MintToken {
-            subject: "demo".to_owned(),
-            role: Role::Developer,
-            ttl_seconds: Some(30 * 24 * 3600),
+    };
+    let mint = |subject: &str, role: Role, ttl_seconds: u64| {
+        let admin = admin.clone();
+        let request = MintToken {
+            subject: subject.to_owned(),
+            role,
+            ttl_seconds: Some(ttl_seconds),
             tenant: Some("demo".to_owned()),
-        })
-        .await?
-        .token
-        .context("the mint answer carries the token")?;
+        };
+        async move {
+            admin
+                .mint_token(&request)
+                .await?
+                .token
+                .context("the mint answer carries the token")
+        }
+    };
+    let token = mint("demo", Role::Developer, 30 * 24 * 3600).await?;
     let developer = admin.with_token(token.clone());
-    let wasm_path = modules.join("temperature.wasm");
-    let wasm = std::fs::read(&wasm_path).with_context(|| {
-        format!(
-            "--demo needs {} (scripts/demo builds it, or pass --modules DIR)",
-            wasm_path.display()
-        )
-    })?;
-    developer.push_module("temperature", "1.0.0", wasm).await?;
-    developer
-        .push_graph("graph-simple", "1.0.0", DEMO_GRAPH.to_owned())
-        .await?;
-    developer
-        .deploy(&CreateDeployment {
-            id: "demo".to_owned(),
+    // Device credentials are the owner's to create; this token lives for the setup only.
+    let owner = admin.with_token(mint("demo-setup", Role::Owner, 300).await?);
+    if fresh {
+        developer.push_module("temperature", "1.0.0", wasm).await?;
+        developer
+            .push_graph("graph-simple", "1.0.0", DEMO_GRAPH.to_owned())
+            .await?;
+        let deployment = |id: &str, source: Binding, sink: Binding| CreateDeployment {
+            id: id.to_owned(),
             graph: GraphRef {
                 name: "graph-simple".to_owned(),
                 version: "1.0.0".to_owned(),
             },
             configuration: Default::default(),
-            source: Binding::default(),
-            sink: Binding::default(),
+            source,
+            sink,
             dead_letters: None,
-        })
-        .await?;
-    println!(
-        "demo: tenant demo, module temperature@1.0.0, graph graph-simple@1.0.0, deployment demo (http in, http out)"
-    );
+        };
+        developer
+            .deploy(&deployment("demo", Binding::default(), Binding::default()))
+            .await?;
+        let embedded = |topic: &str| Binding {
+            endpoint: "default".to_owned(),
+            topics: vec![topic.to_owned()],
+        };
+        developer
+            .deploy(&deployment(
+                "demo-mqtt",
+                embedded(DEMO_SOURCE_TOPIC),
+                embedded(DEMO_SINK_TOPIC),
+            ))
+            .await?;
+        println!("demo: tenant demo, module temperature@1.0.0, graph graph-simple@1.0.0");
+        println!("demo: deployment demo: http in, http out");
+        println!(
+            "demo: deployment demo-mqtt: mqtt in {DEMO_SOURCE_TOPIC}, mqtt out {DEMO_SINK_TOPIC} (endpoint default: the embedded broker)"
+        );
+    } else {
+        match owner.delete_device(DEMO_DEVICE).await {
+            Ok(()) => {}
+            Err(error) if error.code() == Some("not_found") => {}
+            Err(error) => return Err(error.into()),
+        }
+    }
+    let device = owner.create_device(DEMO_DEVICE).await?;
+    wait_until_connected(&developer, "demo-mqtt").await;
     println!("demo: developer token: {token}");
+    println!("demo: device username: {}", device.username);
+    println!("demo: device password: {}", device.password);
     println!(
-        "demo: try  weir ingest demo --server http://{address} --token $TOKEN --wait '{{\"temperature\":{{\"value\":212,\"unit\":\"F\"}}}}'"
+        "demo: try  weir ingest demo --server http://{address} --token $TOKEN --wait '{DEMO_READING}'"
     );
+    let login = format!(
+        "--broker {broker} --username {} --password {}",
+        device.username, device.password
+    );
+    println!("demo: try  weir mqtt sub {login} {DEMO_SINK_TOPIC} --count 1 &");
+    println!("demo: try  weir mqtt pub {login} {DEMO_SOURCE_TOPIC} '{DEMO_READING}'");
     Ok(())
+}
+
+/// Waits (10 s at most) until deployment `id`'s source is connected to the broker (its sink
+/// connects with the first output), so a reading published right after the demo's lines are
+/// printed is not missed; says so if it is not.
+async fn wait_until_connected(developer: &weir_api::client::Client, id: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut state = String::new();
+    loop {
+        let found = developer.deployment(id).await;
+        if let Err(error) = &found
+            && error.code() == Some("not_found")
+        {
+            println!(
+                "demo: warning: deployment {id} does not exist (a data directory of an older weir?)"
+            );
+            return;
+        }
+        if let Ok(deployment) = found
+            && let Some(runtime) = deployment.runtime
+        {
+            runtime
+                .pointer("/source/connection/state")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or_default()
+                .clone_into(&mut state);
+            if state == "connected" {
+                return;
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            println!(
+                "demo: warning: deployment {id}'s source is not connected to the broker yet ({state}); see weir status {id}"
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Issuer name of weir's own tokens.
@@ -325,7 +434,13 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCod
                 "demo-setup",
             )?,
         };
-        demo(address, &admin, &args.modules).await?;
+        demo(
+            address,
+            &admin,
+            args.modules.as_deref(),
+            broker.local_addr(),
+        )
+        .await?;
     }
     println!("mqtt broker listening on mqtt://{}", broker.local_addr());
     // Printed last: scripts and tests wait for this line to know the API is up.

@@ -536,20 +536,29 @@ fn weir(config: &std::path::Path, args: &[&str]) -> (bool, String) {
 #[test]
 fn serve_demo_and_the_cli_commands_work_together() {
     let data = tempfile::tempdir().unwrap();
-    let server = common::serve_with(
-        data.path(),
-        &[
-            "--demo",
-            "--modules",
-            weir_guests::Guest::dir().to_str().unwrap(),
-        ],
+    // No --modules: the demo's module is the one embedded in the binary.
+    let server = common::serve_with(data.path(), &["--demo"]);
+    let line = |prefix: &str| {
+        server
+            .lines
+            .iter()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("--demo prints {prefix:?}: {:?}", server.lines))
+            .to_owned()
+    };
+    let token = line("demo: developer token: ");
+    let device = line("demo: device username: ");
+    let password = line("demo: device password: ");
+    assert_eq!(device, "thermometer@demo");
+    assert!(
+        server
+            .lines
+            .iter()
+            .any(|l| l.starts_with("demo: try  weir mqtt pub --broker ")
+                && l.contains(&server.mqtt_address)),
+        "{:?}",
+        server.lines
     );
-    let token = server
-        .lines
-        .iter()
-        .find_map(|l| l.strip_prefix("demo: developer token: "))
-        .expect("--demo prints a developer token")
-        .to_owned();
     let config = data.path().join("cli.json");
     let url = format!("http://{}", server.address);
     let (ok, _) = weir(&config, &["login", "--server", &url, "--token", &token]);
@@ -564,8 +573,76 @@ fn serve_demo_and_the_cli_commands_work_together() {
     let (ok, out) = weir(&config, &["status", "--output", "json"]);
     assert!(ok, "{out}");
     let list: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(list[0]["id"], "demo");
-    assert_eq!(list[0]["status"], "running");
+    let deployments: Vec<(&str, &str)> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| (d["id"].as_str().unwrap(), d["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        deployments,
+        [("demo", "running"), ("demo-mqtt", "running")],
+        "{out}"
+    );
+
+    // A reading published to the embedded broker comes out of demo-mqtt transformed, with the
+    // publisher's user properties and content type, and a __ts: through the CLI alone.
+    let login = [
+        "--broker",
+        server.mqtt_address.as_str(),
+        "--username",
+        device.as_str(),
+        "--password",
+        password.as_str(),
+    ];
+    let mut sub = vec!["mqtt", "sub"];
+    sub.extend(login);
+    sub.extend([
+        "sensors/temperature/processed",
+        "--count",
+        "1",
+        "--timeout-ms",
+        "30000",
+        "--output",
+        "json",
+    ]);
+    let subscriber = common::Background::start(&sub);
+    subscriber.wait_for_stderr("subscribed to sensors/temperature/processed", LIMIT);
+    let mut publish = vec!["mqtt", "pub"];
+    publish.extend(login);
+    publish.extend([
+        "sensors/temperature/raw",
+        r#"{"temperature":{"value":212,"unit":"F"}}"#,
+        "--user-property",
+        "site=north",
+        "--content-type",
+        "application/json",
+    ]);
+    let (out, err, code) = common::weir_within(&publish, LIMIT);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(
+        out.trim(),
+        "published to sensors/temperature/raw (QoS 1, PUBACK 0x00 Success)"
+    );
+    let (out, err, code) = subscriber.finish(LIMIT);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        err.contains("received 1 message(s): --count reached"),
+        "{err}"
+    );
+    let received: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(received["topic"], "sensors/temperature/processed", "{out}");
+    let reading: serde_json::Value =
+        serde_json::from_str(received["payload"].as_str().unwrap()).unwrap();
+    assert_eq!(reading["temperature"]["value"], 100.0, "{out}");
+    assert_eq!(reading["temperature"]["unit"], "C", "{out}");
+    assert_eq!(received["content_type"], "application/json", "{out}");
+    let properties = received["user_properties"].as_array().unwrap();
+    assert!(
+        properties.contains(&serde_json::json!(["site", "north"])),
+        "{out}"
+    );
+    assert!(properties.iter().any(|p| p[0] == "__ts"), "{out}");
 
     let payload = r#"{"temperature":{"value":212,"unit":"F"}}"#;
     let (ok, out) = weir(
@@ -636,7 +713,7 @@ fn serve_demo_and_the_cli_commands_work_together() {
     assert!(!ok);
     drop(server);
 
-    // A second start with --demo finds the demo in place.
+    // A second start with --demo finds the demo in place, with a new password for its device.
     let again = common::serve_with(
         data.path(),
         &[
@@ -652,5 +729,138 @@ fn serve_demo_and_the_cli_commands_work_together() {
             .any(|l| l.contains("tenant demo exists already")),
         "{:?}",
         again.lines
+    );
+    let renewed = again
+        .lines
+        .iter()
+        .find_map(|l| l.strip_prefix("demo: device password: "))
+        .expect("a later start prints the device's new password");
+    assert_ne!(renewed, password);
+    let mut publish = vec!["mqtt", "pub", "--broker", again.mqtt_address.as_str()];
+    publish.extend([
+        "--username",
+        device.as_str(),
+        "--password",
+        renewed,
+        "sensors/temperature/raw",
+        "{}",
+    ]);
+    let (out, err, code) = common::weir_within(&publish, LIMIT);
+    assert_eq!(code, Some(0), "{out}{err}");
+}
+
+/// How long a `weir` command of these tests may take.
+const LIMIT: Duration = Duration::from_secs(30);
+
+#[tokio::test]
+async fn weir_mqtt_names_what_the_broker_refused() {
+    let data = tempfile::tempdir().unwrap();
+    let server = common::serve(data.path());
+    let admin = server.admin();
+    tenant_with_developer(&admin, "acme", None).await;
+    let owner = common::token(&admin, "acme", Role::Owner).await;
+    let device = owner.create_device("probe").await.unwrap();
+    let broker = server.mqtt_address.as_str();
+    let mqtt = |extra: &[&str]| {
+        let mut args = vec!["mqtt"];
+        args.extend(extra);
+        common::weir_within(&args, LIMIT)
+    };
+
+    // A wrong password: exit 1, the CONNACK named.
+    let (out, err, code) = mqtt(&[
+        "pub",
+        "--broker",
+        broker,
+        "--username",
+        &device.username,
+        "--password",
+        "wrong",
+        "t",
+        "x",
+    ]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(out.is_empty(), "{out}");
+    assert!(
+        err.contains("refused the login: CONNACK 0x86 Bad User Name or Password"),
+        "{err}"
+    );
+
+    // The right password with another tenant's client id.
+    let (_, err, code) = mqtt(&[
+        "sub",
+        "--broker",
+        broker,
+        "--username",
+        &device.username,
+        "--password",
+        &device.password,
+        "--client-id",
+        "probe@other",
+        "#",
+    ]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("CONNACK 0x87 Not authorized"), "{err}");
+
+    // Logged in: what the tenant wall refuses is named too.
+    let login = [
+        "--broker",
+        broker,
+        "--username",
+        &device.username,
+        "--password",
+        &device.password,
+    ];
+    let publish = [&["pub"][..], &login, &["$SYS/broker", "x"]].concat();
+    let (_, err, code) = mqtt(&publish);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("refused the message to $SYS/broker: PUBACK 0x87 Not authorized"),
+        "{err}"
+    );
+    let subscribe = [&["sub"][..], &login, &["$SYS/#", "--timeout-ms", "10000"]].concat();
+    let (_, err, code) = mqtt(&subscribe);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("refused the subscription: $SYS/#: SUBACK 0x87 Not authorized"),
+        "{err}"
+    );
+
+    // --count not reached by --timeout-ms is a failure; without --count the timeout ends it.
+    let subscribe = [
+        &["sub"][..],
+        &login,
+        &["quiet/#", "--count", "1", "--timeout-ms", "300"],
+    ]
+    .concat();
+    let (out, err, code) = mqtt(&subscribe);
+    assert_eq!((code, out.as_str()), (Some(1), ""), "{err}");
+    assert!(
+        err.contains("received 0 of 1 message(s) within 300 ms"),
+        "{err}"
+    );
+    let subscribe = [&["sub"][..], &login, &["quiet/#", "--timeout-ms", "300"]].concat();
+    let (_, err, code) = mqtt(&subscribe);
+    assert_eq!(code, Some(0), "{err}");
+
+    // No broker there: the connection error, not a hang.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let nowhere = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    let (_, err, code) = mqtt(&[
+        "pub",
+        "--broker",
+        &nowhere,
+        "--username",
+        "a@b",
+        "--password",
+        "c",
+        "t",
+        "x",
+    ]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(&format!("cannot reach the MQTT broker at {nowhere}")),
+        "{err}"
     );
 }

@@ -19,6 +19,8 @@ use weir_api::tenancy::{Quotas, Role};
 pub struct Server {
     child: Child,
     pub address: String,
+    /// The embedded MQTT broker's `host:port` (from `mqtt broker listening on mqtt://ADDR`).
+    pub mqtt_address: String,
     pub admin_token: Option<String>,
     /// What it printed before it listened.
     pub lines: Vec<String>,
@@ -62,6 +64,7 @@ pub fn serve_with_env(data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Serv
     let mut server = Server {
         child,
         address: String::new(),
+        mqtt_address: String::new(),
         admin_token: None,
         lines: Vec::new(),
     };
@@ -76,6 +79,9 @@ pub fn serve_with_env(data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Serv
             .nth(1)
         {
             server.admin_token = Some(token.trim().to_owned());
+        }
+        if let Some(address) = line.strip_prefix("mqtt broker listening on mqtt://") {
+            server.mqtt_address = address.trim().to_owned();
         }
         server.lines.push(line.clone());
         if let Some(address) = line.strip_prefix("weir listening on http://") {
@@ -186,4 +192,90 @@ pub fn weir_within(args: &[&str], limit: std::time::Duration) -> (String, String
         String::from_utf8(output.stderr).unwrap(),
         output.status.code(),
     )
+}
+
+/// `weir ARGS` running in the background (killed when dropped): its stderr lines arrive as it
+/// prints them, its stdout at the end.
+pub struct Background {
+    child: Child,
+    stderr: std::sync::mpsc::Receiver<String>,
+    args: Vec<String>,
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
+
+impl Background {
+    /// Starts `weir ARGS` (no stdin).
+    pub fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (lines, received) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { return };
+                if lines.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Self {
+            child,
+            stderr: received,
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
+        }
+    }
+
+    /// Waits until it prints a line to stderr containing `text`; fails after `limit` or if it
+    /// ends first. The lines up to that one.
+    pub fn wait_for_stderr(&self, text: &str, limit: std::time::Duration) -> Vec<String> {
+        let deadline = std::time::Instant::now() + limit;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.stderr.recv_timeout(left) {
+                Ok(line) => {
+                    let found = line.contains(text);
+                    seen.push(line);
+                    if found {
+                        return seen;
+                    }
+                }
+                Err(error) => panic!(
+                    "weir {:?} printed no {text:?} on stderr within {limit:?} ({error}): {seen:?}",
+                    self.args
+                ),
+            }
+        }
+    }
+
+    /// Waits for it to end (fails after `limit`): stdout, the rest of stderr, the exit code.
+    pub fn finish(mut self, limit: std::time::Duration) -> (String, String, Option<i32>) {
+        use std::io::Read;
+        let mut stdout = self.child.stdout.take().unwrap();
+        let (done, finished) = std::sync::mpsc::channel();
+        // Stdout ends when the process does.
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _unwanted = done.send(stdout.read_to_string(&mut text).map(|_| text));
+        });
+        let stdout = finished
+            .recv_timeout(limit)
+            .unwrap_or_else(|_| panic!("weir {:?} did not finish within {limit:?}", self.args))
+            .unwrap();
+        let code = self.child.wait().unwrap().code();
+        // The reader ends at the end of stderr, which the exit closed.
+        let stderr: Vec<String> = self.stderr.iter().collect();
+        (stdout, stderr.join("\n"), code)
+    }
 }

@@ -472,7 +472,8 @@ impl LocalExecutor {
         }
     }
 
-    /// Every problem with the bindings, by the connectors' checks.
+    /// Every problem with the bindings, by the connectors' checks, on the endpoints as they will
+    /// be connected (the `default` endpoint filled in with the embedded broker).
     fn check_bindings(&self, assignment: &Assignment) -> Vec<Problem> {
         let mut problems = Vec::new();
         // The built-in `default` endpoint is checked as the embedded broker it stands for.

@@ -1,5 +1,7 @@
 //! weir's example and hostile guest modules, built from `modules/` for wasm32-wasip2 by this
-//! crate's build script. Tests name a module by its constant and read its bytes.
+//! crate's build script. Tests name a module by its constant and read its bytes; the `weir`
+//! binary embeds the demo's module ([`TEMPERATURE_WASM`]) so `weir serve --demo` needs no source
+//! checkout.
 
 use std::path::PathBuf;
 
@@ -34,6 +36,11 @@ impl Guest {
         self.0
     }
 }
+
+/// The bytes of [`TEMPERATURE`], embedded at build time: the module `weir serve --demo`
+/// deploys.
+pub static TEMPERATURE_WASM: &[u8] =
+    include_bytes!(concat!(env!("WEIR_GUESTS_DIR"), "/temperature.wasm"));
 
 /// Temperature operators: map, branch, filter, accumulate.
 pub const TEMPERATURE: Guest = Guest("temperature");
