@@ -21,7 +21,6 @@ use weir_tenants::Quotas;
 #[derive(Debug)]
 pub(crate) struct LocalDeployments {
     pub(crate) executor: LocalExecutor,
-    pub(crate) store: Arc<dyn ControlStore>,
 }
 
 /// Dead letters kept in the control store (`/v1/deadletters` reads them there).
@@ -140,18 +139,6 @@ impl DeploymentRuntime for LocalDeployments {
             query.after,
             query.limit(),
         )
-    }
-
-    async fn dead_letters(&self, tenant: &TenantId, query: &FeedQuery) -> Vec<DeadLetter> {
-        self.store
-            .dead_letters(
-                tenant,
-                query.deployment.as_deref(),
-                query.after,
-                query.limit(),
-            )
-            .await
-            .unwrap_or_default()
     }
 
     async fn metrics(&self, tenant: &TenantId) -> Vec<MetricSeries> {

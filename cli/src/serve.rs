@@ -387,10 +387,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCod
                 },
             )
             .map_err(|e| anyhow::anyhow!("cannot start the executor: {e}"))?;
-            Arc::new(crate::deployments::LocalDeployments {
-                executor,
-                store: store.clone(),
-            })
+            Arc::new(crate::deployments::LocalDeployments { executor })
         },
         state: module_state,
         limits: Arc::default(),

@@ -164,12 +164,6 @@ pub trait DeploymentRuntime: Send + Sync + std::fmt::Debug {
     async fn status(&self, tenant: &weir_api::TenantId, id: &str) -> Option<serde_json::Value>;
     /// The tenant's log lines numbered above `after`, oldest first.
     async fn logs(&self, tenant: &weir_api::TenantId, query: &FeedQuery) -> Vec<LogLine>;
-    /// The tenant's dead letters numbered above `after`, oldest first. No longer read by the
-    /// gateway: `/v1/deadletters` reads the control store
-    /// (`weir_store::ControlStore::dead_letters`), where the runtime appends them; this goes
-    /// once the runtime keeps none of its own.
-    async fn dead_letters(&self, tenant: &weir_api::TenantId, query: &FeedQuery)
-    -> Vec<DeadLetter>;
     /// The tenant's metric series.
     async fn metrics(&self, tenant: &weir_api::TenantId) -> Vec<MetricSeries>;
     /// What the tenant's deployments have used (the data-plane fields of [`Usage`]; the

@@ -81,13 +81,6 @@ impl weir_gateway::DeploymentRuntime for NoExecutor {
     async fn logs(&self, _: &TenantId, _: &weir_gateway::FeedQuery) -> Vec<weir_gateway::LogLine> {
         Vec::new()
     }
-    async fn dead_letters(
-        &self,
-        _: &TenantId,
-        _: &weir_gateway::FeedQuery,
-    ) -> Vec<weir_gateway::DeadLetter> {
-        Vec::new()
-    }
     async fn metrics(&self, _: &TenantId) -> Vec<weir_gateway::MetricSeries> {
         Vec::new()
     }

@@ -36,7 +36,7 @@ use weir_connectors::{
 use weir_state::MeteredStateStore;
 use weir_tenants::{MessageRates, Quotas, RateRefusal};
 
-pub use edges::{DEAD_LETTER_PAYLOAD_BYTES, DeadLetterJournal, MemoryDeadLetters};
+pub use edges::{DEAD_LETTER_PAYLOAD_BYTES, DeadLetterJournal};
 
 use self::edges::{DeploymentIntake, Edges, pump_dead_letters, pump_outputs};
 use self::tenant::{InstanceLedger, InstanceReservation, TenantShare};

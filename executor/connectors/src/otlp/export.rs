@@ -321,30 +321,27 @@ impl OtlpSink {
             Protocol::Http => self.post("/v1/metrics", request.encode_to_vec()).await,
             Protocol::Grpc => {
                 let mut client = MetricsServiceClient::new(self.channel()?);
-                let answer = tokio::time::timeout(
-                    self.context.read_timeout,
-                    client.export(tonic::Request::new(request.clone())),
-                )
-                .await;
-                match answer {
-                    Err(_) => Err(ExportError::Retry(
-                        "the collector did not answer in time".to_owned(),
-                    )),
-                    Ok(Err(status)) => Err(self.grpc_error(&status)),
-                    Ok(Ok(response)) => {
-                        if let Some(partial) = response.into_inner().partial_success
-                            && partial.rejected_data_points > 0
-                        {
-                            tracing::info!(
-                                rejected = partial.rejected_data_points,
-                                message = partial.error_message,
-                                "the collector rejected some data points"
-                            );
-                        }
-                        Ok(())
-                    }
+                let answer = self.grpc_answer(client.export(request.clone())).await?;
+                if let Some(partial) = answer.partial_success {
+                    log_partial(partial.rejected_data_points, &partial.error_message);
                 }
+                Ok(())
             }
+        }
+    }
+
+    /// The collector's answer to a gRPC export within the read timeout; a timeout or a
+    /// status is the export's error (retried or not, as [`Self::grpc_error`] says).
+    async fn grpc_answer<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Result<T, ExportError> {
+        match tokio::time::timeout(self.context.read_timeout, call).await {
+            Err(_) => Err(ExportError::Retry(
+                "the collector did not answer in time".to_owned(),
+            )),
+            Ok(Err(status)) => Err(self.grpc_error(&status)),
+            Ok(Ok(response)) => Ok(response.into_inner()),
         }
     }
 
@@ -353,29 +350,11 @@ impl OtlpSink {
             Protocol::Http => self.post("/v1/logs", request.encode_to_vec()).await,
             Protocol::Grpc => {
                 let mut client = LogsServiceClient::new(self.channel()?);
-                let answer = tokio::time::timeout(
-                    self.context.read_timeout,
-                    client.export(tonic::Request::new(request.clone())),
-                )
-                .await;
-                match answer {
-                    Err(_) => Err(ExportError::Retry(
-                        "the collector did not answer in time".to_owned(),
-                    )),
-                    Ok(Err(status)) => Err(self.grpc_error(&status)),
-                    Ok(Ok(response)) => {
-                        if let Some(partial) = response.into_inner().partial_success
-                            && partial.rejected_log_records > 0
-                        {
-                            tracing::info!(
-                                rejected = partial.rejected_log_records,
-                                message = partial.error_message,
-                                "the collector rejected some log records"
-                            );
-                        }
-                        Ok(())
-                    }
+                let answer = self.grpc_answer(client.export(request.clone())).await?;
+                if let Some(partial) = answer.partial_success {
+                    log_partial(partial.rejected_log_records, &partial.error_message);
                 }
+                Ok(())
             }
         }
     }
@@ -477,5 +456,16 @@ impl Sink for OtlpSink {
         }
         report.rejected.sort_by_key(|r| r.index);
         Ok(report)
+    }
+}
+
+/// Logs the entries a collector accepted the export without (OTLP partial success).
+fn log_partial(rejected: i64, message: &str) {
+    if rejected > 0 {
+        tracing::info!(
+            rejected,
+            message,
+            "the collector rejected part of an export"
+        );
     }
 }
