@@ -34,8 +34,8 @@ pub const MAX_DEAD_LETTERS: u64 = 10_000;
 pub use blobs::{BlobError, BlobStore, PinnedBlob};
 pub use records::{
     DeadLetterAppend, DeadLetterCounts, DeletedTenant, DeploymentRecord, DeviceRecord,
-    EndpointRecord, GraphRecord, ModuleRecord, NewDevice, StatusChange, TenantRecord, TokenRecord,
-    TokenScope,
+    EndpointRecord, GraphRecord, ModuleLogRecord, ModuleRecord, NewDevice, StatusChange,
+    TenantRecord, TokenRecord, TokenScope, UsageCounters, UsageDelta, UsagePeriodRecord,
 };
 pub use sealing::SealError;
 pub use sqlite::SqliteControlStore;
@@ -267,4 +267,41 @@ pub trait ControlStore: Send + Sync + std::fmt::Debug {
         username: &str,
         password: &[u8],
     ) -> Result<Option<TenantId>, StoreError>;
+
+    /// Adds each delta to its tenant's total, its hour's and its (UTC) day's counters, all in
+    /// one transaction (so a flush counts in full or not at all). Deltas of tenants that no
+    /// longer exist are skipped. Hours older than [`USAGE_HOURS_KEPT`] and days older than
+    /// [`USAGE_DAYS_KEPT`] are dropped (the totals keep counting).
+    async fn add_usage(&self, deltas: Vec<UsageDelta>) -> Result<(), StoreError>;
+    /// The tenant's usage: its total since it was created, and its hours and days that start
+    /// at or after `since_ms`, oldest first (hours before days).
+    async fn usage(
+        &self,
+        tenant: &TenantId,
+        since_ms: u64,
+    ) -> Result<(UsageCounters, Vec<UsagePeriodRecord>), StoreError>;
+
+    /// Appends module log lines of `tenant` (their `seq` is ignored: the store numbers them,
+    /// after the tenant's last number), then drops its oldest lines beyond `max_lines` (its
+    /// `max_log_lines` quota). Nothing for a tenant that no longer exists.
+    async fn append_module_logs(
+        &self,
+        tenant: &TenantId,
+        lines: Vec<ModuleLogRecord>,
+        max_lines: u64,
+    ) -> Result<(), StoreError>;
+    /// The tenant's kept log lines numbered above `after`, oldest first, at most `limit`;
+    /// only `deployment`'s if given.
+    async fn module_logs(
+        &self,
+        tenant: &TenantId,
+        deployment: Option<&str>,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<ModuleLogRecord>, StoreError>;
 }
+
+/// Hours of usage kept per tenant (31 days).
+pub const USAGE_HOURS_KEPT: u64 = 31 * 24;
+/// Days of usage kept per tenant.
+pub const USAGE_DAYS_KEPT: u64 = 400;

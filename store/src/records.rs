@@ -200,3 +200,91 @@ impl std::fmt::Debug for NewDevice {
             .finish()
     }
 }
+
+/// Billable work of a tenant: what [`crate::ControlStore::add_usage`] adds and
+/// [`crate::ControlStore::usage`] reads back, per hour, per day or in total.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UsageCounters {
+    /// Fuel (wasmtime fuel units) the tenant's modules burned, `init` included.
+    pub fuel: u64,
+    /// Messages its deployments took in.
+    pub messages_in: u64,
+    /// Messages its deployments put out.
+    pub messages_out: u64,
+    /// Bytes taken in (topic, payload and user properties of each message).
+    pub bytes_in: u64,
+    /// State store operations (by modules and through the API).
+    pub state_ops: u64,
+}
+
+impl UsageCounters {
+    /// Field by field `self + other`, saturating.
+    #[must_use]
+    pub fn plus(self, other: Self) -> Self {
+        Self {
+            fuel: self.fuel.saturating_add(other.fuel),
+            messages_in: self.messages_in.saturating_add(other.messages_in),
+            messages_out: self.messages_out.saturating_add(other.messages_out),
+            bytes_in: self.bytes_in.saturating_add(other.bytes_in),
+            state_ops: self.state_ops.saturating_add(other.state_ops),
+        }
+    }
+
+    /// Field by field `self - earlier`, saturating at zero (a counter that went back, after
+    /// its tenant was forgotten and made again, counts from zero).
+    #[must_use]
+    pub fn since(self, earlier: Self) -> Self {
+        Self {
+            fuel: self.fuel.saturating_sub(earlier.fuel),
+            messages_in: self.messages_in.saturating_sub(earlier.messages_in),
+            messages_out: self.messages_out.saturating_sub(earlier.messages_out),
+            bytes_in: self.bytes_in.saturating_sub(earlier.bytes_in),
+            state_ops: self.state_ops.saturating_sub(earlier.state_ops),
+        }
+    }
+
+    /// Whether every counter is zero.
+    pub fn is_zero(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// Usage of one tenant to add, counted in the hour starting at `hour_start_ms`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageDelta {
+    /// Whose usage.
+    pub tenant: TenantId,
+    /// Start of the UTC hour it was counted in, in milliseconds since the epoch (a multiple of
+    /// 3,600,000).
+    pub hour_start_ms: u64,
+    /// The work done.
+    pub counters: UsageCounters,
+}
+
+/// A tenant's usage in one hour or one day (UTC).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsagePeriodRecord {
+    /// `hour` or `day`.
+    pub period: &'static str,
+    /// Start of the period, in milliseconds since the epoch.
+    pub start_ms: u64,
+    /// The work done in it.
+    pub counters: UsageCounters,
+}
+
+/// A module's log line as kept in the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModuleLogRecord {
+    /// Its number, increasing per tenant from 1 (given by the store).
+    pub seq: u64,
+    /// Milliseconds since the epoch.
+    pub at_ms: u64,
+    /// `trace`, `debug`, `info`, `warn`, `error` or `critical`.
+    pub level: String,
+    /// The deployment it came from, if known.
+    pub deployment: Option<String>,
+    /// The node that wrote it.
+    pub node: String,
+    /// The text.
+    pub message: String,
+}

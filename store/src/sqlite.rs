@@ -21,8 +21,9 @@ use weir_tenants::{Quotas, Role};
 use crate::sealing::{Sealer, endpoint_identity};
 use crate::{
     ControlStore, DeadLetterAppend, DeadLetterCounts, DeletedTenant, DeploymentRecord,
-    DeviceRecord, EndpointRecord, GraphRecord, MAX_DEAD_LETTERS, ModuleRecord, NewDevice,
-    StatusChange, StoreError, TenantRecord, TokenRecord, TokenScope,
+    DeviceRecord, EndpointRecord, GraphRecord, MAX_DEAD_LETTERS, ModuleLogRecord, ModuleRecord,
+    NewDevice, StatusChange, StoreError, TenantRecord, TokenRecord, TokenScope, USAGE_DAYS_KEPT,
+    USAGE_HOURS_KEPT, UsageCounters, UsageDelta, UsagePeriodRecord,
 };
 
 /// Schema versions, applied in order; never edit one that has shipped, add the next.
@@ -142,7 +143,86 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (tenant, name)
     );
 ",
+    // Usage a platform bills on (a running total per tenant, and hours and days, UTC), and
+    // modules' log lines kept across restarts (numbered per tenant; the counters row keeps the
+    // last number so numbers are never reused after trimming).
+    "
+    CREATE TABLE usage_totals (
+        tenant TEXT PRIMARY KEY REFERENCES tenants(id) ON DELETE CASCADE,
+        fuel INTEGER NOT NULL,
+        messages_in INTEGER NOT NULL,
+        messages_out INTEGER NOT NULL,
+        bytes_in INTEGER NOT NULL,
+        state_ops INTEGER NOT NULL
+    );
+    CREATE TABLE usage_periods (
+        tenant TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+        period TEXT NOT NULL,
+        start_ms INTEGER NOT NULL,
+        fuel INTEGER NOT NULL,
+        messages_in INTEGER NOT NULL,
+        messages_out INTEGER NOT NULL,
+        bytes_in INTEGER NOT NULL,
+        state_ops INTEGER NOT NULL,
+        PRIMARY KEY (tenant, period, start_ms)
+    );
+    CREATE TABLE module_logs (
+        tenant TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+        seq INTEGER NOT NULL,
+        at_ms INTEGER NOT NULL,
+        level TEXT NOT NULL,
+        deployment TEXT,
+        node TEXT NOT NULL,
+        message TEXT NOT NULL,
+        PRIMARY KEY (tenant, seq)
+    );
+    CREATE TABLE module_log_counters (
+        tenant TEXT PRIMARY KEY REFERENCES tenants(id) ON DELETE CASCADE,
+        last_seq INTEGER NOT NULL
+    );
+",
 ];
+
+/// Milliseconds in an hour and in a day.
+const HOUR_MS: u64 = 3_600_000;
+const DAY_MS: u64 = 24 * HOUR_MS;
+
+fn add_usage_row(
+    transaction: &rusqlite::Transaction<'_>,
+    tenant: &str,
+    period: &str,
+    start_ms: u64,
+    c: &UsageCounters,
+) -> rusqlite::Result<usize> {
+    transaction.execute(
+        "INSERT INTO usage_periods (tenant, period, start_ms, fuel, messages_in, messages_out, bytes_in, state_ops)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+         ON CONFLICT (tenant, period, start_ms) DO UPDATE SET
+           fuel = fuel + excluded.fuel, messages_in = messages_in + excluded.messages_in,
+           messages_out = messages_out + excluded.messages_out,
+           bytes_in = bytes_in + excluded.bytes_in, state_ops = state_ops + excluded.state_ops",
+        params![
+            tenant,
+            period,
+            to_i64(start_ms),
+            to_i64(c.fuel),
+            to_i64(c.messages_in),
+            to_i64(c.messages_out),
+            to_i64(c.bytes_in),
+            to_i64(c.state_ops)
+        ],
+    )
+}
+
+fn usage_counters(row: &Row<'_>, first: usize) -> rusqlite::Result<UsageCounters> {
+    Ok(UsageCounters {
+        fuel: to_u64(row.get(first)?),
+        messages_in: to_u64(row.get(first + 1)?),
+        messages_out: to_u64(row.get(first + 2)?),
+        bytes_in: to_u64(row.get(first + 3)?),
+        state_ops: to_u64(row.get(first + 4)?),
+    })
+}
 
 /// Creates `path` private to this user if missing, and makes it (and SQLite's WAL and SHM
 /// files, if present) private if not.
@@ -1287,6 +1367,228 @@ impl ControlStore for SqliteControlStore {
             // `ct_eq` on slices of different lengths is false (in time independent of content).
             let matches = stored.is_some_and(|stored| bool::from(stored.ct_eq(&presented[..])));
             Ok(matches.then_some(tenant))
+        })
+        .await
+    }
+
+    async fn add_usage(&self, deltas: Vec<UsageDelta>) -> Result<(), StoreError> {
+        if deltas.is_empty() {
+            return Ok(());
+        }
+        self.db
+            .with(move |connection| {
+                let transaction = connection
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(database)?;
+                let mut newest_hour = 0;
+                for delta in &deltas {
+                    let tenant = delta.tenant.as_str();
+                    let exists: bool = transaction
+                        .query_row(
+                            "SELECT EXISTS (SELECT 1 FROM tenants WHERE id = ?1)",
+                            [tenant],
+                            |r| r.get(0),
+                        )
+                        .map_err(database)?;
+                    if !exists || delta.counters.is_zero() {
+                        continue;
+                    }
+                    let c = &delta.counters;
+                    transaction
+                        .execute(
+                            "INSERT INTO usage_totals (tenant, fuel, messages_in, messages_out, bytes_in, state_ops)
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                             ON CONFLICT (tenant) DO UPDATE SET
+                               fuel = fuel + excluded.fuel, messages_in = messages_in + excluded.messages_in,
+                               messages_out = messages_out + excluded.messages_out,
+                               bytes_in = bytes_in + excluded.bytes_in, state_ops = state_ops + excluded.state_ops",
+                            params![
+                                tenant,
+                                to_i64(c.fuel),
+                                to_i64(c.messages_in),
+                                to_i64(c.messages_out),
+                                to_i64(c.bytes_in),
+                                to_i64(c.state_ops)
+                            ],
+                        )
+                        .map_err(database)?;
+                    let hour = delta.hour_start_ms - delta.hour_start_ms % HOUR_MS;
+                    newest_hour = newest_hour.max(hour);
+                    add_usage_row(&transaction, tenant, "hour", hour, c).map_err(database)?;
+                    add_usage_row(&transaction, tenant, "day", hour - hour % DAY_MS, c)
+                        .map_err(database)?;
+                }
+                transaction
+                    .execute(
+                        "DELETE FROM usage_periods WHERE (period = 'hour' AND start_ms < ?1) OR (period = 'day' AND start_ms < ?2)",
+                        params![
+                            to_i64(newest_hour.saturating_sub(USAGE_HOURS_KEPT * HOUR_MS)),
+                            to_i64(newest_hour.saturating_sub(USAGE_DAYS_KEPT * DAY_MS))
+                        ],
+                    )
+                    .map_err(database)?;
+                transaction.commit().map_err(database)
+            })
+            .await
+    }
+
+    async fn usage(
+        &self,
+        tenant: &TenantId,
+        since_ms: u64,
+    ) -> Result<(UsageCounters, Vec<UsagePeriodRecord>), StoreError> {
+        let tenant = tenant.to_string();
+        self.with(move |connection| {
+            let total = connection
+                .query_row(
+                    "SELECT fuel, messages_in, messages_out, bytes_in, state_ops FROM usage_totals WHERE tenant = ?1",
+                    [&tenant],
+                    |r| usage_counters(r, 0),
+                )
+                .optional()
+                .map_err(database)?
+                .unwrap_or_default();
+            let mut statement = connection
+                .prepare(
+                    "SELECT period, start_ms, fuel, messages_in, messages_out, bytes_in, state_ops FROM usage_periods
+                     WHERE tenant = ?1 AND start_ms >= ?2 ORDER BY period DESC, start_ms",
+                )
+                .map_err(database)?;
+            let periods = statement
+                .query_map(params![tenant, to_i64(since_ms)], |r| {
+                    let period: String = r.get(0)?;
+                    Ok(UsagePeriodRecord {
+                        period: if period == "day" { "day" } else { "hour" },
+                        start_ms: to_u64(r.get(1)?),
+                        counters: usage_counters(r, 2)?,
+                    })
+                })
+                .map_err(database)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(database)?;
+            Ok((total, periods))
+        })
+        .await
+    }
+
+    async fn append_module_logs(
+        &self,
+        tenant: &TenantId,
+        lines: Vec<ModuleLogRecord>,
+        max_lines: u64,
+    ) -> Result<(), StoreError> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        let tenant = tenant.to_string();
+        self.db
+            .with(move |connection| {
+                let transaction = connection
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(database)?;
+                let exists: bool = transaction
+                    .query_row(
+                        "SELECT EXISTS (SELECT 1 FROM tenants WHERE id = ?1)",
+                        [&tenant],
+                        |r| r.get(0),
+                    )
+                    .map_err(database)?;
+                if !exists {
+                    return Ok(());
+                }
+                let mut seq: u64 = transaction
+                    .query_row(
+                        "SELECT last_seq FROM module_log_counters WHERE tenant = ?1",
+                        [&tenant],
+                        |r| r.get::<_, i64>(0),
+                    )
+                    .optional()
+                    .map_err(database)?
+                    .map_or(0, to_u64);
+                {
+                    let mut insert = transaction
+                        .prepare(
+                            "INSERT INTO module_logs (tenant, seq, at_ms, level, deployment, node, message)
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                        )
+                        .map_err(database)?;
+                    // Only the newest `max_lines` of the batch can be kept.
+                    let skip = lines
+                        .len()
+                        .saturating_sub(usize::try_from(max_lines).unwrap_or(usize::MAX));
+                    seq += skip as u64;
+                    for line in lines.iter().skip(skip) {
+                        seq += 1;
+                        insert
+                            .execute(params![
+                                tenant,
+                                to_i64(seq),
+                                to_i64(line.at_ms),
+                                line.level,
+                                line.deployment,
+                                line.node,
+                                line.message
+                            ])
+                            .map_err(database)?;
+                    }
+                }
+                transaction
+                    .execute(
+                        "INSERT INTO module_log_counters (tenant, last_seq) VALUES (?1, ?2)
+                         ON CONFLICT (tenant) DO UPDATE SET last_seq = excluded.last_seq",
+                        params![tenant, to_i64(seq)],
+                    )
+                    .map_err(database)?;
+                transaction
+                    .execute(
+                        "DELETE FROM module_logs WHERE tenant = ?1 AND seq <= ?2",
+                        params![tenant, to_i64(seq.saturating_sub(max_lines))],
+                    )
+                    .map_err(database)?;
+                transaction.commit().map_err(database)
+            })
+            .await
+    }
+
+    async fn module_logs(
+        &self,
+        tenant: &TenantId,
+        deployment: Option<&str>,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<ModuleLogRecord>, StoreError> {
+        let tenant = tenant.to_string();
+        let deployment = deployment.map(str::to_owned);
+        self.with(move |connection| {
+            let mut statement = connection
+                .prepare(
+                    "SELECT seq, at_ms, level, deployment, node, message FROM module_logs
+                     WHERE tenant = ?1 AND seq > ?2 AND (?3 IS NULL OR deployment = ?3)
+                     ORDER BY seq LIMIT ?4",
+                )
+                .map_err(database)?;
+            statement
+                .query_map(
+                    params![
+                        tenant,
+                        to_i64(after),
+                        deployment,
+                        i64::try_from(limit).unwrap_or(i64::MAX)
+                    ],
+                    |r| {
+                        Ok(ModuleLogRecord {
+                            seq: to_u64(r.get(0)?),
+                            at_ms: to_u64(r.get(1)?),
+                            level: r.get(2)?,
+                            deployment: r.get(3)?,
+                            node: r.get(4)?,
+                            message: r.get(5)?,
+                        })
+                    },
+                )
+                .map_err(database)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(database)
         })
         .await
     }

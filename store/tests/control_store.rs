@@ -343,7 +343,7 @@ async fn everything_survives_a_reopen_and_migrations_run_once() {
     let path = dir.path().join("control.db");
     {
         let store = SqliteControlStore::open(&path).unwrap();
-        assert_eq!(store.schema_version().unwrap(), 4);
+        assert_eq!(store.schema_version().unwrap(), 5);
         store.create_tenant(&tenant("acme")).await.unwrap();
         store
             .put_module(&module("acme", "m", "1"), &Quotas::default())
@@ -355,7 +355,7 @@ async fn everything_survives_a_reopen_and_migrations_run_once() {
             .unwrap();
     }
     let reopened = SqliteControlStore::open(&path).unwrap();
-    assert_eq!(reopened.schema_version().unwrap(), 4);
+    assert_eq!(reopened.schema_version().unwrap(), 5);
     assert_eq!(
         reopened.modules(&id("acme")).await.unwrap(),
         vec![ModuleRecord {
