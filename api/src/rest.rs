@@ -550,6 +550,15 @@ pub struct MetricSeries {
     /// For histograms, the number of observations.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub count: Option<u64>,
+    /// For histograms with buckets (weir's own, such as `weir_call_duration_seconds`): the
+    /// count of each bucket (not cumulative) by its upper bound, the last bound `null`
+    /// (+Inf). Modules' histograms keep count and sum only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub buckets: Option<Vec<(Option<f64>, u64)>>,
+    /// Whether weir measures the series (`weir_*` names: messages, errors, fuel, latency of
+    /// the tenant's deployments), rather than a module recording it.
+    #[serde(default)]
+    pub platform: bool,
 }
 
 /// What a tenant has used.
@@ -590,6 +599,32 @@ pub struct Usage {
     pub api_requests: u64,
     /// API requests refused by the rate limit.
     pub api_requests_limited: u64,
+    /// Billable work per UTC hour (the last 48) and per UTC day (the last 31), oldest first,
+    /// hours before days: kept in the control store, so they last across restarts.
+    /// `messages_in`, `messages_out`, `bytes_in`, `fuel` and `state_ops` above are the totals
+    /// since the tenant was created (work of the last flush interval included).
+    #[serde(default)]
+    pub periods: Vec<UsagePeriod>,
+}
+
+/// A tenant's billable work in one UTC hour or day.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct UsagePeriod {
+    /// `hour` or `day`.
+    pub period: String,
+    /// Start of the period, in milliseconds since the epoch.
+    pub start_ms: u64,
+    /// Messages taken in.
+    pub messages_in: u64,
+    /// Messages put out.
+    pub messages_out: u64,
+    /// Bytes taken in: topic, payload and user properties of each message.
+    pub bytes_in: u64,
+    /// Fuel (wasmtime fuel units) the tenant's modules burned, `init` included.
+    pub fuel: u64,
+    /// State store operations.
+    pub state_ops: u64,
 }
 
 /// An executor of the platform.

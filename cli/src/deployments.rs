@@ -21,6 +21,10 @@ use weir_tenants::Quotas;
 #[derive(Debug)]
 pub(crate) struct LocalDeployments {
     pub(crate) executor: LocalExecutor,
+    /// Where usage is made durable (hours, days, totals).
+    pub(crate) usage: Arc<crate::observe::UsageMeter>,
+    /// Where module log lines are kept (`/v1/logs` reads them there).
+    pub(crate) store: Arc<dyn ControlStore>,
 }
 
 /// Dead letters kept in the control store (`/v1/deadletters` reads them there).
@@ -133,20 +137,40 @@ impl DeploymentRuntime for LocalDeployments {
     }
 
     async fn logs(&self, tenant: &TenantId, query: &FeedQuery) -> Vec<LogLine> {
-        self.executor.logs(
-            tenant,
-            query.deployment.as_deref(),
-            query.after,
-            query.limit(),
-        )
+        match self
+            .store
+            .module_logs(
+                tenant,
+                query.deployment.as_deref(),
+                query.after,
+                query.limit(),
+            )
+            .await
+        {
+            Ok(lines) => lines
+                .into_iter()
+                .map(|l| LogLine {
+                    seq: l.seq,
+                    at_ms: l.at_ms,
+                    level: l.level,
+                    deployment: l.deployment,
+                    node: Some(l.node),
+                    message: l.message,
+                })
+                .collect(),
+            Err(error) => {
+                tracing::warn!(%error, %tenant, "cannot read module log lines");
+                Vec::new()
+            }
+        }
     }
 
     async fn metrics(&self, tenant: &TenantId) -> Vec<MetricSeries> {
-        self.executor.metrics(tenant)
+        self.executor.metrics(tenant).await
     }
 
     async fn usage(&self, tenant: &TenantId) -> Usage {
-        self.executor.usage(tenant)
+        self.usage.usage(&self.executor, tenant).await
     }
 
     async fn executors(&self) -> Vec<Executor> {
@@ -159,6 +183,7 @@ impl DeploymentRuntime for LocalDeployments {
 
     async fn forget_tenant(&self, tenant: &TenantId) {
         self.executor.forget_tenant(tenant).await;
+        self.usage.forget(tenant).await;
     }
 
     async fn set_quotas(&self, tenant: &TenantId, quotas: &Quotas) {

@@ -5,6 +5,7 @@ mod deployments;
 mod golden;
 mod local;
 mod mqtt;
+mod observe;
 mod remote;
 mod run;
 mod serve;

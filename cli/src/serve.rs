@@ -60,6 +60,19 @@ pub(crate) struct ServeArgs {
     /// `weir device create`; deployments reach it as the `default` endpoint). Port 0 picks one.
     #[arg(long, default_value = "127.0.0.1:1883")]
     mqtt_listen: SocketAddr,
+    /// The platform's OTLP collector, `http://host:port` (gRPC; no TLS): every tenant's
+    /// metrics (module and weir's own, each tenant a resource with `weir.tenant`) are exported
+    /// there at every `--otlp-interval-ms`. Tenants get their own series at their own `otlp`
+    /// endpoint named `telemetry`, if they create one, whether or not this is set.
+    #[arg(long, env = "WEIR_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
+    /// Milliseconds between metric exports (platform and tenants' collectors).
+    #[arg(long, default_value_t = 10_000)]
+    otlp_interval_ms: u64,
+    /// Milliseconds between usage flushes to the control store (a graceful stop flushes
+    /// last; a killed process loses at most this much counted work).
+    #[arg(long, default_value_t = 10_000)]
+    usage_flush_ms: u64,
 }
 
 /// The graph `--demo` deploys: Fahrenheit readings to Celsius, then a range filter.
@@ -367,28 +380,35 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCod
         .await
         .with_context(|| format!("cannot start the MQTT broker on {}", args.mqtt_listen))?,
     );
+    let usage = Arc::new(crate::observe::UsageMeter::new(store.clone()));
+    let deployments = {
+        let executor =
+            weir_executor::runtime::LocalExecutor::new(weir_executor::runtime::ExecutorConfig {
+                engine: engine.clone(),
+                settings,
+                workers,
+                state: module_state.clone(),
+                connectors: weir_connectors::Registry::standard(),
+                journal: Arc::new(crate::deployments::StoreJournal(store.clone())),
+                default_broker: Some(Arc::new(crate::broker::BrokerEndpoint(broker.clone()))),
+            })
+            .map_err(|e| anyhow::anyhow!("cannot start the executor: {e}"))?;
+        let (log_writer, _log_task) = crate::observe::StoreLogWriter::start(store.clone());
+        executor.forward_logs(log_writer);
+        Arc::new(crate::deployments::LocalDeployments {
+            executor,
+            usage: usage.clone(),
+            store: store.clone(),
+        })
+    };
     let state = GatewayState {
         store: store.clone(),
         blobs,
         verifier,
         issuer: issuer.clone(),
         revocations,
-        validator: Arc::new(EngineValidator(engine.clone())),
-        runtime: {
-            let executor = weir_executor::runtime::LocalExecutor::new(
-                weir_executor::runtime::ExecutorConfig {
-                    engine,
-                    settings,
-                    workers,
-                    state: module_state.clone(),
-                    connectors: weir_connectors::Registry::standard(),
-                    journal: Arc::new(crate::deployments::StoreJournal(store.clone())),
-                    default_broker: Some(Arc::new(crate::broker::BrokerEndpoint(broker.clone()))),
-                },
-            )
-            .map_err(|e| anyhow::anyhow!("cannot start the executor: {e}"))?;
-            Arc::new(crate::deployments::LocalDeployments { executor })
-        },
+        validator: Arc::new(EngineValidator(engine)),
+        runtime: deployments.clone(),
         state: module_state,
         limits: Arc::default(),
         tenant_locks: Arc::default(),
@@ -442,9 +462,24 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCod
     println!("mqtt broker listening on mqtt://{}", broker.local_addr());
     // Printed last: scripts and tests wait for this line to know the API is up.
     println!("weir listening on http://{address}");
-    server
+    let _flusher = crate::observe::spawn_usage_flusher(
+        usage.clone(),
+        deployments.clone(),
+        Duration::from_millis(args.usage_flush_ms.max(10)),
+    );
+    let _exporter = crate::observe::spawn_exporter(
+        store.clone(),
+        deployments.clone(),
+        args.otlp_endpoint.clone(),
+        Duration::from_millis(args.otlp_interval_ms.max(10)),
+    )?;
+    let served = server.await.context("the API server stopped")?;
+    // A graceful stop counts everything done so far.
+    usage
+        .flush(&deployments.executor)
         .await
-        .context("the API server stopped")?
-        .context("the API server failed")?;
+        .context("the last usage flush failed")?;
+    println!("usage flushed");
+    served.context("the API server failed")?;
     Ok(std::process::ExitCode::SUCCESS)
 }

@@ -18,6 +18,7 @@ pub mod metrics;
 mod module;
 mod operator;
 pub mod runtime;
+pub mod telemetry;
 
 pub use engine::{EngineConfig, EngineError, OperatorEngine, PoolingConfig};
 pub use host::{HostBuffer, LiveQuotas, NodeEnv};

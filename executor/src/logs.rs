@@ -53,6 +53,8 @@ pub trait LogSink: Send + Sync + std::fmt::Debug {
 pub struct MemoryLogSink {
     capacity: usize,
     tenants: Mutex<HashMap<TenantId, TenantLog>>,
+    /// Where every line also goes (the durable log of `weir serve`), once set.
+    forward: std::sync::OnceLock<std::sync::Arc<dyn LogSink>>,
 }
 
 #[derive(Debug)]
@@ -77,7 +79,14 @@ impl MemoryLogSink {
         Self {
             capacity,
             tenants: Mutex::new(HashMap::new()),
+            forward: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Sends every line from now on to `sink` as well (once; a second call is ignored and
+    /// says so with `false`).
+    pub fn forward_to(&self, sink: std::sync::Arc<dyn LogSink>) -> bool {
+        self.forward.set(sink).is_ok()
     }
 
     /// Keeps up to `capacity` lines of `tenant` from now on (its `max_log_lines` quota); older
@@ -144,6 +153,9 @@ impl LogSink for MemoryLogSink {
             "{}",
             record.message
         );
+        if let Some(forward) = self.forward.get() {
+            forward.record(record.clone());
+        }
         let mut tenants = self.lock();
         let log = tenants
             .entry(record.tenant.clone())

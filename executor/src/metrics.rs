@@ -22,6 +22,18 @@ pub enum MetricValue {
     HistogramU64(u64),
 }
 
+/// What became of a recording that was not refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recording {
+    /// Added to its series.
+    Kept,
+    /// Dropped: it would have made a new series beyond the tenant's `max_metric_series`.
+    Dropped,
+    /// Dropped as [`Recording::Dropped`], and the first drop since the tenant's quota was
+    /// last set: the caller tells the module (in its log) that its series are capped.
+    FirstDropped,
+}
+
 /// Why a recording was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MetricError {
@@ -82,6 +94,8 @@ struct TenantMetrics {
     /// Series across all names.
     series: usize,
     dropped: u64,
+    /// Whether a drop was reported since the quota was last set.
+    told: bool,
 }
 
 /// Sorts `labels` by key and keeps the last value of a key given twice.
@@ -115,12 +129,15 @@ impl MetricsRegistry {
     /// Caps `tenant`'s series at `max_series` (its `max_metric_series` quota) from now on;
     /// series it already has are kept.
     pub fn set_max_series(&self, tenant: &TenantId, max_series: usize) {
-        self.tenants
+        let mut tenants = self
+            .tenants
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .entry(tenant.clone())
-            .or_default()
-            .max_series = Some(max_series);
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let metrics = tenants.entry(tenant.clone()).or_default();
+        if metrics.max_series != Some(max_series) {
+            metrics.max_series = Some(max_series);
+            metrics.told = false;
+        }
     }
 
     /// Records `value` for the series `name` + `labels` of `tenant`. A recording into a series
@@ -132,7 +149,7 @@ impl MetricsRegistry {
         name: &str,
         labels: Vec<(String, String)>,
         value: MetricValue,
-    ) -> Result<(), MetricError> {
+    ) -> Result<Recording, MetricError> {
         if name.is_empty() || name.len() > MAX_METRIC_TEXT_BYTES {
             return Err(MetricError::Invalid(format!(
                 "metric name must be 1 to {MAX_METRIC_TEXT_BYTES} bytes"
@@ -190,7 +207,11 @@ impl MetricsRegistry {
             None => {
                 if metrics.series >= max_series {
                     metrics.dropped += 1;
-                    return Ok(());
+                    if metrics.told {
+                        return Ok(Recording::Dropped);
+                    }
+                    metrics.told = true;
+                    return Ok(Recording::FirstDropped);
                 }
                 metrics.series += 1;
                 let named = match metrics.names.get_mut(name) {
@@ -232,7 +253,18 @@ impl MetricsRegistry {
             }
             _ => {}
         }
-        Ok(())
+        Ok(Recording::Kept)
+    }
+
+    /// The tenants with series or drops, and the cap of each.
+    pub fn tenants(&self) -> Vec<TenantId> {
+        self.tenants
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .filter(|(_, m)| m.series > 0 || m.dropped > 0)
+            .map(|(t, _)| t.clone())
+            .collect()
     }
 
     /// Forgets a tenant's series (the tenant was deleted).

@@ -136,6 +136,54 @@ pub struct NodeCounters {
     pub instantiations: AtomicU64,
     /// Whether the node holds a live instance now (idle nodes release theirs).
     pub live: AtomicBool,
+    /// How long each call into the module took (queueing for the tenant's CPU turn excluded).
+    pub call_latency: LatencyHistogram,
+}
+
+/// Upper bounds of [`LatencyHistogram`]'s buckets, in seconds (the last bucket, above 10 s,
+/// has no bound): 50 µs to 10 s, roughly ×2.5 apart.
+pub const LATENCY_BOUNDS_SECONDS: [f64; 12] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.1, 1.0, 10.0,
+];
+
+/// A histogram of durations with the fixed bounds [`LATENCY_BOUNDS_SECONDS`], kept in atomics
+/// (recording takes no lock and allocates nothing).
+#[derive(Debug, Default)]
+pub struct LatencyHistogram {
+    buckets: [AtomicU64; LATENCY_BOUNDS_SECONDS.len() + 1],
+    /// Sum of the durations, in nanoseconds.
+    sum_nanos: AtomicU64,
+}
+
+impl LatencyHistogram {
+    /// Counts one duration.
+    pub fn record(&self, duration: std::time::Duration) {
+        let seconds = duration.as_secs_f64();
+        let index = LATENCY_BOUNDS_SECONDS
+            .iter()
+            .position(|bound| seconds <= *bound)
+            .unwrap_or(LATENCY_BOUNDS_SECONDS.len());
+        if let Some(bucket) = self.buckets.get(index) {
+            bucket.fetch_add(1, Ordering::Relaxed);
+        }
+        self.sum_nanos.fetch_add(
+            u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// The count in each bucket (one more than [`LATENCY_BOUNDS_SECONDS`]: the last is above
+    /// 10 s), and the sum in seconds.
+    pub fn snapshot(&self) -> (Vec<u64>, f64) {
+        let counts = self
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
+        #[expect(clippy::cast_precision_loss, reason = "exported as seconds in f64")]
+        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        (counts, sum)
+    }
 }
 
 /// What a deployment's operators and its handle share.

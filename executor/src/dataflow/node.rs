@@ -116,6 +116,7 @@ fn start_call(
                 break;
             }
             let item = &envelope.item;
+            let started = Instant::now();
             results.push(match kind {
                 OperatorKind::Map => instance.map(item).await.map(Outcome::Item),
                 OperatorKind::Filter => instance.filter(item).await.map(Outcome::Keep),
@@ -126,6 +127,7 @@ fn start_call(
                     called: kind,
                 }),
             });
+            meter.counters.call_latency.record(started.elapsed());
             if let Some(Ok(Outcome::Item(output))) = results.last() {
                 produced += output.byte_len() as u64;
             }

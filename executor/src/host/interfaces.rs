@@ -47,7 +47,7 @@ macro_rules! host_interfaces {
         };
         use crate::host::{HostBuffer, HostState};
         use crate::logs::LogLevel;
-        use crate::metrics::{MetricError, MetricValue};
+        use crate::metrics::{MetricError, MetricValue, Recording};
         use crate::operator::{InvalidOutput, ModuleConfiguration};
 
         impl wit::types::Host for HostState {}
@@ -85,6 +85,24 @@ macro_rules! host_interfaces {
             labels.unwrap_or_default().into_iter().map(|l| (l.key, l.value)).collect()
         }
 
+        /// The module's answer; the first recording its tenant's `max_metric_series` quota
+        /// drops is also told in the module's log (a warning naming the quota and the series).
+        fn recorded(env: &crate::host::NodeEnv, name: &str, result: Result<Recording, MetricError>) -> Result<(), MetricsError> {
+            match result {
+                Ok(Recording::FirstDropped) => {
+                    let quota = env.quotas.as_ref().map_or_else(String::new, |q| format!(" ({})", q.get().max_metric_series));
+                    env.log(
+                        LogLevel::Warn,
+                        "weir.metrics",
+                        &format!("metric series quota max_metric_series{quota} reached: new series (first: {name:?}) are dropped; existing series keep counting"),
+                    );
+                    Ok(())
+                }
+                Ok(Recording::Kept | Recording::Dropped) => Ok(()),
+                Err(error) => Err(metric_error(error)),
+            }
+        }
+
         fn metric_error(error: MetricError) -> MetricsError {
             match error {
                 MetricError::IncompatibleType(message) | MetricError::Invalid(message) => {
@@ -102,7 +120,7 @@ macro_rules! host_interfaces {
             ) -> wasmtime::Result<Result<(), MetricsError>> {
                 let CounterValue::U64(value) = value;
                 let env = &self.env;
-                Ok(env.metrics.record(&env.tenant, &name, labels(labels_), MetricValue::Counter(value)).map_err(metric_error))
+                Ok(recorded(env, &name, env.metrics.record(&env.tenant, &name, labels(labels_), MetricValue::Counter(value))))
             }
 
             fn record_to_histogram(
@@ -116,7 +134,7 @@ macro_rules! host_interfaces {
                     HistogramValue::U64(v) => MetricValue::HistogramU64(v),
                 };
                 let env = &self.env;
-                Ok(env.metrics.record(&env.tenant, &name, labels(labels_), value).map_err(metric_error))
+                Ok(recorded(env, &name, env.metrics.record(&env.tenant, &name, labels(labels_), value)))
             }
         }
 

@@ -1057,10 +1057,12 @@ impl LocalExecutor {
         lines
     }
 
-    /// The tenant's metric series.
-    pub fn metrics(&self, tenant: &TenantId) -> Vec<MetricSeries> {
+    /// The tenant's metric series: its modules' (`add-to-counter`, `record-to-histogram`,
+    /// capped by `max_metric_series`), then weir's own per deployment and node
+    /// ([`crate::telemetry`] names them), only of the tenant's deployments running here.
+    pub async fn metrics(&self, tenant: &TenantId) -> Vec<MetricSeries> {
         let (series, _dropped) = self.metrics.snapshot(tenant);
-        series
+        let mut all: Vec<MetricSeries> = series
             .into_iter()
             .map(|((name, labels), value)| match value {
                 SeriesValue::Counter(total) => MetricSeries {
@@ -1070,6 +1072,8 @@ impl LocalExecutor {
                     #[expect(clippy::cast_precision_loss, reason = "exported as a float")]
                     value: total as f64,
                     count: None,
+                    buckets: None,
+                    platform: false,
                 },
                 SeriesValue::Histogram { count, sum, .. } => MetricSeries {
                     name,
@@ -1077,9 +1081,47 @@ impl LocalExecutor {
                     labels,
                     value: sum,
                     count: Some(count),
+                    buckets: None,
+                    platform: false,
                 },
             })
-            .collect()
+            .collect();
+        let running: Vec<(String, Arc<Running>)> = self
+            .running
+            .lock()
+            .await
+            .iter()
+            .filter(|((t, _), _)| t == tenant)
+            .map(|((_, id), running)| (id.clone(), running.clone()))
+            .collect();
+        for (id, running) in running {
+            all.extend(crate::telemetry::deployment_series(
+                &id,
+                &running.deployment,
+                &running.nodes,
+                running
+                    .deployment
+                    .source(&running.source_name)
+                    .map_or(0, crate::dataflow::SourceHandle::in_flight),
+                running.outputs.as_ref().map_or(0, HttpOutputs::len)
+                    + running.deployment.outputs().len(),
+            ));
+        }
+        all
+    }
+
+    /// Sends every module log line from now on to `sink` as well (the in-memory log keeps
+    /// its copy); `false` if a sink was set already.
+    pub fn forward_logs(&self, sink: Arc<dyn LogSink>) -> bool {
+        self.logs.forward_to(sink)
+    }
+
+    /// The tenants with metric series here: module series, or deployments running.
+    pub async fn metric_tenants(&self) -> Vec<TenantId> {
+        let mut tenants: std::collections::BTreeSet<TenantId> =
+            self.metrics.tenants().into_iter().collect();
+        tenants.extend(self.running.lock().await.keys().map(|(t, _)| t.clone()));
+        tenants.into_iter().collect()
     }
 
     /// What the tenant's deployments used here (the data-plane fields of [`Usage`]; dead-letter

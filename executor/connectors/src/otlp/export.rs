@@ -469,3 +469,54 @@ fn log_partial(rejected: i64, message: &str) {
         );
     }
 }
+
+/// An OTLP metrics exporter for weir's own telemetry (a tenant's series, or the platform's):
+/// the `otlp` endpoint's address, protocol and egress rule, one export request at a time,
+/// sent once (no retry: the series are cumulative, so the next export carries what a failed
+/// one had).
+pub struct MetricsExporter {
+    sink: OtlpSink,
+}
+
+impl std::fmt::Debug for MetricsExporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetricsExporter")
+            .field("sink", &self.sink)
+            .finish()
+    }
+}
+
+impl MetricsExporter {
+    /// An exporter to the `otlp` endpoint `endpoint` (its address and settings checked as the
+    /// connector checks them), connecting as `context` allows.
+    pub fn new(
+        endpoint: &crate::spec::EndpointSpec,
+        context: ConnectContext,
+    ) -> Result<Self, Vec<crate::spec::Problem>> {
+        let settings = OtlpSettings::parse(endpoint)?;
+        Ok(Self {
+            sink: OtlpSink::new(settings, context),
+        })
+    }
+
+    /// The endpoint's `service_name` setting (default `weir`), for the resource.
+    pub fn service_name(&self) -> &str {
+        &self.sink.settings.service_name
+    }
+
+    /// Sends `request`; `Err` says why it did not arrive (the collector unreachable, slow or
+    /// refusing).
+    pub async fn export(&mut self, request: &ExportMetricsServiceRequest) -> Result<(), String> {
+        match self.sink.export_metrics(request).await {
+            Ok(()) => {
+                self.sink.context.status.set(ConnectionState::Connected);
+                Ok(())
+            }
+            Err(ExportError::Retry(why)) => {
+                self.sink.context.status.retrying(why.clone());
+                Err(why)
+            }
+            Err(ExportError::Refused(why)) => Err(why),
+        }
+    }
+}

@@ -25,6 +25,11 @@
 mod export;
 mod payload;
 
+pub use export::MetricsExporter;
+/// The OTLP protobuf types (opentelemetry-proto 0.33), for building requests
+/// [`MetricsExporter`] sends.
+pub use opentelemetry_proto;
+
 use async_trait::async_trait;
 
 use crate::ConnectorError;
