@@ -26,6 +26,11 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use weir_api::ErrorCode;
 
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
+use tower_http::trace::TraceLayer;
+
 use crate::error::REQUEST_ID;
 pub use artifacts::sweep_blobs;
 pub use deployments::resume_deployments;
@@ -144,6 +149,7 @@ pub(crate) fn router(state: GatewayState) -> Router {
     let document = Arc::new(document);
     api.route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(observe::platform_metrics))
         .route(
             "/openapi.json",
             get(move || {
@@ -154,18 +160,81 @@ pub(crate) fn router(state: GatewayState) -> Router {
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such route") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn(request_id))
+        // Outermost last: a client's id kept if well-formed (else replaced), one made if
+        // missing (tower-http's SetRequestId), the request's span carrying it, and the id
+        // echoed on every response (PropagateRequestId).
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
+        .layer(SetRequestIdLayer::x_request_id(NewRequestId))
+        .layer(middleware::from_fn(drop_odd_request_id))
         .with_state(state)
 }
 
-/// Gives every request an id: in the `x-request-id` header and in every problem document; holds
-/// it to the server's request timeout ([`crate::server`]) when one is set.
+/// The span of one request: method, path and request id now; `tenant` (and `deployment` on
+/// deployment routes) recorded once the handler knows them.
+fn request_span(request: &Request) -> tracing::Span {
+    let id = request
+        .headers()
+        .get(X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    tracing::info_span!(
+        "request",
+        method = %request.method(),
+        path = %request.uri().path(),
+        request_id = %id,
+        tenant = tracing::field::Empty,
+        deployment = tracing::field::Empty,
+    )
+}
+
+const X_REQUEST_ID: &str = "x-request-id";
+
+/// Longest request id a client may give.
+const MAX_REQUEST_ID: usize = 64;
+
+/// Removes a client's `x-request-id` unless it is 1 to 64 of `A-Z a-z 0-9 - _ .` (ids go into
+/// logs and problem documents), so a new one is made.
+async fn drop_odd_request_id(mut request: Request, next: Next) -> Response {
+    let odd = request.headers().get(X_REQUEST_ID).is_some_and(|v| {
+        v.is_empty()
+            || v.len() > MAX_REQUEST_ID
+            || !v
+                .as_bytes()
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    });
+    if odd {
+        request.headers_mut().remove(X_REQUEST_ID);
+    }
+    next.run(request).await
+}
+
+/// Request ids weir makes: microseconds since the epoch and a counter, in hex.
+#[derive(Debug, Clone, Copy)]
+struct NewRequestId;
+
+impl MakeRequestId for NewRequestId {
+    fn make_request_id<B>(&mut self, _request: &axum::http::Request<B>) -> Option<RequestId> {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let started = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_micros();
+        let id = format!("{started:x}-{:x}", COUNTER.fetch_add(1, Ordering::Relaxed));
+        HeaderValue::from_str(&id).ok().map(RequestId::new)
+    }
+}
+
+/// Scopes the request's id (set by the layers outside) for problem documents; holds the
+/// request to the server's request timeout ([`crate::server`]) when one is set.
 async fn request_id(request: Request, next: Next) -> Response {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let started = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
+    let id = request
+        .headers()
+        .get(X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
-        .as_micros();
-    let id = format!("{started:x}-{:x}", COUNTER.fetch_add(1, Ordering::Relaxed));
+        .to_owned();
     let deadline = request
         .extensions()
         .get::<crate::server::RequestDeadline>()
@@ -245,6 +314,7 @@ pub(crate) fn caller_tenant(
     needed: weir_tenants::Role,
 ) -> Result<(weir_api::TenantId, weir_tenants::Quotas), ApiError> {
     let tenant = caller.tenant()?.clone();
+    tracing::Span::current().record("tenant", tracing::field::display(&tenant));
     // `Caller` read the record while checking the token; it is there for every tenant principal.
     let record = caller
         .tenant

@@ -3,8 +3,6 @@
 //! `/v1/usage`; and, for admins, `/v1/executors`. Every read takes the caller's tenant from the
 //! token: there is no parameter that names a tenant.
 
-use std::fmt::Write as _;
-
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -47,7 +45,8 @@ pub(crate) async fn dead_letters(
     Ok(Json(letters))
 }
 
-/// A metric or label name as Prometheus accepts it.
+/// A metric or label name as Prometheus accepts it: characters other than `[A-Za-z0-9_]`
+/// become `_`, and a leading digit gets a `_` before it.
 fn prometheus_name(name: &str) -> String {
     let mut out: String = name
         .chars()
@@ -65,44 +64,153 @@ fn prometheus_name(name: &str) -> String {
     out
 }
 
-fn prometheus_label_value(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// A label value escaped as the exposition formats require (`\`, `"`, newline):
+/// prometheus-client writes label values as given.
+#[derive(Debug, Clone)]
+struct Escaped(String);
+
+impl prometheus_client::encoding::EncodeLabelValue for Escaped {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelValueEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write as _;
+        for c in self.0.chars() {
+            match c {
+                '\\' => encoder.write_str("\\\\")?,
+                '"' => encoder.write_str("\\\"")?,
+                '\n' => encoder.write_str("\\n")?,
+                c => encoder.write_char(c)?,
+            }
+        }
+        Ok(())
+    }
 }
 
-/// The tenant's series in the Prometheus text exposition format (0.0.4).
-fn prometheus_text(series: &[MetricSeries]) -> String {
-    let mut text = String::new();
-    let mut typed = std::collections::BTreeSet::new();
-    for s in series {
-        let name = prometheus_name(&s.name);
-        let labels: Vec<String> = s
-            .labels
-            .iter()
-            .map(|(k, v)| format!("{}=\"{}\"", prometheus_name(k), prometheus_label_value(v)))
-            .collect();
-        let labels = if labels.is_empty() {
-            String::new()
-        } else {
-            format!("{{{}}}", labels.join(","))
-        };
-        if s.kind == "histogram" {
-            // Only count and sum are kept per series: a summary without quantiles.
-            if typed.insert(name.clone()) {
-                writeln!(text, "# TYPE {name} summary").ok();
-            }
-            writeln!(text, "{name}_sum{labels} {}", s.value).ok();
-            writeln!(text, "{name}_count{labels} {}", s.count.unwrap_or(0)).ok();
-        } else {
-            if typed.insert(name.clone()) {
-                writeln!(text, "# TYPE {name} {}", s.kind).ok();
-            }
-            writeln!(text, "{name}{labels} {}", s.value).ok();
+/// Series to encode, each with the extra labels it gets (the tenant, for the operator's
+/// view): a [`prometheus_client`] collector over a snapshot.
+#[derive(Debug)]
+struct Snapshot(Vec<(Vec<(String, String)>, MetricSeries)>);
+
+impl prometheus_client::collector::Collector for Snapshot {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::metrics::MetricType;
+        // One family per name (and kind): the formats allow each once.
+        let mut families: std::collections::BTreeMap<(String, &str), Vec<usize>> =
+            std::collections::BTreeMap::new();
+        for (index, (_, s)) in self.0.iter().enumerate() {
+            families
+                .entry((prometheus_name(&s.name), s.kind.as_str()))
+                .or_default()
+                .push(index);
         }
+        let mut seen = std::collections::BTreeSet::new();
+        for ((name, kind), members) in &families {
+            // A module that used one name with two kinds: the first kind wins.
+            if !seen.insert(name.clone()) {
+                continue;
+            }
+            let metric_type = match *kind {
+                "counter" => MetricType::Counter,
+                "gauge" => MetricType::Gauge,
+                _ => MetricType::Histogram,
+            };
+            let mut family = encoder.encode_descriptor(name, "", None, metric_type)?;
+            for index in members {
+                let Some((extra, s)) = self.0.get(*index) else {
+                    continue;
+                };
+                let labels: Vec<(String, Escaped)> = extra
+                    .iter()
+                    .map(|(k, v)| (k, v))
+                    .chain(s.labels.iter())
+                    .map(|(k, v)| (prometheus_name(k), Escaped(v.clone())))
+                    .collect();
+                let mut metric = family.encode_family(&labels)?;
+                match metric_type {
+                    MetricType::Counter => {
+                        metric.encode_counter::<Vec<(String, Escaped)>, f64, f64>(&s.value, None)?;
+                    }
+                    MetricType::Gauge => metric.encode_gauge(&s.value)?,
+                    _ => {
+                        let count = s.count.unwrap_or(0);
+                        // Cumulative counts by upper bound; modules' histograms have the
+                        // +Inf bucket only.
+                        let mut cumulative = 0;
+                        let buckets: Vec<(f64, u64)> = match &s.buckets {
+                            Some(buckets) => buckets
+                                .iter()
+                                .map(|(bound, n)| {
+                                    cumulative += n;
+                                    (bound.unwrap_or(f64::INFINITY), cumulative)
+                                })
+                                .collect(),
+                            None => vec![(f64::INFINITY, count)],
+                        };
+                        metric.encode_histogram::<Vec<(String, Escaped)>>(
+                            s.value, count, &buckets, None,
+                        )?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Series in the OpenMetrics text format (1.0.0), which Prometheus scrapes; encoded by
+/// prometheus-client. Counters get the `_total` suffix the format requires.
+fn prometheus_text(series: Vec<(Vec<(String, String)>, MetricSeries)>) -> String {
+    let mut registry = prometheus_client::registry::Registry::default();
+    registry.register_collector(Box::new(Snapshot(series)));
+    let mut text = String::new();
+    if let Err(error) = prometheus_client::encoding::text::encode(&mut text, &registry) {
+        tracing::warn!(%error, "encoding metrics failed");
     }
     text
+}
+
+/// The OpenMetrics text media type.
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+fn wants_text(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/plain") || v.contains("openmetrics"))
+}
+
+/// weir's own series of every tenant (messages, errors, dead letters, fuel, restarts, call
+/// latency, queue depth per deployment and node), each with a `tenant` label, in the
+/// OpenMetrics text format: for the platform's operator (admins only). Modules' own series
+/// stay with their tenants (`/v1/metrics`, their `telemetry` endpoint).
+pub(crate) async fn platform_metrics(
+    State(state): State<GatewayState>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    caller.require(Role::Admin)?;
+    let mut all = Vec::new();
+    for tenant in state.store.tenants().await? {
+        let tenant_label = vec![("tenant".to_owned(), tenant.id.to_string())];
+        all.extend(
+            state
+                .runtime
+                .metrics(&tenant.id)
+                .await
+                .into_iter()
+                .filter(|s| s.platform)
+                .map(|s| (tenant_label.clone(), s)),
+        );
+    }
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, OPENMETRICS)],
+        prometheus_text(all),
+    )
+        .into_response())
 }
 
 #[utoipa::path(get, path = "/v1/metrics", tag = "observability", responses((status = 200, body = Vec<weir_api::rest::MetricSeries>), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
@@ -113,15 +221,11 @@ pub(crate) async fn metrics(
 ) -> Result<Response, ApiError> {
     let (tenant, _) = caller_tenant(&state, &caller, Role::Viewer)?;
     let series = state.runtime.metrics(&tenant).await;
-    let wants_text = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("text/plain"));
-    if wants_text {
+    if wants_text(&headers) {
         Ok((
             StatusCode::OK,
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-            prometheus_text(&series),
+            [(header::CONTENT_TYPE, OPENMETRICS)],
+            prometheus_text(series.into_iter().map(|s| (Vec::new(), s)).collect()),
         )
             .into_response())
     } else {
@@ -226,35 +330,51 @@ pub(crate) async fn drain(
 mod tests {
     use super::*;
 
+    fn series(name: &str, kind: &str, labels: &[(&str, &str)], value: f64) -> MetricSeries {
+        MetricSeries {
+            name: name.to_owned(),
+            kind: kind.to_owned(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            value,
+            count: None,
+            buckets: None,
+            platform: false,
+        }
+    }
+
     #[test]
-    fn prometheus_text_escapes_and_types_each_family_once() {
-        let series = vec![
-            MetricSeries {
-                name: "temp.count".to_owned(),
-                kind: "counter".to_owned(),
-                labels: [("node".to_owned(), "a\"b".to_owned())].into(),
-                value: 3.0,
-                count: None,
-            },
-            MetricSeries {
-                name: "temp.count".to_owned(),
-                kind: "counter".to_owned(),
-                labels: [("node".to_owned(), "c".to_owned())].into(),
-                value: 4.0,
-                count: None,
-            },
-            MetricSeries {
-                name: "latency".to_owned(),
-                kind: "histogram".to_owned(),
-                labels: Default::default(),
-                value: 1.5,
-                count: Some(2),
-            },
-        ];
-        let text = prometheus_text(&series);
-        assert_eq!(
-            text,
-            "# TYPE temp_count counter\ntemp_count{node=\"a\\\"b\"} 3\ntemp_count{node=\"c\"} 4\n# TYPE latency summary\nlatency_sum 1.5\nlatency_count 2\n"
+    fn openmetrics_text_escapes_and_types_each_family_once() {
+        let mut latency = series("latency", "histogram", &[], 1.5);
+        latency.count = Some(2);
+        let mut call = series("weir_call_duration_seconds", "histogram", &[("node", "n")], 0.5);
+        call.count = Some(3);
+        call.buckets = Some(vec![(Some(0.1), 1), (Some(1.0), 2), (None, 0)]);
+        let text = prometheus_text(
+            vec![
+                series("temp.count", "counter", &[("node", "a\"b\\c\nd")], 3.0),
+                series("temp.count", "counter", &[("node", "c")], 4.0),
+                latency,
+                call,
+            ]
+            .into_iter()
+            .map(|s| (vec![("tenant".to_owned(), "t".to_owned())], s))
+            .collect(),
         );
+        assert_eq!(text.matches("# TYPE temp_count counter").count(), 1, "{text}");
+        assert!(
+            text.contains("temp_count_total{tenant=\"t\",node=\"a\\\"b\\\\c\\nd\"} 3"),
+            "{text}"
+        );
+        assert!(text.contains("temp_count_total{tenant=\"t\",node=\"c\"} 4"), "{text}");
+        assert!(text.contains("# TYPE latency histogram"), "{text}");
+        assert!(text.contains("latency_count{tenant=\"t\"} 2"), "{text}");
+        assert!(
+            text.contains("weir_call_duration_seconds_bucket{tenant=\"t\",node=\"n\",le=\"1.0\"} 3"),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"), "{text}");
     }
 }
