@@ -25,6 +25,8 @@ pub(crate) struct LocalDeployments {
     pub(crate) usage: Arc<crate::observe::UsageMeter>,
     /// Where module log lines are kept (`/v1/logs` reads them there).
     pub(crate) store: Arc<dyn ControlStore>,
+    /// What writes them there.
+    pub(crate) log_writer: Arc<crate::observe::StoreLogWriter>,
 }
 
 /// Dead letters kept in the control store (`/v1/deadletters` reads them there).
@@ -137,6 +139,7 @@ impl DeploymentRuntime for LocalDeployments {
     }
 
     async fn logs(&self, tenant: &TenantId, query: &FeedQuery) -> Vec<LogLine> {
+        self.log_writer.synced().await;
         match self
             .store
             .module_logs(
@@ -188,5 +191,14 @@ impl DeploymentRuntime for LocalDeployments {
 
     async fn set_quotas(&self, tenant: &TenantId, quotas: &Quotas) {
         self.executor.set_quotas(tenant, quotas);
+        // A lowered `max_log_lines` drops the oldest kept lines at once.
+        self.log_writer.synced().await;
+        if let Err(error) = self
+            .store
+            .append_module_logs(tenant, Vec::new(), u64::from(quotas.max_log_lines))
+            .await
+        {
+            tracing::warn!(%error, %tenant, "cannot trim the tenant's log lines");
+        }
     }
 }

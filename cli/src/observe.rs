@@ -176,19 +176,36 @@ const LOG_BATCH: usize = 1_000;
 /// call), one task writes batches, grouped by tenant, each trimmed to its `max_log_lines`.
 #[derive(Debug)]
 pub(crate) struct StoreLogWriter {
-    queue: tokio::sync::mpsc::Sender<LogRecord>,
+    queue: tokio::sync::mpsc::Sender<LogEntry>,
     dropped: AtomicU64,
+}
+
+/// What the log writer's queue carries.
+#[derive(Debug)]
+enum LogEntry {
+    /// A line to keep.
+    Line(LogRecord),
+    /// Answered once every line queued before it is written.
+    Sync(tokio::sync::oneshot::Sender<()>),
 }
 
 impl StoreLogWriter {
     /// The writer, and its task writing to `store`.
     pub(crate) fn start(store: Arc<dyn ControlStore>) -> (Arc<Self>, tokio::task::JoinHandle<()>) {
-        let (queue, mut lines) = tokio::sync::mpsc::channel::<LogRecord>(LOG_QUEUE);
+        let (queue, mut lines) = tokio::sync::mpsc::channel::<LogEntry>(LOG_QUEUE);
         let task = tokio::spawn(async move {
             let mut batch = Vec::with_capacity(LOG_BATCH);
             while lines.recv_many(&mut batch, LOG_BATCH).await > 0 {
                 let mut by_tenant: HashMap<TenantId, Vec<ModuleLogRecord>> = HashMap::new();
-                for record in batch.drain(..) {
+                let mut waiting = Vec::new();
+                for entry in batch.drain(..) {
+                    let record = match entry {
+                        LogEntry::Line(record) => record,
+                        LogEntry::Sync(answer) => {
+                            waiting.push(answer);
+                            continue;
+                        }
+                    };
                     let (deployment, node) = match record.node.split_once('/') {
                         Some((d, n)) => (Some(d.to_owned()), n.to_owned()),
                         None => (None, record.node.clone()),
@@ -224,6 +241,9 @@ impl StoreLogWriter {
                         tracing::warn!(%error, %tenant, "cannot keep module log lines");
                     }
                 }
+                for answer in waiting {
+                    let _sent = answer.send(());
+                }
             }
         });
         (
@@ -236,9 +256,25 @@ impl StoreLogWriter {
     }
 }
 
+impl StoreLogWriter {
+    /// Waits (1 s at most) until every line recorded before the call is in the store, so a
+    /// reader sees the lines a module wrote before it asked.
+    pub(crate) async fn synced(&self) {
+        let (answer, done) = tokio::sync::oneshot::channel();
+        let sent = tokio::time::timeout(Duration::from_secs(1), async {
+            if self.queue.send(LogEntry::Sync(answer)).await.is_ok() {
+                let _answered = done.await;
+            }
+        });
+        if sent.await.is_err() {
+            tracing::debug!("the log writer is behind; reading what it wrote so far");
+        }
+    }
+}
+
 impl LogSink for StoreLogWriter {
     fn record(&self, record: LogRecord) {
-        if self.queue.try_send(record).is_err() {
+        if self.queue.try_send(LogEntry::Line(record)).is_err() {
             let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if dropped.is_power_of_two() {
                 tracing::warn!(

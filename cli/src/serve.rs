@@ -394,11 +394,12 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCod
             })
             .map_err(|e| anyhow::anyhow!("cannot start the executor: {e}"))?;
         let (log_writer, _log_task) = crate::observe::StoreLogWriter::start(store.clone());
-        executor.forward_logs(log_writer);
+        executor.forward_logs(log_writer.clone());
         Arc::new(crate::deployments::LocalDeployments {
             executor,
             usage: usage.clone(),
             store: store.clone(),
+            log_writer,
         })
     };
     let state = GatewayState {

@@ -684,8 +684,9 @@ async fn every_message_quota_is_enforced_at_its_limit_and_changes_apply_at_once(
     assert!(lines.last().unwrap().message.contains("m49"));
     assert_eq!(
         lines.last().unwrap().seq,
-        45,
-        "one line per message, numbered from 1"
+        46,
+        "one line per message, numbered from 1, and the one telling the module that its \
+         max_metric_series quota dropped a series"
     );
     // max_metric_series = 5: 45 label values minted, five series kept.
     let series: Vec<_> = q

@@ -283,7 +283,8 @@ pub trait ControlStore: Send + Sync + std::fmt::Debug {
 
     /// Appends module log lines of `tenant` (their `seq` is ignored: the store numbers them,
     /// after the tenant's last number), then drops its oldest lines beyond `max_lines` (its
-    /// `max_log_lines` quota). Nothing for a tenant that no longer exists.
+    /// `max_log_lines` quota; with no lines, only that). Nothing for a tenant that no longer
+    /// exists.
     async fn append_module_logs(
         &self,
         tenant: &TenantId,

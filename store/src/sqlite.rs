@@ -1477,9 +1477,6 @@ impl ControlStore for SqliteControlStore {
         lines: Vec<ModuleLogRecord>,
         max_lines: u64,
     ) -> Result<(), StoreError> {
-        if lines.is_empty() {
-            return Ok(());
-        }
         let tenant = tenant.to_string();
         self.db
             .with(move |connection| {

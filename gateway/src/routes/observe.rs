@@ -132,7 +132,8 @@ impl prometheus_client::collector::Collector for Snapshot {
                 let mut metric = family.encode_family(&labels)?;
                 match metric_type {
                     MetricType::Counter => {
-                        metric.encode_counter::<Vec<(String, Escaped)>, f64, f64>(&s.value, None)?;
+                        metric
+                            .encode_counter::<Vec<(String, Escaped)>, f64, f64>(&s.value, None)?;
                     }
                     MetricType::Gauge => metric.encode_gauge(&s.value)?,
                     _ => {
@@ -349,7 +350,12 @@ mod tests {
     fn openmetrics_text_escapes_and_types_each_family_once() {
         let mut latency = series("latency", "histogram", &[], 1.5);
         latency.count = Some(2);
-        let mut call = series("weir_call_duration_seconds", "histogram", &[("node", "n")], 0.5);
+        let mut call = series(
+            "weir_call_duration_seconds",
+            "histogram",
+            &[("node", "n")],
+            0.5,
+        );
         call.count = Some(3);
         call.buckets = Some(vec![(Some(0.1), 1), (Some(1.0), 2), (None, 0)]);
         let text = prometheus_text(
@@ -363,16 +369,25 @@ mod tests {
             .map(|s| (vec![("tenant".to_owned(), "t".to_owned())], s))
             .collect(),
         );
-        assert_eq!(text.matches("# TYPE temp_count counter").count(), 1, "{text}");
+        assert_eq!(
+            text.matches("# TYPE temp_count counter").count(),
+            1,
+            "{text}"
+        );
         assert!(
             text.contains("temp_count_total{tenant=\"t\",node=\"a\\\"b\\\\c\\nd\"} 3"),
             "{text}"
         );
-        assert!(text.contains("temp_count_total{tenant=\"t\",node=\"c\"} 4"), "{text}");
+        assert!(
+            text.contains("temp_count_total{tenant=\"t\",node=\"c\"} 4"),
+            "{text}"
+        );
         assert!(text.contains("# TYPE latency histogram"), "{text}");
         assert!(text.contains("latency_count{tenant=\"t\"} 2"), "{text}");
         assert!(
-            text.contains("weir_call_duration_seconds_bucket{tenant=\"t\",node=\"n\",le=\"1.0\"} 3"),
+            text.contains(
+                "weir_call_duration_seconds_bucket{tenant=\"t\",node=\"n\",le=\"1.0\"} 3"
+            ),
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"), "{text}");
