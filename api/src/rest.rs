@@ -588,7 +588,8 @@ pub struct Usage {
     /// 10,000 letters a tenant keeps at most (counted across restarts).
     #[serde(default)]
     pub dead_letters_evicted: u64,
-    /// Of `fuel`, what `init` calls used (after deploys, and after every trap).
+    /// What `init` calls used (after deploys, restarts, and after every trap) since this
+    /// `weir serve` started; `fuel` includes it.
     #[serde(default)]
     pub init_fuel: u64,
     /// Fuel its operators burned.
