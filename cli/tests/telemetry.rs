@@ -264,7 +264,7 @@ async fn each_tenants_series_reach_the_platform_collector_under_its_tenant_and_i
     // chatty labels its counter with the payload: a's 3 values, b's 20 (over its quota of 5).
     let a_payloads: Vec<String> = (0..3).map(|i| format!("a-secret-{id}-{i}")).collect();
     let b_payloads: Vec<String> = (0..20).map(|i| format!("b-secret-{id}-{i:02}")).collect();
-    let messages = |p: &[String]| p.iter().map(|p| IngestMessage::new(p)).collect::<Vec<_>>();
+    let messages = |p: &[String]| p.iter().map(IngestMessage::new).collect::<Vec<_>>();
     assert_eq!(
         a_dev
             .ingest("da", &messages(&a_payloads), true)
@@ -436,7 +436,7 @@ async fn usage_counts_the_work_done_exactly_across_a_restart() {
     push_chatty(&developer).await;
     developer.deploy(&chatty_deployment("d")).await.unwrap();
     // Payloads of one length: every call does the same work.
-    let message = |i: usize| IngestMessage::new(&format!("m{i:03}"));
+    let message = |i: usize| IngestMessage::new(format!("m{i:03}"));
 
     // The first message warms the instance up (its first call costs more); the next ten
     // measure the module's fuel per message.
@@ -444,14 +444,20 @@ async fn usage_counts_the_work_done_exactly_across_a_restart() {
     let first = developer.usage().await.unwrap();
     assert_eq!((first.messages_in, first.messages_out), (1, 1));
     let ten: Vec<IngestMessage> = (1..11).map(message).collect();
-    assert_eq!(developer.ingest("d", &ten, true).await.unwrap().accepted, 10);
+    assert_eq!(
+        developer.ingest("d", &ten, true).await.unwrap().accepted,
+        10
+    );
     let eleven = developer.usage().await.unwrap();
     assert_eq!(eleven.init_fuel, first.init_fuel, "no instance restart");
     let per_message = (eleven.fuel - first.fuel) / 10;
     assert!(per_message > 0, "{eleven:?}");
 
     let nine: Vec<IngestMessage> = (11..20).map(message).collect();
-    assert_eq!(developer.ingest("d", &nine, true).await.unwrap().accepted, 9);
+    assert_eq!(
+        developer.ingest("d", &nine, true).await.unwrap().accepted,
+        9
+    );
     let before = developer.usage().await.unwrap();
     assert_eq!((before.messages_in, before.messages_out), (20, 20));
     let expected = eleven.fuel + 9 * per_message;

@@ -65,12 +65,7 @@ pub(crate) fn deployment_series(
     let mut all = vec![
         series(MESSAGES_IN, "counter", d.clone(), load(&stats.received)),
         series(MESSAGES_OUT, "counter", d.clone(), load(&stats.emitted)),
-        series(
-            DEAD_LETTERS,
-            "counter",
-            d.clone(),
-            load(&stats.dead_lettered),
-        ),
+        series(DEAD_LETTERS, "counter", d, load(&stats.dead_lettered)),
     ];
     for (kind, counter) in [
         ("late", &stats.late),
