@@ -370,11 +370,32 @@ pub(crate) fn resource_metrics(
                 }
             }
         };
-        metrics.push(Metric {
-            name: s.name.clone(),
-            data: Some(data),
-            ..Default::default()
+        // Points of one name and kind go under one metric.
+        let same = metrics.iter_mut().find(|m| {
+            m.name == s.name
+                && match (&m.data, &data) {
+                    (Some(metric::Data::Sum(_)), metric::Data::Sum(_))
+                    | (Some(metric::Data::Gauge(_)), metric::Data::Gauge(_))
+                    | (Some(metric::Data::Histogram(_)), metric::Data::Histogram(_)) => true,
+                    _ => false,
+                }
         });
+        match (same.and_then(|m| m.data.as_mut()), data) {
+            (Some(metric::Data::Sum(sum)), metric::Data::Sum(more)) => {
+                sum.data_points.extend(more.data_points);
+            }
+            (Some(metric::Data::Gauge(gauge)), metric::Data::Gauge(more)) => {
+                gauge.data_points.extend(more.data_points);
+            }
+            (Some(metric::Data::Histogram(histogram)), metric::Data::Histogram(more)) => {
+                histogram.data_points.extend(more.data_points);
+            }
+            (_, data) => metrics.push(Metric {
+                name: s.name.clone(),
+                data: Some(data),
+                ..Default::default()
+            }),
+        }
     }
     ResourceMetrics {
         resource: Some(Resource {

@@ -138,16 +138,12 @@ impl prometheus_client::collector::Collector for Snapshot {
                     MetricType::Gauge => metric.encode_gauge(&s.value)?,
                     _ => {
                         let count = s.count.unwrap_or(0);
-                        // Cumulative counts by upper bound; modules' histograms have the
-                        // +Inf bucket only.
-                        let mut cumulative = 0;
+                        // Counts by upper bound (prometheus-client makes them cumulative);
+                        // modules' histograms have the +Inf bucket only.
                         let buckets: Vec<(f64, u64)> = match &s.buckets {
                             Some(buckets) => buckets
                                 .iter()
-                                .map(|(bound, n)| {
-                                    cumulative += n;
-                                    (bound.unwrap_or(f64::INFINITY), cumulative)
-                                })
+                                .map(|(bound, n)| (bound.unwrap_or(f64::INFINITY), *n))
                                 .collect(),
                             None => vec![(f64::INFINITY, count)],
                         };
@@ -375,18 +371,18 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("temp_count_total{tenant=\"t\",node=\"a\\\"b\\\\c\\nd\"} 3"),
+            text.contains("temp_count_total{tenant=\"t\",node=\"a\\\"b\\\\c\\nd\"} 3.0"),
             "{text}"
         );
         assert!(
-            text.contains("temp_count_total{tenant=\"t\",node=\"c\"} 4"),
+            text.contains("temp_count_total{tenant=\"t\",node=\"c\"} 4.0"),
             "{text}"
         );
         assert!(text.contains("# TYPE latency histogram"), "{text}");
         assert!(text.contains("latency_count{tenant=\"t\"} 2"), "{text}");
         assert!(
             text.contains(
-                "weir_call_duration_seconds_bucket{tenant=\"t\",node=\"n\",le=\"1.0\"} 3"
+                "weir_call_duration_seconds_bucket{le=\"1.0\",tenant=\"t\",node=\"n\"} 3"
             ),
             "{text}"
         );
