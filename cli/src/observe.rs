@@ -373,12 +373,12 @@ pub(crate) fn resource_metrics(
         // Points of one name and kind go under one metric.
         let same = metrics.iter_mut().find(|m| {
             m.name == s.name
-                && match (&m.data, &data) {
+                && matches!(
+                    (&m.data, &data),
                     (Some(metric::Data::Sum(_)), metric::Data::Sum(_))
-                    | (Some(metric::Data::Gauge(_)), metric::Data::Gauge(_))
-                    | (Some(metric::Data::Histogram(_)), metric::Data::Histogram(_)) => true,
-                    _ => false,
-                }
+                        | (Some(metric::Data::Gauge(_)), metric::Data::Gauge(_))
+                        | (Some(metric::Data::Histogram(_)), metric::Data::Histogram(_))
+                )
         });
         match (same.and_then(|m| m.data.as_mut()), data) {
             (Some(metric::Data::Sum(sum)), metric::Data::Sum(more)) => {

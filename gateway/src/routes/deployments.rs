@@ -380,6 +380,7 @@ pub(crate) async fn update(
     body: Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
     let (tenant, quotas) = caller_tenant(&state, &caller, Role::Developer)?;
+    tracing::Span::current().record("deployment", tracing::field::display(&id));
     let _changing = state.tenant_locks.lock(&tenant).await;
     let (record, _) = stored(&state, &tenant, &id).await?;
     let (spec, _) = deployment_body(&headers, &body)?;
@@ -425,6 +426,7 @@ pub(crate) async fn pause(
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let (tenant, _) = caller_tenant(&state, &caller, Role::Developer)?;
+    tracing::Span::current().record("deployment", tracing::field::display(&id));
     let _changing = state.tenant_locks.lock(&tenant).await;
     let (record, _) = stored(&state, &tenant, &id).await?;
     if record.status != "paused" {
@@ -453,6 +455,7 @@ pub(crate) async fn resume(
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let (tenant, quotas) = caller_tenant(&state, &caller, Role::Developer)?;
+    tracing::Span::current().record("deployment", tracing::field::display(&id));
     let _changing = state.tenant_locks.lock(&tenant).await;
     let (record, spec) = stored(&state, &tenant, &id).await?;
     let mut warnings = Vec::new();
@@ -492,6 +495,7 @@ pub(crate) async fn outputs(
     ApiQuery(query): ApiQuery<OutputsQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     let (tenant, _) = caller_tenant(&state, &caller, Role::Developer)?;
+    tracing::Span::current().record("deployment", tracing::field::display(&id));
     stored(&state, &tenant, &id).await?;
     let outputs = state
         .runtime
@@ -537,6 +541,7 @@ pub(crate) async fn get(
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let (tenant, _) = caller_tenant(&state, &caller, Role::Viewer)?;
+    tracing::Span::current().record("deployment", tracing::field::display(&id));
     let (record, _) = stored(&state, &tenant, &id).await?;
     let mut view = deployment_view(record)?;
     view.history = state
@@ -561,6 +566,7 @@ pub(crate) async fn delete(
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let (tenant, _) = caller_tenant(&state, &caller, Role::Developer)?;
+    tracing::Span::current().record("deployment", tracing::field::display(&id));
     let _changing = state.tenant_locks.lock(&tenant).await;
     if !state.store.delete_deployment(&tenant, &id).await? {
         return Err(ApiError::not_found("deployment"));
@@ -578,6 +584,7 @@ pub(crate) async fn ingest(
     ApiJson(messages): ApiJson<Vec<IngestMessage>>,
 ) -> Result<impl IntoResponse, ApiError> {
     let (tenant, quotas) = caller_tenant(&state, &caller, Role::Developer)?;
+    tracing::Span::current().record("deployment", tracing::field::display(&id));
     state
         .store
         .deployment(&tenant, &id)
