@@ -1,5 +1,6 @@
 //! `weir serve`: the platform in one process on embedded defaults: the REST API on a loopback
-//! port, the SQLite control store, blob store and tenants' state store in the data directory, modules validated by this
+//! port, the SQLite control store, blob store and tenants' state store in the data directory
+//! (the state store on Redis with `--state redis://…`), modules validated by this
 //! process's wasm engine. On first start it creates the data directory, a signing secret, and an
 //! admin token, which it prints once.
 
@@ -60,6 +61,55 @@ pub(crate) struct ServeArgs {
     /// `weir device create`; deployments reach it as the `default` endpoint). Port 0 picks one.
     #[arg(long, default_value = "127.0.0.1:1883")]
     mqtt_listen: SocketAddr,
+    /// Where tenants' module state lives: `sqlite` (embedded, `state.db` in the data
+    /// directory, this executor alone) or `redis://[user:password@]host:port[/db]` (plain TCP;
+    /// every executor pointed at the same Redis and namespace shares each tenant's keys).
+    /// Taken from `WEIR_STATE` when not given, which keeps a password out of the process list.
+    #[arg(long, env = "WEIR_STATE", default_value = "sqlite")]
+    state: String,
+    /// The first part of every Redis key weir writes (letters, digits, `-`, `_`, `.`):
+    /// executors that share tenants' state use the same one.
+    #[arg(long, default_value = "weir")]
+    state_namespace: String,
+}
+
+/// The tenants' state store `--state` names, connected (Redis is asked for a `PONG` within
+/// 5 s, so a wrong address fails the start instead of the first module call).
+async fn state_store(args: &ServeArgs) -> anyhow::Result<Arc<dyn weir_state::StateStore>> {
+    if args.state == "sqlite" {
+        return Ok(Arc::new(weir_store::SqliteStateStore::open(
+            &args.data.join("state.db"),
+        )?));
+    }
+    if !args.state.starts_with("redis://") {
+        anyhow::bail!(
+            "--state {:?}: expected `sqlite` or redis://host:port[/db]",
+            weir_state::masked_url(&args.state)
+        );
+    }
+    // The node id versions carry: the host this executor runs on.
+    let host = tokio::task::spawn_blocking(|| std::fs::read_to_string("/proc/sys/kernel/hostname"))
+        .await?
+        .map(|name| name.trim().to_owned())
+        .unwrap_or_default();
+    let config = weir_state::RedisConfig {
+        namespace: args.state_namespace.clone(),
+        node_id: if host.is_empty() {
+            "weir".to_owned()
+        } else {
+            format!("weir@{host}")
+        },
+        ..weir_state::RedisConfig::new(&args.state)
+    };
+    let store = weir_state::RedisStateStore::connect(config)
+        .await
+        .context("--state")?;
+    println!(
+        "tenants' state on {} (namespace {})",
+        weir_state::masked_url(&args.state),
+        store.namespace()
+    );
+    Ok(Arc::new(store))
 }
 
 /// The graph `--demo` deploys: Fahrenheit readings to Celsius, then a range filter.
@@ -302,6 +352,9 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCod
             })
             .with_context(|| format!("cannot create data directory {}", args.data.display()))?;
     }
+    // Before the first start's admin token is minted and shown (once): a wrong `--state`
+    // fails the start with nothing printed that a retry would not print again.
+    let state_store = state_store(&args).await?;
     let (secret, first_start) = secret(&args.data)?;
     let store = Arc::new(SqliteControlStore::open(&args.data.join("control.db"))?);
     let blobs = BlobStore::open(args.data.join("blobs"))?;
@@ -353,9 +406,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCod
     };
     let workers = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     // One state store for the API and the modules: what `/v1/state` seeds, modules read.
-    let module_state = Arc::new(weir_state::MeteredStateStore::new(Arc::new(
-        weir_store::SqliteStateStore::open(&args.data.join("state.db"))?,
-    )));
+    let module_state = Arc::new(weir_state::MeteredStateStore::new(state_store));
     let broker = Arc::new(
         weir_broker::EmbeddedBroker::start(
             weir_broker::BrokerConfig {
