@@ -59,6 +59,25 @@ fn main() -> anyhow::Result<()> {
         .worker_threads(1)
         .enable_all()
         .build()?;
+    // The write figure depends on Redis's persistence: say which it was.
+    let persistence = runtime.block_on(async {
+        let mut connection = redis::Client::open(redis.as_str())?
+            .get_multiplexed_async_connection()
+            .await?;
+        let mut settings = Vec::new();
+        for name in ["appendonly", "appendfsync", "save"] {
+            let pair: Vec<String> = redis::cmd("CONFIG")
+                .arg("GET")
+                .arg(name)
+                .query_async(&mut connection)
+                .await?;
+            settings.push(format!(
+                "{name}={:?}",
+                pair.get(1).cloned().unwrap_or_default()
+            ));
+        }
+        Ok::<_, redis::RedisError>(settings.join(" "))
+    })?;
     let dir = tempfile::tempdir()?;
     let namespace = format!("bench-{}", std::process::id());
     let redis_store = runtime.block_on(RedisStateStore::connect(RedisConfig {
@@ -79,6 +98,11 @@ fn main() -> anyhow::Result<()> {
     println!(
         "state-roundtrip: module enrichment (map), one state call per message, {messages} messages per run, {RUNS} runs, {} cores",
         std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!(
+        "redis {} ({persistence}); sqlite in {} (weir-store's settings)",
+        weir_state::masked_url(&redis),
+        dir.path().display()
     );
     println!(
         "{:<20} {:>12} {:>12} {:>12} {:>10}",
