@@ -116,6 +116,7 @@ async fn main() -> anyhow::Result<()> {
             .await?;
 
         let base = status_kib(pid, "VmRSS")?;
+        let base_threads = status_kib(pid, "Threads")?;
         let base_maps = smaps_rss(pid)?;
         let started = Instant::now();
         let mut made = 0usize;
@@ -134,6 +135,7 @@ async fn main() -> anyhow::Result<()> {
         let deploy_time = started.elapsed();
         anyhow::ensure!(made > 0, "no deployment was made");
         let idle = status_kib(pid, "VmRSS")?;
+        let idle_threads = status_kib(pid, "Threads")?;
         let idle_maps = smaps_rss(pid)?;
         #[expect(clippy::cast_precision_loss, reason = "KiB and counts for printing")]
         let per = |grown: u64| grown as f64 / made as f64;
@@ -161,7 +163,7 @@ async fn main() -> anyhow::Result<()> {
         );
         largest_growth("active", &idle_maps, &active_maps);
         println!(
-            "run {run}: {made} deployments, RSS base {base} KiB, idle {idle} KiB, active {active} KiB, {failed} without output"
+            "run {run}: {made} deployments, RSS base {base} KiB, idle {idle} KiB, active {active} KiB, {failed} without output; threads {base_threads} before, {idle_threads} after deploying"
         );
         drop(server);
     }
