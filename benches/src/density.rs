@@ -3,13 +3,18 @@
 //! deployment, and where the memory went (`/proc/PID/smaps` by mapping).
 //!
 //! Each run starts `weir serve` on a fresh data directory with `--instance-slots` above the
-//! target and operator instances kept for 10 minutes (`--instance-idle-ms`), creates tenant
+//! target and operator instances dropped after 20 s without a call (`--instance-idle-ms`),
+//! creates tenant
 //! `bench` with quotas raised past the target, uploads the temperature module and the sample
 //! graph, then:
 //! 1. reads the server's RSS (`VmRSS`), deploys the sample graph `target` times (stopping at the
-//!    first refusal, whose error is printed) and reads it again: idle KiB per deployment;
-//! 2. sends one waited ingest to every deployment (each creates its operator instance, which
-//!    stays live) and reads it again: KiB per active deployment on top of idle.
+//!    first refusal, whose error is printed) and reads it again: KiB per active deployment
+//!    (each ran `init` at deploy, so its operator instance is live);
+//! 2. waits until the instances were idle 20 s and dropped, and reads it again: KiB per idle
+//!    deployment (no instance);
+//! 3. sends one waited ingest to every deployment (each re-creates its operator instance) to
+//!    check that all of them answer, and prints the RSS after it (instances created early in
+//!    this phase may be dropped again before its end, so it is no figure).
 //!
 //! Prints `RESULT key=value` per figure per run, `DESCRIBE key=text` once, and the largest
 //! smaps deltas of each phase.
@@ -29,6 +34,8 @@ use weir_server::{Server, deployment, describe, ms, result, smaps_rss, status_ki
 
 const SAMPLE_GRAPH: &str = include_str!("../../tests/golden/graph-simple.yaml");
 const READING: &str = r#"{"temperature":{"value":212,"unit":"F"}}"#;
+/// How long an operator instance lives without a call (`--instance-idle-ms`).
+const INSTANCE_IDLE: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Prints the mappings whose resident size grew most between `before` and `after`.
 fn largest_growth(phase: &str, before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>) {
@@ -68,12 +75,12 @@ async fn main() -> anyhow::Result<()> {
         ),
     );
     describe(
-        "idle_kib_per_deployment",
-        "server VmRSS growth over deploying them, divided by their number (no message sent yet: no operator instance)",
+        "active_kib_per_deployment",
+        "server VmRSS growth over deploying them, divided by their number (each ran init at deploy: one live operator instance each)",
     );
     describe(
-        "active_kib_per_deployment",
-        "further VmRSS growth after one waited ingest into each (one live operator instance each), divided by their number",
+        "idle_kib_per_deployment",
+        "server VmRSS over the pre-deploy baseline once every instance was idle 20 s and dropped (deployments idle, no instance), divided by their number",
     );
     describe(
         "deploy_ms_per_deployment",
@@ -85,7 +92,12 @@ async fn main() -> anyhow::Result<()> {
         let server = Server::start(
             &weir,
             data.path(),
-            &["--instance-slots", &slots, "--instance-idle-ms", "600000"],
+            &[
+                "--instance-slots",
+                &slots,
+                "--instance-idle-ms",
+                &INSTANCE_IDLE.as_millis().to_string(),
+            ],
         )?;
         let pid = server.pid();
         let admin = server.admin()?;
@@ -134,16 +146,27 @@ async fn main() -> anyhow::Result<()> {
         }
         let deploy_time = started.elapsed();
         anyhow::ensure!(made > 0, "no deployment was made");
-        let idle = status_kib(pid, "VmRSS")?;
+        let deployed = status_kib(pid, "VmRSS")?;
         let idle_threads = status_kib(pid, "Threads")?;
-        let idle_maps = smaps_rss(pid)?;
+        let deployed_maps = smaps_rss(pid)?;
         #[expect(clippy::cast_precision_loss, reason = "KiB and counts for printing")]
         let per = |grown: u64| grown as f64 / made as f64;
         result("deployments", f64::from(u32::try_from(made)?));
-        result("idle_kib_per_deployment", per(idle.saturating_sub(base)));
+        result(
+            "active_kib_per_deployment",
+            per(deployed.saturating_sub(base)),
+        );
         #[expect(clippy::cast_precision_loss, reason = "a count for printing")]
         result("deploy_ms_per_deployment", ms(deploy_time) / made as f64);
-        largest_growth("idle", &base_maps, &idle_maps);
+        largest_growth("deployed", &base_maps, &deployed_maps);
+
+        // The last instance was created when the deploy phase ended; give the idle sweep a
+        // second more than the idle time.
+        tokio::time::sleep(INSTANCE_IDLE + std::time::Duration::from_secs(1)).await;
+        let idle = status_kib(pid, "VmRSS")?;
+        let idle_maps = smaps_rss(pid)?;
+        result("idle_kib_per_deployment", per(idle.saturating_sub(base)));
+        largest_growth("idle (instances dropped)", &deployed_maps, &idle_maps);
 
         let mut failed = 0usize;
         for i in 0..made {
@@ -157,13 +180,10 @@ async fn main() -> anyhow::Result<()> {
         }
         let active = status_kib(pid, "VmRSS")?;
         let active_maps = smaps_rss(pid)?;
-        result(
-            "active_kib_per_deployment",
-            per(active.saturating_sub(idle)),
-        );
-        largest_growth("active", &idle_maps, &active_maps);
+        largest_growth("after one message each", &idle_maps, &active_maps);
+        anyhow::ensure!(failed == 0, "{failed} deployments gave no output");
         println!(
-            "run {run}: {made} deployments, RSS base {base} KiB, idle {idle} KiB, active {active} KiB, {failed} without output; threads {base_threads} before, {idle_threads} after deploying"
+            "run {run}: {made} deployments, RSS base {base} KiB, deployed {deployed} KiB, idle {idle} KiB, after one message each {active} KiB, {failed} without output; threads {base_threads} before, {idle_threads} after deploying"
         );
         drop(server);
     }
