@@ -8,9 +8,11 @@
 //! alone, then while four tasks keep the noisy deployments fed. Prints p50/p99/max of each
 //! phase and their ratio. Quotas are set with partial documents, so an older server that
 //! predates a quota field runs the same bench (that is how the "before" figure is taken).
+//! Repeats the whole (fresh server each time) `runs` times and prints `RESULT key=value` per
+//! figure per run, `DESCRIBE key=text` once (issue 11, row 8).
 //!
 //! ```sh
-//! cargo build -p weir && cargo run -p weir-bench --bin noisy-neighbour -- target/debug/weir [requests]
+//! cargo build -p weir && cargo run -p weir-bench --bin noisy-neighbour -- target/debug/weir [requests] [runs]
 //! ```
 
 use std::io::{BufRead, BufReader};
@@ -97,8 +99,9 @@ fn deployment(id: &str) -> CreateDeployment {
     }
 }
 
-/// Times `requests` waited ingests; the latencies in µs, sorted.
-async fn measure(quiet: &Client, requests: usize) -> anyhow::Result<Vec<u64>> {
+/// Times `requests` waited ingests; the latencies in µs, sorted, and the requests per second.
+async fn measure(quiet: &Client, requests: usize) -> anyhow::Result<(Vec<u64>, f64)> {
+    let phase = Instant::now();
     let mut latencies = Vec::with_capacity(requests);
     for i in 0..requests {
         let started = Instant::now();
@@ -115,7 +118,9 @@ async fn measure(quiet: &Client, requests: usize) -> anyhow::Result<Vec<u64>> {
         latencies.push(u64::try_from(started.elapsed().as_micros())?);
     }
     latencies.sort_unstable();
-    Ok(latencies)
+    #[expect(clippy::cast_precision_loss, reason = "a count for printing")]
+    let rate = requests as f64 / phase.elapsed().as_secs_f64();
+    Ok((latencies, rate))
 }
 
 fn percentile(sorted: &[u64], p: f64) -> f64 {
@@ -131,8 +136,11 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
     ms
 }
 
-fn report(phase: &str, sorted: &[u64]) -> f64 {
+fn report(phase: &str, key: &str, (sorted, rate): &(Vec<u64>, f64)) -> f64 {
     let p99 = percentile(sorted, 0.99);
+    println!("RESULT {key}_p50_ms={:.3}", percentile(sorted, 0.5));
+    println!("RESULT {key}_p99_ms={p99:.3}");
+    println!("RESULT {key}_requests_per_s={rate:.1}");
     println!(
         "{phase:<28} n={:<5} p50={:>7.2} ms  p99={:>7.2} ms  max={:>7.2} ms",
         sorted.len(),
@@ -150,9 +158,44 @@ async fn main() -> anyhow::Result<()> {
         .next()
         .unwrap_or_else(|| "target/debug/weir".to_owned());
     let requests: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(400);
+    let runs: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(1);
+    for (key, what) in [
+        ("quiet_alone", "alone"),
+        ("quiet_beside_noisy", "beside the noisy tenant"),
+    ] {
+        for (figure, unit) in [
+            ("p50_ms", "p50 latency"),
+            ("p99_ms", "p99 latency"),
+            (
+                "requests_per_s",
+                "requests per second (one client, sequential)",
+            ),
+        ] {
+            println!(
+                "DESCRIBE {key}_{figure}=quiet tenant {what}: {unit} of {requests} POST /ingest?wait=true of one message each to one echo deployment; noisy: 4 spin-loop deployments fed without pause, fuel_per_second {NOISY_FUEL_PER_SECOND}"
+            );
+        }
+    }
+    println!(
+        "DESCRIBE quiet_p99_ratio=quiet tenant's p99 beside the noisy tenant / alone, same run (target <= 1.10)"
+    );
+    for _ in 0..runs {
+        run(&weir, requests).await?;
+    }
+    Ok(())
+}
+
+async fn run(weir: &str, requests: usize) -> anyhow::Result<()> {
     let data = tempfile::tempdir()?;
-    let mut child = Command::new(&weir)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+    let mut child = Command::new(weir)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--mqtt-listen",
+            "127.0.0.1:0",
+            "--data",
+        ])
         .arg(data.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -201,7 +244,11 @@ async fn main() -> anyhow::Result<()> {
     );
     // Warm up (first instantiations), then measure alone.
     measure(&quiet, 20).await?;
-    let alone = report("quiet alone", &measure(&quiet, requests).await?);
+    let alone = report(
+        "quiet alone",
+        "quiet_alone",
+        &measure(&quiet, requests).await?,
+    );
 
     let stop = Arc::new(AtomicBool::new(false));
     let fed = Arc::new(AtomicU64::new(0));
@@ -223,7 +270,11 @@ async fn main() -> anyhow::Result<()> {
     }
     // Let the neighbour's queues fill before measuring.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let beside = report("quiet beside noisy", &measure(&quiet, requests).await?);
+    let beside = report(
+        "quiet beside noisy",
+        "quiet_beside_noisy",
+        &measure(&quiet, requests).await?,
+    );
     stop.store(true, Ordering::Relaxed);
     for feeder in feeders {
         feeder.await?;
@@ -238,6 +289,7 @@ async fn main() -> anyhow::Result<()> {
         "p99 beside noisy / alone: {:.2}x",
         beside / alone.max(0.001)
     );
+    println!("RESULT quiet_p99_ratio={:.3}", beside / alone.max(0.001));
     drop(server);
     Ok(())
 }

@@ -1,6 +1,9 @@
 //! `weir serve`: the platform in one process on embedded defaults: the REST API on a loopback
-//! port, the SQLite control store, blob store and tenants' state store in the data directory, modules validated by this
-//! process's wasm engine. On first start it creates the data directory, a signing secret, and an
+//! port, the SQLite control store, blob store and tenants' state store in the data directory
+//! (the state store on Redis with `--state redis://…`), modules validated by this
+//! process's wasm engine, their compiled artifacts kept in `DATA/artifacts` so that a restart
+//! loads them instead of compiling again. On first start it creates the data directory, a
+//! signing secret, and an
 //! admin token, which it prints once.
 
 use std::io::Read;
@@ -11,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use weir_executor::dataflow::DataflowSettings;
-use weir_executor::{EngineConfig, OperatorEngine, PoolingConfig};
+use weir_executor::{ArtifactConfig, EngineConfig, OperatorEngine, PoolingConfig};
 use weir_gateway::{GatewayState, ModuleValidator, ServerLimits, router};
 
 use weir_store::{BlobStore, ControlStore, SqliteControlStore, TokenRecord};
@@ -73,6 +76,59 @@ pub(crate) struct ServeArgs {
     /// last; a killed process loses at most this much counted work).
     #[arg(long, default_value_t = 10_000)]
     usage_flush_ms: u64,
+    /// Where tenants' module state lives: `sqlite` (embedded, `state.db` in the data
+    /// directory, this executor alone) or `redis://[user:password@]host:port[/db]` (plain TCP;
+    /// every executor pointed at the same Redis and namespace shares each tenant's keys).
+    /// Taken from `WEIR_STATE` when not given, which keeps a password out of the process list.
+    #[arg(long, env = "WEIR_STATE", default_value = "sqlite")]
+    state: String,
+    /// The first part of every Redis key weir writes (letters, digits, `-`, `_`, `.`):
+    /// executors that share tenants' state use the same one.
+    #[arg(long, default_value = "weir")]
+    state_namespace: String,
+    /// Most bytes of compiled modules kept on disk in `DATA/artifacts` across restarts (the
+    /// least recently used go first; a Python module takes ~40 MB, a Rust one ~0.3 MB).
+    #[arg(long, default_value_t = 1 << 30)]
+    compile_cache_bytes: u64,
+}
+
+/// The tenants' state store `--state` names, connected (Redis is asked for a `PONG` within
+/// 5 s, so a wrong address fails the start instead of the first module call).
+async fn state_store(args: &ServeArgs) -> anyhow::Result<Arc<dyn weir_state::StateStore>> {
+    if args.state == "sqlite" {
+        return Ok(Arc::new(weir_store::SqliteStateStore::open(
+            &args.data.join("state.db"),
+        )?));
+    }
+    if !args.state.starts_with("redis://") {
+        anyhow::bail!(
+            "--state {:?}: expected `sqlite` or redis://host:port[/db]",
+            weir_state::masked_url(&args.state)
+        );
+    }
+    // The node id versions carry: the host this executor runs on.
+    let host = tokio::task::spawn_blocking(|| std::fs::read_to_string("/proc/sys/kernel/hostname"))
+        .await?
+        .map(|name| name.trim().to_owned())
+        .unwrap_or_default();
+    let config = weir_state::RedisConfig {
+        namespace: args.state_namespace.clone(),
+        node_id: if host.is_empty() {
+            "weir".to_owned()
+        } else {
+            format!("weir@{host}")
+        },
+        ..weir_state::RedisConfig::new(&args.state)
+    };
+    let store = weir_state::RedisStateStore::connect(config)
+        .await
+        .context("--state")?;
+    println!(
+        "tenants' state on {} (namespace {})",
+        weir_state::masked_url(&args.state),
+        store.namespace()
+    );
+    Ok(Arc::new(store))
 }
 
 /// The graph `--demo` deploys: Fahrenheit readings to Celsius, then a range filter.
@@ -315,6 +371,9 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCod
             })
             .with_context(|| format!("cannot create data directory {}", args.data.display()))?;
     }
+    // Before the first start's admin token is minted and shown (once): a wrong `--state`
+    // fails the start with nothing printed that a retry would not print again.
+    let state_store = state_store(&args).await?;
     let (secret, first_start) = secret(&args.data)?;
     let store = Arc::new(SqliteControlStore::open(&args.data.join("control.db"))?);
     let blobs = BlobStore::open(args.data.join("blobs"))?;
@@ -354,21 +413,27 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCod
     } else {
         println!("data in {}", args.data.display());
     }
-    let engine = OperatorEngine::new(&EngineConfig {
+    let engine_config = EngineConfig {
         pooling: Some(PoolingConfig {
             instance_slots: args.instance_slots,
         }),
+        artifacts: Some(ArtifactConfig {
+            dir: args.data.join("artifacts"),
+            max_bytes: args.compile_cache_bytes,
+        }),
         ..EngineConfig::default()
-    })?;
+    };
+    // Opening the artifact directory reads it: off the async workers.
+    let engine = tokio::task::spawn_blocking(move || OperatorEngine::new(&engine_config))
+        .await
+        .context("the engine's start panicked")??;
     let settings = DataflowSettings {
         instance_idle: Duration::from_millis(args.instance_idle_ms),
         ..DataflowSettings::default()
     };
     let workers = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     // One state store for the API and the modules: what `/v1/state` seeds, modules read.
-    let module_state = Arc::new(weir_state::MeteredStateStore::new(Arc::new(
-        weir_store::SqliteStateStore::open(&args.data.join("state.db"))?,
-    )));
+    let module_state = Arc::new(weir_state::MeteredStateStore::new(state_store));
     let broker = Arc::new(
         weir_broker::EmbeddedBroker::start(
             weir_broker::BrokerConfig {
@@ -408,7 +473,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCod
         verifier,
         issuer: issuer.clone(),
         revocations,
-        validator: Arc::new(EngineValidator(engine)),
+        validator: Arc::new(EngineValidator(engine.clone())),
         runtime: deployments.clone(),
         state: module_state,
         limits: Arc::default(),
@@ -425,6 +490,12 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCod
     if resumed > 0 {
         println!("resumed {resumed} deployment(s)");
     }
+    let counts = engine.compile_counts();
+    // Tests read this line: a restart with the compile cache compiles nothing.
+    println!(
+        "modules: {} compiled, {} loaded from the compile cache, {} damaged artifact(s) discarded",
+        counts.compiled, counts.loaded, counts.discarded
+    );
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;

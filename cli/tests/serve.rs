@@ -357,3 +357,103 @@ connections:
         "the module sees what the API seeded: {body}"
     );
 }
+
+/// The line `weir serve` prints after resuming deployments: how it came by its modules.
+fn compile_line(server: &common::Server) -> String {
+    server
+        .lines
+        .iter()
+        .find(|line| line.starts_with("modules: "))
+        .cloned()
+        .unwrap_or_else(|| panic!("no compile count printed: {:?}", server.lines))
+}
+
+/// One waited ingest into deployment `id` of the echo graph: the payload comes back.
+async fn echoes(client: &weir_api::client::Client, id: &str) {
+    let reply = client
+        .ingest(id, &[weir_api::rest::IngestMessage::new("ping")], true)
+        .await
+        .unwrap();
+    let outputs = reply.outputs.unwrap();
+    assert_eq!(outputs.len(), 1, "{outputs:?}");
+    assert_eq!(outputs[0].payload, "ping");
+}
+
+/// A restart loads every module from the compile cache in the data directory and compiles
+/// none (counted by the engine, printed by `weir serve`); a damaged artifact is discarded and
+/// the module compiled again, and the deployments run either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_compiles_nothing_and_a_damaged_artifact_is_compiled_again() {
+    use weir_api::rest::{CreateDeployment, GraphRef};
+    let data = tempfile::tempdir().unwrap();
+    let first = serve(data.path());
+    let developer =
+        common::tenant(&first.admin(), "acme", weir_api::tenancy::Quotas::default()).await;
+    developer
+        .push_module("echo", "1.0.0", weir_guests::ECHO.bytes())
+        .await
+        .unwrap();
+    developer
+        .push_graph("g", "1", common::chain_graph("g", "echo", 2))
+        .await
+        .unwrap();
+    for id in ["one", "two"] {
+        developer
+            .deploy(&CreateDeployment {
+                id: id.to_owned(),
+                graph: GraphRef {
+                    name: "g".to_owned(),
+                    version: "1".to_owned(),
+                },
+                configuration: Default::default(),
+                source: Default::default(),
+                sink: Default::default(),
+                dead_letters: None,
+            })
+            .await
+            .unwrap();
+        echoes(&developer, id).await;
+    }
+    let token = developer.token().unwrap().to_owned();
+    drop(first);
+    let artifacts: Vec<_> = std::fs::read_dir(data.path().join("artifacts"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    assert_eq!(
+        artifacts.len(),
+        1,
+        "one module, one artifact: {artifacts:?}"
+    );
+
+    let second = serve(data.path());
+    assert!(
+        second.lines.iter().any(|l| l == "resumed 2 deployment(s)"),
+        "{:?}",
+        second.lines
+    );
+    assert_eq!(
+        compile_line(&second),
+        "modules: 0 compiled, 1 loaded from the compile cache, 0 damaged artifact(s) discarded"
+    );
+    let developer = second.client(&token);
+    for id in ["one", "two"] {
+        echoes(&developer, id).await;
+    }
+    drop(second);
+
+    // One bit of the machine code flipped: caught by the artifact's checksum.
+    let mut damaged = std::fs::read(&artifacts[0]).unwrap();
+    let middle = damaged.len() / 2;
+    damaged[middle] ^= 0x10;
+    std::fs::write(&artifacts[0], damaged).unwrap();
+    let third = serve(data.path());
+    assert_eq!(
+        compile_line(&third),
+        "modules: 1 compiled, 0 loaded from the compile cache, 1 damaged artifact(s) discarded"
+    );
+    let developer = third.client(&token);
+    for id in ["one", "two"] {
+        echoes(&developer, id).await;
+    }
+}

@@ -3,7 +3,8 @@
 //! everything that would leave the sandbox) and every `wasm-graph:processor` host interface.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -12,6 +13,7 @@ use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 use weir_api::ModuleDigest;
 
+use crate::artifacts::{ArtifactStore, Miss};
 use crate::bindings;
 use crate::host::HostState;
 use crate::module::{CompiledModule, ModuleError, check_header, inspect, sha256_digest};
@@ -30,6 +32,31 @@ pub struct EngineConfig {
     pub compile_cache_bytes: usize,
     /// Compiles running at once; more wait their turn (each compile uses a whole core).
     pub max_concurrent_compiles: usize,
+    /// Where compiled modules are kept across restarts (`None`: in memory only, every start
+    /// compiles again).
+    pub artifacts: Option<ArtifactConfig>,
+}
+
+/// The on-disk compile cache: wasmtime's serialized artifacts by module digest and engine
+/// configuration, so that a restart loads modules instead of compiling them.
+#[derive(Debug, Clone)]
+pub struct ArtifactConfig {
+    /// The directory (created owner-only; weir alone writes it). Files of another engine
+    /// configuration found there are deleted.
+    pub dir: PathBuf,
+    /// Most bytes the files may take together; the least recently used go first.
+    pub max_bytes: u64,
+}
+
+/// How the engine came by the modules it holds, since it was built.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CompileCounts {
+    /// Modules compiled from their bytes (cranelift).
+    pub compiled: u64,
+    /// Modules loaded from an artifact file instead.
+    pub loaded: u64,
+    /// Artifact files that failed a check on load, were deleted and compiled again.
+    pub discarded: u64,
 }
 
 /// Sizes of the pooling allocator.
@@ -53,6 +80,7 @@ impl Default for EngineConfig {
             compile_cache_bytes: 512 << 20,
             max_concurrent_compiles: std::thread::available_parallelism()
                 .map_or(1, std::num::NonZeroUsize::get),
+            artifacts: None,
         }
     }
 }
@@ -84,8 +112,17 @@ struct EngineInner {
     ga_linker: Linker<HostState>,
     preview_linker: Linker<HostState>,
     modules: Mutex<CompileCache>,
+    artifacts: Option<Mutex<ArtifactStore>>,
+    counts: Counts,
     compiles: CompileSlots,
     _ticker: EpochTicker,
+}
+
+#[derive(Default)]
+struct Counts {
+    compiled: AtomicU64,
+    loaded: AtomicU64,
+    discarded: AtomicU64,
 }
 
 /// Compiled modules by digest, bounded by the bytes of their code (least recently used first
@@ -233,6 +270,19 @@ impl OperatorEngine {
         )
         .map_err(EngineError::new)?;
 
+        let artifacts = config
+            .artifacts
+            .as_ref()
+            .map(|artifacts| {
+                ArtifactStore::open(&artifacts.dir, artifacts.max_bytes, &engine).map_err(|e| {
+                    EngineError::new(format!(
+                        "cannot open the compile cache {}: {e}",
+                        artifacts.dir.display()
+                    ))
+                })
+            })
+            .transpose()?
+            .map(Mutex::new);
         let ticker = EpochTicker::start(engine.clone(), config.epoch_tick)?;
         Ok(Self {
             inner: Arc::new(EngineInner {
@@ -245,6 +295,8 @@ impl OperatorEngine {
                     clock: 0,
                     entries: HashMap::new(),
                 }),
+                artifacts,
+                counts: Counts::default(),
                 compiles: CompileSlots {
                     free: Mutex::new(config.max_concurrent_compiles.max(1)),
                     freed: std::sync::Condvar::new(),
@@ -281,10 +333,33 @@ impl OperatorEngine {
         self.cache().get(digest)
     }
 
-    /// Drops the compiled module of `digest` from the cache (its last reference was deleted);
-    /// deployments running it keep their own.
+    /// Drops the compiled module of `digest` from the cache and its artifact file from the
+    /// disk (its last reference was deleted); deployments running it keep their own. Does file
+    /// I/O: call it off the async workers.
     pub fn forget(&self, digest: &ModuleDigest) {
         self.cache().remove(digest);
+        if let Some(artifacts) = &self.inner.artifacts {
+            lock(artifacts).remove(digest);
+        }
+    }
+
+    /// How many modules this engine compiled, loaded from artifact files, and discarded
+    /// artifacts of, since it was built.
+    pub fn compile_counts(&self) -> CompileCounts {
+        let counts = &self.inner.counts;
+        CompileCounts {
+            compiled: counts.compiled.load(Ordering::Relaxed),
+            loaded: counts.loaded.load(Ordering::Relaxed),
+            discarded: counts.discarded.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Artifact files on disk and their total bytes (`(0, 0)` without an artifact directory).
+    pub fn artifact_usage(&self) -> (usize, u64) {
+        self.inner.artifacts.as_ref().map_or((0, 0), |artifacts| {
+            let artifacts = lock(artifacts);
+            (artifacts.len(), artifacts.bytes())
+        })
     }
 
     /// Bytes of compiled code the cache holds.
@@ -306,10 +381,7 @@ impl OperatorEngine {
         bytes: &[u8],
     ) -> Result<(CompiledModule, usize), ModuleError> {
         check_header(bytes)?;
-        let component =
-            Component::new(&self.inner.engine, bytes).map_err(|error| ModuleError::Invalid {
-                detail: format!("{error:#}"),
-            })?;
+        let component = self.component(&digest, bytes)?;
         let range = component.image_range();
         let code_bytes = (range.end as usize).saturating_sub(range.start as usize);
         let shape = inspect(&self.inner.engine, &component)?;
@@ -324,6 +396,41 @@ impl OperatorEngine {
             })?;
         CompiledModule::new(digest, shape, pre).map(|module| (module, code_bytes))
     }
+}
+
+impl OperatorEngine {
+    /// The component of `bytes`: from its artifact file when there is a good one, else
+    /// compiled (and its artifact written).
+    fn component(&self, digest: &ModuleDigest, bytes: &[u8]) -> Result<Component, ModuleError> {
+        let counts = &self.inner.counts;
+        if let Some(artifacts) = &self.inner.artifacts {
+            match lock(artifacts).load(&self.inner.engine, digest) {
+                Ok(component) => {
+                    counts.loaded.fetch_add(1, Ordering::Relaxed);
+                    return Ok(component);
+                }
+                Err(Miss::Discarded) => {
+                    counts.discarded.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(Miss::Absent) => {}
+            }
+        }
+        let component =
+            Component::new(&self.inner.engine, bytes).map_err(|error| ModuleError::Invalid {
+                detail: format!("{error:#}"),
+            })?;
+        counts.compiled.fetch_add(1, Ordering::Relaxed);
+        if let Some(artifacts) = &self.inner.artifacts {
+            lock(artifacts).store(digest, &component);
+        }
+        Ok(component)
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Advances the engine's epoch on its own OS thread: a ticker on the async runtime would starve

@@ -9,6 +9,7 @@
 //!
 //! Never knows about HTTP: the gateway reaches it through the scheduler.
 
+mod artifacts;
 mod bindings;
 pub mod dataflow;
 mod engine;
@@ -20,7 +21,9 @@ mod operator;
 pub mod runtime;
 pub mod telemetry;
 
-pub use engine::{EngineConfig, EngineError, OperatorEngine, PoolingConfig};
+pub use engine::{
+    ArtifactConfig, CompileCounts, EngineConfig, EngineError, OperatorEngine, PoolingConfig,
+};
 pub use host::{HostBuffer, LiveQuotas, NodeEnv};
 pub use module::{
     CompiledModule, Contract, ModuleError, OperatorKind, UnsupportedImport, check_header,

@@ -4,7 +4,8 @@
 //! distributed state store: `SET` with `NX`/`NEX` conditions and expiry, `GET`, `DEL`, and `VDEL`
 //! (delete only if the value matches); every write gets an HLC version, and a version used as a
 //! *fencing token* protects a key from writers holding an older token. Backends: [`MemoryStateStore`]
-//! (the embedded default); Redis joins behind the same trait and passes the same
+//! (in process), SQLite (`weir-store`, the embedded default of `weir serve`) and, with the
+//! feature `redis`, `RedisStateStore` (shared by several executors); all pass the same
 //! [`testing::conformance`] suite.
 //!
 //! Tenancy is in the signature: every operation takes a [`StateScope`], which names the tenant and
@@ -14,6 +15,8 @@
 
 mod memory;
 mod metered;
+#[cfg(feature = "redis")]
+mod redis_store;
 pub mod testing;
 
 use std::time::Duration;
@@ -23,6 +26,10 @@ use weir_api::{Hlc, TenantId};
 
 pub use memory::MemoryStateStore;
 pub use metered::MeteredStateStore;
+#[cfg(feature = "redis")]
+pub use redis_store::{
+    RECLAIM_BATCH, RedisConfig, RedisConnectError, RedisStateStore, masked_url, tenant_keys,
+};
 
 /// How far in the future a fencing token may lie; further is a forged or broken clock.
 pub const MAX_FENCING_TOKEN_DRIFT: Duration = Duration::from_secs(60);
