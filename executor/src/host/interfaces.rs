@@ -150,14 +150,18 @@ macro_rules! host_interfaces {
             Hlc { secs: hlc.timestamp.secs, nanos: hlc.timestamp.nanos, counter: hlc.counter, node_id: hlc.node_id }
         }
 
+        /// The WIT error of a failed state operation (azure-compat 2.6): a backend that did
+        /// not answer in time is `timeout`; one that cannot be reached (a lost Redis
+        /// connection) is a `request-error` the module may retry, saying so without the
+        /// backend's address; `internal` is left for weir's own faults.
         fn state_error(error: weir_state::StateError) -> StateStoreError {
-            if error.is_request_error() {
-                StateStoreError::RequestError(error.to_string())
-            } else if matches!(error, weir_state::StateError::Timeout) {
-                StateStoreError::Timeout
-            } else {
-                tracing::warn!(%error, "state store failed a module's request");
-                StateStoreError::Internal
+            match error {
+                weir_state::StateError::Timeout => StateStoreError::Timeout,
+                weir_state::StateError::Unavailable(_) => {
+                    tracing::warn!(%error, source = ?std::error::Error::source(&error), "state store unreachable for a module's request");
+                    StateStoreError::RequestError(error.to_string())
+                }
+                _ => StateStoreError::RequestError(error.to_string()),
             }
         }
 
