@@ -167,3 +167,110 @@ impl WeirOperator {
         })
     }
 }
+
+/// Prints one figure in the form `scripts/bench` collects: `RESULT key=value`.
+pub fn result(key: &str, value: f64) {
+    println!("RESULT {key}={value}");
+}
+
+/// The `p` quantile (0..=1) of `sorted` (nearest rank), in the sample's unit; 0 when empty.
+pub fn percentile(sorted: &[u64], p: f64) -> u64 {
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss,
+        reason = "an index into a sorted sample"
+    )]
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted.get(index).copied().unwrap_or_default()
+}
+
+/// `n` as a float, for rates and ratios.
+#[expect(clippy::cast_precision_loss, reason = "counts far below 2^52")]
+pub fn float(n: u64) -> f64 {
+    n as f64
+}
+
+/// A `weir serve` child process on a fresh data directory, killed when dropped.
+#[derive(Debug)]
+pub struct WeirServer {
+    child: std::process::Child,
+    /// `host:port` of its API.
+    pub address: String,
+    /// `host:port` of its embedded MQTT broker.
+    pub mqtt: String,
+    /// The admin token it printed.
+    pub admin_token: String,
+    _data: tempfile::TempDir,
+}
+
+impl WeirServer {
+    /// Starts `weir serve` (the binary at `weir`) on loopback ports it picks, and reads its
+    /// address, broker address and admin token from its output; the rest of its output is
+    /// drained on a thread so the pipe never fills.
+    pub fn start(weir: &str) -> anyhow::Result<Self> {
+        use std::io::{BufRead, BufReader};
+        use std::process::{Command, Stdio};
+        let data = tempfile::tempdir()?;
+        let mut child = Command::new(weir)
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--mqtt-listen",
+                "127.0.0.1:0",
+                "--data",
+            ])
+            .arg(data.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("cannot start {weir}: {e}"))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+        let mut server = Self {
+            child,
+            address: String::new(),
+            mqtt: String::new(),
+            admin_token: String::new(),
+            _data: data,
+        };
+        let mut lines = BufReader::new(stdout).lines();
+        for line in lines.by_ref() {
+            let line = line?;
+            if let Some(token) = line
+                .split("admin token (shown once, valid 365 days): ")
+                .nth(1)
+            {
+                token.trim().clone_into(&mut server.admin_token);
+            }
+            if let Some(broker) = line.strip_prefix("mqtt broker listening on mqtt://") {
+                broker.trim().clone_into(&mut server.mqtt);
+            }
+            if let Some(listening) = line.strip_prefix("weir listening on http://") {
+                listening.trim().clone_into(&mut server.address);
+                break;
+            }
+        }
+        anyhow::ensure!(
+            !server.address.is_empty() && !server.admin_token.is_empty(),
+            "weir serve printed no address or admin token"
+        );
+        std::thread::spawn(move || for _line in lines {});
+        Ok(server)
+    }
+
+    /// Its process id (for `perf record -p`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for WeirServer {
+    fn drop(&mut self) {
+        let _killed = self.child.kill();
+        let _waited = self.child.wait();
+    }
+}
