@@ -32,144 +32,25 @@
 //! ```
 
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
-use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
+use rumqttc::v5::{AsyncClient, Event};
 use tokio::sync::Notify;
-use weir_api::client::{Client, HttpMethod};
-use weir_api::rest::{
-    Binding, CreateDeployment, CreateEndpoint, CreateTenant, EndpointKind, GraphRef, MintToken,
+use weir_api::rest::{Binding, CreateDeployment, CreateEndpoint, EndpointKind, GraphRef};
+use weir_bench::mqtt::{
+    Login, PAYLOAD_BYTES, base, drive, now_ns, paced, payload, properties, qos,
 };
-use weir_api::tenancy::Role;
 use weir_bench::{WeirServer, float, percentile, result};
 
 /// The graph every deployment runs: no window, two wasm calls per message.
 const GRAPH: &str = "metadata: {$schema: s, name: g, version: '1'}\nmoduleRequirements: {apiVersion: '1.1.0', runtimeVersion: '1.1.0'}\noperations:\n  - {operationType: source, name: source}\n  - {operationType: map, name: map, module: 'temperature:1.0.0'}\n  - {operationType: filter, name: filter, module: 'temperature:1.0.0'}\n  - {operationType: sink, name: sink}\nconnections:\n  - {from: {name: source}, to: {name: map}}\n  - {from: {name: map}, to: {name: filter}}\n  - {from: {name: filter}, to: {name: sink}}\n";
 
-/// The size of every message's payload, in bytes.
-const PAYLOAD_BYTES: usize = 200;
-
 /// Unanswered messages at most during the saturation run.
 const WINDOW: u64 = 1000;
-
-/// The instant all send and receipt times count from.
-fn base() -> Instant {
-    static BASE: OnceLock<Instant> = OnceLock::new();
-    *BASE.get_or_init(Instant::now)
-}
-
-fn now_ns() -> u64 {
-    u64::try_from(base().elapsed().as_nanos()).unwrap_or(u64::MAX)
-}
-
-/// How this process's clients log in to one broker.
-#[derive(Debug, Clone)]
-struct Login {
-    host: String,
-    port: u16,
-    credentials: Option<(String, String)>,
-    /// What client ids end with (`@bench` on weir's broker, which wants `<name>@<tenant>`).
-    id_suffix: String,
-}
-
-impl Login {
-    fn new(address: &str, credentials: Option<(String, String)>, id_suffix: &str) -> anyhow::Result<Self> {
-        let (host, port) = address
-            .rsplit_once(':')
-            .with_context(|| format!("HOST:PORT, not {address}"))?;
-        Ok(Self {
-            host: host.to_owned(),
-            port: port.parse()?,
-            credentials,
-            id_suffix: id_suffix.to_owned(),
-        })
-    }
-
-    /// A connected client (CONNACK received) and its event loop.
-    async fn connect(&self, name: &str) -> anyhow::Result<(AsyncClient, EventLoop)> {
-        let mut options = MqttOptions::new(
-            format!("{name}{}", self.id_suffix),
-            self.host.clone(),
-            self.port,
-        );
-        options
-            .set_clean_start(true)
-            .set_keep_alive(Duration::from_secs(30))
-            .set_outgoing_inflight_upper_limit(1000)
-            .set_receive_maximum(Some(1000))
-            .set_max_packet_size(Some(1 << 20));
-        if let Some((user, password)) = &self.credentials {
-            options.set_credentials(user.clone(), password.clone());
-        }
-        let (client, mut events) = AsyncClient::new(options, 1024);
-        tokio::time::timeout(Duration::from_secs(10), async {
-            loop {
-                match events.poll().await {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => return Ok(()),
-                    Ok(_) => {}
-                    Err(error) => return Err(error),
-                }
-            }
-        })
-        .await
-        .with_context(|| format!("{name}: no CONNACK"))??;
-        Ok((client, events))
-    }
-
-    /// A client subscribed to `topic` (SUBACK received).
-    async fn subscribe(&self, name: &str, topic: &str, qos: QoS) -> anyhow::Result<(AsyncClient, EventLoop)> {
-        let (client, mut events) = self.connect(name).await?;
-        client.subscribe(topic, qos).await?;
-        tokio::time::timeout(Duration::from_secs(10), async {
-            loop {
-                match events.poll().await {
-                    Ok(Event::Incoming(Packet::SubAck(_))) => return Ok(()),
-                    Ok(_) => {}
-                    Err(error) => return Err(error),
-                }
-            }
-        })
-        .await
-        .with_context(|| format!("{name}: no SUBACK"))??;
-        Ok((client, events))
-    }
-}
-
-fn qos(level: u8) -> QoS {
-    if level == 0 {
-        QoS::AtMostOnce
-    } else {
-        QoS::AtLeastOnce
-    }
-}
-
-/// Keeps polling an event loop until it fails or the task is aborted.
-fn drive(mut events: EventLoop) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move { while events.poll().await.is_ok() {} })
-}
-
-/// A 200-byte reading stamped with `sent` (ns from [`base`]) and `seq`.
-fn payload(sent: u64, seq: u64) -> Vec<u8> {
-    let fahrenheit = 50 + seq % 100;
-    let head = format!(
-        r#"{{"temperature":{{"value":{fahrenheit},"unit":"F","sent":{sent},"seq":{seq},"pad":""#
-    );
-    let tail = r#""}}"#;
-    let pad = PAYLOAD_BYTES.saturating_sub(head.len() + tail.len());
-    format!("{head}{}{tail}", "x".repeat(pad)).into_bytes()
-}
-
-fn properties(sent: u64) -> PublishProperties {
-    PublishProperties {
-        user_properties: vec![("t".to_owned(), sent.to_string())],
-        ..PublishProperties::default()
-    }
-}
 
 /// What the subscriber has seen.
 #[derive(Debug, Default)]
@@ -212,10 +93,18 @@ async fn subscriber(
 }
 
 /// The relay: a plain subscriber on `from` that republishes every message to `to`.
-async fn relay(login: &Login, case: &str, from: &str, to: &str, level: u8) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+async fn relay(
+    login: &Login,
+    case: &str,
+    from: &str,
+    to: &str,
+    level: u8,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
     let (out, out_events) = login.connect(&format!("relay-out-{case}")).await?;
     let out_task = drive(out_events);
-    let (_in_client, mut events) = login.subscribe(&format!("relay-in-{case}"), from, qos(level)).await?;
+    let (_in_client, mut events) = login
+        .subscribe(&format!("relay-in-{case}"), from, qos(level))
+        .await?;
     let to = to.to_owned();
     let in_task = tokio::spawn(async move {
         let _keep = _in_client;
@@ -282,11 +171,18 @@ async fn measure(
     let (publisher, publisher_events) = login.connect(&format!("pub-{name}")).await?;
     let publisher_task = drive(publisher_events);
     // Warm up: a first few messages through (instances, the sink's connection).
-    let (received, _sub, sub_task) = subscriber(login, &format!("sub-{name}-w"), output, level).await?;
+    let (received, _sub, sub_task) =
+        subscriber(login, &format!("sub-{name}-w"), output, level).await?;
     for seq in 0..100 {
         let sent = now_ns();
         publisher
-            .publish_with_properties(input, qos(level), false, payload(sent, seq), properties(sent))
+            .publish_with_properties(
+                input,
+                qos(level),
+                false,
+                payload(sent, seq),
+                properties(sent),
+            )
             .await?;
     }
     let warm = wait_for(&received, 100, Duration::from_secs(10)).await;
@@ -295,7 +191,8 @@ async fn measure(
     sub_task.abort();
 
     // Saturation, with at most WINDOW messages unanswered.
-    let (received, _sub, sub_task) = subscriber(login, &format!("sub-{name}-s"), output, level).await?;
+    let (received, _sub, sub_task) =
+        subscriber(login, &format!("sub-{name}-s"), output, level).await?;
     let started = Instant::now();
     let mut sent_count = 0u64;
     let mut stalled = false;
@@ -314,7 +211,13 @@ async fn measure(
         }
         let sent = now_ns();
         publisher
-            .publish_with_properties(input, qos(level), false, payload(sent, sent_count), properties(sent))
+            .publish_with_properties(
+                input,
+                qos(level),
+                false,
+                payload(sent, sent_count),
+                properties(sent),
+            )
             .await?;
         sent_count += 1;
     }
@@ -334,28 +237,7 @@ async fn measure(
     for rate in [1_000u64, 10_000] {
         let (received, _sub, sub_task) =
             subscriber(login, &format!("sub-{name}-{rate}"), output, level).await?;
-        let total = rate * seconds;
-        let start = now_ns();
-        let mut tick = tokio::time::interval(Duration::from_millis(1));
-        let mut next = 0u64;
-        while next < total {
-            tick.tick().await;
-            let elapsed = now_ns().saturating_sub(start);
-            let due = (u128::from(elapsed) * u128::from(rate) / 1_000_000_000).min(u128::from(total));
-            while u128::from(next) < due {
-                let scheduled = start + next * 1_000_000_000 / rate;
-                publisher
-                    .publish_with_properties(
-                        input,
-                        qos(level),
-                        false,
-                        payload(scheduled, next),
-                        properties(scheduled),
-                    )
-                    .await?;
-                next += 1;
-            }
-        }
+        let total = paced(&publisher, input, level, rate, seconds).await?;
         let got = wait_for(&received, total, Duration::from_secs(3)).await;
         sub_task.abort();
         let mut latencies = received
@@ -365,39 +247,27 @@ async fn measure(
             .clone();
         latencies.sort_unstable();
         let ms = |p: f64| float(percentile(&latencies, p)) / 1e6;
-        paced.push((rate, [ms(0.5), ms(0.99), ms(0.999)], total.saturating_sub(got)));
+        paced.push((
+            rate,
+            [ms(0.5), ms(0.99), ms(0.999)],
+            total.saturating_sub(got),
+        ));
     }
     publisher_task.abort();
     Ok(Figures { saturation, paced })
 }
 
 fn report(prefix: &str, figures: &Figures) {
-    result(&format!("{prefix}_sat_msgs_per_s"), figures.saturation.round());
+    result(
+        &format!("{prefix}_sat_msgs_per_s"),
+        figures.saturation.round(),
+    );
     for (rate, [p50, p99, p999], lost) in &figures.paced {
         let load = rate / 1000;
         result(&format!("{prefix}_{load}k_p50_ms"), *p50);
         result(&format!("{prefix}_{load}k_p99_ms"), *p99);
         result(&format!("{prefix}_{load}k_p999_ms"), *p999);
         result(&format!("{prefix}_{load}k_lost"), float(*lost));
-    }
-}
-
-async fn wait_until_connected(developer: &Client, id: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let deployment = developer.deployment(id).await?;
-        let state = deployment
-            .runtime
-            .as_ref()
-            .and_then(|r| r.pointer("/source/connection/state"))
-            .and_then(serde_json::Value::as_str)
-            .unwrap_or_default()
-            .to_owned();
-        if state == "connected" {
-            return Ok(());
-        }
-        anyhow::ensure!(Instant::now() < deadline, "deployment {id}: source {state}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -419,46 +289,7 @@ async fn main() -> anyhow::Result<()> {
     let mosquitto = mosquitto.context("--mosquitto HOST:PORT is required")?;
     let _ = base();
     let server = WeirServer::start(&weir)?;
-    let admin = Client::new(&format!("http://{}", server.address), Some(server.admin_token.clone()))?;
-    admin
-        .create_tenant(&CreateTenant {
-            id: "bench".to_owned(),
-            display_name: None,
-            quotas: None,
-        })
-        .await?;
-    let quotas = serde_json::json!({
-        "api_requests_per_second": 100_000,
-        "messages_per_second_in": 1_000_000,
-        "fuel_per_second": 1_000_000_000_000_u64,
-        "max_deployments": 100,
-        "max_devices": 10,
-        "allowed_private_hosts": ["127.0.0.1"],
-    });
-    let (status, body) = admin
-        .raw(
-            HttpMethod::PUT,
-            "/v1/tenants/bench/quotas",
-            Some("application/json"),
-            serde_json::to_vec(&quotas)?,
-        )
-        .await?;
-    anyhow::ensure!(status.is_success(), "quotas: {}", String::from_utf8_lossy(&body));
-    let owner_token = admin
-        .mint_token(&MintToken {
-            subject: "bench".to_owned(),
-            role: Role::Owner,
-            ttl_seconds: None,
-            tenant: Some("bench".to_owned()),
-        })
-        .await?
-        .token
-        .context("token text")?;
-    let owner = admin.with_token(owner_token);
-    owner
-        .push_module("temperature", "1.0.0", weir_guests::TEMPERATURE.bytes())
-        .await?;
-    owner.push_graph("g", "1", GRAPH.to_owned()).await?;
+    let owner = server.bench_tenant(GRAPH).await?;
     let device = owner.create_device("bench").await?;
     let embedded = Login::new(
         &server.mqtt,
@@ -519,16 +350,34 @@ async fn main() -> anyhow::Result<()> {
                     dead_letters: None,
                 })
                 .await?;
-            wait_until_connected(&owner, &case).await?;
+            weir_bench::wait_until_connected(&owner, &case).await?;
 
             let relay_in = format!("bench/relay-in/{case}");
             let relay_out = format!("bench/relay-out/{case}");
             let tasks = relay(login, &case, &relay_in, &relay_out, level).await?;
-            let relayed = measure(login, &format!("relay-{case}"), &relay_in, &relay_out, level, messages, seconds).await?;
+            let relayed = measure(
+                login,
+                &format!("relay-{case}"),
+                &relay_in,
+                &relay_out,
+                level,
+                messages,
+                seconds,
+            )
+            .await?;
             for task in tasks {
                 task.abort();
             }
-            let through = measure(login, &format!("weir-{case}"), &input, &output, level, messages, seconds).await?;
+            let through = measure(
+                login,
+                &format!("weir-{case}"),
+                &input,
+                &output,
+                level,
+                messages,
+                seconds,
+            )
+            .await?;
             owner.pause(&case).await?;
             let prefix = format!("mqtt_{broker}_q{level}");
             report(&format!("{prefix}_relay"), &relayed);
