@@ -102,12 +102,12 @@ async fn relay(
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
     let (out, out_events) = login.connect(&format!("relay-out-{case}")).await?;
     let out_task = drive(out_events);
-    let (_in_client, mut events) = login
+    let (in_client, mut events) = login
         .subscribe(&format!("relay-in-{case}"), from, qos(level))
         .await?;
     let to = to.to_owned();
     let in_task = tokio::spawn(async move {
-        let _keep = _in_client;
+        let _keep = in_client;
         while let Ok(event) = events.poll().await {
             if let Event::Incoming(Packet::Publish(publish)) = event {
                 let properties = publish.properties.unwrap_or_default();
@@ -287,7 +287,7 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     let mosquitto = mosquitto.context("--mosquitto HOST:PORT is required")?;
-    let _ = base();
+    base();
     let server = WeirServer::start(&weir)?;
     let owner = server.bench_tenant(GRAPH).await?;
     let device = owner.create_device("bench").await?;
