@@ -105,6 +105,7 @@ ROWS = [
         [
             (r"mqtt_(\w+)_q(\d)_(relay|weir)_sat_msgs_per_s", r"\1 QoS \2, \3: saturation", "msg/s", None),
             (r"mqtt_(\w+)_q(\d)_sat_ratio", r"\1 QoS \2: ratio weir / relay at saturation", "×", ">= 0.8"),
+            (r"mqtt_(\w+)_q(\d)_weir_10k_p99_ms", r"\1 QoS \2, weir: p99 at 10k msg/s", "ms", "< 2"),
             (r"mqtt_(\w+)_q(\d)_(relay|weir)_(\d+)k_(p50|p99|p999)_ms", r"\1 QoS \2, \3: \5 at \4k msg/s", "ms", None),
             (r"mqtt_(\w+)_q(\d)_(relay|weir)_(\d+)k_lost", r"\1 QoS \2, \3: messages lost at \4k msg/s", "msgs", None),
         ],

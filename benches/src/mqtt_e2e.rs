@@ -233,7 +233,7 @@ async fn measure(
         println!("{name}: saturation run: {got} of {messages} messages arrived");
     }
 
-    let mut paced = Vec::new();
+    let mut loads = Vec::new();
     for rate in [1_000u64, 10_000] {
         let (received, _sub, sub_task) =
             subscriber(login, &format!("sub-{name}-{rate}"), output, level).await?;
@@ -247,14 +247,17 @@ async fn measure(
             .clone();
         latencies.sort_unstable();
         let ms = |p: f64| float(percentile(&latencies, p)) / 1e6;
-        paced.push((
+        loads.push((
             rate,
             [ms(0.5), ms(0.99), ms(0.999)],
             total.saturating_sub(got),
         ));
     }
     publisher_task.abort();
-    Ok(Figures { saturation, paced })
+    Ok(Figures {
+        saturation,
+        paced: loads,
+    })
 }
 
 fn report(prefix: &str, figures: &Figures) {
