@@ -189,6 +189,19 @@ fn main() -> anyhow::Result<()> {
         );
     }
     let worker = worker_per_message.unwrap_or(per_message);
+    weir_bench::result("flow_weir_msgs_per_s", weir_rate.round());
+    if let Some(rate) = weir_cpu_rate {
+        weir_bench::result("flow_weir_msgs_per_cpu_s", rate.round());
+    }
+    weir_bench::result("flow_weir_worker_msgs_per_s", (1.0 / worker).round());
+    weir_bench::result(
+        "flow_raw_walled_msgs_per_s",
+        (f64::from(raw_calls) / walled.as_secs_f64()).round(),
+    );
+    weir_bench::result(
+        "flow_ratio_worker_raw",
+        walled.as_secs_f64() / f64::from(raw_calls) / worker,
+    );
     println!(
         "{:<56} {:>10.2}   (target >= 0.50; vs no walls {:.2})",
         "ratio: weir per worker / raw two calls (same walls)",
@@ -241,6 +254,12 @@ fn peer(
     };
     let rate = count / wall;
     let cpu_rate = count / cpu.max(1e-9);
+    weir_bench::result("flow_bytewax_msgs_per_s", rate.round());
+    weir_bench::result("flow_bytewax_msgs_per_cpu_s", cpu_rate.round());
+    weir_bench::result("flow_ratio_bytewax_wall", weir_rate / rate);
+    if let Some(weir_cpu_rate) = weir_cpu_rate {
+        weir_bench::result("flow_ratio_bytewax_cpu", weir_cpu_rate / cpu_rate);
+    }
     println!(
         "{:<56} {:>10.0} msg/s {:>8.2} µs/msg",
         "bytewax 0.21: same flow in Python, 1 worker",

@@ -1,6 +1,7 @@
 //! Shared pieces of weir's benchmark binaries: the raw wasmtime ceiling ([`raw`]), weir's host
 //! path for one operator ([`WeirOperator`]) and figures.
 
+pub mod mqtt;
 pub mod raw;
 
 use std::sync::Arc;
@@ -166,4 +167,212 @@ impl WeirOperator {
             _ => wall.elapsed(),
         })
     }
+}
+
+/// Prints one figure in the form `scripts/bench` collects: `RESULT key=value`.
+pub fn result(key: &str, value: f64) {
+    println!("RESULT {key}={value}");
+}
+
+/// The `p` quantile (0..=1) of `sorted` (nearest rank), in the sample's unit; 0 when empty.
+pub fn percentile(sorted: &[u64], p: f64) -> u64 {
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss,
+        reason = "an index into a sorted sample"
+    )]
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted.get(index).copied().unwrap_or_default()
+}
+
+/// `n` as a float, for rates and ratios.
+#[expect(clippy::cast_precision_loss, reason = "counts far below 2^52")]
+pub fn float(n: u64) -> f64 {
+    n as f64
+}
+
+/// A `weir serve` child process on a fresh data directory, killed when dropped.
+#[derive(Debug)]
+pub struct WeirServer {
+    child: std::process::Child,
+    /// `host:port` of its API.
+    pub address: String,
+    /// `host:port` of its embedded MQTT broker.
+    pub mqtt: String,
+    /// The admin token it printed.
+    pub admin_token: String,
+    _data: tempfile::TempDir,
+}
+
+impl WeirServer {
+    /// Starts `weir serve` (the binary at `weir`) on loopback ports it picks, and reads its
+    /// address, broker address and admin token from its output; the rest of its output is
+    /// drained on a thread so the pipe never fills.
+    pub fn start(weir: &str) -> anyhow::Result<Self> {
+        use std::io::{BufRead, BufReader};
+        use std::process::{Command, Stdio};
+        let data = tempfile::tempdir()?;
+        let mut child = Command::new(weir)
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--mqtt-listen",
+                "127.0.0.1:0",
+                "--data",
+            ])
+            .arg(data.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("cannot start {weir}: {e}"))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+        let mut server = Self {
+            child,
+            address: String::new(),
+            mqtt: String::new(),
+            admin_token: String::new(),
+            _data: data,
+        };
+        let mut lines = BufReader::new(stdout).lines();
+        for line in lines.by_ref() {
+            let line = line?;
+            if let Some(token) = line
+                .split("admin token (shown once, valid 365 days): ")
+                .nth(1)
+            {
+                token.trim().clone_into(&mut server.admin_token);
+            }
+            if let Some(broker) = line.strip_prefix("mqtt broker listening on mqtt://") {
+                broker.trim().clone_into(&mut server.mqtt);
+            }
+            if let Some(listening) = line.strip_prefix("weir listening on http://") {
+                listening.trim().clone_into(&mut server.address);
+                break;
+            }
+        }
+        anyhow::ensure!(
+            !server.address.is_empty() && !server.admin_token.is_empty(),
+            "weir serve printed no address or admin token"
+        );
+        std::thread::spawn(move || for _line in lines {});
+        Ok(server)
+    }
+
+    /// Its process id (for `perf record -p`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for WeirServer {
+    fn drop(&mut self) {
+        let _killed = self.child.kill();
+        let _waited = self.child.wait();
+    }
+}
+
+impl WeirServer {
+    /// An API client of this server with the admin token.
+    pub fn admin(&self) -> anyhow::Result<weir_api::client::Client> {
+        Ok(weir_api::client::Client::new(
+            &format!("http://{}", self.address),
+            Some(self.admin_token.clone()),
+        )?)
+    }
+
+    /// Creates tenant `bench` with quotas that do not hold a bench back (API and message
+    /// rates, fuel per second, loopback endpoints allowed), pushes the `temperature` and
+    /// `window` modules (version 1.0.0) and `graph` as `g` version 1, and answers a client
+    /// with an owner token of the tenant.
+    pub async fn bench_tenant(&self, graph: &str) -> anyhow::Result<weir_api::client::Client> {
+        use weir_api::client::HttpMethod;
+        use weir_api::rest::{CreateTenant, MintToken};
+        let admin = self.admin()?;
+        admin
+            .create_tenant(&CreateTenant {
+                id: "bench".to_owned(),
+                display_name: None,
+                quotas: None,
+            })
+            .await?;
+        let quotas = serde_json::json!({
+            "api_requests_per_second": 1_000_000,
+            "messages_per_second_in": 1_000_000,
+            "fuel_per_second": 1_000_000_000_000_u64,
+            "max_deployments": 100,
+            "max_devices": 10,
+            "allowed_private_hosts": ["127.0.0.1"],
+        });
+        let (status, body) = admin
+            .raw(
+                HttpMethod::PUT,
+                "/v1/tenants/bench/quotas",
+                Some("application/json"),
+                serde_json::to_vec(&quotas)?,
+            )
+            .await?;
+        anyhow::ensure!(
+            status.is_success(),
+            "quotas: {}",
+            String::from_utf8_lossy(&body)
+        );
+        let token = admin
+            .mint_token(&MintToken {
+                subject: "bench".to_owned(),
+                role: weir_api::tenancy::Role::Owner,
+                ttl_seconds: None,
+                tenant: Some("bench".to_owned()),
+            })
+            .await?
+            .token
+            .ok_or_else(|| anyhow::anyhow!("the mint answer has no token"))?;
+        let owner = admin.with_token(token);
+        owner
+            .push_module("temperature", "1.0.0", weir_guests::TEMPERATURE.bytes())
+            .await?;
+        owner
+            .push_module("window", "1.0.0", weir_guests::WINDOW.bytes())
+            .await?;
+        owner.push_graph("g", "1", graph.to_owned()).await?;
+        Ok(owner)
+    }
+}
+
+/// Waits (20 s at most) until deployment `id`'s source reports `connected`.
+pub async fn wait_until_connected(
+    client: &weir_api::client::Client,
+    id: &str,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let deployment = client.deployment(id).await?;
+        let state = deployment
+            .runtime
+            .as_ref()
+            .and_then(|r| r.pointer("/source/connection/state"))
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        if state == "connected" {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "deployment {id}: source {state}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// CPU time (user + system) process `pid` has used so far, from `/proc/<pid>/stat` (clock ticks
+/// of 10 ms).
+pub fn pid_cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    let mut fields = rest.split_whitespace();
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(Duration::from_millis((utime + stime) * 10))
 }

@@ -98,10 +98,25 @@ fn main() -> anyhow::Result<()> {
         }
         if weir_side {
             report(&format!("{kind}: weir host call"), n, took);
+            weir_bench::result(
+                &format!("op_{kind}_weir_us"),
+                took.as_secs_f64() * 1e6 / f64::from(n),
+            );
+        }
+        if raw_side {
+            weir_bench::result(
+                &format!("op_{kind}_raw_bare_us"),
+                raw_bare.as_secs_f64() * 1e6 / f64::from(n),
+            );
+            weir_bench::result(
+                &format!("op_{kind}_raw_walled_us"),
+                raw_walled.as_secs_f64() * 1e6 / f64::from(n),
+            );
         }
         if raw_side && weir_side {
             let ratio = raw_walled.as_secs_f64() / took.as_secs_f64();
             worst = worst.min(ratio);
+            weir_bench::result(&format!("op_{kind}_ratio"), ratio);
             println!(
                 "{:<48} {:>12.2}   (target >= 0.70; vs no walls {:.2})",
                 format!("{kind}: weir rate / raw rate (same walls)"),
