@@ -143,6 +143,63 @@ ROWS = [
             (r"ingest_rps_ratio", "ratio weir / native requests/s", "×", "report"),
         ],
     ),
+    (
+        "6. Cold start: upload → compiled, deploy → first output, restart → all running",
+        "`cold-start`: a real `weir serve` (release) on a fresh data directory. Upload: `POST "
+        "/v1/modules` until answered (validated and compiled), for the Rust `temperature` "
+        "module and for a componentize-py 0.25.1 map module (`benches/peer/py_map/app.py`, built "
+        "by `benches/peer/py_map.sh`). Deploy: `POST /v1/deployments` of the sample graph with the "
+        "module compiled at upload, until the first `POST /ingest?wait=true` is answered (median "
+        "of 5 deployments). Restart: the server killed and started on its data with 6 "
+        "deployments, until every deployment answers a waited ingest; once with the persistent "
+        "compile cache (`DATA/artifacts`, the server reports 0 compiled) and once with it deleted.",
+        [
+            (r"upload_compiled_ms_(\w+)", r"upload → compiled, \1 module", "ms", None),
+            (r"deploy_first_output_ms", "deploy → first output, sample graph", "ms", "< 50"),
+            (r"deploy_first_output_ms_python", "deploy → first output, Python module", "ms", None),
+            (r"restart_running_ms", "restart → all deployments running, compile cache on disk", "ms", None),
+            (r"restart_running_ms_no_cache", "restart → all running, compile cache deleted", "ms", None),
+        ],
+    ),
+    (
+        "7. Density: deployments per executor and memory per deployment",
+        "`density`: deployments of the sample graph made one after another on one `weir serve` "
+        "(release, quotas raised for the bench tenant) up to 1,000 or until memory or a quota "
+        "stops it. Active: growth of the server's VmRSS over the deploy phase divided by the "
+        "deployments (each ran `init`, one live instance each). Idle: VmRSS over the pre-deploy "
+        "baseline once every instance idled out and was dropped, divided by the deployments.",
+        [
+            (r"deployments", "deployments reached (target 1,000)", "deployments", ">= 1000"),
+            (r"idle_kib_per_deployment", "RSS per idle deployment", "KiB", "< 1024"),
+            (r"active_kib_per_deployment", "RSS per active deployment", "KiB", None),
+            (r"deploy_ms_per_deployment", "deploy time per deployment", "ms", None),
+        ],
+    ),
+    (
+        "8. Isolation: a quiet tenant beside a noisy one",
+        "`noisy-neighbour`: one `weir serve` (release). The quiet tenant: sequential `POST "
+        "/ingest?wait=true` of one message each to one `echo` deployment, alone and then while a "
+        "noisy tenant feeds 4 `spin_loop` deployments without pause, burning its whole fuel "
+        "budget (fuel_per_second 2,000,000,000). Ratio: quiet p99 beside the noisy tenant / alone, "
+        "same run.",
+        [
+            (r"quiet_(alone|beside_noisy)_(p50|p99)_ms", r"quiet tenant, \1: \2", "ms", None),
+            (r"quiet_(alone|beside_noisy)_requests_per_s", r"quiet tenant, \1: requests/s", "req/s", None),
+            (r"quiet_p99_ratio", "ratio quiet p99 beside noisy / alone", "×", "< 1.10"),
+        ],
+    ),
+    (
+        "9. State store round trips from a module: memory, SQLite, Redis",
+        "`state-roundtrip`: the `enrichment` module's map called through weir's host "
+        "(`OperatorInstance`), each message making exactly one state call (`get` for a mild "
+        "reading, `set` for a cold one), awaited one after another; backends: in-process memory "
+        "(the ceiling), SQLite (`weir serve`'s default, a file) and Redis 7 (started by "
+        "`scripts/bench` on loopback with the append-only file and `appendfsync always`, as "
+        "weir's Redis tests run it, so a `set` is a write that survives a crash).",
+        [
+            (r"state_(get|set)_(\w+)_ops_per_s", r"\1 on \2", "ops/s", None),
+        ],
+    ),
 ]
 
 

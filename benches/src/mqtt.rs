@@ -66,6 +66,11 @@ impl Login {
             .set_outgoing_inflight_upper_limit(1000)
             .set_receive_maximum(Some(1000))
             .set_max_packet_size(Some(1 << 20));
+        // Nagle off, as weir's connector has it: with it on, a lone publish or PUBACK waits for
+        // the peer's delayed ACK and the latencies measured are the kernel's ~40 ms timer.
+        let mut network = options.network_options();
+        network.set_tcp_nodelay(true);
+        options.set_network_options(network);
         if let Some((user, password)) = &self.credentials {
             options.set_credentials(user.clone(), password.clone());
         }

@@ -139,6 +139,12 @@ fn options(plan: &Plan, address: &str, port: u16) -> MqttOptions {
         // rumqttc counts this in whole seconds; the whole attempt is also bounded below.
         .set_connection_timeout(plan.context.connect_timeout.as_secs().max(1))
         .set_max_packet_size(Some(endpoint.max_packet(plan.context.max_message_bytes)));
+    // Nagle's algorithm off (rumqttc leaves it on): a PUBACK or a lone publish would otherwise
+    // wait for the peer's delayed ACK (~40 ms on Linux) whenever a segment is unacknowledged,
+    // which caps a QoS 1 source at its Receive Maximum per 40 ms (scripts/bench row 3).
+    let mut network = options.network_options();
+    network.set_tcp_nodelay(true);
+    options.set_network_options(network);
     if plan.persistent {
         options
             .set_session_expiry_interval(Some(endpoint.session_expiry_s))
