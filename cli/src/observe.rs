@@ -424,6 +424,10 @@ const TENANTS_PER_REQUEST: usize = 50;
 /// changes).
 struct TenantExporter {
     endpoint: EndpointSpec,
+    /// The egress rule and size bound it was built under: a quota change (a private host
+    /// taken away) builds it anew at the next tick.
+    allowed_private_hosts: Vec<String>,
+    max_message_bytes: u64,
     exporter: MetricsExporter,
 }
 
@@ -561,7 +565,11 @@ async fn export_to_tenant(
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .remove(tenant)
-        .filter(|e| e.endpoint == endpoint);
+        .filter(|e| {
+            e.endpoint == endpoint
+                && e.allowed_private_hosts == quotas.allowed_private_hosts
+                && e.max_message_bytes == quotas.max_message_bytes
+        });
     let mut entry = match kept {
         Some(entry) => entry,
         None => {
@@ -572,7 +580,12 @@ async fn export_to_tenant(
                 quotas.max_message_bytes,
             );
             match MetricsExporter::new(&endpoint, context) {
-                Ok(exporter) => TenantExporter { endpoint, exporter },
+                Ok(exporter) => TenantExporter {
+                    endpoint,
+                    allowed_private_hosts: quotas.allowed_private_hosts.clone(),
+                    max_message_bytes: quotas.max_message_bytes,
+                    exporter,
+                },
                 Err(problems) => {
                     tracing::warn!(%tenant, ?problems, "the tenant's telemetry endpoint is not usable");
                     return;

@@ -36,8 +36,9 @@ use wasmtime::Engine;
 use wasmtime::component::Component;
 use weir_api::ModuleDigest;
 
-/// The first bytes of every artifact file (format version 1).
-const MAGIC: &[u8; 8] = b"weirart1";
+/// The first bytes of every artifact file (format version 2: the checksum binds the module
+/// digest and engine hash, see [`ArtifactStore::checksum`]).
+const MAGIC: &[u8; 8] = b"weirart2";
 /// Bytes before the serialized component: magic and checksum.
 const HEADER: usize = 8 + 32;
 /// Extension of artifact files.
@@ -187,7 +188,7 @@ impl ArtifactStore {
             return Err(Miss::Absent);
         }
         let path = self.path(&hex);
-        match Self::read(engine, &path) {
+        match self.read(engine, &hex, &path) {
             Ok(component) => {
                 let now = SystemTime::now();
                 // Refresh the file's time, which is its place in the eviction order across
@@ -209,7 +210,20 @@ impl ArtifactStore {
         }
     }
 
-    fn read(engine: &Engine, path: &Path) -> Result<Component, String> {
+    /// The sha256 that binds an artifact to what it claims to be: over the module digest hex,
+    /// the engine hash and the serialized bytes. A file copied or renamed onto another
+    /// module's name fails it, so one module's code never runs under another's digest.
+    fn checksum(&self, hex: &str, serialized: &[u8]) -> [u8; 32] {
+        let mut hasher = Sha256::new();
+        hasher.update(hex.as_bytes());
+        hasher.update(b"\0");
+        hasher.update(self.engine_hash.as_bytes());
+        hasher.update(b"\0");
+        hasher.update(serialized);
+        hasher.finalize().into()
+    }
+
+    fn read(&self, engine: &Engine, hex: &str, path: &Path) -> Result<Component, String> {
         let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
         let (header, artifact) = bytes
             .split_at_checked(HEADER)
@@ -218,8 +232,10 @@ impl ArtifactStore {
         if magic != MAGIC {
             return Err("not a weir artifact (magic)".to_owned());
         }
-        if Sha256::digest(artifact).as_slice() != checksum {
-            return Err("checksum mismatch: the file was damaged".to_owned());
+        if self.checksum(hex, artifact).as_slice() != checksum {
+            return Err(
+                "checksum mismatch: the file was damaged or is another module's".to_owned(),
+            );
         }
         // SAFETY: `Component::deserialize` trusts its input to be a component serialized by a
         // compatible wasmtime engine; arbitrary bytes could be executed as machine code. These
@@ -227,8 +243,11 @@ impl ArtifactStore {
         // data directory (created 0700, written by no one else), under a name carrying the
         // module's sha256 and the hash of this engine's configuration (wasmtime's
         // `precompile_compatibility_hash`, which covers wasmtime's version), it was written
-        // whole (temporary file, fsync, rename), and the sha256 just checked proves its
-        // bytes are the ones `Component::serialize` returned. wasmtime then checks its own
+        // whole (temporary file, fsync, rename), and the sha256 just checked (over the module
+        // digest, the engine hash and the bytes) proves its bytes are the ones
+        // `Component::serialize` returned for this very module and engine. The checksum is not
+        // a signature: whoever can write the data directory can also replace weir's binary,
+        // so that writer is trusted. wasmtime then checks its own
         // header (version, target, compiler flags and features) and refuses a mismatch with
         // an error, which the caller turns into a recompile.
         #[allow(
@@ -256,7 +275,8 @@ impl ArtifactStore {
             return;
         }
         let path = self.path(&hex);
-        if let Err(error) = self.write(&path, &serialized) {
+        let checksum = self.checksum(&hex, &serialized);
+        if let Err(error) = Self::write(&path, &checksum, &serialized) {
             tracing::warn!(file = %path.display(), %error, "cannot write a compiled artifact; the module stays compiled in memory only");
             return;
         }
@@ -273,9 +293,8 @@ impl ArtifactStore {
         self.evict(Some(&hex));
     }
 
-    fn write(&self, path: &Path, serialized: &[u8]) -> std::io::Result<()> {
+    fn write(path: &Path, checksum: &[u8; 32], serialized: &[u8]) -> std::io::Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
-        let checksum = Sha256::digest(serialized);
         // A temporary name no reader looks at (no `.cwasm` suffix): `open` deletes leftovers.
         let temporary = path.with_extension(format!("tmp{}", std::process::id()));
         let written = File::options()
@@ -286,7 +305,7 @@ impl ArtifactStore {
             .open(&temporary)
             .and_then(|mut file| {
                 file.write_all(MAGIC)?;
-                file.write_all(&checksum)?;
+                file.write_all(checksum)?;
                 file.write_all(serialized)?;
                 file.sync_all()
             })

@@ -315,6 +315,8 @@ impl OperatorInstance {
     /// `map`: one item in, one item out.
     pub async fn map(&mut self, item: &DataItem) -> Result<DataItem, OperatorError> {
         self.expect_kind(OperatorKind::Map)?;
+        // The outer deadline from the limits this call runs under (a quota change included).
+        self.refresh_limits();
         let timeout = self.limits.timeout + HOST_GRACE;
         let live = self.live().await?;
         let outcome: CallOutcome<DataItem> = within(timeout, async {
@@ -343,6 +345,8 @@ impl OperatorInstance {
     /// `filter`: whether to keep the item.
     pub async fn filter(&mut self, item: &DataItem) -> Result<bool, OperatorError> {
         self.expect_kind(OperatorKind::Filter)?;
+        // The outer deadline from the limits this call runs under (a quota change included).
+        self.refresh_limits();
         let timeout = self.limits.timeout + HOST_GRACE;
         let live = self.live().await?;
         let outcome: CallOutcome<bool> = within(timeout, async {
@@ -371,6 +375,8 @@ impl OperatorInstance {
     /// `branch`: `false` for the first arm, `true` for the second. `time` is the dataflow time.
     pub async fn branch(&mut self, time: &Hlc, item: &DataItem) -> Result<bool, OperatorError> {
         self.expect_kind(OperatorKind::Branch)?;
+        // The outer deadline from the limits this call runs under (a quota change included).
+        self.refresh_limits();
         let timeout = self.limits.timeout + HOST_GRACE;
         let live = self.live().await?;
         let outcome: CallOutcome<bool> = within(timeout, async {
@@ -407,6 +413,8 @@ impl OperatorInstance {
         items: &[DataItem],
     ) -> Result<DataItem, OperatorError> {
         self.expect_kind(OperatorKind::Accumulate)?;
+        // The outer deadline from the limits this call runs under (a quota change included).
+        self.refresh_limits();
         let timeout = self.limits.timeout + HOST_GRACE;
         let live = self.live().await?;
         let outcome: CallOutcome<DataItem> = within(timeout, async {
@@ -447,6 +455,8 @@ impl OperatorInstance {
     /// `delay`: the later dataflow time at which `item` continues.
     pub async fn delay(&mut self, item: &DataItem, time: &Hlc) -> Result<Hlc, OperatorError> {
         self.expect_kind(OperatorKind::Delay)?;
+        // The outer deadline from the limits this call runs under (a quota change included).
+        self.refresh_limits();
         let timeout = self.limits.timeout + HOST_GRACE;
         let live = self.live().await?;
         let outcome: CallOutcome<Hlc> = within(timeout, async {
@@ -499,12 +509,17 @@ impl OperatorInstance {
         Ok(output)
     }
 
-    /// The live instance, created and `init`ed if there is none; arms its per-call limits.
-    async fn live(&mut self) -> Result<&mut Live, OperatorError> {
-        // A quota change applies from the next call on.
+    /// Takes the tenant's current quotas as this operator's call limits: a quota change
+    /// applies from the next call on, to its deadline as to its fuel and memory.
+    fn refresh_limits(&mut self) {
         if let Some(quotas) = &self.env.quotas {
             self.limits = CallLimits::from_quotas(&quotas.get());
         }
+    }
+
+    /// The live instance, created and `init`ed if there is none; arms its per-call limits.
+    async fn live(&mut self) -> Result<&mut Live, OperatorError> {
+        self.refresh_limits();
         let live = match self.live.take() {
             Some(live) => live,
             None => {

@@ -160,6 +160,32 @@ async fn a_damaged_artifact_is_discarded_and_the_module_compiled_again() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn another_modules_artifact_under_this_modules_name_is_discarded_never_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = cached_engine(dir.path(), 1 << 30);
+    engine.load(&weir_guests::ECHO.bytes()).unwrap();
+    engine.load(&weir_guests::TEMPERATURE.bytes()).unwrap();
+    drop(engine);
+    let echo_hex = weir_executor::sha256_digest(&weir_guests::ECHO.bytes());
+    let echo_hex = echo_hex.as_str().trim_start_matches("sha256:");
+    let temperature_hex = weir_executor::sha256_digest(&weir_guests::TEMPERATURE.bytes());
+    let temperature_hex = temperature_hex.as_str().trim_start_matches("sha256:");
+    let name_of = |hex: &str| {
+        files(dir.path())
+            .into_iter()
+            .find(|f| f.file_name().unwrap().to_str().unwrap().starts_with(hex))
+            .unwrap()
+    };
+    // A restored backup or a careless copy: temperature's artifact put under echo's name.
+    std::fs::copy(name_of(temperature_hex), name_of(echo_hex)).unwrap();
+
+    let engine = cached_engine(dir.path(), 1 << 30);
+    // echo still echoes: the swapped file was refused and echo compiled again.
+    echo_runs(&engine).await;
+    assert_eq!(engine.compile_counts(), counts(1, 0, 1));
+}
+
 #[test]
 fn files_of_another_engine_configuration_and_stray_temporaries_are_removed() {
     let dir = tempfile::tempdir().unwrap();
