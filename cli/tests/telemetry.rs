@@ -386,6 +386,32 @@ async fn each_tenants_series_reach_the_platform_collector_under_its_tenant_and_i
         assert_eq!(tenant, a);
         assert_eq!(tenants_in(&block), BTreeSet::from([a.clone()]));
     }
+
+    // Taking the private host away stops a's own export from the next tick on: series made
+    // after the change reach the platform collector (twice over, so a whole tick passed) and
+    // never a's loopback collector.
+    admin.set_quotas(&a, &roomy(&[])).await.unwrap();
+    for round in 0..2 {
+        let marker = format!("a-revoked-{id}-{round}");
+        a_dev
+            .ingest("da", &messages(std::slice::from_ref(&marker)), true)
+            .await
+            .unwrap();
+        eventually(
+            "the platform collector has the series made after the change",
+            Duration::from_secs(60),
+            || async {
+                resource_blocks(&read(&platform_log))
+                    .iter()
+                    .any(|(t, block)| *t == a && label_values(block, "payload").contains(&marker))
+            },
+        )
+        .await;
+    }
+    assert!(
+        !read(&own.log).contains(&format!("a-revoked-{id}-")),
+        "a's collector on a host taken away still received its series"
+    );
     drop(server);
 }
 
