@@ -431,53 +431,51 @@ struct TenantExporter {
     exporter: MetricsExporter,
 }
 
+/// The platform collector's exporter `--otlp-endpoint` names (`http://host:port`), checked
+/// before the server starts so a wrong address ends the start with the reason.
+pub(crate) fn platform_exporter(address: Option<&str>) -> anyhow::Result<Option<MetricsExporter>> {
+    let Some(address) = address else {
+        return Ok(None);
+    };
+    let endpoint = EndpointSpec {
+        name: "platform".to_owned(),
+        kind: "otlp".to_owned(),
+        address: Some(address.to_owned()),
+        settings: Default::default(),
+        secret: None,
+    };
+    // The operator named this host: it is the one private address the exporter may reach.
+    let host = address
+        .trim_start_matches("http://")
+        .rsplit_once(':')
+        .map_or(address, |(h, _)| h)
+        .trim_matches(['[', ']'])
+        .to_owned();
+    let context = ConnectContext::new(
+        TenantId::new("weir").map_err(|e| anyhow::anyhow!("{e}"))?,
+        "platform",
+        Egress::new([host]),
+        u64::MAX,
+    );
+    let exporter = MetricsExporter::new(&endpoint, context).map_err(|problems| {
+        let reasons: Vec<String> = problems.iter().map(|p| p.message.clone()).collect();
+        anyhow::anyhow!("--otlp-endpoint: {}", reasons.join("; "))
+    })?;
+    Ok(Some(exporter))
+}
+
 /// Exports every tenant's series at every tick: all tenants to the platform collector (if
 /// `--otlp-endpoint` names one), and each tenant's own to its `telemetry` endpoint (if it has
 /// one), one request after the other, each within the exporter's timeouts.
 pub(crate) fn spawn_exporter(
     store: Arc<dyn ControlStore>,
     deployments: Arc<crate::deployments::LocalDeployments>,
-    platform: Option<String>,
+    platform: Option<MetricsExporter>,
     interval: Duration,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let mut platform = match platform {
-        Some(address) => {
-            let endpoint = EndpointSpec {
-                name: "platform".to_owned(),
-                kind: "otlp".to_owned(),
-                address: Some(address.clone()),
-                settings: Default::default(),
-                secret: None,
-            };
-            let host = address
-                .trim_start_matches("http://")
-                .rsplit_once(':')
-                .map_or(address.as_str(), |(h, _)| h)
-                .trim_matches(['[', ']'])
-                .to_owned();
-            let context = ConnectContext::new(
-                TenantId::new("weir").map_err(|e| anyhow::anyhow!("{e}"))?,
-                "platform",
-                Egress::new([host]),
-                u64::MAX,
-            );
-            Some(
-                MetricsExporter::new(&endpoint, context).map_err(|problems| {
-                    anyhow::anyhow!(
-                        "--otlp-endpoint: {}",
-                        problems
-                            .iter()
-                            .map(|p| p.message.clone())
-                            .collect::<Vec<_>>()
-                            .join("; ")
-                    )
-                })?,
-            )
-        }
-        None => None,
-    };
+) -> tokio::task::JoinHandle<()> {
+    let mut platform = platform;
     let start_nanos = now_nanos();
-    Ok(tokio::spawn(async move {
+    tokio::spawn(async move {
         let tenants_exporters: Mutex<HashMap<TenantId, TenantExporter>> = Mutex::default();
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -518,7 +516,7 @@ pub(crate) fn spawn_exporter(
                 }
             }
         }
-    }))
+    })
 }
 
 fn now_nanos() -> u64 {

@@ -374,6 +374,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCod
     // Before the first start's admin token is minted and shown (once): a wrong `--state`
     // fails the start with nothing printed that a retry would not print again.
     let state_store = state_store(&args).await?;
+    let platform_exporter = crate::observe::platform_exporter(args.otlp_endpoint.as_deref())?;
     let (secret, first_start) = secret(&args.data)?;
     let store = Arc::new(SqliteControlStore::open(&args.data.join("control.db"))?);
     let blobs = BlobStore::open(args.data.join("blobs"))?;
@@ -542,9 +543,9 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCod
     let _exporter = crate::observe::spawn_exporter(
         store.clone(),
         deployments.clone(),
-        args.otlp_endpoint.clone(),
+        platform_exporter,
         Duration::from_millis(args.otlp_interval_ms.max(10)),
-    )?;
+    );
     let served = server.await.context("the API server stopped")?;
     // A graceful stop counts everything done so far.
     usage

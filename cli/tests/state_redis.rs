@@ -174,3 +174,27 @@ fn a_bad_or_unreachable_state_url_fails_the_start_with_a_clear_error() {
         assert!(!stdout.contains("admin token"), "{stdout}");
     }
 }
+
+#[test]
+fn a_bad_otlp_endpoint_fails_the_start_before_the_admin_token_is_minted() {
+    let data = tempfile::tempdir().unwrap();
+    let data = data.path().to_str().unwrap();
+    let (stdout, stderr, code) = weir_within(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--mqtt-listen",
+            "127.0.0.1:0",
+            "--data",
+            data,
+            "--otlp-endpoint",
+            "collector:4317",
+        ],
+        Duration::from_secs(30),
+    );
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    assert!(stderr.contains("--otlp-endpoint"), "{stderr}");
+    assert!(!stdout.contains("admin token"), "{stdout}");
+    assert!(!stdout.contains("weir listening"), "{stdout}");
+}

@@ -144,7 +144,11 @@ impl TenantContext {
             node,
             state: self.state.clone(),
             state_scope: self.state_scope(),
-            state_timeout_cap: Duration::from_secs(1),
+            // Half the call's deadline (at most 1 s): a state store that does not answer
+            // gives the module `timeout` with time left to act on it, instead of the whole
+            // call ending in `deadline` first.
+            state_timeout_cap: (self.live_quotas.get().call_timeout / 2)
+                .min(Duration::from_secs(1)),
             logs: self.logs.clone(),
             metrics: self.metrics.clone(),
             max_log_line_bytes: usize::try_from(self.live_quotas.get().max_log_line_bytes)

@@ -33,9 +33,14 @@ fn state_error(error: StateError) -> ApiError {
         StateError::QuotaExceeded { .. } => {
             ApiError::new(ErrorCode::QuotaExceeded, error.to_string())
         }
-        StateError::Timeout | StateError::Unavailable(_) => {
-            ApiError::new(ErrorCode::Unavailable, "the state store is unavailable")
-        }
+        StateError::Timeout => ApiError::new(
+            ErrorCode::Unavailable,
+            "the state store did not answer in time; a write may or may not have been applied: read the key before retrying",
+        ),
+        StateError::Unavailable(_) => ApiError::new(
+            ErrorCode::Unavailable,
+            "the state store is unavailable; a write may or may not have been applied: read the key before retrying",
+        ),
         other => ApiError::new(ErrorCode::InvalidRequest, other.to_string()),
     }
 }
