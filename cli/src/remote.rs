@@ -765,8 +765,28 @@ pub(crate) async fn logs(args: LogsArgs) -> anyhow::Result<ExitCode> {
     let client = args.connection.client()?;
     let output = args.connection.output;
     let mut after = None;
+    // While following, a server that stops answering (restarting, say) is waited for: the
+    // cursor is kept, so no line is printed twice or skipped when it is back.
+    let mut waiting = false;
     loop {
-        let lines = call!(output, client.logs(args.deployment.as_deref(), after));
+        let lines = match client.logs(args.deployment.as_deref(), after).await {
+            Ok(lines) => lines,
+            Err(ClientError::Transport(reason)) if args.follow => {
+                if !waiting {
+                    eprintln!(
+                        "weir logs: the server does not answer ({reason}); trying again every second"
+                    );
+                    waiting = true;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            Err(error) => return Ok(failed(output, &error)),
+        };
+        if waiting {
+            eprintln!("weir logs: the server answers again");
+            waiting = false;
+        }
         if let Some(last) = lines.last() {
             after = Some(last.seq);
         }

@@ -571,3 +571,132 @@ async fn usage_counts_the_work_done_exactly_across_a_restart() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn logs_follow_waits_through_a_server_restart_and_prints_each_line_once() {
+    let data = tempfile::tempdir().unwrap();
+    let first = common::serve(data.path());
+    let address = first.address.clone();
+    let admin = first.admin();
+    let developer = common::tenant(&admin, "follower", roomy(&[])).await;
+    let token = admin
+        .mint_token(&MintToken {
+            subject: "follower-logs".to_owned(),
+            role: Role::Developer,
+            ttl_seconds: None,
+            tenant: Some("follower".to_owned()),
+        })
+        .await
+        .unwrap()
+        .token
+        .unwrap();
+    push_chatty(&developer).await;
+    developer.deploy(&chatty_deployment("d")).await.unwrap();
+    developer
+        .ingest("d", &[IngestMessage::new("before")], true)
+        .await
+        .unwrap();
+
+    let mut follower = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["logs", "-f", "--output", "json", "--server"])
+        .arg(format!("http://{address}"))
+        .args(["--token", &token])
+        .env_remove("WEIR_CONFIG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follower.stdout.take().unwrap();
+    let stderr = follower.stderr.take().unwrap();
+    let (said_tx, said) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { return };
+            if said_tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let (tx, rx) = std::sync::mpsc::channel::<serde_json::Value>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if let Ok(value) = serde_json::from_str(&line)
+                && tx.send(value).is_err()
+            {
+                return;
+            }
+        }
+    });
+    let mut seen: Vec<serde_json::Value> = Vec::new();
+    let wait_for = |text: &str, seen: &mut Vec<serde_json::Value>| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !seen
+            .iter()
+            .any(|l| l["message"].as_str().unwrap_or("").contains(text))
+        {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no line with {text:?}: {seen:?}"));
+            seen.push(line);
+        }
+    };
+    wait_for("before", &mut seen);
+
+    // The server stops and comes back on the same address and data; the follower keeps going.
+    stop_gracefully(&first);
+    drop(first);
+    // The follower meets the stopped server (and says it waits) before the next one starts.
+    let waits = said
+        .recv_timeout(Duration::from_secs(30))
+        .expect("weir logs -f said nothing while the server was down (did it exit?)");
+    assert!(waits.contains("does not answer"), "{waits}");
+    assert!(
+        follower.try_wait().unwrap().is_none(),
+        "weir logs -f exited"
+    );
+    let mut second = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args([
+            "serve",
+            "--listen",
+            &address,
+            "--mqtt-listen",
+            "127.0.0.1:0",
+            "--data",
+        ])
+        .arg(data.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::BufRead;
+        let lines = std::io::BufReader::new(second.stdout.take().unwrap()).lines();
+        for line in lines {
+            if line.unwrap().starts_with("weir listening on") {
+                break;
+            }
+        }
+    }
+    // A new client: the old one's kept-alive connection went with the first server.
+    let developer = Client::new(&format!("http://{address}"), Some(token.clone())).unwrap();
+    developer
+        .ingest("d", &[IngestMessage::new("after")], true)
+        .await
+        .unwrap();
+    wait_for("after", &mut seen);
+    let back = said.recv_timeout(Duration::from_secs(30)).unwrap();
+    assert!(back.contains("answers again"), "{back}");
+    follower.kill().ok();
+    follower.wait().ok();
+    second.kill().ok();
+    second.wait().ok();
+    let seqs: Vec<u64> = seen.iter().map(|l| l["seq"].as_u64().unwrap()).collect();
+    let mut unique_seqs = seqs.clone();
+    unique_seqs.dedup();
+    assert_eq!(seqs, unique_seqs, "a line printed twice: {seen:?}");
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+}
