@@ -15,88 +15,31 @@
 //! cargo build -p weir && cargo run -p weir-bench --bin noisy-neighbour -- target/debug/weir [requests] [runs]
 //! ```
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+mod weir_server;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
-use weir_api::client::{Client, HttpMethod};
-use weir_api::rest::{CreateDeployment, CreateTenant, GraphRef, IngestMessage, MintToken};
-use weir_api::tenancy::Role;
+use weir_api::client::Client;
+use weir_api::rest::IngestMessage;
+use weir_server::{Server, deployment, map_graph, tenant};
 
 /// The noisy tenant's CPU rate: about a quarter of this 2-core machine's wasm throughput.
 const NOISY_FUEL_PER_SECOND: u64 = 2_000_000_000;
 
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _killed = self.0.kill();
-        let _waited = self.0.wait();
-    }
-}
-
-fn graph(module: &str) -> String {
-    format!(
-        "metadata: {{$schema: s, name: g, version: '1'}}\nmoduleRequirements: {{apiVersion: '1.1.0', runtimeVersion: '1.1.0'}}\noperations:\n  - {{operationType: source, name: source}}\n  - {{operationType: map, name: map, module: '{module}:1.0.0'}}\n  - {{operationType: sink, name: sink}}\nconnections:\n  - {{from: {{name: source}}, to: {{name: map}}}}\n  - {{from: {{name: map}}, to: {{name: sink}}}}\n"
-    )
-}
-
-async fn tenant(
+/// Creates tenant `id` with `quotas`, pushes `module` and the one-map graph `g` running it.
+async fn tenant_with_module(
     admin: &Client,
     id: &str,
     quotas: serde_json::Value,
     module: &str,
     bytes: Vec<u8>,
 ) -> anyhow::Result<Client> {
-    admin
-        .create_tenant(&CreateTenant {
-            id: id.to_owned(),
-            display_name: None,
-            quotas: None,
-        })
-        .await?;
-    let (status, body) = admin
-        .raw(
-            HttpMethod::PUT,
-            &format!("/v1/tenants/{id}/quotas"),
-            Some("application/json"),
-            serde_json::to_vec(&quotas)?,
-        )
-        .await?;
-    anyhow::ensure!(
-        status.is_success(),
-        "quotas: {}",
-        String::from_utf8_lossy(&body)
-    );
-    let minted = admin
-        .mint_token(&MintToken {
-            subject: format!("{id}-bench"),
-            role: Role::Developer,
-            ttl_seconds: None,
-            tenant: Some(id.to_owned()),
-        })
-        .await?;
-    let client = admin.with_token(minted.token.context("token text")?);
+    let client = tenant(admin, id, &quotas).await?;
     client.push_module(module, "1.0.0", bytes).await?;
-    client.push_graph("g", "1", graph(module)).await?;
+    client.push_graph("g", "1", map_graph("g", module)).await?;
     Ok(client)
-}
-
-fn deployment(id: &str) -> CreateDeployment {
-    CreateDeployment {
-        id: id.to_owned(),
-        graph: GraphRef {
-            name: "g".to_owned(),
-            version: "1".to_owned(),
-        },
-        configuration: Default::default(),
-        source: Default::default(),
-        sink: Default::default(),
-        dead_letters: None,
-    }
 }
 
 /// Times `requests` waited ingests; the latencies in µs, sorted, and the requests per second.
@@ -187,45 +130,17 @@ async fn main() -> anyhow::Result<()> {
 
 async fn run(weir: &str, requests: usize) -> anyhow::Result<()> {
     let data = tempfile::tempdir()?;
-    let mut child = Command::new(weir)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--mqtt-listen",
-            "127.0.0.1:0",
-            "--data",
-        ])
-        .arg(data.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| format!("cannot start {weir}"))?;
-    let stdout = child.stdout.take().context("stdout")?;
-    let server = Server(child);
-    let (mut address, mut admin_token) = (String::new(), String::new());
-    for line in BufReader::new(stdout).lines() {
-        let line = line?;
-        if let Some(token) = line
-            .split("admin token (shown once, valid 365 days): ")
-            .nth(1)
-        {
-            admin_token = token.trim().to_owned();
-        }
-        if let Some(listening) = line.strip_prefix("weir listening on http://") {
-            address = listening.trim().to_owned();
-            break;
-        }
-    }
-    let admin = Client::new(&format!("http://{address}"), Some(admin_token))?;
+    let server = Server::start(weir, data.path(), &[])?;
+    let admin = server.admin()?;
     let roomy = serde_json::json!({"api_requests_per_second": 100_000, "max_deployments": 100});
-    let quiet = tenant(&admin, "quiet", roomy, "echo", weir_guests::ECHO.bytes()).await?;
+    let quiet =
+        tenant_with_module(&admin, "quiet", roomy, "echo", weir_guests::ECHO.bytes()).await?;
     let noisy_quotas = serde_json::json!({
         "api_requests_per_second": 100_000,
         "max_deployments": 100,
         "fuel_per_second": NOISY_FUEL_PER_SECOND,
     });
-    let noisy = tenant(
+    let noisy = tenant_with_module(
         &admin,
         "noisy",
         noisy_quotas,
@@ -233,9 +148,11 @@ async fn run(weir: &str, requests: usize) -> anyhow::Result<()> {
         weir_guests::SPIN_LOOP.bytes(),
     )
     .await?;
-    quiet.deploy(&deployment("q")).await?;
+    quiet.deploy(&deployment("q", "g", "1")).await?;
     for i in 0..4 {
-        noisy.deploy(&deployment(&format!("spin{i}"))).await?;
+        noisy
+            .deploy(&deployment(&format!("spin{i}"), "g", "1"))
+            .await?;
     }
 
     println!("weir: {weir}; quiet: echo, wait=true, one message per request");
