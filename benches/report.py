@@ -233,6 +233,7 @@ def main():
     parser.add_argument("--runs", type=int, required=True)
     parser.add_argument("--elapsed", type=int, required=True)
     parser.add_argument("--mosquitto-version", default="")
+    parser.add_argument("--loadavg", default="")
     parser.add_argument("--benches", nargs="*", default=[])
     args = parser.parse_args()
 
@@ -266,6 +267,12 @@ def main():
             mosquitto = f.read().strip()
     if mosquitto:
         w(f"| Mosquitto | {mosquitto} |")
+    if args.loadavg and os.path.exists(args.loadavg):
+        with open(args.loadavg) as f:
+            loads = [l.strip() for l in f if l.strip()]
+        if loads:
+            w(f"| load average (1 min) at the start / end of the runs | {' / '.join(loads)} "
+              "(the bench itself adds about 1; more means other work shared the 2 cores) |")
     w(f"| runs per figure | {args.runs} |")
     w(f"| all runs took | {args.elapsed} s |")
     w("")
