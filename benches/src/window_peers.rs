@@ -155,8 +155,14 @@ async fn run_side(
     println!(
         "{side}: {sent} readings at {rate}/s, {got} window outputs (of {windows} windows) counting {seen} readings, {cpu:.2} CPU s"
     );
-    let per_cpu = float(sent) / cpu.max(0.01);
+    // Per CPU second of the readings the side actually averaged: a side that dropped input
+    // (its source held back at QoS 0) is not credited with what it never processed.
+    let per_cpu = float(seen) / cpu.max(0.01);
     result(&format!("window_{side}_msgs_per_cpu_s"), per_cpu.round());
+    result(
+        &format!("window_{side}_readings_lost"),
+        float(sent.saturating_sub(seen)),
+    );
     result(&format!("window_{side}_cpu_s"), cpu);
     result(&format!("window_{side}_windows"), float(got));
     result(&format!("window_{side}_readings_counted"), float(seen));
