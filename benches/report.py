@@ -114,8 +114,9 @@ ROWS = [
     (
         "4. Peers on the window workload (MQTT in → °F→°C → filter → 10 s window average → MQTT out)",
         "`window-peers`: the same Mosquitto, the same paced publisher (fixed offered load) and "
-        "the same subscriber for each side, one side at a time. weir: `weir serve` (release) with "
-        "the graph source → temperature map → temperature filter → window delay (10 s tumbling, "
+        "the same subscriber for each side, one side at a time. weir: `weir serve --max-in-flight "
+        "65536` (release; the default 1,024 unsettled messages per deployment would cap each 10 s "
+        "window at 1,024 readings) with the graph source → temperature map → temperature filter → window delay (10 s tumbling, "
         "`modules/window`) → temperature accumulate (count/min/max/average) → sink, on a "
         "Mosquitto endpoint. Bytewax 0.21 (PyPI, `benches/peer/bytewax_window.py`): paho-mqtt "
         "source and sink, map, filter, a 10 s tumbling window (`collect_window` + average), one "

@@ -200,7 +200,10 @@ async fn main() -> anyhow::Result<()> {
     let mut figures = std::collections::BTreeMap::new();
 
     if wanted("weir") {
-        let server = WeirServer::start(&weir)?;
+        // A 10 s window at the offered rate holds every message of the window unsettled: more
+        // than the default intake (1,024), so the deployment may hold that many (the tenant's
+        // max_inflight_bytes still bounds the memory).
+        let server = WeirServer::start_with(&weir, &["--max-in-flight", "65536"])?;
         let owner = server.bench_tenant(GRAPH).await?;
         for direction in ["in", "out"] {
             owner

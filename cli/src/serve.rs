@@ -49,12 +49,13 @@ pub(crate) struct ServeArgs {
     #[arg(long, default_value_t = 5_000)]
     instance_idle_ms: u64,
     /// Messages one deployment may have taken and not yet settled (queued, inside the dataflow,
-    /// or held in a window until it closes) before its source is held back. A windowed graph
-    /// holds every message of an open window, so this caps messages per window (a 10 s window
-    /// at 5,000 msg/s holds 50,000). Memory is bounded apart from this by the tenant's
-    /// `max_inflight_bytes` quota, shared by its deployments.
-    #[arg(long, default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(1..))]
-    max_in_flight: u32,
+    /// or held in a window until it closes) before its source is held back. Default: the
+    /// intake's 1,024. A windowed graph holds every message of an open window, so this caps
+    /// messages per window (a 10 s window at 5,000 msg/s holds 50,000: raise it for such
+    /// graphs). Memory is bounded apart from this by the tenant's `max_inflight_bytes` quota,
+    /// shared by its deployments.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    max_in_flight: Option<u32>,
     /// Longest a connection may take to send a request head, and may stay idle between
     /// requests, in milliseconds.
     #[arg(long, default_value_t = 10_000)]
@@ -437,7 +438,9 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCod
         .context("the engine's start panicked")??;
     let settings = DataflowSettings {
         instance_idle: Duration::from_millis(args.instance_idle_ms),
-        max_in_flight: Some(usize::try_from(args.max_in_flight).unwrap_or(usize::MAX)),
+        max_in_flight: args
+            .max_in_flight
+            .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
         ..DataflowSettings::default()
     };
     let workers = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
