@@ -14,6 +14,7 @@
 //! other tenants share.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use wasmtime_wasi_nn::backend::{
     BackendError, BackendExecutionContext, BackendGraph, BackendInner, NamedTensor,
@@ -103,11 +104,12 @@ impl Inference {
         &self.slots
     }
 
-    /// Loads one model for `encoding` (blocking: call it on a blocking thread).
+    /// Loads one model for `encoding` under `guard` (blocking: call it on a blocking thread).
     pub(crate) fn load(
         &self,
         model: &[u8],
         encoding: GraphEncoding,
+        guard: Guard,
     ) -> Result<Graph, (LoadRefusal, String)> {
         if encoding != GraphEncoding::Onnx {
             return Err((
@@ -116,11 +118,25 @@ impl Inference {
             ));
         }
         let loaded = match &self.backend {
-            InferenceBackend::Tract => TractBackend.load(&[model], ExecutionTarget::Cpu),
+            InferenceBackend::Tract => {
+                TractBackend { guard: Some(guard) }.load(&[model], ExecutionTarget::Cpu)
+            }
             InferenceBackend::OnnxRuntime(_) => onnxruntime::load(model),
         };
         loaded.map_err(|error| (LoadRefusal::Backend, detail(&error)))
     }
+}
+
+/// What bounds the graphs of one operator instance on the tract backend.
+#[derive(Debug, Clone)]
+pub(crate) struct Guard {
+    /// Set when the instance's call gave up waiting (its deadline passed): a computation still
+    /// running for it stops at its next operator instead of running to its end in a slot.
+    pub(crate) abandoned: Arc<AtomicBool>,
+    /// Most bytes all of a model's intermediate tensors may take together (their shapes must
+    /// be known at load): the instance's memory limit, so a model cannot make the host
+    /// allocate what the tenant's sandbox may not.
+    pub(crate) max_tensor_bytes: u64,
 }
 
 /// Why a load was refused before or by the backend.
@@ -145,9 +161,12 @@ fn backend_error(error: impl std::fmt::Display) -> BackendError {
     BackendError::BackendAccess(wasmtime::format_err!("{error:#}"))
 }
 
-/// The embedded ONNX backend on `tract-onnx`.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct TractBackend;
+/// The embedded ONNX backend on `tract-onnx`. The default has no bounds of its own; weir's host
+/// loads through one bounded by the instance (its memory limit, its deadline).
+#[derive(Debug, Clone, Default)]
+pub struct TractBackend {
+    guard: Option<Guard>,
+}
 
 impl BackendInner for TractBackend {
     fn encoding(&self) -> GraphEncoding {
@@ -164,7 +183,7 @@ impl BackendInner for TractBackend {
             )));
         }
         Ok(Graph::from(
-            Box::new(TractGraph::load(model)?) as Box<dyn BackendGraph>
+            Box::new(TractGraph::load(model, self.guard.as_ref())?) as Box<dyn BackendGraph>,
         ))
     }
 
@@ -180,10 +199,11 @@ struct TractPlan {
     plan: Arc<tract_onnx::prelude::TypedSimplePlan>,
     inputs: Vec<String>,
     outputs: Vec<String>,
+    abandoned: Option<Arc<AtomicBool>>,
 }
 
 impl TractGraph {
-    fn load(mut model: &[u8]) -> Result<Self, BackendError> {
+    fn load(mut model: &[u8], guard: Option<&Guard>) -> Result<Self, BackendError> {
         use tract_onnx::prelude::{Framework, InferenceModelExt, IntoRunnable};
         let parsed = tract_onnx::onnx()
             .model_for_read(&mut model)
@@ -201,16 +221,54 @@ impl TractGraph {
         };
         let inputs = names(parsed.input_outlets().map_err(backend_error)?);
         let outputs = names(parsed.output_outlets().map_err(backend_error)?);
-        let plan = parsed
-            .into_optimized()
-            .and_then(IntoRunnable::into_runnable)
-            .map_err(backend_error)?;
+        let optimized = parsed.into_optimized().map_err(backend_error)?;
+        if let Some(guard) = guard {
+            check_tensor_bytes(&optimized, guard.max_tensor_bytes)?;
+        }
+        let plan = optimized.into_runnable().map_err(backend_error)?;
         Ok(Self(Arc::new(TractPlan {
             plan,
             inputs,
             outputs,
+            abandoned: guard.map(|g| g.abandoned.clone()),
         })))
     }
+}
+
+/// Refuses a model whose intermediate tensors could take more than `limit` bytes together, or
+/// whose tensor shapes are not all known at load (a symbolic dimension could be anything).
+fn check_tensor_bytes(
+    model: &tract_onnx::prelude::TypedModel,
+    limit: u64,
+) -> Result<(), BackendError> {
+    let mut total: u64 = 0;
+    for node in model.nodes() {
+        for output in &node.outputs {
+            let fact = &output.fact;
+            if fact.konst.is_some() {
+                continue; // a weight: counted in the model's bytes
+            }
+            let Some(shape) = fact.shape.as_concrete() else {
+                return Err(backend_error(format!(
+                    "the tensor of node {:?} has the shape {:?}, not known at load: weir runs models whose tensor shapes are all fixed",
+                    node.name, fact.shape
+                )));
+            };
+            let bytes = shape
+                .iter()
+                .try_fold(fact.datum_type.size_of() as u64, |n, d| {
+                    n.checked_mul(*d as u64)
+                })
+                .unwrap_or(u64::MAX);
+            total = total.saturating_add(bytes);
+        }
+    }
+    if total > limit {
+        return Err(backend_error(format!(
+            "the model's tensors take up to {total} bytes; the instance's memory limit is {limit} bytes (quota `memory_per_instance`)"
+        )));
+    }
+    Ok(())
 }
 
 impl BackendGraph for TractGraph {
@@ -266,7 +324,22 @@ impl BackendExecutionContext for TractContext {
                 extra.name, plan.inputs
             )));
         }
-        let outputs = plan.plan.run(ordered).map_err(backend_error)?;
+        let outputs = match &plan.abandoned {
+            None => plan.plan.run(ordered),
+            Some(abandoned) => {
+                use tract_onnx::tract_core::plan::eval;
+                let mut state = plan.plan.spawn().map_err(backend_error)?;
+                state.run_plan_with_eval(ordered, |context, op_state, node, inputs| {
+                    if abandoned.load(Ordering::Relaxed) {
+                        return Err(tract_onnx::prelude::TractError::msg(
+                            "abandoned: the call's deadline passed",
+                        ));
+                    }
+                    eval(context, op_state, node, inputs)
+                })
+            }
+        }
+        .map_err(backend_error)?;
         outputs
             .iter()
             .zip(&plan.outputs)

@@ -18,8 +18,8 @@ use weir_api::{DataItem, Hlc, Message, Snapshot, TenantId};
 use weir_executor::logs::{LogSink, MemoryLogSink};
 use weir_executor::metrics::MetricsRegistry;
 use weir_executor::{
-    CallLimits, EngineConfig, ModuleConfiguration, NodeEnv, OperatorEngine, OperatorError,
-    OperatorInstance, OperatorKind,
+    CallLimits, EngineConfig, InferenceConfig, ModuleConfiguration, NodeEnv, OperatorEngine,
+    OperatorError, OperatorInstance, OperatorKind,
 };
 use weir_guests::Guest;
 use weir_state::{MemoryStateStore, StateLimits, StateScope};
@@ -36,19 +36,25 @@ struct Tenant {
     id: TenantId,
     logs: Arc<MemoryLogSink>,
     limits: CallLimits,
+    engine: OperatorEngine,
 }
 
 impl Tenant {
     fn new(quotas: &Quotas) -> Self {
+        Self::on(engine(), quotas)
+    }
+
+    fn on(engine: OperatorEngine, quotas: &Quotas) -> Self {
         Self {
             id: TenantId::new("acme").unwrap(),
             logs: Arc::new(MemoryLogSink::new(1000)),
             limits: CallLimits::from_quotas(quotas),
+            engine,
         }
     }
 
     fn node(&self, guest: Guest, kind: OperatorKind) -> OperatorInstance {
-        let module = engine().load(&guest.bytes()).expect("guest validates");
+        let module = self.engine.load(&guest.bytes()).expect("guest validates");
         let env = Arc::new(NodeEnv {
             tenant: self.id.clone(),
             node: format!("test/{}/{kind}", guest.name()),
@@ -68,7 +74,7 @@ impl Tenant {
             quotas: None,
         });
         OperatorInstance::new(
-            engine(),
+            self.engine.clone(),
             module,
             kind,
             ModuleConfiguration::default(),
@@ -173,11 +179,21 @@ async fn a_model_over_the_tenants_limit_is_refused_at_load_and_logged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inference_past_the_deadline_ends_with_deadline_and_the_executor_lives() {
+    // One inference slot on this executor: the abandoned computation must give it back (it
+    // stops at its next operator) for the classifier below to get it within its deadline.
+    let engine = OperatorEngine::new(&EngineConfig {
+        inference: InferenceConfig {
+            max_concurrent: 1,
+            ..InferenceConfig::default()
+        },
+        ..EngineConfig::default()
+    })
+    .unwrap();
     let quotas = Quotas {
         call_timeout: Duration::from_millis(150),
         ..Quotas::default()
     };
-    let tenant = Tenant::new(&quotas);
+    let tenant = Tenant::on(engine.clone(), &quotas);
     let mut node = tenant.node(weir_guests::NN_ABUSE, OperatorKind::Map);
     let started = Instant::now();
     let error = node.map(&message("slow")).await.unwrap_err();
@@ -191,11 +207,42 @@ async fn inference_past_the_deadline_ends_with_deadline_and_the_executor_lives()
         payload(&node.map(&message("after")).await.unwrap()),
         "after"
     );
-    let classifier = Tenant::new(&Quotas::default());
+    let classifier = Tenant::on(
+        engine,
+        &Quotas {
+            call_timeout: Duration::from_millis(500),
+            ..Quotas::default()
+        },
+    );
     let mut other = classifier.node(weir_guests::SNAPSHOT, OperatorKind::Map);
     let mut random = weir_guests::shapes::Random::new(2);
     let frame = weir_guests::shapes::draw(&mut random, 1);
-    assert!(!label_of(&other.map(&snapshot(frame)).await.unwrap()).is_empty());
+    let label = label_of(&other.map(&snapshot(frame)).await.unwrap());
+    assert!(
+        weir_guests::shapes::LABELS.contains(&label.as_str()),
+        "{label}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_whose_tensors_outgrow_the_instance_memory_is_refused_at_load() {
+    // slow.onnx: 24 tensors of 9 MiB (1536 x 1536 f32) besides its input.
+    let quotas = Quotas {
+        memory_per_instance: 32 << 20,
+        ..Quotas::default()
+    };
+    let tenant = Tenant::new(&quotas);
+    let mut node = tenant.node(weir_guests::NN_ABUSE, OperatorKind::Map);
+    let error = node.map(&message("slow")).await.unwrap_err();
+    let OperatorError::Rejected { message } = &error else {
+        panic!("{error:?}")
+    };
+    assert!(
+        message.contains("the model's tensors take up to")
+            && message.contains("quota `memory_per_instance`"),
+        "{message}"
+    );
+    assert!(tenant.log_text().contains("quota `memory_per_instance`"));
 }
 
 fn payload(item: &DataItem) -> String {

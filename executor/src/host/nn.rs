@@ -16,12 +16,13 @@
 )]
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use wasmtime::component::Resource;
 
 use crate::bindings::nn::wasi::nn as wit;
 use crate::host::HostState;
-use crate::inference::{Inference, LoadRefusal, detail};
+use crate::inference::{Guard, Inference, LoadRefusal, detail};
 use crate::logs::LogLevel;
 use wit::errors::ErrorCode;
 use wit::graph::{ExecutionTarget, GraphBuilder, GraphEncoding};
@@ -69,6 +70,9 @@ pub(crate) struct NnState {
     pub(crate) max_graphs: u32,
     /// Graphs alive in this instance.
     pub(crate) graphs: u32,
+    /// Set when a call of this instance gave up on its backend work (deadline): tract stops
+    /// that work at its next operator.
+    pub(crate) abandoned: Arc<AtomicBool>,
 }
 
 impl NnState {
@@ -79,6 +83,7 @@ impl NnState {
             max_model_bytes: 0,
             max_graphs: 0,
             graphs: 0,
+            abandoned: Arc::new(AtomicBool::new(false)),
         }
     }
 }
@@ -86,6 +91,8 @@ impl NnState {
 /// The call's deadline passed while the host waited for the backend.
 fn past_deadline(state: &mut HostState, what: &str) -> wasmtime::Error {
     state.deadline_hit = true;
+    // The instance is replaced after this trap: its work still running is of no use.
+    state.nn.abandoned.store(true, Ordering::Relaxed);
     wasmtime::format_err!("wasi-nn {what} ran past the call's deadline")
 }
 
@@ -179,7 +186,13 @@ impl wit::graph::Host for HostState {
             }
         };
         let inference = self.nn.inference.clone();
-        let loaded = self.in_slot(move || inference.load(&model, encoding)).await;
+        let guard = Guard {
+            abandoned: self.nn.abandoned.clone(),
+            max_tensor_bytes: self.memory_limit as u64,
+        };
+        let loaded = self
+            .in_slot(move || inference.load(&model, encoding, guard))
+            .await;
         match loaded {
             None => Err(past_deadline(self, "load")),
             Some(Ok(graph)) => {

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Writes slow.onnx: 16 chained 1024x1024 matrix products of the input with itself, summed to
+"""Writes slow.onnx: 24 chained 1536x1536 matrix products of the input with itself, summed to
 one value. A few hundred bytes of model, seconds of CPU on any backend (nothing is constant, so
 no backend can fold it away at load). Needs `pip install onnx`."""
 
@@ -8,8 +8,8 @@ import os
 import onnx
 from onnx import TensorProto, helper
 
-N = 1024
-STEPS = 16
+N = 1536
+STEPS = 24
 
 nodes = []
 previous = "x"

@@ -1,4 +1,4 @@
-//! Hostile inference (map): on payload `slow`, loads `slow.onnx` (16 chained 1024x1024 matrix
+//! Hostile inference (map): on payload `slow`, loads `slow.onnx` (24 chained 1536x1536 matrix
 //! products) and computes it, which takes seconds; on payload `hoard`, loads the same model
 //! again and again, keeping every graph, until `load` fails, and returns that error. Anything
 //! else passes through.
@@ -16,7 +16,7 @@ mod map_abuse {
     use weir_sdk::macros::map_operator;
 
     static SLOW: &[u8] = include_bytes!("../slow.onnx");
-    const N: u32 = 1024;
+    const N: u32 = 1536;
 
     fn error(message: String) -> Error {
         Error { message }
