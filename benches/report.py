@@ -206,6 +206,19 @@ ROWS = [
             (r"state_(get|set)_(\w+)_ops_per_s", r"\1 on \2", "ops/s", None),
         ],
     ),
+    (
+        "10. Inference (wasi-nn) on one worker, per backend",
+        "`inference`: the `snapshot` module's map (a 224x224 RGB24 frame normalised into a "
+        "1x3x224x224 f32 tensor in the guest, the embedded CNN of `modules/snapshot/model` run by "
+        "the host's wasi-nn backend on a blocking thread, argmax and label in the guest) called "
+        "through weir's host (`OperatorInstance`, default quotas) one call after another on a "
+        "current-thread runtime, the model loaded once; wall-clock latency of each call. Backends: "
+        "tract (built in) and ONNX Runtime 1.32 (the PyPI wheel's library, `ort` load-dynamic).",
+        [
+            (r"inference_(\w+)_per_s", r"\1: inferences/s", "inf/s", None),
+            (r"inference_(\w+)_(p50|p99)_ms", r"\1: \2 latency", "ms", None),
+        ],
+    ),
 ]
 
 

@@ -14,8 +14,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use weir_executor::dataflow::DataflowSettings;
-use weir_executor::{ArtifactConfig, EngineConfig, OperatorEngine, PoolingConfig};
-use weir_gateway::{GatewayState, ModuleValidator, ServerLimits, router};
+use weir_executor::{
+    ArtifactConfig, EngineConfig, InferenceBackend, InferenceConfig, OperatorEngine, PoolingConfig,
+};
+use weir_gateway::{GatewayState, ModuleValidator, ServerLimits, ValidatedModule, router};
 
 use weir_store::{BlobStore, ControlStore, SqliteControlStore, TokenRecord};
 use weir_tenants::{JwtVerifier, MemoryRevocations, Role, Secret, TokenIssuer, VerificationKey};
@@ -98,6 +100,12 @@ pub(crate) struct ServeArgs {
     /// least recently used go first; a Python module takes ~40 MB, a Rust one ~0.3 MB).
     #[arg(long, default_value_t = 1 << 30)]
     compile_cache_bytes: u64,
+    /// Run the ONNX graphs of modules importing `wasi:nn` on ONNX Runtime, loaded from this
+    /// shared library (e.g. the `onnxruntime` wheel's `onnxruntime/capi/libonnxruntime.so.1.*`)
+    /// instead of the built-in tract backend. Needs a weir built with the `onnxruntime`
+    /// feature; the library is loaded at start, so a missing or unusable one stops the start.
+    #[arg(long, env = "WEIR_ONNXRUNTIME")]
+    onnxruntime: Option<PathBuf>,
 }
 
 /// The tenants' state store `--state` names, connected (Redis is asked for a `PONG` within
@@ -321,13 +329,16 @@ const ISSUER: &str = "weir";
 struct EngineValidator(OperatorEngine);
 
 impl ModuleValidator for EngineValidator {
-    fn validate(&self, bytes: &[u8]) -> Result<Vec<String>, String> {
+    fn validate(&self, bytes: &[u8]) -> Result<ValidatedModule, String> {
         let module = self.0.load(bytes).map_err(|e| e.to_string())?;
-        Ok(module
-            .operators()
-            .iter()
-            .map(|k| k.as_str().to_owned())
-            .collect())
+        Ok(ValidatedModule {
+            operators: module
+                .operators()
+                .iter()
+                .map(|k| k.as_str().to_owned())
+                .collect(),
+            imports_inference: module.imports_inference(),
+        })
     }
 
     fn forget(&self, digest: &weir_api::ModuleDigest) {
@@ -430,6 +441,13 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCod
             dir: args.data.join("artifacts"),
             max_bytes: args.compile_cache_bytes,
         }),
+        inference: InferenceConfig {
+            backend: args
+                .onnxruntime
+                .clone()
+                .map_or(InferenceBackend::Tract, InferenceBackend::OnnxRuntime),
+            ..InferenceConfig::default()
+        },
         ..EngineConfig::default()
     };
     // Opening the artifact directory reads it: off the async workers.

@@ -46,6 +46,12 @@ pub struct CallLimits {
     pub memory_bytes: usize,
     /// Size of one output item.
     pub max_output_bytes: usize,
+    /// Whether `wasi:nn` may load models.
+    pub inference: bool,
+    /// Size of one model `wasi:nn` may load.
+    pub max_model_bytes: u64,
+    /// `wasi:nn` graphs alive at once in the instance.
+    pub max_graphs: u32,
 }
 
 impl CallLimits {
@@ -56,6 +62,9 @@ impl CallLimits {
             timeout: quotas.call_timeout,
             memory_bytes: usize::try_from(quotas.memory_per_instance).unwrap_or(usize::MAX),
             max_output_bytes: usize::try_from(quotas.max_message_bytes).unwrap_or(usize::MAX),
+            inference: quotas.inference,
+            max_model_bytes: quotas.max_model_bytes,
+            max_graphs: quotas.max_graphs_per_instance,
         }
     }
 }
@@ -611,7 +620,10 @@ async fn instantiate(
     env: Arc<NodeEnv>,
     limits: CallLimits,
 ) -> (Result<Live, OperatorError>, u64) {
-    let mut store = Store::new(engine.engine(), HostState::new(env, limits.memory_bytes));
+    let mut store = Store::new(
+        engine.engine(),
+        HostState::new(env, limits.memory_bytes, engine.inference().clone()),
+    );
     store.limiter(|state| state as &mut dyn ResourceLimiter);
     store.epoch_deadline_callback(|mut context| {
         if Instant::now() >= context.data().deadline {
@@ -741,6 +753,9 @@ fn arm(store: &mut Store<HostState>, limits: &CallLimits) -> wasmtime::Result<()
     state.deadline = Instant::now() + limits.timeout;
     state.deadline_hit = false;
     state.memory_limit_hit = false;
+    state.nn.allowed = limits.inference;
+    state.nn.max_model_bytes = limits.max_model_bytes;
+    state.nn.max_graphs = limits.max_graphs;
     Ok(())
 }
 

@@ -281,6 +281,13 @@ pub async fn prepare(
             });
             continue;
         }
+        if module.imports_inference() && !tenant.live_quotas.get().inference {
+            problems.push(DeployProblem {
+                node,
+                message: format!("module {reference:?} imports wasi:nn (inference), which the tenant's quota does not allow (quota `inference` is false)"),
+            });
+            continue;
+        }
         let mut properties = Vec::new();
         for (key, parameter) in graph.parameters_of(&operation.name).into_iter().flatten() {
             let value = configuration
