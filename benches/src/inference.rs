@@ -125,6 +125,7 @@ fn classifier(engine: &OperatorEngine) -> anyhow::Result<OperatorInstance> {
         metrics: Arc::new(MetricsRegistry::new(16)),
         max_log_line_bytes: 1024,
         quotas: None,
+        inference_lane: weir_executor::InferenceLane::default(),
     });
     Ok(OperatorInstance::new(
         engine.clone(),

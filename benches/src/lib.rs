@@ -113,6 +113,7 @@ impl WeirOperator {
             metrics: Arc::new(MetricsRegistry::new(16)),
             max_log_line_bytes: 1024,
             quotas: None,
+            inference_lane: weir_executor::InferenceLane::default(),
         });
         let mut node = OperatorInstance::new(
             engine,

@@ -333,6 +333,18 @@ impl OperatorEngine {
         &self.inner.inference
     }
 
+    /// Loads and computes of `wasi:nn` whose callers wait now (for their tenant's turn, a slot
+    /// or the work), across all tenants.
+    pub fn inference_asked(&self) -> usize {
+        self.inner.inference.asked()
+    }
+
+    /// Inference slots running a load or compute now (at most
+    /// [`InferenceConfig::max_concurrent`]).
+    pub fn inference_running(&self) -> usize {
+        self.inner.inference.running()
+    }
+
     /// The backend that runs the `onnx` graphs of modules importing `wasi:nn`: `tract` or
     /// `onnxruntime`.
     pub fn inference_backend(&self) -> &'static str {

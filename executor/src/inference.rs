@@ -11,10 +11,15 @@
 //!
 //! Loading and computing are CPU work of unbounded length: they run on tokio's blocking
 //! threads, at most [`InferenceConfig::max_concurrent`] at once, never on the async workers
-//! other tenants share.
+//! other tenants share. Two walls keep one tenant's inference from changing what another's
+//! gets: a tenant's loads and computes take their turn in the tenant's own
+//! [`InferenceLane`] (one at a time per tenant on an executor, so a tenant holds at most one
+//! slot and its backlog waits in its lane, not ahead of other tenants), and the time a slot
+//! runs for a tenant is charged to its `fuel_per_second` budget at
+//! [`INFERENCE_FUEL_PER_MS`], as its calls' wasm is.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use wasmtime_wasi_nn::backend::{
     BackendError, BackendExecutionContext, BackendGraph, BackendInner, NamedTensor,
@@ -63,6 +68,32 @@ impl Default for InferenceConfig {
     }
 }
 
+/// Fuel charged to a tenant for each millisecond one of its loads or computes runs in a slot
+/// (a core): fuel is about one wasm instruction, and a core of the machines weir targets runs
+/// about 10^9 of those per second, so a tenant's inference and its wasm draw on one CPU
+/// budget at about the same price.
+pub const INFERENCE_FUEL_PER_MS: u64 = 1_000_000;
+
+/// A tenant's turn at inference on one executor: its loads and computes run one at a time,
+/// in the order they were asked for, each then waiting for one of the executor's slots. Clones
+/// share the turn: give every node of a tenant on an executor a clone of the tenant's lane
+/// (a fresh `default()` is a lane of its own).
+#[derive(Debug, Clone)]
+pub struct InferenceLane(Arc<tokio::sync::Semaphore>);
+
+impl Default for InferenceLane {
+    fn default() -> Self {
+        Self(Arc::new(tokio::sync::Semaphore::new(1)))
+    }
+}
+
+impl InferenceLane {
+    /// Waits for the tenant's turn (first asked, first served).
+    pub(crate) async fn turn(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.0.clone().acquire_owned().await.ok()
+    }
+}
+
 /// Why the inference backend could not be set up (a start-up error).
 #[derive(Debug, thiserror::Error)]
 #[error("cannot set up inference: {0}")]
@@ -72,6 +103,11 @@ pub struct InferenceSetupError(String);
 pub(crate) struct Inference {
     backend: InferenceBackend,
     slots: Arc<tokio::sync::Semaphore>,
+    /// The slots there are.
+    max_concurrent: usize,
+    /// Loads and computes asked for whose caller still waits (for its lane, a slot or the
+    /// work).
+    asked: AtomicUsize,
 }
 
 impl std::fmt::Debug for Inference {
@@ -91,7 +127,26 @@ impl Inference {
         Ok(Self {
             backend: config.backend.clone(),
             slots: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent.max(1))),
+            max_concurrent: config.max_concurrent.max(1),
+            asked: AtomicUsize::new(0),
         })
+    }
+
+    /// Counts a load or compute asked for until the returned guard drops.
+    pub(crate) fn ask(&self) -> Asked<'_> {
+        self.asked.fetch_add(1, Ordering::Relaxed);
+        Asked(&self.asked)
+    }
+
+    /// Loads and computes whose callers wait now, across all tenants.
+    pub(crate) fn asked(&self) -> usize {
+        self.asked.load(Ordering::Relaxed)
+    }
+
+    /// Slots running a load or compute now (abandoned ones included).
+    pub(crate) fn running(&self) -> usize {
+        self.max_concurrent
+            .saturating_sub(self.slots.available_permits())
     }
 
     /// The backend's name.
@@ -124,6 +179,15 @@ impl Inference {
             InferenceBackend::OnnxRuntime(_) => onnxruntime::load(model),
         };
         loaded.map_err(|error| (LoadRefusal::Backend, detail(&error)))
+    }
+}
+
+/// A load or compute being waited for (see [`Inference::ask`]).
+pub(crate) struct Asked<'a>(&'a AtomicUsize);
+
+impl Drop for Asked<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

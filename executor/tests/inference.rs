@@ -18,8 +18,8 @@ use weir_api::{DataItem, Hlc, Message, Snapshot, TenantId};
 use weir_executor::logs::{LogSink, MemoryLogSink};
 use weir_executor::metrics::MetricsRegistry;
 use weir_executor::{
-    CallLimits, EngineConfig, InferenceConfig, ModuleConfiguration, NodeEnv, OperatorEngine,
-    OperatorError, OperatorInstance, OperatorKind,
+    CallLimits, EngineConfig, INFERENCE_FUEL_PER_MS, InferenceConfig, InferenceLane,
+    ModuleConfiguration, NodeEnv, OperatorEngine, OperatorError, OperatorInstance, OperatorKind,
 };
 use weir_guests::Guest;
 use weir_state::{MemoryStateStore, StateLimits, StateScope};
@@ -37,6 +37,8 @@ struct Tenant {
     logs: Arc<MemoryLogSink>,
     limits: CallLimits,
     engine: OperatorEngine,
+    /// The tenant's turn at inference, shared by its nodes as the runtime shares it.
+    lane: InferenceLane,
 }
 
 impl Tenant {
@@ -45,11 +47,16 @@ impl Tenant {
     }
 
     fn on(engine: OperatorEngine, quotas: &Quotas) -> Self {
+        Self::named("acme", engine, quotas)
+    }
+
+    fn named(id: &str, engine: OperatorEngine, quotas: &Quotas) -> Self {
         Self {
-            id: TenantId::new("acme").unwrap(),
+            id: TenantId::new(id).unwrap(),
             logs: Arc::new(MemoryLogSink::new(1000)),
             limits: CallLimits::from_quotas(quotas),
             engine,
+            lane: InferenceLane::default(),
         }
     }
 
@@ -72,6 +79,7 @@ impl Tenant {
             metrics: Arc::new(MetricsRegistry::new(100)),
             max_log_line_bytes: 4096,
             quotas: None,
+            inference_lane: self.lane.clone(),
         });
         OperatorInstance::new(
             self.engine.clone(),
@@ -225,6 +233,96 @@ async fn inference_past_the_deadline_ends_with_deadline_and_the_executor_lives()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_tenants_inference_backlog_never_queues_another_tenants_inference() {
+    // Two slots on this executor. Tenant A asks for three slow computations at once (more
+    // than there are slots); tenant B then asks for one classification. B must not wait behind
+    // A's backlog: A's work takes its turns in A's own lane (one slot at most), so B gets the
+    // other slot and its label arrives while A's first computation still runs. With one queue
+    // for all tenants, A's first two would take both slots and B would wait behind A's third.
+    let engine = OperatorEngine::new(&EngineConfig {
+        inference: InferenceConfig {
+            max_concurrent: 2,
+            ..InferenceConfig::default()
+        },
+        ..EngineConfig::default()
+    })
+    .unwrap();
+    let patient = Quotas {
+        call_timeout: Duration::from_secs(120),
+        ..Quotas::default()
+    };
+    let a = Tenant::named("flooder", engine.clone(), &patient);
+    let b = Tenant::named("bystander", engine.clone(), &patient);
+    let a_done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut flood = tokio::task::JoinSet::new();
+    for _ in 0..3 {
+        let mut node = a.node(weir_guests::NN_ABUSE, OperatorKind::Map);
+        let done = a_done.clone();
+        flood.spawn(async move {
+            let outcome = node.map(&message("slow")).await;
+            done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            outcome
+        });
+    }
+    // All three of A's loads are asked for (waiting for A's turn, a slot, or running).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while engine.inference_asked() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "A's three loads were never asked for"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // While only A asks, A holds one slot at most: the other stays free for anyone else.
+    // (Watched for a second, every 5 ms: one queue for all would show both slots taken by A's
+    // loads and computes for seconds.)
+    for _ in 0..200 {
+        let running = engine.inference_running();
+        assert!(running <= 1, "tenant A holds {running} inference slots");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(a_done.load(std::sync::atomic::Ordering::SeqCst), 0);
+    let mut classifier = b.node(weir_guests::SNAPSHOT, OperatorKind::Map);
+    let mut random = weir_guests::shapes::Random::new(3);
+    let frame = weir_guests::shapes::draw(&mut random, 2);
+    let label = label_of(&classifier.map(&snapshot(frame)).await.unwrap());
+    assert!(
+        weir_guests::shapes::LABELS.contains(&label.as_str()),
+        "{label}"
+    );
+    assert_eq!(
+        a_done.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "B's classification waited for A's computations"
+    );
+    flood.abort_all();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inference_time_is_charged_to_the_tenants_fuel() {
+    // A call that spends its time in a computation (seconds of matrix products) and next to no
+    // wasm: its fuel is what the slot ran, at INFERENCE_FUEL_PER_MS. The call's wall time
+    // bounds the slot's time from above; the computation is most of it.
+    let quotas = Quotas {
+        call_timeout: Duration::from_secs(120),
+        ..Quotas::default()
+    };
+    let tenant = Tenant::new(&quotas);
+    let mut node = tenant.node(weir_guests::NN_ABUSE, OperatorKind::Map);
+    node.map(&message("warm")).await.unwrap();
+    let wasm_only = node.stats().fuel_used;
+    let started = Instant::now();
+    node.map(&message("slow")).await.unwrap();
+    let took_ms = u64::try_from(started.elapsed().as_millis()).unwrap();
+    let charged = node.stats().fuel_used - wasm_only;
+    let wall_fuel = took_ms * INFERENCE_FUEL_PER_MS;
+    assert!(
+        charged >= wall_fuel / 2,
+        "the call took {took_ms} ms, mostly computing, and was charged {charged} fuel (a slot's ms is {INFERENCE_FUEL_PER_MS})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_model_whose_tensors_outgrow_the_instance_memory_is_refused_at_load() {
     // slow.onnx: 24 tensors of 9 MiB (1536 x 1536 f32) besides its input.
     let quotas = Quotas {
@@ -350,6 +448,7 @@ async fn the_snapshot_branch_and_accumulate_follow_azure() {
             metrics: Arc::new(MetricsRegistry::new(100)),
             max_log_line_bytes: 4096,
             quotas: None,
+            inference_lane: weir_executor::InferenceLane::default(),
         });
         OperatorInstance::new(
             engine(),

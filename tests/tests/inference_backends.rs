@@ -68,6 +68,7 @@ fn classifier(engine: &OperatorEngine, logs: &Arc<MemoryLogSink>) -> OperatorIns
         metrics: Arc::new(MetricsRegistry::new(100)),
         max_log_line_bytes: 4096,
         quotas: None,
+        inference_lane: weir_executor::InferenceLane::default(),
     });
     OperatorInstance::new(
         engine.clone(),

@@ -51,6 +51,9 @@ pub struct NodeEnv {
     /// `state_scope`'s limits, `max_log_line_bytes` and the per-call limits from the next
     /// call, log line or state operation on.
     pub quotas: Option<Arc<LiveQuotas>>,
+    /// The tenant's turn at inference on this executor, shared by all of the tenant's nodes
+    /// here (see [`InferenceLane`](crate::InferenceLane)).
+    pub inference_lane: crate::InferenceLane,
 }
 
 /// A tenant's quotas, swapped whole when an admin changes them; every node of the tenant's

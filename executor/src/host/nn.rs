@@ -16,7 +16,8 @@
 )]
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
 
 use wasmtime::component::Resource;
 
@@ -73,6 +74,9 @@ pub(crate) struct NnState {
     /// Set when a call of this instance gave up on its backend work (deadline): tract stops
     /// that work at its next operator.
     pub(crate) abandoned: Arc<AtomicBool>,
+    /// Nanoseconds slots ran for this instance's loads and computes, abandoned ones included,
+    /// not yet charged (the operator charges them to the tenant's fuel after each call).
+    pub(crate) slot_nanos: Arc<AtomicU64>,
 }
 
 impl NnState {
@@ -84,6 +88,7 @@ impl NnState {
             max_graphs: 0,
             graphs: 0,
             abandoned: Arc::new(AtomicBool::new(false)),
+            slot_nanos: Arc::new(AtomicU64::new(0)),
         }
     }
 }
@@ -107,20 +112,28 @@ impl HostState {
         Ok(Err(self.table.push(NnError { code, data })?))
     }
 
-    /// Runs `work` on a blocking thread in an inference slot, both waited for within the
-    /// call's deadline. `None`: the deadline passed (the work, if it started, finishes on its
-    /// thread and is dropped).
+    /// Runs `work` on a blocking thread in an inference slot, after the tenant's turn in its
+    /// lane, all waited for within the call's deadline; the time the slot runs is added to
+    /// the instance's `slot_nanos`. `None`: the deadline passed (the work, if it started,
+    /// finishes on its thread, still holding the tenant's turn and the slot, and is dropped).
     async fn in_slot<R: Send + 'static>(
         &mut self,
         work: impl FnOnce() -> R + Send + 'static,
     ) -> Option<R> {
         let deadline = tokio::time::Instant::from_std(self.deadline);
-        let slots = self.nn.inference.slots().clone();
+        let inference = self.nn.inference.clone();
+        let lane = self.env.inference_lane.clone();
+        let spent = self.nn.slot_nanos.clone();
         tokio::time::timeout_at(deadline, async move {
-            let permit = slots.acquire_owned().await.ok()?;
+            let _asked = inference.ask();
+            let turn = lane.turn().await?;
+            let slot = inference.slots().clone().acquire_owned().await.ok()?;
             tokio::task::spawn_blocking(move || {
+                let started = Instant::now();
                 let result = work();
-                drop(permit);
+                let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                spent.fetch_add(nanos, Ordering::Relaxed);
+                drop((slot, turn));
                 result
             })
             .await
