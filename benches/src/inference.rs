@@ -15,14 +15,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use weir_api::{DataItem, Hlc, Snapshot, TenantId};
 use weir_bench::{float, percentile, result};
-use weir_executor::logs::MemoryLogSink;
-use weir_executor::metrics::MetricsRegistry;
 use weir_executor::{
     CallLimits, EngineConfig, InferenceBackend, InferenceConfig, ModuleConfiguration, NodeEnv,
     OperatorEngine, OperatorInstance, OperatorKind,
 };
 use weir_guests::shapes;
-use weir_state::{MemoryStateStore, StateLimits, StateScope};
 use weir_tenants::Quotas;
 
 const WARM_UP: usize = 20;
@@ -108,25 +105,7 @@ fn main() -> anyhow::Result<()> {
 fn classifier(engine: &OperatorEngine) -> anyhow::Result<OperatorInstance> {
     let module = engine.load(&weir_guests::SNAPSHOT.bytes())?;
     let tenant = TenantId::new("bench")?;
-    let env = Arc::new(NodeEnv {
-        tenant: tenant.clone(),
-        node: "bench/snapshot/map".to_owned(),
-        state: Arc::new(MemoryStateStore::default()),
-        state_scope: StateScope::new(
-            tenant,
-            StateLimits {
-                max_keys: 1,
-                max_bytes: 1,
-                max_key_bytes: 1,
-            },
-        ),
-        state_timeout_cap: Duration::from_secs(1),
-        logs: Arc::new(MemoryLogSink::new(16)),
-        metrics: Arc::new(MetricsRegistry::new(16)),
-        max_log_line_bytes: 1024,
-        quotas: None,
-        inference_lane: weir_executor::InferenceLane::default(),
-    });
+    let env = Arc::new(NodeEnv::standalone(tenant, "bench/snapshot/map"));
     Ok(OperatorInstance::new(
         engine.clone(),
         module,

@@ -8,13 +8,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use weir_api::{DataItem, Hlc, Message, TenantId};
-use weir_executor::logs::MemoryLogSink;
-use weir_executor::metrics::MetricsRegistry;
 use weir_executor::{
     CallLimits, EngineConfig, ModuleConfiguration, NodeEnv, OperatorEngine, OperatorInstance,
     OperatorKind,
 };
-use weir_state::{MemoryStateStore, StateLimits, StateScope};
 use weir_tenants::Quotas;
 
 /// The payload every bench sends, weir and peers alike.
@@ -96,25 +93,10 @@ impl WeirOperator {
         let module = engine.load(component)?;
         let quotas = Quotas::default();
         let tenant = TenantId::new("bench")?;
-        let env = Arc::new(NodeEnv {
-            tenant: tenant.clone(),
-            node: format!("bench/temperature/{kind}"),
-            state: Arc::new(MemoryStateStore::default()),
-            state_scope: StateScope::new(
-                tenant,
-                StateLimits {
-                    max_keys: 1,
-                    max_bytes: 1,
-                    max_key_bytes: 1,
-                },
-            ),
-            state_timeout_cap: Duration::from_secs(1),
-            logs: Arc::new(MemoryLogSink::new(16)),
-            metrics: Arc::new(MetricsRegistry::new(16)),
-            max_log_line_bytes: 1024,
-            quotas: None,
-            inference_lane: weir_executor::InferenceLane::default(),
-        });
+        let env = Arc::new(NodeEnv::standalone(
+            tenant,
+            format!("bench/temperature/{kind}"),
+        ));
         let mut node = OperatorInstance::new(
             engine,
             module,

@@ -21,8 +21,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use weir_api::{DataItem, Hlc, Message, TenantId};
-use weir_executor::logs::MemoryLogSink;
-use weir_executor::metrics::MetricsRegistry;
 use weir_executor::{
     CallLimits, EngineConfig, ModuleConfiguration, NodeEnv, OperatorEngine, OperatorInstance,
     OperatorKind,
@@ -117,16 +115,9 @@ fn main() -> anyhow::Result<()> {
         // Counts the module's state calls: each message must have made exactly one.
         let store = Arc::new(MeteredStateStore::new(backend.clone()));
         let env = Arc::new(NodeEnv {
-            tenant: tenant.clone(),
-            node: "bench/enrichment/map".to_owned(),
             state: store.clone(),
             state_scope: scope.clone(),
-            state_timeout_cap: Duration::from_secs(1),
-            logs: Arc::new(MemoryLogSink::new(16)),
-            metrics: Arc::new(MetricsRegistry::new(16)),
-            max_log_line_bytes: 1024,
-            quotas: None,
-            inference_lane: weir_executor::InferenceLane::default(),
+            ..NodeEnv::standalone(tenant.clone(), "bench/enrichment/map")
         });
         let mut node = OperatorInstance::new(
             engine.clone(),

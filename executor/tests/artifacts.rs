@@ -15,13 +15,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use weir_api::{DataItem, Hlc, Message, TenantId};
-use weir_executor::logs::MemoryLogSink;
-use weir_executor::metrics::MetricsRegistry;
 use weir_executor::{
     ArtifactConfig, CallLimits, CompileCounts, EngineConfig, ModuleConfiguration, NodeEnv,
     OperatorEngine, OperatorInstance, OperatorKind,
 };
-use weir_state::{MemoryStateStore, StateLimits, StateScope};
 use weir_tenants::Quotas;
 
 fn cached_engine(dir: &Path, max_bytes: u64) -> OperatorEngine {
@@ -58,25 +55,7 @@ fn files(dir: &Path) -> Vec<PathBuf> {
 async fn echo_runs(engine: &OperatorEngine) {
     let module = engine.load(&weir_guests::ECHO.bytes()).unwrap();
     let tenant = TenantId::new("artifacts").unwrap();
-    let env = Arc::new(NodeEnv {
-        tenant: tenant.clone(),
-        node: "artifacts/echo".to_owned(),
-        state: Arc::new(MemoryStateStore::default()),
-        state_scope: StateScope::new(
-            tenant,
-            StateLimits {
-                max_keys: 1,
-                max_bytes: 1,
-                max_key_bytes: 1,
-            },
-        ),
-        state_timeout_cap: Duration::from_secs(1),
-        logs: Arc::new(MemoryLogSink::new(16)),
-        metrics: Arc::new(MetricsRegistry::new(16)),
-        max_log_line_bytes: 1024,
-        quotas: None,
-        inference_lane: weir_executor::InferenceLane::default(),
-    });
+    let env = Arc::new(NodeEnv::standalone(tenant, "artifacts/echo"));
     let mut node = OperatorInstance::new(
         engine.clone(),
         module,

@@ -86,16 +86,12 @@ impl Tenant {
     ) -> OperatorInstance {
         let module = engine().load(&guest.bytes()).expect("guest validates");
         let env = Arc::new(NodeEnv {
-            tenant: self.id.clone(),
-            node: format!("test/{}/{kind}", guest.name()),
             state: self.state.clone(),
             state_scope: self.scope(),
-            state_timeout_cap: Duration::from_secs(1),
             logs: self.logs.clone() as Arc<dyn LogSink>,
             metrics: self.metrics.clone(),
             max_log_line_bytes: 4096,
-            quotas: None,
-            inference_lane: weir_executor::InferenceLane::default(),
+            ..NodeEnv::standalone(self.id.clone(), format!("test/{}/{kind}", guest.name()))
         });
         let configuration = ModuleConfiguration {
             properties: properties

@@ -17,13 +17,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use weir_api::{DataItem, Hlc, Snapshot, TenantId};
 use weir_executor::logs::{LogSink, MemoryLogSink};
-use weir_executor::metrics::MetricsRegistry;
 use weir_executor::{
     CallLimits, EngineConfig, InferenceBackend, InferenceConfig, ModuleConfiguration, NodeEnv,
     OperatorEngine, OperatorInstance, OperatorKind,
 };
 use weir_guests::shapes;
-use weir_state::{MemoryStateStore, StateLimits, StateScope};
 use weir_tenants::Quotas;
 
 fn onnxruntime_library() -> PathBuf {
@@ -52,23 +50,11 @@ fn classifier(engine: &OperatorEngine, logs: &Arc<MemoryLogSink>) -> OperatorIns
     let tenant = TenantId::new("acme").unwrap();
     let module = engine.load(&weir_guests::SNAPSHOT.bytes()).unwrap();
     let env = Arc::new(NodeEnv {
-        tenant: tenant.clone(),
-        node: format!("test/snapshot/map/{}", engine.inference_backend()),
-        state: Arc::new(MemoryStateStore::default()),
-        state_scope: StateScope::new(
-            tenant,
-            StateLimits {
-                max_keys: 10,
-                max_bytes: 1 << 16,
-                max_key_bytes: 256,
-            },
-        ),
-        state_timeout_cap: Duration::from_secs(1),
         logs: logs.clone() as Arc<dyn LogSink>,
-        metrics: Arc::new(MetricsRegistry::new(100)),
-        max_log_line_bytes: 4096,
-        quotas: None,
-        inference_lane: weir_executor::InferenceLane::default(),
+        ..NodeEnv::standalone(
+            tenant,
+            format!("test/snapshot/map/{}", engine.inference_backend()),
+        )
     });
     OperatorInstance::new(
         engine.clone(),

@@ -85,6 +85,27 @@ impl LiveQuotas {
 }
 
 impl NodeEnv {
+    /// A node of `tenant` on its own, as tools, benchmarks and tests run one: an in-memory
+    /// state store with the default quotas' state limits, a log of its own (1,000 lines),
+    /// metrics of its own (100 series), state calls capped at 1 s, log lines at the default
+    /// quota, quotas fixed, and an inference lane of its own. Override fields with struct update
+    /// syntax (`NodeEnv { state, ..NodeEnv::standalone(tenant, node) }`).
+    pub fn standalone(tenant: TenantId, node: impl Into<String>) -> Self {
+        let quotas = Quotas::default();
+        Self {
+            state: Arc::new(weir_state::MemoryStateStore::default()),
+            state_scope: StateScope::new(tenant.clone(), StateLimits::of(&quotas)),
+            tenant,
+            node: node.into(),
+            state_timeout_cap: Duration::from_secs(1),
+            logs: Arc::new(crate::logs::MemoryLogSink::new(1000)),
+            metrics: Arc::new(MetricsRegistry::new(100)),
+            max_log_line_bytes: usize::try_from(quotas.max_log_line_bytes).unwrap_or(usize::MAX),
+            quotas: None,
+            inference_lane: crate::InferenceLane::default(),
+        }
+    }
+
     /// The scope of the node's next state operation, with the limits in force.
     pub(crate) fn scope(&self) -> std::borrow::Cow<'_, StateScope> {
         match &self.quotas {
