@@ -394,6 +394,30 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCod
     // fails the start with nothing printed that a retry would not print again.
     let state_store = state_store(&args).await?;
     let platform_exporter = crate::observe::platform_exporter(args.otlp_endpoint.as_deref())?;
+    let engine_config = EngineConfig {
+        pooling: Some(PoolingConfig {
+            instance_slots: args.instance_slots,
+        }),
+        artifacts: Some(ArtifactConfig {
+            dir: args.data.join("artifacts"),
+            max_bytes: args.compile_cache_bytes,
+        }),
+        inference: InferenceConfig {
+            backend: args
+                .onnxruntime
+                .clone()
+                .map_or(InferenceBackend::Tract, InferenceBackend::OnnxRuntime),
+            ..InferenceConfig::default()
+        },
+        ..EngineConfig::default()
+    };
+    // Opening the artifact directory reads it, and an ONNX Runtime library is loaded: off the
+    // async workers, and before a first start's admin token is shown (a bad library fails the
+    // start with nothing printed that a retry would not print again).
+    let engine = tokio::task::spawn_blocking(move || OperatorEngine::new(&engine_config))
+        .await
+        .context("the engine's start panicked")??;
+    println!("inference: {} backend", engine.inference_backend());
     let (secret, first_start) = secret(&args.data)?;
     let store = Arc::new(SqliteControlStore::open(&args.data.join("control.db"))?);
     let blobs = BlobStore::open(args.data.join("blobs"))?;
@@ -433,27 +457,6 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCod
     } else {
         println!("data in {}", args.data.display());
     }
-    let engine_config = EngineConfig {
-        pooling: Some(PoolingConfig {
-            instance_slots: args.instance_slots,
-        }),
-        artifacts: Some(ArtifactConfig {
-            dir: args.data.join("artifacts"),
-            max_bytes: args.compile_cache_bytes,
-        }),
-        inference: InferenceConfig {
-            backend: args
-                .onnxruntime
-                .clone()
-                .map_or(InferenceBackend::Tract, InferenceBackend::OnnxRuntime),
-            ..InferenceConfig::default()
-        },
-        ..EngineConfig::default()
-    };
-    // Opening the artifact directory reads it: off the async workers.
-    let engine = tokio::task::spawn_blocking(move || OperatorEngine::new(&engine_config))
-        .await
-        .context("the engine's start panicked")??;
     let settings = DataflowSettings {
         instance_idle: Duration::from_millis(args.instance_idle_ms),
         max_in_flight: args

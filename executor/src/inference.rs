@@ -490,18 +490,28 @@ mod onnxruntime {
     /// start-up, and becomes an error.
     pub(super) fn init(path: &std::path::Path) -> Result<(), InferenceSetupError> {
         if !path.is_file() {
+            let what = if path.exists() {
+                "is not a file"
+            } else {
+                "does not exist"
+            };
             return Err(InferenceSetupError(format!(
-                "the ONNX Runtime library {} does not exist (install the onnxruntime wheel and give its onnxruntime/capi/libonnxruntime.so.1.* file)",
+                "the ONNX Runtime library {} {what} (install the onnxruntime wheel and give its onnxruntime/capi/libonnxruntime.so.1.* file)",
                 path.display()
             )));
         }
         let path = path.to_owned();
         let shown = path.display().to_string();
+        // The panic becomes the start's error: keep the panic hook from printing it (and a
+        // backtrace) first. Start-up runs this once, before any guest runs.
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
         let outcome = std::panic::catch_unwind(move || {
             ort::init_from(path.to_string_lossy().into_owned())
                 .with_name("weir")
                 .commit()
         });
+        std::panic::set_hook(hook);
         match outcome {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(error)) => Err(InferenceSetupError(format!(

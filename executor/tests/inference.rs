@@ -17,7 +17,7 @@ use bytes::Bytes;
 use weir_api::{DataItem, Hlc, Message, Snapshot, TenantId};
 use weir_executor::logs::{LogSink, MemoryLogSink};
 use weir_executor::{
-    CallLimits, EngineConfig, INFERENCE_FUEL_PER_MS, InferenceConfig, InferenceLane,
+    CallLimits, EngineConfig, INFERENCE_FUEL_PER_MS, InferenceConfig, InferenceLane, LiveQuotas,
     ModuleConfiguration, NodeEnv, OperatorEngine, OperatorError, OperatorInstance, OperatorKind,
 };
 use weir_guests::Guest;
@@ -330,6 +330,96 @@ fn payload(item: &DataItem) -> String {
         DataItem::Message(m) => String::from_utf8(m.payload.to_vec()).unwrap(),
         other => panic!("expected a message, got {other:?}"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn execution_contexts_count_against_the_graphs_quota() {
+    // A context keeps its model loaded after its graph is dropped: without counting contexts,
+    // dropping each graph and keeping its context would load models without end.
+    let quotas = Quotas {
+        max_graphs_per_instance: 3,
+        ..Quotas::default()
+    };
+    let tenant = Tenant::new(&quotas);
+    let mut node = tenant.node(weir_guests::NN_ABUSE, OperatorKind::Map);
+    let error = node.map(&message("contexts")).await.unwrap_err();
+    let OperatorError::Rejected { message } = &error else {
+        panic!("{error:?}")
+    };
+    assert!(message.starts_with("after 3 contexts: "), "{message}");
+    assert!(
+        message.contains("quota `max_graphs_per_instance`"),
+        "{message}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tensors_the_host_holds_count_against_the_instance_memory() {
+    // 8 tensors of 10 MiB kept by the guest are 80 MiB of the host's memory: over a 64 MiB
+    // instance, although the guest's own linear memory holds one 10 MiB buffer.
+    let quotas = Quotas {
+        memory_per_instance: 64 << 20,
+        ..Quotas::default()
+    };
+    let tenant = Tenant::new(&quotas);
+    let mut node = tenant.node(weir_guests::NN_ABUSE, OperatorKind::Map);
+    node.map(&message("tensors:4:10")).await.unwrap();
+    let error = node.map(&message("tensors:4:10")).await.unwrap_err();
+    assert!(
+        matches!(error, OperatorError::MemoryLimit { .. }),
+        "{error:?}"
+    );
+    // The instance went with its tensors: a fresh one holds none.
+    node.map(&message("tensors:4:10")).await.unwrap();
+    assert_eq!(
+        payload(&node.map(&message("after")).await.unwrap()),
+        "after"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lowered_quota_stops_a_loaded_model_at_its_next_compute() {
+    // The classifier loads its model once and keeps it: the quota is checked at compute too.
+    let quotas = Quotas::default();
+    let live = Arc::new(LiveQuotas::new(quotas.clone()));
+    let tenant = Tenant::new(&quotas);
+    let module = tenant.engine.load(&weir_guests::SNAPSHOT.bytes()).unwrap();
+    let env = Arc::new(NodeEnv {
+        logs: tenant.logs.clone() as Arc<dyn LogSink>,
+        quotas: Some(live.clone()),
+        ..NodeEnv::standalone(tenant.id.clone(), "test/snapshot/map")
+    });
+    let mut node = OperatorInstance::new(
+        tenant.engine.clone(),
+        module,
+        OperatorKind::Map,
+        ModuleConfiguration::default(),
+        env,
+        tenant.limits,
+    )
+    .unwrap();
+    let mut random = weir_guests::shapes::Random::new(4);
+    let frame = weir_guests::shapes::draw(&mut random, 0);
+    let label = label_of(&node.map(&snapshot(frame.clone())).await.unwrap());
+    assert!(weir_guests::shapes::LABELS.contains(&label.as_str()));
+    live.set(Quotas {
+        max_model_bytes: 1_000,
+        ..quotas.clone()
+    });
+    let error = node.map(&snapshot(frame.clone())).await.unwrap_err();
+    assert!(
+        format!("{error:?}").contains("quota `max_model_bytes`"),
+        "{error:?}"
+    );
+    live.set(Quotas {
+        inference: false,
+        ..quotas
+    });
+    let error = node.map(&snapshot(frame)).await.unwrap_err();
+    assert!(
+        format!("{error:?}").contains("quota `inference`"),
+        "{error:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

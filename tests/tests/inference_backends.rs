@@ -67,6 +67,23 @@ fn classifier(engine: &OperatorEngine, logs: &Arc<MemoryLogSink>) -> OperatorIns
     .unwrap()
 }
 
+fn abuser(engine: &OperatorEngine) -> OperatorInstance {
+    let module = engine.load(&weir_guests::NN_ABUSE.bytes()).unwrap();
+    let env = Arc::new(NodeEnv::standalone(
+        TenantId::new("acme").unwrap(),
+        format!("test/nn-abuse/map/{}", engine.inference_backend()),
+    ));
+    OperatorInstance::new(
+        engine.clone(),
+        module,
+        OperatorKind::Map,
+        ModuleConfiguration::default(),
+        env,
+        CallLimits::from_quotas(&Quotas::default()),
+    )
+    .unwrap()
+}
+
 fn label_of(item: &DataItem) -> String {
     let DataItem::Snapshot(snapshot) = item else {
         panic!("expected a snapshot, got {item:?}")
@@ -130,4 +147,34 @@ fn a_missing_onnxruntime_library_is_a_clear_start_error() {
         error.contains("/nonexistent/libonnxruntime.so.1 does not exist"),
         "{error}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_tensor_is_an_error_on_both_backends_never_a_deadline() {
+    // An input whose bytes do not fit its dimensions: tract refuses it; wasmtime-wasi-nn's
+    // ONNX Runtime backend panics on it (onnx.rs `try_into().unwrap()`), which must reach the
+    // guest as a backend error with the panic's message, not as the call's deadline.
+    for backend in [
+        InferenceBackend::Tract,
+        InferenceBackend::OnnxRuntime(onnxruntime_library()),
+    ] {
+        let engine = engine(backend);
+        let mut node = abuser(&engine);
+        let probe = DataItem::Message(weir_api::Message::new(
+            Hlc::at(Duration::from_secs(1_700_000_000), "source"),
+            "probe/1",
+            "odd".to_owned(),
+        ));
+        let error = node.map(&probe).await.unwrap_err();
+        assert_eq!(error.reason(), "operator_error", "{error:?}");
+        assert!(format!("{error:?}").contains("compute failed"), "{error:?}");
+        println!("{}: {error:?}", engine.inference_backend());
+        // The executor goes on: the same node answers the next message.
+        let next = DataItem::Message(weir_api::Message::new(
+            Hlc::at(Duration::from_secs(1_700_000_001), "source"),
+            "probe/1",
+            "after".to_owned(),
+        ));
+        node.map(&next).await.unwrap();
+    }
 }

@@ -6,7 +6,14 @@
 //! - `inference`: off, every `load` is refused (`security`);
 //! - `max_model_bytes`: a larger model is refused (`too-large`);
 //! - `max_graphs_per_instance`: graphs alive at once in one instance (a guest loads its model
-//!   once and keeps it, as Azure's snapshot module does).
+//!   once and keeps it, as Azure's snapshot module does), and as many execution contexts (each
+//!   keeps its model alive after its graph is dropped);
+//! - `memory_per_instance`: tensor bytes the host holds for the instance (made by
+//!   `tensor.new`, or a computation's outputs not yet dropped) are bounded by the instance's
+//!   memory limit besides its linear memory; past it the call ends with `memory_limit`.
+//!
+//! `inference` and `max_model_bytes` are checked again at every `compute`, so a quota lowered
+//! by the admin stops a model already loaded from its next computation.
 //!
 //! Every refusal and backend error is written to the tenant's log with its detail (the guest
 //! sees the same detail through `error.data`).
@@ -29,8 +36,8 @@ use wit::errors::ErrorCode;
 use wit::graph::{ExecutionTarget, GraphBuilder, GraphEncoding};
 use wit::tensor::{TensorData, TensorDimensions, TensorType};
 
-/// A loaded model: the `graph` resource.
-pub struct NnGraph(wasmtime_wasi_nn::Graph);
+/// A loaded model: the `graph` resource, with the size of the model it was loaded from.
+pub struct NnGraph(wasmtime_wasi_nn::Graph, u64);
 
 impl std::fmt::Debug for NnGraph {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -41,7 +48,7 @@ impl std::fmt::Debug for NnGraph {
 /// An execution context: the `graph-execution-context` resource. Empty while its `compute`
 /// runs on a blocking thread (and for good, if the call's deadline passed meanwhile: the
 /// instance is then replaced).
-pub struct NnContext(Option<wasmtime_wasi_nn::ExecutionContext>);
+pub struct NnContext(Option<wasmtime_wasi_nn::ExecutionContext>, u64);
 
 impl std::fmt::Debug for NnContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -71,6 +78,10 @@ pub(crate) struct NnState {
     pub(crate) max_graphs: u32,
     /// Graphs alive in this instance.
     pub(crate) graphs: u32,
+    /// Execution contexts alive in this instance (each keeps its model).
+    pub(crate) contexts: u32,
+    /// Bytes of the tensors the host holds for this instance.
+    pub(crate) tensor_bytes: u64,
     /// Set when a call of this instance gave up on its backend work (deadline): tract stops
     /// that work at its next operator.
     pub(crate) abandoned: Arc<AtomicBool>,
@@ -87,10 +98,20 @@ impl NnState {
             max_model_bytes: 0,
             max_graphs: 0,
             graphs: 0,
+            contexts: 0,
+            tensor_bytes: 0,
             abandoned: Arc::new(AtomicBool::new(false)),
             slot_nanos: Arc::new(AtomicU64::new(0)),
         }
     }
+}
+
+/// Why backend work gave no result.
+enum SlotEnd {
+    /// The call's deadline passed first.
+    Deadline,
+    /// The backend panicked (a bug of the backend, e.g. on a malformed tensor): its message.
+    Failed(String),
 }
 
 /// The call's deadline passed while the host waited for the backend.
@@ -119,29 +140,55 @@ impl HostState {
     async fn in_slot<R: Send + 'static>(
         &mut self,
         work: impl FnOnce() -> R + Send + 'static,
-    ) -> Option<R> {
+    ) -> Result<R, SlotEnd> {
         let deadline = tokio::time::Instant::from_std(self.deadline);
         let inference = self.nn.inference.clone();
         let lane = self.env.inference_lane.clone();
         let spent = self.nn.slot_nanos.clone();
-        tokio::time::timeout_at(deadline, async move {
+        let waited = tokio::time::timeout_at(deadline, async move {
             let _asked = inference.ask();
-            let turn = lane.turn().await?;
-            let slot = inference.slots().clone().acquire_owned().await.ok()?;
+            let closed = || SlotEnd::Failed("the executor's inference slots are closed".to_owned());
+            let turn = lane.turn().await.ok_or_else(closed)?;
+            let slot = inference
+                .slots()
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| closed())?;
             tokio::task::spawn_blocking(move || {
                 let started = Instant::now();
+                // Slot and turn go back however the work ends, a panic included.
+                let _held = (slot, turn);
                 let result = work();
                 let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
                 spent.fetch_add(nanos, Ordering::Relaxed);
-                drop((slot, turn));
                 result
             })
             .await
-            .ok()
+            .map_err(|error| SlotEnd::Failed(panic_message(error)))
         })
-        .await
-        .ok()
-        .flatten()
+        .await;
+        waited.unwrap_or(Err(SlotEnd::Deadline))
+    }
+
+    /// Counts `bytes` more tensor bytes held for the instance; past its memory limit, marks the
+    /// call as over it (`memory_limit`) and returns the trap that ends it.
+    fn hold_tensor_bytes(&mut self, bytes: u64) -> wasmtime::Result<()> {
+        let held = self.nn.tensor_bytes.saturating_add(bytes);
+        let limit = self.memory_limit as u64;
+        if held > limit {
+            self.memory_limit_hit = true;
+            return Err(wasmtime::format_err!(
+                "wasi-nn tensors held for this instance would take {held} bytes, over its memory limit of {limit} bytes (quota `memory_per_instance`)"
+            ));
+        }
+        self.nn.tensor_bytes = held;
+        Ok(())
+    }
+
+    /// Counts `bytes` tensor bytes no longer held.
+    fn release_tensor_bytes(&mut self, bytes: u64) {
+        self.nn.tensor_bytes = self.nn.tensor_bytes.saturating_sub(bytes);
     }
 }
 
@@ -207,12 +254,19 @@ impl wit::graph::Host for HostState {
             .in_slot(move || inference.load(&model, encoding, guard))
             .await;
         match loaded {
-            None => Err(past_deadline(self, "load")),
-            Some(Ok(graph)) => {
-                self.nn.graphs += 1;
-                Ok(Ok(self.table.push(NnGraph(graph))?))
+            Err(SlotEnd::Deadline) => Err(past_deadline(self, "load")),
+            Err(SlotEnd::Failed(panic)) => {
+                let backend = self.nn.inference.backend_name();
+                self.nn_error(
+                    ErrorCode::RuntimeError,
+                    format!("{backend} failed while loading the model: {panic}"),
+                )
             }
-            Some(Err((refusal, data))) => {
+            Ok(Ok(graph)) => {
+                self.nn.graphs += 1;
+                Ok(Ok(self.table.push(NnGraph(graph, size))?))
+            }
+            Ok(Err((refusal, data))) => {
                 let code = match refusal {
                     LoadRefusal::Encoding => ErrorCode::InvalidEncoding,
                     LoadRefusal::Backend => ErrorCode::RuntimeError,
@@ -239,9 +293,24 @@ impl wit::graph::HostGraph for HostState {
         &mut self,
         graph: Resource<NnGraph>,
     ) -> wasmtime::Result<Result<Resource<NnContext>, Resource<NnError>>> {
-        let made = self.table.get(&graph)?.0.init_execution_context();
+        if self.nn.contexts >= self.nn.max_graphs {
+            return self.nn_error(
+                ErrorCode::RuntimeError,
+                format!(
+                    "the instance has {} execution contexts, the tenant's limit (quota `max_graphs_per_instance`; a context keeps its model loaded): make one per graph and keep it",
+                    self.nn.contexts
+                ),
+            );
+        }
+        let graph = self.table.get(&graph)?;
+        let model_bytes = graph.1;
+        let made = graph.0.init_execution_context();
         match made {
-            Ok(context) => Ok(Ok(self.table.push(NnContext(Some(context)))?)),
+            Ok(context) => {
+                let context = self.table.push(NnContext(Some(context), model_bytes))?;
+                self.nn.contexts += 1;
+                Ok(Ok(context))
+            }
             Err(error) => self.nn_error(
                 ErrorCode::RuntimeError,
                 format!("cannot make an execution context: {}", detail(&error)),
@@ -269,7 +338,26 @@ impl wit::inference::HostGraphExecutionContext for HostState {
         let mut named = Vec::with_capacity(inputs.len());
         for (name, tensor) in inputs {
             let tensor = self.table.delete(tensor)?;
+            self.release_tensor_bytes(tensor.data.len() as u64);
             named.push(wasmtime_wasi_nn::backend::NamedTensor { name, tensor });
+        }
+        // The quotas in force now, not those the model was loaded under.
+        if !self.nn.allowed {
+            return self.nn_error(
+                ErrorCode::Security,
+                "inference is no longer in the tenant's quota (quota `inference` is false)"
+                    .to_owned(),
+            );
+        }
+        let model_bytes = self.table.get(&context)?.1;
+        if model_bytes > self.nn.max_model_bytes {
+            return self.nn_error(
+                ErrorCode::TooLarge,
+                format!(
+                    "the model is {model_bytes} bytes; the tenant's limit is now {} bytes (quota `max_model_bytes`)",
+                    self.nn.max_model_bytes
+                ),
+            );
         }
         let Some(mut running) = self.table.get_mut(&context)?.0.take() else {
             return self.nn_error(
@@ -283,14 +371,24 @@ impl wit::inference::HostGraphExecutionContext for HostState {
                 (running, result)
             })
             .await;
-        let Some((running, result)) = outcome else {
-            return Err(past_deadline(self, "compute"));
+        let (running, result) = match outcome {
+            Ok(done) => done,
+            Err(SlotEnd::Deadline) => return Err(past_deadline(self, "compute")),
+            Err(SlotEnd::Failed(panic)) => {
+                // The context went with the failed work: this instance computes no more.
+                let backend = self.nn.inference.backend_name();
+                return self.nn_error(
+                    ErrorCode::RuntimeError,
+                    format!("{backend} failed while computing: {panic}"),
+                );
+            }
         };
         self.table.get_mut(&context)?.0 = Some(running);
         match result {
             Ok(outputs) => {
                 let mut tensors = Vec::with_capacity(outputs.len());
                 for output in outputs {
+                    self.hold_tensor_bytes(output.tensor.data.len() as u64)?;
                     tensors.push((output.name, self.table.push(output.tensor)?));
                 }
                 Ok(Ok(tensors))
@@ -307,6 +405,7 @@ impl wit::inference::HostGraphExecutionContext for HostState {
 
     fn drop(&mut self, context: Resource<NnContext>) -> wasmtime::Result<()> {
         self.table.delete(context)?;
+        self.nn.contexts = self.nn.contexts.saturating_sub(1);
         Ok(())
     }
 }
@@ -320,6 +419,7 @@ impl wit::tensor::HostTensor for HostState {
         ty: TensorType,
         data: TensorData,
     ) -> wasmtime::Result<Resource<wasmtime_wasi_nn::Tensor>> {
+        self.hold_tensor_bytes(data.len() as u64)?;
         Ok(self.table.push(wasmtime_wasi_nn::Tensor::new(
             dimensions,
             to_backend_type(ty),
@@ -343,7 +443,8 @@ impl wit::tensor::HostTensor for HostState {
     }
 
     fn drop(&mut self, tensor: Resource<wasmtime_wasi_nn::Tensor>) -> wasmtime::Result<()> {
-        self.table.delete(tensor)?;
+        let tensor = self.table.delete(tensor)?;
+        self.release_tensor_bytes(tensor.data.len() as u64);
         Ok(())
     }
 }
@@ -401,5 +502,17 @@ fn from_backend_type(ty: wasmtime_wasi_nn::wit::TensorType) -> TensorType {
         B::U8 => TensorType::U8,
         B::I32 => TensorType::I32,
         B::I64 => TensorType::I64,
+    }
+}
+
+/// What a panicked (or cancelled) blocking task said.
+fn panic_message(error: tokio::task::JoinError) -> String {
+    match error.try_into_panic() {
+        Ok(panic) => panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+            .map_or_else(|| "it panicked".to_owned(), |m| format!("it panicked: {m}")),
+        Err(error) => format!("its work was cancelled: {error}"),
     }
 }

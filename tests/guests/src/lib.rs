@@ -83,7 +83,9 @@ pub const PREVIEW_ECHO: Guest = Guest("preview_echo");
 pub const FORMAT: Guest = Guest("format");
 /// Image classification through `wasi:nn` (map), snapshot branch, label accumulate.
 pub const SNAPSHOT: Guest = Guest("snapshot");
-/// Imports `wasi:nn`: payload `slow` computes for seconds, `hoard` loads graphs without end.
+/// Imports `wasi:nn`: payload `slow` computes for seconds, `hoard` loads graphs without end,
+/// `contexts` keeps contexts of dropped graphs, `tensors:N:MIB` keeps N tensors of MIB MiB,
+/// `odd` computes with a tensor whose bytes do not fit its dimensions.
 pub const NN_ABUSE: Guest = Guest("nn_abuse");
 
 /// Every guest.
