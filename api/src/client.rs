@@ -189,7 +189,25 @@ impl Client {
         self.get(&format!("/v1/tenants/{}", segment(id))).await
     }
 
-    /// Replaces a tenant's quotas.
+    /// Changes some of a tenant's quotas: `patch` is a JSON merge patch (RFC 7396) of
+    /// [`Quotas`], e.g. `{"inference": false}`; fields left out keep their values.
+    pub async fn patch_quotas(
+        &self,
+        id: &str,
+        patch: &serde_json::Value,
+    ) -> Result<Tenant, ClientError> {
+        Self::send(
+            self.request(
+                Method::PATCH,
+                &format!("/v1/tenants/{}/quotas", segment(id)),
+            )
+            .json(patch),
+        )
+        .await
+    }
+
+    /// Replaces a tenant's quotas (every field; use [`patch_quotas`](Self::patch_quotas) to
+    /// change some).
     pub async fn set_quotas(&self, id: &str, quotas: &Quotas) -> Result<Tenant, ClientError> {
         Self::send(
             self.request(Method::PUT, &format!("/v1/tenants/{}/quotas", segment(id)))

@@ -747,6 +747,71 @@ async fn a_module_importing_wasi_nn_is_refused_to_a_tenant_without_inference() {
 }
 
 #[tokio::test]
+async fn a_quota_patch_changes_the_fields_it_names_and_no_other() {
+    let api = Api::new();
+    api.tenant("acme").await;
+    let mut roomy = serde_json::to_value(weir_tenants::Quotas::default()).unwrap();
+    roomy["max_instances"] = json!(40);
+    roomy["max_state_keys"] = json!(77);
+    let put = api
+        .json(Method::PUT, "/v1/tenants/acme/quotas", &api.admin, roomy)
+        .await;
+    assert_eq!(put.status, StatusCode::OK);
+    // One field changes; the others keep the values the PUT gave them.
+    let patched = api
+        .json(
+            Method::PATCH,
+            "/v1/tenants/acme/quotas",
+            &api.admin,
+            json!({"inference": false}),
+        )
+        .await;
+    assert_eq!(patched.status, StatusCode::OK, "{:?}", patched.body);
+    assert_eq!(patched.body["quotas"]["inference"], json!(false));
+    assert_eq!(patched.body["quotas"]["max_instances"], json!(40));
+    assert_eq!(patched.body["quotas"]["max_state_keys"], json!(77));
+    // null: back to the default.
+    let reset = api
+        .json(
+            Method::PATCH,
+            "/v1/tenants/acme/quotas",
+            &api.admin,
+            json!({"max_state_keys": null}),
+        )
+        .await;
+    assert_eq!(
+        reset.body["quotas"]["max_state_keys"],
+        json!(weir_tenants::Quotas::default().max_state_keys)
+    );
+    assert_eq!(reset.body["quotas"]["max_instances"], json!(40));
+    // A misspelt quota, a wrong type or a body that is not an object changes nothing.
+    for bad in [
+        json!({"max_instance": 3}),
+        json!({"max_instances": "many"}),
+        json!([1, 2]),
+    ] {
+        let refused = api
+            .json(Method::PATCH, "/v1/tenants/acme/quotas", &api.admin, bad)
+            .await;
+        assert_problem(&refused, StatusCode::BAD_REQUEST, "invalid_request");
+    }
+    let now = api.get("/v1/tenants/acme", &api.admin).await;
+    assert_eq!(now.body["quotas"]["max_instances"], json!(40));
+    assert_eq!(now.body["quotas"]["inference"], json!(false));
+    // A tenant's own tokens cannot patch its quotas.
+    let (_, member) = api.tenant("other").await;
+    let refused = api
+        .json(
+            Method::PATCH,
+            "/v1/tenants/other/quotas",
+            &member,
+            json!({"max_instances": 64}),
+        )
+        .await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{:?}", refused.body);
+}
+
+#[tokio::test]
 async fn malformed_bodies_are_problems_not_500s() {
     let api = Api::new();
     for (body, content_type, status, code) in [

@@ -46,7 +46,10 @@ fn api() -> OpenApiRouter<GatewayState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(document(routes!(tenants::create, tenants::list)))
         .routes(routes!(tenants::get, tenants::delete))
-        .routes(document(routes!(tenants::set_quotas)))
+        .routes(document(routes!(
+            tenants::set_quotas,
+            tenants::patch_quotas
+        )))
         .routes(routes!(tenants::suspend))
         .routes(routes!(tenants::unsuspend))
         .routes(document(routes!(tokens::mint, tokens::list)))

@@ -110,9 +110,60 @@ pub(crate) async fn set_quotas(
     Path(id): Path<String>,
     ApiJson(quotas): ApiJson<Quotas>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let mut record = admin_load(&state, &caller, &id).await?;
     let _admitting = state.instance_pool.admitting.lock().await;
-    admit_instances(&state, &record.id, quotas.max_instances).await?;
+    let record = admin_load(&state, &caller, &id).await?;
+    apply_quotas(&state, record, quotas).await
+}
+
+/// Changes some of a tenant's quotas: the body is a JSON merge patch (RFC 7396) of `Quotas`,
+/// e.g. `{"inference": false}`; fields left out keep their values, a field set to `null` goes
+/// back to its default. A field that is not a quota, or a value of the wrong type, is
+/// `invalid_request` and nothing changes. (A `PUT` replaces them all: fields it leaves out take
+/// their defaults.)
+#[utoipa::path(patch, path = "/v1/tenants/{id}/quotas", tag = "tenants", params(("id" = String, Path)), request_body(content = Object, description = "a JSON merge patch (RFC 7396) of Quotas"), responses((status = 200, body = weir_api::rest::Tenant), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
+pub(crate) async fn patch_quotas(
+    State(state): State<GatewayState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(patch): ApiJson<serde_json::Value>,
+) -> Result<impl IntoResponse, ApiError> {
+    // Read, merged and written under the lock quota changes take: two patches never lose one.
+    let _admitting = state.instance_pool.admitting.lock().await;
+    let record = admin_load(&state, &caller, &id).await?;
+    let serde_json::Value::Object(changes) = patch else {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            "a quota patch is a JSON object of the quotas to change, e.g. {\"inference\": false}",
+        ));
+    };
+    let mut merged = serde_json::to_value(&record.quotas).map_err(|e| ApiError::internal(&e))?;
+    if let serde_json::Value::Object(fields) = &mut merged {
+        for (name, value) in changes {
+            if value.is_null() {
+                fields.remove(&name);
+            } else {
+                fields.insert(name, value);
+            }
+        }
+    }
+    let quotas: Quotas = serde_json::from_value(merged).map_err(|e| {
+        ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("the quota patch does not fit the quotas: {e}"),
+        )
+    })?;
+    apply_quotas(&state, record, quotas).await
+}
+
+/// Stores `quotas` as `record`'s, once the instance pool admits them, and applies them to the
+/// tenant's dead letters and running deployments at once. The caller holds the pool's
+/// `admitting` lock.
+async fn apply_quotas(
+    state: &GatewayState,
+    mut record: TenantRecord,
+    quotas: Quotas,
+) -> Result<Json<Tenant>, ApiError> {
+    admit_instances(state, &record.id, quotas.max_instances).await?;
     record.quotas = quotas;
     state.store.update_tenant(&record).await?;
     // Kept dead letters follow a lowered bound at once, the oldest first (counted as evicted).
