@@ -76,6 +76,11 @@ pub(crate) struct ServeArgs {
     /// last; a killed process loses at most this much counted work).
     #[arg(long, default_value_t = 10_000)]
     usage_flush_ms: u64,
+    /// Milliseconds between rounds of the scheduler's reconcile loop, which starts every
+    /// stored deployment that should run and does not (at boot, after a failure of its
+    /// dataflow) and stops what runs but should not (minimum 10).
+    #[arg(long, default_value_t = 1_000)]
+    reconcile_ms: u64,
     /// Where tenants' module state lives: `sqlite` (embedded, `state.db` in the data
     /// directory, this executor alone) or `redis://[user:password@]host:port[/db]` (plain TCP;
     /// every executor pointed at the same Redis and namespace shares each tenant's keys).
@@ -487,9 +492,14 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCod
     if swept > 0 {
         println!("removed {swept} unreferenced blob(s)");
     }
-    let resumed = weir_gateway::resume_deployments(&state).await?;
-    if resumed > 0 {
-        println!("resumed {resumed} deployment(s)");
+    // The scheduler's first round: every stored deployment that should run is started again.
+    let control = weir_gateway::ControlLoop::new(state.clone());
+    let boot = control
+        .round("resumed after restart")
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reconcile the stored deployments: {e}"))?;
+    if boot.started > 0 {
+        println!("resumed {} deployment(s)", boot.started);
     }
     let counts = engine.compile_counts();
     // Tests read this line: a restart with the compile cache compiles nothing.
@@ -535,6 +545,10 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCod
     println!("mqtt broker listening on mqtt://{}", broker.local_addr());
     // Printed last: scripts and tests wait for this line to know the API is up.
     println!("weir listening on http://{address}");
+    let _reconciler = tokio::spawn(control.run(
+        Duration::from_millis(args.reconcile_ms.max(10)),
+        std::future::pending(),
+    ));
     let _flusher = crate::observe::spawn_usage_flusher(
         usage.clone(),
         deployments.clone(),

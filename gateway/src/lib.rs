@@ -20,6 +20,7 @@ mod auth;
 mod egress_proxy;
 mod error;
 mod locks;
+mod reconcile;
 mod routes;
 mod server;
 
@@ -32,7 +33,8 @@ use weir_tenants::{JwtVerifier, MemoryRevocations, TokenIssuer};
 pub use auth::Caller;
 pub use error::{ApiError, ApiJson, ApiQuery};
 pub use locks::{TenantGuard, TenantLocks};
-pub use routes::{openapi, resume_deployments, sweep_blobs};
+pub use reconcile::ControlLoop;
+pub use routes::{openapi, sweep_blobs};
 pub use server::{ServerLimits, serve};
 pub use weir_api::rest::ProblemField;
 pub use weir_tenants::ApiLimits;
@@ -162,6 +164,8 @@ pub trait DeploymentRuntime: Send + Sync + std::fmt::Debug {
     ) -> Result<Vec<OutputMessage>, ApiError>;
     /// Counters and state of a running deployment, if it runs here.
     async fn status(&self, tenant: &weir_api::TenantId, id: &str) -> Option<serde_json::Value>;
+    /// Every deployment running on the executors, for the scheduler's reconcile loop.
+    async fn running(&self) -> Vec<RunningDeployment>;
     /// The tenant's log lines numbered above `after`, oldest first.
     async fn logs(&self, tenant: &weir_api::TenantId, query: &FeedQuery) -> Vec<LogLine>;
     /// The tenant's metric series.
@@ -178,6 +182,20 @@ pub trait DeploymentRuntime: Send + Sync + std::fmt::Debug {
     /// Applies the tenant's changed quotas to its running deployments (rates, budgets, log
     /// and metric bounds at once; per-call limits on each deployment's next start).
     async fn set_quotas(&self, tenant: &weir_api::TenantId, quotas: &weir_tenants::Quotas);
+}
+
+/// A deployment an executor runs, as the runtime reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunningDeployment {
+    /// The tenant.
+    pub tenant: weir_api::TenantId,
+    /// The deployment's id.
+    pub id: String,
+    /// The executor it runs on.
+    pub executor: String,
+    /// What is wrong with it, if anything (a connection down): the scheduler shows it
+    /// `degraded`.
+    pub problem: Option<String>,
 }
 
 /// Which lines of a feed (logs, dead letters) to read.

@@ -55,6 +55,9 @@ impl weir_gateway::DeploymentRuntime for NoExecutor {
         ))
     }
     async fn stop(&self, _: &TenantId, _: &str) {}
+    async fn running(&self) -> Vec<weir_gateway::RunningDeployment> {
+        Vec::new()
+    }
     async fn ingest(
         &self,
         _: &TenantId,

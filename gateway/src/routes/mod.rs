@@ -33,7 +33,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::error::REQUEST_ID;
 pub use artifacts::sweep_blobs;
-pub use deployments::resume_deployments;
+pub(crate) use deployments::start_request;
 
 use crate::{ApiError, GatewayState};
 
@@ -366,4 +366,10 @@ pub(crate) fn check_name(field: &str, value: &str, errors: &mut Vec<crate::Probl
             ),
         });
     }
+}
+
+/// A lifecycle event the deployment's state refuses (`weir_scheduler::DeploymentState`), as a
+/// `409 conflict`.
+pub(crate) fn lifecycle_error(error: weir_scheduler::IllegalTransition) -> ApiError {
+    ApiError::new(ErrorCode::Conflict, error.to_string())
 }
