@@ -177,3 +177,106 @@ async fn the_reconcile_loop_shows_a_broken_connection_as_degraded_and_its_recove
     developer.resume("relay").await.unwrap();
     status_becomes(&developer, "relay", "running", Duration::from_secs(30)).await;
 }
+
+const SIMPLE_GRAPH: &str = include_str!("../../tests/golden/graph-simple.yaml");
+
+fn http_deployment(id: &str, configuration: &[(&str, &str)]) -> CreateDeployment {
+    CreateDeployment {
+        id: id.to_owned(),
+        graph: GraphRef {
+            name: "simple".to_owned(),
+            version: "1".to_owned(),
+        },
+        configuration: configuration
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        source: Binding::default(),
+        sink: Binding::default(),
+        dead_letters: None,
+    }
+}
+
+/// Whether the store and the runtime agree on `id`: it runs exactly when its record exists and
+/// does not say paused or failed.
+async fn agree(admin: &Client, developer: &Client, id: &str) -> Result<(), String> {
+    let record = match developer.deployment(id).await {
+        Ok(record) => Some(record),
+        Err(error) if error.code() == Some("not_found") => None,
+        Err(error) => return Err(format!("read failed: {error}")),
+    };
+    let runs = admin.executors().await.unwrap()[0].deployments;
+    let should = record
+        .as_ref()
+        .is_some_and(|r| r.status != "paused" && r.status != "failed");
+    if runs == u64::from(should) {
+        Ok(())
+    } else {
+        Err(format!(
+            "store says {:?}, the executor runs {runs}",
+            record.map(|r| (r.status, r.history))
+        ))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_changes_racing_a_fast_reconcile_loop_leave_store_and_runtime_agreeing() {
+    let data = tempfile::tempdir().unwrap();
+    // A round every 5 ms: the loop's plans go stale all the time.
+    let server = common::serve_with(data.path(), &["--reconcile-ms", "5"]);
+    let admin = server.admin();
+    let quotas = Quotas {
+        api_requests_per_second: 100_000,
+        ..Quotas::default()
+    };
+    let developer = common::tenant(&admin, "racer", quotas).await;
+    developer
+        .push_module("temperature", "1.0.0", weir_guests::TEMPERATURE.bytes())
+        .await
+        .unwrap();
+    developer
+        .push_graph("simple", "1", SIMPLE_GRAPH.to_owned())
+        .await
+        .unwrap();
+    for round in 0..12 {
+        let id = "same";
+        // Create, update, pause, resume and delete of one id at once, in an order that
+        // changes with the round.
+        let mut calls = tokio::task::JoinSet::new();
+        for step in 0..5 {
+            let client = developer.clone();
+            let kind = (step + round) % 5;
+            calls.spawn(async move {
+                let outcome = match kind {
+                    0 => client.deploy(&http_deployment(id, &[])).await.map(drop),
+                    1 => client
+                        .update_deployment(&http_deployment(id, &[("round", "two")]))
+                        .await
+                        .map(drop),
+                    2 => client.pause(id).await.map(drop),
+                    3 => client.resume(id).await.map(drop),
+                    _ => client.delete_deployment(id).await.map(drop),
+                };
+                match outcome {
+                    Ok(()) => {}
+                    Err(error) => assert!(
+                        matches!(error.code(), Some("not_found" | "conflict")),
+                        "call {kind}: {error}"
+                    ),
+                }
+            });
+        }
+        calls.join_all().await;
+        // From here only the loop acts: the two must agree at every read over many rounds.
+        let until = Instant::now() + Duration::from_millis(200);
+        while Instant::now() < until {
+            if let Err(problem) = agree(&admin, &developer, id).await {
+                panic!("round {round}: {problem}");
+            }
+        }
+        if developer.deployment(id).await.is_ok() {
+            developer.delete_deployment(id).await.unwrap();
+        }
+        agree(&admin, &developer, id).await.unwrap();
+    }
+}
