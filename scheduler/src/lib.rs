@@ -1,18 +1,22 @@
 //! Places deployments on executors and keeps them there: the deployment state machine
 //! ([`DeploymentState`]), the executor pool and placement as a pure function ([`Pool`],
-//! [`Placer`], [`SpreadPacker`]), reconciliation and failover.
+//! [`Placer`], [`SpreadPacker`]), executor membership with heartbeats and loss
+//! ([`Membership`]), and reconciliation ([`Reconciler`], [`round`]), which is also failover: a
+//! lost executor's deployments are placed again on the next round.
 //!
 //! It never depends on wasmtime, the executor or HTTP (checked by `tests/tests/layering.rs`):
 //! the gateway drives it with typed calls and the executors are reached through a seam.
 #![warn(missing_docs)]
 
 mod lifecycle;
+mod membership;
 mod placement;
 mod reconcile;
 
 use std::fmt;
 
 pub use lifecycle::{DeploymentState, Event, IllegalTransition};
+pub use membership::{Membership, MembershipError};
 pub use placement::{
     Candidate, Demand, DeploymentKey, ExecutorInfo, ExecutorState, LabelError, LabelRequirement,
     PlacementError, Placer, Pool, PoolError, Resources, SpreadPacker,
