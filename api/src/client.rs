@@ -515,6 +515,34 @@ impl Client {
         self.get("/v1/executors").await
     }
 
+    /// Joins the control plane as an executor (the client's token is the executor join
+    /// token).
+    pub async fn join_executor(
+        &self,
+        join: &crate::rest::ExecutorJoin,
+    ) -> Result<crate::rest::ExecutorJoined, ClientError> {
+        self.post("/v1/executors/join", join).await
+    }
+
+    /// An executor's heartbeat (the client's token is the executor join token).
+    pub async fn executor_heartbeat(
+        &self,
+        id: &str,
+        heartbeat: &crate::rest::ExecutorHeartbeat,
+    ) -> Result<(), ClientError> {
+        Self::send_empty(
+            self.request(Method::POST, &format!("/v1/executors/{id}/heartbeat"))
+                .json(heartbeat),
+        )
+        .await
+    }
+
+    /// An executor leaves the control plane (a clean stop; the client's token is the executor
+    /// join token).
+    pub async fn leave_executor(&self, id: &str) -> Result<(), ClientError> {
+        Self::send_empty(self.request(Method::POST, &format!("/v1/executors/{id}/leave"))).await
+    }
+
     /// The OpenAPI document.
     pub async fn openapi(&self) -> Result<serde_json::Value, ClientError> {
         self.get("/openapi.json").await

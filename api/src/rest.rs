@@ -641,3 +641,60 @@ pub struct Executor {
     /// Its dataflow workers.
     pub workers: u64,
 }
+
+/// An executor process joining the control plane (`POST /v1/executors/join`, bearer: the
+/// executor join token of `weir serve`, not a tenant's or admin's token).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ExecutorJoin {
+    /// Its id, unique per executor process (1 to 128 ASCII letters, digits, `-`, `_`, `.`,
+    /// `:`); also the node id of its hybrid logical clock.
+    pub id: String,
+    /// Its dataflow workers.
+    pub workers: u32,
+    /// The linear memory it offers its deployments' operator instances, in bytes.
+    pub memory_bytes: u64,
+    /// Its operator instance slots (pooling allocator).
+    pub instance_slots: u32,
+    /// Its labels (`zone=eu-1`), matched by deployments' label requirements.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+/// The control plane's answer to a join: how often to heartbeat, and after how long without
+/// one the executor is declared lost (what it ran is then placed elsewhere, and it must join
+/// again with a new id).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ExecutorJoined {
+    /// Milliseconds between heartbeats.
+    pub heartbeat_ms: u64,
+    /// Milliseconds without a heartbeat after which the executor is lost.
+    pub timeout_ms: u64,
+}
+
+/// A heartbeat (`POST /v1/executors/{id}/heartbeat`): what the executor runs now.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ExecutorHeartbeat {
+    /// The deployments it runs.
+    #[serde(default)]
+    pub running: Vec<ExecutorRunning>,
+}
+
+/// A deployment an executor runs, as its heartbeat reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ExecutorRunning {
+    /// The tenant.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub tenant: crate::TenantId,
+    /// The deployment's id.
+    pub id: String,
+    /// What is wrong with it, if anything (a connection down).
+    #[serde(default)]
+    pub problem: Option<String>,
+}

@@ -280,3 +280,137 @@ async fn api_changes_racing_a_fast_reconcile_loop_leave_store_and_runtime_agreei
         agree(&admin, &developer, id).await.unwrap();
     }
 }
+
+/// A `weir executor` process of the test's own, killed (SIGKILL) when dropped.
+struct ExecutorProcess(Child);
+
+impl Drop for ExecutorProcess {
+    fn drop(&mut self) {
+        self.0.kill().ok();
+        self.0.wait().ok();
+    }
+}
+
+fn executor_process(address: &str, token: &str, id: &str) -> ExecutorProcess {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args([
+            "executor",
+            "--join",
+            &format!("http://{address}"),
+            "--id",
+            id,
+            "--label",
+            "zone=test",
+        ])
+        .env("WEIR_EXECUTOR_TOKEN", token)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(
+        line.trim(),
+        format!("executor {id} joined http://{address}")
+    );
+    ExecutorProcess(child)
+}
+
+async fn executor_state(admin: &Client, id: &str) -> Option<String> {
+    admin
+        .executors()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|e| e.id == id)
+        .map(|e| e.state)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn executor_processes_join_heartbeat_and_a_killed_one_is_declared_lost_within_the_timeout() {
+    let data = tempfile::tempdir().unwrap();
+    let server = common::serve_with(
+        data.path(),
+        &[
+            "--executors",
+            "2",
+            "--executor-heartbeat-ms",
+            "100",
+            "--executor-timeout-ms",
+            "1000",
+            "--reconcile-ms",
+            "100",
+        ],
+    );
+    let admin = server.admin();
+    // The two started by `weir serve`, beside the in-process one.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let executors = admin.executors().await.unwrap();
+        let ready = executors.iter().filter(|e| e.state == "ready").count();
+        if executors.len() == 3 && ready == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{executors:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let token = std::fs::read_to_string(data.path().join("executor-token")).unwrap();
+    let process = executor_process(&server.address, &token, "edge-1");
+    assert_eq!(
+        executor_state(&admin, "edge-1").await.as_deref(),
+        Some("ready")
+    );
+
+    // The join token is the only way in; ids are unique among live executors.
+    let join = weir_api::rest::ExecutorJoin {
+        id: "edge-1".to_owned(),
+        workers: 1,
+        memory_bytes: 1 << 30,
+        instance_slots: 10,
+        labels: BTreeMap::new(),
+    };
+    let tenant = common::tenant(&admin, "acme", Quotas::default()).await;
+    let refused = tenant.join_executor(&join).await.unwrap_err();
+    assert_eq!(refused.code(), Some("unauthenticated"), "{refused}");
+    let executor_client = Client::new(&format!("http://{}", server.address), Some(token)).unwrap();
+    let duplicate = executor_client.join_executor(&join).await.unwrap_err();
+    assert_eq!(duplicate.code(), Some("conflict"), "{duplicate}");
+
+    // kill -9: no leave, heartbeats stop; lost within the timeout plus a reconcile round.
+    let killed_at = Instant::now();
+    drop(process);
+    let deadline = killed_at + Duration::from_secs(5);
+    while executor_state(&admin, "edge-1").await.as_deref() != Some("lost") {
+        assert!(Instant::now() < deadline, "not declared lost within 5 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let took = killed_at.elapsed();
+    println!("executor killed -9 was declared lost after {took:?} (timeout 1 s, rounds 100 ms)");
+    assert!(
+        took >= Duration::from_millis(900),
+        "lost before the timeout passed: {took:?}"
+    );
+    // A lost executor does not come back under its id: its work goes elsewhere.
+    let back = executor_client
+        .executor_heartbeat("edge-1", &weir_api::rest::ExecutorHeartbeat::default())
+        .await
+        .unwrap_err();
+    assert_eq!(back.code(), Some("conflict"), "{back}");
+    // The others are still ready.
+    let ready = admin
+        .executors()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.state == "ready")
+        .count();
+    assert_eq!(
+        ready, 3,
+        "the in-process executor and the two of weir serve"
+    );
+}

@@ -19,6 +19,7 @@
 mod auth;
 mod egress_proxy;
 mod error;
+mod executors;
 mod locks;
 mod reconcile;
 mod routes;
@@ -32,6 +33,7 @@ use weir_tenants::{JwtVerifier, MemoryRevocations, TokenIssuer};
 
 pub use auth::Caller;
 pub use error::{ApiError, ApiJson, ApiQuery};
+pub use executors::ExecutorMembership;
 pub use locks::{TenantGuard, TenantLocks};
 pub use reconcile::ControlLoop;
 pub use routes::{openapi, sweep_blobs};
@@ -246,6 +248,8 @@ pub struct GatewayState {
     /// The executors' operator instance pool that tenants' `max_instances` are admitted
     /// against.
     pub instance_pool: Arc<InstancePool>,
+    /// Executor processes that joined over HTTP.
+    pub executors: Arc<ExecutorMembership>,
 }
 
 /// The API.

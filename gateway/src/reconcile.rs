@@ -343,6 +343,9 @@ impl ControlLoop {
 
     /// One round now; `started` is the detail recorded with each deployment it starts.
     pub async fn round(&self, started: &'static str) -> Result<RoundReport, String> {
+        for lost in self.state.executors.expire(std::time::Instant::now()) {
+            tracing::warn!(executor = %lost, "executor lost: no heartbeat within the timeout");
+        }
         self.refresh_pool().await;
         let store = StoreDesired {
             state: self.state.clone(),

@@ -156,6 +156,7 @@ impl Api {
             limits: Arc::default(),
             tenant_locks: Arc::default(),
             instance_pool: Arc::default(),
+            executors: Arc::default(),
         };
         Self {
             app: router(state),

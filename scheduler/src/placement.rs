@@ -306,6 +306,11 @@ impl Pool {
         Ok(())
     }
 
+    /// An executor's registration, if it is registered.
+    pub fn info(&self, id: &ExecutorId) -> Option<&ExecutorInfo> {
+        self.slot(id).map(|slot| &slot.info)
+    }
+
     /// Whether an executor takes work, if it is registered.
     pub fn state(&self, id: &ExecutorId) -> Option<ExecutorState> {
         self.slot(id).map(|slot| slot.state)

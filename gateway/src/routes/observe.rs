@@ -260,7 +260,9 @@ pub(crate) async fn executors(
     caller: Caller,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Role::Admin)?;
-    Ok(Json(state.runtime.executors().await))
+    let mut executors = state.runtime.executors().await;
+    executors.extend(state.executors.list());
+    Ok(Json(executors))
 }
 
 async fn set_cordon(
