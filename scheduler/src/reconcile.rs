@@ -746,4 +746,131 @@ mod tests {
             );
         }
     }
+
+    /// The store and executors of one in-memory platform, for [`round`]: what a round reads,
+    /// starts, stops and records, in order.
+    #[derive(Default)]
+    struct Platform {
+        statuses: std::sync::Mutex<BTreeMap<DeploymentKey, String>>,
+        running: std::sync::Mutex<Vec<Observed>>,
+        refuse: Option<String>,
+        log: std::sync::Mutex<Vec<String>>,
+    }
+
+    #[async_trait::async_trait]
+    impl DesiredStore for Platform {
+        async fn desired(&self) -> Result<Vec<Desired>, String> {
+            Ok(self
+                .statuses
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(key, status)| Desired {
+                    key: key.clone(),
+                    status: status.clone(),
+                    cost: unit(),
+                    labels: Vec::new(),
+                })
+                .collect())
+        }
+        async fn record(&self, key: &DeploymentKey, state: &DeploymentState) -> Result<(), String> {
+            self.log
+                .lock()
+                .unwrap()
+                .push(format!("record {} {}", key.id, state.status()));
+            self.statuses
+                .lock()
+                .unwrap()
+                .insert(key.clone(), state.status().to_owned());
+            Ok(())
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl ExecutorLink for Platform {
+        async fn observe(&self) -> Result<Vec<Observed>, String> {
+            Ok(self.running.lock().unwrap().clone())
+        }
+        async fn start(&self, key: &DeploymentKey, executor: &ExecutorId) -> Result<bool, String> {
+            self.log
+                .lock()
+                .unwrap()
+                .push(format!("start {} on {executor}", key.id));
+            if let Some(reason) = &self.refuse {
+                return Err(reason.clone());
+            }
+            self.running.lock().unwrap().push(Observed {
+                key: key.clone(),
+                executor: executor.clone(),
+                health: Health::Running,
+            });
+            Ok(true)
+        }
+        async fn stop(&self, key: &DeploymentKey, executor: &ExecutorId, _forget: bool) {
+            self.log
+                .lock()
+                .unwrap()
+                .push(format!("stop {} on {executor}", key.id));
+            self.running
+                .lock()
+                .unwrap()
+                .retain(|o| !(o.key == *key && o.executor == *executor));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_round_starts_records_the_outcome_once_and_then_rests() {
+        let reconciler = tokio::sync::Mutex::new(reconciler(&["e1"]));
+        let platform = Platform::default();
+        platform
+            .statuses
+            .lock()
+            .unwrap()
+            .insert(key("d1"), "running".to_owned());
+        let report = round(&reconciler, &platform, &platform).await.unwrap();
+        assert_eq!(
+            report,
+            RoundReport {
+                started: 1,
+                ..RoundReport::default()
+            }
+        );
+        // No `placed` word in between: the start's outcome is what is recorded.
+        assert_eq!(
+            *platform.log.lock().unwrap(),
+            ["start d1 on e1", "record d1 running"]
+        );
+        let report = round(&reconciler, &platform, &platform).await.unwrap();
+        assert_eq!(report, RoundReport::default());
+        assert_eq!(platform.log.lock().unwrap().len(), 2, "nothing more to do");
+    }
+
+    #[tokio::test]
+    async fn a_round_records_a_failed_start_with_its_reason_and_does_not_retry_it() {
+        let reconciler = tokio::sync::Mutex::new(reconciler(&["e1"]));
+        let platform = Platform {
+            refuse: Some("no module temperature@1.0.0".to_owned()),
+            ..Platform::default()
+        };
+        platform
+            .statuses
+            .lock()
+            .unwrap()
+            .insert(key("d1"), "running".to_owned());
+        let report = round(&reconciler, &platform, &platform).await.unwrap();
+        assert_eq!(report.failed, 1);
+        assert_eq!(
+            reconciler.lock().await.state(&key("d1")),
+            Some(&DeploymentState::Failed {
+                reason: "no module temperature@1.0.0".to_owned()
+            })
+        );
+        assert_eq!(platform.statuses.lock().unwrap()[&key("d1")], "failed");
+        round(&reconciler, &platform, &platform).await.unwrap();
+        assert_eq!(
+            *platform.log.lock().unwrap(),
+            ["start d1 on e1", "record d1 failed"],
+            "a failed deployment waits for its owner"
+        );
+    }
 }
