@@ -384,3 +384,298 @@ impl ControlLoop {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing,
+        reason = "test code: a failed expectation is a failed test"
+    )]
+
+    //! The guards of the loop's actions: each re-reads the record under the tenant's lock, so a
+    //! plan made before an API change never undoes it. The runtime here is a set of running
+    //! ids (the real one needs wasmtime, which this crate must not link); the store is the real
+    //! SQLite control store.
+
+    use std::collections::BTreeSet;
+
+    use weir_api::rest::{IngestMessage, OutputMessage};
+    use weir_store::{BlobStore, ControlStore, DeploymentRecord, SqliteControlStore, TenantRecord};
+    use weir_tenants::{JwtVerifier, MemoryRevocations, Secret, TokenIssuer, VerificationKey};
+
+    use super::*;
+    use crate::{ApiError, DeploymentRuntime, FeedQuery, ModuleValidator, RunningDeployment};
+
+    #[derive(Debug, Default)]
+    struct RunningSet(Mutex<BTreeSet<(TenantId, String)>>);
+
+    impl RunningSet {
+        fn has(&self, tenant: &TenantId, id: &str) -> bool {
+            self.0
+                .lock()
+                .unwrap()
+                .contains(&(tenant.clone(), id.to_owned()))
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl DeploymentRuntime for RunningSet {
+        async fn start(&self, request: crate::StartDeployment) -> Result<Vec<String>, ApiError> {
+            self.0.lock().unwrap().insert((request.tenant, request.id));
+            Ok(Vec::new())
+        }
+        async fn stop(&self, tenant: &TenantId, id: &str) {
+            self.0
+                .lock()
+                .unwrap()
+                .remove(&(tenant.clone(), id.to_owned()));
+        }
+        async fn ingest(
+            &self,
+            _: &TenantId,
+            _: &str,
+            _: Vec<IngestMessage>,
+            _: Option<Duration>,
+        ) -> Result<Vec<OutputMessage>, ApiError> {
+            Ok(Vec::new())
+        }
+        async fn take_outputs(
+            &self,
+            _: &TenantId,
+            _: &str,
+            _: usize,
+        ) -> Result<Vec<OutputMessage>, ApiError> {
+            Ok(Vec::new())
+        }
+        async fn status(&self, tenant: &TenantId, id: &str) -> Option<serde_json::Value> {
+            self.has(tenant, id).then(|| serde_json::json!({}))
+        }
+        async fn running(&self) -> Vec<RunningDeployment> {
+            self.0
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(tenant, id)| RunningDeployment {
+                    tenant: tenant.clone(),
+                    id: id.clone(),
+                    executor: "local".to_owned(),
+                    problem: None,
+                })
+                .collect()
+        }
+        async fn logs(&self, _: &TenantId, _: &FeedQuery) -> Vec<weir_api::rest::LogLine> {
+            Vec::new()
+        }
+        async fn metrics(&self, _: &TenantId) -> Vec<weir_api::rest::MetricSeries> {
+            Vec::new()
+        }
+        async fn usage(&self, _: &TenantId) -> weir_api::rest::Usage {
+            weir_api::rest::Usage::default()
+        }
+        async fn executors(&self) -> Vec<weir_api::rest::Executor> {
+            Vec::new()
+        }
+        async fn cordon(&self, _: &str, _: bool) -> bool {
+            false
+        }
+        async fn forget_tenant(&self, _: &TenantId) {}
+        async fn set_quotas(&self, _: &TenantId, _: &Quotas) {}
+    }
+
+    #[derive(Debug)]
+    struct NoModules;
+
+    impl ModuleValidator for NoModules {
+        fn validate(&self, _: &[u8]) -> Result<Vec<String>, String> {
+            Err("no modules here".to_owned())
+        }
+    }
+
+    struct Fixture {
+        state: GatewayState,
+        runtime: Arc<RunningSet>,
+        tenant: TenantId,
+        _dir: tempfile::TempDir,
+    }
+
+    async fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = Secret::new(b"reconcile-test-secret-reconcile-test".to_vec());
+        let store = Arc::new(SqliteControlStore::in_memory().unwrap());
+        let runtime = Arc::new(RunningSet::default());
+        let tenant = TenantId::new("acme").unwrap();
+        store
+            .create_tenant(&TenantRecord {
+                id: tenant.clone(),
+                display_name: "acme".to_owned(),
+                quotas: Quotas::default(),
+                suspended: false,
+                created_at: 0,
+                instance: String::new(),
+            })
+            .await
+            .unwrap();
+        let state = GatewayState {
+            store,
+            blobs: BlobStore::open(dir.path().join("blobs")).unwrap(),
+            verifier: Arc::new(
+                JwtVerifier::new(&[VerificationKey::Hs256(secret.clone())], None, None).unwrap(),
+            ),
+            issuer: Arc::new(TokenIssuer::new(&secret, None, None)),
+            revocations: Arc::new(MemoryRevocations::default()),
+            validator: Arc::new(NoModules),
+            runtime: runtime.clone(),
+            state: Arc::new(weir_state::MemoryStateStore::default()),
+            limits: Arc::default(),
+            tenant_locks: Arc::default(),
+            instance_pool: Arc::default(),
+            executors: Arc::default(),
+        };
+        Fixture {
+            state,
+            runtime,
+            tenant,
+            _dir: dir,
+        }
+    }
+
+    impl Fixture {
+        async fn put(&self, id: &str, status: &str) {
+            self.state
+                .store
+                .put_deployment(
+                    &DeploymentRecord {
+                        tenant: self.tenant.clone(),
+                        id: id.to_owned(),
+                        spec: serde_json::json!({}),
+                        status: status.to_owned(),
+                        created_at: 0,
+                    },
+                    &Quotas::default(),
+                )
+                .await
+                .unwrap();
+        }
+
+        fn key(&self, id: &str) -> DeploymentKey {
+            DeploymentKey {
+                tenant: self.tenant.clone(),
+                id: id.to_owned(),
+            }
+        }
+
+        fn link(&self) -> RuntimeLink {
+            RuntimeLink {
+                state: self.state.clone(),
+            }
+        }
+    }
+
+    fn local() -> ExecutorId {
+        ExecutorId::new("local").unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_stale_stop_never_stops_what_the_store_wants_running() {
+        let f = fixture().await;
+        // The plan saw it running with no record (deleted); the API created it since.
+        f.runtime
+            .0
+            .lock()
+            .unwrap()
+            .insert((f.tenant.clone(), "d1".to_owned()));
+        f.put("d1", "running").await;
+        f.link().stop(&f.key("d1"), &local(), true).await;
+        assert!(f.runtime.has(&f.tenant, "d1"), "created since the plan");
+        // The plan saw it paused; the API resumed it since.
+        f.link().stop(&f.key("d1"), &local(), false).await;
+        assert!(f.runtime.has(&f.tenant, "d1"), "resumed since the plan");
+        // Paused now: the stop goes through.
+        f.state
+            .store
+            .set_deployment_status(&f.tenant, "d1", "paused", "test")
+            .await
+            .unwrap();
+        f.link().stop(&f.key("d1"), &local(), false).await;
+        assert!(!f.runtime.has(&f.tenant, "d1"));
+        // Deleted: a copy still running goes.
+        f.runtime
+            .0
+            .lock()
+            .unwrap()
+            .insert((f.tenant.clone(), "d2".to_owned()));
+        f.link().stop(&f.key("d2"), &local(), true).await;
+        assert!(!f.runtime.has(&f.tenant, "d2"));
+    }
+
+    #[tokio::test]
+    async fn a_stale_start_never_starts_what_the_store_no_longer_wants() {
+        let f = fixture().await;
+        // Deleted since the plan.
+        assert_eq!(f.link().start(&f.key("gone"), &local()).await, Ok(false));
+        // Paused since the plan.
+        f.put("d1", "paused").await;
+        assert_eq!(f.link().start(&f.key("d1"), &local()).await, Ok(false));
+        assert!(!f.runtime.has(&f.tenant, "d1"));
+        // Started by the API since the plan: nothing to do, it runs.
+        f.put("d2", "running").await;
+        f.runtime
+            .0
+            .lock()
+            .unwrap()
+            .insert((f.tenant.clone(), "d2".to_owned()));
+        assert_eq!(f.link().start(&f.key("d2"), &local()).await, Ok(true));
+    }
+
+    #[tokio::test]
+    async fn a_state_is_not_recorded_over_a_pause() {
+        let f = fixture().await;
+        f.put("d1", "paused").await;
+        let store = StoreDesired {
+            state: f.state.clone(),
+            started: "started",
+            nodes: Arc::default(),
+        };
+        store
+            .record(
+                &f.key("d1"),
+                &DeploymentState::Running { executor: local() },
+            )
+            .await
+            .unwrap();
+        let record = f
+            .state
+            .store
+            .deployment(&f.tenant, "d1")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(record.status, "paused");
+        // Wanted running: recorded.
+        f.put("d2", "running").await;
+        store
+            .record(
+                &f.key("d2"),
+                &DeploymentState::Degraded {
+                    executor: local(),
+                    reason: "sink connection: refused".to_owned(),
+                },
+            )
+            .await
+            .unwrap();
+        let history = f
+            .state
+            .store
+            .deployment_history(&f.tenant, "d2")
+            .await
+            .unwrap();
+        let last = history.last().unwrap();
+        assert_eq!(
+            (last.status.as_str(), last.detail.as_str()),
+            ("degraded", "sink connection: refused")
+        );
+    }
+}
