@@ -32,6 +32,14 @@ pub enum ClientError {
     /// The server could not be reached, or answered with something that is not weir's API.
     #[error("{0}")]
     Transport(String),
+    /// An artifact's bytes are not what its digest names: never to be run.
+    #[error("the artifact fetched for {expected} has the digest {got}")]
+    DigestMismatch {
+        /// The digest asked for.
+        expected: crate::ModuleDigest,
+        /// The digest of the bytes that came.
+        got: crate::ModuleDigest,
+    },
 }
 
 impl ClientError {
@@ -39,7 +47,7 @@ impl ClientError {
     pub fn problem(&self) -> Option<&Problem> {
         match self {
             Self::Api { problem, .. } => Some(problem),
-            Self::Transport(_) => None,
+            Self::Transport(_) | Self::DigestMismatch { .. } => None,
         }
     }
 
@@ -52,7 +60,7 @@ impl ClientError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::Api { retry_after, .. } => *retry_after,
-            Self::Transport(_) => None,
+            Self::Transport(_) | Self::DigestMismatch { .. } => None,
         }
     }
 }
@@ -535,6 +543,34 @@ impl Client {
                 .json(heartbeat),
         )
         .await
+    }
+
+    /// An artifact by its digest, for an executor (the client's token is the executor join
+    /// token), checked against the digest: bytes that do not match are an error, never
+    /// returned.
+    pub async fn executor_artifact(
+        &self,
+        id: &str,
+        digest: &crate::ModuleDigest,
+    ) -> Result<Vec<u8>, ClientError> {
+        let response = Self::check(
+            self.request(
+                Method::GET,
+                &format!("/v1/executors/{id}/artifacts/{digest}"),
+            )
+            .send()
+            .await?,
+        )
+        .await?;
+        let bytes = response.bytes().await?.to_vec();
+        let got = crate::ModuleDigest::of(&bytes);
+        if got != *digest {
+            return Err(ClientError::DigestMismatch {
+                expected: digest.clone(),
+                got,
+            });
+        }
+        Ok(bytes)
     }
 
     /// An executor leaves the control plane (a clean stop; the client's token is the executor

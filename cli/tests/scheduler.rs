@@ -381,6 +381,32 @@ async fn executor_processes_join_heartbeat_and_a_killed_one_is_declared_lost_wit
     let duplicate = executor_client.join_executor(&join).await.unwrap_err();
     assert_eq!(duplicate.code(), Some("conflict"), "{duplicate}");
 
+    // Artifacts by digest, checked against it, for live executors only.
+    let module = weir_guests::ECHO.bytes();
+    tenant
+        .push_module("echo", "1.0.0", module.clone())
+        .await
+        .unwrap();
+    let digest = weir_api::ModuleDigest::of(&module);
+    assert_eq!(
+        executor_client
+            .executor_artifact("edge-1", &digest)
+            .await
+            .unwrap(),
+        module
+    );
+    let unknown = weir_api::ModuleDigest::of(b"never stored");
+    let missing = executor_client
+        .executor_artifact("edge-1", &unknown)
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Some("not_found"), "{missing}");
+    let refused = tenant
+        .executor_artifact("edge-1", &digest)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Some("unauthenticated"), "{refused}");
+
     // kill -9: no leave, heartbeats stop; lost within the timeout plus a reconcile round.
     let killed_at = Instant::now();
     drop(process);
@@ -401,6 +427,15 @@ async fn executor_processes_join_heartbeat_and_a_killed_one_is_declared_lost_wit
         .await
         .unwrap_err();
     assert_eq!(back.code(), Some("conflict"), "{back}");
+    let fetch = executor_client
+        .executor_artifact("edge-1", &digest)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        fetch.code(),
+        Some("not_found"),
+        "a lost executor fetches nothing: {fetch}"
+    );
     // The others are still ready.
     let ready = admin
         .executors()

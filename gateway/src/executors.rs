@@ -227,3 +227,36 @@ pub(crate) async fn leave(
     tracing::info!(executor = %id, "executor left");
     Ok(StatusCode::NO_CONTENT)
 }
+
+/// An artifact (module or graph bytes) by its digest, for a live executor: what it runs is
+/// fetched by digest and checked against it before it runs (`Client::executor_artifact`).
+/// Executors run every tenant's code, so any stored digest is theirs to fetch; nobody else's
+/// token opens this route.
+#[utoipa::path(get, path = "/v1/executors/{id}/artifacts/{digest}", tag = "executors", params(("id" = String, Path), ("digest" = String, Path)), responses((status = 200, content_type = "application/octet-stream"), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
+pub(crate) async fn artifact(
+    State(state): State<GatewayState>,
+    headers: HeaderMap,
+    Path((id, digest)): Path<(String, String)>,
+) -> Result<impl IntoResponse, ApiError> {
+    let executors = &state.executors;
+    executors.authorize(&headers)?;
+    let id = executor_id(id)?;
+    let alive = executors
+        .members
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .0
+        .is_alive(&id);
+    if !alive {
+        return Err(ApiError::not_found("executor"));
+    }
+    let digest = weir_api::ModuleDigest::new(digest)
+        .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.to_string()))?;
+    let bytes = state
+        .blobs
+        .get(&digest)
+        .await
+        .map_err(|e| ApiError::internal(&e))?
+        .ok_or_else(|| ApiError::not_found("artifact"))?;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes))
+}

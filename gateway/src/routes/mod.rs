@@ -84,6 +84,7 @@ fn api() -> OpenApiRouter<GatewayState> {
         .routes(routes!(crate::executors::join))
         .routes(routes!(crate::executors::heartbeat))
         .routes(routes!(crate::executors::leave))
+        .routes(routes!(crate::executors::artifact))
         .routes(routes!(observe::cordon))
         .routes(routes!(observe::uncordon))
         .routes(routes!(observe::drain))
