@@ -101,6 +101,15 @@ pub struct Quotas {
     /// loopback, private or link-local: the platform's own network is closed unless an admin
     /// opens a host here.
     pub allowed_private_hosts: Vec<String>,
+    /// Whether the tenant's modules may import `wasi:nn` (inference, azure-compat §6). When
+    /// false, uploading such a module is refused, and a running one's `load` fails.
+    pub inference: bool,
+    /// Size of one model a module loads through `wasi:nn` (`load` refuses a larger one; Azure
+    /// recommends models under 50 MB).
+    pub max_model_bytes: u64,
+    /// Models (`wasi:nn` graphs) alive at once in one operator instance; each holds its
+    /// weights in the executor's memory, outside the instance's linear memory.
+    pub max_graphs_per_instance: u32,
 }
 
 impl Default for Quotas {
@@ -132,6 +141,9 @@ impl Default for Quotas {
             api_requests_per_second: 50,
             max_devices: 100,
             allowed_private_hosts: Vec::new(),
+            inference: true,
+            max_model_bytes: 64 * MIB,
+            max_graphs_per_instance: 2,
         }
     }
 }

@@ -113,6 +113,7 @@ impl WeirOperator {
             metrics: Arc::new(MetricsRegistry::new(16)),
             max_log_line_bytes: 1024,
             quotas: None,
+            inference_lane: weir_executor::InferenceLane::default(),
         });
         let mut node = OperatorInstance::new(
             engine,
@@ -210,6 +211,11 @@ impl WeirServer {
     /// address, broker address and admin token from its output; the rest of its output is
     /// drained on a thread so the pipe never fills.
     pub fn start(weir: &str) -> anyhow::Result<Self> {
+        Self::start_with(weir, &[])
+    }
+
+    /// [`WeirServer::start`] with `extra` arguments after `weir serve`'s own.
+    pub fn start_with(weir: &str, extra: &[&str]) -> anyhow::Result<Self> {
         use std::io::{BufRead, BufReader};
         use std::process::{Command, Stdio};
         let data = tempfile::tempdir()?;
@@ -223,6 +229,7 @@ impl WeirServer {
                 "--data",
             ])
             .arg(data.path())
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

@@ -126,6 +126,7 @@ fn main() -> anyhow::Result<()> {
             metrics: Arc::new(MetricsRegistry::new(16)),
             max_log_line_bytes: 1024,
             quotas: None,
+            inference_lane: weir_executor::InferenceLane::default(),
         });
         let mut node = OperatorInstance::new(
             engine.clone(),

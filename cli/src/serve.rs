@@ -14,8 +14,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use weir_executor::dataflow::DataflowSettings;
-use weir_executor::{ArtifactConfig, EngineConfig, OperatorEngine, PoolingConfig};
-use weir_gateway::{GatewayState, ModuleValidator, ServerLimits, router};
+use weir_executor::{
+    ArtifactConfig, EngineConfig, InferenceBackend, InferenceConfig, OperatorEngine, PoolingConfig,
+};
+use weir_gateway::{GatewayState, ModuleValidator, ServerLimits, ValidatedModule, router};
 
 use weir_store::{BlobStore, ControlStore, SqliteControlStore, TokenRecord};
 use weir_tenants::{JwtVerifier, MemoryRevocations, Role, Secret, TokenIssuer, VerificationKey};
@@ -48,6 +50,14 @@ pub(crate) struct ServeArgs {
     /// re-created, `init` included, on the next message).
     #[arg(long, default_value_t = 5_000)]
     instance_idle_ms: u64,
+    /// Messages one deployment may have taken and not yet settled (queued, inside the dataflow,
+    /// or held in a window until it closes) before its source is held back. Default: the
+    /// intake's 1,024. A windowed graph holds every message of an open window, so this caps
+    /// messages per window (a 10 s window at 5,000 msg/s holds 50,000: raise it for such
+    /// graphs). Memory is bounded apart from this by the tenant's `max_inflight_bytes` quota,
+    /// shared by its deployments.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    max_in_flight: Option<u32>,
     /// Longest a connection may take to send a request head, and may stay idle between
     /// requests, in milliseconds.
     #[arg(long, default_value_t = 10_000)]
@@ -106,6 +116,12 @@ pub(crate) struct ServeArgs {
     /// least recently used go first; a Python module takes ~40 MB, a Rust one ~0.3 MB).
     #[arg(long, default_value_t = 1 << 30)]
     compile_cache_bytes: u64,
+    /// Run the ONNX graphs of modules importing `wasi:nn` on ONNX Runtime, loaded from this
+    /// shared library (e.g. the `onnxruntime` wheel's `onnxruntime/capi/libonnxruntime.so.1.*`)
+    /// instead of the built-in tract backend. Needs a weir built with the `onnxruntime`
+    /// feature; the library is loaded at start, so a missing or unusable one stops the start.
+    #[arg(long, env = "WEIR_ONNXRUNTIME")]
+    onnxruntime: Option<PathBuf>,
 }
 
 /// The tenants' state store `--state` names, connected (Redis is asked for a `PONG` within
@@ -329,13 +345,16 @@ const ISSUER: &str = "weir";
 struct EngineValidator(OperatorEngine);
 
 impl ModuleValidator for EngineValidator {
-    fn validate(&self, bytes: &[u8]) -> Result<Vec<String>, String> {
+    fn validate(&self, bytes: &[u8]) -> Result<ValidatedModule, String> {
         let module = self.0.load(bytes).map_err(|e| e.to_string())?;
-        Ok(module
-            .operators()
-            .iter()
-            .map(|k| k.as_str().to_owned())
-            .collect())
+        Ok(ValidatedModule {
+            operators: module
+                .operators()
+                .iter()
+                .map(|k| k.as_str().to_owned())
+                .collect(),
+            imports_inference: module.imports_inference(),
+        })
     }
 
     fn forget(&self, digest: &weir_api::ModuleDigest) {
@@ -493,6 +512,13 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCod
             dir: args.data.join("artifacts"),
             max_bytes: args.compile_cache_bytes,
         }),
+        inference: InferenceConfig {
+            backend: args
+                .onnxruntime
+                .clone()
+                .map_or(InferenceBackend::Tract, InferenceBackend::OnnxRuntime),
+            ..InferenceConfig::default()
+        },
         ..EngineConfig::default()
     };
     // Opening the artifact directory reads it: off the async workers.
@@ -501,6 +527,9 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCod
         .context("the engine's start panicked")??;
     let settings = DataflowSettings {
         instance_idle: Duration::from_millis(args.instance_idle_ms),
+        max_in_flight: args
+            .max_in_flight
+            .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
         ..DataflowSettings::default()
     };
     let workers = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);

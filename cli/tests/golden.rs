@@ -49,11 +49,19 @@ fn copy_dir(from: &Path, to: &Path) {
 fn the_shipped_golden_suite_passes() {
     let (stdout, stderr, code) = weir_test(Path::new(GOLDEN), &[]);
     assert_eq!(code, Some(0), "{stdout}{stderr}");
-    assert!(stdout.contains("8 passed, 0 failed"), "{stdout}");
+    assert!(stdout.contains("9 passed, 0 failed"), "{stdout}");
     assert!(
         stdout.contains("PASS Complex pipeline - temperature accumulation per window"),
         "{stdout}"
     );
+    // The same graph, with its snapshot arm (wasi-nn), with and without an image: the image's
+    // label reaches the enrichment output.
+    for name in [
+        "Complex pipeline - temperature and humidity in one window",
+        "Complex pipeline - temperature, humidity and an image classified through wasi-nn",
+    ] {
+        assert!(stdout.contains(&format!("PASS {name}")), "{stdout}");
+    }
     // The schema of the scenario's hostapp.env.list reaches the filter's init.
     for name in [
         "Schema filter - a reading that fits the schema passes",
@@ -85,13 +93,13 @@ fn a_wrong_expectation_fails_with_a_readable_diff_and_exit_code_one() {
         stdout.contains("+       \"value\": 653.8888888888889"),
         "{stdout}"
     );
-    assert!(stdout.contains("7 passed, 1 failed"), "{stdout}");
+    assert!(stdout.contains("8 passed, 1 failed"), "{stdout}");
     let (json, _, code) = weir_test(&dir, &["--output", "json"]);
     assert_eq!(code, Some(1));
     let report: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(
         (report["passed"].as_u64(), report["failed"].as_u64()),
-        (Some(7), Some(1))
+        (Some(8), Some(1))
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }

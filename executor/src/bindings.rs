@@ -76,3 +76,24 @@ pub(crate) mod preview {
         },
     });
 }
+
+/// `wasi:nn@0.2.0-rc-2024-10-28` (azure-compat §6), linked only for modules that import it.
+/// `load` and `compute` wait for a blocking thread (the model's CPU work never runs on an async
+/// worker); every other import is a bounded host-side step.
+pub(crate) mod nn {
+    wasmtime::component::bindgen!({
+        path: "../wit/wasi-nn",
+        world: "wasi:nn/ml",
+        imports: {
+            "wasi:nn/graph.load": async | trappable,
+            "wasi:nn/inference.[method]graph-execution-context.compute": async | trappable,
+            default: trappable,
+        },
+        with: {
+            "wasi:nn/graph.graph": crate::host::nn::NnGraph,
+            "wasi:nn/tensor.tensor": wasmtime_wasi_nn::Tensor,
+            "wasi:nn/inference.graph-execution-context": crate::host::nn::NnContext,
+            "wasi:nn/errors.error": crate::host::nn::NnError,
+        },
+    });
+}

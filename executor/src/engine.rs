@@ -16,6 +16,7 @@ use weir_api::ModuleDigest;
 use crate::artifacts::{ArtifactStore, Miss};
 use crate::bindings;
 use crate::host::HostState;
+use crate::inference::{Inference, InferenceConfig};
 use crate::module::{CompiledModule, ModuleError, check_header, inspect, sha256_digest};
 
 /// How the engine is built.
@@ -35,6 +36,8 @@ pub struct EngineConfig {
     /// Where compiled modules are kept across restarts (`None`: in memory only, every start
     /// compiles again).
     pub artifacts: Option<ArtifactConfig>,
+    /// How modules that import `wasi:nn` run inference.
+    pub inference: InferenceConfig,
 }
 
 /// The on-disk compile cache: wasmtime's serialized artifacts by module digest and engine
@@ -81,6 +84,7 @@ impl Default for EngineConfig {
             max_concurrent_compiles: std::thread::available_parallelism()
                 .map_or(1, std::num::NonZeroUsize::get),
             artifacts: None,
+            inference: InferenceConfig::default(),
         }
     }
 }
@@ -111,6 +115,10 @@ struct EngineInner {
     engine: Engine,
     ga_linker: Linker<HostState>,
     preview_linker: Linker<HostState>,
+    /// The same with `wasi:nn`, for modules that import it.
+    ga_nn_linker: Linker<HostState>,
+    preview_nn_linker: Linker<HostState>,
+    inference: Arc<Inference>,
     modules: Mutex<CompileCache>,
     artifacts: Option<Mutex<ArtifactStore>>,
     counts: Counts,
@@ -270,6 +278,14 @@ impl OperatorEngine {
         )
         .map_err(EngineError::new)?;
 
+        let mut ga_nn_linker = ga_linker.clone();
+        let mut preview_nn_linker = preview_linker.clone();
+        for linker in [&mut ga_nn_linker, &mut preview_nn_linker] {
+            bindings::nn::Ml::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s)
+                .map_err(EngineError::new)?;
+        }
+        let inference = Arc::new(Inference::new(&config.inference).map_err(EngineError::new)?);
+
         let artifacts = config
             .artifacts
             .as_ref()
@@ -289,6 +305,9 @@ impl OperatorEngine {
                 engine,
                 ga_linker,
                 preview_linker,
+                ga_nn_linker,
+                preview_nn_linker,
+                inference,
                 modules: Mutex::new(CompileCache {
                     capacity: config.compile_cache_bytes,
                     bytes: 0,
@@ -308,6 +327,28 @@ impl OperatorEngine {
 
     pub(crate) fn engine(&self) -> &Engine {
         &self.inner.engine
+    }
+
+    pub(crate) fn inference(&self) -> &Arc<Inference> {
+        &self.inner.inference
+    }
+
+    /// Loads and computes of `wasi:nn` whose callers wait now (for their tenant's turn, a slot
+    /// or the work), across all tenants.
+    pub fn inference_asked(&self) -> usize {
+        self.inner.inference.asked()
+    }
+
+    /// Inference slots running a load or compute now (at most
+    /// [`InferenceConfig::max_concurrent`]).
+    pub fn inference_running(&self) -> usize {
+        self.inner.inference.running()
+    }
+
+    /// The backend that runs the `onnx` graphs of modules importing `wasi:nn`: `tract` or
+    /// `onnxruntime`.
+    pub fn inference_backend(&self) -> &'static str {
+        self.inner.inference.backend_name()
     }
 
     /// Validates and compiles `bytes`, or returns the module already compiled from the same
@@ -385,9 +426,12 @@ impl OperatorEngine {
         let range = component.image_range();
         let code_bytes = (range.end as usize).saturating_sub(range.start as usize);
         let shape = inspect(&self.inner.engine, &component)?;
-        let linker = match shape.contract {
-            crate::Contract::Ga => &self.inner.ga_linker,
-            crate::Contract::Preview => &self.inner.preview_linker,
+        let inner = &self.inner;
+        let linker = match (shape.contract, shape.inference) {
+            (crate::Contract::Ga, false) => &inner.ga_linker,
+            (crate::Contract::Preview, false) => &inner.preview_linker,
+            (crate::Contract::Ga, true) => &inner.ga_nn_linker,
+            (crate::Contract::Preview, true) => &inner.preview_nn_linker,
         };
         let pre = linker
             .instantiate_pre(&component)

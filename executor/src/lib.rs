@@ -14,6 +14,7 @@ mod bindings;
 pub mod dataflow;
 mod engine;
 mod host;
+mod inference;
 pub mod logs;
 pub mod metrics;
 mod module;
@@ -25,6 +26,10 @@ pub use engine::{
     ArtifactConfig, CompileCounts, EngineConfig, EngineError, OperatorEngine, PoolingConfig,
 };
 pub use host::{HostBuffer, LiveQuotas, NodeEnv};
+pub use inference::{
+    INFERENCE_FUEL_PER_MS, InferenceBackend, InferenceConfig, InferenceLane, InferenceSetupError,
+    TractBackend,
+};
 pub use module::{
     CompiledModule, Contract, ModuleError, OperatorKind, UnsupportedImport, check_header,
     sha256_digest,

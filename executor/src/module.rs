@@ -150,6 +150,11 @@ const WASI_INTERFACES: &[(&str, &[&str])] = &[
     ),
 ];
 
+/// The inference interfaces weir links for modules that import them (azure-compat §6).
+const NN_INTERFACES: &[&str] = &["tensor", "graph", "inference", "errors"];
+/// Their version: the one `wasmtime-wasi-nn` implements and Azure's GA `snapshot` imports.
+const NN_VERSION: &str = "0.2.0-rc-2024-10-28";
+
 /// An import weir cannot satisfy, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnsupportedImport {
@@ -262,6 +267,8 @@ pub fn check_header(bytes: &[u8]) -> Result<(), ModuleError> {
 pub(crate) struct ModuleShape {
     pub(crate) contract: Contract,
     pub(crate) operators: BTreeSet<OperatorKind>,
+    /// Whether it imports `wasi:nn`.
+    pub(crate) inference: bool,
 }
 
 /// Splits `pkg:name/interface@version`.
@@ -307,6 +314,9 @@ pub(crate) fn inspect(engine: &Engine, component: &Component) -> Result<ModuleSh
         (false, false) => return Err(ModuleError::NoOperators { exports }),
     };
 
+    let inference = ty
+        .imports(engine)
+        .any(|(name, _)| split_interface(name).is_some_and(|(package, _, _)| package == "wasi:nn"));
     let unsupported: Vec<UnsupportedImport> = ty
         .imports(engine)
         .filter_map(|(name, _)| {
@@ -324,6 +334,7 @@ pub(crate) fn inspect(engine: &Engine, component: &Component) -> Result<ModuleSh
     Ok(ModuleShape {
         contract,
         operators: found.into_iter().map(|f| f.1).collect(),
+        inference,
     })
 }
 
@@ -345,7 +356,11 @@ fn import_problem(contract: Contract, name: &str) -> Option<String> {
         );
     }
     if package == "wasi:nn" {
-        return Some("inference (wasi:nn) is not enabled on this executor".to_owned());
+        if version != Some(NN_VERSION) {
+            return Some(format!("weir provides wasi:nn@{NN_VERSION}"));
+        }
+        return (!NN_INTERFACES.contains(&interface))
+            .then(|| format!("wasi:nn has no interface {interface}"));
     }
     if let Some((_, interfaces)) = WASI_INTERFACES.iter().find(|(p, _)| *p == package) {
         if !version.is_some_and(|v| v.starts_with("0.2.")) {
@@ -380,6 +395,7 @@ pub struct CompiledModule {
     digest: ModuleDigest,
     contract: Contract,
     operators: BTreeSet<OperatorKind>,
+    inference: bool,
     pub(crate) pre: InstancePre<HostState>,
     pub(crate) indices: Indices,
 }
@@ -439,6 +455,7 @@ impl CompiledModule {
             digest,
             contract: shape.contract,
             operators: shape.operators,
+            inference: shape.inference,
             pre,
             indices,
         })
@@ -457,6 +474,12 @@ impl CompiledModule {
     /// The operator interfaces it exports.
     pub fn operators(&self) -> &BTreeSet<OperatorKind> {
         &self.operators
+    }
+
+    /// Whether it imports `wasi:nn` (inference), which only tenants whose quota has
+    /// `inference` may run.
+    pub fn imports_inference(&self) -> bool {
+        self.inference
     }
 }
 
@@ -506,10 +529,15 @@ mod tests {
                 .unwrap()
                 .contains("acme:vault")
         );
-        assert!(
-            import_problem(Contract::Ga, "wasi:nn/graph@0.2.0-rc-2024-10-28")
-                .unwrap()
-                .contains("wasi:nn")
+        assert_eq!(
+            import_problem(Contract::Ga, "wasi:nn/graph@0.2.0-rc-2024-10-28"),
+            None
         );
+        assert!(
+            import_problem(Contract::Ga, "wasi:nn/inference@0.2.0-rc-2024-08-19")
+                .unwrap()
+                .contains("0.2.0-rc-2024-10-28")
+        );
+        assert!(import_problem(Contract::Ga, "wasi:nn/llm@0.2.0-rc-2024-10-28").is_some());
     }
 }

@@ -4,6 +4,7 @@
 //! runs `init` again with the same configuration.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use wasmtime::{PoolConcurrencyLimitError, ResourceLimiter, Store, Trap, UpdateDeadline};
@@ -46,6 +47,12 @@ pub struct CallLimits {
     pub memory_bytes: usize,
     /// Size of one output item.
     pub max_output_bytes: usize,
+    /// Whether `wasi:nn` may load models.
+    pub inference: bool,
+    /// Size of one model `wasi:nn` may load.
+    pub max_model_bytes: u64,
+    /// `wasi:nn` graphs alive at once in the instance.
+    pub max_graphs: u32,
 }
 
 impl CallLimits {
@@ -56,6 +63,9 @@ impl CallLimits {
             timeout: quotas.call_timeout,
             memory_bytes: usize::try_from(quotas.memory_per_instance).unwrap_or(usize::MAX),
             max_output_bytes: usize::try_from(quotas.max_message_bytes).unwrap_or(usize::MAX),
+            inference: quotas.inference,
+            max_model_bytes: quotas.max_model_bytes,
+            max_graphs: quotas.max_graphs_per_instance,
         }
     }
 }
@@ -247,6 +257,9 @@ pub struct OperatorInstance {
     limits: CallLimits,
     live: Option<Live>,
     stats: OperatorStats,
+    /// Nanoseconds inference slots ran for this node's instances (`wasi:nn` loads and
+    /// computes, abandoned ones included) not yet charged as fuel.
+    inference_nanos: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for OperatorInstance {
@@ -284,6 +297,7 @@ impl OperatorInstance {
             limits,
             live: None,
             stats: OperatorStats::default(),
+            inference_nanos: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -530,9 +544,12 @@ impl OperatorInstance {
                     self.configuration.clone(),
                     self.env.clone(),
                     self.limits,
+                    self.inference_nanos.clone(),
                 )
                 .await;
-                // `init` is the tenant's CPU too, whether it succeeded or not.
+                // `init` is the tenant's CPU too, whether it succeeded or not, inference
+                // included.
+                let init_fuel = init_fuel.saturating_add(self.take_inference_fuel());
                 self.stats.fuel_used += init_fuel;
                 self.stats.init_fuel += init_fuel;
                 let live = live.map_err(|e| match e {
@@ -550,6 +567,13 @@ impl OperatorInstance {
         Ok(live)
     }
 
+    /// The fuel for the time inference slots ran for this node since the last take
+    /// ([`INFERENCE_FUEL_PER_MS`](crate::INFERENCE_FUEL_PER_MS)).
+    fn take_inference_fuel(&self) -> u64 {
+        let nanos = self.inference_nanos.swap(0, Ordering::Relaxed);
+        nanos.saturating_mul(crate::INFERENCE_FUEL_PER_MS) / 1_000_000
+    }
+
     /// Judges a finished call: counts it, and drops the instance after a trap or limit hit.
     fn finish<T>(&mut self, outcome: CallOutcome<T>) -> Result<T, OperatorError> {
         self.stats.calls += 1;
@@ -557,6 +581,8 @@ impl OperatorInstance {
             let left = live.store.get_fuel().unwrap_or(0);
             self.stats.fuel_used += self.limits.fuel.saturating_sub(left);
         }
+        // What the call's inference (and any earlier abandoned one that ran on) took.
+        self.stats.fuel_used += self.take_inference_fuel();
         let result = match outcome {
             Err(_elapsed) => Err(OperatorError::Deadline {
                 timeout: self.limits.timeout,
@@ -610,8 +636,13 @@ async fn instantiate(
     configuration: ModuleConfiguration,
     env: Arc<NodeEnv>,
     limits: CallLimits,
+    inference_nanos: Arc<AtomicU64>,
 ) -> (Result<Live, OperatorError>, u64) {
-    let mut store = Store::new(engine.engine(), HostState::new(env, limits.memory_bytes));
+    let mut store = Store::new(
+        engine.engine(),
+        HostState::new(env, limits.memory_bytes, engine.inference().clone()),
+    );
+    store.data_mut().nn.slot_nanos = inference_nanos;
     store.limiter(|state| state as &mut dyn ResourceLimiter);
     store.epoch_deadline_callback(|mut context| {
         if Instant::now() >= context.data().deadline {
@@ -741,6 +772,9 @@ fn arm(store: &mut Store<HostState>, limits: &CallLimits) -> wasmtime::Result<()
     state.deadline = Instant::now() + limits.timeout;
     state.deadline_hit = false;
     state.memory_limit_hit = false;
+    state.nn.allowed = limits.inference;
+    state.nn.max_model_bytes = limits.max_model_bytes;
+    state.nn.max_graphs = limits.max_graphs;
     Ok(())
 }
 

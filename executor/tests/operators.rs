@@ -95,6 +95,7 @@ impl Tenant {
             metrics: self.metrics.clone(),
             max_log_line_bytes: 4096,
             quotas: None,
+            inference_lane: weir_executor::InferenceLane::default(),
         });
         let configuration = ModuleConfiguration {
             properties: properties

@@ -41,10 +41,20 @@ pub use server::{ServerLimits, serve};
 pub use weir_api::rest::ProblemField;
 pub use weir_tenants::ApiLimits;
 
+/// What the executor found in an uploaded module.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ValidatedModule {
+    /// The operator interfaces it exports (`map`, `filter`, ...).
+    pub operators: Vec<String>,
+    /// Whether it imports `wasi:nn` (inference): only tenants whose quota has `inference`
+    /// may upload it.
+    pub imports_inference: bool,
+}
+
 /// Checks uploaded module bytes: the executor decides what a runnable module is.
 pub trait ModuleValidator: Send + Sync + std::fmt::Debug {
-    /// The operator interfaces the module exports, or why it is not a module weir can run.
-    fn validate(&self, bytes: &[u8]) -> Result<Vec<String>, String>;
+    /// What the module exports and imports, or why it is not a module weir can run.
+    fn validate(&self, bytes: &[u8]) -> Result<ValidatedModule, String>;
 
     /// The bytes of `digest` are gone: no module or graph of any tenant references them any
     /// more and their blob was removed, so anything kept for them, such as a compiled

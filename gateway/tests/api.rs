@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use tower::ServiceExt;
 use weir_api::TenantId;
 use weir_executor::{EngineConfig, OperatorEngine};
-use weir_gateway::{GatewayState, ModuleValidator, router};
+use weir_gateway::{GatewayState, ModuleValidator, ValidatedModule, router};
 use weir_store::{BlobStore, ControlStore, SqliteControlStore};
 use weir_tenants::{JwtVerifier, MemoryRevocations, Role, Secret, TokenIssuer, VerificationKey};
 
@@ -28,13 +28,16 @@ use weir_tenants::{JwtVerifier, MemoryRevocations, Role, Secret, TokenIssuer, Ve
 struct EngineValidator(OperatorEngine);
 
 impl ModuleValidator for EngineValidator {
-    fn validate(&self, bytes: &[u8]) -> Result<Vec<String>, String> {
+    fn validate(&self, bytes: &[u8]) -> Result<ValidatedModule, String> {
         let module = self.0.load(bytes).map_err(|e| e.to_string())?;
-        Ok(module
-            .operators()
-            .iter()
-            .map(|k| k.as_str().to_owned())
-            .collect())
+        Ok(ValidatedModule {
+            operators: module
+                .operators()
+                .iter()
+                .map(|k| k.as_str().to_owned())
+                .collect(),
+            imports_inference: module.imports_inference(),
+        })
     }
 }
 
@@ -706,6 +709,45 @@ async fn module_quotas_refuse_precisely_at_their_limit() {
         )
         .await;
     assert_problem(&too_big, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
+}
+
+#[tokio::test]
+async fn a_module_importing_wasi_nn_is_refused_to_a_tenant_without_inference() {
+    let api = Api::new();
+    let (_, acme) = api.tenant("acme").await;
+    let (_, other) = api.tenant("other").await;
+    let mut quotas = serde_json::to_value(weir_tenants::Quotas::default()).unwrap();
+    quotas["inference"] = json!(false);
+    assert_eq!(
+        api.json(Method::PUT, "/v1/tenants/acme/quotas", &api.admin, quotas)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let refused = api
+        .upload(&acme, "snapshot", "1", weir_guests::SNAPSHOT.bytes())
+        .await;
+    assert_problem(&refused, StatusCode::FORBIDDEN, "quota_exceeded");
+    let detail = refused.body["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("imports wasi:nn (inference)") && detail.contains("quota `inference`"),
+        "{detail}"
+    );
+    // Nothing was kept; modules without wasi-nn still upload for this tenant.
+    assert_eq!(api.get("/v1/modules", &acme).await.body, json!([]));
+    assert_eq!(
+        api.upload(&acme, "format", "1", weir_guests::FORMAT.bytes())
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+    // A tenant whose quota allows inference (the default) uploads it.
+    assert_eq!(
+        api.upload(&other, "snapshot", "1", weir_guests::SNAPSHOT.bytes())
+            .await
+            .status,
+        StatusCode::CREATED
+    );
 }
 
 #[tokio::test]

@@ -717,6 +717,53 @@ async fn egress_checks_the_brokers_a_cluster_advertises() {
     assert_eq!(payloads(&reader).await, [Bytes::from_static(b"delivered")]);
 }
 
+/// A librdkafka client of the test's own that is never dropped on an async worker thread:
+/// closing one blocks (a consumer commits and leaves its group, a producer joins its threads).
+/// With the broker gone before the close, a consumer's close waited out the session timeout
+/// (45 s); with the broker killed in the first milliseconds of the close, it still had not
+/// returned after 200 s (librdkafka 2.12 against tansu; librdkafka #4519). A blocked worker
+/// stalls the runtime, and the runtime's shutdown at the end of the test waits for it: the
+/// at-least-once test once hung that way after its verdict, its reader dropped on a worker
+/// by `abort` while the end of the test killed the broker.
+struct ClosedOffThread<T: Send + 'static>(Option<T>);
+
+impl<T: Send + 'static> ClosedOffThread<T> {
+    fn new(client: T) -> Self {
+        Self(Some(client))
+    }
+
+    /// Closes the client on a thread of its own and waits until it is closed (a failure, not
+    /// a hang, when that takes longer than 60 s).
+    async fn close(mut self, what: &str) {
+        let client = self.0.take().unwrap();
+        let (closed, done) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            drop(client);
+            let _sent = closed.send(());
+        });
+        tokio::time::timeout(Duration::from_secs(60), done)
+            .await
+            .unwrap_or_else(|_| panic!("closing {what} did not return within 60 s"))
+            .unwrap();
+    }
+}
+
+impl<T: Send + 'static> std::ops::Deref for ClosedOffThread<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        self.0.as_ref().unwrap()
+    }
+}
+
+impl<T: Send + 'static> Drop for ClosedOffThread<T> {
+    fn drop(&mut self) {
+        if let Some(client) = self.0.take() {
+            std::thread::spawn(move || drop(client));
+        }
+    }
+}
+
 /// A TCP relay in front of a broker that can be taken down (listener closed, every connection
 /// cut: clients see connection refused, as with a stopped broker) and brought up again on the
 /// same port, while the broker keeps its data.
@@ -803,6 +850,7 @@ async fn at_least_once_by_count_through_broker_outages_and_a_consumer_restart() 
     for delivery in deliveries {
         delivery.await.unwrap().unwrap();
     }
+    ClosedOffThread::new(producer).close("the producer").await;
 
     // What arrives on the output topic, counted by number.
     let seen: Arc<Mutex<HashMap<u32, u32>>> = Arc::new(Mutex::new(HashMap::new()));
@@ -813,16 +861,26 @@ async fn at_least_once_by_count_through_broker_outages_and_a_consumer_restart() 
         .await
         .unwrap();
     reader.subscribe(&[&output]).unwrap();
+    // The reader is handed back when told to stop, and closed off the async workers while the
+    // broker is still up (a close blocks, and with the broker gone it can block for good:
+    // librdkafka #4519); on every other path (a failed assert) it closes on a thread of its own.
+    let reader = ClosedOffThread::new(reader);
+    let (stop_reading, mut stop) = tokio::sync::oneshot::channel::<()>();
     let reading = {
         let seen = seen.clone();
         tokio::spawn(async move {
             loop {
-                if let Ok(message) = reader.recv().await {
-                    let n: u32 = std::str::from_utf8(message.payload().unwrap())
-                        .unwrap()
-                        .parse()
-                        .unwrap();
-                    *seen.lock().unwrap().entry(n).or_default() += 1;
+                tokio::select! {
+                    _ = &mut stop => return reader,
+                    received = reader.recv() => {
+                        if let Ok(message) = received {
+                            let n: u32 = std::str::from_utf8(message.payload().unwrap())
+                                .unwrap()
+                                .parse()
+                                .unwrap();
+                            *seen.lock().unwrap().entry(n).or_default() += 1;
+                        }
+                    }
                 }
             }
         })
@@ -931,7 +989,15 @@ async fn at_least_once_by_count_through_broker_outages_and_a_consumer_restart() 
     if let Some(outage) = outage {
         outage.await.unwrap();
     }
-    reading.abort();
+    // Teardown while the broker is up, every librdkafka client closed off the async workers:
+    // the test's reader with a bounded wait, before the broker is killed at the end; the
+    // connector's source and sink by the connector itself (it closes them on threads of their
+    // own, which the test does not wait for).
+    stop_reading.send(()).unwrap();
+    let reader = reading.await.unwrap();
+    reader.close("the reader").await;
+    drop(running);
+    drop(sink);
     let seen = seen.lock().unwrap();
     let missing: Vec<u32> = (0..COUNT).filter(|n| !seen.contains_key(n)).collect();
     let duplicates: u32 = seen.values().map(|c| c - 1).sum();
@@ -1092,4 +1158,104 @@ async fn the_status_follows_the_broker_through_a_stop_and_a_restart() {
     conformance::wait_connected(&sink_context).await.unwrap();
     conformance::wait_connected(&source_context).await.unwrap();
     drop(running);
+}
+
+/// A source and a sink stopped while their broker is down: the deployment's stop returns, and
+/// the async workers stay free (closing a librdkafka client blocks, and with the broker gone a
+/// consumer's close can block for good: librdkafka #4519; the connector closes its clients on
+/// threads of their own). The assertion is that each stop returns, under a generous deadline.
+#[test]
+fn a_source_and_a_sink_stop_while_their_broker_is_down() {
+    // The runtime is left in the background at the end, so a worker blocked in a close makes
+    // this test fail on its deadline rather than hang in the runtime's shutdown.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        runtime.block_on(stop_a_source_and_a_sink_while_their_broker_is_down());
+    }));
+    runtime.shutdown_background();
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+async fn stop_a_source_and_a_sink_while_their_broker_is_down() {
+    let port = free_port();
+    let address = format!("127.0.0.1:{port}");
+    let broker = PrivateBroker::start(port, &address).await;
+    let topic = unique("stop-down");
+    create_topics(&address, &[&topic], 1).await;
+
+    // A source in its group with a record offered and settled (an offset to commit on close),
+    // and one offered and not settled.
+    let source_context = context("stop-down-source", loopback_allowed());
+    let source = KafkaConnector
+        .source(source_spec(&address, &topic), source_context.clone())
+        .await
+        .unwrap();
+    let intake = conformance::TestIntake::new(10);
+    let (acks, receiver) = weir_connectors::ack_channel(10);
+    let offered: Arc<dyn weir_connectors::Intake> = intake.clone();
+    let source_task = tokio::spawn(source.run(offered, receiver));
+    let sink_context = context("stop-down-sink", loopback_allowed());
+    let mut sink = KafkaConnector
+        .sink(sink_spec(&address, &topic, &[]), sink_context.clone())
+        .await
+        .unwrap();
+    let report = tokio::time::timeout(
+        Duration::from_secs(60),
+        sink.send(vec![
+            Outbound::new("t", "first"),
+            Outbound::new("t", "second"),
+        ]),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(report.rejected.is_empty(), "{report:?}");
+    let mut taken = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    while taken.len() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the source offered {} of 2 records",
+            taken.len()
+        );
+        taken.extend(intake.take(2, Duration::from_millis(200)).await);
+    }
+    intake.settle(&acks, &taken[0], true);
+
+    // The broker goes away; the sink still holds a record it could not deliver.
+    drop(broker);
+    wait_retrying_with(&source_context, "").await;
+    let sending = tokio::spawn(async move {
+        let report = sink.send(vec![Outbound::new("t", "undelivered")]).await;
+        (sink, report)
+    });
+    wait_retrying_with(&sink_context, "").await;
+    assert!(
+        !sending.is_finished(),
+        "a sink delivered with its broker down"
+    );
+
+    // The deployment stops: the source's acks end (its run returns and drops the consumer on
+    // this runtime's worker), the pending send is abandoned and the sink dropped, on a worker.
+    drop(acks);
+    let stopped = tokio::time::timeout(Duration::from_secs(30), source_task).await;
+    assert!(
+        matches!(stopped, Ok(Ok(Ok(())))),
+        "stopping the source with its broker down: {stopped:?}"
+    );
+    sending.abort();
+    let dropped = tokio::time::timeout(Duration::from_secs(30), sending).await;
+    assert!(
+        matches!(&dropped, Ok(Err(error)) if error.is_cancelled()),
+        "stopping the sink with its broker down did not return"
+    );
+    // Both workers still run tasks.
+    let (one, two) = tokio::join!(tokio::spawn(async { 1 }), tokio::spawn(async { 2 }));
+    assert_eq!((one.unwrap(), two.unwrap()), (1, 2));
 }

@@ -269,6 +269,8 @@ pub(crate) struct Meter {
     reserved: Rc<Cell<u64>>,
     /// Whether the deployment still runs.
     running: Arc<std::sync::atomic::AtomicBool>,
+    /// When the pending idle check fires, if one is pending: one at a time.
+    idle_check_at: Rc<Cell<Option<Instant>>>,
 }
 
 /// What a node has charged so far.
@@ -293,6 +295,7 @@ impl Meter {
             state: Rc::new(Cell::new(Charged::default())),
             reserved: Rc::new(Cell::new(0)),
             running: context.shared.running.clone(),
+            idle_check_at: Rc::new(Cell::new(None)),
         };
         meter.charge(instance);
         meter
@@ -386,7 +389,17 @@ impl Meter {
                 ..charged
             });
         } else {
-            activator.activate_after(context.settings.instance_idle - idle_for);
+            // One pending check at a time. Arming one on every activation pushed an entry per
+            // batch into timely's delayed-activation heap, each firing a spurious activation
+            // `instance_idle` later that armed another (`BinaryHeap::pop` was 8 % of a
+            // windowed deployment's worker; BENCHMARKS.md row 4). A check that fires early
+            // (calls came since) arms the next one for the remainder.
+            let now = Instant::now();
+            if self.idle_check_at.get().is_none_or(|at| at <= now) {
+                let wait = context.settings.instance_idle - idle_for;
+                self.idle_check_at.set(Some(now + wait));
+                activator.activate_after(wait);
+            }
         }
     }
 }

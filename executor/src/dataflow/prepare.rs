@@ -17,8 +17,8 @@ use crate::host::{LiveQuotas, NodeEnv};
 use crate::logs::LogSink;
 use crate::metrics::MetricsRegistry;
 use crate::{
-    CallLimits, CompiledModule, Contract, ModuleConfiguration, ModuleSchema, OperatorEngine,
-    OperatorError, OperatorInstance, OperatorKind,
+    CallLimits, CompiledModule, Contract, InferenceLane, ModuleConfiguration, ModuleSchema,
+    OperatorEngine, OperatorError, OperatorInstance, OperatorKind,
 };
 
 /// Finds the compiled module an operation's `module` reference names.
@@ -103,6 +103,8 @@ pub struct TenantContext {
     /// The tenant's quotas as they change: deployments are prepared with the ones in force,
     /// and per-call limits, log line length and state limits of running nodes follow them.
     pub live_quotas: Arc<LiveQuotas>,
+    /// The tenant's turn at inference on this executor, shared by its deployments.
+    pub inference_lane: InferenceLane,
 }
 
 impl TenantContext {
@@ -121,6 +123,7 @@ impl TenantContext {
             in_flight_bytes: Arc::new(ByteBudget::new(quotas.max_inflight_bytes)),
             queued_output_bytes: Arc::new(ByteBudget::new(quotas.max_queued_output_bytes)),
             live_quotas: Arc::new(LiveQuotas::new(quotas)),
+            inference_lane: InferenceLane::default(),
             tenant,
             state,
             logs,
@@ -154,6 +157,7 @@ impl TenantContext {
             max_log_line_bytes: usize::try_from(self.live_quotas.get().max_log_line_bytes)
                 .unwrap_or(usize::MAX),
             quotas: Some(self.live_quotas.clone()),
+            inference_lane: self.inference_lane.clone(),
         })
     }
 }
@@ -278,6 +282,13 @@ pub async fn prepare(
             problems.push(DeployProblem {
                 node,
                 message: format!("the graph's apiVersion binds {expected:?} modules, but {reference:?} was built for the {:?} contract", module.contract()),
+            });
+            continue;
+        }
+        if module.imports_inference() && !tenant.live_quotas.get().inference {
+            problems.push(DeployProblem {
+                node,
+                message: format!("module {reference:?} imports wasi:nn (inference), which the tenant's quota does not allow (quota `inference` is false)"),
             });
             continue;
         }

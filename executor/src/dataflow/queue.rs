@@ -13,6 +13,9 @@ pub struct OutputQueue<T> {
     capacity: usize,
     items: Mutex<VecDeque<T>>,
     ready: Condvar,
+    /// Async consumers' wake-up: one permit kept when nobody waits, so a push between a
+    /// consumer's empty `try_pop` and its wait is never missed.
+    pushed: tokio::sync::Notify,
 }
 
 impl<T> OutputQueue<T> {
@@ -21,12 +24,14 @@ impl<T> OutputQueue<T> {
             capacity,
             items: Mutex::new(VecDeque::new()),
             ready: Condvar::new(),
+            pushed: tokio::sync::Notify::new(),
         }
     }
 
     pub(crate) fn push(&self, item: T) {
         self.lock().push_back(item);
         self.ready.notify_one();
+        self.pushed.notify_one();
     }
 
     /// Pushes every item of `items` in order, under one lock, with one wake-up.
@@ -41,6 +46,15 @@ impl<T> OutputQueue<T> {
         } else {
             self.ready.notify_all();
         }
+        self.pushed.notify_one();
+    }
+
+    /// Resolves once something was pushed since the last such wake-up (at once if a push came
+    /// while nobody waited). For one async consumer per queue, e.g. a deployment's sink pump:
+    /// it wakes when the dataflow emits instead of polling on a timer (a 1 ms poll added
+    /// 1-2 ms to every message's latency, BENCHMARKS.md rows 3 and 5).
+    pub async fn pushed(&self) {
+        self.pushed.notified().await;
     }
 
     /// Whether consumers are behind: sources hold back while this is true.

@@ -420,6 +420,8 @@ pub(crate) fn build<'scope>(
         let drift = u64::try_from(settings.max_clock_drift.as_millis()).unwrap_or(u64::MAX);
         let mut capability = Some(capability);
         let max_seen = Rc::new(Cell::new(0u64));
+        // When the pending frontier tick fires: one at a time (see below).
+        let mut tick_at: Option<std::time::Instant> = None;
         if settings.frontier == FrontierPolicy::WallClock {
             activator.activate();
         }
@@ -511,7 +513,16 @@ pub(crate) fn build<'scope>(
                 activator.activate();
             } else {
                 match settings.frontier {
-                    FrontierPolicy::WallClock => activator.activate_after(settings.frontier_tick),
+                    // One pending tick at a time: arming one on every activation (each send
+                    // wakes the source) filled timely's delayed-activation heap with entries
+                    // that each fired a spurious activation.
+                    FrontierPolicy::WallClock => {
+                        let now = std::time::Instant::now();
+                        if tick_at.is_none_or(|at| at <= now) {
+                            tick_at = Some(now + settings.frontier_tick);
+                            activator.activate_after(settings.frontier_tick);
+                        }
+                    }
                     // Held back by consumers: look again soon.
                     FrontierPolicy::EventTime if held_back => {
                         activator.activate_after(Duration::from_millis(5));

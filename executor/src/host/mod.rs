@@ -3,6 +3,7 @@
 //! implementations of every imported interface, for both contracts.
 
 mod interfaces;
+pub(crate) mod nn;
 mod output;
 pub(crate) mod rpc;
 
@@ -50,6 +51,9 @@ pub struct NodeEnv {
     /// `state_scope`'s limits, `max_log_line_bytes` and the per-call limits from the next
     /// call, log line or state operation on.
     pub quotas: Option<Arc<LiveQuotas>>,
+    /// The tenant's turn at inference on this executor, shared by all of the tenant's nodes
+    /// here (see [`InferenceLane`](crate::InferenceLane)).
+    pub inference_lane: crate::InferenceLane,
 }
 
 /// A tenant's quotas, swapped whole when an admin changes them; every node of the tenant's
@@ -137,6 +141,8 @@ pub(crate) struct HostState {
     pub(crate) memory_limit_hit: bool,
     pub(crate) deadline: Instant,
     pub(crate) deadline_hit: bool,
+    /// Inference (`wasi:nn`): the backend, the tenant's limits and the graphs loaded.
+    pub(crate) nn: nn::NnState,
     /// The last HLC node id handed to the guest, as bytes: items of one stream carry the same
     /// node id, so lowering one costs a compare, not an allocation.
     node_id: Option<(String, Bytes)>,
@@ -154,7 +160,11 @@ impl std::fmt::Debug for HostState {
 const MAX_TABLE_ELEMENTS: usize = 1 << 20;
 
 impl HostState {
-    pub(crate) fn new(env: Arc<NodeEnv>, memory_limit: usize) -> Self {
+    pub(crate) fn new(
+        env: Arc<NodeEnv>,
+        memory_limit: usize,
+        inference: Arc<crate::inference::Inference>,
+    ) -> Self {
         let wasi = WasiCtx::builder()
             // Nothing leaves the sandbox: no sockets, no name lookup, no preopens, no env.
             .allow_tcp(false)
@@ -172,6 +182,7 @@ impl HostState {
             memory_limit_hit: false,
             deadline: Instant::now(),
             deadline_hit: false,
+            nn: nn::NnState::new(inference),
             node_id: None,
         }
     }

@@ -276,15 +276,22 @@ impl Drop for HeldOutput {
     }
 }
 
-/// Waits for work: at once when busy, backing off to [`IDLE_POLL`] when idle (so idle
+/// Waits for work: at once when busy; else until the pump's queue has a push (`pushed`) or the
+/// edges a wake-up, polling as a fallback, backing off to [`IDLE_POLL`] when idle (so idle
 /// deployments cost almost nothing); a wake-up resets the pace.
-async fn idle_wait(wake: &tokio::sync::Notify, idle: &mut Duration, moved: bool) {
+async fn idle_wait(
+    wake: &tokio::sync::Notify,
+    pushed: impl Future<Output = ()>,
+    idle: &mut Duration,
+    moved: bool,
+) {
     if moved {
         *idle = DRAIN_POLL;
         tokio::task::yield_now().await;
         return;
     }
     tokio::select! {
+        () = pushed => *idle = DRAIN_POLL,
         () = wake.notified() => *idle = DRAIN_POLL,
         () = tokio::time::sleep(*idle) => *idle = (*idle * 2).min(IDLE_POLL),
     }
@@ -312,7 +319,7 @@ pub(super) async fn pump_outputs(
             taken.push(output);
         }
         if taken.is_empty() {
-            idle_wait(&edges.wake, &mut idle, false).await;
+            idle_wait(&edges.wake, deployment.outputs().pushed(), &mut idle, false).await;
             continue;
         }
         let batch: Vec<Outbound> = taken
@@ -382,7 +389,7 @@ pub(super) async fn pump_outputs(
         for output in taken {
             output.accept();
         }
-        idle_wait(&edges.wake, &mut idle, true).await;
+        idle_wait(&edges.wake, std::future::ready(()), &mut idle, true).await;
     }
 }
 
@@ -496,7 +503,13 @@ pub(super) async fn pump_dead_letters(
             queue.drain(..).collect()
         };
         if taken.is_empty() && edge.is_empty() {
-            idle_wait(&edges.wake, &mut idle, false).await;
+            idle_wait(
+                &edges.wake,
+                deployment.dead_letters().pushed(),
+                &mut idle,
+                false,
+            )
+            .await;
             continue;
         }
         let letters: Vec<DeadLetter> = taken
@@ -515,6 +528,6 @@ pub(super) async fn pump_dead_letters(
         for letter in edge {
             let _sent_or_gone = acks.try_send(Settled::Processed(letter.ack));
         }
-        idle_wait(&edges.wake, &mut idle, true).await;
+        idle_wait(&edges.wake, std::future::ready(()), &mut idle, true).await;
     }
 }

@@ -562,6 +562,7 @@ impl LocalExecutor {
             in_flight_bytes: share.in_flight_bytes.clone(),
             live_quotas: share.quotas.clone(),
             queued_output_bytes: share.queued_output_bytes.clone(),
+            inference_lane: share.inference_lane.clone(),
             ..TenantContext::new(
                 tenant.clone(),
                 quotas.clone(),

@@ -11,8 +11,8 @@ use weir_api::rest::DeadLetter;
 use weir_tenants::Quotas;
 
 use super::RuntimeError;
-use crate::LiveQuotas;
 use crate::dataflow::{ByteBudget, FuelBudget};
+use crate::{InferenceLane, LiveQuotas};
 
 /// Dead letters of a deployment kept in memory for its status (the durable record is the
 /// journal's).
@@ -29,6 +29,7 @@ pub(super) struct TenantShare {
     pub(super) bytes_in: AtomicU64,
     pub(super) messages_out: AtomicU64,
     pub(super) dead_lettered: AtomicU64,
+    pub(super) inference_lane: InferenceLane,
 }
 
 impl TenantShare {
@@ -42,6 +43,7 @@ impl TenantShare {
             bytes_in: AtomicU64::new(0),
             messages_out: AtomicU64::new(0),
             dead_lettered: AtomicU64::new(0),
+            inference_lane: InferenceLane::default(),
         }
     }
 

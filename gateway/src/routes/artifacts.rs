@@ -131,10 +131,17 @@ pub(crate) async fn store_module(
     }
     let validator = state.validator.clone();
     let bytes = body.clone();
-    let operators = tokio::task::spawn_blocking(move || validator.validate(&bytes))
+    let validated = tokio::task::spawn_blocking(move || validator.validate(&bytes))
         .await
         .map_err(|e| ApiError::internal(&e))?
         .map_err(|message| ApiError::new(ErrorCode::InvalidModule, message))?;
+    if validated.imports_inference && !quotas.inference {
+        return Err(ApiError::new(
+            ErrorCode::QuotaExceeded,
+            "the module imports wasi:nn (inference), which the tenant's quota does not allow (quota `inference` is false); ask the platform's admin",
+        ));
+    }
+    let operators = validated.operators;
     let blob = state
         .blobs
         .put(body)

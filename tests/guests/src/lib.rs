@@ -5,6 +5,8 @@
 
 use std::path::PathBuf;
 
+pub mod shapes;
+
 /// A guest component built from `modules/`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Guest(&'static str);
@@ -77,8 +79,15 @@ pub const CHATTY: Guest = Guest("chatty");
 /// A map built against the preview contract `tinykube-graph:processor@1.0.0`.
 pub const PREVIEW_ECHO: Guest = Guest("preview_echo");
 
+/// Image decoding into 224x224 RGB24 snapshots (map `module-format/map`).
+pub const FORMAT: Guest = Guest("format");
+/// Image classification through `wasi:nn` (map), snapshot branch, label accumulate.
+pub const SNAPSHOT: Guest = Guest("snapshot");
+/// Imports `wasi:nn`: payload `slow` computes for seconds, `hoard` loads graphs without end.
+pub const NN_ABUSE: Guest = Guest("nn_abuse");
+
 /// Every guest.
-pub const ALL: [Guest; 16] = [
+pub const ALL: [Guest; 19] = [
     TEMPERATURE,
     HUMIDITY,
     WINDOW,
@@ -95,4 +104,7 @@ pub const ALL: [Guest; 16] = [
     FOREIGN_IMPORT,
     PREVIEW_ECHO,
     CHATTY,
+    FORMAT,
+    SNAPSHOT,
+    NN_ABUSE,
 ];
