@@ -545,6 +545,20 @@ impl Client {
         .await
     }
 
+    /// An executor's assignments once their revision is past `after`, or after `wait_ms` (a
+    /// long poll; the client's token is the executor join token).
+    pub async fn executor_assignments(
+        &self,
+        id: &str,
+        after: u64,
+        wait_ms: u64,
+    ) -> Result<crate::rest::ExecutorAssignments, ClientError> {
+        self.get(&format!(
+            "/v1/executors/{id}/assignments?after={after}&wait_ms={wait_ms}"
+        ))
+        .await
+    }
+
     /// An artifact by its digest, for an executor (the client's token is the executor join
     /// token), checked against the digest: bytes that do not match are an error, never
     /// returned.

@@ -96,6 +96,11 @@ pub(crate) struct ServeArgs {
     /// alone.
     #[arg(long, default_value_t = 0)]
     executors: u32,
+    /// Place deployments on executor processes only (those of `--executors N`, and any that
+    /// join with `weir executor --join`), never on this process; implied by `--executors` of 1
+    /// or more.
+    #[arg(long)]
+    remote_executors: bool,
     /// Milliseconds between an executor process's heartbeats.
     #[arg(long, default_value_t = 1_000)]
     executor_heartbeat_ms: u64,
@@ -568,6 +573,22 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCod
             log_writer,
         })
     };
+    let remote = args.remote_executors || args.executors > 0;
+    let members = {
+        let members = weir_gateway::ExecutorMembership::new(
+            Some(executor_token(&args.data)?),
+            Duration::from_millis(args.executor_heartbeat_ms.max(10)),
+            Duration::from_millis(args.executor_timeout_ms.max(10)),
+            1024,
+        );
+        Arc::new(if remote { members.placing() } else { members })
+    };
+    // With executor processes, deployments run there and this process only places them.
+    let runtime: Arc<dyn weir_gateway::DeploymentRuntime> = if remote {
+        Arc::new(weir_gateway::RemoteRuntime::new(members.clone()))
+    } else {
+        deployments.clone()
+    };
     let state = GatewayState {
         store: store.clone(),
         blobs,
@@ -575,19 +596,14 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCod
         issuer: issuer.clone(),
         revocations,
         validator: Arc::new(EngineValidator(engine.clone())),
-        runtime: deployments.clone(),
+        runtime,
         state: module_state,
         limits: Arc::default(),
         tenant_locks: Arc::default(),
         instance_pool: Arc::new(weir_gateway::InstancePool::new(u64::from(
             args.instance_slots,
         ))),
-        executors: Arc::new(weir_gateway::ExecutorMembership::new(
-            Some(executor_token(&args.data)?),
-            Duration::from_millis(args.executor_heartbeat_ms.max(10)),
-            Duration::from_millis(args.executor_timeout_ms.max(10)),
-            1024,
-        )),
+        executors: members.clone(),
     };
     let swept = weir_gateway::sweep_blobs(&state).await?;
     if swept > 0 {

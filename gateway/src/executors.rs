@@ -5,11 +5,14 @@
 //!
 //! Membership (unique live ids, heartbeats, loss after the timeout) is
 //! `weir_scheduler::Membership`; the reconcile loop expires it every round. Joined executors
-//! are listed by `/v1/executors` (`ready` or `lost`). They are not placed on yet: assignments
-//! to executor processes are the next step of issue 13, so until then their pool here tracks
-//! membership only and the in-process executor runs every deployment.
+//! are listed by `/v1/executors` (`ready` or `lost`).
+//!
+//! With [`RemoteRuntime`] as the gateway's runtime (`weir serve --executors N` or
+//! `--remote-executors`), the scheduler places deployments on them: each placement becomes an
+//! assignment the executor long-polls (`GET /v1/executors/{id}/assignments`), its graph and
+//! modules named by digest; the executor reports what runs in its heartbeats.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -19,7 +22,11 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use subtle::ConstantTimeEq;
 use weir_api::ErrorCode;
-use weir_api::rest::{Executor, ExecutorHeartbeat, ExecutorJoin, ExecutorJoined};
+use weir_api::rest::{
+    AssignedBinding, Executor, ExecutorAssignment, ExecutorAssignments, ExecutorHeartbeat,
+    ExecutorJoin, ExecutorJoined, ExecutorRunning,
+};
+use weir_api::{ModuleDigest, TenantId};
 use weir_scheduler::{ExecutorId, ExecutorInfo, Membership, MembershipError, Pool, Resources};
 
 use crate::{ApiError, ApiJson, GatewayState};
@@ -29,6 +36,47 @@ pub struct ExecutorMembership {
     token: Option<String>,
     heartbeat: Duration,
     members: Mutex<(Membership, Pool)>,
+    assigned: Mutex<Assigned>,
+    /// The latest revision of any executor's assignments (long polls wait on it).
+    changed: tokio::sync::watch::Sender<u64>,
+    /// Deployments are placed on these executors (the runtime is a [`RemoteRuntime`]).
+    places: bool,
+}
+
+/// One executor's assignments and what it reported last.
+#[derive(Debug, Default)]
+struct Assignments {
+    revision: u64,
+    deployments: BTreeMap<(TenantId, String), ExecutorAssignment>,
+    /// Its last heartbeat: the revision it carried out and what runs.
+    applied: u64,
+    running: Vec<ExecutorRunning>,
+}
+
+/// Every member's assignments; one entry per member (bounded by the membership), and per
+/// deployment the store keeps.
+#[derive(Debug, Default)]
+struct Assigned {
+    revision: u64,
+    generation: u64,
+    executors: HashMap<ExecutorId, Assignments>,
+}
+
+impl Assigned {
+    /// Takes the deployment off every executor; whether it was anywhere.
+    fn remove(&mut self, key: &(TenantId, String)) -> bool {
+        let mut removed = false;
+        let mut revision = self.revision;
+        for table in self.executors.values_mut() {
+            if table.deployments.remove(key).is_some() {
+                revision += 1;
+                table.revision = revision;
+                removed = true;
+            }
+        }
+        self.revision = revision;
+        removed
+    }
 }
 
 impl std::fmt::Debug for ExecutorMembership {
@@ -45,6 +93,12 @@ impl Default for ExecutorMembership {
         Self::new(None, Duration::from_secs(1), Duration::from_secs(10), 1024)
     }
 }
+
+/// Longest long poll of `/v1/executors/{id}/assignments`.
+const MAX_WAIT: Duration = Duration::from_secs(30);
+
+/// Most deployments one heartbeat may report.
+const MAX_REPORTED: usize = 100_000;
 
 impl ExecutorMembership {
     /// Executors join with `token` (none: joining is refused), heartbeat every `heartbeat` and
@@ -63,7 +117,145 @@ impl ExecutorMembership {
                 Membership::new(timeout, timeout.saturating_mul(10), max_executors),
                 Pool::new(),
             )),
+            assigned: Mutex::default(),
+            changed: tokio::sync::watch::channel(0).0,
+            places: false,
         }
+    }
+
+    /// Deployments are placed on the joined executors (the gateway's runtime is a
+    /// [`RemoteRuntime`] on this membership).
+    #[must_use]
+    pub fn placing(mut self) -> Self {
+        self.places = true;
+        self
+    }
+
+    /// Whether deployments are placed on the joined executors.
+    pub fn places(&self) -> bool {
+        self.places
+    }
+
+    /// The joined executors with their declared capacity and state, for placement.
+    pub fn infos(&self) -> Vec<(ExecutorInfo, weir_scheduler::ExecutorState)> {
+        let members = self.members.lock().unwrap_or_else(PoisonError::into_inner);
+        let (_, pool) = &*members;
+        pool.executor_ids()
+            .filter_map(|id| Some((pool.info(id)?.clone(), pool.state(id)?)))
+            .collect()
+    }
+
+    /// Cordons (`cordoned`) or uncordons a joined executor; whether it is a live member.
+    pub fn cordon(&self, id: &str, state: weir_scheduler::ExecutorState) -> bool {
+        let Ok(id) = ExecutorId::new(id) else {
+            return false;
+        };
+        let mut members = self.members.lock().unwrap_or_else(PoisonError::into_inner);
+        let (membership, pool) = &mut *members;
+        membership.is_alive(&id) && pool.set_state(&id, state).is_ok()
+    }
+
+    fn assigned(&self) -> std::sync::MutexGuard<'_, Assigned> {
+        self.assigned.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn publish(&self, revision: u64) {
+        self.changed.send_replace(revision);
+    }
+
+    /// Assigns a deployment to `executor` (taking it off any other).
+    fn assign(&self, executor: &ExecutorId, mut assignment: ExecutorAssignment) -> bool {
+        if !self
+            .members
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .0
+            .is_alive(executor)
+        {
+            return false;
+        }
+        let revision = {
+            let mut assigned = self.assigned();
+            let key = (assignment.tenant.clone(), assignment.id.clone());
+            assigned.remove(&key);
+            assigned.generation += 1;
+            assignment.generation = assigned.generation;
+            assigned.revision += 1;
+            let revision = assigned.revision;
+            let table = assigned.executors.entry(executor.clone()).or_default();
+            table.revision = revision;
+            table.deployments.insert(key, assignment);
+            revision
+        };
+        self.publish(revision);
+        true
+    }
+
+    /// Takes a deployment off every executor.
+    fn unassign(&self, tenant: &TenantId, id: &str) {
+        let revision = {
+            let mut assigned = self.assigned();
+            if !assigned.remove(&(tenant.clone(), id.to_owned())) {
+                return;
+            }
+            assigned.revision
+        };
+        self.publish(revision);
+    }
+
+    /// Forgets the assignments and reports of executors that are no longer live members.
+    fn prune(&self) {
+        let members = self.members.lock().unwrap_or_else(PoisonError::into_inner);
+        self.assigned()
+            .executors
+            .retain(|id, _| members.0.is_alive(id));
+    }
+
+    /// What runs on the live executors: what each reported running among its assignments,
+    /// and assignments of a revision it has not carried out yet (starting).
+    fn running(&self) -> Vec<crate::RunningDeployment> {
+        self.prune();
+        let assigned = self.assigned();
+        let mut running = Vec::new();
+        for (executor, table) in &assigned.executors {
+            let reported: HashMap<(&TenantId, &str), &Option<String>> = table
+                .running
+                .iter()
+                .map(|r| ((&r.tenant, r.id.as_str()), &r.problem))
+                .collect();
+            for (tenant, id) in table.deployments.keys() {
+                let problem = match reported.get(&(tenant, id.as_str())) {
+                    Some(problem) => (*problem).clone(),
+                    None if table.applied < table.revision => None,
+                    None => continue,
+                };
+                running.push(crate::RunningDeployment {
+                    tenant: tenant.clone(),
+                    id: id.clone(),
+                    executor: executor.to_string(),
+                    problem,
+                });
+            }
+        }
+        running
+    }
+
+    /// Where a deployment is assigned and what its executor reported of it.
+    fn status(&self, tenant: &TenantId, id: &str) -> Option<serde_json::Value> {
+        let assigned = self.assigned();
+        let key = (tenant.clone(), id.to_owned());
+        assigned.executors.iter().find_map(|(executor, table)| {
+            table.deployments.get(&key)?;
+            let report = table
+                .running
+                .iter()
+                .find(|r| r.tenant == *tenant && r.id == id);
+            Some(serde_json::json!({
+                "executor": executor.as_str(),
+                "running": report.is_some(),
+                "problem": report.and_then(|r| r.problem.clone()),
+            }))
+        })
     }
 
     /// Marks lost the executors silent past the timeout at `now`; the newly lost ones.
@@ -75,6 +267,12 @@ impl ExecutorMembership {
 
     /// The joined executors, as `/v1/executors` lists them.
     pub fn list(&self) -> Vec<Executor> {
+        let assigned: HashMap<ExecutorId, u64> = self
+            .assigned()
+            .executors
+            .iter()
+            .map(|(id, table)| (id.clone(), table.deployments.len() as u64))
+            .collect();
         let members = self.members.lock().unwrap_or_else(PoisonError::into_inner);
         let (_, pool) = &*members;
         let mut ids: Vec<&ExecutorId> = pool.executor_ids().collect();
@@ -88,7 +286,7 @@ impl ExecutorMembership {
                 Some(Executor {
                     id: id.to_string(),
                     state: state.as_str().to_owned(),
-                    deployments: pool.placed_on(id).len() as u64,
+                    deployments: assigned.get(id).copied().unwrap_or(0),
                     workers,
                 })
             })
@@ -191,7 +389,7 @@ pub(crate) async fn heartbeat(
     State(state): State<GatewayState>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    ApiJson(_report): ApiJson<ExecutorHeartbeat>,
+    ApiJson(mut report): ApiJson<ExecutorHeartbeat>,
 ) -> Result<impl IntoResponse, ApiError> {
     let executors = &state.executors;
     executors.authorize(&headers)?;
@@ -203,6 +401,11 @@ pub(crate) async fn heartbeat(
         .0
         .heartbeat(&id, Instant::now())
         .map_err(membership_error)?;
+    report.running.truncate(MAX_REPORTED);
+    let mut assigned = executors.assigned();
+    let table = assigned.executors.entry(id).or_default();
+    table.applied = report.revision;
+    table.running = report.running;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -259,4 +462,246 @@ pub(crate) async fn artifact(
         .map_err(|e| ApiError::internal(&e))?
         .ok_or_else(|| ApiError::not_found("artifact"))?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes))
+}
+
+/// The query of `/v1/executors/{id}/assignments`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AssignmentsQuery {
+    /// Answer once the revision is past this one.
+    #[serde(default)]
+    after: u64,
+    /// How long to wait for that, in milliseconds (at most 30,000; default 0).
+    #[serde(default)]
+    wait_ms: u64,
+}
+
+/// An executor's assignments (a long poll): at once when their revision is past `after`, else
+/// when it changes or `wait_ms` passes. A lost or unknown executor gets `404 not_found`.
+#[utoipa::path(get, path = "/v1/executors/{id}/assignments", tag = "executors", params(("id" = String, Path), ("after" = Option<u64>, Query), ("wait_ms" = Option<u64>, Query)), responses((status = 200, body = weir_api::rest::ExecutorAssignments), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
+pub(crate) async fn assignments(
+    State(state): State<GatewayState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    crate::ApiQuery(query): crate::ApiQuery<AssignmentsQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    let executors = &state.executors;
+    executors.authorize(&headers)?;
+    let id = executor_id(id)?;
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(query.wait_ms).min(MAX_WAIT);
+    let mut changed = executors.changed.subscribe();
+    loop {
+        let alive = executors
+            .members
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .0
+            .is_alive(&id);
+        if !alive {
+            return Err(ApiError::not_found("executor"));
+        }
+        {
+            let assigned = executors.assigned();
+            let (revision, list) = assigned.executors.get(&id).map_or_else(
+                || (0, Vec::new()),
+                |table| {
+                    (
+                        table.revision,
+                        table.deployments.values().cloned().collect(),
+                    )
+                },
+            );
+            if revision > query.after || tokio::time::Instant::now() >= deadline {
+                return Ok(Json(ExecutorAssignments {
+                    revision,
+                    assignments: list,
+                }));
+            }
+        }
+        // A change of any executor's assignments wakes every poll; each checks its own.
+        if tokio::time::timeout_at(deadline, changed.changed())
+            .await
+            .is_err()
+        {
+            continue;
+        }
+    }
+}
+
+/// Refuses bindings to this control plane's own endpoints (`http`, the embedded broker).
+fn on_executors(request: &crate::StartDeployment) -> Result<(), ApiError> {
+    for binding in [
+        Some(&request.source),
+        Some(&request.sink),
+        request.dead_letters.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        if binding.kind == "http" || (binding.endpoint == "default" && binding.address.is_none()) {
+            return Err(ApiError::new(
+                ErrorCode::InvalidDeployment,
+                format!(
+                    "endpoint {} is this control plane's own; deployments on executor processes use mqtt, kafka or otlp endpoints",
+                    binding.endpoint
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn assigned_binding(binding: crate::StartBinding) -> AssignedBinding {
+    AssignedBinding {
+        endpoint: binding.endpoint,
+        kind: binding.kind,
+        address: binding.address,
+        settings: binding.settings,
+        secret: binding.secret,
+        topics: binding.topics,
+    }
+}
+
+/// The gateway's runtime when deployments run on executor processes: a start places an
+/// assignment on the executor the scheduler chose ([`DeploymentRuntime::start_on`]); a start
+/// from an API handler leaves placement to the reconcile loop's next round. Inputs over HTTP
+/// (`http` bindings) and the embedded broker (`default`) are this process's: a deployment on
+/// an executor process uses MQTT, Kafka or OTLP endpoints.
+#[derive(Debug)]
+pub struct RemoteRuntime {
+    members: std::sync::Arc<ExecutorMembership>,
+}
+
+impl RemoteRuntime {
+    /// A runtime on `members` (which must be [`ExecutorMembership::placing`]).
+    pub fn new(members: std::sync::Arc<ExecutorMembership>) -> Self {
+        Self { members }
+    }
+
+    fn unsupported(what: &str) -> ApiError {
+        ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("{what} is not available: this deployment runs on an executor process"),
+        )
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::DeploymentRuntime for RemoteRuntime {
+    async fn start(&self, request: crate::StartDeployment) -> Result<Vec<String>, ApiError> {
+        on_executors(&request)?;
+        Ok(Vec::new())
+    }
+
+    async fn start_on(
+        &self,
+        executor: &str,
+        request: crate::StartDeployment,
+    ) -> Result<Vec<String>, ApiError> {
+        on_executors(&request)?;
+        let executor = executor_id(executor.to_owned())?;
+        let assignment = ExecutorAssignment {
+            tenant: request.tenant,
+            id: request.id,
+            generation: 0,
+            quotas: request.quotas,
+            graph: ModuleDigest::of(request.graph.as_bytes()).to_string(),
+            modules: request
+                .modules
+                .iter()
+                .map(|(reference, bytes)| (reference.clone(), ModuleDigest::of(bytes).to_string()))
+                .collect(),
+            configuration: request.configuration,
+            source: assigned_binding(request.source),
+            sink: assigned_binding(request.sink),
+            dead_letters: request.dead_letters.map(assigned_binding),
+        };
+        if self.members.assign(&executor, assignment) {
+            Ok(Vec::new())
+        } else {
+            Err(ApiError::new(
+                ErrorCode::Conflict,
+                format!("executor {executor} is not a live member"),
+            ))
+        }
+    }
+
+    async fn stop(&self, tenant: &TenantId, id: &str) {
+        self.members.unassign(tenant, id);
+    }
+
+    async fn ingest(
+        &self,
+        _tenant: &TenantId,
+        _id: &str,
+        _messages: Vec<crate::IngestMessage>,
+        _wait: Option<Duration>,
+    ) -> Result<Vec<crate::OutputMessage>, ApiError> {
+        Err(Self::unsupported("input over HTTP"))
+    }
+
+    async fn take_outputs(
+        &self,
+        _tenant: &TenantId,
+        _id: &str,
+        _limit: usize,
+    ) -> Result<Vec<crate::OutputMessage>, ApiError> {
+        Err(Self::unsupported("output over HTTP"))
+    }
+
+    async fn status(&self, tenant: &TenantId, id: &str) -> Option<serde_json::Value> {
+        self.members.status(tenant, id)
+    }
+
+    async fn running(&self) -> Vec<crate::RunningDeployment> {
+        self.members.running()
+    }
+
+    async fn logs(
+        &self,
+        _tenant: &TenantId,
+        _query: &crate::FeedQuery,
+    ) -> Vec<weir_api::rest::LogLine> {
+        Vec::new()
+    }
+
+    async fn metrics(&self, _tenant: &TenantId) -> Vec<weir_api::rest::MetricSeries> {
+        Vec::new()
+    }
+
+    async fn usage(&self, _tenant: &TenantId) -> weir_api::rest::Usage {
+        weir_api::rest::Usage::default()
+    }
+
+    async fn executors(&self) -> Vec<Executor> {
+        // The members are listed by `ExecutorMembership::list`.
+        Vec::new()
+    }
+
+    async fn cordon(&self, executor: &str, cordoned: bool) -> bool {
+        let state = if cordoned {
+            weir_scheduler::ExecutorState::Cordoned
+        } else {
+            weir_scheduler::ExecutorState::Ready
+        };
+        self.members.cordon(executor, state)
+    }
+
+    async fn forget_tenant(&self, tenant: &TenantId) {
+        let keys: Vec<String> = {
+            let assigned = self.members.assigned();
+            assigned
+                .executors
+                .values()
+                .flat_map(|table| table.deployments.keys())
+                .filter(|(t, _)| t == tenant)
+                .map(|(_, id)| id.clone())
+                .collect()
+        };
+        for id in keys {
+            self.members.unassign(tenant, &id);
+        }
+    }
+
+    async fn set_quotas(&self, _tenant: &TenantId, _quotas: &weir_tenants::Quotas) {}
 }

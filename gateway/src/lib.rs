@@ -33,7 +33,7 @@ use weir_tenants::{JwtVerifier, MemoryRevocations, TokenIssuer};
 
 pub use auth::Caller;
 pub use error::{ApiError, ApiJson, ApiQuery};
-pub use executors::ExecutorMembership;
+pub use executors::{ExecutorMembership, RemoteRuntime};
 pub use locks::{TenantGuard, TenantLocks};
 pub use reconcile::ControlLoop;
 pub use routes::{openapi, sweep_blobs};
@@ -151,6 +151,16 @@ pub trait DeploymentRuntime: Send + Sync + std::fmt::Debug {
     /// that runs already is replaced only once the new one has started (a rolling update):
     /// if the new one fails, the old one keeps running.
     async fn start(&self, request: StartDeployment) -> Result<Vec<String>, ApiError>;
+    /// Starts a deployment on the executor the scheduler placed it on. The default (one
+    /// executor, in this process) is [`DeploymentRuntime::start`].
+    async fn start_on(
+        &self,
+        executor: &str,
+        request: StartDeployment,
+    ) -> Result<Vec<String>, ApiError> {
+        let _ = executor;
+        self.start(request).await
+    }
     /// Stops a deployment (messages in flight are abandoned, not acknowledged); its accepted
     /// outputs are kept for a later start of the same id.
     async fn stop(&self, tenant: &weir_api::TenantId, id: &str);

@@ -216,7 +216,7 @@ impl ExecutorLink for RuntimeLink {
             .collect())
     }
 
-    async fn start(&self, key: &DeploymentKey, _executor: &ExecutorId) -> Result<bool, String> {
+    async fn start(&self, key: &DeploymentKey, executor: &ExecutorId) -> Result<bool, String> {
         let state = &self.state;
         let _changing = state.tenant_locks.lock(&key.tenant).await;
         let record = match state.store.deployment(&key.tenant, &key.id).await {
@@ -243,7 +243,7 @@ impl ExecutorLink for RuntimeLink {
             .map_err(|e| e.to_string())?;
         state
             .runtime
-            .start(request)
+            .start_on(executor.as_str(), request)
             .await
             .map(|_warnings| true)
             .map_err(|e| e.to_string())
@@ -294,9 +294,29 @@ impl ControlLoop {
     /// registered with all the room there is.
     async fn refresh_pool(&self) {
         let executors = self.state.runtime.executors().await;
+        let members = if self.state.executors.places() {
+            self.state.executors.infos()
+        } else {
+            Vec::new()
+        };
         let mut reconciler = self.reconciler.lock().await;
         let pool = reconciler.pool_mut();
         let mut present = HashSet::new();
+        // Executor processes, with the capacity they declared.
+        for (info, wanted) in members {
+            let id = info.id.clone();
+            if pool.state(&id).is_none()
+                && let Err(error) = pool.add_executor(info)
+            {
+                tracing::warn!(%error, "executor not registered");
+            }
+            if pool.state(&id) != Some(wanted)
+                && let Err(error) = pool.set_state(&id, wanted)
+            {
+                tracing::warn!(%error, "executor state not changed");
+            }
+            present.insert(id);
+        }
         for executor in executors {
             let Ok(id) = ExecutorId::new(executor.id) else {
                 continue;
@@ -489,7 +509,7 @@ mod tests {
     struct NoModules;
 
     impl ModuleValidator for NoModules {
-        fn validate(&self, _: &[u8]) -> Result<Vec<String>, String> {
+        fn validate(&self, _: &[u8]) -> Result<crate::ValidatedModule, String> {
             Err("no modules here".to_owned())
         }
     }

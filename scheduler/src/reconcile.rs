@@ -246,7 +246,9 @@ impl<P: Placer> Reconciler<P> {
         let key = &want.key;
         // Its executor is gone, or it stopped running there by itself: place it again.
         if let Some(executor) = state.executor().cloned() {
-            let lost = !self.live(&executor);
+            // A draining executor's deployments move (the placer never picks it).
+            let lost = !self.live(&executor)
+                || self.pool.state(&executor) == Some(ExecutorState::Draining);
             let vanished = !matches!(state, DeploymentState::Placed { .. })
                 && !copies.iter().any(|c| c.executor == executor);
             if lost || vanished {

@@ -85,6 +85,7 @@ fn api() -> OpenApiRouter<GatewayState> {
         .routes(routes!(crate::executors::heartbeat))
         .routes(routes!(crate::executors::leave))
         .routes(routes!(crate::executors::artifact))
+        .routes(routes!(crate::executors::assignments))
         .routes(routes!(observe::cordon))
         .routes(routes!(observe::uncordon))
         .routes(routes!(observe::drain))
