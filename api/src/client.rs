@@ -523,6 +523,25 @@ impl Client {
         self.get("/v1/executors").await
     }
 
+    /// Cordons an executor: it takes no new deployments; what runs there stays (admin).
+    pub async fn cordon_executor(&self, id: &str) -> Result<Executor, ClientError> {
+        self.post(&format!("/v1/executors/{}/cordon", segment(id)), &())
+            .await
+    }
+
+    /// Uncordons an executor (admin).
+    pub async fn uncordon_executor(&self, id: &str) -> Result<Executor, ClientError> {
+        self.post(&format!("/v1/executors/{}/uncordon", segment(id)), &())
+            .await
+    }
+
+    /// Drains an executor: its deployments move to the others and it takes no new ones
+    /// (admin).
+    pub async fn drain_executor(&self, id: &str) -> Result<Executor, ClientError> {
+        self.post(&format!("/v1/executors/{}/drain", segment(id)), &())
+            .await
+    }
+
     /// Joins the control plane as an executor (the client's token is the executor join
     /// token).
     pub async fn join_executor(

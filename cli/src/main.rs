@@ -31,6 +31,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Run an executor process that joins a control plane (`weir serve`) over HTTP.
     Executor(executor::ExecutorArgs),
+    /// List, cordon, uncordon and drain the platform's executors (admin).
+    Executors(remote::ExecutorsArgs),
     /// Check a server and keep its address and your token for the other commands.
     Login(remote::LoginArgs),
     /// Manage tenants (admin).
@@ -94,6 +96,7 @@ fn main() -> std::process::ExitCode {
             Command::Executor(args) => executor::run(args).await,
             Command::Login(args) => remote::login(args).await,
             Command::Tenant(args) => remote::tenant(args).await,
+            Command::Executors(args) => remote::executors(args).await,
             Command::Token(args) => remote::token(args).await,
             Command::Module(args) => remote::module(args).await,
             Command::Graph(args) => remote::graph(args).await,

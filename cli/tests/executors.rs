@@ -385,11 +385,68 @@ async fn deployments_run_on_executor_processes_and_move_within_the_bound_when_on
     );
     // The other deployments kept running where they were.
     for id in ["relay-1", "relay-2"] {
-        if placed[id] != victim {
-            assert_eq!(
-                runs_on(&developer, id, None, Duration::from_secs(5)).await,
-                placed[id]
-            );
-        }
+        assert_eq!(
+            runs_on(&developer, id, None, Duration::from_secs(5)).await,
+            placed[id]
+        );
+    }
+
+    // `weir executors drain`: relay-1 moves off its executor, which takes nothing new.
+    let drained = placed["relay-1"].clone();
+    let args: Vec<String> = [
+        "executors",
+        "drain",
+        &drained,
+        "--server",
+        &format!("http://{}", server.address),
+        "--token",
+        server.admin_token.as_deref().unwrap(),
+    ]
+    .iter()
+    .map(|a| (*a).to_owned())
+    .collect();
+    let (stdout, stderr, code) = tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        common::weir_within(&args, Duration::from_secs(30))
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(0), "{stdout} {stderr}");
+    assert!(stdout.contains(&format!("{drained}\tdraining")), "{stdout}");
+    let moved = runs_on(
+        &developer,
+        "relay-1",
+        Some(&drained),
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_ne!(moved, victim);
+    let listed = admin.executors().await.unwrap();
+    let entry = listed.iter().find(|e| e.id == drained).unwrap();
+    assert_eq!(
+        (entry.state.as_str(), entry.deployments),
+        ("draining", 0),
+        "{listed:?}"
+    );
+    writer
+        .client
+        .publish(
+            topic("relay-1", "in"),
+            QoS::AtLeastOnce,
+            false,
+            "after the drain",
+        )
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !reader
+        .payloads_on(&topic("relay-1", "out"))
+        .contains(&"after the drain".to_owned())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "relay-1 gave no output after the drain"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

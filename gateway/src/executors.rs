@@ -653,6 +653,15 @@ impl crate::DeploymentRuntime for RemoteRuntime {
         self.members.status(tenant, id)
     }
 
+    async fn runs_on(&self, tenant: &TenantId, id: &str, executor: &str) -> bool {
+        let key = (tenant.clone(), id.to_owned());
+        self.members
+            .assigned()
+            .executors
+            .iter()
+            .any(|(at, table)| at.as_str() == executor && table.deployments.contains_key(&key))
+    }
+
     async fn running(&self) -> Vec<crate::RunningDeployment> {
         self.members.running()
     }

@@ -161,6 +161,12 @@ pub trait DeploymentRuntime: Send + Sync + std::fmt::Debug {
         let _ = executor;
         self.start(request).await
     }
+    /// Whether the deployment runs (or is starting) on `executor`. The default (one executor)
+    /// is whether it runs at all.
+    async fn runs_on(&self, tenant: &weir_api::TenantId, id: &str, executor: &str) -> bool {
+        let _ = executor;
+        self.status(tenant, id).await.is_some()
+    }
     /// Stops a deployment (messages in flight are abandoned, not acknowledged); its accepted
     /// outputs are kept for a later start of the same id.
     async fn stop(&self, tenant: &weir_api::TenantId, id: &str);

@@ -228,7 +228,11 @@ impl ExecutorLink for RuntimeLink {
             return Ok(false);
         }
         // Started by the API since the plan.
-        if state.runtime.status(&key.tenant, &key.id).await.is_some() {
+        if state
+            .runtime
+            .runs_on(&key.tenant, &key.id, executor.as_str())
+            .await
+        {
             return Ok(true);
         }
         let tenant = match state.store.tenant(&key.tenant).await {

@@ -259,7 +259,10 @@ impl<P: Placer> Reconciler<P> {
         if state == DeploymentState::Pending {
             // A copy runs already (the control plane restarted, or the API started it): adopt
             // the first one on a live executor.
-            if let Some(copy) = copies.first() {
+            let adoptable = copies
+                .iter()
+                .find(|c| self.pool.state(&c.executor) != Some(ExecutorState::Draining));
+            if let Some(copy) = adoptable {
                 self.pool.release(key);
                 // It runs there already: adopted even past the executor's declared room
                 // (then the pool does not count it, and the next placements see more room).
@@ -282,6 +285,14 @@ impl<P: Placer> Reconciler<P> {
                                 key: key.clone(),
                                 executor: executor.clone(),
                             });
+                            // Copies left on a draining executor go.
+                            for copy in copies.iter().filter(|c| c.executor != executor) {
+                                plan.actions.push(Action::Stop {
+                                    key: key.clone(),
+                                    executor: copy.executor.clone(),
+                                    forget: false,
+                                });
+                            }
                             return state
                                 .apply(Event::Place(executor))
                                 .unwrap_or(DeploymentState::Pending);
@@ -673,6 +684,32 @@ mod tests {
         let moved = &on_e1[0];
         assert_eq!(starts(&plan), vec![(moved.id.clone(), exec("e2"))]);
         assert_eq!(r.pool().placement(moved), Some(&exec("e2")));
+    }
+
+    #[test]
+    fn moves_what_a_draining_executor_runs_and_stops_the_old_copy() {
+        let mut r = reconciler(&["e1", "e2"]);
+        r.plan(&[want("d1", "pending")], &[]);
+        let first = r.pool().placement(&key("d1")).unwrap().clone();
+        r.started(&key("d1"), &first, Ok(()));
+        let other = if first == exec("e1") {
+            exec("e2")
+        } else {
+            exec("e1")
+        };
+        r.pool_mut()
+            .set_state(&first, ExecutorState::Draining)
+            .unwrap();
+        // The draining executor still runs it and says so: it is not adopted there again.
+        let plan = r.plan(&[want("d1", "running")], &[seen("d1", first.as_str())]);
+        assert_eq!(starts(&plan), vec![("d1".to_owned(), other.clone())]);
+        assert!(plan.actions.contains(&Action::Stop {
+            key: key("d1"),
+            executor: first.clone(),
+            forget: false
+        }));
+        assert_eq!(r.pool().placement(&key("d1")), Some(&other));
+        assert!(r.pool().placed_on(&first).is_empty());
     }
 
     #[test]
