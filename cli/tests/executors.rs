@@ -309,8 +309,109 @@ async fn deployments_run_on_executor_processes_and_move_within_the_bound_when_on
         }
     }
 
-    // A numbered load on relay-0; its executor is killed with SIGKILL part way.
+    // A fourth deployment, from relay-0's input (MQTT) to a Kafka topic on tansu, put on
+    // relay-0's executor by cordoning the two others while it is placed.
     let victim = placed["relay-0"].clone();
+    let kafka = service("WEIR_TEST_KAFKA");
+    let kafka_endpoint = weir_connectors::EndpointSpec {
+        name: "events".to_owned(),
+        kind: "kafka".to_owned(),
+        address: Some(kafka.clone()),
+        settings: [("create_topics".to_owned(), "true".to_owned())]
+            .into_iter()
+            .collect(),
+        secret: None,
+    };
+    owner
+        .create_endpoint(&CreateEndpoint {
+            name: "events".to_owned(),
+            kind: EndpointKind::Kafka,
+            address: Some(kafka.clone()),
+            settings: kafka_endpoint.settings.clone(),
+            secret: None,
+        })
+        .await
+        .unwrap();
+    let kafka_topic = format!("{prefix}-bridge-out");
+    let kafka_reader = weir_connectors::conformance::start_source(
+        &weir_connectors::kafka::KafkaConnector,
+        weir_connectors::SourceSpec {
+            endpoint: kafka_endpoint,
+            topics: vec![kafka_topic.clone()],
+        },
+        weir_connectors::ConnectContext::new(
+            weir_api::TenantId::new("tester").unwrap(),
+            &format!("{prefix}-kafka-reader"),
+            weir_api::egress::Egress::new(["127.0.0.1"]),
+            1 << 20,
+        ),
+        100_000,
+    )
+    .await
+    .unwrap();
+    let others: Vec<String> = executors
+        .keys()
+        .filter(|id| **id != victim)
+        .cloned()
+        .collect();
+    for id in &others {
+        assert_eq!(admin.cordon_executor(id).await.unwrap().state, "cordoned");
+    }
+    developer
+        .deploy(&CreateDeployment {
+            id: "bridge".to_owned(),
+            graph: GraphRef {
+                name: "echo".to_owned(),
+                version: "1".to_owned(),
+            },
+            configuration: BTreeMap::new(),
+            source: Binding {
+                endpoint: "plant".to_owned(),
+                topics: vec![topic("relay-0", "in")],
+            },
+            sink: Binding {
+                endpoint: "events".to_owned(),
+                topics: vec![kafka_topic.clone()],
+            },
+            dead_letters: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        runs_on(&developer, "bridge", None, Duration::from_secs(30)).await,
+        victim,
+        "cordoned executors take nothing new"
+    );
+    for id in &others {
+        assert_eq!(admin.uncordon_executor(id).await.unwrap().state, "ready");
+    }
+    // Kafka's numbers, counted as they arrive (the first group join takes seconds on tansu).
+    let mut kafka_counts: HashMap<String, u64> = HashMap::new();
+    writer
+        .client
+        .publish(
+            topic("relay-0", "in"),
+            QoS::AtLeastOnce,
+            false,
+            "hello bridge",
+        )
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !kafka_counts.contains_key("hello bridge") {
+        assert!(Instant::now() < deadline, "no output of bridge on Kafka");
+        for message in kafka_reader
+            .intake
+            .take(100_000, Duration::from_millis(200))
+            .await
+        {
+            *kafka_counts
+                .entry(String::from_utf8_lossy(&message.payload).into_owned())
+                .or_default() += 1;
+        }
+    }
+
+    // A numbered load on relay-0 and bridge; their executor is killed with SIGKILL part way.
     let total: u64 = 1_000;
     let load_topic = topic("relay-0", "in");
     let load_client = writer.client.clone();
@@ -346,6 +447,10 @@ async fn deployments_run_on_executor_processes_and_move_within_the_bound_when_on
         "relay-0: executor {victim} killed -9, running again on {moved_to} after {took:?} (bound 10 s; executor timeout 1 s)"
     );
     assert!(took < Duration::from_secs(10), "{took:?}");
+    let bridge_to = runs_on(&developer, "bridge", Some(&victim), Duration::from_secs(10)).await;
+    let took = killed_at.elapsed();
+    println!("bridge: running again on {bridge_to} after {took:?} (bound 10 s)");
+    assert!(took < Duration::from_secs(10), "{took:?}");
     load.await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     while writer.acked.load(Ordering::Acquire) < acked_before + total {
@@ -380,6 +485,39 @@ async fn deployments_run_on_executor_processes_and_move_within_the_bound_when_on
     assert!(
         missing.is_empty(),
         "lost {} acknowledged inputs: {:?}",
+        missing.len(),
+        &missing[..missing.len().min(20)]
+    );
+    // And through Kafka: every acknowledged number reaches the topic.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let missing = loop {
+        for message in kafka_reader
+            .intake
+            .take(100_000, Duration::from_millis(200))
+            .await
+        {
+            *kafka_counts
+                .entry(String::from_utf8_lossy(&message.payload).into_owned())
+                .or_default() += 1;
+        }
+        let missing: Vec<u64> = (1..=total)
+            .filter(|n| !kafka_counts.contains_key(&n.to_string()))
+            .collect();
+        if missing.is_empty() || Instant::now() > deadline {
+            break missing;
+        }
+    };
+    let duplicates: u64 = (1..=total)
+        .filter_map(|n| kafka_counts.get(&n.to_string()))
+        .map(|c| c - 1)
+        .sum();
+    println!(
+        "bridge (MQTT to Kafka): {acknowledged} inputs acknowledged, {} lost, {duplicates} duplicates",
+        missing.len()
+    );
+    assert!(
+        missing.is_empty(),
+        "bridge lost {} acknowledged inputs: {:?}",
         missing.len(),
         &missing[..missing.len().min(20)]
     );
