@@ -216,6 +216,14 @@ async fn deployments_run_on_executor_processes_and_move_within_the_bound_when_on
         ..Quotas::default()
     };
     let developer = common::tenant(&admin, "acme", quotas).await;
+    // The assignments (bindings with their secrets) open to the join token alone.
+    for caller in [&admin, &developer] {
+        let refused = caller
+            .executor_assignments("exec-a", 0, 0)
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Some("unauthenticated"), "{refused}");
+    }
     let owner = common::token(&admin, "acme", weir_api::tenancy::Role::Owner).await;
     owner
         .create_endpoint(&CreateEndpoint {
