@@ -219,6 +219,27 @@ ROWS = [
             (r"inference_(\w+)_(p50|p99)_ms", r"\1: \2 latency", "ms", None),
         ],
     ),
+    (
+        "11. Placement: 1,000 executors × 10,000 deployments",
+        "`placement`: the scheduler's placer (`weir_scheduler::SpreadPacker`: spread each tenant, "
+        "then best-fit packing by declared fuel rate, memory and instances, label requirements "
+        "honoured) placing 10,000 deployments of 500 tenants one after another on a pool of "
+        "1,000 executors (2 to 16 workers each, zone and gpu labels), each placement recorded in "
+        "the pool before the next, in one thread; then 10 executors are removed and their "
+        "deployments placed again (failover). Demands follow a fixed pseudo-random sequence "
+        "(`--quick`: 100 executors × 1,000 deployments).",
+        [
+            (r"placement_per_s", "placements per second (place + record)", "placements/s", None),
+            (r"placement_(p50|p99)_us", r"one placement: \1", "µs", None),
+            (r"placement_placed", "deployments placed", "deployments", None),
+            (r"placement_refused", "deployments refused (no room or no matching executor)", "deployments", None),
+            (r"placement_max_tenant_per_executor", "most deployments of one tenant on one executor", "deployments", None),
+            (r"placement_fuel_used_pct", "the pool's fuel capacity declared by placed deployments", "%", None),
+            (r"replacement_deployments", "deployments of the 10 removed executors", "deployments", None),
+            (r"replacement_per_s", "re-placements per second", "placements/s", None),
+            (r"replacement_refused", "re-placements refused", "deployments", None),
+        ],
+    ),
 ]
 
 

@@ -32,6 +32,14 @@ pub enum ClientError {
     /// The server could not be reached, or answered with something that is not weir's API.
     #[error("{0}")]
     Transport(String),
+    /// An artifact's bytes are not what its digest names: never to be run.
+    #[error("the artifact fetched for {expected} has the digest {got}")]
+    DigestMismatch {
+        /// The digest asked for.
+        expected: crate::ModuleDigest,
+        /// The digest of the bytes that came.
+        got: crate::ModuleDigest,
+    },
 }
 
 impl ClientError {
@@ -39,7 +47,7 @@ impl ClientError {
     pub fn problem(&self) -> Option<&Problem> {
         match self {
             Self::Api { problem, .. } => Some(problem),
-            Self::Transport(_) => None,
+            Self::Transport(_) | Self::DigestMismatch { .. } => None,
         }
     }
 
@@ -52,7 +60,7 @@ impl ClientError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::Api { retry_after, .. } => *retry_after,
-            Self::Transport(_) => None,
+            Self::Transport(_) | Self::DigestMismatch { .. } => None,
         }
     }
 }
@@ -531,6 +539,95 @@ impl Client {
     /// The platform's executors (admin).
     pub async fn executors(&self) -> Result<Vec<Executor>, ClientError> {
         self.get("/v1/executors").await
+    }
+
+    /// Cordons an executor: it takes no new deployments; what runs there stays (admin).
+    pub async fn cordon_executor(&self, id: &str) -> Result<Executor, ClientError> {
+        self.post(&format!("/v1/executors/{}/cordon", segment(id)), &())
+            .await
+    }
+
+    /// Uncordons an executor (admin).
+    pub async fn uncordon_executor(&self, id: &str) -> Result<Executor, ClientError> {
+        self.post(&format!("/v1/executors/{}/uncordon", segment(id)), &())
+            .await
+    }
+
+    /// Drains an executor: its deployments move to the others and it takes no new ones
+    /// (admin).
+    pub async fn drain_executor(&self, id: &str) -> Result<Executor, ClientError> {
+        self.post(&format!("/v1/executors/{}/drain", segment(id)), &())
+            .await
+    }
+
+    /// Joins the control plane as an executor (the client's token is the executor join
+    /// token).
+    pub async fn join_executor(
+        &self,
+        join: &crate::rest::ExecutorJoin,
+    ) -> Result<crate::rest::ExecutorJoined, ClientError> {
+        self.post("/v1/executors/join", join).await
+    }
+
+    /// An executor's heartbeat (the client's token is the executor join token).
+    pub async fn executor_heartbeat(
+        &self,
+        id: &str,
+        heartbeat: &crate::rest::ExecutorHeartbeat,
+    ) -> Result<(), ClientError> {
+        Self::send_empty(
+            self.request(Method::POST, &format!("/v1/executors/{id}/heartbeat"))
+                .json(heartbeat),
+        )
+        .await
+    }
+
+    /// An executor's assignments once their revision is past `after`, or after `wait_ms` (a
+    /// long poll; the client's token is the executor join token).
+    pub async fn executor_assignments(
+        &self,
+        id: &str,
+        after: u64,
+        wait_ms: u64,
+    ) -> Result<crate::rest::ExecutorAssignments, ClientError> {
+        self.get(&format!(
+            "/v1/executors/{id}/assignments?after={after}&wait_ms={wait_ms}"
+        ))
+        .await
+    }
+
+    /// An artifact by its digest, for an executor (the client's token is the executor join
+    /// token), checked against the digest: bytes that do not match are an error, never
+    /// returned.
+    pub async fn executor_artifact(
+        &self,
+        id: &str,
+        digest: &crate::ModuleDigest,
+    ) -> Result<Vec<u8>, ClientError> {
+        let response = Self::check(
+            self.request(
+                Method::GET,
+                &format!("/v1/executors/{id}/artifacts/{digest}"),
+            )
+            .send()
+            .await?,
+        )
+        .await?;
+        let bytes = response.bytes().await?.to_vec();
+        let got = crate::ModuleDigest::of(&bytes);
+        if got != *digest {
+            return Err(ClientError::DigestMismatch {
+                expected: digest.clone(),
+                got,
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// An executor leaves the control plane (a clean stop; the client's token is the executor
+    /// join token).
+    pub async fn leave_executor(&self, id: &str) -> Result<(), ClientError> {
+        Self::send_empty(self.request(Method::POST, &format!("/v1/executors/{id}/leave"))).await
     }
 
     /// The OpenAPI document.

@@ -97,6 +97,22 @@ impl fmt::Display for TenantId {
 pub struct ModuleDigest(String);
 
 impl ModuleDigest {
+    /// The digest of `bytes`.
+    pub fn of(bytes: &[u8]) -> Self {
+        use sha2::Digest as _;
+        let hex: String = sha2::Sha256::digest(bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        Self(format!("sha256:{hex}"))
+    }
+
+    /// Whether `bytes` are what this digest names: what an executor checks before it runs an
+    /// artifact it fetched.
+    pub fn matches(&self, bytes: &[u8]) -> bool {
+        Self::of(bytes) == *self
+    }
+
     /// The digest of `sha256` hex digits.
     pub fn from_sha256_hex(hex: &str) -> Result<Self, IdError> {
         Self::new(format!("sha256:{hex}"))
@@ -157,6 +173,19 @@ impl fmt::Display for ModuleDigest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_digest_matches_exactly_the_bytes_it_names() {
+        // sha256("abc"), FIPS 180-2 appendix B.1.
+        let abc = ModuleDigest::of(b"abc");
+        assert_eq!(
+            abc.as_str(),
+            "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert!(abc.matches(b"abc"));
+        assert!(!abc.matches(b"abd"));
+        assert!(!abc.matches(b""));
+    }
 
     #[test]
     fn accepts_plain_tenant_ids() {

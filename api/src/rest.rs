@@ -641,3 +641,151 @@ pub struct Executor {
     /// Its dataflow workers.
     pub workers: u64,
 }
+
+/// An executor process joining the control plane (`POST /v1/executors/join`, bearer: the
+/// executor join token of `weir serve`, not a tenant's or admin's token).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ExecutorJoin {
+    /// Its id, unique per executor process (1 to 128 ASCII letters, digits, `-`, `_`, `.`,
+    /// `:`); also the node id of its hybrid logical clock.
+    pub id: String,
+    /// Its dataflow workers.
+    pub workers: u32,
+    /// The linear memory it offers its deployments' operator instances, in bytes.
+    pub memory_bytes: u64,
+    /// Its operator instance slots (pooling allocator).
+    pub instance_slots: u32,
+    /// Its labels (`zone=eu-1`), matched by deployments' label requirements.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+/// The control plane's answer to a join: how often to heartbeat, and after how long without
+/// one the executor is declared lost (what it ran is then placed elsewhere, and it must join
+/// again with a new id).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ExecutorJoined {
+    /// Milliseconds between heartbeats.
+    pub heartbeat_ms: u64,
+    /// Milliseconds without a heartbeat after which the executor is lost.
+    pub timeout_ms: u64,
+}
+
+/// A heartbeat (`POST /v1/executors/{id}/heartbeat`): what the executor runs now.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ExecutorHeartbeat {
+    /// The deployments it runs.
+    #[serde(default)]
+    pub running: Vec<ExecutorRunning>,
+    /// The revision of its assignments it has carried out (started what they add, stopped
+    /// what they drop): an assignment of a later revision that it does not report running yet
+    /// is still starting.
+    #[serde(default)]
+    pub revision: u64,
+}
+
+/// What an executor process is to run (`GET /v1/executors/{id}/assignments?after=R&wait_ms=W`,
+/// a long poll: answered at once when the revision is past `after`, else when it changes or
+/// after `wait_ms`, at most 30,000). Everything not listed is to stop.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ExecutorAssignments {
+    /// Grows with every change of this executor's assignments.
+    pub revision: u64,
+    /// The deployments to run.
+    pub assignments: Vec<ExecutorAssignment>,
+}
+
+/// One deployment assigned to an executor process: its artifacts by digest (fetched from
+/// `/v1/executors/{id}/artifacts/{digest}` and checked against it) and its resolved bindings.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ExecutorAssignment {
+    /// The tenant.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub tenant: crate::TenantId,
+    /// The deployment's id.
+    pub id: String,
+    /// Changes whenever what this deployment runs changes (a restart on the executor).
+    pub generation: u64,
+    /// The tenant's quotas.
+    pub quotas: crate::tenancy::Quotas,
+    /// The graph definition's digest (`sha256:...`).
+    pub graph: String,
+    /// Module digests by the reference the graph uses.
+    pub modules: std::collections::BTreeMap<String, String>,
+    /// Configuration values.
+    pub configuration: std::collections::BTreeMap<String, String>,
+    /// Where messages come from.
+    pub source: AssignedBinding,
+    /// Where outputs go.
+    pub sink: AssignedBinding,
+    /// Where dead letters are also published, if anywhere.
+    #[serde(default)]
+    pub dead_letters: Option<AssignedBinding>,
+}
+
+impl std::fmt::Debug for ExecutorAssignment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExecutorAssignment")
+            .field("tenant", &self.tenant)
+            .field("id", &self.id)
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A binding with its endpoint resolved, secret included (executors are trusted with the
+/// connections of what they run; the join token guards the route).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct AssignedBinding {
+    /// The endpoint's name.
+    pub endpoint: String,
+    /// Its kind (`mqtt`, `kafka`, `otlp`).
+    pub kind: String,
+    /// `host:port`, if it has one.
+    #[serde(default)]
+    pub address: Option<String>,
+    /// Connector settings.
+    #[serde(default)]
+    pub settings: std::collections::BTreeMap<String, String>,
+    /// The write-only secret.
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// Topic filters (source) or the topic (sink).
+    #[serde(default)]
+    pub topics: Vec<String>,
+}
+
+impl std::fmt::Debug for AssignedBinding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AssignedBinding")
+            .field("endpoint", &self.endpoint)
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A deployment an executor runs, as its heartbeat reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ExecutorRunning {
+    /// The tenant.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub tenant: crate::TenantId,
+    /// The deployment's id.
+    pub id: String,
+    /// What is wrong with it, if anything (a connection down).
+    #[serde(default)]
+    pub problem: Option<String>,
+}

@@ -138,6 +138,28 @@ impl DeploymentRuntime for LocalDeployments {
         self.executor.status(tenant, id).await
     }
 
+    async fn running(&self) -> Vec<weir_gateway::RunningDeployment> {
+        let executor = self
+            .executor
+            .executors()
+            .await
+            .into_iter()
+            .next()
+            .map(|e| e.id)
+            .unwrap_or_default();
+        self.executor
+            .running()
+            .await
+            .into_iter()
+            .map(|(tenant, id, problem)| weir_gateway::RunningDeployment {
+                tenant,
+                id,
+                executor: executor.clone(),
+                problem,
+            })
+            .collect()
+    }
+
     async fn logs(&self, tenant: &TenantId, query: &FeedQuery) -> Vec<LogLine> {
         self.log_writer.synced().await;
         match self

@@ -2,6 +2,7 @@
 
 mod broker;
 mod deployments;
+mod executor;
 mod golden;
 mod local;
 mod mqtt;
@@ -28,6 +29,10 @@ enum Command {
     Test(golden::TestArgs),
     /// Run the platform: the REST API with its control store, on embedded defaults.
     Serve(serve::ServeArgs),
+    /// Run an executor process that joins a control plane (`weir serve`) over HTTP.
+    Executor(executor::ExecutorArgs),
+    /// List, cordon, uncordon and drain the platform's executors (admin).
+    Executors(remote::ExecutorsArgs),
     /// Check a server and keep its address and your token for the other commands.
     Login(remote::LoginArgs),
     /// Manage tenants (admin).
@@ -88,8 +93,10 @@ fn main() -> std::process::ExitCode {
             Command::Run(args) => run::run(args).await,
             Command::Test(args) => golden::run(args).await,
             Command::Serve(args) => serve::run(args).await,
+            Command::Executor(args) => executor::run(args).await,
             Command::Login(args) => remote::login(args).await,
             Command::Tenant(args) => remote::tenant(args).await,
+            Command::Executors(args) => remote::executors(args).await,
             Command::Token(args) => remote::token(args).await,
             Command::Module(args) => remote::module(args).await,
             Command::Graph(args) => remote::graph(args).await,

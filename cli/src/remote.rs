@@ -128,6 +128,35 @@ enum TenantCommand {
 }
 
 #[derive(Debug, clap::Args)]
+pub(crate) struct ExecutorsArgs {
+    #[command(subcommand)]
+    command: ExecutorsCommand,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum ExecutorsCommand {
+    /// List the executors with their state and deployments.
+    List,
+    /// Take no new deployments; what runs there stays.
+    Cordon {
+        /// The executor's id.
+        id: String,
+    },
+    /// Take new deployments again.
+    Uncordon {
+        /// The executor's id.
+        id: String,
+    },
+    /// Move the executor's deployments to the others and take no new ones.
+    Drain {
+        /// The executor's id.
+        id: String,
+    },
+}
+
+#[derive(Debug, clap::Args)]
 pub(crate) struct TokenArgs {
     #[command(subcommand)]
     command: TokenCommand,
@@ -449,6 +478,31 @@ pub(crate) async fn tenant(args: TenantArgs) -> anyhow::Result<ExitCode> {
             });
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) async fn executors(args: ExecutorsArgs) -> anyhow::Result<ExitCode> {
+    let client = args.connection.client()?;
+    let output = args.connection.output;
+    let line = |e: &weir_api::rest::Executor| {
+        format!(
+            "{}\t{}\t{} deployment(s)\t{} worker(s)",
+            e.id, e.state, e.deployments, e.workers
+        )
+    };
+    let executor = match args.command {
+        ExecutorsCommand::List => {
+            let executors = call!(output, client.executors());
+            print(output, &executors, |es| {
+                es.iter().map(line).collect::<Vec<_>>().join("\n")
+            });
+            return Ok(ExitCode::SUCCESS);
+        }
+        ExecutorsCommand::Cordon { id } => call!(output, client.cordon_executor(&id)),
+        ExecutorsCommand::Uncordon { id } => call!(output, client.uncordon_executor(&id)),
+        ExecutorsCommand::Drain { id } => call!(output, client.drain_executor(&id)),
+    };
+    print(output, &executor, line);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -86,6 +86,27 @@ pub(crate) struct ServeArgs {
     /// last; a killed process loses at most this much counted work).
     #[arg(long, default_value_t = 10_000)]
     usage_flush_ms: u64,
+    /// Milliseconds between rounds of the scheduler's reconcile loop, which starts every
+    /// stored deployment that should run and does not (at boot, after a failure of its
+    /// dataflow) and stops what runs but should not (minimum 10).
+    #[arg(long, default_value_t = 1_000)]
+    reconcile_ms: u64,
+    /// Executor processes to start on this machine (`weir executor`, joining this server over
+    /// HTTP with the join token in `DATA/executor-token`); 0: none, the in-process executor
+    /// alone.
+    #[arg(long, default_value_t = 0)]
+    executors: u32,
+    /// Place deployments on executor processes only (those of `--executors N`, and any that
+    /// join with `weir executor --join`), never on this process; implied by `--executors` of 1
+    /// or more.
+    #[arg(long)]
+    remote_executors: bool,
+    /// Milliseconds between an executor process's heartbeats.
+    #[arg(long, default_value_t = 1_000)]
+    executor_heartbeat_ms: u64,
+    /// Milliseconds without a heartbeat after which an executor process is declared lost.
+    #[arg(long, default_value_t = 5_000)]
+    executor_timeout_ms: u64,
     /// Where tenants' module state lives: `sqlite` (embedded, `state.db` in the data
     /// directory, this executor alone) or `redis://[user:password@]host:port[/db]` (plain TCP;
     /// every executor pointed at the same Redis and namespace shares each tenant's keys).
@@ -364,6 +385,61 @@ fn secret(data: &Path) -> anyhow::Result<(Secret, bool)> {
     Ok((Secret::new(hex.into_bytes()), true))
 }
 
+/// The token executor processes join with: `DATA/executor-token`, made on first use (32
+/// random bytes, hex, 0600).
+fn executor_token(data: &Path) -> anyhow::Result<String> {
+    let path = data.join("executor-token");
+    if path.is_file() {
+        return std::fs::read_to_string(&path)
+            .map(|token| token.trim().to_owned())
+            .context("cannot read the executor join token");
+    }
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut random| random.read_exact(&mut bytes))
+        .context("cannot read /dev/urandom for the executor join token")?;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    write_private(&path, hex.as_bytes())?;
+    Ok(hex)
+}
+
+/// `weir executor` processes started by `weir serve --executors N`, killed when dropped.
+#[derive(Debug)]
+struct LocalExecutors(Vec<std::process::Child>);
+
+impl LocalExecutors {
+    fn start(count: u32, address: std::net::SocketAddr, data: &Path) -> anyhow::Result<Self> {
+        let mut children = Vec::new();
+        if count == 0 {
+            return Ok(Self(children));
+        }
+        let weir = std::env::current_exe().context("cannot find the weir binary")?;
+        let token = executor_token(data)?;
+        for _ in 0..count {
+            let child = std::process::Command::new(&weir)
+                .args(["executor", "--join", &format!("http://{address}")])
+                .env("WEIR_EXECUTOR_TOKEN", &token)
+                .stdin(std::process::Stdio::null())
+                // Their lines would interleave with the server's own (which scripts read);
+                // `/v1/executors` lists them, and their warnings go to the shared stderr.
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .context("cannot start an executor process")?;
+            children.push(child);
+        }
+        Ok(Self(children))
+    }
+}
+
+impl Drop for LocalExecutors {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            child.kill().ok();
+            child.wait().ok();
+        }
+    }
+}
+
 fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
@@ -500,6 +576,22 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCod
             log_writer,
         })
     };
+    let remote = args.remote_executors || args.executors > 0;
+    let members = {
+        let members = weir_gateway::ExecutorMembership::new(
+            Some(executor_token(&args.data)?),
+            Duration::from_millis(args.executor_heartbeat_ms.max(10)),
+            Duration::from_millis(args.executor_timeout_ms.max(10)),
+            1024,
+        );
+        Arc::new(if remote { members.placing() } else { members })
+    };
+    // With executor processes, deployments run there and this process only places them.
+    let runtime: Arc<dyn weir_gateway::DeploymentRuntime> = if remote {
+        Arc::new(weir_gateway::RemoteRuntime::new(members.clone()))
+    } else {
+        deployments.clone()
+    };
     let state = GatewayState {
         store: store.clone(),
         blobs,
@@ -507,21 +599,27 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCod
         issuer: issuer.clone(),
         revocations,
         validator: Arc::new(EngineValidator(engine.clone())),
-        runtime: deployments.clone(),
+        runtime,
         state: module_state,
         limits: Arc::default(),
         tenant_locks: Arc::default(),
         instance_pool: Arc::new(weir_gateway::InstancePool::new(u64::from(
             args.instance_slots,
         ))),
+        executors: members.clone(),
     };
     let swept = weir_gateway::sweep_blobs(&state).await?;
     if swept > 0 {
         println!("removed {swept} unreferenced blob(s)");
     }
-    let resumed = weir_gateway::resume_deployments(&state).await?;
-    if resumed > 0 {
-        println!("resumed {resumed} deployment(s)");
+    // The scheduler's first round: every stored deployment that should run is started again.
+    let control = weir_gateway::ControlLoop::new(state.clone());
+    let boot = control
+        .round("resumed after restart")
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reconcile the stored deployments: {e}"))?;
+    if boot.started > 0 {
+        println!("resumed {} deployment(s)", boot.started);
     }
     let counts = engine.compile_counts();
     // Tests read this line: a restart with the compile cache compiles nothing.
@@ -567,6 +665,11 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCod
     println!("mqtt broker listening on mqtt://{}", broker.local_addr());
     // Printed last: scripts and tests wait for this line to know the API is up.
     println!("weir listening on http://{address}");
+    let _executors = LocalExecutors::start(args.executors, address, &args.data)?;
+    let _reconciler = tokio::spawn(control.run(
+        Duration::from_millis(args.reconcile_ms.max(10)),
+        std::future::pending(),
+    ));
     let _flusher = crate::observe::spawn_usage_flusher(
         usage.clone(),
         deployments.clone(),

@@ -19,7 +19,9 @@
 mod auth;
 mod egress_proxy;
 mod error;
+mod executors;
 mod locks;
+mod reconcile;
 mod routes;
 mod server;
 
@@ -31,8 +33,10 @@ use weir_tenants::{JwtVerifier, MemoryRevocations, TokenIssuer};
 
 pub use auth::Caller;
 pub use error::{ApiError, ApiJson, ApiQuery};
+pub use executors::{ExecutorMembership, RemoteRuntime};
 pub use locks::{TenantGuard, TenantLocks};
-pub use routes::{openapi, resume_deployments, sweep_blobs};
+pub use reconcile::ControlLoop;
+pub use routes::{openapi, sweep_blobs};
 pub use server::{ServerLimits, serve};
 pub use weir_api::rest::ProblemField;
 pub use weir_tenants::ApiLimits;
@@ -147,6 +151,22 @@ pub trait DeploymentRuntime: Send + Sync + std::fmt::Debug {
     /// that runs already is replaced only once the new one has started (a rolling update):
     /// if the new one fails, the old one keeps running.
     async fn start(&self, request: StartDeployment) -> Result<Vec<String>, ApiError>;
+    /// Starts a deployment on the executor the scheduler placed it on. The default (one
+    /// executor, in this process) is [`DeploymentRuntime::start`].
+    async fn start_on(
+        &self,
+        executor: &str,
+        request: StartDeployment,
+    ) -> Result<Vec<String>, ApiError> {
+        let _ = executor;
+        self.start(request).await
+    }
+    /// Whether the deployment runs (or is starting) on `executor`. The default (one executor)
+    /// is whether it runs at all.
+    async fn runs_on(&self, tenant: &weir_api::TenantId, id: &str, executor: &str) -> bool {
+        let _ = executor;
+        self.status(tenant, id).await.is_some()
+    }
     /// Stops a deployment (messages in flight are abandoned, not acknowledged); its accepted
     /// outputs are kept for a later start of the same id.
     async fn stop(&self, tenant: &weir_api::TenantId, id: &str);
@@ -172,6 +192,8 @@ pub trait DeploymentRuntime: Send + Sync + std::fmt::Debug {
     ) -> Result<Vec<OutputMessage>, ApiError>;
     /// Counters and state of a running deployment, if it runs here.
     async fn status(&self, tenant: &weir_api::TenantId, id: &str) -> Option<serde_json::Value>;
+    /// Every deployment running on the executors, for the scheduler's reconcile loop.
+    async fn running(&self) -> Vec<RunningDeployment>;
     /// The tenant's log lines numbered above `after`, oldest first.
     async fn logs(&self, tenant: &weir_api::TenantId, query: &FeedQuery) -> Vec<LogLine>;
     /// The tenant's metric series.
@@ -188,6 +210,20 @@ pub trait DeploymentRuntime: Send + Sync + std::fmt::Debug {
     /// Applies the tenant's changed quotas to its running deployments (rates, budgets, log
     /// and metric bounds at once; per-call limits on each deployment's next start).
     async fn set_quotas(&self, tenant: &weir_api::TenantId, quotas: &weir_tenants::Quotas);
+}
+
+/// A deployment an executor runs, as the runtime reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunningDeployment {
+    /// The tenant.
+    pub tenant: weir_api::TenantId,
+    /// The deployment's id.
+    pub id: String,
+    /// The executor it runs on.
+    pub executor: String,
+    /// What is wrong with it, if anything (a connection down): the scheduler shows it
+    /// `degraded`.
+    pub problem: Option<String>,
 }
 
 /// Which lines of a feed (logs, dead letters) to read.
@@ -238,6 +274,8 @@ pub struct GatewayState {
     /// The executors' operator instance pool that tenants' `max_instances` are admitted
     /// against.
     pub instance_pool: Arc<InstancePool>,
+    /// Executor processes that joined over HTTP.
+    pub executors: Arc<ExecutorMembership>,
 }
 
 /// The API.

@@ -58,6 +58,9 @@ impl weir_gateway::DeploymentRuntime for NoExecutor {
         ))
     }
     async fn stop(&self, _: &TenantId, _: &str) {}
+    async fn running(&self) -> Vec<weir_gateway::RunningDeployment> {
+        Vec::new()
+    }
     async fn ingest(
         &self,
         _: &TenantId,
@@ -156,6 +159,7 @@ impl Api {
             limits: Arc::default(),
             tenant_locks: Arc::default(),
             instance_pool: Arc::default(),
+            executors: Arc::default(),
         };
         Self {
             app: router(state),

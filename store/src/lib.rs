@@ -181,7 +181,8 @@ pub trait ControlStore: Send + Sync + std::fmt::Debug {
         status: &str,
         detail: &str,
     ) -> Result<bool, StoreError>;
-    /// A deployment's status changes, oldest first.
+    /// A deployment's status changes, oldest first: the newest 200 (older ones are dropped
+    /// as new ones are recorded).
     async fn deployment_history(
         &self,
         tenant: &TenantId,

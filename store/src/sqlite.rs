@@ -181,7 +181,25 @@ const MIGRATIONS: &[&str] = &[
         last_seq INTEGER NOT NULL
     );
 ",
+    // A deployment's history is trimmed to its newest entries on every change (the scheduler
+    // records changes on its own, so they are no longer bounded by API requests).
+    "
+    CREATE INDEX IF NOT EXISTS deployment_history_by_deployment ON deployment_history (tenant, deployment);
+",
 ];
+
+/// Status changes kept per deployment: the newest; older ones are dropped as new ones come.
+pub(crate) const MAX_HISTORY: u32 = 200;
+
+/// Drops all but the newest [`MAX_HISTORY`] status changes of a deployment.
+fn trim_history(c: &rusqlite::Connection, tenant: &str, id: &str) -> Result<(), StoreError> {
+    c.execute(
+        "DELETE FROM deployment_history WHERE rowid IN (SELECT rowid FROM deployment_history WHERE tenant = ?1 AND deployment = ?2 ORDER BY rowid DESC LIMIT -1 OFFSET ?3)",
+        params![tenant, id, MAX_HISTORY],
+    )
+    .map_err(database)?;
+    Ok(())
+}
 
 /// Milliseconds in an hour and in a day.
 const HOUR_MS: u64 = 3_600_000;
@@ -992,6 +1010,7 @@ impl ControlStore for SqliteControlStore {
                     params![tenant.as_str(), id, status, detail, now()],
                 )
                 .map_err(database)?;
+                trim_history(c, tenant.as_str(), &id)?;
             }
             Ok(changed > 0)
         })
@@ -1051,6 +1070,7 @@ impl ControlStore for SqliteControlStore {
                     params![tenant.as_str(), id, detail, now()],
                 )
                 .map_err(database)?;
+                trim_history(c, tenant.as_str(), &id)?;
             }
             Ok(changed > 0)
         })

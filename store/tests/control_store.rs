@@ -343,7 +343,7 @@ async fn everything_survives_a_reopen_and_migrations_run_once() {
     let path = dir.path().join("control.db");
     {
         let store = SqliteControlStore::open(&path).unwrap();
-        assert_eq!(store.schema_version().unwrap(), 5);
+        assert_eq!(store.schema_version().unwrap(), 6);
         store.create_tenant(&tenant("acme")).await.unwrap();
         store
             .put_module(&module("acme", "m", "1"), &Quotas::default())
@@ -355,7 +355,7 @@ async fn everything_survives_a_reopen_and_migrations_run_once() {
             .unwrap();
     }
     let reopened = SqliteControlStore::open(&path).unwrap();
-    assert_eq!(reopened.schema_version().unwrap(), 5);
+    assert_eq!(reopened.schema_version().unwrap(), 6);
     assert_eq!(
         reopened.modules(&id("acme")).await.unwrap(),
         vec![ModuleRecord {
@@ -678,4 +678,25 @@ async fn endpoints_are_walled_by_tenant_and_deleted_with_it() {
     );
     assert!(store.delete_tenant(&id("acme")).await.unwrap().is_some());
     assert!(store.endpoints(&id("acme")).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_deployments_history_keeps_its_newest_200_changes() {
+    let store = SqliteControlStore::in_memory().unwrap();
+    store.create_tenant(&tenant("a")).await.unwrap();
+    store
+        .put_deployment(&deployment("a", "d"), &Quotas::default())
+        .await
+        .unwrap();
+    for n in 0..250 {
+        let status = if n % 2 == 0 { "degraded" } else { "running" };
+        store
+            .set_deployment_status(&id("a"), "d", status, &format!("change {n}"))
+            .await
+            .unwrap();
+    }
+    let history = store.deployment_history(&id("a"), "d").await.unwrap();
+    assert_eq!(history.len(), 200);
+    assert_eq!(history.first().unwrap().detail, "change 50");
+    assert_eq!(history.last().unwrap().detail, "change 249");
 }

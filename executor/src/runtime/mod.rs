@@ -30,8 +30,8 @@ use weir_api::rest::{
 use weir_api::{ErrorCode, HlcClock, TenantId};
 use weir_connectors::http::{HttpIngress, HttpOutputs, HttpSink};
 use weir_connectors::{
-    ConnectContext, ConnectionStatus, EndpointSpec, Inbound, IntakeRefusal, Outbound, Problem,
-    Registry, SinkSpec, SourceSpec, ack_channel,
+    ConnectContext, ConnectionState, ConnectionStatus, EndpointSpec, Inbound, IntakeRefusal,
+    Outbound, Problem, Registry, SinkSpec, SourceSpec, ack_channel,
 };
 use weir_state::MeteredStateStore;
 use weir_tenants::{MessageRates, Quotas, RateRefusal};
@@ -1149,6 +1149,28 @@ impl LocalExecutor {
             state_ops,
             ..Usage::default()
         }
+    }
+
+    /// Every deployment running here, by tenant and id, with what is wrong with it if
+    /// anything: its source or sink connection retrying or failed (the scheduler shows it
+    /// `degraded`). A connection still connecting is not a problem yet.
+    pub async fn running(&self) -> Vec<(TenantId, String, Option<String>)> {
+        let problem = |side: &str, status: &ConnectionStatus| match status.get().0 {
+            ConnectionState::Retrying { error, .. } | ConnectionState::Failed { error } => {
+                Some(format!("{side} connection: {error}"))
+            }
+            ConnectionState::Connecting | ConnectionState::Connected => None,
+        };
+        self.running
+            .lock()
+            .await
+            .iter()
+            .map(|((tenant, id), running)| {
+                let wrong = problem("source", &running.source_status)
+                    .or_else(|| problem("sink", &running.sink_status));
+                (tenant.clone(), id.clone(), wrong)
+            })
+            .collect()
     }
 
     /// The executors deployments run on.

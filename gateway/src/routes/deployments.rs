@@ -22,7 +22,9 @@ use weir_api::{ErrorCode, TenantId};
 use weir_store::DeploymentRecord;
 use weir_tenants::{Quotas, Role};
 
-use super::{caller_tenant, check_name, content_type};
+use weir_scheduler::{DeploymentState, Event, ExecutorId};
+
+use super::{caller_tenant, check_name, content_type, lifecycle_error};
 use crate::{
     ApiError, ApiJson, ApiQuery, Caller, GatewayState, IngestMessage, ProblemField, StartBinding,
     StartDeployment,
@@ -82,7 +84,7 @@ async fn resolve_module(
 }
 
 /// Everything a deployment needs, from the tenant's stored graph and modules.
-async fn start_request(
+pub(crate) async fn start_request(
     state: &GatewayState,
     tenant: &TenantId,
     quotas: &Quotas,
@@ -326,7 +328,15 @@ pub(crate) async fn create(
     } else {
         Vec::new()
     };
-    let status = if enabled { "running" } else { "paused" };
+    // A new deployment: pending, then started here (or stopped at once when created paused).
+    let status = if enabled {
+        running_here()?
+    } else {
+        DeploymentState::Pending
+            .apply(Event::Stop)
+            .map_err(lifecycle_error)?
+    }
+    .status();
     let record = DeploymentRecord {
         tenant: tenant.clone(),
         id: spec.id.clone(),
@@ -352,6 +362,16 @@ pub(crate) async fn create(
             warnings,
         }),
     ))
+}
+
+/// The state of a deployment the runtime has just started in this process: pending, placed on
+/// the in-process executor, started.
+fn running_here() -> Result<DeploymentState, ApiError> {
+    let executor = ExecutorId::new("local").map_err(|e| ApiError::internal(&e))?;
+    DeploymentState::Pending
+        .apply(Event::Place(executor))
+        .and_then(|placed| placed.apply(Event::Started))
+        .map_err(lifecycle_error)
 }
 
 /// The stored deployment `id` of the tenant and what it runs.
@@ -414,7 +434,7 @@ pub(crate) async fn update(
     }
     Ok(Json(DeploymentChanged {
         id,
-        status: "running".to_owned(),
+        status: running_here()?.status().to_owned(),
         warnings,
     }))
 }
@@ -429,21 +449,23 @@ pub(crate) async fn pause(
     tracing::Span::current().record("deployment", tracing::field::display(&id));
     let _changing = state.tenant_locks.lock(&tenant).await;
     let (record, _) = stored(&state, &tenant, &id).await?;
-    if record.status != "paused" {
+    let current = DeploymentState::from_stored(&record.status, "");
+    let paused = current.apply(Event::Stop).map_err(lifecycle_error)?;
+    if current != paused {
         state.runtime.stop(&tenant, &id).await;
         state
             .store
             .set_deployment_status(
                 &tenant,
                 &id,
-                "paused",
+                paused.status(),
                 &format!("paused by {}", caller.subject),
             )
             .await?;
     }
     Ok(Json(DeploymentChanged {
         id,
-        status: "paused".to_owned(),
+        status: paused.status().to_owned(),
         warnings: Vec::new(),
     }))
 }
@@ -459,7 +481,13 @@ pub(crate) async fn resume(
     let _changing = state.tenant_locks.lock(&tenant).await;
     let (record, spec) = stored(&state, &tenant, &id).await?;
     let mut warnings = Vec::new();
-    if record.status != "running" || state.runtime.status(&tenant, &id).await.is_none() {
+    // Paused or failed: pending again, then started here. Already on its way to running (the
+    // scheduler may show it pending, placed or degraded): started again unless it runs.
+    DeploymentState::from_stored(&record.status, "")
+        .apply(Event::Resume)
+        .map_err(lifecycle_error)?;
+    let running = running_here()?;
+    if record.status != running.status() || state.runtime.status(&tenant, &id).await.is_none() {
         let request = start_request(&state, &tenant, &quotas, &spec).await?;
         warnings = state.runtime.start(request).await?;
         state
@@ -467,14 +495,14 @@ pub(crate) async fn resume(
             .set_deployment_status(
                 &tenant,
                 &id,
-                "running",
+                running.status(),
                 &format!("resumed by {}", caller.subject),
             )
             .await?;
     }
     Ok(Json(DeploymentChanged {
         id,
-        status: "running".to_owned(),
+        status: running.status().to_owned(),
         warnings,
     }))
 }
@@ -662,54 +690,4 @@ pub(crate) async fn ingest(
             }),
         ))
     }
-}
-
-/// Starts every stored deployment again: what a restarted platform does first. Deployments
-/// that fail to start are marked `failed` with the reason.
-pub async fn resume_deployments(state: &GatewayState) -> Result<usize, ApiError> {
-    let mut resumed = 0;
-    for record in state.store.all_deployments().await? {
-        if record.status != "running" {
-            continue;
-        }
-        let outcome = async {
-            let spec: CreateDeployment =
-                serde_json::from_value(record.spec.clone()).map_err(|e| ApiError::internal(&e))?;
-            let tenant = state
-                .store
-                .tenant(&record.tenant)
-                .await?
-                .ok_or_else(|| ApiError::not_found("tenant"))?;
-            let request = start_request(state, &record.tenant, &tenant.quotas, &spec).await?;
-            state.runtime.start(request).await
-        }
-        .await;
-        match outcome {
-            Ok(_) => {
-                state
-                    .store
-                    .set_deployment_status(
-                        &record.tenant,
-                        &record.id,
-                        "running",
-                        "resumed after restart",
-                    )
-                    .await?;
-                resumed += 1;
-            }
-            Err(error) => {
-                tracing::warn!(tenant = %record.tenant, deployment = %record.id, code = error.code().as_str(), "deployment did not resume");
-                state
-                    .store
-                    .set_deployment_status(
-                        &record.tenant,
-                        &record.id,
-                        "failed",
-                        "did not resume after restart",
-                    )
-                    .await?;
-            }
-        }
-    }
-    Ok(resumed)
 }

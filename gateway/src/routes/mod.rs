@@ -33,7 +33,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::error::REQUEST_ID;
 pub use artifacts::sweep_blobs;
-pub use deployments::resume_deployments;
+pub(crate) use deployments::start_request;
 
 use crate::{ApiError, GatewayState};
 
@@ -84,6 +84,11 @@ fn api() -> OpenApiRouter<GatewayState> {
         .routes(routes!(observe::metrics))
         .routes(routes!(observe::usage))
         .routes(routes!(observe::executors))
+        .routes(routes!(crate::executors::join))
+        .routes(routes!(crate::executors::heartbeat))
+        .routes(routes!(crate::executors::leave))
+        .routes(routes!(crate::executors::artifact))
+        .routes(routes!(crate::executors::assignments))
         .routes(routes!(observe::cordon))
         .routes(routes!(observe::uncordon))
         .routes(routes!(observe::drain))
@@ -369,4 +374,10 @@ pub(crate) fn check_name(field: &str, value: &str, errors: &mut Vec<crate::Probl
             ),
         });
     }
+}
+
+/// A lifecycle event the deployment's state refuses (`weir_scheduler::DeploymentState`), as a
+/// `409 conflict`.
+pub(crate) fn lifecycle_error(error: weir_scheduler::IllegalTransition) -> ApiError {
+    ApiError::new(ErrorCode::Conflict, error.to_string())
 }

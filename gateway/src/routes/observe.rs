@@ -260,7 +260,9 @@ pub(crate) async fn executors(
     caller: Caller,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Role::Admin)?;
-    Ok(Json(state.runtime.executors().await))
+    let mut executors = state.runtime.executors().await;
+    executors.extend(state.executors.list());
+    Ok(Json(executors))
 }
 
 async fn set_cordon(
@@ -273,10 +275,14 @@ async fn set_cordon(
     if !state.runtime.cordon(id, cordoned).await {
         return Err(ApiError::not_found("executor"));
     }
-    let executor = state
-        .runtime
-        .executors()
-        .await
+    listed(state, id).await
+}
+
+/// The executor `id` as `/v1/executors` lists it.
+async fn listed(state: &GatewayState, id: &str) -> Result<Response, ApiError> {
+    let mut executors = state.runtime.executors().await;
+    executors.extend(state.executors.list());
+    let executor = executors
         .into_iter()
         .find(|e| e.id == id)
         .ok_or_else(|| ApiError::not_found("executor"))?;
@@ -310,6 +316,14 @@ pub(crate) async fn drain(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     caller.require(Role::Admin)?;
+    // An executor process: draining moves its deployments to the others on the next rounds.
+    if state.executors.places()
+        && state
+            .executors
+            .cordon(&id, weir_scheduler::ExecutorState::Draining)
+    {
+        return listed(&state, &id).await;
+    }
     let executors = state.runtime.executors().await;
     if !executors.iter().any(|e| e.id == id) {
         return Err(ApiError::not_found("executor"));

@@ -1,6 +1,7 @@
 //! `/v1/tenants`: the platform operator's (admin) view of tenants.
 
 use std::time::{SystemTime, UNIX_EPOCH};
+use weir_scheduler::{DeploymentState, Event};
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -189,10 +190,18 @@ pub(crate) async fn suspend(
     state.store.update_tenant(&record).await?;
     for deployment in state.store.deployments(&record.id).await? {
         state.runtime.stop(&record.id, &deployment.id).await;
-        if deployment.status == "running" {
+        // Every deployment on its way to running (pending, placed, running, degraded) stops.
+        let current = DeploymentState::from_stored(&deployment.status, "");
+        if current.wants_to_run() {
+            let paused = current.apply(Event::Stop).map_err(super::lifecycle_error)?;
             state
                 .store
-                .set_deployment_status(&record.id, &deployment.id, "paused", "tenant suspended")
+                .set_deployment_status(
+                    &record.id,
+                    &deployment.id,
+                    paused.status(),
+                    "tenant suspended",
+                )
                 .await?;
         }
     }

@@ -1,0 +1,311 @@
+//! `weir executor --join URL --token T`: an executor process. It joins the control plane with
+//! its id, capacity and labels, then heartbeats until stopped (Ctrl-C: it leaves cleanly).
+//!
+//! Its id is unique per process (`--id`, or `<host>-<pid>-<start time>`), and is also the node
+//! id of its hybrid logical clock. It long-polls its assignments
+//! (`GET /v1/executors/{id}/assignments`), fetches each graph and module by digest (bytes that
+//! do not match the digest are refused, never run), runs them on its own `LocalExecutor` (the
+//! runtime of `weir serve`), stops what is no longer assigned, and reports what runs in its
+//! heartbeats. Module state is kept in this process's memory; dead letters are counted and
+//! logged, not kept (the control plane's journal is not reachable from here yet).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use weir_api::client::Client;
+use weir_api::rest::{
+    AssignedBinding, DeadLetter, ExecutorAssignment, ExecutorHeartbeat, ExecutorJoin,
+    ExecutorRunning,
+};
+use weir_api::{ModuleDigest, TenantId};
+use weir_connectors::EndpointSpec;
+use weir_executor::runtime::{Assignment, Binding, DeadLetterJournal, LocalExecutor};
+
+/// `weir executor`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ExecutorArgs {
+    /// The control plane's API (`http://host:port`).
+    #[arg(long)]
+    join: String,
+    /// The executor join token (`DATA/executor-token` of `weir serve`).
+    #[arg(long, env = "WEIR_EXECUTOR_TOKEN", hide_env_values = true)]
+    token: String,
+    /// This process's id (default: `<host>-<pid>-<start time>`), unique among live executors.
+    #[arg(long)]
+    id: Option<String>,
+    /// Labels, `key=value` or `key`, repeated.
+    #[arg(long = "label")]
+    labels: Vec<String>,
+    /// Dataflow workers (default: the cores).
+    #[arg(long)]
+    workers: Option<u32>,
+    /// Linear memory offered to operator instances, in bytes.
+    #[arg(long, default_value_t = 4 << 30)]
+    memory_bytes: u64,
+    /// Operator instance slots.
+    #[arg(long, default_value_t = 1000)]
+    instance_slots: u32,
+}
+
+/// Dead letters of this process's deployments: counted and logged (not kept).
+#[derive(Debug, Default)]
+struct LoggedLetters(AtomicU64);
+
+#[async_trait::async_trait]
+impl DeadLetterJournal for LoggedLetters {
+    async fn append(
+        &self,
+        tenant: &TenantId,
+        letters: Vec<DeadLetter>,
+        _max_bytes: u64,
+    ) -> Result<Vec<u64>, String> {
+        let count = letters.len() as u64;
+        let first = self.0.fetch_add(count, Ordering::Relaxed);
+        tracing::warn!(%tenant, count, "dead letters (not kept by an executor process)");
+        Ok((first + 1..=first + count).collect())
+    }
+}
+
+fn binding(assigned: AssignedBinding) -> Binding {
+    Binding {
+        endpoint: EndpointSpec {
+            name: assigned.endpoint,
+            kind: assigned.kind,
+            address: assigned.address,
+            settings: assigned.settings,
+            secret: assigned.secret,
+        },
+        topics: assigned.topics,
+    }
+}
+
+/// An artifact by digest, checked against it by the client.
+async fn artifact(client: &Client, id: &str, digest: &str) -> anyhow::Result<Vec<u8>> {
+    let digest = ModuleDigest::new(digest.to_owned())?;
+    Ok(client.executor_artifact(id, &digest).await?)
+}
+
+/// Starts one assignment: its artifacts fetched by digest, then run.
+async fn start(
+    executor: &LocalExecutor,
+    client: &Client,
+    id: &str,
+    assigned: ExecutorAssignment,
+) -> anyhow::Result<()> {
+    let graph = String::from_utf8(artifact(client, id, &assigned.graph).await?)
+        .context("the graph is not UTF-8")?;
+    let mut modules = BTreeMap::new();
+    for (reference, digest) in &assigned.modules {
+        modules.insert(reference.clone(), artifact(client, id, digest).await?);
+    }
+    executor
+        .start(Assignment {
+            tenant: assigned.tenant,
+            quotas: assigned.quotas,
+            id: assigned.id,
+            graph,
+            modules,
+            configuration: assigned.configuration,
+            source: binding(assigned.source),
+            sink: binding(assigned.sink),
+            dead_letters: assigned.dead_letters.map(binding),
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    Ok(())
+}
+
+/// Follows this executor's assignments until the control plane no longer counts it a member:
+/// starts what is new or changed, forgets what is gone, and publishes the revision carried out.
+async fn follow(
+    executor: Arc<LocalExecutor>,
+    client: Client,
+    id: String,
+    applied: Arc<AtomicU64>,
+) -> anyhow::Result<()> {
+    let mut after = 0;
+    let mut started: HashMap<(TenantId, String), u64> = HashMap::new();
+    loop {
+        let answer = match client.executor_assignments(&id, after, 10_000).await {
+            Ok(answer) => answer,
+            Err(error) if error.code() == Some("not_found") => {
+                anyhow::bail!("the control plane no longer counts executor {id} as a member");
+            }
+            Err(error) => {
+                tracing::warn!(%error, "assignments unavailable; asking again");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        let wanted: HashMap<(TenantId, String), u64> = answer
+            .assignments
+            .iter()
+            .map(|a| ((a.tenant.clone(), a.id.clone()), a.generation))
+            .collect();
+        let gone: Vec<(TenantId, String)> = started
+            .keys()
+            .filter(|key| !wanted.contains_key(*key))
+            .cloned()
+            .collect();
+        for key in gone {
+            executor.forget(&key.0, &key.1).await;
+            started.remove(&key);
+            tracing::info!(tenant = %key.0, deployment = %key.1, "unassigned: stopped");
+        }
+        for assigned in answer.assignments {
+            let key = (assigned.tenant.clone(), assigned.id.clone());
+            if started.get(&key) == Some(&assigned.generation) {
+                continue;
+            }
+            started.insert(key.clone(), assigned.generation);
+            match start(&executor, &client, &id, assigned).await {
+                Ok(()) => tracing::info!(tenant = %key.0, deployment = %key.1, "assigned: started"),
+                // Not reported running: the scheduler places it again.
+                Err(error) => {
+                    tracing::warn!(tenant = %key.0, deployment = %key.1, %error, "assigned, but it did not start");
+                }
+            }
+        }
+        after = answer.revision;
+        applied.store(after, Ordering::Release);
+    }
+}
+
+/// `<host>-<pid>-<start time in ms, hex>`: unique per process on a host, and across hosts by
+/// the host name.
+fn default_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default();
+    let host: String = host
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .take(63)
+        .collect();
+    let started = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
+    let host = if host.is_empty() {
+        "executor".to_owned()
+    } else {
+        host
+    };
+    format!("{host}-{}-{started:x}", std::process::id())
+}
+
+pub(crate) async fn run(args: ExecutorArgs) -> anyhow::Result<std::process::ExitCode> {
+    let mut labels = BTreeMap::new();
+    for label in &args.labels {
+        let (key, value) = label.split_once('=').unwrap_or((label, ""));
+        labels.insert(key.to_owned(), value.to_owned());
+    }
+    let workers = args.workers.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX))
+    });
+    let join = ExecutorJoin {
+        id: args.id.clone().unwrap_or_else(default_id),
+        workers,
+        memory_bytes: args.memory_bytes,
+        instance_slots: args.instance_slots,
+        labels,
+    };
+    let client = Client::new(&args.join, Some(args.token.clone()))?;
+    let joined = client
+        .join_executor(&join)
+        .await
+        .with_context(|| format!("cannot join {}", args.join))?;
+    let engine = tokio::task::spawn_blocking(|| {
+        weir_executor::OperatorEngine::new(&weir_executor::EngineConfig::default())
+    })
+    .await
+    .context("the engine's start panicked")??;
+    let executor = Arc::new(
+        LocalExecutor::new(weir_executor::runtime::ExecutorConfig {
+            engine,
+            settings: weir_executor::dataflow::DataflowSettings::default(),
+            workers: usize::try_from(workers).unwrap_or(1).max(1),
+            state: Arc::new(weir_state::MeteredStateStore::new(Arc::new(
+                weir_state::MemoryStateStore::new(join.id.clone()),
+            ))),
+            connectors: weir_connectors::Registry::standard(),
+            journal: Arc::new(LoggedLetters::default()),
+            default_broker: None,
+        })
+        .map_err(|e| anyhow::anyhow!("cannot start the executor: {}", e.message))?,
+    );
+    // Tests and scripts read this line.
+    println!("executor {} joined {}", join.id, args.join);
+    let applied = Arc::new(AtomicU64::new(0));
+    let mut following = tokio::spawn(follow(
+        executor.clone(),
+        client.clone(),
+        join.id.clone(),
+        applied.clone(),
+    ));
+    let period = Duration::from_millis(joined.heartbeat_ms.max(10));
+    let timeout = Duration::from_millis(joined.timeout_ms);
+    let mut last_heard = std::time::Instant::now();
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let stop = tokio::signal::ctrl_c();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            ended = &mut following => {
+                return match ended {
+                    Ok(Err(error)) => Err(error),
+                    Ok(Ok(())) => Ok(std::process::ExitCode::SUCCESS),
+                    Err(error) => Err(anyhow::anyhow!("the assignment follower failed: {error}")),
+                };
+            }
+            _ = ticker.tick() => {}
+        }
+        // The revision first: what runs is read after it, so nothing it started is missed.
+        let revision = applied.load(Ordering::Acquire);
+        let running = executor
+            .running()
+            .await
+            .into_iter()
+            .map(|(tenant, id, problem)| ExecutorRunning {
+                tenant,
+                id,
+                problem,
+            })
+            .collect();
+        match client
+            .executor_heartbeat(&join.id, &ExecutorHeartbeat { running, revision })
+            .await
+        {
+            Ok(()) => last_heard = std::time::Instant::now(),
+            // Declared lost or forgotten: its work went elsewhere; a new process (new id) joins.
+            Err(error) if matches!(error.code(), Some("conflict" | "not_found")) => {
+                anyhow::bail!(
+                    "the control plane no longer counts executor {} as a member: {error}",
+                    join.id
+                );
+            }
+            // Unreachable for longer than the timeout: the control plane has declared this
+            // executor lost (or is gone), so it stops too.
+            Err(error) if last_heard.elapsed() > timeout => {
+                anyhow::bail!(
+                    "the control plane did not answer for {} ms: {error}",
+                    timeout.as_millis()
+                );
+            }
+            Err(error) => tracing::warn!(%error, "heartbeat failed; retrying"),
+        }
+    }
+    following.abort();
+    client
+        .leave_executor(&join.id)
+        .await
+        .context("cannot leave the control plane")?;
+    println!("executor {} left", join.id);
+    Ok(std::process::ExitCode::SUCCESS)
+}

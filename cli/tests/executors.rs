@@ -1,0 +1,598 @@
+//! Deployments on executor processes (issue 13): `weir serve --remote-executors` places each
+//! deployment on one of three `weir executor` processes, which fetch its artifacts by digest
+//! and run it against the test Mosquitto (`WEIR_TEST_MOSQUITTO` from `scripts/services`; the
+//! test fails without it). Then one executor is killed with SIGKILL under a numbered QoS 1 load:
+//! its deployment runs again on another within the bound, and every number the broker
+//! acknowledged comes out (duplicates counted and printed).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code: a failed expectation is a failed test"
+)]
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::Packet;
+use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use weir_api::client::Client;
+use weir_api::rest::{Binding, CreateDeployment, CreateEndpoint, EndpointKind, GraphRef};
+use weir_api::tenancy::Quotas;
+
+fn service(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!(
+            "{name} is not set: run `scripts/services start` and `source target/services/env` \
+             (this test needs the real service; it does not skip)"
+        )
+    })
+}
+
+/// A `weir executor` process of the test's own, killed (SIGKILL) when dropped.
+struct ExecutorProcess(Child);
+
+impl Drop for ExecutorProcess {
+    fn drop(&mut self) {
+        self.0.kill().ok();
+        self.0.wait().ok();
+    }
+}
+
+fn executor_process(address: &str, token: &str, id: &str) -> ExecutorProcess {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args([
+            "executor",
+            "--join",
+            &format!("http://{address}"),
+            "--id",
+            id,
+            "--workers",
+            "1",
+        ])
+        .env("WEIR_EXECUTOR_TOKEN", token)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(
+        line.trim(),
+        format!("executor {id} joined http://{address}")
+    );
+    ExecutorProcess(child)
+}
+
+/// Where `id` runs once it is `running` on an executor process (polled until `limit`).
+async fn runs_on(developer: &Client, id: &str, not: Option<&str>, limit: Duration) -> String {
+    let deadline = Instant::now() + limit;
+    loop {
+        let seen = developer.deployment(id).await.unwrap();
+        let executor = seen
+            .runtime
+            .as_ref()
+            .filter(|runtime| runtime["running"] == true)
+            .and_then(|runtime| runtime["executor"].as_str().map(str::to_owned));
+        if seen.status == "running"
+            && let Some(executor) = executor
+            && Some(executor.as_str()) != not
+        {
+            return executor;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{id} not running on an executor process within {limit:?}: {} {:?} {:?}",
+            seen.status,
+            seen.runtime,
+            seen.history.last()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A plain MQTT v5 client with its event loop in a task: what it receives (topic, payload),
+/// and how many of its QoS 1 publishes the broker acknowledged.
+struct Mqtt {
+    client: AsyncClient,
+    received: Arc<Mutex<Vec<(String, String)>>>,
+    acked: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Mqtt {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Mqtt {
+    async fn connect(address: &str, id: &str, filter: Option<&str>) -> Self {
+        let (host, port) = address.rsplit_once(':').unwrap();
+        let mut options = MqttOptions::new(id, host, port.parse().unwrap());
+        options.set_keep_alive(Duration::from_secs(5));
+        let (client, mut eventloop) = AsyncClient::new(options, 10_000);
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let acked = Arc::new(AtomicU64::new(0));
+        let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
+        let mut subscribed_tx = Some(subscribed_tx);
+        if let Some(filter) = filter {
+            client
+                .subscribe(filter.to_owned(), QoS::AtLeastOnce)
+                .await
+                .unwrap();
+        } else if let Some(tx) = subscribed_tx.take() {
+            tx.send(()).ok();
+        }
+        let (into, acks) = (received.clone(), acked.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        into.lock().unwrap().push((
+                            String::from_utf8(p.topic.to_vec()).unwrap(),
+                            String::from_utf8(p.payload.to_vec()).unwrap(),
+                        ));
+                    }
+                    Ok(Event::Incoming(Packet::PubAck(_))) => {
+                        acks.fetch_add(1, Ordering::AcqRel);
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        if let Some(tx) = subscribed_tx.take() {
+                            tx.send(()).ok();
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(10), subscribed)
+            .await
+            .expect("subscribed within 10 s")
+            .unwrap();
+        Self {
+            client,
+            received,
+            acked,
+            task,
+        }
+    }
+
+    fn payloads_on(&self, topic: &str) -> Vec<String> {
+        self.received
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(t, _)| t == topic)
+            .map(|(_, p)| p.clone())
+            .collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployments_run_on_executor_processes_and_move_within_the_bound_when_one_is_killed() {
+    let mosquitto = service("WEIR_TEST_MOSQUITTO");
+    let data = tempfile::tempdir().unwrap();
+    let server = common::serve_with(
+        data.path(),
+        &[
+            "--remote-executors",
+            "--reconcile-ms",
+            "100",
+            "--executor-heartbeat-ms",
+            "100",
+            "--executor-timeout-ms",
+            "1000",
+        ],
+    );
+    let admin = server.admin();
+    let token = std::fs::read_to_string(data.path().join("executor-token")).unwrap();
+    let mut executors: HashMap<String, ExecutorProcess> = ["exec-a", "exec-b", "exec-c"]
+        .into_iter()
+        .map(|id| (id.to_owned(), executor_process(&server.address, &token, id)))
+        .collect();
+    let listed = admin.executors().await.unwrap();
+    assert_eq!(listed.len(), 3, "{listed:?}");
+    assert!(listed.iter().all(|e| e.state == "ready"), "{listed:?}");
+
+    // A deployment declares fuel_per_second / max_deployments (here 0.2 of a worker's 10^9),
+    // so one executor of one worker has room for the deployment of one that is lost.
+    let quotas = Quotas {
+        api_requests_per_second: 100_000,
+        max_deployments: 100,
+        allowed_private_hosts: vec!["127.0.0.1".to_owned()],
+        ..Quotas::default()
+    };
+    let developer = common::tenant(&admin, "acme", quotas).await;
+    // The assignments (bindings with their secrets) open to the join token alone.
+    for caller in [&admin, &developer] {
+        let refused = caller
+            .executor_assignments("exec-a", 0, 0)
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Some("unauthenticated"), "{refused}");
+    }
+    let owner = common::token(&admin, "acme", weir_api::tenancy::Role::Owner).await;
+    owner
+        .create_endpoint(&CreateEndpoint {
+            name: "plant".to_owned(),
+            kind: EndpointKind::Mqtt,
+            address: Some(mosquitto.clone()),
+            settings: BTreeMap::new(),
+            secret: None,
+        })
+        .await
+        .unwrap();
+    developer
+        .push_module("echo", "1.0.0", weir_guests::ECHO.bytes())
+        .await
+        .unwrap();
+    developer
+        .push_graph("echo", "1", common::chain_graph("echo", "echo", 1))
+        .await
+        .unwrap();
+    let prefix = format!(
+        "executors-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+    );
+    let topic = |id: &str, side: &str| format!("{prefix}/{id}/{side}");
+    let reader = Mqtt::connect(
+        &mosquitto,
+        &format!("{prefix}-reader"),
+        Some(&format!("{prefix}/+/out")),
+    )
+    .await;
+    let ids = ["relay-0", "relay-1", "relay-2"];
+    for id in ids {
+        developer
+            .deploy(&CreateDeployment {
+                id: id.to_owned(),
+                graph: GraphRef {
+                    name: "echo".to_owned(),
+                    version: "1".to_owned(),
+                },
+                configuration: BTreeMap::new(),
+                source: Binding {
+                    endpoint: "plant".to_owned(),
+                    topics: vec![topic(id, "in")],
+                },
+                sink: Binding {
+                    endpoint: "plant".to_owned(),
+                    topics: vec![topic(id, "out")],
+                },
+                dead_letters: None,
+            })
+            .await
+            .unwrap();
+    }
+    // Placed by the scheduler, one tenant spread over the three executors.
+    let mut placed = BTreeMap::new();
+    for id in ids {
+        placed.insert(
+            id,
+            runs_on(&developer, id, None, Duration::from_secs(30)).await,
+        );
+    }
+    let distinct: std::collections::BTreeSet<&String> = placed.values().collect();
+    assert_eq!(distinct.len(), 3, "spread over the executors: {placed:?}");
+
+    // Each runs: an input comes out on its output topic through the broker.
+    let writer = Mqtt::connect(&mosquitto, &format!("{prefix}-writer"), None).await;
+    for id in ids {
+        writer
+            .client
+            .publish(
+                topic(id, "in"),
+                QoS::AtLeastOnce,
+                false,
+                format!("hello {id}"),
+            )
+            .await
+            .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for id in ids {
+        while !reader
+            .payloads_on(&topic(id, "out"))
+            .contains(&format!("hello {id}"))
+        {
+            assert!(Instant::now() < deadline, "no output of {id}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    // A fourth deployment, from relay-0's input (MQTT) to a Kafka topic on tansu, put on
+    // relay-0's executor by cordoning the two others while it is placed.
+    let victim = placed["relay-0"].clone();
+    let kafka = service("WEIR_TEST_KAFKA");
+    let kafka_endpoint = weir_connectors::EndpointSpec {
+        name: "events".to_owned(),
+        kind: "kafka".to_owned(),
+        address: Some(kafka.clone()),
+        settings: [("create_topics".to_owned(), "true".to_owned())]
+            .into_iter()
+            .collect(),
+        secret: None,
+    };
+    owner
+        .create_endpoint(&CreateEndpoint {
+            name: "events".to_owned(),
+            kind: EndpointKind::Kafka,
+            address: Some(kafka.clone()),
+            settings: kafka_endpoint.settings.clone(),
+            secret: None,
+        })
+        .await
+        .unwrap();
+    let kafka_topic = format!("{prefix}-bridge-out");
+    let kafka_reader = weir_connectors::conformance::start_source(
+        &weir_connectors::kafka::KafkaConnector,
+        weir_connectors::SourceSpec {
+            endpoint: kafka_endpoint,
+            topics: vec![kafka_topic.clone()],
+        },
+        weir_connectors::ConnectContext::new(
+            weir_api::TenantId::new("tester").unwrap(),
+            &format!("{prefix}-kafka-reader"),
+            weir_api::egress::Egress::new(["127.0.0.1"]),
+            1 << 20,
+        ),
+        100_000,
+    )
+    .await
+    .unwrap();
+    let others: Vec<String> = executors
+        .keys()
+        .filter(|id| **id != victim)
+        .cloned()
+        .collect();
+    for id in &others {
+        assert_eq!(admin.cordon_executor(id).await.unwrap().state, "cordoned");
+    }
+    developer
+        .deploy(&CreateDeployment {
+            id: "bridge".to_owned(),
+            graph: GraphRef {
+                name: "echo".to_owned(),
+                version: "1".to_owned(),
+            },
+            configuration: BTreeMap::new(),
+            source: Binding {
+                endpoint: "plant".to_owned(),
+                topics: vec![topic("relay-0", "in")],
+            },
+            sink: Binding {
+                endpoint: "events".to_owned(),
+                topics: vec![kafka_topic.clone()],
+            },
+            dead_letters: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        runs_on(&developer, "bridge", None, Duration::from_secs(30)).await,
+        victim,
+        "cordoned executors take nothing new"
+    );
+    for id in &others {
+        assert_eq!(admin.uncordon_executor(id).await.unwrap().state, "ready");
+    }
+    // Kafka's numbers, counted as they arrive (the first group join takes seconds on tansu).
+    let mut kafka_counts: HashMap<String, u64> = HashMap::new();
+    writer
+        .client
+        .publish(
+            topic("relay-0", "in"),
+            QoS::AtLeastOnce,
+            false,
+            "hello bridge",
+        )
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !kafka_counts.contains_key("hello bridge") {
+        assert!(Instant::now() < deadline, "no output of bridge on Kafka");
+        for message in kafka_reader
+            .intake
+            .take(100_000, Duration::from_millis(200))
+            .await
+        {
+            *kafka_counts
+                .entry(String::from_utf8_lossy(&message.payload).into_owned())
+                .or_default() += 1;
+        }
+    }
+
+    // A numbered load on relay-0 and bridge; their executor is killed with SIGKILL part way.
+    let total: u64 = 1_000;
+    let load_topic = topic("relay-0", "in");
+    let load_client = writer.client.clone();
+    let acked_before = writer.acked.load(Ordering::Acquire);
+    let load = tokio::spawn(async move {
+        for n in 1..=total {
+            load_client
+                .publish(load_topic.clone(), QoS::AtLeastOnce, false, n.to_string())
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while writer.acked.load(Ordering::Acquire) < acked_before + 200 {
+        assert!(
+            Instant::now() < deadline,
+            "the broker did not acknowledge the load"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let killed_at = Instant::now();
+    drop(executors.remove(&victim));
+    let moved_to = runs_on(
+        &developer,
+        "relay-0",
+        Some(&victim),
+        Duration::from_secs(10),
+    )
+    .await;
+    let took = killed_at.elapsed();
+    println!(
+        "relay-0: executor {victim} killed -9, running again on {moved_to} after {took:?} (bound 10 s; executor timeout 1 s)"
+    );
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    let bridge_to = runs_on(&developer, "bridge", Some(&victim), Duration::from_secs(10)).await;
+    let took = killed_at.elapsed();
+    println!("bridge: running again on {bridge_to} after {took:?} (bound 10 s)");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    load.await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while writer.acked.load(Ordering::Acquire) < acked_before + total {
+        assert!(
+            Instant::now() < deadline,
+            "the broker did not acknowledge the whole load"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let acknowledged = writer.acked.load(Ordering::Acquire) - acked_before;
+
+    // Every acknowledged number comes out; duplicates (redelivered after the kill) are counted.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (missing, duplicates) = loop {
+        let mut counts: HashMap<u64, u64> = HashMap::new();
+        for payload in reader.payloads_on(&topic("relay-0", "out")) {
+            if let Ok(n) = payload.parse::<u64>() {
+                *counts.entry(n).or_default() += 1;
+            }
+        }
+        let missing: Vec<u64> = (1..=total).filter(|n| !counts.contains_key(n)).collect();
+        let duplicates: u64 = counts.values().map(|c| c - 1).sum();
+        if missing.is_empty() || Instant::now() > deadline {
+            break (missing, duplicates);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    println!(
+        "relay-0: {acknowledged} inputs acknowledged by the broker, {} lost, {duplicates} duplicates",
+        missing.len()
+    );
+    assert!(
+        missing.is_empty(),
+        "lost {} acknowledged inputs: {:?}",
+        missing.len(),
+        &missing[..missing.len().min(20)]
+    );
+    // And through Kafka: every acknowledged number reaches the topic.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let missing = loop {
+        for message in kafka_reader
+            .intake
+            .take(100_000, Duration::from_millis(200))
+            .await
+        {
+            *kafka_counts
+                .entry(String::from_utf8_lossy(&message.payload).into_owned())
+                .or_default() += 1;
+        }
+        let missing: Vec<u64> = (1..=total)
+            .filter(|n| !kafka_counts.contains_key(&n.to_string()))
+            .collect();
+        if missing.is_empty() || Instant::now() > deadline {
+            break missing;
+        }
+    };
+    let duplicates: u64 = (1..=total)
+        .filter_map(|n| kafka_counts.get(&n.to_string()))
+        .map(|c| c - 1)
+        .sum();
+    println!(
+        "bridge (MQTT to Kafka): {acknowledged} inputs acknowledged, {} lost, {duplicates} duplicates",
+        missing.len()
+    );
+    assert!(
+        missing.is_empty(),
+        "bridge lost {} acknowledged inputs: {:?}",
+        missing.len(),
+        &missing[..missing.len().min(20)]
+    );
+    // The other deployments kept running where they were.
+    for id in ["relay-1", "relay-2"] {
+        assert_eq!(
+            runs_on(&developer, id, None, Duration::from_secs(5)).await,
+            placed[id]
+        );
+    }
+
+    // `weir executors drain`: relay-1 moves off its executor, which takes nothing new.
+    let drained = placed["relay-1"].clone();
+    let args: Vec<String> = [
+        "executors",
+        "drain",
+        &drained,
+        "--server",
+        &format!("http://{}", server.address),
+        "--token",
+        server.admin_token.as_deref().unwrap(),
+    ]
+    .iter()
+    .map(|a| (*a).to_owned())
+    .collect();
+    let (stdout, stderr, code) = tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        common::weir_within(&args, Duration::from_secs(30))
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(0), "{stdout} {stderr}");
+    assert!(stdout.contains(&format!("{drained}\tdraining")), "{stdout}");
+    let moved = runs_on(
+        &developer,
+        "relay-1",
+        Some(&drained),
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_ne!(moved, victim);
+    let listed = admin.executors().await.unwrap();
+    let entry = listed.iter().find(|e| e.id == drained).unwrap();
+    assert_eq!(
+        (entry.state.as_str(), entry.deployments),
+        ("draining", 0),
+        "{listed:?}"
+    );
+    writer
+        .client
+        .publish(
+            topic("relay-1", "in"),
+            QoS::AtLeastOnce,
+            false,
+            "after the drain",
+        )
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !reader
+        .payloads_on(&topic("relay-1", "out"))
+        .contains(&"after the drain".to_owned())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "relay-1 gave no output after the drain"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

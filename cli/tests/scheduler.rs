@@ -1,0 +1,448 @@
+//! The scheduler's reconcile loop in a real `weir serve`: a deployment's status follows what its
+//! executor reports, round after round, with no API call (issue 13, step 2).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code: a failed expectation is a failed test"
+)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use weir_api::client::Client;
+use weir_api::rest::{Binding, CreateDeployment, CreateEndpoint, EndpointKind, GraphRef};
+use weir_api::tenancy::Quotas;
+
+/// A Mosquitto of this test's own on `port` (loopback, anonymous, no persistence), killed
+/// when dropped.
+struct Mosquitto(Child);
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        self.0.kill().ok();
+        self.0.wait().ok();
+    }
+}
+
+impl Mosquitto {
+    fn start(dir: &std::path::Path, port: u16) -> Self {
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+        )
+        .unwrap();
+        let binary = which_mosquitto();
+        let child = Command::new(binary)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto (Debian package mosquitto, installed by scripts/services) runs");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "mosquitto did not listen on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self(child)
+    }
+}
+
+fn which_mosquitto() -> std::path::PathBuf {
+    for candidate in ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"] {
+        if std::path::Path::new(candidate).exists() {
+            return candidate.into();
+        }
+    }
+    panic!("no mosquitto binary: run scripts/setup (Debian package mosquitto)");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls the deployment's status word until it is `status`; fails after `limit`.
+async fn status_becomes(client: &Client, id: &str, status: &str, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let seen = client.deployment(id).await.unwrap();
+        if seen.status == status {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "deployment {id} not {status} within {limit:?}: {} (history {:?})",
+            seen.status,
+            seen.history
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reconcile_loop_shows_a_broken_connection_as_degraded_and_its_recovery_as_running() {
+    let data = tempfile::tempdir().unwrap();
+    let server = common::serve_with(data.path(), &["--reconcile-ms", "50"]);
+    let admin = server.admin();
+    let quotas = Quotas {
+        api_requests_per_second: 100_000,
+        allowed_private_hosts: vec!["127.0.0.1".to_owned()],
+        ..Quotas::default()
+    };
+    let developer = common::tenant(&admin, "acme", quotas).await;
+    let owner = common::token(&admin, "acme", weir_api::tenancy::Role::Owner).await;
+    // A broker that is not there yet.
+    let port = free_port();
+    owner
+        .create_endpoint(&CreateEndpoint {
+            name: "plant".to_owned(),
+            kind: EndpointKind::Mqtt,
+            address: Some(format!("127.0.0.1:{port}")),
+            settings: BTreeMap::new(),
+            secret: None,
+        })
+        .await
+        .unwrap();
+    developer
+        .push_module("echo", "1.0.0", weir_guests::ECHO.bytes())
+        .await
+        .unwrap();
+    developer
+        .push_graph("echo", "1", common::chain_graph("echo", "echo", 1))
+        .await
+        .unwrap();
+    let created = developer
+        .deploy(&CreateDeployment {
+            id: "relay".to_owned(),
+            graph: GraphRef {
+                name: "echo".to_owned(),
+                version: "1".to_owned(),
+            },
+            configuration: BTreeMap::new(),
+            source: Binding {
+                endpoint: "plant".to_owned(),
+                topics: vec!["in".to_owned()],
+            },
+            sink: Binding {
+                endpoint: "plant".to_owned(),
+                topics: vec!["out".to_owned()],
+            },
+            dead_letters: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(created.status, "running");
+
+    // Nobody calls the API: the loop sees the source retrying and says so.
+    status_becomes(&developer, "relay", "degraded", Duration::from_secs(30)).await;
+    let seen = developer.deployment("relay").await.unwrap();
+    let last = seen.history.last().unwrap();
+    assert_eq!(last.status, "degraded");
+    assert!(
+        last.detail.contains("connection"),
+        "the reason names the connection: {last:?}"
+    );
+
+    // The broker comes; the connector reconnects on its own, and the loop records it.
+    let broker_dir = tempfile::tempdir().unwrap();
+    let _broker = Mosquitto::start(broker_dir.path(), port);
+    status_becomes(&developer, "relay", "running", Duration::from_secs(60)).await;
+
+    // Paused by its owner: the loop does not start it again, nor record over the pause.
+    developer.pause("relay").await.unwrap();
+    let executors_before = admin.executors().await.unwrap();
+    assert_eq!(executors_before[0].deployments, 0);
+    // Long enough for many rounds (50 ms each): the pause holds through them. Polled, not
+    // slept: every read must see it paused and stopped.
+    let until = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < until {
+        let seen = developer.deployment("relay").await.unwrap();
+        assert_eq!(seen.status, "paused", "{:?}", seen.history);
+        assert!(seen.runtime.is_none(), "a paused deployment runs");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    developer.resume("relay").await.unwrap();
+    status_becomes(&developer, "relay", "running", Duration::from_secs(30)).await;
+}
+
+const SIMPLE_GRAPH: &str = include_str!("../../tests/golden/graph-simple.yaml");
+
+fn http_deployment(id: &str, configuration: &[(&str, &str)]) -> CreateDeployment {
+    CreateDeployment {
+        id: id.to_owned(),
+        graph: GraphRef {
+            name: "simple".to_owned(),
+            version: "1".to_owned(),
+        },
+        configuration: configuration
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        source: Binding::default(),
+        sink: Binding::default(),
+        dead_letters: None,
+    }
+}
+
+/// Whether the store and the runtime agree on `id`: it runs exactly when its record exists and
+/// does not say paused or failed.
+async fn agree(admin: &Client, developer: &Client, id: &str) -> Result<(), String> {
+    let record = match developer.deployment(id).await {
+        Ok(record) => Some(record),
+        Err(error) if error.code() == Some("not_found") => None,
+        Err(error) => return Err(format!("read failed: {error}")),
+    };
+    let runs = admin.executors().await.unwrap()[0].deployments;
+    let should = record
+        .as_ref()
+        .is_some_and(|r| r.status != "paused" && r.status != "failed");
+    if runs == u64::from(should) {
+        Ok(())
+    } else {
+        Err(format!(
+            "store says {:?}, the executor runs {runs}",
+            record.map(|r| (r.status, r.history))
+        ))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_changes_racing_a_fast_reconcile_loop_leave_store_and_runtime_agreeing() {
+    let data = tempfile::tempdir().unwrap();
+    // A round every 5 ms: the loop's plans go stale all the time.
+    let server = common::serve_with(data.path(), &["--reconcile-ms", "5"]);
+    let admin = server.admin();
+    let quotas = Quotas {
+        api_requests_per_second: 100_000,
+        ..Quotas::default()
+    };
+    let developer = common::tenant(&admin, "racer", quotas).await;
+    developer
+        .push_module("temperature", "1.0.0", weir_guests::TEMPERATURE.bytes())
+        .await
+        .unwrap();
+    developer
+        .push_graph("simple", "1", SIMPLE_GRAPH.to_owned())
+        .await
+        .unwrap();
+    for round in 0..12 {
+        let id = "same";
+        // Create, update, pause, resume and delete of one id at once, in an order that
+        // changes with the round.
+        let mut calls = tokio::task::JoinSet::new();
+        for step in 0..5 {
+            let client = developer.clone();
+            let kind = (step + round) % 5;
+            calls.spawn(async move {
+                let outcome = match kind {
+                    0 => client.deploy(&http_deployment(id, &[])).await.map(drop),
+                    1 => client
+                        .update_deployment(&http_deployment(id, &[("round", "two")]))
+                        .await
+                        .map(drop),
+                    2 => client.pause(id).await.map(drop),
+                    3 => client.resume(id).await.map(drop),
+                    _ => client.delete_deployment(id).await.map(drop),
+                };
+                match outcome {
+                    Ok(()) => {}
+                    Err(error) => assert!(
+                        matches!(error.code(), Some("not_found" | "conflict")),
+                        "call {kind}: {error}"
+                    ),
+                }
+            });
+        }
+        calls.join_all().await;
+        // From here only the loop acts: the two must agree at every read over many rounds.
+        let until = Instant::now() + Duration::from_millis(200);
+        while Instant::now() < until {
+            if let Err(problem) = agree(&admin, &developer, id).await {
+                panic!("round {round}: {problem}");
+            }
+        }
+        if developer.deployment(id).await.is_ok() {
+            developer.delete_deployment(id).await.unwrap();
+        }
+        agree(&admin, &developer, id).await.unwrap();
+    }
+}
+
+/// A `weir executor` process of the test's own, killed (SIGKILL) when dropped.
+struct ExecutorProcess(Child);
+
+impl Drop for ExecutorProcess {
+    fn drop(&mut self) {
+        self.0.kill().ok();
+        self.0.wait().ok();
+    }
+}
+
+fn executor_process(address: &str, token: &str, id: &str) -> ExecutorProcess {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args([
+            "executor",
+            "--join",
+            &format!("http://{address}"),
+            "--id",
+            id,
+            "--label",
+            "zone=test",
+        ])
+        .env("WEIR_EXECUTOR_TOKEN", token)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(
+        line.trim(),
+        format!("executor {id} joined http://{address}")
+    );
+    ExecutorProcess(child)
+}
+
+async fn executor_state(admin: &Client, id: &str) -> Option<String> {
+    admin
+        .executors()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|e| e.id == id)
+        .map(|e| e.state)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn executor_processes_join_heartbeat_and_a_killed_one_is_declared_lost_within_the_timeout() {
+    let data = tempfile::tempdir().unwrap();
+    let server = common::serve_with(
+        data.path(),
+        &[
+            "--executors",
+            "2",
+            "--executor-heartbeat-ms",
+            "100",
+            "--executor-timeout-ms",
+            "1000",
+            "--reconcile-ms",
+            "100",
+        ],
+    );
+    let admin = server.admin();
+    // The two started by `weir serve` (the in-process executor runs nothing then).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let executors = admin.executors().await.unwrap();
+        let ready = executors.iter().filter(|e| e.state == "ready").count();
+        if executors.len() == 2 && ready == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{executors:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let token = std::fs::read_to_string(data.path().join("executor-token")).unwrap();
+    let process = executor_process(&server.address, &token, "edge-1");
+    assert_eq!(
+        executor_state(&admin, "edge-1").await.as_deref(),
+        Some("ready")
+    );
+
+    // The join token is the only way in; ids are unique among live executors.
+    let join = weir_api::rest::ExecutorJoin {
+        id: "edge-1".to_owned(),
+        workers: 1,
+        memory_bytes: 1 << 30,
+        instance_slots: 10,
+        labels: BTreeMap::new(),
+    };
+    let tenant = common::tenant(&admin, "acme", Quotas::default()).await;
+    let refused = tenant.join_executor(&join).await.unwrap_err();
+    assert_eq!(refused.code(), Some("unauthenticated"), "{refused}");
+    let executor_client = Client::new(&format!("http://{}", server.address), Some(token)).unwrap();
+    let duplicate = executor_client.join_executor(&join).await.unwrap_err();
+    assert_eq!(duplicate.code(), Some("conflict"), "{duplicate}");
+
+    // Artifacts by digest, checked against it, for live executors only.
+    let module = weir_guests::ECHO.bytes();
+    tenant
+        .push_module("echo", "1.0.0", module.clone())
+        .await
+        .unwrap();
+    let digest = weir_api::ModuleDigest::of(&module);
+    assert_eq!(
+        executor_client
+            .executor_artifact("edge-1", &digest)
+            .await
+            .unwrap(),
+        module
+    );
+    let unknown = weir_api::ModuleDigest::of(b"never stored");
+    let missing = executor_client
+        .executor_artifact("edge-1", &unknown)
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Some("not_found"), "{missing}");
+    let refused = tenant
+        .executor_artifact("edge-1", &digest)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Some("unauthenticated"), "{refused}");
+
+    // kill -9: no leave, heartbeats stop; lost within the timeout plus a reconcile round.
+    let killed_at = Instant::now();
+    drop(process);
+    let deadline = killed_at + Duration::from_secs(5);
+    while executor_state(&admin, "edge-1").await.as_deref() != Some("lost") {
+        assert!(Instant::now() < deadline, "not declared lost within 5 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let took = killed_at.elapsed();
+    println!("executor killed -9 was declared lost after {took:?} (timeout 1 s, rounds 100 ms)");
+    assert!(
+        took >= Duration::from_millis(900),
+        "lost before the timeout passed: {took:?}"
+    );
+    // A lost executor does not come back under its id: its work goes elsewhere.
+    let back = executor_client
+        .executor_heartbeat("edge-1", &weir_api::rest::ExecutorHeartbeat::default())
+        .await
+        .unwrap_err();
+    assert_eq!(back.code(), Some("conflict"), "{back}");
+    let fetch = executor_client
+        .executor_artifact("edge-1", &digest)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        fetch.code(),
+        Some("not_found"),
+        "a lost executor fetches nothing: {fetch}"
+    );
+    // The others are still ready.
+    let ready = admin
+        .executors()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.state == "ready")
+        .count();
+    assert_eq!(ready, 2, "the two of weir serve");
+}

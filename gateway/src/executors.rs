@@ -1,0 +1,716 @@
+//! Executor processes that join the control plane over HTTP (`weir executor --join URL --token
+//! T`): `POST /v1/executors/join`, `/v1/executors/{id}/heartbeat` and `/v1/executors/{id}/leave`,
+//! authenticated by the executor join token of `weir serve` (compared in constant time; never a
+//! tenant's or admin's token, and a tenant's token is refused here).
+//!
+//! Membership (unique live ids, heartbeats, loss after the timeout) is
+//! `weir_scheduler::Membership`; the reconcile loop expires it every round. Joined executors
+//! are listed by `/v1/executors` (`ready` or `lost`).
+//!
+//! With [`RemoteRuntime`] as the gateway's runtime (`weir serve --executors N` or
+//! `--remote-executors`), the scheduler places deployments on them: each placement becomes an
+//! assignment the executor long-polls (`GET /v1/executors/{id}/assignments`), its graph and
+//! modules named by digest; the executor reports what runs in its heartbeats.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::IntoResponse;
+use subtle::ConstantTimeEq;
+use weir_api::ErrorCode;
+use weir_api::rest::{
+    AssignedBinding, Executor, ExecutorAssignment, ExecutorAssignments, ExecutorHeartbeat,
+    ExecutorJoin, ExecutorJoined, ExecutorRunning,
+};
+use weir_api::{ModuleDigest, TenantId};
+use weir_scheduler::{ExecutorId, ExecutorInfo, Membership, MembershipError, Pool, Resources};
+
+use crate::{ApiError, ApiJson, GatewayState};
+
+/// The executors that joined over HTTP, and the token they join with.
+pub struct ExecutorMembership {
+    token: Option<String>,
+    heartbeat: Duration,
+    members: Mutex<(Membership, Pool)>,
+    assigned: Mutex<Assigned>,
+    /// The latest revision of any executor's assignments (long polls wait on it).
+    changed: tokio::sync::watch::Sender<u64>,
+    /// Deployments are placed on these executors (the runtime is a [`RemoteRuntime`]).
+    places: bool,
+}
+
+/// One executor's assignments and what it reported last.
+#[derive(Debug, Default)]
+struct Assignments {
+    revision: u64,
+    deployments: BTreeMap<(TenantId, String), ExecutorAssignment>,
+    /// Its last heartbeat: the revision it carried out and what runs.
+    applied: u64,
+    running: Vec<ExecutorRunning>,
+}
+
+/// Every member's assignments; one entry per member (bounded by the membership), and per
+/// deployment the store keeps.
+#[derive(Debug, Default)]
+struct Assigned {
+    revision: u64,
+    generation: u64,
+    executors: HashMap<ExecutorId, Assignments>,
+}
+
+impl Assigned {
+    /// Takes the deployment off every executor; whether it was anywhere.
+    fn remove(&mut self, key: &(TenantId, String)) -> bool {
+        let mut removed = false;
+        let mut revision = self.revision;
+        for table in self.executors.values_mut() {
+            if table.deployments.remove(key).is_some() {
+                revision += 1;
+                table.revision = revision;
+                removed = true;
+            }
+        }
+        self.revision = revision;
+        removed
+    }
+}
+
+impl std::fmt::Debug for ExecutorMembership {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExecutorMembership")
+            .field("heartbeat", &self.heartbeat)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for ExecutorMembership {
+    /// No join token: no executor process can join.
+    fn default() -> Self {
+        Self::new(None, Duration::from_secs(1), Duration::from_secs(10), 1024)
+    }
+}
+
+/// Longest long poll of `/v1/executors/{id}/assignments`.
+const MAX_WAIT: Duration = Duration::from_secs(30);
+
+/// Most deployments one heartbeat may report.
+const MAX_REPORTED: usize = 100_000;
+
+impl ExecutorMembership {
+    /// Executors join with `token` (none: joining is refused), heartbeat every `heartbeat` and
+    /// are lost after `timeout` without one; at most `max_executors` at once.
+    pub fn new(
+        token: Option<String>,
+        heartbeat: Duration,
+        timeout: Duration,
+        max_executors: usize,
+    ) -> Self {
+        Self {
+            token,
+            heartbeat,
+            // Lost executors are listed for ten timeouts, then forgotten.
+            members: Mutex::new((
+                Membership::new(timeout, timeout.saturating_mul(10), max_executors),
+                Pool::new(),
+            )),
+            assigned: Mutex::default(),
+            changed: tokio::sync::watch::channel(0).0,
+            places: false,
+        }
+    }
+
+    /// Deployments are placed on the joined executors (the gateway's runtime is a
+    /// [`RemoteRuntime`] on this membership).
+    #[must_use]
+    pub fn placing(mut self) -> Self {
+        self.places = true;
+        self
+    }
+
+    /// Whether deployments are placed on the joined executors.
+    pub fn places(&self) -> bool {
+        self.places
+    }
+
+    /// The joined executors with their declared capacity and state, for placement.
+    pub fn infos(&self) -> Vec<(ExecutorInfo, weir_scheduler::ExecutorState)> {
+        let members = self.members.lock().unwrap_or_else(PoisonError::into_inner);
+        let (_, pool) = &*members;
+        pool.executor_ids()
+            .filter_map(|id| Some((pool.info(id)?.clone(), pool.state(id)?)))
+            .collect()
+    }
+
+    /// Cordons (`cordoned`) or uncordons a joined executor; whether it is a live member.
+    pub fn cordon(&self, id: &str, state: weir_scheduler::ExecutorState) -> bool {
+        let Ok(id) = ExecutorId::new(id) else {
+            return false;
+        };
+        let mut members = self.members.lock().unwrap_or_else(PoisonError::into_inner);
+        let (membership, pool) = &mut *members;
+        membership.is_alive(&id) && pool.set_state(&id, state).is_ok()
+    }
+
+    fn assigned(&self) -> std::sync::MutexGuard<'_, Assigned> {
+        self.assigned.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn publish(&self, revision: u64) {
+        self.changed.send_replace(revision);
+    }
+
+    /// Assigns a deployment to `executor` (taking it off any other).
+    fn assign(&self, executor: &ExecutorId, mut assignment: ExecutorAssignment) -> bool {
+        if !self
+            .members
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .0
+            .is_alive(executor)
+        {
+            return false;
+        }
+        let revision = {
+            let mut assigned = self.assigned();
+            let key = (assignment.tenant.clone(), assignment.id.clone());
+            assigned.remove(&key);
+            assigned.generation += 1;
+            assignment.generation = assigned.generation;
+            assigned.revision += 1;
+            let revision = assigned.revision;
+            let table = assigned.executors.entry(executor.clone()).or_default();
+            table.revision = revision;
+            table.deployments.insert(key, assignment);
+            revision
+        };
+        self.publish(revision);
+        true
+    }
+
+    /// Takes a deployment off every executor.
+    fn unassign(&self, tenant: &TenantId, id: &str) {
+        let revision = {
+            let mut assigned = self.assigned();
+            if !assigned.remove(&(tenant.clone(), id.to_owned())) {
+                return;
+            }
+            assigned.revision
+        };
+        self.publish(revision);
+    }
+
+    /// Forgets the assignments and reports of executors that are no longer live members.
+    fn prune(&self) {
+        let members = self.members.lock().unwrap_or_else(PoisonError::into_inner);
+        self.assigned()
+            .executors
+            .retain(|id, _| members.0.is_alive(id));
+    }
+
+    /// What runs on the live executors: what each reported running among its assignments,
+    /// and assignments of a revision it has not carried out yet (starting).
+    fn running(&self) -> Vec<crate::RunningDeployment> {
+        self.prune();
+        let assigned = self.assigned();
+        let mut running = Vec::new();
+        for (executor, table) in &assigned.executors {
+            let reported: HashMap<(&TenantId, &str), &Option<String>> = table
+                .running
+                .iter()
+                .map(|r| ((&r.tenant, r.id.as_str()), &r.problem))
+                .collect();
+            for (tenant, id) in table.deployments.keys() {
+                let problem = match reported.get(&(tenant, id.as_str())) {
+                    Some(problem) => (*problem).clone(),
+                    None if table.applied < table.revision => None,
+                    None => continue,
+                };
+                running.push(crate::RunningDeployment {
+                    tenant: tenant.clone(),
+                    id: id.clone(),
+                    executor: executor.to_string(),
+                    problem,
+                });
+            }
+        }
+        running
+    }
+
+    /// Where a deployment is assigned and what its executor reported of it.
+    fn status(&self, tenant: &TenantId, id: &str) -> Option<serde_json::Value> {
+        let assigned = self.assigned();
+        let key = (tenant.clone(), id.to_owned());
+        assigned.executors.iter().find_map(|(executor, table)| {
+            table.deployments.get(&key)?;
+            let report = table
+                .running
+                .iter()
+                .find(|r| r.tenant == *tenant && r.id == id);
+            Some(serde_json::json!({
+                "executor": executor.as_str(),
+                "running": report.is_some(),
+                "problem": report.and_then(|r| r.problem.clone()),
+            }))
+        })
+    }
+
+    /// Marks lost the executors silent past the timeout at `now`; the newly lost ones.
+    pub fn expire(&self, now: Instant) -> Vec<ExecutorId> {
+        let mut members = self.members.lock().unwrap_or_else(PoisonError::into_inner);
+        let (membership, pool) = &mut *members;
+        membership.expire(pool, now)
+    }
+
+    /// The joined executors, as `/v1/executors` lists them.
+    pub fn list(&self) -> Vec<Executor> {
+        let assigned: HashMap<ExecutorId, u64> = self
+            .assigned()
+            .executors
+            .iter()
+            .map(|(id, table)| (id.clone(), table.deployments.len() as u64))
+            .collect();
+        let members = self.members.lock().unwrap_or_else(PoisonError::into_inner);
+        let (_, pool) = &*members;
+        let mut ids: Vec<&ExecutorId> = pool.executor_ids().collect();
+        ids.sort();
+        ids.into_iter()
+            .filter_map(|id| {
+                let state = pool.state(id)?;
+                let workers = pool.info(id).map_or(0, |info| {
+                    info.capacity.fuel_per_second / FUEL_PER_WORKER_SECOND
+                });
+                Some(Executor {
+                    id: id.to_string(),
+                    state: state.as_str().to_owned(),
+                    deployments: assigned.get(id).copied().unwrap_or(0),
+                    workers,
+                })
+            })
+            .collect()
+    }
+
+    fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let Some(expected) = &self.token else {
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                "this control plane takes no executor processes (no executor join token)",
+            ));
+        };
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .ok_or_else(|| {
+                ApiError::new(ErrorCode::Unauthenticated, "send the executor join token")
+            })?;
+        if bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                ErrorCode::Unauthenticated,
+                "not the executor join token",
+            ))
+        }
+    }
+}
+
+fn membership_error(error: MembershipError) -> ApiError {
+    let code = match error {
+        MembershipError::DuplicateId(_) | MembershipError::Lost(_) => ErrorCode::Conflict,
+        MembershipError::Unknown(_) => ErrorCode::NotFound,
+        MembershipError::Full(_) => ErrorCode::QuotaExceeded,
+    };
+    ApiError::new(code, error.to_string())
+}
+
+fn executor_id(id: String) -> Result<ExecutorId, ApiError> {
+    ExecutorId::new(id).map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.to_string()))
+}
+
+/// An executor process joins: registered ready, heard from now.
+#[utoipa::path(post, path = "/v1/executors/join", tag = "executors", request_body = weir_api::rest::ExecutorJoin, responses((status = 200, body = weir_api::rest::ExecutorJoined), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
+pub(crate) async fn join(
+    State(state): State<GatewayState>,
+    headers: HeaderMap,
+    ApiJson(join): ApiJson<ExecutorJoin>,
+) -> Result<impl IntoResponse, ApiError> {
+    let executors = &state.executors;
+    executors.authorize(&headers)?;
+    let mut labels = BTreeMap::new();
+    for (key, value) in join.labels {
+        let text = if value.is_empty() {
+            key.clone()
+        } else {
+            format!("{key}={value}")
+        };
+        weir_scheduler::LabelRequirement::parse(&text)
+            .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.to_string()))?;
+        labels.insert(key, value);
+    }
+    let info = ExecutorInfo {
+        id: executor_id(join.id)?,
+        capacity: Resources {
+            fuel_per_second: u64::from(join.workers).saturating_mul(FUEL_PER_WORKER_SECOND),
+            memory_bytes: join.memory_bytes,
+            instances: join.instance_slots,
+        },
+        labels,
+    };
+    let id = info.id.clone();
+    let timeout = {
+        let mut members = executors
+            .members
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let (membership, pool) = &mut *members;
+        membership
+            .join(pool, info, Instant::now())
+            .map_err(membership_error)?;
+        membership.timeout()
+    };
+    tracing::info!(executor = %id, "executor joined");
+    Ok(Json(ExecutorJoined {
+        heartbeat_ms: u64::try_from(executors.heartbeat.as_millis()).unwrap_or(u64::MAX),
+        timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+    }))
+}
+
+/// The fuel per second one dataflow worker is counted for: wasmtime fuel is roughly one unit
+/// per wasm instruction, and a core runs on the order of 10^9 simple instructions a second.
+const FUEL_PER_WORKER_SECOND: u64 = 1_000_000_000;
+
+/// A heartbeat: the executor is alive.
+#[utoipa::path(post, path = "/v1/executors/{id}/heartbeat", tag = "executors", params(("id" = String, Path)), request_body = weir_api::rest::ExecutorHeartbeat, responses((status = 204), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
+pub(crate) async fn heartbeat(
+    State(state): State<GatewayState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    ApiJson(mut report): ApiJson<ExecutorHeartbeat>,
+) -> Result<impl IntoResponse, ApiError> {
+    let executors = &state.executors;
+    executors.authorize(&headers)?;
+    let id = executor_id(id)?;
+    executors
+        .members
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .0
+        .heartbeat(&id, Instant::now())
+        .map_err(membership_error)?;
+    report.running.truncate(MAX_REPORTED);
+    let mut assigned = executors.assigned();
+    let table = assigned.executors.entry(id).or_default();
+    table.applied = report.revision;
+    table.running = report.running;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The executor stops cleanly: removed at once.
+#[utoipa::path(post, path = "/v1/executors/{id}/leave", tag = "executors", params(("id" = String, Path)), responses((status = 204), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
+pub(crate) async fn leave(
+    State(state): State<GatewayState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let executors = &state.executors;
+    executors.authorize(&headers)?;
+    let id = executor_id(id)?;
+    {
+        let mut members = executors
+            .members
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let (membership, pool) = &mut *members;
+        membership.leave(pool, &id).map_err(membership_error)?;
+    }
+    tracing::info!(executor = %id, "executor left");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// An artifact (module or graph bytes) by its digest, for a live executor: what it runs is
+/// fetched by digest and checked against it before it runs (`Client::executor_artifact`).
+/// Executors run every tenant's code, so any stored digest is theirs to fetch; nobody else's
+/// token opens this route.
+#[utoipa::path(get, path = "/v1/executors/{id}/artifacts/{digest}", tag = "executors", params(("id" = String, Path), ("digest" = String, Path)), responses((status = 200, content_type = "application/octet-stream"), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
+pub(crate) async fn artifact(
+    State(state): State<GatewayState>,
+    headers: HeaderMap,
+    Path((id, digest)): Path<(String, String)>,
+) -> Result<impl IntoResponse, ApiError> {
+    let executors = &state.executors;
+    executors.authorize(&headers)?;
+    let id = executor_id(id)?;
+    let alive = executors
+        .members
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .0
+        .is_alive(&id);
+    if !alive {
+        return Err(ApiError::not_found("executor"));
+    }
+    let digest = weir_api::ModuleDigest::new(digest)
+        .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.to_string()))?;
+    let bytes = state
+        .blobs
+        .get(&digest)
+        .await
+        .map_err(|e| ApiError::internal(&e))?
+        .ok_or_else(|| ApiError::not_found("artifact"))?;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes))
+}
+
+/// The query of `/v1/executors/{id}/assignments`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AssignmentsQuery {
+    /// Answer once the revision is past this one.
+    #[serde(default)]
+    after: u64,
+    /// How long to wait for that, in milliseconds (at most 30,000; default 0).
+    #[serde(default)]
+    wait_ms: u64,
+}
+
+/// An executor's assignments (a long poll): at once when their revision is past `after`, else
+/// when it changes or `wait_ms` passes. A lost or unknown executor gets `404 not_found`.
+#[utoipa::path(get, path = "/v1/executors/{id}/assignments", tag = "executors", params(("id" = String, Path), ("after" = Option<u64>, Query), ("wait_ms" = Option<u64>, Query)), responses((status = 200, body = weir_api::rest::ExecutorAssignments), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
+pub(crate) async fn assignments(
+    State(state): State<GatewayState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    crate::ApiQuery(query): crate::ApiQuery<AssignmentsQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    let executors = &state.executors;
+    executors.authorize(&headers)?;
+    let id = executor_id(id)?;
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(query.wait_ms).min(MAX_WAIT);
+    let mut changed = executors.changed.subscribe();
+    loop {
+        let alive = executors
+            .members
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .0
+            .is_alive(&id);
+        if !alive {
+            return Err(ApiError::not_found("executor"));
+        }
+        {
+            let assigned = executors.assigned();
+            let (revision, list) = assigned.executors.get(&id).map_or_else(
+                || (0, Vec::new()),
+                |table| {
+                    (
+                        table.revision,
+                        table.deployments.values().cloned().collect(),
+                    )
+                },
+            );
+            if revision > query.after || tokio::time::Instant::now() >= deadline {
+                return Ok(Json(ExecutorAssignments {
+                    revision,
+                    assignments: list,
+                }));
+            }
+        }
+        // A change of any executor's assignments wakes every poll; each checks its own.
+        if tokio::time::timeout_at(deadline, changed.changed())
+            .await
+            .is_err()
+        {
+            continue;
+        }
+    }
+}
+
+/// Refuses bindings to this control plane's own endpoints (`http`, the embedded broker).
+fn on_executors(request: &crate::StartDeployment) -> Result<(), ApiError> {
+    for binding in [
+        Some(&request.source),
+        Some(&request.sink),
+        request.dead_letters.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        if binding.kind == "http" || (binding.endpoint == "default" && binding.address.is_none()) {
+            return Err(ApiError::new(
+                ErrorCode::InvalidDeployment,
+                format!(
+                    "endpoint {} is this control plane's own; deployments on executor processes use mqtt, kafka or otlp endpoints",
+                    binding.endpoint
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn assigned_binding(binding: crate::StartBinding) -> AssignedBinding {
+    AssignedBinding {
+        endpoint: binding.endpoint,
+        kind: binding.kind,
+        address: binding.address,
+        settings: binding.settings,
+        secret: binding.secret,
+        topics: binding.topics,
+    }
+}
+
+/// The gateway's runtime when deployments run on executor processes: a start places an
+/// assignment on the executor the scheduler chose ([`DeploymentRuntime::start_on`]); a start
+/// from an API handler leaves placement to the reconcile loop's next round. Inputs over HTTP
+/// (`http` bindings) and the embedded broker (`default`) are this process's: a deployment on
+/// an executor process uses MQTT, Kafka or OTLP endpoints.
+#[derive(Debug)]
+pub struct RemoteRuntime {
+    members: std::sync::Arc<ExecutorMembership>,
+}
+
+impl RemoteRuntime {
+    /// A runtime on `members` (which must be [`ExecutorMembership::placing`]).
+    pub fn new(members: std::sync::Arc<ExecutorMembership>) -> Self {
+        Self { members }
+    }
+
+    fn unsupported(what: &str) -> ApiError {
+        ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("{what} is not available: this deployment runs on an executor process"),
+        )
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::DeploymentRuntime for RemoteRuntime {
+    async fn start(&self, request: crate::StartDeployment) -> Result<Vec<String>, ApiError> {
+        on_executors(&request)?;
+        Ok(Vec::new())
+    }
+
+    async fn start_on(
+        &self,
+        executor: &str,
+        request: crate::StartDeployment,
+    ) -> Result<Vec<String>, ApiError> {
+        on_executors(&request)?;
+        let executor = executor_id(executor.to_owned())?;
+        let assignment = ExecutorAssignment {
+            tenant: request.tenant,
+            id: request.id,
+            generation: 0,
+            quotas: request.quotas,
+            graph: ModuleDigest::of(request.graph.as_bytes()).to_string(),
+            modules: request
+                .modules
+                .iter()
+                .map(|(reference, bytes)| (reference.clone(), ModuleDigest::of(bytes).to_string()))
+                .collect(),
+            configuration: request.configuration,
+            source: assigned_binding(request.source),
+            sink: assigned_binding(request.sink),
+            dead_letters: request.dead_letters.map(assigned_binding),
+        };
+        if self.members.assign(&executor, assignment) {
+            Ok(Vec::new())
+        } else {
+            Err(ApiError::new(
+                ErrorCode::Conflict,
+                format!("executor {executor} is not a live member"),
+            ))
+        }
+    }
+
+    async fn stop(&self, tenant: &TenantId, id: &str) {
+        self.members.unassign(tenant, id);
+    }
+
+    async fn ingest(
+        &self,
+        _tenant: &TenantId,
+        _id: &str,
+        _messages: Vec<crate::IngestMessage>,
+        _wait: Option<Duration>,
+    ) -> Result<Vec<crate::OutputMessage>, ApiError> {
+        Err(Self::unsupported("input over HTTP"))
+    }
+
+    async fn take_outputs(
+        &self,
+        _tenant: &TenantId,
+        _id: &str,
+        _limit: usize,
+    ) -> Result<Vec<crate::OutputMessage>, ApiError> {
+        Err(Self::unsupported("output over HTTP"))
+    }
+
+    async fn status(&self, tenant: &TenantId, id: &str) -> Option<serde_json::Value> {
+        self.members.status(tenant, id)
+    }
+
+    async fn runs_on(&self, tenant: &TenantId, id: &str, executor: &str) -> bool {
+        let key = (tenant.clone(), id.to_owned());
+        self.members
+            .assigned()
+            .executors
+            .iter()
+            .any(|(at, table)| at.as_str() == executor && table.deployments.contains_key(&key))
+    }
+
+    async fn running(&self) -> Vec<crate::RunningDeployment> {
+        self.members.running()
+    }
+
+    async fn logs(
+        &self,
+        _tenant: &TenantId,
+        _query: &crate::FeedQuery,
+    ) -> Vec<weir_api::rest::LogLine> {
+        Vec::new()
+    }
+
+    async fn metrics(&self, _tenant: &TenantId) -> Vec<weir_api::rest::MetricSeries> {
+        Vec::new()
+    }
+
+    async fn usage(&self, _tenant: &TenantId) -> weir_api::rest::Usage {
+        weir_api::rest::Usage::default()
+    }
+
+    async fn executors(&self) -> Vec<Executor> {
+        // The members are listed by `ExecutorMembership::list`.
+        Vec::new()
+    }
+
+    async fn cordon(&self, executor: &str, cordoned: bool) -> bool {
+        let state = if cordoned {
+            weir_scheduler::ExecutorState::Cordoned
+        } else {
+            weir_scheduler::ExecutorState::Ready
+        };
+        self.members.cordon(executor, state)
+    }
+
+    async fn forget_tenant(&self, tenant: &TenantId) {
+        let keys: Vec<String> = {
+            let assigned = self.members.assigned();
+            assigned
+                .executors
+                .values()
+                .flat_map(|table| table.deployments.keys())
+                .filter(|(t, _)| t == tenant)
+                .map(|(_, id)| id.clone())
+                .collect()
+        };
+        for id in keys {
+            self.members.unassign(tenant, &id);
+        }
+    }
+
+    async fn set_quotas(&self, _tenant: &TenantId, _quotas: &weir_tenants::Quotas) {}
+}
