@@ -157,6 +157,8 @@ pub(crate) fn router(state: GatewayState) -> Router {
                 async move { Json(document.as_ref().clone()) }
             }),
         )
+        // The dashboard: its page at `/` and the routes only it uses (`gateway/src/dashboard`).
+        .merge(crate::dashboard::routes(&state))
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such route") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn(request_id))

@@ -1,0 +1,199 @@
+//! The dashboard in a real browser: a real `weir serve`, tenants A and B, a running deployment
+//! with an http source, and `tests/browser/dashboard.mjs` driving Debian's headless Chromium
+//! through playwright-core (with axe-core), installed by `scripts/setup`. A missing browser,
+//! node or npm package fails the test with what to run; it never skips.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: a failed expectation is a failed test"
+)]
+
+mod common;
+
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use weir_api::rest::{CreateDeployment, GraphRef, IngestMessage};
+use weir_api::tenancy::Quotas;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// An executable by name on `PATH`.
+fn on_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
+/// Chromium (`WEIR_CHROMIUM`, else `chromium` on `PATH`), node, and the npm packages: each
+/// missing one fails the test, saying what to run.
+fn browser_tools() -> (PathBuf, PathBuf, PathBuf) {
+    let chromium = std::env::var_os("WEIR_CHROMIUM")
+        .map(PathBuf::from)
+        .or_else(|| on_path("chromium"))
+        .unwrap_or_else(|| {
+            panic!("no chromium found (WEIR_CHROMIUM or `chromium` on PATH): run scripts/setup, which installs Debian's chromium")
+        });
+    let node = on_path("node")
+        .unwrap_or_else(|| panic!("no node on PATH: run scripts/setup (Debian's nodejs)"));
+    let modules = std::env::var_os("WEIR_BROWSER_MODULES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            std::env::var_os("CARGO_TARGET_DIR")
+                .map_or_else(|| repo().join("target"), PathBuf::from)
+                .join("browser/node_modules")
+        });
+    for package in ["playwright-core/package.json", "axe-core/axe.min.js"] {
+        assert!(
+            modules.join(package).is_file(),
+            "{} is missing: run scripts/setup (npm installs playwright-core and axe-core into target/browser)",
+            modules.join(package).display()
+        );
+    }
+    (chromium, node, modules)
+}
+
+/// Runs the browser script with `env`; its stdout, stderr and exit code, killed after `limit`.
+pub fn run_script(
+    node: &Path,
+    args: &[&str],
+    env: &[(&str, String)],
+    limit: Duration,
+) -> (String, String, Option<i32>) {
+    let mut child = Command::new(node)
+        .arg(repo().join("tests/browser/dashboard.mjs"))
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("node starts");
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out = std::thread::spawn(move || {
+        let mut text = String::new();
+        stdout.read_to_string(&mut text).ok();
+        text
+    });
+    let err = std::thread::spawn(move || {
+        let mut text = String::new();
+        stderr.read_to_string(&mut text).ok();
+        text
+    });
+    let started = Instant::now();
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        if started.elapsed() > limit {
+            child.kill().ok();
+            child.wait().ok();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    (out.join().unwrap(), err.join().unwrap(), code)
+}
+
+async fn deploy_temperature(client: &weir_api::client::Client, id: &str) {
+    client
+        .push_module("temperature", "1.0.0", weir_guests::TEMPERATURE.bytes())
+        .await
+        .unwrap();
+    let graph = std::fs::read_to_string(repo().join("tests/golden/graph-simple.yaml")).unwrap();
+    client.push_graph("simple", "1", graph).await.unwrap();
+    client
+        .deploy(&CreateDeployment {
+            id: id.to_owned(),
+            graph: GraphRef {
+                name: "simple".to_owned(),
+                version: "1".to_owned(),
+            },
+            configuration: Default::default(),
+            source: Default::default(),
+            sink: Default::default(),
+            dead_letters: None,
+        })
+        .await
+        .unwrap();
+    let reply = client
+        .ingest(
+            id,
+            &[IngestMessage::new(
+                r#"{"temperature":{"value":50,"unit":"F"}}"#,
+            )],
+            true,
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.accepted, 1);
+}
+
+/// Signs in, sees counters rise while messages are ingested, a dead letter appear (its HTML
+/// payload as text), the graph, per-node counters and quota bars; pauses and resumes; tenant B
+/// sees none of A's deployments; the admin picks a tenant; axe-core finds no serious or
+/// critical violation; Tab reaches the actions. Screenshots in target/browser/screenshots.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_works_in_a_real_browser_and_keeps_tenants_apart() {
+    let (chromium, node, modules) = browser_tools();
+    let data = tempfile::tempdir().unwrap();
+    let server = common::serve(data.path());
+    let admin = server.admin();
+    let a = common::tenant(&admin, "tenant-a", Quotas::default()).await;
+    let b = common::tenant(&admin, "tenant-b", Quotas::default()).await;
+    deploy_temperature(&a, "convert").await;
+    deploy_temperature(&b, "b-only").await;
+
+    let screenshots = modules.join("../screenshots");
+    let env = vec![
+        ("WEIR_URL", format!("http://{}", server.address)),
+        ("WEIR_TOKEN_A", a.token().unwrap().to_owned()),
+        ("WEIR_TOKEN_B", b.token().unwrap().to_owned()),
+        ("WEIR_ADMIN_TOKEN", server.admin_token.clone().unwrap()),
+        ("WEIR_DEPLOYMENT", "convert".to_owned()),
+        ("WEIR_DEPLOYMENT_B", "b-only".to_owned()),
+        ("WEIR_CHROMIUM", chromium.display().to_string()),
+        ("WEIR_BROWSER_MODULES", modules.display().to_string()),
+        ("WEIR_SCREENSHOTS", screenshots.display().to_string()),
+    ];
+    let (stdout, stderr, code) = tokio::task::spawn_blocking(move || {
+        run_script(&node, &[], &env, Duration::from_secs(240))
+    })
+    .await
+    .unwrap();
+    println!("{stdout}");
+    assert_eq!(code, Some(0), "the browser script failed:\n{stdout}\n{stderr}");
+    for step in [
+        "PASS served with a strict Content-Security-Policy",
+        "PASS signed in as tenant A",
+        "PASS counters rise while messages are ingested",
+        "PASS a bad message's dead letter appears",
+        "PASS axe deployment page",
+        "PASS keyboard navigation reaches the actions",
+        "PASS pause and resume from the page",
+        "PASS quota bars",
+        "PASS axe quotas page",
+        "PASS axe deployments list",
+        "PASS tenant B's token shows none of tenant A's deployments",
+        "PASS axe admin view",
+        "PASS the admin picks a tenant and sees its deployments",
+        "DONE",
+    ] {
+        assert!(stdout.contains(step), "missing `{step}`:\n{stdout}\n{stderr}");
+    }
+    for page in ["deployments", "deployment", "quotas", "tenant-b", "admin"] {
+        assert!(
+            screenshots.join(format!("{page}.png")).is_file(),
+            "no screenshot of {page}"
+        );
+    }
+}
