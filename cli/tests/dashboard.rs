@@ -165,13 +165,16 @@ async fn the_dashboard_works_in_a_real_browser_and_keeps_tenants_apart() {
         ("WEIR_BROWSER_MODULES", modules.display().to_string()),
         ("WEIR_SCREENSHOTS", screenshots.display().to_string()),
     ];
-    let (stdout, stderr, code) = tokio::task::spawn_blocking(move || {
-        run_script(&node, &[], &env, Duration::from_secs(240))
-    })
-    .await
-    .unwrap();
+    let (stdout, stderr, code) =
+        tokio::task::spawn_blocking(move || run_script(&node, &[], &env, Duration::from_secs(240)))
+            .await
+            .unwrap();
     println!("{stdout}");
-    assert_eq!(code, Some(0), "the browser script failed:\n{stdout}\n{stderr}");
+    assert_eq!(
+        code,
+        Some(0),
+        "the browser script failed:\n{stdout}\n{stderr}"
+    );
     for step in [
         "PASS served with a strict Content-Security-Policy",
         "PASS signed in as tenant A",
@@ -188,7 +191,10 @@ async fn the_dashboard_works_in_a_real_browser_and_keeps_tenants_apart() {
         "PASS the admin picks a tenant and sees its deployments",
         "DONE",
     ] {
-        assert!(stdout.contains(step), "missing `{step}`:\n{stdout}\n{stderr}");
+        assert!(
+            stdout.contains(step),
+            "missing `{step}`:\n{stdout}\n{stderr}"
+        );
     }
     for page in ["deployments", "deployment", "quotas", "tenant-b", "admin"] {
         assert!(

@@ -525,18 +525,19 @@ function diagram(definition, nodeText) {
   for (const o of definition.operations) {
     const p = pos.get(o.name);
     const g = svg("g", { "data-node": o.name });
+    g.append(svg("title", {}, `${o.name} (${o.operationType}${o.module ? `, ${o.module}` : ""})`));
     g.append(svg("rect", { x: p.x, y: p.y, width: boxW, height: boxH }));
-    g.append(svg("text", { class: "name", x: p.x + 8, y: p.y + 16 }, o.name.length > 24 ? `${o.name.slice(0, 23)}…` : o.name));
+    g.append(svg("text", { class: "name", x: p.x + 8, y: p.y + 16 }, o.name.length > 22 ? `${o.name.slice(0, 21)}…` : o.name));
     g.append(svg("text", { x: p.x + 8, y: p.y + 31 }, o.operationType));
     const l1 = svg("text", { x: p.x + 8, y: p.y + 47 }, "");
     const l2 = svg("text", { x: p.x + 8, y: p.y + 62 }, "");
     g.append(l1, l2);
-    texts.set(o.name, [l1, l2]);
+    texts.set(o.name, [l1, l2, o.operationType]);
     root.append(g);
   }
   const update = (counters) => {
-    for (const [name, [l1, l2]] of texts) {
-      const c = counters(name);
+    for (const [name, [l1, l2, type]] of texts) {
+      const c = counters(name, type);
       setText(l1, c ? c[0] : "");
       setText(l2, c ? c[1] : "");
     }
@@ -556,7 +557,7 @@ function renderDetail(view, id) {
   const graphSection = el("section", { "aria-labelledby": "graph-h" }, el("h2", { id: "graph-h", text: "Graph" }));
   const nodesBody = el("tbody", { id: "nodes-body" });
   const nodes = el("table", { id: "nodes" }, el("caption", { text: "Per node" }),
-    el("thead", {}, el("tr", {}, ...["Node", "Messages in", "Messages out", "Errors", "Dead letters", "Fuel", "Instances", "p50 latency", "p99 latency"].map((h, i) => el("th", { scope: "col", class: i ? "num" : "", text: h })))), nodesBody);
+    el("thead", {}, el("tr", {}, ...["Node", "Messages in", "Messages out", "Errors (dead-lettered)", "Fuel", "Live instances", "p50 latency", "p99 latency"].map((h, i) => el("th", { scope: "col", class: i ? "num" : "", text: h })))), nodesBody);
   const lettersBody = el("tbody", { id: "letters-body" });
   const letters = el("table", { id: "dead-letters" }, el("caption", { text: "Dead letters (newest first)" }),
     el("thead", {}, el("tr", {}, ...["#", "When", "Node", "Reason", "Detail", "Payload"].map((h) => el("th", { scope: "col", text: h })))), lettersBody);
@@ -583,17 +584,13 @@ function renderDetail(view, id) {
     const get = (name) => { if (!byNode.has(name)) byNode.set(name, {}); return byNode.get(name); };
     const status = (full && full.runtime && full.runtime.nodes) || {};
     for (const [name, c] of Object.entries(status)) {
-      Object.assign(get(name), { calls: c.calls, failures: c.failures, fuel: c.fuel, live: c.live });
+      Object.assign(get(name), { in: c.calls, out: c.emitted, errors: c.failures, fuel: c.fuel, live: c.live ? 1 : 0 });
     }
     for (const s of series) {
       const node = s.labels.node;
       if (!node) continue;
       const n = get(node);
-      if (s.name === "weir_messages_in") n.in = s.value;
-      else if (s.name === "weir_messages_out") n.out = s.value;
-      else if (s.name === "weir_dead_letters") n.dead = s.value;
-      else if (s.name === "weir_errors") n.errors = (n.errors || 0) + s.value;
-      else if (s.name === "weir_fuel") n.fuel = s.value;
+      if (s.name === "weir_fuel") n.fuel = s.value;
       else if (s.name === "weir_call_duration_seconds") { n.p50 = quantile(s.buckets, s.count, 0.5); n.p99 = quantile(s.buckets, s.count, 0.99); n.observed = s.count; }
     }
     return byNode;
@@ -603,20 +600,23 @@ function renderDetail(view, id) {
     const byNode = nodeCounters();
     const rows = [...byNode.entries()].map(([name, n]) => el("tr", { "data-node": name },
       el("th", { scope: "row", text: name }),
-      el("td", { class: "num", text: fmtNumber(n.in ?? n.calls) }),
+      el("td", { class: "num", text: fmtNumber(n.in) }),
       el("td", { class: "num", text: fmtNumber(n.out) }),
-      el("td", { class: "num", text: fmtNumber(n.errors ?? n.failures) }),
-      el("td", { class: "num", text: fmtNumber(n.dead) }),
+      el("td", { class: "num", text: fmtNumber(n.errors) }),
       el("td", { class: "num", text: fmtNumber(n.fuel) }),
       el("td", { class: "num", text: fmtNumber(n.live) }),
       el("td", { class: "num", text: n.observed ? fmtLatency(n.p50) : "–" }),
       el("td", { class: "num", text: n.observed ? fmtLatency(n.p99) : "–" })));
     nodesBody.replaceChildren(...rows);
     if (graph) {
-      graph.update((name) => {
+      const d = app.deployments.get(id);
+      const r = (d && d.runtime) || (full && full.runtime) || null;
+      graph.update((name, type) => {
+        if (type === "source") return r ? [`out ${fmtNumber(r.received)}`, ""] : null;
+        if (type === "sink") return r ? [`in ${fmtNumber(r.emitted)}`, ""] : null;
         const n = byNode.get(name);
         if (!n) return null;
-        return [`in ${fmtNumber(n.in ?? n.calls)} · out ${fmtNumber(n.out)}`, `err ${fmtNumber(n.errors ?? n.failures)} · p99 ${n.observed ? fmtLatency(n.p99) : "–"}`];
+        return [`in ${fmtNumber(n.in)} · out ${fmtNumber(n.out)}`, `err ${fmtNumber(n.errors)} · p99 ${n.observed ? fmtLatency(n.p99) : "–"}`];
       });
     }
   };

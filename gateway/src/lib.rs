@@ -32,8 +32,8 @@ use weir_tenants::{JwtVerifier, MemoryRevocations, TokenIssuer};
 
 pub use auth::Caller;
 pub use dashboard::{
-    CONTENT_SECURITY_POLICY, EVENT_INTERVAL, HISTORY_SAMPLES, MAX_STREAMS_PER_TENANT, SAMPLE_INTERVAL,
-    STREAM_LIFETIME, Sample,
+    CONTENT_SECURITY_POLICY, EVENT_INTERVAL, HISTORY_SAMPLES, MAX_STREAMS_PER_TENANT,
+    SAMPLE_INTERVAL, STREAM_LIFETIME, Sample,
 };
 pub use error::{ApiError, ApiJson, ApiQuery};
 pub use locks::{TenantGuard, TenantLocks};

@@ -154,17 +154,30 @@ async function check() {
   await axe(page, "deployment page");
   await shot(page, "deployment");
 
-  // Keyboard: Tab from the top of the page reaches the actions.
-  await page.evaluate(() => { document.activeElement && document.activeElement.blur(); window.scrollTo(0, 0); });
-  await page.locator("body").focus();
+  // Keyboard: from a fresh load of the page (the token kept in the tab), Tab from the top
+  // reaches the actions, each stop with a visible focus indicator.
+  await page.reload();
+  await page.locator("#action-pause").waitFor();
+  await until("pause enabled", async () => page.locator("#action-pause").isEnabled());
+  // Start from the top of the page: the brand line in the header (not focusable).
+  await page.locator(".brand").click();
   let reached = null;
-  for (let i = 0; i < 40 && !reached; i += 1) {
+  const stops = [];
+  for (let i = 0; i < 60 && !reached; i += 1) {
     await page.keyboard.press("Tab");
-    const focused = await page.evaluate(() => document.activeElement && document.activeElement.id);
-    if (focused && focused.startsWith("action-")) reached = { focused, presses: i + 1 };
+    const focused = await page.evaluate(() => {
+      const e = document.activeElement;
+      if (!e || e === document.body) return null;
+      const style = getComputedStyle(e);
+      return { id: e.id, tag: e.tagName, text: (e.textContent || "").trim().slice(0, 30), outline: style.outlineStyle !== "none" && parseFloat(style.outlineWidth) > 0 };
+    });
+    if (!focused) continue;
+    stops.push(`${focused.tag}${focused.id ? `#${focused.id}` : ""}`);
+    if (!focused.outline) throw new Error(`no visible focus on ${JSON.stringify(focused)}`);
+    if (focused.id && focused.id.startsWith("action-")) reached = { focused: focused.id, presses: i + 1 };
   }
-  if (!reached) throw new Error("Tab never reached an action button");
-  console.log(`PASS keyboard navigation reaches the actions (${reached.focused} after ${reached.presses} Tab presses)`);
+  if (!reached) throw new Error(`Tab never reached an action button: ${stops.join(" ")}`);
+  console.log(`PASS keyboard navigation reaches the actions (${reached.focused} after ${reached.presses} Tab presses: ${stops.join(" ")}), focus visible at every stop`);
 
   // Pause and resume with the keyboard-reachable buttons.
   await page.locator("#action-pause").focus();

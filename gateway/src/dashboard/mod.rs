@@ -115,11 +115,15 @@ fn secure(headers: &mut HeaderMap) {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
 }
 
-static INDEX: LazyLock<Asset> = LazyLock::new(|| Asset::new(INDEX_HTML, "text/html; charset=utf-8"));
+static INDEX: LazyLock<Asset> =
+    LazyLock::new(|| Asset::new(INDEX_HTML, "text/html; charset=utf-8"));
 static SCRIPT: LazyLock<Asset> =
     LazyLock::new(|| Asset::new(APP_JS, "text/javascript; charset=utf-8"));
 static STYLE: LazyLock<Asset> = LazyLock::new(|| Asset::new(STYLE_CSS, "text/css; charset=utf-8"));
@@ -233,9 +237,10 @@ fn node_totals(status: &Value) -> (u64, u64) {
         .and_then(Value::as_object)
         .map_or((0, 0), |nodes| {
             nodes.values().fold((0, 0), |(failures, live), node| {
+                let holds = node.get("live").and_then(Value::as_bool).unwrap_or(false);
                 (
                     failures + counter(node, "failures"),
-                    live + counter(node, "live"),
+                    live + u64::from(holds),
                 )
             })
         })
@@ -342,7 +347,10 @@ async fn history(
     dashboard.ensure_sampler(&state);
     let tenant = watched(&state, &caller, query.tenant.as_deref()).await?;
     let id = query.deployment.ok_or_else(|| {
-        ApiError::new(ErrorCode::InvalidRequest, "name the deployment: ?deployment=ID")
+        ApiError::new(
+            ErrorCode::InvalidRequest,
+            "name the deployment: ?deployment=ID",
+        )
     })?;
     state
         .store
@@ -517,7 +525,19 @@ async fn events(
             ticks.tick().await;
             if tokio::time::Instant::now() >= ends || !still_allowed(&state, &token, &tenant).await
             {
-                let _ = sender.send(Bytes::from_static(b"event: end\ndata: {}\n\n")).await;
+                // The client may be gone already: nothing to tell it then.
+                if sender
+                    .send(Bytes::from_static(
+                        b"event: end
+data: {}
+
+",
+                    ))
+                    .await
+                    .is_err()
+                {
+                    tracing::debug!("dashboard stream closed by the client");
+                }
                 return;
             }
             let event = match snapshot(&state, &tenant).await {
@@ -582,7 +602,10 @@ async fn graph(
     let query = parse_watch(query)?;
     let tenant = watched(&state, &caller, query.tenant.as_deref()).await?;
     let id = query.deployment.ok_or_else(|| {
-        ApiError::new(ErrorCode::InvalidRequest, "name the deployment: ?deployment=ID")
+        ApiError::new(
+            ErrorCode::InvalidRequest,
+            "name the deployment: ?deployment=ID",
+        )
     })?;
     let record = state
         .store
