@@ -336,9 +336,13 @@ function renderList(view) {
     const now = Date.now() / 1000;
     for (const [id, row] of app.rows) {
       const d = app.deployments.get(id);
-      if (d) setText(row.cells[4], d.status === "running" ? fmtDuration(now - d.created_at) : "–");
+      if (d) setText(row.cells[4], uptime(d, now));
     }
   });
+}
+
+function uptime(d, nowSeconds) {
+  return d.status === "running" && d.running_since_ms ? fmtDuration(nowSeconds - d.running_since_ms / 1000) : "–";
 }
 
 function setText(node, text) {
@@ -360,7 +364,7 @@ function fillRow(row, d) {
   if (status.className !== cls) status.className = cls;
   setText(row.cells[2], r && r.placement ? String(r.placement) : "–");
   setText(row.cells[3], r ? fmtNumber(r.instances) : "–");
-  setText(row.cells[4], d.status === "running" ? fmtDuration(Date.now() / 1000 - d.created_at) : "–");
+  setText(row.cells[4], uptime(d, Date.now() / 1000));
   setText(row.cells[5], r ? fmtNumber(r.received) : "–");
   setText(row.cells[6], r ? fmtNumber(r.emitted) : "–");
   setText(row.cells[7], r ? fmtNumber(r.dead_lettered) : "–");
@@ -779,6 +783,7 @@ async function renderTenant(view) {
     el("section", { "aria-labelledby": "days-h" }, el("h2", { id: "days-h", text: "Usage per day" }), days),
     el("section", { "aria-labelledby": "state-h" }, el("h2", { id: "state-h", text: "State keys (read-only)" }), stateList));
   if (isAdmin() && !app.tenant) return;
+  let previous = null;
   const load = async () => {
     try {
       const { quotas: limits } = await api(`/v1/dashboard/quotas${watchQuery()}`);
@@ -792,17 +797,16 @@ async function renderTenant(view) {
           api("/v1/usage"), api("/v1/devices"), api("/v1/state?limit=10000"), api("/v1/metrics")]);
         logCount = (await api("/v1/logs?limit=1000")).length;
       }
-      // Rates from the live counters: messages per second over the last samples.
-      let rateIn = null;
+      // Per-second quotas: the rate between this reading of the usage totals and the last.
+      const now = Date.now();
+      const rate = (field) => {
+        if (!usage || !previous || now <= previous.at) return null;
+        return Math.max(0, (usage[field] - previous.usage[field]) / ((now - previous.at) / 1000));
+      };
       let instances = null;
       if (app.deployments.size) {
         instances = 0;
-        rateIn = 0;
-        for (const [id, d] of app.deployments) {
-          if (d.runtime) instances += d.runtime.instances;
-          const r = rates(app.live.get(id) || [], "received");
-          if (r.length) rateIn += r[r.length - 1][1];
-        }
+        for (const d of app.deployments.values()) if (d.runtime) instances += d.runtime.instances;
       }
       const used = {
         max_modules: usage && usage.modules,
@@ -810,19 +814,22 @@ async function renderTenant(view) {
         max_graphs: usage && usage.graphs,
         max_deployments: usage ? usage.deployments : app.deployments.size,
         max_instances: instances,
-        messages_per_second_in: rateIn,
+        messages_per_second_in: rate("messages_in"),
+        fuel_per_second: rate("fuel"),
+        api_requests_per_second: rate("api_requests"),
         max_devices: devices && devices.length,
         max_state_keys: keys && keys.keys.length,
         max_metric_series: series && series.filter((s) => !s.platform).length,
         max_log_lines: logCount,
       };
-      const bytes = (name) => /bytes/.test(name);
+      if (usage) previous = { at: now, usage };
+      const bytes = (name) => /bytes|memory/.test(name);
       const rows = Object.entries(limits).map(([name, limit]) => {
         const u = used[name];
         const numeric = typeof limit === "number";
         const label = `${name.replace(/_/g, " ")}`;
         const shown = (v) => (v === null || v === undefined ? "–" : bytes(name) ? fmtBytes(v) : typeof v === "number" ? fmtNumber(Math.round(v * 10) / 10) : Array.isArray(v) ? (v.join(", ") || "none") : String(v));
-        let bar = el("span", { class: "muted", text: numeric ? "a limit per call or per second: enforced as it happens" : "" });
+        let bar = el("span", { class: "muted", text: numeric ? "a limit on each call, message or item, enforced as it happens" : "" });
         if (numeric && u !== null && u !== undefined) {
           bar = el("meter", { min: 0, max: Math.max(limit, 1), value: Math.min(u, limit), low: limit * 0.7, high: limit * 0.9, optimum: 0, "aria-label": `${label}: ${shown(u)} of ${shown(limit)}`, "data-quota": name, title: `${shown(u)} of ${shown(limit)}` });
         }

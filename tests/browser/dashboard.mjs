@@ -193,6 +193,8 @@ async function check() {
   // Quotas and usage.
   await page.getByRole("link", { name: "Quotas and usage" }).click();
   await until("quota bars", async () => (await page.locator("meter[data-quota]").count()) >= 5);
+  // Per-second quotas get their bars from two readings of the usage, 5 s apart.
+  await until("the rate bars", async () => (await page.locator('meter[data-quota="messages_per_second_in"]').count()) === 1);
   const quotaRows = await page.locator("tr[data-quota-row]").count();
   const bars = await page.locator("meter[data-quota]").count();
   if (!(await page.locator('meter[data-quota="max_deployments"]').count())) throw new Error("no max_deployments bar");

@@ -145,9 +145,16 @@ pub struct Sample {
 
 type Key = (TenantId, String);
 
-/// What the dashboard routes share: the sampled history and the open streams.
+/// What the dashboard routes share: the sampled history, when each deployment was seen to
+/// start running, and the open streams.
 #[derive(Debug, Default)]
 pub(crate) struct Dashboard {
+    /// When the dashboard (the server) started, in milliseconds since the epoch.
+    started_ms: u64,
+    /// Since when each running deployment runs, as observed at the samplings and events: a
+    /// deployment running when the server started counts from the start (or its creation, if
+    /// later). Bounded like `history`.
+    running_since: Mutex<HashMap<Key, u64>>,
     /// Samples per stored deployment, oldest first, at most [`HISTORY_SAMPLES`] each; a
     /// deployment no longer stored loses its ring at the next sampling, so the map is bounded
     /// by the tenants' `max_deployments`.
@@ -169,6 +176,34 @@ impl Dashboard {
         let dashboard = Arc::downgrade(self);
         let state = state.clone();
         tokio::spawn(sample_forever(dashboard, state));
+    }
+
+    fn new() -> Self {
+        Self {
+            started_ms: now_ms(),
+            ..Self::default()
+        }
+    }
+
+    /// Since when the deployment `key` runs (milliseconds since the epoch), if it runs;
+    /// `created_s` is its creation (seconds since the epoch).
+    fn running_since(&self, key: &Key, running: bool, created_s: u64) -> Option<u64> {
+        let mut since = self.running_since.lock().ok()?;
+        if !running {
+            since.remove(key);
+            return None;
+        }
+        // Deployments found running by the first samplings were resumed at the start.
+        let settling = u64::try_from(SAMPLE_INTERVAL.as_millis())
+            .unwrap_or(u64::MAX)
+            .saturating_mul(2);
+        let now = now_ms();
+        let first_seen = if now < self.started_ms.saturating_add(settling) {
+            self.started_ms.max(created_s.saturating_mul(1000))
+        } else {
+            now
+        };
+        Some(*since.entry(key.clone()).or_insert(first_seen))
     }
 
     fn samples(&self, key: &Key) -> Vec<Sample> {
@@ -199,11 +234,19 @@ async fn sample_forever(dashboard: Weak<Dashboard>, state: GatewayState) {
             };
             for deployment in deployments {
                 let status = state.runtime.status(&tenant.id, &deployment.id).await;
+                dashboard.running_since(
+                    &(tenant.id.clone(), deployment.id.clone()),
+                    deployment.status == "running" && status.is_some(),
+                    deployment.created_at,
+                );
                 fresh.insert(
                     (tenant.id.clone(), deployment.id),
                     status.as_ref().map(sample),
                 );
             }
+        }
+        if let Ok(mut since) = dashboard.running_since.lock() {
+            since.retain(|key, _| fresh.contains_key(key));
         }
         if let Ok(mut history) = dashboard.history.lock() {
             history.retain(|key, _| fresh.contains_key(key));
@@ -258,7 +301,7 @@ fn sample(status: &Value) -> Sample {
 
 /// The dashboard's routes and assets.
 pub(crate) fn routes(state: &GatewayState) -> Router<GatewayState> {
-    let dashboard = Arc::new(Dashboard::default());
+    let dashboard = Arc::new(Dashboard::new());
     dashboard.ensure_sampler(state);
     Router::new()
         .route("/", get(index))
@@ -423,10 +466,19 @@ impl hyper::body::Body for EventBody {
 }
 
 /// The tenant's deployments as the list shows them.
-async fn snapshot(state: &GatewayState, tenant: &TenantId) -> Result<Value, ApiError> {
+async fn snapshot(
+    state: &GatewayState,
+    dashboard: &Dashboard,
+    tenant: &TenantId,
+) -> Result<Value, ApiError> {
     let mut list = Vec::new();
     for record in state.store.deployments(tenant).await? {
         let status = state.runtime.status(tenant, &record.id).await;
+        let since = dashboard.running_since(
+            &(tenant.clone(), record.id.clone()),
+            record.status == "running" && status.is_some(),
+            record.created_at,
+        );
         let counters = status.as_ref().map(|s| {
             let (failures, live) = node_totals(s);
             let last_error = s
@@ -455,6 +507,7 @@ async fn snapshot(state: &GatewayState, tenant: &TenantId) -> Result<Value, ApiE
             "id": record.id,
             "status": record.status,
             "created_at": record.created_at,
+            "running_since_ms": since,
             "runtime": counters,
         }));
     }
@@ -540,7 +593,7 @@ data: {}
                 }
                 return;
             }
-            let event = match snapshot(&state, &tenant).await {
+            let event = match snapshot(&state, &dashboard, &tenant).await {
                 Ok(data) => format!("event: deployments\ndata: {data}\n\n"),
                 Err(error) => {
                     tracing::warn!(?error, "dashboard snapshot failed");
