@@ -8,7 +8,8 @@
 //!   storage) until every deployment's row is in the list (rendered in chunks of 100 per
 //!   animation frame);
 //! - `dashboard_update_ms`: the median, over 10 events, of applying one event of the stream
-//!   (every deployment's counters, one event each 1.5 s) to the page.
+//!   (every deployment's counters, one event each 1.5 s) to the page, while messages are
+//!   ingested into the deployments one after another (so each event changes some rows).
 //!
 //! ```sh
 //! cargo run --release -p weir-bench --bin dashboard -- target/release/weir [runs] [count]
@@ -21,9 +22,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::Context;
+use weir_api::rest::IngestMessage;
 use weir_server::{Server, deployment, describe, tenant};
 
 const SAMPLE_GRAPH: &str = include_str!("../../tests/golden/graph-simple.yaml");
+const READING: &str = r#"{"temperature":{"value":212,"unit":"F"}}"#;
 
 fn on_path(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|paths| {
@@ -63,7 +66,7 @@ async fn main() -> anyhow::Result<()> {
     describe(
         "dashboard_update_ms",
         &format!(
-            "median time the page takes to apply one event of the stream carrying {count} deployments' counters (parse and DOM update), over 10 events"
+            "median time the page takes to apply one event of the stream carrying {count} deployments' counters (parse and DOM update), over 10 events, while messages are ingested into the deployments one after another"
         ),
     );
     let slots = (count + 16).to_string();
@@ -98,6 +101,21 @@ async fn main() -> anyhow::Result<()> {
                 .await?;
         }
         let token = client.token().context("token")?.to_owned();
+        // Messages keep arriving while the page is measured: one at a time to each deployment
+        // in turn, so every event carries changed counters for some of them.
+        let feeder = client.clone();
+        let feeding = tokio::spawn(async move {
+            for i in (0..count).cycle() {
+                let message = [IngestMessage::new(READING)];
+                if feeder
+                    .ingest(&format!("d{i:04}"), &message, false)
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        });
         let mut child = Command::new(&node)
             .arg(repo.join("tests/browser/dashboard.mjs"))
             .arg("bench")
@@ -115,7 +133,8 @@ async fn main() -> anyhow::Result<()> {
         for line in BufReader::new(stdout).lines() {
             println!("{}", line?);
         }
-        let status = child.wait()?;
+        let status = tokio::task::spawn_blocking(move || child.wait()).await??;
+        feeding.abort();
         anyhow::ensure!(status.success(), "the browser script failed: {status}");
         drop(server);
     }

@@ -7,6 +7,7 @@
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::panic,
+    clippy::indexing_slicing,
     reason = "test code: a failed expectation is a failed test"
 )]
 
@@ -202,4 +203,202 @@ async fn the_dashboard_works_in_a_real_browser_and_keeps_tenants_apart() {
             "no screenshot of {page}"
         );
     }
+}
+
+/// Reads an event stream over a plain socket until `wanted` has arrived or `limit` passed; what
+/// was read.
+async fn read_until(
+    stream: &mut tokio::net::TcpStream,
+    seen: &mut String,
+    wanted: &str,
+    limit: Duration,
+) -> bool {
+    use tokio::io::AsyncReadExt as _;
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut buffer = [0u8; 8192];
+    while !seen.contains(wanted) {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buffer)).await {
+            Ok(Ok(n)) if n > 0 => seen.push_str(&String::from_utf8_lossy(&buffer[..n])),
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// Opens `GET path` with `token` on a raw connection (the stream is read as it comes).
+async fn open_stream(address: &str, path: &str, token: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt as _;
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream
+        .write_all(
+            format!(
+                "GET {path} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\nAccept: text/event-stream\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    stream
+}
+
+/// The dashboard's own routes hold the tenant walls: a tenant's token names no other tenant,
+/// reads no other tenant's history or graph, and its event stream carries its own deployments
+/// only and ends once the token is revoked; the admin must name the tenant it watches. The
+/// page is served with its Content-Security-Policy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_routes_hold_the_tenant_walls_and_streams_end_on_revocation() {
+    use weir_api::client::HttpMethod;
+    use weir_api::rest::MintToken;
+    use weir_api::tenancy::Role;
+
+    let data = tempfile::tempdir().unwrap();
+    let server = common::serve(data.path());
+    let admin = server.admin();
+    let a = common::tenant(&admin, "tenant-a", Quotas::default()).await;
+    common::tenant(&admin, "tenant-b", Quotas::default()).await;
+    deploy_temperature(&a, "convert").await;
+    let minted = admin
+        .mint_token(&MintToken {
+            subject: "b-viewer".to_owned(),
+            role: Role::Viewer,
+            ttl_seconds: None,
+            tenant: Some("tenant-b".to_owned()),
+        })
+        .await
+        .unwrap();
+    let b = admin.with_token(minted.token.clone().unwrap());
+
+    let get = |client: &weir_api::client::Client, path: &str| {
+        let client = client.clone();
+        let path = path.to_owned();
+        async move {
+            let (status, body) = client
+                .raw(HttpMethod::GET, &path, None, Vec::new())
+                .await
+                .unwrap();
+            (status.as_u16(), String::from_utf8_lossy(&body).into_owned())
+        }
+    };
+    // The page, with its policy.
+    let page = plain_get(&server.address, "/").await;
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    assert!(
+        page.contains("content-security-policy: default-src 'none'; script-src 'self'"),
+        "{page}"
+    );
+    assert!(page.contains("x-content-type-options: nosniff"), "{page}");
+
+    // B reaches nothing of A's.
+    for path in [
+        "/v1/dashboard/history?deployment=convert",
+        "/v1/dashboard/graph?deployment=convert",
+    ] {
+        let (status, body) = get(&b, path).await;
+        assert_eq!(status, 404, "{path}: {body}");
+        let (status, body) = get(&a, path).await;
+        assert_eq!(status, 200, "{path}: {body}");
+    }
+    for path in [
+        "/v1/dashboard/events?tenant=tenant-a",
+        "/v1/dashboard/quotas?tenant=tenant-a",
+        "/v1/dashboard/history?deployment=convert&tenant=tenant-a",
+    ] {
+        let (status, body) = get(&b, path).await;
+        assert_eq!(status, 403, "{path}: {body}");
+        assert!(body.contains("\"code\":\"forbidden\""), "{body}");
+    }
+    let (status, body) = get(&b, "/v1/dashboard/events?deployment=convert").await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = get(&b, "/v1/dashboard/history?what=1").await;
+    assert_eq!(status, 400, "{body}");
+    // The admin names the tenant it watches.
+    let (status, body) = get(&admin, "/v1/dashboard/quotas").await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = get(&admin, "/v1/dashboard/quotas?tenant=nobody").await;
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = get(&admin, "/v1/dashboard/quotas?tenant=tenant-a").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = get(
+        &admin,
+        "/v1/dashboard/history?deployment=convert&tenant=tenant-a",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+
+    // B's stream carries B's (no) deployments; A's carries A's.
+    let mut seen_a = String::new();
+    let mut stream_a =
+        open_stream(&server.address, "/v1/dashboard/events", a.token().unwrap()).await;
+    assert!(
+        read_until(
+            &mut stream_a,
+            &mut seen_a,
+            "event: deployments",
+            Duration::from_secs(10)
+        )
+        .await,
+        "{seen_a}"
+    );
+    assert!(
+        seen_a.contains("content-type: text/event-stream"),
+        "{seen_a}"
+    );
+    assert!(seen_a.contains(r#""id":"convert""#), "{seen_a}");
+    let mut seen_b = String::new();
+    let mut stream_b = open_stream(
+        &server.address,
+        "/v1/dashboard/events",
+        &minted.token.clone().unwrap(),
+    )
+    .await;
+    assert!(
+        read_until(
+            &mut stream_b,
+            &mut seen_b,
+            "event: deployments",
+            Duration::from_secs(10)
+        )
+        .await,
+        "{seen_b}"
+    );
+    assert!(seen_b.contains(r#""deployments":[]"#), "{seen_b}");
+    assert!(!seen_b.contains("convert"), "{seen_b}");
+
+    // Revoking B's token ends its stream at the next event.
+    admin.revoke_token(&minted.id).await.unwrap();
+    assert!(
+        read_until(
+            &mut stream_b,
+            &mut seen_b,
+            "event: end",
+            Duration::from_secs(10)
+        )
+        .await,
+        "the stream went on after the revocation: {seen_b}"
+    );
+    let tail = seen_b
+        .rsplit("event: end")
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(!tail.contains("event: deployments"), "{seen_b}");
+}
+
+/// `GET path` on a plain connection: the status line and headers, lowercased names.
+async fn plain_get(address: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut text = String::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut text))
+        .await
+        .unwrap()
+        .unwrap();
+    text
 }

@@ -16,6 +16,7 @@ const app = {
   rows: new Map(), // id -> row elements of the list
   listBody: null,
   pending: [], // ids not rendered yet (incremental first render)
+  pendingSet: new Set(),
   timers: [],
   live: new Map(), // id -> samples appended from the stream (for charts)
   metrics: { firstRenderMs: null, updates: [], lastUpdateMs: null, events: 0 },
@@ -91,9 +92,12 @@ const canChange = () => app.me && (app.me.role === "developer" || app.me.role ==
 
 // ---- formatting ----
 
+// One formatter for every number (toLocaleString would build one per call).
+const NUMBER = new Intl.NumberFormat("en");
+
 function fmtNumber(n) {
   if (n === null || n === undefined) return "–";
-  return Number(n).toLocaleString("en");
+  return NUMBER.format(Number(n));
 }
 
 function fmtBytes(n) {
@@ -309,6 +313,7 @@ function resetList() {
   app.rows.clear();
   app.listBody = null;
   app.pending = [];
+  app.pendingSet = new Set();
 }
 
 const COLUMNS = [
@@ -358,6 +363,12 @@ function makeRow(id) {
 
 function fillRow(row, d) {
   const r = d.runtime;
+  // Rows whose deployment did not change are left alone (the uptime has its own timer).
+  const key = r
+    ? `${d.status}|${d.running_since_ms}|${r.placement}|${r.instances}|${r.received}|${r.emitted}|${r.dead_lettered}|${r.failures}|${r.last_error ? r.last_error.at_ms : ""}`
+    : `${d.status}|-`;
+  if (row.key === key) return;
+  row.key = key;
   const status = row.cells[1];
   setText(status, d.status);
   const cls = `status-${d.status}`;
@@ -381,6 +392,7 @@ function renderPending() {
   const fragment = document.createDocumentFragment();
   const batch = app.pending.splice(0, CHUNK);
   for (const id of batch) {
+    app.pendingSet.delete(id);
     const d = app.deployments.get(id);
     if (!d || app.rows.has(id)) continue;
     const row = makeRow(id);
@@ -409,7 +421,7 @@ function updateList(ids) {
     const row = app.rows.get(id);
     const d = app.deployments.get(id);
     if (row && d) fillRow(row, d);
-    else if (!row && !app.pending.includes(id)) app.pending.push(id);
+    else if (!row && !app.pendingSet.has(id)) { app.pending.push(id); app.pendingSet.add(id); }
   }
   if (app.pending.length && !chunkScheduled) {
     chunkScheduled = true;
