@@ -325,6 +325,35 @@ async fn dashboard_routes_hold_the_tenant_walls_and_streams_end_on_revocation() 
     .await;
     assert_eq!(status, 200, "{body}");
 
+    // The sampler keeps A's history (one sample every 5 s) without any page open.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, body) = get(&a, "/v1/dashboard/history?deployment=convert").await;
+        let history: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let samples = history["samples"].as_array().unwrap();
+        if let Some(last) = samples.last() {
+            assert_eq!(last["received"], 1, "{body}");
+            assert_eq!(history["interval_ms"], 5000);
+            break;
+        }
+        assert!(Instant::now() < deadline, "no sample after 20 s: {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The routes are documented.
+    let document = admin.openapi().await.unwrap();
+    for path in [
+        "/v1/dashboard/me",
+        "/v1/dashboard/events",
+        "/v1/dashboard/history",
+        "/v1/dashboard/quotas",
+        "/v1/dashboard/graph",
+    ] {
+        assert!(
+            document["paths"].get(path).is_some(),
+            "{path} is documented"
+        );
+    }
+
     // B's stream carries B's (no) deployments; A's carries A's.
     let mut seen_a = String::new();
     let mut stream_a =

@@ -300,20 +300,16 @@ fn sample(status: &Value) -> Sample {
 }
 
 /// The dashboard's routes and assets.
-pub(crate) fn routes(state: &GatewayState) -> Router<GatewayState> {
+/// The dashboard's page and assets added to `api` (whose routes include the documented
+/// `/v1/dashboard/*` operations), with what those routes share.
+pub(crate) fn attach(api: Router<GatewayState>, state: &GatewayState) -> Router<GatewayState> {
     let dashboard = Arc::new(Dashboard::new());
     dashboard.ensure_sampler(state);
-    Router::new()
-        .route("/", get(index))
+    api.route("/", get(index))
         .route("/ui", get(index))
         .route("/ui/", get(index))
         .route("/ui/app.js", get(script))
         .route("/ui/style.css", get(style))
-        .route("/v1/dashboard/me", get(me))
-        .route("/v1/dashboard/events", get(events))
-        .route("/v1/dashboard/history", get(history))
-        .route("/v1/dashboard/quotas", get(quotas))
-        .route("/v1/dashboard/graph", get(graph))
         .layer(Extension(dashboard))
 }
 
@@ -330,14 +326,15 @@ async fn style(headers: HeaderMap) -> Response {
 }
 
 /// `{ "role": "owner", "tenant": "acme" }` (`tenant` null for the admin).
-async fn me(caller: Caller) -> Json<Value> {
+#[utoipa::path(get, path = "/v1/dashboard/me", tag = "dashboard", description = "The token's role and tenant.", responses((status = 200, description = "`{role, tenant}`"), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
+pub(crate) async fn me(caller: Caller) -> Json<Value> {
     Json(json!({ "role": caller.role, "tenant": caller.principal.tenant }))
 }
 
 /// Which tenant a dashboard route reads.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Watch {
+pub(crate) struct Watch {
     /// Admins only: the tenant to watch.
     #[serde(default)]
     tenant: Option<String>,
@@ -379,7 +376,8 @@ async fn watched(
 }
 
 /// A deployment's sampled counters over the last 15 minutes, oldest first.
-async fn history(
+#[utoipa::path(get, path = "/v1/dashboard/history", tag = "dashboard", description = "A deployment's counters sampled every 5 s over the last 15 minutes.", params(("deployment" = String, Query, description = "the deployment"), ("tenant" = Option<String>, Query, description = "admins only: the tenant watched")), responses((status = 200, description = "`{deployment, interval_ms, samples: [{at_ms, received, emitted, dead_lettered, failures}]}`"), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
+pub(crate) async fn history(
     State(state): State<GatewayState>,
     Extension(dashboard): Extension<Arc<Dashboard>>,
     caller: Caller,
@@ -530,7 +528,8 @@ async fn still_allowed(state: &GatewayState, token: &str, watched: &TenantId) ->
 /// The event stream: `event: deployments` with the tenant's deployments and counters (JSON in
 /// one `data:` line) every [`EVENT_INTERVAL`], `event: end` after [`STREAM_LIFETIME`] or when
 /// the token stops being good.
-async fn events(
+#[utoipa::path(get, path = "/v1/dashboard/events", tag = "dashboard", description = "Server-sent events (text/event-stream): event deployments every 1.5 s with the tenant's deployments and counters; event end when the token stops being good or after 5 minutes.", params(("tenant" = Option<String>, Query, description = "admins only: the tenant watched")), responses((status = 200, description = "text/event-stream"), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
+pub(crate) async fn events(
     State(state): State<GatewayState>,
     Extension(dashboard): Extension<Arc<Dashboard>>,
     caller: Caller,
@@ -631,7 +630,8 @@ fn parse_watch(
 }
 
 /// The watched tenant's quotas (the fields of `weir_tenants::Quotas`).
-async fn quotas(
+#[utoipa::path(get, path = "/v1/dashboard/quotas", tag = "dashboard", description = "The tenant's quotas.", params(("tenant" = Option<String>, Query, description = "admins only: the tenant watched")), responses((status = 200, description = "`{tenant, quotas}`"), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
+pub(crate) async fn quotas(
     State(state): State<GatewayState>,
     caller: Caller,
     query: Result<Query<Watch>, axum::extract::rejection::QueryRejection>,
@@ -647,7 +647,8 @@ async fn quotas(
 }
 
 /// The operations and connections of the graph the deployment runs.
-async fn graph(
+#[utoipa::path(get, path = "/v1/dashboard/graph", tag = "dashboard", description = "The operations and connections of the graph a deployment runs.", params(("deployment" = String, Query, description = "the deployment"), ("tenant" = Option<String>, Query, description = "admins only: the tenant watched")), responses((status = 200, description = "`{deployment, graph: {name, version}, definition: {operations, connections}}`"), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
+pub(crate) async fn graph(
     State(state): State<GatewayState>,
     caller: Caller,
     query: Result<Query<Watch>, axum::extract::rejection::QueryRejection>,

@@ -84,6 +84,12 @@ fn api() -> OpenApiRouter<GatewayState> {
         .routes(routes!(observe::cordon))
         .routes(routes!(observe::uncordon))
         .routes(routes!(observe::drain))
+        // The dashboard's own reads (`gateway/src/dashboard`).
+        .routes(routes!(crate::dashboard::me))
+        .routes(routes!(crate::dashboard::events))
+        .routes(routes!(crate::dashboard::history))
+        .routes(routes!(crate::dashboard::quotas))
+        .routes(routes!(crate::dashboard::graph))
 }
 
 /// Largest JSON or YAML document (tenant, token, endpoint, deployment, import request).
@@ -147,6 +153,8 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 pub(crate) fn router(state: GatewayState) -> Router {
     let (api, document) = api().split_for_parts();
     let document = Arc::new(document);
+    // The dashboard: its page at `/` and what its routes share (`gateway/src/dashboard`).
+    let api = crate::dashboard::attach(api, &state);
     api.route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(observe::platform_metrics))
@@ -157,8 +165,6 @@ pub(crate) fn router(state: GatewayState) -> Router {
                 async move { Json(document.as_ref().clone()) }
             }),
         )
-        // The dashboard: its page at `/` and the routes only it uses (`gateway/src/dashboard`).
-        .merge(crate::dashboard::routes(&state))
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such route") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn(request_id))
