@@ -240,6 +240,21 @@ ROWS = [
             (r"replacement_refused", "re-placements refused", "deployments", None),
         ],
     ),
+    (
+        "12. Dashboard with 500 deployments in one tenant",
+        "`dashboard`: `weir serve` with 500 deployments of the sample graph in tenant `bench`, the "
+        "dashboard opened in Debian's headless Chromium (playwright-core, `tests/browser/dashboard.mjs "
+        "bench`) with the token already in the tab's session storage. First render: navigation start "
+        "to every deployment's row in the list (rows added 100 per animation frame). Update: median "
+        "time the page takes to apply one event of its event stream (every deployment's counters, "
+        "one event every 1.5 s: JSON parse and DOM update; rows whose counters did not change are left "
+        "alone), over 10 events, while the bench ingests messages into the deployments one after "
+        "another so that each event changes some rows.",
+        [
+            (r"dashboard_first_render_ms", "first render of the list", "ms", None),
+            (r"dashboard_update_ms", "one live update applied", "ms", None),
+        ],
+    ),
 ]
 
 

@@ -17,6 +17,7 @@
 //! [`ModuleValidator`], which the `weir` binary implements with the executor's engine.
 
 mod auth;
+mod dashboard;
 mod egress_proxy;
 mod error;
 mod executors;
@@ -32,6 +33,10 @@ use weir_store::{BlobStore, ControlStore};
 use weir_tenants::{JwtVerifier, MemoryRevocations, TokenIssuer};
 
 pub use auth::Caller;
+pub use dashboard::{
+    CONTENT_SECURITY_POLICY, EVENT_INTERVAL, HISTORY_SAMPLES, MAX_STREAMS_PER_TENANT,
+    SAMPLE_INTERVAL, STREAM_LIFETIME, Sample,
+};
 pub use error::{ApiError, ApiJson, ApiQuery};
 pub use executors::{ExecutorMembership, RemoteRuntime};
 pub use locks::{TenantGuard, TenantLocks};

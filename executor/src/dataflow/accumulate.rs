@@ -168,6 +168,7 @@ pub(crate) fn accumulate<'scope>(
                     continue;
                 };
                 if window.folded {
+                    context.counters.emitted.fetch_add(1, Ordering::Relaxed);
                     output.activate().session(&window.cap).give(window.staged);
                 }
             }

@@ -128,8 +128,11 @@ pub struct DeploymentStats {
 pub struct NodeCounters {
     /// Calls into the module.
     pub calls: AtomicU64,
-    /// Items that failed.
+    /// Items that failed (each one dead-lettered).
     pub failures: AtomicU64,
+    /// Items the node passed on to the next (filtered-out items are not counted; a closed
+    /// accumulate window counts once).
+    pub emitted: AtomicU64,
     /// Fuel the node's calls and `init`s used (the tenant's metered CPU).
     pub fuel: AtomicU64,
     /// Instances created (the first included): each after a trap or an idle release.

@@ -448,6 +448,10 @@ fn emit(
             Err(error) => context.dead_letter(envelope, time, &error),
         }
     }
+    context
+        .counters
+        .emitted
+        .fetch_add(routed.len() as u64, Ordering::Relaxed);
     routed.sort_by_key(|(port, at, _)| (*port, *at));
     let mut routed = routed.into_iter().peekable();
     while let Some((port, at, first)) = routed.next() {

@@ -967,6 +967,7 @@ impl LocalExecutor {
                     json!({
                         "calls": counters.calls.load(Ordering::Relaxed),
                         "failures": counters.failures.load(Ordering::Relaxed),
+                        "emitted": counters.emitted.load(Ordering::Relaxed),
                         "fuel": counters.fuel.load(Ordering::Relaxed),
                         "instantiations": counters.instantiations.load(Ordering::Relaxed),
                         "live": counters.live.load(Ordering::Relaxed),

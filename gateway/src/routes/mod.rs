@@ -92,6 +92,12 @@ fn api() -> OpenApiRouter<GatewayState> {
         .routes(routes!(observe::cordon))
         .routes(routes!(observe::uncordon))
         .routes(routes!(observe::drain))
+        // The dashboard's own reads (`gateway/src/dashboard`).
+        .routes(routes!(crate::dashboard::me))
+        .routes(routes!(crate::dashboard::events))
+        .routes(routes!(crate::dashboard::history))
+        .routes(routes!(crate::dashboard::quotas))
+        .routes(routes!(crate::dashboard::graph))
 }
 
 /// Largest JSON or YAML document (tenant, token, endpoint, deployment, import request).
@@ -155,6 +161,8 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 pub(crate) fn router(state: GatewayState) -> Router {
     let (api, document) = api().split_for_parts();
     let document = Arc::new(document);
+    // The dashboard: its page at `/` and what its routes share (`gateway/src/dashboard`).
+    let api = crate::dashboard::attach(api, &state);
     api.route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(observe::platform_metrics))
