@@ -15,7 +15,6 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -34,45 +33,6 @@ fn service(name: &str) -> String {
              (this test needs the real service; it does not skip)"
         )
     })
-}
-
-/// A `weir executor` process of the test's own, killed (SIGKILL) when dropped.
-struct ExecutorProcess(Child);
-
-impl Drop for ExecutorProcess {
-    fn drop(&mut self) {
-        self.0.kill().ok();
-        self.0.wait().ok();
-    }
-}
-
-fn executor_process(address: &str, token: &str, id: &str) -> ExecutorProcess {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args([
-            "executor",
-            "--join",
-            &format!("http://{address}"),
-            "--id",
-            id,
-            "--workers",
-            "1",
-        ])
-        .env("WEIR_EXECUTOR_TOKEN", token)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    assert_eq!(
-        line.trim(),
-        format!("executor {id} joined http://{address}")
-    );
-    ExecutorProcess(child)
 }
 
 /// Where `id` runs once it is `running` on an executor process (polled until `limit`).
@@ -199,9 +159,14 @@ async fn deployments_run_on_executor_processes_and_move_within_the_bound_when_on
     );
     let admin = server.admin();
     let token = std::fs::read_to_string(data.path().join("executor-token")).unwrap();
-    let mut executors: HashMap<String, ExecutorProcess> = ["exec-a", "exec-b", "exec-c"]
+    let mut executors: HashMap<String, common::ExecutorProcess> = ["exec-a", "exec-b", "exec-c"]
         .into_iter()
-        .map(|id| (id.to_owned(), executor_process(&server.address, &token, id)))
+        .map(|id| {
+            (
+                id.to_owned(),
+                common::executor_process(&server.address, &token, id, &["--workers", "1"]),
+            )
+        })
         .collect();
     let listed = admin.executors().await.unwrap();
     assert_eq!(listed.len(), 3, "{listed:?}");

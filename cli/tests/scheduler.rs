@@ -281,45 +281,6 @@ async fn api_changes_racing_a_fast_reconcile_loop_leave_store_and_runtime_agreei
     }
 }
 
-/// A `weir executor` process of the test's own, killed (SIGKILL) when dropped.
-struct ExecutorProcess(Child);
-
-impl Drop for ExecutorProcess {
-    fn drop(&mut self) {
-        self.0.kill().ok();
-        self.0.wait().ok();
-    }
-}
-
-fn executor_process(address: &str, token: &str, id: &str) -> ExecutorProcess {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args([
-            "executor",
-            "--join",
-            &format!("http://{address}"),
-            "--id",
-            id,
-            "--label",
-            "zone=test",
-        ])
-        .env("WEIR_EXECUTOR_TOKEN", token)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    assert_eq!(
-        line.trim(),
-        format!("executor {id} joined http://{address}")
-    );
-    ExecutorProcess(child)
-}
-
 async fn executor_state(admin: &Client, id: &str) -> Option<String> {
     admin
         .executors()
@@ -360,7 +321,8 @@ async fn executor_processes_join_heartbeat_and_a_killed_one_is_declared_lost_wit
     }
 
     let token = std::fs::read_to_string(data.path().join("executor-token")).unwrap();
-    let process = executor_process(&server.address, &token, "edge-1");
+    let process =
+        common::executor_process(&server.address, &token, "edge-1", &["--label", "zone=test"]);
     assert_eq!(
         executor_state(&admin, "edge-1").await.as_deref(),
         Some("ready")

@@ -279,3 +279,33 @@ impl Background {
         (stdout, stderr.join("\n"), code)
     }
 }
+
+/// A `weir executor` process of the test's own, killed (SIGKILL) when dropped.
+pub struct ExecutorProcess(pub Child);
+
+impl Drop for ExecutorProcess {
+    fn drop(&mut self) {
+        self.0.kill().ok();
+        self.0.wait().ok();
+    }
+}
+
+/// Starts `weir executor` joining the control plane at `address` as `id` with the join
+/// `token` and the `extra` arguments; returns once it printed that it joined.
+pub fn executor_process(address: &str, token: &str, id: &str, extra: &[&str]) -> ExecutorProcess {
+    let join = format!("http://{address}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["executor", "--join", &join, "--id", id])
+        .args(extra)
+        .env("WEIR_EXECUTOR_TOKEN", token)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), format!("executor {id} joined {join}"));
+    ExecutorProcess(child)
+}
