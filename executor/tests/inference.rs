@@ -263,7 +263,6 @@ async fn one_tenants_inference_backlog_never_queues_another_tenants_inference() 
         assert!(running <= 1, "tenant A holds {running} inference slots");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    assert_eq!(a_done.load(std::sync::atomic::Ordering::SeqCst), 0);
     let mut classifier = b.node(weir_guests::SNAPSHOT, OperatorKind::Map);
     let mut random = weir_guests::shapes::Random::new(3);
     let frame = weir_guests::shapes::draw(&mut random, 2);
@@ -272,10 +271,14 @@ async fn one_tenants_inference_backlog_never_queues_another_tenants_inference() 
         weir_guests::shapes::LABELS.contains(&label.as_str()),
         "{label}"
     );
-    assert_eq!(
-        a_done.load(std::sync::atomic::Ordering::SeqCst),
-        0,
-        "B's classification waited for A's computations"
+    // A's computations run one after another, so its second ends seconds after its first. In
+    // one queue for all, A's first two would run side by side and B would take the slot the
+    // first of them gives back, after both: two done. (Not `0`: under a loaded CI, B's call,
+    // instantiation and model load included, can take as long as one of A's computations.)
+    let done = a_done.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        done <= 1,
+        "B's classification waited for {done} of A's computations"
     );
     flood.abort_all();
 }
