@@ -44,7 +44,7 @@ use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use tokio::sync::{Mutex, mpsc, watch};
 use weir_api::Hlc;
 use weir_api::client::Client;
-use weir_api::rest::{Binding, CreateDeployment, CreateEndpoint, EndpointKind, GraphRef};
+use weir_api::rest::{Binding, CreateEndpoint, EndpointKind};
 use weir_api::tenancy::{Quotas, Role};
 
 /// The sample graph: Fahrenheit readings to Celsius (module `temperature:1.0.0`).
@@ -177,28 +177,6 @@ async fn push_echo(client: &Client) {
         .push_graph("echo", "1", common::chain_graph("echo", "echo", 1))
         .await
         .unwrap();
-}
-
-/// Deployment `id` of graph `graph@1`, reading `source` (endpoint, topic filter) and writing to
-/// `sink` (endpoint, topic).
-fn deployment(id: &str, graph: &str, source: (&str, &str), sink: (&str, &str)) -> CreateDeployment {
-    CreateDeployment {
-        id: id.to_owned(),
-        graph: GraphRef {
-            name: graph.to_owned(),
-            version: "1".to_owned(),
-        },
-        configuration: BTreeMap::new(),
-        source: Binding {
-            endpoint: source.0.to_owned(),
-            topics: vec![source.1.to_owned()],
-        },
-        sink: Binding {
-            endpoint: sink.0.to_owned(),
-            topics: vec![sink.1.to_owned()],
-        },
-        dead_letters: None,
-    }
 }
 
 /// The deployment's runtime status (`GET /v1/deployments/{id}`, field `runtime`).
@@ -660,7 +638,7 @@ async fn mqtt_to_graph_to_mqtt_on_mosquitto() {
     let input = format!("{base}/in");
     let output = format!("{base}/out");
     acme.developer
-        .deploy(&deployment(
+        .deploy(&common::deployment(
             &id,
             "simple",
             ("plant", &input),
@@ -788,7 +766,7 @@ async fn mqtt_at_least_once_across_a_broker_restart() {
     let input = format!("{base}/in");
     let output = format!("{base}/out");
     acme.developer
-        .deploy(&deployment(
+        .deploy(&common::deployment(
             &id,
             "echo",
             ("restartable", &input),
@@ -986,7 +964,7 @@ async fn a_sink_that_is_down_slows_only_its_own_deployment() {
     let (x, y, z) = (unique("x"), unique("y"), unique("z"));
     // X writes to a broker that is down; Y (same tenant) and Z (another tenant) to Mosquitto.
     acme.developer
-        .deploy(&deployment(
+        .deploy(&common::deployment(
             &x,
             "echo",
             ("plant", &topic("x", "in")),
@@ -995,7 +973,7 @@ async fn a_sink_that_is_down_slows_only_its_own_deployment() {
         .await
         .unwrap();
     acme.developer
-        .deploy(&deployment(
+        .deploy(&common::deployment(
             &y,
             "echo",
             ("plant", &topic("y", "in")),
@@ -1005,7 +983,7 @@ async fn a_sink_that_is_down_slows_only_its_own_deployment() {
         .unwrap();
     other
         .developer
-        .deploy(&deployment(
+        .deploy(&common::deployment(
             &z,
             "echo",
             ("plant", &topic("z", "in")),
@@ -1220,7 +1198,7 @@ async fn endpoints_to_forbidden_hosts_are_refused() {
     let (reached, walled_id) = (unique("reached"), unique("walled"));
     opened
         .developer
-        .deploy(&deployment(
+        .deploy(&common::deployment(
             &reached,
             "echo",
             ("plant", &format!("{base}/reached")),
@@ -1235,7 +1213,7 @@ async fn endpoints_to_forbidden_hosts_are_refused() {
     admin.set_quotas("opened", &quotas(&[])).await.unwrap();
     opened
         .developer
-        .deploy(&deployment(
+        .deploy(&common::deployment(
             &walled_id,
             "echo",
             ("plant", &format!("{base}/walled")),
@@ -1311,7 +1289,7 @@ async fn tenants_on_one_broker_never_share_a_session() {
     }
     for (t, id, part) in &deployments {
         t.developer
-            .deploy(&deployment(
+            .deploy(&common::deployment(
                 id,
                 "echo",
                 ("plant", &path(part, "in")),
@@ -1362,7 +1340,7 @@ async fn dead_letters_carry_node_reason_and_input_over_mqtt() {
     let input = format!("{base}/in");
     let output = format!("{base}/out");
     acme.developer
-        .deploy(&deployment(
+        .deploy(&common::deployment(
             &id,
             "simple",
             ("plant", &input),
@@ -1486,7 +1464,7 @@ async fn mqtt_to_graph_to_mqtt_on_the_embedded_broker_behind_tenant_walls() {
     // acme converts its readings; umbra's deployments read with every filter that would match
     // acme's topics were there no walls, and write to umbra's HTTP output queue.
     acme.developer
-        .deploy(&deployment(
+        .deploy(&common::deployment(
             "convert",
             "simple",
             ("default", "sensors/temperature/raw"),
@@ -1494,7 +1472,7 @@ async fn mqtt_to_graph_to_mqtt_on_the_embedded_broker_behind_tenant_walls() {
         ))
         .await
         .unwrap();
-    let mut prowl = deployment("prowl", "echo", ("default", "#"), ("http", ""));
+    let mut prowl = common::deployment("prowl", "echo", ("default", "#"), ("http", ""));
     prowl.source.topics = vec![
         "#".to_owned(),
         "+/#".to_owned(),
@@ -1507,7 +1485,7 @@ async fn mqtt_to_graph_to_mqtt_on_the_embedded_broker_behind_tenant_walls() {
     // A deployment asking for the broker's own topics is refused by the broker, and says so.
     umbra
         .developer
-        .deploy(&deployment(
+        .deploy(&common::deployment(
             "sys",
             "echo",
             ("default", "$SYS/#"),
@@ -1652,7 +1630,7 @@ async fn dead_letters_are_also_published_to_the_tenants_topic() {
     let acme = tenant(&admin, "acme", quotas(&[])).await;
     let device = acme.owner.create_device("ops").await.unwrap();
     push_temperature(&acme.developer).await;
-    let mut spec = deployment(
+    let mut spec = common::deployment(
         "convert",
         "simple",
         ("default", "sensors/raw"),
@@ -1736,7 +1714,7 @@ async fn outputs_acknowledged_to_their_source_survive_an_update_and_a_pause() {
     let admin = server.admin();
     let acme = tenant(&admin, "acme", quotas(&[])).await;
     push_echo(&acme.developer).await;
-    let spec = deployment("echo", "echo", ("http", ""), ("http", ""));
+    let spec = common::deployment("echo", "echo", ("http", ""), ("http", ""));
     let mut spec = spec;
     spec.source.topics.clear();
     spec.sink.topics.clear();
@@ -1855,7 +1833,7 @@ async fn kafka_to_graph_to_kafka() {
     .await
     .unwrap();
     acme.developer
-        .deploy(&deployment(
+        .deploy(&common::deployment(
             &id,
             "simple",
             ("events", &input),
@@ -1949,7 +1927,7 @@ async fn mqtt_to_graph_to_otlp_reaches_the_collector() {
     let id = unique("otel");
     let input = format!("weir-e2e/{id}/otel");
     acme.developer
-        .deploy(&deployment(
+        .deploy(&common::deployment(
             &id,
             "echo",
             ("plant", &input),

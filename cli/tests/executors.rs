@@ -23,7 +23,7 @@ use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::Packet;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use weir_api::client::Client;
-use weir_api::rest::{Binding, CreateDeployment, CreateEndpoint, EndpointKind, GraphRef};
+use weir_api::rest::{CreateEndpoint, EndpointKind};
 use weir_api::tenancy::Quotas;
 
 fn service(name: &str) -> String {
@@ -226,23 +226,12 @@ async fn deployments_run_on_executor_processes_and_move_within_the_bound_when_on
     let ids = ["relay-0", "relay-1", "relay-2"];
     for id in ids {
         developer
-            .deploy(&CreateDeployment {
-                id: id.to_owned(),
-                graph: GraphRef {
-                    name: "echo".to_owned(),
-                    version: "1".to_owned(),
-                },
-                configuration: BTreeMap::new(),
-                source: Binding {
-                    endpoint: "plant".to_owned(),
-                    topics: vec![topic(id, "in")],
-                },
-                sink: Binding {
-                    endpoint: "plant".to_owned(),
-                    topics: vec![topic(id, "out")],
-                },
-                dead_letters: None,
-            })
+            .deploy(&common::deployment(
+                id,
+                "echo",
+                ("plant", &topic(id, "in")),
+                ("plant", &topic(id, "out")),
+            ))
             .await
             .unwrap();
     }
@@ -331,23 +320,12 @@ async fn deployments_run_on_executor_processes_and_move_within_the_bound_when_on
         assert_eq!(admin.cordon_executor(id).await.unwrap().state, "cordoned");
     }
     developer
-        .deploy(&CreateDeployment {
-            id: "bridge".to_owned(),
-            graph: GraphRef {
-                name: "echo".to_owned(),
-                version: "1".to_owned(),
-            },
-            configuration: BTreeMap::new(),
-            source: Binding {
-                endpoint: "plant".to_owned(),
-                topics: vec![topic("relay-0", "in")],
-            },
-            sink: Binding {
-                endpoint: "events".to_owned(),
-                topics: vec![kafka_topic.clone()],
-            },
-            dead_letters: None,
-        })
+        .deploy(&common::deployment(
+            "bridge",
+            "echo",
+            ("plant", &topic("relay-0", "in")),
+            ("events", &kafka_topic),
+        ))
         .await
         .unwrap();
     assert_eq!(

@@ -125,23 +125,12 @@ async fn the_reconcile_loop_shows_a_broken_connection_as_degraded_and_its_recove
         .await
         .unwrap();
     let created = developer
-        .deploy(&CreateDeployment {
-            id: "relay".to_owned(),
-            graph: GraphRef {
-                name: "echo".to_owned(),
-                version: "1".to_owned(),
-            },
-            configuration: BTreeMap::new(),
-            source: Binding {
-                endpoint: "plant".to_owned(),
-                topics: vec!["in".to_owned()],
-            },
-            sink: Binding {
-                endpoint: "plant".to_owned(),
-                topics: vec!["out".to_owned()],
-            },
-            dead_letters: None,
-        })
+        .deploy(&common::deployment(
+            "relay",
+            "echo",
+            ("plant", "in"),
+            ("plant", "out"),
+        ))
         .await
         .unwrap();
     assert_eq!(created.status, "running");

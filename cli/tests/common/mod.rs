@@ -309,3 +309,30 @@ pub fn executor_process(address: &str, token: &str, id: &str, extra: &[&str]) ->
     assert_eq!(line.trim(), format!("executor {id} joined {join}"));
     ExecutorProcess(child)
 }
+
+/// Deployment `id` of graph `graph@1`, reading `source` (endpoint, topic filter) and writing to
+/// `sink` (endpoint, topic).
+pub fn deployment(
+    id: &str,
+    graph: &str,
+    source: (&str, &str),
+    sink: (&str, &str),
+) -> weir_api::rest::CreateDeployment {
+    weir_api::rest::CreateDeployment {
+        id: id.to_owned(),
+        graph: weir_api::rest::GraphRef {
+            name: graph.to_owned(),
+            version: "1".to_owned(),
+        },
+        configuration: std::collections::BTreeMap::new(),
+        source: weir_api::rest::Binding {
+            endpoint: source.0.to_owned(),
+            topics: vec![source.1.to_owned()],
+        },
+        sink: weir_api::rest::Binding {
+            endpoint: sink.0.to_owned(),
+            topics: vec![sink.1.to_owned()],
+        },
+        dead_letters: None,
+    }
+}
