@@ -1,5 +1,6 @@
 //! `weir executor --join URL --token T`: an executor process. It joins the control plane with
-//! its id, capacity and labels, then heartbeats until stopped (Ctrl-C: it leaves cleanly).
+//! its id, capacity and labels, then heartbeats until stopped (Ctrl-C or SIGTERM: it leaves
+//! cleanly).
 //!
 //! Its id is unique per process (`--id`, or `<host>-<pid>-<start time>`), and is also the node
 //! id of its hybrid logical clock. It long-polls its assignments
@@ -266,7 +267,7 @@ pub(crate) async fn run(args: ExecutorArgs) -> anyhow::Result<std::process::Exit
     let mut last_heard = std::time::Instant::now();
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let stop = tokio::signal::ctrl_c();
+    let stop = crate::stop_signal();
     tokio::pin!(stop);
     loop {
         tokio::select! {

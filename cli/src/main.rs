@@ -63,6 +63,24 @@ enum Command {
     State(remote::StateArgs),
 }
 
+/// Resolves at the first SIGINT (Ctrl-C) or SIGTERM (what systemd and Kubernetes send to stop
+/// a service): `weir serve` and `weir executor` then stop gracefully.
+pub(crate) async fn stop_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signals) => {
+                signals.recv().await;
+            }
+            // Without a SIGTERM handler, Ctrl-C alone stops.
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+}
+
 /// How results are printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum OutputFormat {

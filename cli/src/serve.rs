@@ -669,10 +669,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCod
         ..ServerLimits::default()
     };
     let server = tokio::spawn(async move {
-        weir_gateway::serve(listener, router(state), limits, async {
-            let _signal = tokio::signal::ctrl_c().await;
-        })
-        .await
+        weir_gateway::serve(listener, router(state), limits, crate::stop_signal()).await
     });
     if args.demo {
         let admin = match &first_admin_token {
