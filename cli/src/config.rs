@@ -8,11 +8,12 @@
 //! variable, derived one way: `WEIR_` and the key in capitals (`WEIR_INSTANCE_SLOTS`). A value
 //! comes from, first to last: the flag, the environment variable, the file, the default.
 //!
-//! The whole file is checked before anything starts, and every problem is reported at once:
-//! a missing or unreadable file, TOML syntax, an unknown section or key (with the nearest known
-//! one), a value of the wrong type, and a value the flag itself would refuse (out of range,
-//! not an address): each value goes through the very parser of its flag, so the file accepts
-//! exactly what the command line accepts.
+//! The whole file and the keys' environment variables are checked before anything starts, and
+//! every problem is reported at once (exit code 2): a missing or unreadable file, TOML syntax,
+//! an unknown section or key (with the nearest known one), a value of the wrong type, and a
+//! value the flag itself would refuse (out of range, not an address), in the file or in a
+//! `WEIR_…` variable: each value goes through the very parser of its flag, so the file and the
+//! environment accept exactly what the command line accepts.
 
 use std::any::TypeId;
 use std::ffi::OsString;
@@ -71,21 +72,50 @@ fn key_of(arg: &Arg) -> Option<String> {
 /// set, derived by [`env_name`]; a repeated flag takes a comma-separated list there.
 pub(crate) fn with_environment(command: Command) -> Command {
     SECTIONS.iter().fold(command, |command, section| {
-        command.mut_subcommand(section, |sub| {
-            sub.mut_args(|arg| match key_of(&arg) {
-                Some(key) => {
-                    let repeated = matches!(arg.get_action(), ArgAction::Append);
-                    let arg = arg.env(env_name(&key));
-                    if repeated {
-                        arg.value_delimiter(',')
-                    } else {
-                        arg
-                    }
-                }
-                None => arg,
-            })
-        })
+        command.mut_subcommand(section, |sub| sub.mut_args(with_env))
     })
+}
+
+/// `arg` with its environment variable, if it is a key.
+fn with_env(arg: Arg) -> Arg {
+    match key_of(&arg) {
+        Some(key) => {
+            let repeated = matches!(arg.get_action(), ArgAction::Append);
+            let arg = arg.env(env_name(&key));
+            if repeated {
+                arg.value_delimiter(',')
+            } else {
+                arg
+            }
+        }
+        None => arg,
+    }
+}
+
+/// What is wrong with the environment variables of `section`'s keys that are set, each read
+/// as the command reads it (the flag's parser; a list split at commas).
+fn environment_problems(command: &Command, section: &str) -> Vec<String> {
+    let sub = section_command(command, section);
+    let mut problems = Vec::new();
+    for (key, arg) in keys(&sub) {
+        let name = env_name(&key);
+        if std::env::var_os(&name).is_none() {
+            continue;
+        }
+        let alone = sub
+            .clone()
+            .no_binary_name(true)
+            .mut_arg(arg.get_id().clone(), with_env);
+        if let Err(error) = alone.try_get_matches_from(Vec::<OsString>::new()) {
+            let rendered = error.render().to_string();
+            let line = rendered.lines().next().unwrap_or_default();
+            problems.push(format!(
+                "environment {name}: {}",
+                line.strip_prefix("error: ").unwrap_or(line)
+            ));
+        }
+    }
+    problems
 }
 
 /// The subcommand `name` of `command`, or an empty one (never: `SECTIONS` are weir's).
@@ -258,6 +288,12 @@ pub(crate) fn check(command: &Command, path: &Path) -> Result<Checked, Vec<Strin
             .iter()
             .filter(|(_, section)| keys(section).iter().any(|(k, _)| k == key))
             .collect();
+        if let [(only, _)] = owners.as_slice() {
+            problems.push(format!(
+                "{key} is a key of [{only}] only: put it in [{only}] (the top holds the keys of both)"
+            ));
+            continue;
+        }
         if owners.is_empty() {
             let all: Vec<String> = sections
                 .iter()
@@ -331,8 +367,10 @@ fn validate(
 }
 
 /// The command line of this process with the file's values for `section` added where neither
-/// the command line nor the environment gave one; `None` when `matches` names no `--config`.
-/// Every problem of the file is an error.
+/// the command line nor the environment gave one (`matches`: this command line parsed by
+/// `command`, weir's without environment variables); `None` for a command that takes no
+/// configuration. Every problem of the environment variables and of the file is an error,
+/// all of them at once.
 pub(crate) fn merged_arguments(
     command: &Command,
     section: &str,
@@ -341,13 +379,24 @@ pub(crate) fn merged_arguments(
     if !SECTIONS.contains(&section) {
         return None;
     }
-    let path = matches.try_get_one::<PathBuf>(CONFIG).ok().flatten()?;
+    let mut problems = environment_problems(command, section);
+    let mut arguments: Vec<OsString> = std::env::args_os().collect();
+    let Some(path) = matches.try_get_one::<PathBuf>(CONFIG).ok().flatten() else {
+        return Some(if problems.is_empty() {
+            Ok(arguments)
+        } else {
+            Err(problems)
+        });
+    };
     let checked = match check(command, path) {
-        Ok(checked) => checked,
-        Err(problems) => return Some(Err(problems)),
+        Ok(checked) if problems.is_empty() => checked,
+        Ok(_) => return Some(Err(problems)),
+        Err(more) => {
+            problems.extend(more);
+            return Some(Err(problems));
+        }
     };
     let sub = section_command(command, section);
-    let mut arguments: Vec<OsString> = std::env::args_os().collect();
     // The last value a section gives for a key wins: the shared one is overridden by its own.
     let mut chosen: Vec<(&str, &Vec<String>)> = Vec::new();
     for (name, key, values) in &checked.entries {
@@ -361,10 +410,8 @@ pub(crate) fn merged_arguments(
         let Some((_, arg)) = keys(&sub).into_iter().find(|(k, _)| k == key) else {
             continue;
         };
-        let given = matches!(
-            matches.value_source(arg.get_id().as_str()),
-            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
-        );
+        let given = matches.value_source(arg.get_id().as_str()) == Some(ValueSource::CommandLine)
+            || std::env::var_os(env_name(key)).is_some();
         if !given {
             arguments.extend(values.iter().map(OsString::from));
         }

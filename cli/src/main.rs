@@ -100,9 +100,24 @@ fn main() -> std::process::ExitCode {
         .init();
     // Every key of `serve` and `executor` has its environment variable; `--config FILE`
     // fills in what neither the command line nor the environment gave (src/config.rs).
+    // A bad environment variable is not clap's first error but one of all the problems
+    // listed at once: then the command line alone is parsed, to learn the command and the file.
     let base = Cli::command();
     let command = config::with_environment(base.clone());
-    let mut matches = command.clone().get_matches();
+    let mut matches = match command.clone().try_get_matches() {
+        Ok(matches) => matches,
+        Err(error)
+            if matches!(
+                error.kind(),
+                clap::error::ErrorKind::DisplayHelp
+                    | clap::error::ErrorKind::DisplayVersion
+                    | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) =>
+        {
+            error.exit()
+        }
+        Err(_) => base.clone().get_matches(),
+    };
     if let Some((section, sub)) = matches.subcommand()
         && let Some(merged) = config::merged_arguments(&base, section, sub)
     {

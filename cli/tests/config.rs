@@ -292,3 +292,36 @@ fn the_example_is_complete_and_valid() {
         common::weir_within(&["config", "check", &path], Duration::from_secs(30));
     assert_eq!(code, Some(0), "{stdout}{stderr}");
 }
+
+#[test]
+fn bad_environment_variables_are_listed_with_the_file_problems() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(
+        &dir.path().join("weir.toml"),
+        "[executor]\njoin = \"http://127.0.0.1:9\"\nworkers = -1\n",
+    );
+    let output = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["executor", "--config", &config])
+        .env("WEIR_INSTANCE_SLOTS", "0")
+        .env("WEIR_MEMORY_BYTES", "lots")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("3 problem(s)"), "{stderr}");
+    assert!(
+        stderr.contains("environment WEIR_INSTANCE_SLOTS: invalid value '0'"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("environment WEIR_MEMORY_BYTES: invalid value 'lots'"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("[executor] workers: invalid value '-1'"),
+        "{stderr}"
+    );
+    // Nothing started: it never tried to join.
+    assert!(!stderr.contains("cannot join"), "{stderr}");
+}
