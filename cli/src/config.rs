@@ -109,8 +109,13 @@ fn environment_problems(command: &Command, section: &str) -> Vec<String> {
         if let Err(error) = alone.try_get_matches_from(Vec::<OsString>::new()) {
             let rendered = error.render().to_string();
             let line = rendered.lines().next().unwrap_or_default();
+            let switch = if matches!(arg.get_action(), ArgAction::SetTrue) {
+                ": expected true or false"
+            } else {
+                ""
+            };
             problems.push(format!(
-                "environment {name}: {}",
+                "environment {name}: {}{switch}",
                 line.strip_prefix("error: ").unwrap_or(line)
             ));
         }
