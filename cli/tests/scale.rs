@@ -232,16 +232,12 @@ async fn instances_and_partition_keys_are_checked_with_clear_problems() {
 }
 
 /// A subscriber on `port` to `filter`: every payload it receives, in a channel.
-async fn subscriber(
-    port: u16,
-    id: &str,
-    filter: &str,
-) -> (AsyncClient, mpsc::UnboundedReceiver<String>) {
+async fn subscriber(port: u16, id: &str, filter: &str) -> (AsyncClient, mpsc::Receiver<String>) {
     let mut options = MqttOptions::new(id, "127.0.0.1", port);
     options.set_keep_alive(Duration::from_secs(5));
     let (client, mut eventloop) = AsyncClient::new(options, 10_000);
-    let (tx, rx) = mpsc::unbounded_channel();
-    let (subscribed_tx, mut subscribed) = mpsc::unbounded_channel();
+    let (tx, rx) = mpsc::channel(100_000);
+    let (subscribed_tx, mut subscribed) = mpsc::channel(4);
     client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
     tokio::spawn(async move {
         loop {
@@ -249,13 +245,14 @@ async fn subscriber(
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     if tx
                         .send(String::from_utf8_lossy(&p.payload).into_owned())
+                        .await
                         .is_err()
                     {
                         return;
                     }
                 }
                 Ok(Event::Incoming(Packet::SubAck(_))) => {
-                    subscribed_tx.send(()).ok();
+                    subscribed_tx.try_send(()).ok();
                 }
                 Ok(_) => {}
                 Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
@@ -287,7 +284,7 @@ async fn placements(client: &Client, id: &str) -> Vec<Option<String>> {
 /// passed; prints and returns (distinct numbers seen, duplicates).
 async fn round_trip(
     publisher: &AsyncClient,
-    outputs: &mut mpsc::UnboundedReceiver<String>,
+    outputs: &mut mpsc::Receiver<String>,
     numbers: std::ops::Range<u32>,
     limit: Duration,
 ) -> (BTreeSet<u32>, usize) {
@@ -338,7 +335,7 @@ async fn round_trip(
 }
 
 /// Publishes probes until three came back (the source subscribed), then drains the outputs.
-async fn probe(publisher: &AsyncClient, outputs: &mut mpsc::UnboundedReceiver<String>, tag: &str) {
+async fn probe(publisher: &AsyncClient, outputs: &mut mpsc::Receiver<String>, tag: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut probes = 0u32;
     let mut answered = 0;
