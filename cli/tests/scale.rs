@@ -229,6 +229,32 @@ async fn instances_and_partition_keys_are_checked_with_clear_problems() {
     assert_eq!(stored.spec.partition_key, Some(PartitionKey::KafkaKey));
     let single = scaled("w1", "window", ("plant", "in"), ("plant", "out"), 1, None);
     developer.deploy(&single).await.unwrap();
+    // The in-process executor runs all three instances (its broker is not there: they retry).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let placed = placements(&developer, "w").await;
+        if placed.len() == 3 && placed.iter().all(Option::is_some) {
+            println!("in-process instances on {placed:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "not placed: {placed:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Deleted: every instance stops.
+    developer.delete_deployment("w").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let running = admin.executors().await.unwrap();
+        let left: u64 = running.iter().map(|e| e.deployments).sum();
+        if left == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "instances left running: {running:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// A subscriber on `port` to `filter`: every payload it receives, in a channel.
@@ -540,4 +566,201 @@ async fn a_stateless_deployments_instances_spread_over_executors_and_share_mqtt_
     .await;
     assert_eq!(came.len(), 100);
     assert_eq!(duplicates, 0, "a scaled-away instance still ran");
+}
+
+fn kafka_spec(address: &str, partitions: &str) -> weir_connectors::EndpointSpec {
+    weir_connectors::EndpointSpec {
+        name: "test".to_owned(),
+        kind: "kafka".to_owned(),
+        address: Some(address.to_owned()),
+        settings: [
+            ("create_topics".to_owned(), "true".to_owned()),
+            ("partitions".to_owned(), partitions.to_owned()),
+        ]
+        .into_iter()
+        .collect(),
+        secret: None,
+    }
+}
+
+fn unique(label: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{label}-{}-{nanos}", std::process::id())
+}
+
+fn test_context(label: &str) -> weir_connectors::ConnectContext {
+    weir_connectors::ConnectContext::new(
+        weir_api::TenantId::new("tester").unwrap(),
+        &unique(label),
+        weir_api::egress::Egress::new(["127.0.0.1"]),
+        1 << 20,
+    )
+}
+
+/// Numbers of `n<k>` payloads among `messages`, into `seen`; duplicates counted.
+fn count_numbers(messages: &[weir_connectors::Inbound], seen: &mut BTreeSet<u32>) -> usize {
+    let mut duplicates = 0;
+    for message in messages {
+        let text = String::from_utf8_lossy(&message.payload);
+        if let Some(n) = text.strip_prefix('n').and_then(|n| n.parse::<u32>().ok())
+            && !seen.insert(n)
+        {
+            duplicates += 1;
+        }
+    }
+    duplicates
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stateless_deployments_instances_share_a_kafka_topic_through_one_consumer_group() {
+    use weir_connectors::Connector as _;
+    let broker = std::env::var("WEIR_TEST_KAFKA").expect(
+        "WEIR_TEST_KAFKA is not set: `scripts/services start` and `source target/services/env` \
+         (this test needs the tansu broker; it does not skip)",
+    );
+    let data = tempfile::tempdir().unwrap();
+    let server = common::serve_with(
+        data.path(),
+        &[
+            "--remote-executors",
+            "--executor-heartbeat-ms",
+            "100",
+            "--executor-timeout-ms",
+            "1000",
+            "--reconcile-ms",
+            "100",
+        ],
+    );
+    let admin = server.admin();
+    let token = std::fs::read_to_string(data.path().join("executor-token")).unwrap();
+    let _executors: Vec<common::ExecutorProcess> = ["k-1", "k-2", "k-3"]
+        .into_iter()
+        .map(|id| common::executor_process(&server.address, &token, id, &[]))
+        .collect();
+    let quotas = Quotas {
+        api_requests_per_second: 100_000,
+        allowed_private_hosts: vec!["127.0.0.1".to_owned()],
+        ..Quotas::default()
+    };
+    let developer = common::tenant(&admin, "acme", quotas).await;
+    let owner = common::token(&admin, "acme", weir_api::tenancy::Role::Owner).await;
+    owner
+        .create_endpoint(&CreateEndpoint {
+            name: "events".to_owned(),
+            kind: EndpointKind::Kafka,
+            address: Some(broker.clone()),
+            settings: [("create_topics".to_owned(), "true".to_owned())]
+                .into_iter()
+                .collect(),
+            secret: None,
+        })
+        .await
+        .unwrap();
+    developer
+        .push_module("echo", "1.0.0", weir_guests::ECHO.bytes())
+        .await
+        .unwrap();
+    developer
+        .push_graph("echo", "1", common::chain_graph("echo", "echo", 1))
+        .await
+        .unwrap();
+    let id = unique("krelay");
+    let input = format!("{id}-in");
+    let output = format!("{id}-out");
+    let connector = weir_connectors::kafka::KafkaConnector;
+    // The input topic with three partitions (records spread by key), the output read by the
+    // test, both before the deployment starts.
+    let mut writer = connector
+        .sink(
+            weir_connectors::SinkSpec {
+                endpoint: kafka_spec(&broker, "3"),
+                topic: input.clone(),
+            },
+            test_context("kwriter"),
+        )
+        .await
+        .unwrap();
+    let reader = weir_connectors::conformance::start_source(
+        &connector,
+        weir_connectors::SourceSpec {
+            endpoint: kafka_spec(&broker, "1"),
+            topics: vec![output.clone()],
+        },
+        test_context("kreader"),
+        10_000,
+    )
+    .await
+    .unwrap();
+    let record = |text: String, key: String| {
+        let mut out = weir_connectors::Outbound::new(input.clone(), text.into_bytes());
+        out.user_properties = vec![(
+            bytes::Bytes::from_static(b"__key"),
+            bytes::Bytes::from(key.into_bytes()),
+        )];
+        out
+    };
+    let report = writer
+        .send(vec![record("probe-0".to_owned(), "k0".to_owned())])
+        .await
+        .unwrap();
+    assert!(report.rejected.is_empty(), "{report:?}");
+
+    developer
+        .deploy(&scaled(
+            "relay",
+            "echo",
+            ("events", &input),
+            ("events", &output),
+            3,
+            None,
+        ))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let placed = loop {
+        let placed = placements(&developer, "relay").await;
+        if placed.len() == 3 && placed.iter().all(Option::is_some) {
+            break placed.into_iter().flatten().collect::<BTreeSet<_>>();
+        }
+        assert!(Instant::now() < deadline, "not placed: {placed:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(placed.len(), 3, "{placed:?}");
+    // The group's first joins take seconds on tansu: the probe comes back once one member
+    // reads its partition.
+    let probe = reader.intake.take(1, Duration::from_secs(120)).await;
+    assert_eq!(probe.len(), 1, "the probe never came back");
+
+    let numbered: Vec<weir_connectors::Outbound> = (0..300)
+        .map(|n| record(format!("n{n}"), format!("k{}", n % 12)))
+        .collect();
+    let report = writer.send(numbered).await.unwrap();
+    assert!(report.rejected.is_empty(), "{report:?}");
+    let mut seen = BTreeSet::new();
+    let mut duplicates = 0;
+    let mut outputs = 0;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while seen.len() < 300 && Instant::now() < deadline {
+        let got = reader.intake.take(300, Duration::from_secs(1)).await;
+        outputs += got.len();
+        duplicates += count_numbers(&got, &mut seen);
+    }
+    // Late copies (a rebalance while the group settled re-reads uncommitted records).
+    let late = reader.intake.take(10_000, Duration::from_secs(2)).await;
+    outputs += late.len();
+    duplicates += count_numbers(&late, &mut seen);
+    println!(
+        "kafka: 300 keyed records over 3 partitions, 3 instances on {placed:?}: {} came back, {} missing, {duplicates} duplicates ({outputs} outputs)",
+        seen.len(),
+        300 - seen.len()
+    );
+    assert_eq!(seen.len(), 300, "records lost");
+    // Three groups (no sharing) would give every record three times: 600 duplicates.
+    assert!(
+        duplicates < 300,
+        "{duplicates} duplicates: the instances did not share the input"
+    );
 }
