@@ -240,6 +240,28 @@ async fn instances_and_partition_keys_are_checked_with_clear_problems() {
         assert!(Instant::now() < deadline, "not placed: {placed:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Paused: every instance stops; resumed: all three run again.
+    let running_instances = |admin: Client| async move {
+        admin
+            .executors()
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.deployments)
+            .sum::<u64>()
+    };
+    developer.pause("w").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while running_instances(admin.clone()).await != 1 {
+        assert!(Instant::now() < deadline, "paused instances still run");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(developer.resume("w").await.unwrap().status, "pending");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while running_instances(admin.clone()).await != 4 {
+        assert!(Instant::now() < deadline, "resumed instances do not run");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // Deleted: every instance stops.
     developer.delete_deployment("w").await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -508,6 +508,20 @@ pub(crate) async fn resume(
     DeploymentState::from_stored(&record.status, "")
         .apply(Event::Resume)
         .map_err(lifecycle_error)?;
+    if crate::scale::placed_by_loop(&spec) {
+        // Several instances: the reconcile loop places and starts each.
+        let pending = DeploymentState::Pending.status();
+        let detail = format!("resumed by {}", caller.subject);
+        state
+            .store
+            .set_deployment_status(&tenant, &id, pending, &detail)
+            .await?;
+        return Ok(Json(DeploymentChanged {
+            id,
+            status: pending.to_owned(),
+            warnings,
+        }));
+    }
     let running = running_here()?;
     if record.status != running.status() || state.runtime.status(&tenant, &id).await.is_none() {
         let request = start_request(&state, &tenant, &quotas, &spec).await?;
