@@ -271,6 +271,8 @@ async fn demo(
             source,
             sink,
             dead_letters: None,
+            instances: 1,
+            partition_key: None,
         };
         developer
             .deploy(&deployment("demo", Binding::default(), Binding::default()))

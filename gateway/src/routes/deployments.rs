@@ -323,13 +323,18 @@ pub(crate) async fn create(
     }
     // Resolved even when paused, so a deployment that could never start is refused now.
     let request = start_request(&state, &tenant, &quotas, &spec).await?;
-    let warnings = if enabled {
+    crate::scale::check(&spec, &request, &quotas)?;
+    // Several instances: pending until the reconcile loop places and starts each.
+    let by_loop = crate::scale::placed_by_loop(&spec);
+    let warnings = if enabled && !by_loop {
         state.runtime.start(request).await?
     } else {
         Vec::new()
     };
     // A new deployment: pending, then started here (or stopped at once when created paused).
-    let status = if enabled {
+    let status = if enabled && by_loop {
+        DeploymentState::Pending
+    } else if enabled {
         running_here()?
     } else {
         DeploymentState::Pending
@@ -417,7 +422,19 @@ pub(crate) async fn update(
         );
     }
     let request = start_request(&state, &tenant, &quotas, &spec).await?;
-    let warnings = state.runtime.start(request).await?;
+    crate::scale::check(&spec, &request, &quotas)?;
+    let before: Option<CreateDeployment> = serde_json::from_value(record.spec.clone()).ok();
+    let by_loop = crate::scale::placed_by_loop(&spec)
+        || before.as_ref().is_some_and(crate::scale::placed_by_loop);
+    let warnings = if by_loop {
+        // The old instances stop; the reconcile loop starts the new spec's.
+        if let Some(before) = &before {
+            crate::scale::stop_instances(&state, &tenant, before).await;
+        }
+        Vec::new()
+    } else {
+        state.runtime.start(request).await?
+    };
     let detail = format!(
         "updated to graph {}@{} (was {})",
         spec.graph.name, spec.graph.version, record.status
@@ -432,9 +449,14 @@ pub(crate) async fn update(
         state.runtime.stop(&tenant, &id).await;
         return Err(ApiError::not_found("deployment"));
     }
+    let status = if by_loop {
+        DeploymentState::Pending
+    } else {
+        running_here()?
+    };
     Ok(Json(DeploymentChanged {
         id,
-        status: running_here()?.status().to_owned(),
+        status: status.status().to_owned(),
         warnings,
     }))
 }
@@ -486,6 +508,20 @@ pub(crate) async fn resume(
     DeploymentState::from_stored(&record.status, "")
         .apply(Event::Resume)
         .map_err(lifecycle_error)?;
+    if crate::scale::placed_by_loop(&spec) {
+        // Several instances: the reconcile loop places and starts each.
+        let pending = DeploymentState::Pending.status();
+        let detail = format!("resumed by {}", caller.subject);
+        state
+            .store
+            .set_deployment_status(&tenant, &id, pending, &detail)
+            .await?;
+        return Ok(Json(DeploymentChanged {
+            id,
+            status: pending.to_owned(),
+            warnings,
+        }));
+    }
     let running = running_here()?;
     if record.status != running.status() || state.runtime.status(&tenant, &id).await.is_none() {
         let request = start_request(&state, &tenant, &quotas, &spec).await?;
@@ -583,7 +619,11 @@ pub(crate) async fn get(
             at: c.at,
         })
         .collect();
-    view.runtime = state.runtime.status(&tenant, &id).await;
+    view.runtime = if crate::scale::placed_by_loop(&view.spec) {
+        Some(crate::scale::instances_status(&state, &tenant, &view.spec).await)
+    } else {
+        state.runtime.status(&tenant, &id).await
+    };
     Ok(Json(view))
 }
 
