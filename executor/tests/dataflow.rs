@@ -876,3 +876,89 @@ connections:
         );
     }
 }
+
+/// `max_in_flight` far above `intake_capacity` (`weir serve --max-in-flight`): while the sink
+/// takes nothing, the channel in front of the source fills long before the intake's places
+/// run out. A non-blocking sender (a connector) must be told "full" then, and every message it
+/// offered must come out once the sink takes again: none taken and then dropped.
+#[test]
+fn a_full_source_queue_under_a_large_max_in_flight_refuses_and_loses_nothing() {
+    let fixture = Fixture::new();
+    let settings = DataflowSettings {
+        intake_capacity: 16,
+        max_in_flight: Some(4096),
+        output_capacity: 8,
+        ..DataflowSettings::default()
+    };
+    let deployment = fixture.deploy(&graph(ECHO_GRAPH), settings);
+    let source = deployment.source("source").unwrap();
+    let total = 400;
+    let deliveries: Vec<Deliveries> = (0..total).map(|_| Arc::default()).collect();
+    let offer = |i: usize| {
+        let record = deliveries[i].clone();
+        source.try_send(message_at(now_ms(), &format!("m{i}")), move |d| {
+            record.lock().unwrap().push(d);
+        })
+    };
+    // The sink is "down": nothing is taken from the outputs, so the source holds back and its
+    // channel fills. The intake (4096 places) is far from full when that happens.
+    let mut next = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match offer(next) {
+            Ok(()) => next += 1,
+            Err(weir_executor::dataflow::SourceError::Full) => break,
+            Err(other) => panic!("message {next} refused with {other:?} while the sink is down"),
+        }
+        assert!(
+            next < total,
+            "all {total} taken while the sink took nothing"
+        );
+        assert!(std::time::Instant::now() < deadline, "never refused");
+    }
+    assert!(next >= 16, "refused after only {next} messages");
+    assert!(
+        source.in_flight() < 4096,
+        "the intake itself filled: {} in flight",
+        source.in_flight()
+    );
+    // The sink comes back: a consumer accepts every output while the rest is offered, waiting
+    // for room whenever the source is full.
+    let outputs = deployment.outputs();
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while seen.len() < total {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {total} outputs after the sink came back ({next} offered)",
+            seen.len()
+        );
+        while let Some(output) = outputs.try_pop() {
+            seen.push(payload(&output));
+            output.accept();
+        }
+        if next < total {
+            match offer(next) {
+                Ok(()) => next += 1,
+                Err(weir_executor::dataflow::SourceError::Full) => {
+                    fixture.tokio.block_on(source.room());
+                }
+                Err(other) => panic!("message {next} refused with {other:?}"),
+            }
+        } else if let Some(output) = outputs.pop_timeout(Duration::from_millis(100)) {
+            seen.push(payload(&output));
+            output.accept();
+        }
+    }
+    seen.sort_by_key(|p| p.strip_prefix('m').unwrap().parse::<usize>().unwrap());
+    let expected: Vec<String> = (0..total).map(|i| format!("m{i}")).collect();
+    assert_eq!(seen, expected, "every message once");
+    for (i, delivered) in deliveries.iter().enumerate() {
+        assert_eq!(
+            *delivered.lock().unwrap(),
+            [Delivery::Processed],
+            "message {i} is acknowledged once"
+        );
+    }
+    assert_eq!(source.in_flight(), 0);
+}

@@ -5,7 +5,7 @@
 use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -59,14 +59,22 @@ pub(crate) struct Incoming {
 }
 
 /// The places of a deployment's intake: messages its sources took that are not processed yet
-/// (queued, or anywhere inside the dataflow), bounded by count (`intake_capacity`) and by the
-/// tenant's in-flight bytes (`max_inflight_bytes`, shared by its deployments). A place is
-/// reserved before a message is taken and given back when its acknowledgement fires, so every
-/// queue inside the dataflow is bounded and backpressure reaches the sender.
+/// (queued, or anywhere inside the dataflow), bounded by count (`max_in_flight`, at least
+/// `intake_capacity`) and by the tenant's in-flight bytes (`max_inflight_bytes`, shared by its
+/// deployments). A place is reserved before a message is taken and given back when its
+/// acknowledgement fires, so every queue inside the dataflow is bounded and backpressure
+/// reaches the sender. Of those, at most `intake_capacity` wait in the channel in front of the
+/// source operator: a message also holds one of the channel's places from when it is taken
+/// until the operator takes it from the channel, so a sender is told the intake is full when
+/// the channel is, even while places of `max_in_flight` are free.
 #[derive(Debug)]
 pub(crate) struct Intake {
     capacity: usize,
     messages: AtomicUsize,
+    /// Places of the channel in front of the source operator (`intake_capacity`).
+    queue: usize,
+    /// Messages taken and not yet taken from the channel by the source operator.
+    queued: AtomicUsize,
     bytes: Arc<ByteBudget>,
     released: (Mutex<()>, Condvar),
     /// Wakes tasks waiting for room ([`SourceHandle::room`]).
@@ -81,10 +89,14 @@ pub(crate) struct Intake {
 }
 
 impl Intake {
-    pub(crate) fn new(capacity: usize, bytes: Arc<ByteBudget>) -> Self {
+    /// An intake of `capacity` places in flight, `queue` of them in the channel (at most
+    /// `capacity`).
+    pub(crate) fn new(capacity: usize, queue: usize, bytes: Arc<ByteBudget>) -> Self {
         Self {
             capacity,
             messages: AtomicUsize::new(0),
+            queue: queue.min(capacity),
+            queued: AtomicUsize::new(0),
             bytes,
             released: (Mutex::new(()), Condvar::new()),
             room: tokio::sync::Notify::new(),
@@ -94,24 +106,35 @@ impl Intake {
         }
     }
 
+    /// Reserves `messages` places in flight, as many in the channel, and `bytes` of the
+    /// tenant's budget: all or none.
     fn try_reserve(&self, messages: usize, bytes: u64) -> Result<(), SourceError> {
         let limit = self.bytes.limit();
-        if messages > self.capacity || bytes > limit {
+        // A batch sits in the channel whole before the operator takes any of it.
+        if messages > self.queue || bytes > limit {
             return Err(SourceError::TooLarge {
                 messages,
                 bytes,
-                capacity: self.capacity,
+                capacity: self.queue,
                 limit,
             });
         }
-        self.messages
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |taken| {
-                taken
-                    .checked_add(messages)
-                    .filter(|total| *total <= self.capacity)
-            })
-            .map_err(|_| SourceError::Full)?;
+        let within = |counter: &AtomicUsize, bound: usize| {
+            counter
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |taken| {
+                    taken.checked_add(messages).filter(|total| *total <= bound)
+                })
+                .is_ok()
+        };
+        if !within(&self.queued, self.queue) {
+            return Err(SourceError::Full);
+        }
+        if !within(&self.messages, self.capacity) {
+            self.queued.fetch_sub(messages, Ordering::AcqRel);
+            return Err(SourceError::Full);
+        }
         if !self.bytes.try_reserve(bytes) {
+            self.queued.fetch_sub(messages, Ordering::AcqRel);
             self.messages.fetch_sub(messages, Ordering::AcqRel);
             return Err(SourceError::InFlightBytes { limit });
         }
@@ -121,6 +144,17 @@ impl Intake {
     pub(crate) fn release(&self, messages: usize, bytes: u64) {
         self.messages.fetch_sub(messages, Ordering::AcqRel);
         self.bytes.release(bytes);
+        self.wake_senders();
+    }
+
+    /// The source operator took `messages` from the channel: their places there are free.
+    fn dequeued(&self, messages: usize) {
+        self.queued.fetch_sub(messages, Ordering::AcqRel);
+        self.wake_senders();
+    }
+
+    /// Wakes the senders waiting for room, if any: a place was given back.
+    fn wake_senders(&self) {
         // Sequentially consistent with `wait_for_release`: either this sees the waiter, or the
         // waiter sees this release and does not wait.
         self.releases.fetch_add(1, Ordering::SeqCst);
@@ -170,7 +204,9 @@ pub type Offer = (DataItem, Box<dyn FnOnce(Delivery) + Send + 'static>);
 /// The producer side of a deployment's source operation.
 #[derive(Debug, Clone)]
 pub struct SourceHandle {
-    sender: SyncSender<Incoming>,
+    /// Bounded by the intake: a message is sent only with a place of the channel reserved
+    /// ([`Intake::try_reserve`]), so it never holds more than `intake_capacity` messages.
+    sender: Sender<Incoming>,
     activator: Arc<OnceLock<SyncActivator>>,
     /// Whether the source operator has a wake-up coming that will look at the channel: a
     /// sender wakes it (an allocation and a system call in timely) only when it has none.
@@ -178,8 +214,6 @@ pub struct SourceHandle {
     running: Arc<AtomicBool>,
     clock: Arc<HlcClock>,
     intake: Arc<Intake>,
-    /// Places of the channel in front of the source operator.
-    queue: usize,
 }
 
 impl std::fmt::Debug for Incoming {
@@ -207,15 +241,6 @@ impl SourceHandle {
         if !self.running.load(Ordering::Acquire) {
             return Err(SourceError::Closed);
         }
-        // All or none holds when every place reserved has a slot in the channel.
-        if self.intake.capacity > self.queue && batch.len() > self.queue {
-            return Err(SourceError::TooLarge {
-                messages: batch.len(),
-                bytes: batch.iter().map(|(item, _)| item.byte_len() as u64).sum(),
-                capacity: self.queue,
-                limit: self.intake.bytes.limit(),
-            });
-        }
         let bytes: u64 = batch.iter().map(|(item, _)| item.byte_len() as u64).sum();
         self.intake.try_reserve(batch.len(), bytes)?;
         self.deliver(batch)
@@ -240,7 +265,7 @@ impl SourceHandle {
                         Box::new(on_done),
                         Some((self.intake.clone(), bytes)),
                     );
-                    // Waits for a slot in the channel when more are in flight than it holds.
+                    // Its place in the channel is reserved: this does not wait.
                     let sent = self
                         .sender
                         .send(Incoming { item, ack })
@@ -274,11 +299,9 @@ impl SourceHandle {
                 ack.disarm();
                 continue;
             }
-            // Cannot be full: the channel holds as many as the intake has places.
-            if let Err(TrySendError::Full(rejected) | TrySendError::Disconnected(rejected)) =
-                self.sender.try_send(Incoming { item, ack })
-            {
-                rejected.ack.disarm();
+            // Never full: every message of the batch has its place in the channel reserved.
+            if let Err(rejected) = self.sender.send(Incoming { item, ack }) {
+                rejected.0.ack.disarm();
                 result = Err(SourceError::Closed);
             }
         }
@@ -384,7 +407,8 @@ pub(crate) fn channel(
     clock: Arc<HlcClock>,
     bytes: Arc<ByteBudget>,
 ) -> (SourceHandle, Receiver<Incoming>) {
-    let (sender, receiver) = std::sync::mpsc::sync_channel(capacity);
+    // Bounded by the intake's places in the channel (`capacity`), not by the channel itself.
+    let (sender, receiver) = std::sync::mpsc::channel();
     (
         SourceHandle {
             sender,
@@ -392,8 +416,7 @@ pub(crate) fn channel(
             woken: Arc::new(AtomicBool::new(false)),
             running,
             clock,
-            intake: Arc::new(Intake::new(max_in_flight.max(capacity), bytes)),
-            queue: capacity,
+            intake: Arc::new(Intake::new(max_in_flight.max(capacity), capacity, bytes)),
         },
         receiver,
     )
@@ -410,6 +433,7 @@ pub(crate) fn build<'scope>(
 ) -> Stream<'scope, u64, Vec<Envelope>> {
     let slot = handle.activator.clone();
     let woken = handle.woken.clone();
+    let intake = handle.intake.clone();
     let settings = settings.clone();
     let shared = shared.clone();
     let node = name.to_owned();
@@ -484,6 +508,11 @@ pub(crate) fn build<'scope>(
                         break;
                     }
                 }
+            }
+            if taken > 0 {
+                // Their places in the channel are free: senders refused for want of one may
+                // offer again.
+                intake.dequeued(taken);
             }
             batch.sort_by_key(|(time, _)| *time);
             let mut items = batch.into_iter().peekable();
