@@ -962,3 +962,46 @@ fn a_full_source_queue_under_a_large_max_in_flight_refuses_and_loses_nothing() {
     }
     assert_eq!(source.in_flight(), 0);
 }
+
+/// A reservation holds its places until it is used or dropped: a caller that reserves, then
+/// finds another reason to refuse (the tenant's message rate), gives the places back whole.
+#[test]
+fn an_unused_reservation_gives_its_places_back() {
+    let fixture = Fixture::new();
+    let settings = DataflowSettings {
+        intake_capacity: 8,
+        ..DataflowSettings::default()
+    };
+    let deployment = fixture.deploy(&graph(ECHO_GRAPH), settings);
+    let source = deployment.source("source").unwrap();
+    let held = source.reserve(8, 8 * 64).expect("an empty intake has room");
+    let refused = source.try_send(message_at(now_ms(), "m-over"), |_| {});
+    assert!(
+        matches!(refused, Err(weir_executor::dataflow::SourceError::Full)),
+        "a place was free beside a reservation of all of them: {refused:?}"
+    );
+    drop(held);
+    assert_eq!(source.in_flight(), 0, "the dropped reservation kept places");
+    let delivered: Deliveries = Arc::default();
+    for i in 0..8 {
+        let record = delivered.clone();
+        source
+            .try_send(message_at(now_ms(), &format!("m{i}")), move |d| {
+                record.lock().unwrap().push(d);
+            })
+            .expect("every place is free again");
+    }
+    let outputs = deployment.outputs();
+    let mut seen = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while seen < 8 {
+        assert!(std::time::Instant::now() < deadline, "{seen} of 8 outputs");
+        match outputs.try_pop() {
+            Some(output) => {
+                output.accept();
+                seen += 1;
+            }
+            None => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
+}

@@ -44,7 +44,9 @@ pub use prepare::{
     TenantContext, prepare,
 };
 pub use queue::OutputQueue;
-pub use source::{Offer, SourceError, SourceHandle, message_from_broker};
+pub use source::{
+    Offer, Reservation, SourceError, SourceHandle, message_from_broker, offered_bytes,
+};
 
 use crate::host::NodeEnv;
 use crate::{OperatorInstance, OperatorKind};

@@ -216,6 +216,45 @@ pub struct SourceHandle {
     intake: Arc<Intake>,
 }
 
+/// Places of a deployment's intake held for one batch ([`SourceHandle::reserve`]).
+#[must_use = "a reservation dropped unused gives its places back"]
+#[derive(Debug)]
+pub struct Reservation<'a> {
+    handle: &'a SourceHandle,
+    messages: usize,
+    bytes: u64,
+    used: bool,
+}
+
+impl Reservation<'_> {
+    /// Offers `batch` in the reserved places, all or none (as [`SourceHandle::try_send_all`]).
+    /// A batch that is not the one reserved for (another count or size) gives the places
+    /// back and is offered anew.
+    pub fn send_all(mut self, batch: Vec<Offer>) -> Result<(), SourceError> {
+        if batch.len() != self.messages || offered_bytes(&batch) != self.bytes {
+            let handle = self.handle;
+            drop(self);
+            return handle.try_send_all(batch);
+        }
+        self.used = true;
+        self.handle.deliver(batch)
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if !self.used {
+            self.handle.intake.release(self.messages, self.bytes);
+            self.handle.intake.dequeued(self.messages);
+        }
+    }
+}
+
+/// The bytes `batch` takes of the tenant's in-flight budget ([`DataItem::byte_len`] of each).
+pub fn offered_bytes(batch: &[Offer]) -> u64 {
+    batch.iter().map(|(item, _)| item.byte_len() as u64).sum()
+}
+
 impl std::fmt::Debug for Incoming {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Incoming")
@@ -238,12 +277,25 @@ impl SourceHandle {
     /// Offers every message of `batch`, all or none: when this returns an error, none was
     /// taken and no `on_done` will be called. Never blocks.
     pub fn try_send_all(&self, batch: Vec<Offer>) -> Result<(), SourceError> {
+        let bytes = offered_bytes(&batch);
+        self.reserve(batch.len(), bytes)?.send_all(batch)
+    }
+
+    /// Reserves places for `messages` messages of `bytes` in all (as [`DataItem::byte_len`]
+    /// counts them): all or none, never blocking. Offer them with [`Reservation::send_all`];
+    /// a reservation dropped unused gives its places back. For a caller that must check
+    /// something else (the tenant's message rate) after it knows the intake has room.
+    pub fn reserve(&self, messages: usize, bytes: u64) -> Result<Reservation<'_>, SourceError> {
         if !self.running.load(Ordering::Acquire) {
             return Err(SourceError::Closed);
         }
-        let bytes: u64 = batch.iter().map(|(item, _)| item.byte_len() as u64).sum();
-        self.intake.try_reserve(batch.len(), bytes)?;
-        self.deliver(batch)
+        self.intake.try_reserve(messages, bytes)?;
+        Ok(Reservation {
+            handle: self,
+            messages,
+            bytes,
+            used: false,
+        })
     }
 
     /// Offers `item`, waiting while the intake is full. For threads, not async tasks.

@@ -143,23 +143,6 @@ impl Intake for DeploymentIntake {
             }
         }
         let count = u32::try_from(fits.len()).unwrap_or(u32::MAX);
-        if let Some(rates) = &self.rates {
-            match rates.admit(&self.edges.tenant, quotas.messages_per_second_in, count) {
-                Ok(()) => {}
-                Err(RateRefusal::Wait(wait)) => {
-                    return Err(IntakeRefusal::Full(format!(
-                        "over the tenant's {} messages per second (retry in {} ms)",
-                        quotas.messages_per_second_in,
-                        wait.as_millis()
-                    )));
-                }
-                Err(RateRefusal::TooMany { per_second }) => {
-                    return Err(IntakeRefusal::TooLarge(format!(
-                        "a batch of {count} messages is more than the tenant's {per_second} messages per second"
-                    )));
-                }
-            }
-        }
         let bytes: u64 = fits.iter().map(Inbound::byte_len).sum();
         let offers: Vec<Offer> = fits
             .into_iter()
@@ -184,7 +167,30 @@ impl Intake for DeploymentIntake {
                 (item, on_done)
             })
             .collect();
-        self.source.try_send_all(offers).map_err(refusal)?;
+        // The intake's places first, then the tenant's rate: a batch the intake refuses
+        // spends none of the rate (a source retrying a full intake would otherwise use it up).
+        let reservation = self
+            .source
+            .reserve(offers.len(), crate::dataflow::offered_bytes(&offers))
+            .map_err(refusal)?;
+        if let Some(rates) = &self.rates {
+            match rates.admit(&self.edges.tenant, quotas.messages_per_second_in, count) {
+                Ok(()) => {}
+                Err(RateRefusal::Wait(wait)) => {
+                    return Err(IntakeRefusal::Full(format!(
+                        "over the tenant's {} messages per second (retry in {} ms)",
+                        quotas.messages_per_second_in,
+                        wait.as_millis()
+                    )));
+                }
+                Err(RateRefusal::TooMany { per_second }) => {
+                    return Err(IntakeRefusal::TooLarge(format!(
+                        "a batch of {count} messages is more than the tenant's {per_second} messages per second"
+                    )));
+                }
+            }
+        }
+        reservation.send_all(offers).map_err(refusal)?;
         let share = &self.edges.share;
         share
             .messages_in
