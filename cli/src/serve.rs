@@ -486,6 +486,44 @@ fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Takes the data directory for this process: one server per data directory, or a second
+/// would run every deployment again beside the first, and both reconcile loops would place
+/// them. The lock is the kernel's (`flock`, through [`std::fs::File::try_lock`]) on
+/// `DATA/serve.lock`, which holds the owner's pid; it goes with the process however it ends.
+fn lock_data_dir(data: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = data.join("serve.lock");
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {
+            file.set_len(0)
+                .and_then(|()| writeln!(file, "{}", std::process::id()))
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            Ok(file)
+        }
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let owner = std::fs::read_to_string(&path).unwrap_or_default();
+            anyhow::bail!(
+                "another weir serve (pid {}) uses the data directory {}; stop it first, or give \
+                 this one a --data of its own",
+                owner.trim(),
+                data.display()
+            )
+        }
+        Err(std::fs::TryLockError::Error(error)) => {
+            Err(error).with_context(|| format!("cannot lock {}", path.display()))
+        }
+    }
+}
+
 pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
     // The data directory is the server user's alone (its files are created 0600 inside).
     {
@@ -499,6 +537,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCod
             })
             .with_context(|| format!("cannot create data directory {}", args.data.display()))?;
     }
+    let _one_server = lock_data_dir(&args.data)?;
     // Before the first start's admin token is minted and shown (once): a wrong `--state`
     // fails the start with nothing printed that a retry would not print again.
     let state_store = state_store(&args).await?;

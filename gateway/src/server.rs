@@ -44,6 +44,10 @@ pub struct ServerLimits {
     pub max_connections: usize,
     /// Largest request head (request line and headers), in bytes.
     pub max_header_bytes: usize,
+    /// After a stop is asked, how long requests in flight may take to finish before their
+    /// connections are closed: a long answer (a dashboard event stream, a slow download) must
+    /// not keep a stopping server alive past a service manager's stop timeout.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for ServerLimits {
@@ -53,6 +57,7 @@ impl Default for ServerLimits {
             request_timeout: Duration::from_secs(120),
             max_connections: 2048,
             max_header_bytes: 32 << 10,
+            shutdown_grace: Duration::from_secs(5),
         }
     }
 }
@@ -205,7 +210,10 @@ async fn connection(
         () = close.notified() => Ok(()),
         () = stop_requested(&mut stopping) => {
             served.as_mut().graceful_shutdown();
-            served.await
+            // Past the grace the connection is dropped, its request with it.
+            tokio::time::timeout(limits.shutdown_grace, served)
+                .await
+                .unwrap_or(Ok(()))
         }
     };
     if let Err(error) = result {

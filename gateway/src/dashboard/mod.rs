@@ -50,8 +50,12 @@ pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
 pub const HISTORY_SAMPLES: usize = 180;
 /// How long one event stream lasts; the page opens the next one.
 pub const STREAM_LIFETIME: Duration = Duration::from_secs(300);
-/// Event streams open at once per tenant (and for the admin's view, per tenant watched).
+/// Event streams open at once per tenant, and as many for the admin's view of each tenant
+/// watched (a tenant's own streams never shut the admin out of its view).
 pub const MAX_STREAMS_PER_TENANT: usize = 8;
+/// Longest one event may wait for the client to take it: a client that stops reading loses
+/// its stream (and frees its slot) instead of holding it past its token and its lifetime.
+pub(crate) const EVENT_SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The page's Content-Security-Policy: its own script and style only, no inline code, no
 /// frames, connections to this origin only.
@@ -159,8 +163,9 @@ pub(crate) struct Dashboard {
     /// deployment no longer stored loses its ring at the next sampling, so the map is bounded
     /// by the tenants' `max_deployments`.
     history: Mutex<HashMap<Key, VecDeque<Sample>>>,
-    /// Open event streams per tenant watched.
-    streams: Mutex<HashMap<TenantId, usize>>,
+    /// Open event streams per tenant watched, the tenant's own (`false`) apart from the
+    /// admin's (`true`).
+    streams: Mutex<HashMap<(TenantId, bool), usize>>,
     sampling: AtomicBool,
 }
 
@@ -410,20 +415,22 @@ pub(crate) async fn history(
 #[derive(Debug)]
 struct StreamSlot {
     dashboard: Arc<Dashboard>,
-    tenant: TenantId,
+    key: (TenantId, bool),
 }
 
 impl StreamSlot {
-    fn take(dashboard: &Arc<Dashboard>, tenant: &TenantId) -> Option<Self> {
+    /// A slot of `tenant`'s own streams, or of the admin's view of it (`admin`).
+    fn take(dashboard: &Arc<Dashboard>, tenant: &TenantId, admin: bool) -> Option<Self> {
+        let key = (tenant.clone(), admin);
         let mut streams = dashboard.streams.lock().ok()?;
-        let open = streams.entry(tenant.clone()).or_default();
+        let open = streams.entry(key.clone()).or_default();
         if *open >= MAX_STREAMS_PER_TENANT {
             return None;
         }
         *open += 1;
         Some(Self {
             dashboard: dashboard.clone(),
-            tenant: tenant.clone(),
+            key,
         })
     }
 }
@@ -431,11 +438,11 @@ impl StreamSlot {
 impl Drop for StreamSlot {
     fn drop(&mut self) {
         if let Ok(mut streams) = self.dashboard.streams.lock()
-            && let Some(open) = streams.get_mut(&self.tenant)
+            && let Some(open) = streams.get_mut(&self.key)
         {
             *open = open.saturating_sub(1);
             if *open == 0 {
-                streams.remove(&self.tenant);
+                streams.remove(&self.key);
             }
         }
     }
@@ -553,24 +560,32 @@ pub(crate) async fn events(
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(|t| t.trim().to_owned())
         .unwrap_or_default();
-    let slot = StreamSlot::take(&dashboard, &tenant).ok_or_else(|| {
-        ApiError::new(
-            ErrorCode::RateLimited,
-            format!("{MAX_STREAMS_PER_TENANT} event streams of this tenant are open already"),
-        )
-        .with_retry_after(EVENT_INTERVAL)
-    })?;
+    let slot =
+        StreamSlot::take(&dashboard, &tenant, caller.role == Role::Admin).ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::RateLimited,
+                format!("{MAX_STREAMS_PER_TENANT} event streams of this tenant are open already"),
+            )
+            .with_retry_after(EVENT_INTERVAL)
+        })?;
     let (sender, events) = tokio::sync::mpsc::channel::<Bytes>(1);
+    // Whether the client took the event in time; `false`: it went away or stopped reading,
+    // and the stream ends (its slot with it).
+    let send = move |event: Bytes| {
+        let sender = sender.clone();
+        async move {
+            matches!(
+                tokio::time::timeout(EVENT_SEND_TIMEOUT, sender.send(event)).await,
+                Ok(Ok(()))
+            )
+        }
+    };
     tokio::spawn(async move {
         let ends = tokio::time::Instant::now() + STREAM_LIFETIME;
         let mut ticks = tokio::time::interval(EVENT_INTERVAL);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let interval_ms = EVENT_INTERVAL.as_millis();
-        if sender
-            .send(Bytes::from(format!("retry: {interval_ms}\n\n")))
-            .await
-            .is_err()
-        {
+        if !send(Bytes::from(format!("retry: {interval_ms}\n\n"))).await {
             return;
         }
         loop {
@@ -578,16 +593,7 @@ pub(crate) async fn events(
             if tokio::time::Instant::now() >= ends || !still_allowed(&state, &token, &tenant).await
             {
                 // The client may be gone already: nothing to tell it then.
-                if sender
-                    .send(Bytes::from_static(
-                        b"event: end
-data: {}
-
-",
-                    ))
-                    .await
-                    .is_err()
-                {
+                if !send(Bytes::from_static(b"event: end\ndata: {}\n\n")).await {
                     tracing::debug!("dashboard stream closed by the client");
                 }
                 return;
@@ -599,7 +605,7 @@ data: {}
                     continue;
                 }
             };
-            if sender.send(Bytes::from(event)).await.is_err() {
+            if !send(Bytes::from(event)).await {
                 return;
             }
         }
