@@ -399,6 +399,19 @@ impl Client {
         .await
     }
 
+    /// Rolls a deployment back to an earlier revision (default: the one before the current).
+    pub async fn rollback_deployment(
+        &self,
+        id: &str,
+        revision: Option<u64>,
+    ) -> Result<DeploymentChanged, ClientError> {
+        self.post(
+            &format!("/v1/deployments/{}/rollback", segment(id)),
+            &crate::rest::RollbackDeployment { revision },
+        )
+        .await
+    }
+
     /// Pauses a deployment.
     pub async fn pause(&self, id: &str) -> Result<DeploymentChanged, ClientError> {
         self.post(&format!("/v1/deployments/{}/pause", segment(id)), &())

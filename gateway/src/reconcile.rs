@@ -21,7 +21,7 @@ use weir_scheduler::{
 use weir_tenants::Quotas;
 
 use crate::GatewayState;
-use crate::routes::start_request;
+use crate::routes::{running_revision, start_request};
 
 /// The desired state: the control store's deployments.
 struct StoreDesired {
@@ -242,9 +242,10 @@ impl ExecutorLink for RuntimeLink {
         };
         let spec: CreateDeployment =
             serde_json::from_value(record.spec).map_err(|e| e.to_string())?;
-        let request = start_request(state, &key.tenant, &tenant.quotas, &spec)
+        let mut request = start_request(state, &key.tenant, &tenant.quotas, &spec)
             .await
             .map_err(|e| e.to_string())?;
+        request.revision = running_revision(state, &key.tenant, &key.id).await;
         state
             .runtime
             .start_on(executor.as_str(), request)
