@@ -295,6 +295,16 @@ impl Client {
         .await
     }
 
+    /// Deletes a graph version.
+    pub async fn delete_graph(&self, name: &str, version: &str) -> Result<(), ClientError> {
+        self.delete(&format!(
+            "/v1/graphs/{}/{}",
+            segment(name),
+            segment(version)
+        ))
+        .await
+    }
+
     /// Uploads a graph definition (YAML or JSON; every problem reported at once).
     pub async fn push_graph(
         &self,

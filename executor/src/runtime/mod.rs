@@ -16,7 +16,7 @@ mod edges;
 mod tenant;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -257,6 +257,8 @@ pub struct LocalExecutor {
     clock: Arc<HlcClock>,
     rates: Arc<MessageRates>,
     cordoned: AtomicBool,
+    /// Versions started so far: numbers each version's sink connections.
+    versions: AtomicU64,
     shares: Mutex<HashMap<TenantId, Arc<TenantShare>>>,
     running: tokio::sync::Mutex<HashMap<DeploymentKey, Arc<Running>>>,
     /// HTTP output queues of paused deployments: outputs already acknowledged to their source
@@ -432,6 +434,7 @@ impl LocalExecutor {
             clock: Arc::new(HlcClock::new("weir-serve")),
             rates: Arc::new(MessageRates::default()),
             cordoned: AtomicBool::new(false),
+            versions: AtomicU64::new(0),
             shares: Mutex::new(HashMap::new()),
             running: tokio::sync::Mutex::new(HashMap::new()),
             parked: Mutex::new(HashMap::new()),
@@ -656,10 +659,15 @@ impl LocalExecutor {
             let digest = crate::sha256_digest(topics.join("\n").as_bytes()).to_string();
             digest.chars().rev().take(8).collect::<String>()
         };
+        // A sink's (and dead-letter sink's) id also names this version: during a rolling
+        // update the old version's sink still publishes what it drains while the new one's is
+        // connected, and two connections under one id would take it from each other. A sink
+        // starts clean, so a new id loses nothing.
+        let version = self.versions.fetch_add(1, Ordering::Relaxed);
         let client_id = |side: &str, builtin: bool| {
             let name = match side {
                 "source" => format!("source.{}.{filters}", assignment.id),
-                _ => format!("{side}.{}", assignment.id),
+                _ => format!("{side}.{}.v{version}", assignment.id),
             };
             if builtin {
                 format!("weir.{name}@{tenant}")

@@ -256,7 +256,17 @@ async fn roll(
         ),
     };
     let failed = |error: ApiError| async move {
-        let detail = format!("{}: {error}", what_failed(pinned));
+        // The first line of why (a trap's wasm backtrace follows it), bounded: the answer
+        // carries the whole error.
+        let why = error.to_string();
+        let why: String = why
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .chars()
+            .take(500)
+            .collect();
+        let detail = format!("{}: {why}", what_failed(pinned));
         // The revision and the reason are kept; a failure to record them is only logged,
         // the answer is the start's error.
         if let Err(record_error) =
