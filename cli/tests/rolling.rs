@@ -485,3 +485,189 @@ async fn a_rolling_update_in_process_loses_no_acknowledged_input_and_rolls_back(
 async fn a_rolling_update_on_executor_processes_loses_no_acknowledged_input_and_rolls_back() {
     roll_under_load(true).await;
 }
+
+/// A Kafka producer of the test's own: the Kafka connector's sink (a delivery report for every
+/// message before `send` returns).
+async fn kafka_producer(address: &str, topic: &str) -> Box<dyn weir_connectors::Sink> {
+    use weir_connectors::Connector as _;
+    weir_connectors::kafka::KafkaConnector
+        .sink(
+            weir_connectors::SinkSpec {
+                endpoint: kafka_endpoint(address),
+                topic: topic.to_owned(),
+            },
+            weir_connectors::ConnectContext::new(
+                weir_api::TenantId::new("tester").unwrap(),
+                &format!("{topic}-writer"),
+                weir_api::egress::Egress::new(["127.0.0.1"]),
+                1 << 20,
+            ),
+        )
+        .await
+        .unwrap()
+}
+
+fn kafka_endpoint(address: &str) -> weir_connectors::EndpointSpec {
+    weir_connectors::EndpointSpec {
+        name: "events".to_owned(),
+        kind: "kafka".to_owned(),
+        address: Some(address.to_owned()),
+        settings: [("create_topics".to_owned(), "true".to_owned())]
+            .into_iter()
+            .collect(),
+        secret: None,
+    }
+}
+
+fn numbered(topic: &str, numbers: std::ops::RangeInclusive<u64>) -> Vec<weir_connectors::Outbound> {
+    numbers
+        .map(|n| weir_connectors::Outbound {
+            topic: bytes::Bytes::copy_from_slice(topic.as_bytes()),
+            payload: bytes::Bytes::from(reading(n)),
+            content_type: None,
+            user_properties: Vec::new(),
+            hold: None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_update_of_a_kafka_sourced_deployment_loses_no_acknowledged_input() {
+    let mosquitto = service("WEIR_TEST_MOSQUITTO");
+    let kafka = service("WEIR_TEST_KAFKA");
+    let data = tempfile::tempdir().unwrap();
+    let server = common::serve_with(data.path(), &["--reconcile-ms", "100"]);
+    let admin = server.admin();
+    let quotas = Quotas {
+        api_requests_per_second: 100_000,
+        allowed_private_hosts: vec!["127.0.0.1".to_owned()],
+        ..Quotas::default()
+    };
+    let developer = common::tenant(&admin, "acme", quotas).await;
+    let owner = common::token(&admin, "acme", weir_api::tenancy::Role::Owner).await;
+    owner
+        .create_endpoint(&CreateEndpoint {
+            name: "plant".to_owned(),
+            kind: EndpointKind::Mqtt,
+            address: Some(mosquitto.clone()),
+            settings: BTreeMap::new(),
+            secret: None,
+        })
+        .await
+        .unwrap();
+    owner
+        .create_endpoint(&CreateEndpoint {
+            name: "events".to_owned(),
+            kind: EndpointKind::Kafka,
+            address: Some(kafka.clone()),
+            settings: kafka_endpoint(&kafka).settings,
+            secret: None,
+        })
+        .await
+        .unwrap();
+    developer
+        .push_module("echo", "1.0.0", weir_guests::ECHO.bytes())
+        .await
+        .unwrap();
+    developer
+        .push_module("temperature", "1.0.0", weir_guests::TEMPERATURE.bytes())
+        .await
+        .unwrap();
+    developer
+        .push_graph("roll", "1", graph("1", "echo", ""))
+        .await
+        .unwrap();
+    developer
+        .push_graph("roll", "2", graph("2", "temperature", ""))
+        .await
+        .unwrap();
+    let prefix = format!(
+        "rolling-kafka-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+    );
+    let (input, output) = (format!("{prefix}-in"), format!("{prefix}/out"));
+    let reader = Mqtt::connect(&mosquitto, &format!("{prefix}-reader"), Some(&output)).await;
+    let mut producer = kafka_producer(&kafka, &input).await;
+    // The topic exists before the deployment subscribes; its first reading comes out.
+    producer
+        .send(numbered(&input, 1_000_001..=1_000_001))
+        .await
+        .unwrap();
+    let spec = |version: &str| {
+        let mut spec = common::deployment("roller", "roll", ("events", &input), ("plant", &output));
+        spec.graph.version = version.to_owned();
+        spec
+    };
+    developer.deploy(&spec("1")).await.unwrap();
+    // The first group join on tansu can take a session timeout.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !reader.outputs(&output).contains(&(1_000_001, 1)) {
+        assert!(Instant::now() < deadline, "no output of the first reading");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // 1,000 numbered readings in batches of 10, each batch acknowledged by the broker; the
+    // update comes after the first 300.
+    let total: u64 = 1_000;
+    let mut updated = None;
+    for first in (1..=total).step_by(10) {
+        let report = producer
+            .send(numbered(&input, first..=first + 9))
+            .await
+            .unwrap();
+        assert!(report.rejected.is_empty(), "{:?}", report.rejected);
+        if first == 301 {
+            let started = Instant::now();
+            let changed = developer.update_deployment(&spec("2")).await.unwrap();
+            assert_eq!(changed.status, "running");
+            updated = Some(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    println!("kafka: update v1 -> v2 answered after {updated:?}");
+
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (outputs, missing) = loop {
+        let outputs: Vec<(u64, u8)> = reader
+            .outputs(&output)
+            .into_iter()
+            .filter(|(n, _)| (1..=total).contains(n))
+            .collect();
+        let seen: std::collections::HashSet<u64> = outputs.iter().map(|(n, _)| *n).collect();
+        let missing: Vec<u64> = (1..=total).filter(|n| !seen.contains(n)).collect();
+        if missing.is_empty() || Instant::now() > deadline {
+            break (outputs, missing);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut counts: HashMap<u64, u64> = HashMap::new();
+    for (n, _) in &outputs {
+        *counts.entry(*n).or_default() += 1;
+    }
+    let duplicates: u64 = counts.values().map(|c| c - 1).sum();
+    let by_v1 = outputs.iter().filter(|(_, v)| *v == 1).count();
+    println!(
+        "kafka: {total} inputs acknowledged by the broker, {} lost, {duplicates} duplicates; {by_v1} outputs by v1, {} by v2",
+        missing.len(),
+        outputs.len() - by_v1
+    );
+    assert!(
+        missing.is_empty(),
+        "lost {} acknowledged inputs: {:?}",
+        missing.len(),
+        &missing[..missing.len().min(20)]
+    );
+    let first_v2 = outputs
+        .iter()
+        .position(|(_, v)| *v == 2)
+        .expect("v2 made outputs");
+    assert!(
+        outputs[first_v2..].iter().all(|(_, v)| *v == 2),
+        "v1 outputs after v2's first"
+    );
+    assert!(by_v1 > 0, "v1 made outputs before the update");
+}
