@@ -474,6 +474,19 @@ async fn roll_under_load(remote: bool) {
     assert_eq!(lines.len(), 4, "{stdout}");
     assert!(lines[2].starts_with("*3\troll@1\trolled_back"), "{stdout}");
     assert!(lines[3].starts_with(" 4\troll@3\tfailed"), "{stdout}");
+
+    // The OpenAPI document has the route and the shapes.
+    let document = developer.openapi().await.unwrap();
+    assert!(
+        document["paths"]["/v1/deployments/{id}/rollback"]["post"].is_object(),
+        "rollback is documented"
+    );
+    for schema in ["DeploymentRevision", "RollbackDeployment"] {
+        assert!(
+            document["components"]["schemas"][schema].is_object(),
+            "{schema} is documented"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
