@@ -419,7 +419,7 @@ async fn a_schema_3_store_upgrades_and_its_tenants_get_the_new_quota_default() {
             .execute_batch(
                 "DROP TABLE dead_letters; DROP TABLE dead_letter_counters; DROP TABLE devices;
                  DROP TABLE usage_totals; DROP TABLE usage_periods; DROP TABLE module_logs;
-                 DROP TABLE module_log_counters;
+                 DROP TABLE module_log_counters; DROP TABLE deployment_revisions;
                  UPDATE tenants SET quotas = json_remove(quotas, '$.max_devices');
                  PRAGMA user_version = 3;",
             )
