@@ -165,20 +165,20 @@ async fn follow(
             if started.get(&key) == Some(&assigned.generation) {
                 continue;
             }
-            let generation = assigned.generation;
+            let (generation, revision) = (assigned.generation, assigned.revision);
             let previous = started.insert(key.clone(), generation);
             // A deployment that runs already is swapped by a rolling update (the new version
             // starts, the old one drains and stops): `LocalExecutor::start`.
             match start(&executor, &client, &id, assigned).await {
                 Ok(()) => {
-                    tracing::info!(tenant = %key.0, deployment = %key.1, generation, "assigned: started");
+                    tracing::info!(tenant = %key.0, deployment = %key.1, generation, revision, "assigned: started");
                     reports
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner)
                         .insert(key, (generation, None));
                 }
                 Err(error) => {
-                    tracing::warn!(tenant = %key.0, deployment = %key.1, generation, %error, "assigned, but it did not start");
+                    tracing::warn!(tenant = %key.0, deployment = %key.1, generation, revision, %error, "assigned, but it did not start");
                     let mut reports = reports.lock().unwrap_or_else(PoisonError::into_inner);
                     if let (Some(previous), Some(report)) = (previous, reports.get_mut(&key)) {
                         // The old generation keeps running: reported with why the new one
