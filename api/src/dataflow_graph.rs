@@ -364,6 +364,8 @@ impl DataflowGraphDocument {
                     source: source_binding,
                     sink: sink_binding,
                     dead_letters: None,
+                    instances: 1,
+                    partition_key: None,
                 },
                 enabled,
             }),

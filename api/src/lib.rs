@@ -20,6 +20,7 @@ mod hlc;
 mod ids;
 mod item;
 pub mod rest;
+pub mod scale;
 pub mod tenancy;
 
 pub use error::{ErrorCode, ErrorDomain};

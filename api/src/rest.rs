@@ -269,6 +269,19 @@ pub struct CreateDeployment {
     /// and its topic. None: kept only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dead_letters: Option<Binding>,
+    /// How many instances run it, each on its own executor where the pool allows (default 1;
+    /// see [`crate::scale`] for the rules: a graph with an `accumulate` runs as one instance
+    /// unless `partition_key` is set).
+    #[serde(
+        default = "crate::scale::one_instance",
+        skip_serializing_if = "crate::scale::is_one_instance"
+    )]
+    pub instances: u32,
+    /// What keys a windowed deployment's input across its instances: `kafka-key` (the Kafka
+    /// record key, so each key's partition, and its window, lives on one instance). None:
+    /// unkeyed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition_key: Option<crate::scale::PartitionKey>,
 }
 
 /// The answer to creating, updating, pausing or resuming a deployment.

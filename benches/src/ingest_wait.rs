@@ -232,6 +232,8 @@ async fn main() -> anyhow::Result<()> {
             source: Default::default(),
             sink: Default::default(),
             dead_letters: None,
+            instances: 1,
+            partition_key: None,
         })
         .await?;
 

@@ -351,6 +351,8 @@ async fn main() -> anyhow::Result<()> {
                         topics: vec![output.clone()],
                     },
                     dead_letters: None,
+                    instances: 1,
+                    partition_key: None,
                 })
                 .await?;
             weir_bench::wait_until_connected(&owner, &case).await?;

@@ -126,6 +126,7 @@ fn place_all(pool: &mut Pool, wanted: &[&Wanted]) -> anyhow::Result<(Vec<u64>, u
                 tenant: &want.key.tenant,
                 cost: want.cost,
                 labels: &want.labels,
+                group: None,
             },
         );
         match chosen {

@@ -162,6 +162,8 @@ pub(crate) fn deployment(id: &str, name: &str, version: &str) -> CreateDeploymen
         source: Default::default(),
         sink: Default::default(),
         dead_letters: None,
+        instances: 1,
+        partition_key: None,
     }
 }
 

@@ -234,6 +234,8 @@ async fn main() -> anyhow::Result<()> {
                     topics: vec![output.to_owned()],
                 },
                 dead_letters: None,
+                instances: 1,
+                partition_key: None,
             })
             .await?;
         weir_bench::wait_until_connected(&owner, "window").await?;

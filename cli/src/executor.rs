@@ -1,5 +1,6 @@
 //! `weir executor --join URL --token T`: an executor process. It joins the control plane with
-//! its id, capacity and labels, then heartbeats until stopped (Ctrl-C: it leaves cleanly).
+//! its id, capacity and labels, then heartbeats until stopped (Ctrl-C or SIGTERM: it leaves
+//! cleanly).
 //!
 //! Its id is unique per process (`--id`, or `<host>-<pid>-<start time>`), and is also the node
 //! id of its hybrid logical clock. It long-polls its assignments
@@ -10,6 +11,7 @@
 //! logged, not kept (the control plane's journal is not reachable from here yet).
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -27,12 +29,18 @@ use weir_executor::runtime::{Assignment, Binding, DeadLetterJournal, LocalExecut
 /// `weir executor`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct ExecutorArgs {
-    /// The control plane's API (`http://host:port`).
+    /// A configuration file (TOML): the keys of `[executor]` (and the shared ones at its top)
+    /// are these flags; a flag or its environment variable (`WEIR_` and the key in capitals)
+    /// overrides the file. See `weir config example`.
     #[arg(long)]
-    join: String,
-    /// The executor join token (`DATA/executor-token` of `weir serve`).
-    #[arg(long, env = "WEIR_EXECUTOR_TOKEN", hide_env_values = true)]
-    token: String,
+    config: Option<PathBuf>,
+    /// The control plane's API (`http://host:port`). Required (flag, environment or file).
+    #[arg(long)]
+    join: Option<String>,
+    /// The executor join token (`--executor-token` or `DATA/executor-token` of `weir serve`).
+    /// Required (flag, environment or file).
+    #[arg(long, visible_alias = "token", hide_env_values = true)]
+    executor_token: Option<String>,
     /// This process's id (default: `<host>-<pid>-<start time>`), unique among live executors.
     #[arg(long)]
     id: Option<String>,
@@ -40,13 +48,13 @@ pub(crate) struct ExecutorArgs {
     #[arg(long = "label")]
     labels: Vec<String>,
     /// Dataflow workers (default: the cores).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     workers: Option<u32>,
     /// Linear memory offered to operator instances, in bytes.
     #[arg(long, default_value_t = 4 << 30)]
     memory_bytes: u64,
     /// Operator instance slots.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
     instance_slots: u32,
 }
 
@@ -226,6 +234,13 @@ fn default_id() -> String {
 }
 
 pub(crate) async fn run(args: ExecutorArgs) -> anyhow::Result<std::process::ExitCode> {
+    let (Some(join_url), Some(token)) = (args.join.clone(), args.executor_token.clone()) else {
+        anyhow::bail!(
+            "weir executor needs the control plane and its join token: --join URL and \
+             --executor-token T (or WEIR_JOIN and WEIR_EXECUTOR_TOKEN, or join and \
+             executor_token in the [executor] section of --config)"
+        );
+    };
     let mut labels = BTreeMap::new();
     for label in &args.labels {
         let (key, value) = label.split_once('=').unwrap_or((label, ""));
@@ -242,11 +257,11 @@ pub(crate) async fn run(args: ExecutorArgs) -> anyhow::Result<std::process::Exit
         instance_slots: args.instance_slots,
         labels,
     };
-    let client = Client::new(&args.join, Some(args.token.clone()))?;
+    let client = Client::new(&join_url, Some(token))?;
     let joined = client
         .join_executor(&join)
         .await
-        .with_context(|| format!("cannot join {}", args.join))?;
+        .with_context(|| format!("cannot join {join_url}"))?;
     let engine = tokio::task::spawn_blocking(|| {
         weir_executor::OperatorEngine::new(&weir_executor::EngineConfig::default())
     })
@@ -267,7 +282,7 @@ pub(crate) async fn run(args: ExecutorArgs) -> anyhow::Result<std::process::Exit
         .map_err(|e| anyhow::anyhow!("cannot start the executor: {}", e.message))?,
     );
     // Tests and scripts read this line.
-    println!("executor {} joined {}", join.id, args.join);
+    println!("executor {} joined {}", join.id, join_url);
     let applied = Arc::new(AtomicU64::new(0));
     let reports: Arc<Mutex<Reports>> = Arc::default();
     let mut following = tokio::spawn(follow(
@@ -282,7 +297,7 @@ pub(crate) async fn run(args: ExecutorArgs) -> anyhow::Result<std::process::Exit
     let mut last_heard = std::time::Instant::now();
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let stop = tokio::signal::ctrl_c();
+    let stop = crate::stop_signal();
     tokio::pin!(stop);
     loop {
         tokio::select! {

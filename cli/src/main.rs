@@ -1,6 +1,7 @@
 //! The `weir` command. Thin: parses arguments, installs tracing, runs the subcommand.
 
 mod broker;
+mod config;
 mod deployments;
 mod executor;
 mod golden;
@@ -11,7 +12,7 @@ mod remote;
 mod run;
 mod serve;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// weir: run tenants' WebAssembly operators over streams of messages.
 #[derive(Debug, Parser)]
@@ -31,6 +32,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Run an executor process that joins a control plane (`weir serve`) over HTTP.
     Executor(executor::ExecutorArgs),
+    /// Check a configuration file of `weir serve` and `weir executor`, or print a complete one.
+    Config(config::ConfigArgs),
     /// List, cordon, uncordon and drain the platform's executors (admin).
     Executors(remote::ExecutorsArgs),
     /// Check a server and keep its address and your token for the other commands.
@@ -62,6 +65,24 @@ enum Command {
     State(remote::StateArgs),
 }
 
+/// Resolves at the first SIGINT (Ctrl-C) or SIGTERM (what systemd and Kubernetes send to stop
+/// a service): `weir serve` and `weir executor` then stop gracefully.
+pub(crate) async fn stop_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signals) => {
+                signals.recv().await;
+            }
+            // Without a SIGTERM handler, Ctrl-C alone stops.
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+}
+
 /// How results are printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum OutputFormat {
@@ -79,7 +100,45 @@ fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    // Every key of `serve` and `executor` has its environment variable; `--config FILE`
+    // fills in what neither the command line nor the environment gave (src/config.rs).
+    // A bad environment variable is not clap's first error but one of all the problems
+    // listed at once: then the command line alone is parsed, to learn the command and the file.
+    let base = Cli::command();
+    let command = config::with_environment(base.clone());
+    let mut matches = match command.clone().try_get_matches() {
+        Ok(matches) => matches,
+        Err(error)
+            if matches!(
+                error.kind(),
+                clap::error::ErrorKind::DisplayHelp
+                    | clap::error::ErrorKind::DisplayVersion
+                    | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) =>
+        {
+            error.exit()
+        }
+        Err(_) => base.clone().get_matches(),
+    };
+    if let Some((section, sub)) = matches.subcommand()
+        && let Some(merged) = config::merged_arguments(&base, section, sub)
+    {
+        match merged {
+            Ok(arguments) => matches = command.get_matches_from(arguments),
+            Err(problems) => {
+                let path = sub.get_one::<std::path::PathBuf>("config");
+                config::report(path.map(std::path::PathBuf::as_path), &problems);
+                return std::process::ExitCode::from(config::INVALID);
+            }
+        }
+    }
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(error) => error.exit(),
+    };
+    if let Command::Config(args) = cli.command {
+        return config::run(args, &base);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -96,6 +155,8 @@ fn main() -> std::process::ExitCode {
             Command::Test(args) => golden::run(args).await,
             Command::Serve(args) => serve::run(args).await,
             Command::Executor(args) => executor::run(args).await,
+            // Answered before the runtime starts.
+            Command::Config(_) => Ok(std::process::ExitCode::SUCCESS),
             Command::Login(args) => remote::login(args).await,
             Command::Tenant(args) => remote::tenant(args).await,
             Command::Executors(args) => remote::executors(args).await,

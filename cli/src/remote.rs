@@ -800,6 +800,8 @@ pub(crate) async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
                     source: Binding::default(),
                     sink: Binding::default(),
                     dead_letters: None,
+                    instances: 1,
+                    partition_key: None,
                 })
             )
         }

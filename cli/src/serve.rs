@@ -25,6 +25,11 @@ use weir_tenants::{JwtVerifier, MemoryRevocations, Role, Secret, TokenIssuer, Ve
 /// Arguments of `weir serve`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct ServeArgs {
+    /// A configuration file (TOML): the keys of `[serve]` (and the shared ones at its top)
+    /// are these flags; a flag or its environment variable (`WEIR_` and the key in capitals)
+    /// overrides the file. See `weir config example`.
+    #[arg(long)]
+    pub(crate) config: Option<PathBuf>,
     /// Where weir keeps its state (created on first start).
     #[arg(long, default_value = "weir-data")]
     data: PathBuf,
@@ -77,7 +82,7 @@ pub(crate) struct ServeArgs {
     /// metrics (module and weir's own, each tenant a resource with `weir.tenant`) are exported
     /// there at every `--otlp-interval-ms`. Tenants get their own series at their own `otlp`
     /// endpoint named `telemetry`, if they create one, whether or not this is set.
-    #[arg(long, env = "WEIR_OTLP_ENDPOINT")]
+    #[arg(long)]
     otlp_endpoint: Option<String>,
     /// Milliseconds between metric exports (platform and tenants' collectors).
     #[arg(long, default_value_t = 10_000)]
@@ -107,11 +112,16 @@ pub(crate) struct ServeArgs {
     /// Milliseconds without a heartbeat after which an executor process is declared lost.
     #[arg(long, default_value_t = 5_000)]
     executor_timeout_ms: u64,
+    /// The token executor processes join with (at least 32 characters; default: the one in
+    /// `DATA/executor-token`, made on first start). Executors on other machines are given the
+    /// same one.
+    #[arg(long, hide_env_values = true, value_parser = join_token)]
+    executor_token: Option<String>,
     /// Where tenants' module state lives: `sqlite` (embedded, `state.db` in the data
     /// directory, this executor alone) or `redis://[user:password@]host:port[/db]` (plain TCP;
     /// every executor pointed at the same Redis and namespace shares each tenant's keys).
     /// Taken from `WEIR_STATE` when not given, which keeps a password out of the process list.
-    #[arg(long, env = "WEIR_STATE", default_value = "sqlite")]
+    #[arg(long, default_value = "sqlite", hide_env_values = true)]
     state: String,
     /// The first part of every Redis key weir writes (letters, digits, `-`, `_`, `.`):
     /// executors that share tenants' state use the same one.
@@ -125,7 +135,7 @@ pub(crate) struct ServeArgs {
     /// shared library (e.g. the `onnxruntime` wheel's `onnxruntime/capi/libonnxruntime.so.1.*`)
     /// instead of the built-in tract backend. Needs a weir built with the `onnxruntime`
     /// feature; the library is loaded at start, so a missing or unusable one stops the start.
-    #[arg(long, env = "WEIR_ONNXRUNTIME")]
+    #[arg(long)]
     onnxruntime: Option<PathBuf>,
 }
 
@@ -261,6 +271,8 @@ async fn demo(
             source,
             sink,
             dead_letters: None,
+            instances: 1,
+            partition_key: None,
         };
         developer
             .deploy(&deployment("demo", Binding::default(), Binding::default()))
@@ -385,9 +397,22 @@ fn secret(data: &Path) -> anyhow::Result<(Secret, bool)> {
     Ok((Secret::new(hex.into_bytes()), true))
 }
 
-/// The token executor processes join with: `DATA/executor-token`, made on first use (32
-/// random bytes, hex, 0600).
-fn executor_token(data: &Path) -> anyhow::Result<String> {
+/// `--executor-token`: long enough not to be guessed (32 characters, as the 32 random bytes of
+/// a made one are 64).
+fn join_token(text: &str) -> Result<String, String> {
+    if text.chars().count() < 32 {
+        return Err("a join token has at least 32 characters".to_owned());
+    }
+    Ok(text.to_owned())
+}
+
+/// The token executor processes join with: `--executor-token`, else `DATA/executor-token`,
+/// made on first use (32 random bytes, hex, 0600).
+fn executor_token(args: &ServeArgs) -> anyhow::Result<String> {
+    if let Some(token) = &args.executor_token {
+        return Ok(token.clone());
+    }
+    let data = &args.data;
     let path = data.join("executor-token");
     if path.is_file() {
         return std::fs::read_to_string(&path)
@@ -408,17 +433,25 @@ fn executor_token(data: &Path) -> anyhow::Result<String> {
 struct LocalExecutors(Vec<std::process::Child>);
 
 impl LocalExecutors {
-    fn start(count: u32, address: std::net::SocketAddr, data: &Path) -> anyhow::Result<Self> {
+    fn start(count: u32, address: std::net::SocketAddr, args: &ServeArgs) -> anyhow::Result<Self> {
         let mut children = Vec::new();
         if count == 0 {
             return Ok(Self(children));
         }
         let weir = std::env::current_exe().context("cannot find the weir binary")?;
-        let token = executor_token(data)?;
+        let token = executor_token(args)?;
         for _ in 0..count {
-            let child = std::process::Command::new(&weir)
+            let mut command = std::process::Command::new(&weir);
+            command
                 .args(["executor", "--join", &format!("http://{address}")])
                 .env("WEIR_EXECUTOR_TOKEN", &token)
+                // Each process makes its own id (a shared one would be refused).
+                .env_remove("WEIR_ID");
+            // The `[executor]` section of this server's file configures them.
+            if let Some(config) = &args.config {
+                command.arg("--config").arg(config);
+            }
+            let child = command
                 .stdin(std::process::Stdio::null())
                 // Their lines would interleave with the server's own (which scripts read);
                 // `/v1/executors` lists them, and their warnings go to the shared stderr.
@@ -579,7 +612,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCod
     let remote = args.remote_executors || args.executors > 0;
     let members = {
         let members = weir_gateway::ExecutorMembership::new(
-            Some(executor_token(&args.data)?),
+            Some(executor_token(&args)?),
             Duration::from_millis(args.executor_heartbeat_ms.max(10)),
             Duration::from_millis(args.executor_timeout_ms.max(10)),
             1024,
@@ -638,10 +671,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCod
         ..ServerLimits::default()
     };
     let server = tokio::spawn(async move {
-        weir_gateway::serve(listener, router(state), limits, async {
-            let _signal = tokio::signal::ctrl_c().await;
-        })
-        .await
+        weir_gateway::serve(listener, router(state), limits, crate::stop_signal()).await
     });
     if args.demo {
         let admin = match &first_admin_token {
@@ -665,7 +695,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCod
     println!("mqtt broker listening on mqtt://{}", broker.local_addr());
     // Printed last: scripts and tests wait for this line to know the API is up.
     println!("weir listening on http://{address}");
-    let _executors = LocalExecutors::start(args.executors, address, &args.data)?;
+    let _executors = LocalExecutors::start(args.executors, address, &args)?;
     let _reconciler = tokio::spawn(control.run(
         Duration::from_millis(args.reconcile_ms.max(10)),
         std::future::pending(),

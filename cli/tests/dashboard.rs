@@ -123,6 +123,8 @@ async fn deploy_temperature(client: &weir_api::client::Client, id: &str) {
             source: Default::default(),
             sink: Default::default(),
             dead_letters: None,
+            instances: 1,
+            partition_key: None,
         })
         .await
         .unwrap();

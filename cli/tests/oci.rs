@@ -130,6 +130,8 @@ async fn artifacts_imported_from_a_registry_deploy_and_run() {
             source: Binding::default(),
             sink: Binding::default(),
             dead_letters: None,
+            instances: 1,
+            partition_key: None,
         })
         .await
         .unwrap();

@@ -63,6 +63,8 @@ fn deployment(id: &str, graph: &str) -> CreateDeployment {
         source: Binding::default(),
         sink: Binding::default(),
         dead_letters: None,
+        instances: 1,
+        partition_key: None,
     }
 }
 

@@ -183,6 +183,8 @@ fn http_deployment(id: &str, configuration: &[(&str, &str)]) -> CreateDeployment
         source: Binding::default(),
         sink: Binding::default(),
         dead_letters: None,
+        instances: 1,
+        partition_key: None,
     }
 }
 

@@ -409,6 +409,8 @@ async fn a_restart_compiles_nothing_and_a_damaged_artifact_is_compiled_again() {
                 source: Default::default(),
                 sink: Default::default(),
                 dead_letters: None,
+                instances: 1,
+                partition_key: None,
             })
             .await
             .unwrap();

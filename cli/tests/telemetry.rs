@@ -192,6 +192,8 @@ fn chatty_deployment(id: &str) -> CreateDeployment {
         source: Default::default(),
         sink: Default::default(),
         dead_letters: None,
+        instances: 1,
+        partition_key: None,
     }
 }
 

@@ -610,6 +610,8 @@ async fn each_api_quota_refuses_precisely_at_its_limit() {
         source: Default::default(),
         sink: Default::default(),
         dead_letters: None,
+        instances: 1,
+        partition_key: None,
     };
     developer.deploy(&deploy("one")).await.unwrap();
     refused(developer.deploy(&deploy("two")).await, "deployment count");
@@ -709,6 +711,8 @@ async fn the_tenant_walls_hold_against_a_real_server() {
         source: Default::default(),
         sink: Default::default(),
         dead_letters: None,
+        instances: 1,
+        partition_key: None,
     })
     .await
     .unwrap();
@@ -758,6 +762,8 @@ async fn the_tenant_walls_hold_against_a_real_server() {
                 source: Default::default(),
                 sink: Default::default(),
                 dead_letters: None,
+                instances: 1,
+                partition_key: None,
             })
             .await,
         "update",
@@ -790,6 +796,8 @@ async fn the_tenant_walls_hold_against_a_real_server() {
             source: Default::default(),
             sink: Default::default(),
             dead_letters: None,
+            instances: 1,
+            partition_key: None,
         })
         .await
         .unwrap_err();

@@ -67,6 +67,8 @@ fn deployment(id: &str, graph: &str) -> CreateDeployment {
         source: Default::default(),
         sink: Default::default(),
         dead_letters: None,
+        instances: 1,
+        partition_key: None,
     }
 }
 

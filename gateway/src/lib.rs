@@ -24,6 +24,7 @@ mod executors;
 mod locks;
 mod reconcile;
 mod routes;
+mod scale;
 mod server;
 
 use std::sync::Arc;

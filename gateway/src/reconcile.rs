@@ -14,6 +14,7 @@ use std::time::Duration;
 use weir_api::TenantId;
 use weir_api::graph::parse_graph;
 use weir_api::rest::CreateDeployment;
+use weir_api::scale::{instance_ids, is_instance, recording_instance, split_instance};
 use weir_scheduler::{
     DeploymentKey, DeploymentState, Desired, DesiredStore, ExecutorId, ExecutorInfo, ExecutorLink,
     ExecutorState, Health, Observed, Reconciler, Resources, RoundReport, SpreadPacker,
@@ -22,6 +23,14 @@ use weir_tenants::Quotas;
 
 use crate::GatewayState;
 use crate::routes::{running_revision, start_request};
+
+/// A stored spec's `instances` (1 when it cannot be read).
+fn instances_of(spec: &serde_json::Value) -> u32 {
+    spec.get("instances")
+        .and_then(serde_json::Value::as_u64)
+        .and_then(|n| u32::try_from(n).ok())
+        .unwrap_or(1)
+}
 
 /// The desired state: the control store's deployments.
 struct StoreDesired {
@@ -142,15 +151,18 @@ impl DesiredStore for StoreDesired {
             } else {
                 record.status
             };
-            desired.push(Desired {
-                cost: Resources::for_deployment(nodes, tenant_quotas),
-                key: DeploymentKey {
-                    tenant: record.tenant,
-                    id: record.id,
-                },
-                status,
-                labels: Vec::new(),
-            });
+            // One entry per instance (`<id>#<n>` when there are several: weir_api::scale).
+            for id in instance_ids(&record.id, spec.instances) {
+                desired.push(Desired {
+                    cost: Resources::for_deployment(nodes, tenant_quotas),
+                    key: DeploymentKey {
+                        tenant: record.tenant.clone(),
+                        id,
+                    },
+                    status: status.clone(),
+                    labels: Vec::new(),
+                });
+            }
         }
         self.nodes
             .lock()
@@ -161,10 +173,11 @@ impl DesiredStore for StoreDesired {
 
     async fn record(&self, key: &DeploymentKey, state: &DeploymentState) -> Result<(), String> {
         let _changing = self.state.tenant_locks.lock(&key.tenant).await;
+        let (id, instance) = split_instance(&key.id);
         let Some(record) = self
             .state
             .store
-            .deployment(&key.tenant, &key.id)
+            .deployment(&key.tenant, id)
             .await
             .map_err(|e| e.to_string())?
         else {
@@ -174,9 +187,15 @@ impl DesiredStore for StoreDesired {
         if !DeploymentState::from_stored(&record.status, "").wants_to_run() {
             return Ok(());
         }
+        // Of several instances, one speaks for the deployment (the others show in its
+        // `runtime.instances`).
+        let instances = instances_of(&record.spec);
+        if instance != recording_instance(instances) {
+            return Ok(());
+        }
         self.state
             .store
-            .set_deployment_status(&key.tenant, &key.id, state.status(), &self.detail(state))
+            .set_deployment_status(&key.tenant, id, state.status(), &self.detail(state))
             .await
             .map(|_existed| ())
             .map_err(|e| e.to_string())
@@ -219,12 +238,15 @@ impl ExecutorLink for RuntimeLink {
     async fn start(&self, key: &DeploymentKey, executor: &ExecutorId) -> Result<bool, String> {
         let state = &self.state;
         let _changing = state.tenant_locks.lock(&key.tenant).await;
-        let record = match state.store.deployment(&key.tenant, &key.id).await {
+        let (id, instance) = split_instance(&key.id);
+        let record = match state.store.deployment(&key.tenant, id).await {
             Ok(Some(record)) => record,
             Ok(None) => return Ok(false),
             Err(error) => return Err(error.to_string()),
         };
-        if !DeploymentState::from_stored(&record.status, "").wants_to_run() {
+        if !DeploymentState::from_stored(&record.status, "").wants_to_run()
+            || !is_instance(instances_of(&record.spec), instance)
+        {
             return Ok(false);
         }
         // Started by the API since the plan.
@@ -245,7 +267,9 @@ impl ExecutorLink for RuntimeLink {
         let mut request = start_request(state, &key.tenant, &tenant.quotas, &spec)
             .await
             .map_err(|e| e.to_string())?;
-        request.revision = running_revision(state, &key.tenant, &key.id).await;
+        request.revision = running_revision(state, &key.tenant, &spec.id).await;
+        // The instance runs under its own id (the deployment's for a single instance).
+        request.id.clone_from(&key.id);
         state
             .runtime
             .start_on(executor.as_str(), request)
@@ -257,8 +281,13 @@ impl ExecutorLink for RuntimeLink {
     async fn stop(&self, key: &DeploymentKey, _executor: &ExecutorId, forget: bool) {
         let state = &self.state;
         let _changing = state.tenant_locks.lock(&key.tenant).await;
-        match state.store.deployment(&key.tenant, &key.id).await {
+        let (id, instance) = split_instance(&key.id);
+        match state.store.deployment(&key.tenant, id).await {
             Ok(None) => state.runtime.forget(&key.tenant, &key.id).await,
+            // An instance the deployment no longer has (scaled, or one instance became several).
+            Ok(Some(record)) if !is_instance(instances_of(&record.spec), instance) => {
+                state.runtime.forget(&key.tenant, &key.id).await;
+            }
             Ok(Some(record))
                 if !forget && !DeploymentState::from_stored(&record.status, "").wants_to_run() =>
             {

@@ -224,6 +224,25 @@ pub struct Pool {
     placements: HashMap<DeploymentKey, (usize, Resources)>,
     // Per tenant: its placements per executor index (absent: none).
     tenants: HashMap<TenantId, HashMap<usize, u32>>,
+    // Per deployment with several instances (`<id>#<n>` keys, `weir_api::scale`): its placed
+    // instances per executor index (absent: none).
+    groups: HashMap<(TenantId, String), HashMap<usize, u32>>,
+}
+
+/// The deployment an instance key belongs to, when it is one of several instances
+/// (`<id>#<n>`, `weir_api::scale::split_instance`).
+fn group_of(key: &DeploymentKey) -> Option<(TenantId, String)> {
+    let (deployment, index) = weir_api::scale::split_instance(&key.id);
+    (index > 0).then(|| (key.tenant.clone(), deployment.to_owned()))
+}
+
+fn count_down(counts: &mut HashMap<usize, u32>, at: usize) {
+    if let Some(count) = counts.get_mut(&at) {
+        *count = count.saturating_sub(1);
+        if *count == 0 {
+            counts.remove(&at);
+        }
+    }
 }
 
 /// One executor as a [`Placer`] sees it.
@@ -347,6 +366,9 @@ impl Pool {
             .or_default()
             .entry(at)
             .or_default() += 1;
+        if let Some(group) = group_of(&key) {
+            *self.groups.entry(group).or_default().entry(at).or_default() += 1;
+        }
         self.placements.insert(key, (at, cost));
         Ok(())
     }
@@ -355,20 +377,36 @@ impl Pool {
     pub fn release(&mut self, key: &DeploymentKey) -> Option<ExecutorId> {
         let (at, cost) = self.placements.remove(key)?;
         if let Some(counts) = self.tenants.get_mut(&key.tenant) {
-            if let Some(count) = counts.get_mut(&at) {
-                *count = count.saturating_sub(1);
-                if *count == 0 {
-                    counts.remove(&at);
-                }
-            }
+            count_down(counts, at);
             if counts.is_empty() {
                 self.tenants.remove(&key.tenant);
+            }
+        }
+        if let Some(group) = group_of(key)
+            && let Some(counts) = self.groups.get_mut(&group)
+        {
+            count_down(counts, at);
+            if counts.is_empty() {
+                self.groups.remove(&group);
             }
         }
         let slot = self.slots.get_mut(at).and_then(Option::as_mut)?;
         slot.used = slot.used.saturating_sub(cost);
         slot.placed = slot.placed.saturating_sub(1);
         Some(slot.info.id.clone())
+    }
+
+    /// Instances of `tenant`'s deployment `deployment` (keys `<deployment>#<n>`) placed on
+    /// `executor`.
+    pub fn siblings_on(&self, tenant: &TenantId, deployment: &str, executor: &ExecutorId) -> u32 {
+        let Some(at) = self.index.get(executor) else {
+            return 0;
+        };
+        self.groups
+            .get(&(tenant.clone(), deployment.to_owned()))
+            .and_then(|counts| counts.get(at))
+            .copied()
+            .unwrap_or(0)
     }
 
     /// The executor `key` is placed on.
@@ -472,6 +510,9 @@ pub struct Demand<'a> {
     pub cost: Resources,
     /// Conditions on the executor's labels, all of which must hold.
     pub labels: &'a [LabelRequirement],
+    /// The deployment this demand is an instance of, when it has several
+    /// (`weir_api::scale`): its instances prefer executors running none of their siblings.
+    pub group: Option<&'a str>,
 }
 
 /// Why a deployment could not be placed: counts that say which condition ruled the
@@ -513,6 +554,8 @@ pub trait Placer: Send + Sync + fmt::Debug {
 }
 
 /// Spread a tenant, then pack: among ready executors with the labels and room, the one with the
+/// fewest instances of the same deployment (for a deployment with several instances, so one
+/// lost executor takes as few of them as possible), then the
 /// fewest of the tenant's deployments (a lost executor takes as little of one tenant as
 /// possible), then the tightest fit (the least room left after placing, summed over fuel,
 /// memory and instances as fractions of the executor's capacity: best-fit bin packing, so
@@ -548,7 +591,7 @@ impl Placer for SpreadPacker {
     fn place(&self, pool: &Pool, demand: &Demand<'_>) -> Result<ExecutorId, PlacementError> {
         let mut ready = 0;
         let mut matching = 0;
-        let mut best: Option<(u32, f64, &ExecutorId)> = None;
+        let mut best: Option<((u32, u32), f64, &ExecutorId)> = None;
         for candidate in pool.candidates(demand.tenant) {
             if candidate.state != ExecutorState::Ready {
                 continue;
@@ -566,15 +609,16 @@ impl Placer for SpreadPacker {
                 continue;
             }
             let score = leftover(&candidate.info.capacity, &candidate.free, &demand.cost);
+            let siblings = demand.group.map_or(0, |group| {
+                pool.siblings_on(demand.tenant, group, &candidate.info.id)
+            });
+            let rank = (siblings, candidate.tenant_placed);
             let better = match best {
                 None => true,
-                Some((spread, fit, _)) => {
-                    candidate.tenant_placed < spread
-                        || (candidate.tenant_placed == spread && score < fit)
-                }
+                Some((spread, fit, _)) => rank < spread || (rank == spread && score < fit),
             };
             if better {
-                best = Some((candidate.tenant_placed, score, &candidate.info.id));
+                best = Some((rank, score, &candidate.info.id));
             }
         }
         if let Some((_, _, id)) = best {
@@ -673,6 +717,10 @@ mod tests {
                 tenant: &t,
                 cost: need,
                 labels,
+                group: weir_api::scale::split_instance(id)
+                    .1
+                    .gt(&0)
+                    .then(|| weir_api::scale::split_instance(id).0),
             },
         )?;
         pool.assign(key(tenant_id, id), &chosen, need).unwrap();
@@ -701,6 +749,38 @@ mod tests {
             place(&mut pool, "c", "d1", cost(1, GIB, 1), &[]).unwrap(),
             exec("small")
         );
+    }
+
+    #[test]
+    fn instances_of_one_deployment_prefer_distinct_executors() {
+        let mut pool = Pool::new();
+        for id in ["e1", "e2", "e3"] {
+            pool.add_executor(info(id, 100, 100 * GIB, 100, &[]))
+                .unwrap();
+        }
+        // The tenant's other deployments crowd e2 and e3: tenant spreading alone would put
+        // every instance on e1.
+        for (i, on) in ["e2", "e2", "e3", "e3"].iter().enumerate() {
+            pool.assign(key("a", &format!("other{i}")), &exec(on), cost(1, GIB, 1))
+                .unwrap();
+        }
+        let mut chosen: Vec<ExecutorId> = (1..=3)
+            .map(|n| place(&mut pool, "a", &format!("win#{n}"), cost(1, GIB, 1), &[]).unwrap())
+            .collect();
+        chosen.sort();
+        assert_eq!(chosen, vec![exec("e1"), exec("e2"), exec("e3")]);
+        assert_eq!(pool.siblings_on(&tenant("a"), "win", &exec("e2")), 1);
+        // A fourth shares an executor with one sibling, never two.
+        let fourth = place(&mut pool, "a", "win#4", cost(1, GIB, 1), &[]).unwrap();
+        assert_eq!(pool.siblings_on(&tenant("a"), "win", &fourth), 2);
+        // Released instances stop counting; another tenant's `win` is another deployment.
+        pool.release(&key("a", "win#4"));
+        assert_eq!(pool.siblings_on(&tenant("a"), "win", &fourth), 1);
+        assert_eq!(pool.siblings_on(&tenant("b"), "win", &fourth), 0);
+        // A deployment named like the instances' deployment is not one of them.
+        pool.assign(key("a", "win"), &exec("e1"), cost(1, GIB, 1))
+            .unwrap();
+        assert_eq!(pool.siblings_on(&tenant("a"), "win", &exec("e1")), 1);
     }
 
     #[test]
@@ -840,7 +920,8 @@ mod tests {
                     &Demand {
                         tenant: &tenant("a"),
                         cost: cost(1, 1, 1),
-                        labels: &[]
+                        labels: &[],
+                        group: None,
                     }
                 )
                 .unwrap_err()
@@ -878,6 +959,7 @@ mod tests {
                         tenant: &orphan.tenant,
                         cost: cost(1, 1, 1),
                         labels: &[],
+                        group: None,
                     },
                 )
                 .unwrap();

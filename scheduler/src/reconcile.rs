@@ -273,10 +273,12 @@ impl<P: Placer> Reconciler<P> {
                     executor: copy.executor.clone(),
                 };
             } else {
+                let (deployment, instance) = weir_api::scale::split_instance(&key.id);
                 let demand = Demand {
                     tenant: &key.tenant,
                     cost: want.cost,
                     labels: &want.labels,
+                    group: (instance > 0).then_some(deployment),
                 };
                 match self.placer.place(&self.pool, &demand) {
                     Ok(executor) => match self.pool.assign(key.clone(), &executor, want.cost) {

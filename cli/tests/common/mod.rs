@@ -334,5 +334,7 @@ pub fn deployment(
             topics: vec![sink.1.to_owned()],
         },
         dead_letters: None,
+        instances: 1,
+        partition_key: None,
     }
 }

@@ -88,6 +88,12 @@ pub struct ConnectContext {
     /// consumer group default): the same across restarts, so persistent sessions and committed
     /// offsets carry over.
     pub client_id: String,
+    /// Set when several instances of the deployment share this input (`instances` > 1,
+    /// `weir_api::scale`): the same for every instance while `client_id` differs. A Kafka
+    /// source joins this consumer group (unless the endpoint's `group_id` names one), so each
+    /// partition is read by one instance; an MQTT source subscribes `$share/<group>/<filter>`
+    /// (MQTT 5.0 §4.8.2), so each message goes to one instance. None: the input is not shared.
+    pub share_group: Option<String>,
     /// Where the tenant may connect: checked on every resolve, connect and reconnect.
     pub egress: Egress,
     /// Resolving and connecting together take at most this long (default 10 s).
@@ -107,6 +113,7 @@ impl ConnectContext {
     pub fn new(tenant: TenantId, deployment: &str, egress: Egress, max_message_bytes: u64) -> Self {
         Self {
             client_id: format!("weir-{tenant}-{deployment}"),
+            share_group: None,
             tenant,
             deployment: deployment.to_owned(),
             egress,

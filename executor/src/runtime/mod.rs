@@ -675,9 +675,15 @@ impl LocalExecutor {
                 format!("weir-{tenant}.{name}")
             }
         };
+        // Instance n of a deployment with several (`<id>#<n>`, weir_api::scale) shares its
+        // input with its siblings: one Kafka consumer group, one MQTT share group, named like
+        // a one-instance source's client id of the deployment (stable across instances).
+        let (deployment, instance) = weir_api::scale::split_instance(&assignment.id);
         let source_context = ConnectContext {
             egress: source_egress,
             client_id: client_id("source", source_builtin),
+            share_group: (instance > 0)
+                .then(|| format!("weir-{tenant}.source.{deployment}.{filters}")),
             ..plain.with_fresh_status()
         };
         let sink_context = ConnectContext {

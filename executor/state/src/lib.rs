@@ -15,6 +15,9 @@
 
 mod memory;
 mod metered;
+pub mod partitions;
+#[cfg(feature = "redis")]
+mod redis_partitions;
 #[cfg(feature = "redis")]
 mod redis_store;
 pub mod testing;
@@ -26,6 +29,8 @@ use weir_api::{Hlc, TenantId};
 
 pub use memory::MemoryStateStore;
 pub use metered::MeteredStateStore;
+#[cfg(feature = "redis")]
+pub use redis_partitions::RedisPartitionCheckpoints;
 #[cfg(feature = "redis")]
 pub use redis_store::{
     RECLAIM_BATCH, RedisConfig, RedisConnectError, RedisStateStore, masked_url, tenant_keys,

@@ -242,6 +242,16 @@ impl RedisStateStore {
         })
     }
 
+    /// Partitions' window checkpoints on the same server, connection and namespace
+    /// ([`crate::partitions`]).
+    pub fn partition_checkpoints(&self) -> crate::RedisPartitionCheckpoints {
+        crate::RedisPartitionCheckpoints::new(
+            self.connection.clone(),
+            self.namespace.clone(),
+            self.call_timeout,
+        )
+    }
+
     /// The namespace every key of this store starts with.
     pub fn namespace(&self) -> &str {
         &self.namespace

@@ -429,3 +429,189 @@ async fn tenants_never_see_each_others_keys(store: &dyn StateStore) {
         Some(b"b's".as_slice())
     );
 }
+
+/// A partition of `tenant`'s deployment `deployment`.
+pub fn partition(
+    tenant: &str,
+    deployment: &str,
+    topic: &str,
+    number: i32,
+) -> crate::partitions::PartitionId {
+    #[allow(clippy::expect_used, reason = "test tenants are literals")]
+    crate::partitions::PartitionId {
+        tenant: TenantId::new(tenant).expect("valid tenant id"),
+        deployment: deployment.to_owned(),
+        topic: topic.to_owned(),
+        partition: number,
+    }
+}
+
+/// Runs every check of the partition checkpoint protocol against `store`; `tag` keeps the
+/// partitions of one run apart from earlier runs on a shared server.
+pub async fn partition_conformance(store: &dyn crate::partitions::PartitionCheckpoints, tag: &str) {
+    use crate::partitions::{Checkpoint, CheckpointError, MAX_CHECKPOINT_BYTES};
+    let deployment = format!("win-{tag}");
+    let p = partition("tenant-a", &deployment, "in", 0);
+
+    // First claim: epoch 1, nothing stored.
+    let (first, stored) = store.claim(&p).await.unwrap();
+    assert_eq!(first.epoch, 1);
+    assert_eq!(stored, None);
+    let one = Checkpoint {
+        offset: 10,
+        state: b"count=10".to_vec(),
+    };
+    store.checkpoint(&first, &one).await.unwrap();
+
+    // Offsets never go back under one lease; equal is fine (nothing new read).
+    let back = Checkpoint {
+        offset: 9,
+        state: b"count=9".to_vec(),
+    };
+    match store.checkpoint(&first, &back).await {
+        Err(CheckpointError::OffsetRegressed {
+            offset: 9,
+            stored: 10,
+        }) => {}
+        other => panic!("an offset going back was not refused: {other:?}"),
+    }
+    store.checkpoint(&first, &one).await.unwrap();
+
+    // A new owner claims: epoch 2, the checkpoint (state and offset together).
+    let (second, stored) = store.claim(&p).await.unwrap();
+    assert_eq!(second.epoch, 2);
+    assert_eq!(stored.as_ref(), Some(&one));
+
+    // The stale owner is fenced, and what the new owner loaded stays.
+    let stale = Checkpoint {
+        offset: 20,
+        state: b"count=20".to_vec(),
+    };
+    match store.checkpoint(&first, &stale).await {
+        Err(CheckpointError::Fenced {
+            held: 1,
+            current: 2,
+        }) => {}
+        other => panic!("a stale owner was not fenced: {other:?}"),
+    }
+    let (third, stored) = store.claim(&p).await.unwrap();
+    assert_eq!(third.epoch, 3);
+    assert_eq!(
+        stored.as_ref(),
+        Some(&one),
+        "the fenced write changed the checkpoint"
+    );
+    assert!(matches!(
+        store.checkpoint(&second, &stale).await,
+        Err(CheckpointError::Fenced {
+            held: 2,
+            current: 3
+        })
+    ));
+    store.checkpoint(&third, &stale).await.unwrap();
+
+    // Too large: refused before it reaches the store.
+    let huge = Checkpoint {
+        offset: 21,
+        state: vec![0; MAX_CHECKPOINT_BYTES + 1],
+    };
+    assert!(matches!(
+        store.checkpoint(&third, &huge).await,
+        Err(CheckpointError::TooLarge { .. })
+    ));
+
+    // Walls: another tenant's partition of the same name, another deployment, topic or
+    // partition number, and names that would meet if joined without lengths, are all apart.
+    for other in [
+        partition("tenant-b", &deployment, "in", 0),
+        partition("tenant-a", &format!("{deployment}x"), "in", 0),
+        partition("tenant-a", &deployment, "in2", 0),
+        partition("tenant-a", &deployment, "in", 1),
+        partition("tenant-a", &format!("{deployment}:2"), "in", 0),
+        partition("tenant-a", &deployment, "2:in", 0),
+    ] {
+        let (lease, stored) = store.claim(&other).await.unwrap();
+        assert_eq!(
+            (lease.epoch, stored),
+            (1, None),
+            "{other:?} shares a checkpoint"
+        );
+    }
+
+    handoff_counts_every_record_once(store, &deployment).await;
+}
+
+/// A window counting records of one partition moves from owner A to owner B mid-stream: A
+/// checkpoints every 7 records, reads 5 more past its last checkpoint and is then replaced; B
+/// loads the checkpoint, reads from its offset, and the final count is exactly the number of
+/// records (none lost, none counted twice); A's late checkpoint is fenced.
+async fn handoff_counts_every_record_once(
+    store: &dyn crate::partitions::PartitionCheckpoints,
+    deployment: &str,
+) {
+    use crate::partitions::{Checkpoint, CheckpointError};
+    let records: i64 = 100;
+    let p = partition("tenant-a", deployment, "handoff", 0);
+    let encode = |count: i64| count.to_string().into_bytes();
+    let decode = |state: &[u8]| -> i64 { std::str::from_utf8(state).unwrap().parse().unwrap() };
+
+    let (a, _) = store.claim(&p).await.unwrap();
+    let mut count = 0;
+    let mut offset = 0;
+    while offset < 40 {
+        count += 1;
+        offset += 1;
+        if offset % 7 == 0 {
+            store
+                .checkpoint(
+                    &a,
+                    &Checkpoint {
+                        offset,
+                        state: encode(count),
+                    },
+                )
+                .await
+                .unwrap();
+        }
+    }
+    // A folds five more, then the group gives the partition to B.
+    for _ in 0..5 {
+        count += 1;
+        offset += 1;
+    }
+    let (b, stored) = store.claim(&p).await.unwrap();
+    let stored = stored.unwrap();
+    assert_eq!(stored.offset, 35, "the last checkpoint A made");
+    assert!(matches!(
+        store
+            .checkpoint(
+                &a,
+                &Checkpoint {
+                    offset,
+                    state: encode(count)
+                }
+            )
+            .await,
+        Err(CheckpointError::Fenced { .. })
+    ));
+    let mut count = decode(&stored.state);
+    let mut offset = stored.offset;
+    while offset < records {
+        count += 1;
+        offset += 1;
+    }
+    store
+        .checkpoint(
+            &b,
+            &Checkpoint {
+                offset,
+                state: encode(count),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        count, records,
+        "records lost or counted twice across the handoff"
+    );
+}

@@ -104,6 +104,63 @@ async fn counters(url: &str, namespace: &str, scope: &StateScope) -> ((u64, u64)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_partition_checkpoints_follow_the_protocol_and_fence_a_stale_owner() {
+    let namespace = namespace("partitions");
+    let checkpoints = store(&namespace).await.partition_checkpoints();
+    weir_state::testing::partition_conformance(&checkpoints, &namespace).await;
+}
+
+/// Owners racing for one partition through two executors' connections: every claim gets its
+/// own epoch, and only the last claimant's checkpoints land.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_claims_leave_only_the_last_owner_writing() {
+    use weir_state::partitions::{Checkpoint, CheckpointError, PartitionCheckpoints};
+    let namespace = namespace("partition-race");
+    let one = store(&namespace).await.partition_checkpoints();
+    let two = store(&namespace).await.partition_checkpoints();
+    let p = weir_state::testing::partition("tenant-a", "win", "in", 0);
+    let mut tasks = JoinSet::new();
+    for (i, checkpoints) in [one.clone(), two.clone()]
+        .into_iter()
+        .cycle()
+        .take(20)
+        .enumerate()
+    {
+        let p = p.clone();
+        tasks.spawn(async move { (i, checkpoints.claim(&p).await.unwrap().0) });
+    }
+    let mut leases = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        leases.push(joined.unwrap().1);
+    }
+    let mut epochs: Vec<u64> = leases.iter().map(|l| l.epoch).collect();
+    epochs.sort_unstable();
+    assert_eq!(
+        epochs,
+        (1..=20).collect::<Vec<_>>(),
+        "epochs are unique and gapless"
+    );
+    let mut written = 0;
+    for lease in &leases {
+        let checkpoint = Checkpoint {
+            offset: i64::try_from(lease.epoch).unwrap(),
+            state: lease.epoch.to_string().into_bytes(),
+        };
+        match one.checkpoint(lease, &checkpoint).await {
+            Ok(()) => {
+                written += 1;
+                assert_eq!(lease.epoch, 20);
+            }
+            Err(CheckpointError::Fenced { current: 20, .. }) => {}
+            Err(other) => panic!("{other}"),
+        }
+    }
+    assert_eq!(written, 1);
+    let (_, stored) = two.claim(&p).await.unwrap();
+    assert_eq!(stored.unwrap().state, b"20");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_passes_the_conformance_suite() {
     conformance(&store(&namespace("conformance")).await).await;
 }

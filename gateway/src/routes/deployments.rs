@@ -241,7 +241,7 @@ async fn roll(
     spec: &CreateDeployment,
     pinned: Option<&RevisionRecord>,
     record: &DeploymentRecord,
-) -> Result<(Vec<String>, u64), ApiError> {
+) -> Result<(Vec<String>, u64, bool), ApiError> {
     let (outcome, what) = match pinned {
         Some(target) => (
             ROLLED_BACK,
@@ -301,9 +301,22 @@ async fn roll(
             request.modules.insert(reference.clone(), bytes);
         }
     }
+    if let Err(error) = crate::scale::check(spec, &request, quotas) {
+        return Err(failed(error).await);
+    }
     request.revision = next_revision(state, tenant, &spec.id).await?;
     let paused = !DeploymentState::from_stored(&record.status, "").wants_to_run();
+    // Several instances (before or after): the old instances stop and the reconcile loop
+    // starts the new spec's (not a rolling swap: see the README's scale-out section).
+    let before: Option<CreateDeployment> = serde_json::from_value(record.spec.clone()).ok();
+    let by_loop = crate::scale::placed_by_loop(spec)
+        || before.as_ref().is_some_and(crate::scale::placed_by_loop);
     let warnings = if paused {
+        Vec::new()
+    } else if by_loop {
+        if let Some(before) = &before {
+            crate::scale::stop_instances(state, tenant, before).await;
+        }
         Vec::new()
     } else {
         match state.runtime.start(request.clone()).await {
@@ -347,7 +360,7 @@ async fn roll(
         &revision_detail,
     )
     .await?;
-    Ok((warnings, number))
+    Ok((warnings, number, by_loop && !paused))
 }
 
 fn what_failed(pinned: Option<&RevisionRecord>) -> String {
@@ -537,14 +550,19 @@ pub(crate) async fn create(
     }
     // Resolved even when paused, so a deployment that could never start is refused now.
     let mut request = start_request(&state, &tenant, &quotas, &spec).await?;
+    crate::scale::check(&spec, &request, &quotas)?;
     request.revision = 1;
-    let warnings = if enabled {
+    // Several instances: pending until the reconcile loop places and starts each.
+    let by_loop = crate::scale::placed_by_loop(&spec);
+    let warnings = if enabled && !by_loop {
         state.runtime.start(request.clone()).await?
     } else {
         Vec::new()
     };
     // A new deployment: pending, then started here (or stopped at once when created paused).
-    let status = if enabled {
+    let status = if enabled && by_loop {
+        DeploymentState::Pending
+    } else if enabled {
         running_here()?
     } else {
         DeploymentState::Pending
@@ -641,22 +659,25 @@ pub(crate) async fn update(
             ApiError::new(ErrorCode::InvalidDeployment, "invalid deployment").with_errors(errors),
         );
     }
-    let (warnings, _revision) =
+    let (warnings, _revision, by_loop) =
         roll(&state, &caller, &tenant, &quotas, &spec, None, &record).await?;
     Ok(Json(DeploymentChanged {
         id,
-        status: changed_status(&record)?,
+        status: changed_status(&record, by_loop)?,
         warnings,
     }))
 }
 
 /// The status a rolled deployment answers with: running, unless it was paused (then it
 /// stays paused and runs the new version when resumed).
-fn changed_status(record: &DeploymentRecord) -> Result<String, ApiError> {
-    if DeploymentState::from_stored(&record.status, "").wants_to_run() {
-        Ok(running_here()?.status().to_owned())
-    } else {
+fn changed_status(record: &DeploymentRecord, by_loop: bool) -> Result<String, ApiError> {
+    if !DeploymentState::from_stored(&record.status, "").wants_to_run() {
         Ok(record.status.clone())
+    } else if by_loop {
+        // The reconcile loop starts the instances.
+        Ok(DeploymentState::Pending.status().to_owned())
+    } else {
+        Ok(running_here()?.status().to_owned())
     }
 }
 
@@ -747,7 +768,7 @@ pub(crate) async fn rollback(
             return Err(missing_artifact(target, &format!("module {reference}")));
         }
     }
-    let (warnings, _revision) = roll(
+    let (warnings, _revision, by_loop) = roll(
         &state,
         &caller,
         &tenant,
@@ -759,7 +780,7 @@ pub(crate) async fn rollback(
     .await?;
     Ok(Json(DeploymentChanged {
         id,
-        status: changed_status(&record)?,
+        status: changed_status(&record, by_loop)?,
         warnings,
     }))
 }
@@ -819,6 +840,20 @@ pub(crate) async fn resume(
     DeploymentState::from_stored(&record.status, "")
         .apply(Event::Resume)
         .map_err(lifecycle_error)?;
+    if crate::scale::placed_by_loop(&spec) {
+        // Several instances: the reconcile loop places and starts each.
+        let pending = DeploymentState::Pending.status();
+        let detail = format!("resumed by {}", caller.subject);
+        state
+            .store
+            .set_deployment_status(&tenant, &id, pending, &detail)
+            .await?;
+        return Ok(Json(DeploymentChanged {
+            id,
+            status: pending.to_owned(),
+            warnings,
+        }));
+    }
     let running = running_here()?;
     if record.status != running.status() || state.runtime.status(&tenant, &id).await.is_none() {
         let request = start_request(&state, &tenant, &quotas, &spec).await?;
@@ -944,7 +979,11 @@ pub(crate) async fn get(
             at: c.at,
         })
         .collect();
-    view.runtime = state.runtime.status(&tenant, &id).await;
+    view.runtime = if crate::scale::placed_by_loop(&view.spec) {
+        Some(crate::scale::instances_status(&state, &tenant, &view.spec).await)
+    } else {
+        state.runtime.status(&tenant, &id).await
+    };
     let revisions = state.store.revisions(&tenant, &id).await?;
     let current = current_revision(&revisions).map(|r| r.revision);
     view.revisions = revisions

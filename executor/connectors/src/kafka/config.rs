@@ -5,7 +5,7 @@
 //!
 //! | key | values | default |
 //! |---|---|---|
-//! | `group_id` | consumer group of a source | the deployment's client id |
+//! | `group_id` | consumer group of a source | the deployment's share group when its instances share the input (`ConnectContext::share_group`), else its client id |
 //! | `auto_offset_reset` | `earliest`, `latest`: where a group with no committed offset starts | `earliest` |
 //! | `create_topics` | `true`, `false`: create missing topics through the admin API | `false` |
 //! | `partitions` | 1–10000, for created topics | `1` |
@@ -281,6 +281,7 @@ impl KafkaSettings {
         let group = self
             .group_id
             .clone()
+            .or_else(|| context.share_group.clone())
             .unwrap_or_else(|| context.client_id.clone());
         config
             .set("group.id", group)
@@ -578,6 +579,37 @@ mod tests {
             .into_iter()
             .map(|p| p.path)
             .collect()
+    }
+
+    #[test]
+    fn instances_sharing_input_join_one_group_with_their_own_client_ids() {
+        let settings = KafkaSettings::parse(&endpoint("b1:9092", &[], None)).unwrap();
+        let tenant = weir_api::TenantId::new("t").unwrap();
+        let egress = weir_api::egress::Egress::new(["127.0.0.1"]);
+        let alone = ConnectContext::new(tenant.clone(), "d", egress.clone(), 1024);
+        let config = settings.consumer_config(&alone);
+        assert_eq!(config.get("group.id"), Some("weir-t-d"));
+        let mut groups = Vec::new();
+        for n in 1..=2 {
+            let mut instance =
+                ConnectContext::new(tenant.clone(), &format!("d#{n}"), egress.clone(), 1024);
+            instance.share_group = Some("weir-t.d".to_owned());
+            let config = settings.consumer_config(&instance);
+            assert_eq!(
+                config.get("client.id"),
+                Some(format!("weir-t-d#{n}").as_str())
+            );
+            groups.push(config.get("group.id").map(str::to_owned));
+        }
+        assert_eq!(
+            groups,
+            [Some("weir-t.d".to_owned()), Some("weir-t.d".to_owned())]
+        );
+        // An explicit group_id wins.
+        let named = KafkaSettings::parse(&endpoint("b1:9092", &[("group_id", "g")], None)).unwrap();
+        let mut instance = ConnectContext::new(tenant, "d#1", egress, 1024);
+        instance.share_group = Some("weir-t.d".to_owned());
+        assert_eq!(named.consumer_config(&instance).get("group.id"), Some("g"));
     }
 
     #[test]

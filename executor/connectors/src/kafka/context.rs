@@ -1,10 +1,10 @@
 //! What every librdkafka client of a connector shares: the egress wall on every broker address
 //! librdkafka resolves, and the connection status from its errors and broker states.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use rdkafka::client::BrokerAddr;
@@ -12,6 +12,7 @@ use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::{ClientContext, TopicPartitionList};
+use weir_api::TenantId;
 use weir_api::egress::{Egress, EgressError, parse_ip};
 
 use super::offsets::Ledger;
@@ -306,15 +307,63 @@ fn partition_ids(partitions: &TopicPartitionList) -> Vec<(String, i32)> {
         .collect()
 }
 
+/// Most Kafka clients of one tenant that may be closing at once on their own threads.
+///
+/// A close can hang for as long as its broker does not answer (librdkafka #4519: a consumer
+/// whose broker dies during the close never returns), so without a bound a tenant that points
+/// its deployments at a broker it kills at will could leave any number of threads behind.
+/// While this many of a tenant's clients are closing, its sources and sinks wait before they
+/// create another (status `retrying`, see [`KafkaTarget::room_for_a_client`]); other tenants'
+/// clients are not counted here and never wait for them.
+///
+/// [`KafkaTarget::room_for_a_client`]: super::KafkaTarget::room_for_a_client
+pub(crate) const MAX_CLOSING_PER_TENANT: usize = 8;
+
+/// Clients closing per tenant (entries removed at zero: at most one per tenant with a close
+/// in progress).
+static CLOSING: LazyLock<Mutex<HashMap<TenantId, usize>>> = LazyLock::new(Mutex::default);
+
+/// How many of `tenant`'s Kafka clients are closing now.
+pub(crate) fn closing(tenant: &TenantId) -> usize {
+    CLOSING
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(tenant)
+        .copied()
+        .unwrap_or(0)
+}
+
+fn close_started(tenant: &TenantId) {
+    let mut closing = CLOSING.lock().unwrap_or_else(PoisonError::into_inner);
+    *closing.entry(tenant.clone()).or_insert(0) += 1;
+}
+
+fn close_ended(tenant: &TenantId) {
+    let mut closing = CLOSING.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(count) = closing.get_mut(tenant) {
+        *count = count.saturating_sub(1);
+        if *count == 0 {
+            closing.remove(tenant);
+        }
+    }
+}
+
 /// A librdkafka client that is dropped on a thread of its own: dropping one blocks (closing a
 /// consumer commits and leaves its group, a producer joins its polling thread), which must not
 /// happen on an async worker thread, and can hang (rust-rdkafka #453), which must not hold up
-/// the deployment that stops.
-pub(crate) struct OffThreadDrop<T: Send + 'static>(Option<T>);
+/// the deployment that stops. The close counts against its tenant's
+/// [`MAX_CLOSING_PER_TENANT`] until it returns.
+pub(crate) struct OffThreadDrop<T: Send + 'static> {
+    inner: Option<T>,
+    tenant: TenantId,
+}
 
 impl<T: Send + 'static> OffThreadDrop<T> {
-    pub(crate) fn new(inner: T) -> Self {
-        Self(Some(inner))
+    pub(crate) fn new(inner: T, tenant: &TenantId) -> Self {
+        Self {
+            inner: Some(inner),
+            tenant: tenant.clone(),
+        }
     }
 }
 
@@ -323,18 +372,24 @@ impl<T: Send + 'static> std::ops::Deref for OffThreadDrop<T> {
 
     #[allow(clippy::expect_used, reason = "the value is only taken in Drop")]
     fn deref(&self) -> &T {
-        self.0.as_ref().expect("present until dropped")
+        self.inner.as_ref().expect("present until dropped")
     }
 }
 
 impl<T: Send + 'static> Drop for OffThreadDrop<T> {
     fn drop(&mut self) {
-        if let Some(inner) = self.0.take() {
+        if let Some(inner) = self.inner.take() {
+            let tenant = self.tenant.clone();
+            close_started(&tenant);
             let spawned = std::thread::Builder::new()
                 .name("weir-kafka-close".to_owned())
-                .spawn(move || drop(inner));
+                .spawn(move || {
+                    drop(inner);
+                    close_ended(&tenant);
+                });
             if let Err(error) = spawned {
                 // The closure, and the client with it, was dropped here, on this thread.
+                close_ended(&self.tenant);
                 tracing::warn!(%error, "cannot start a thread to close a kafka client");
             }
         }

@@ -136,17 +136,37 @@ impl KafkaTarget {
         )
     }
 
+    /// Waits, with backoff, until the tenant has fewer than
+    /// [`context::MAX_CLOSING_PER_TENANT`] Kafka clients still closing, so that a broker which
+    /// hangs every close cannot make this tenant leave threads behind without bound. Meanwhile
+    /// the connection's status is `retrying` and says why; other tenants never wait here.
+    pub(crate) async fn room_for_a_client(&self, context: &KafkaContext) {
+        let mut backoff = Backoff::default();
+        loop {
+            let closing = context::closing(&self.context.tenant);
+            if closing < context::MAX_CLOSING_PER_TENANT {
+                return;
+            }
+            context.retrying(&format!(
+                "{closing} kafka clients of this tenant are still closing (their broker does not \
+                 answer); a new client waits until one has closed"
+            ));
+            backoff.wait().await;
+        }
+    }
+
     /// Creates `topics` (with the endpoint's partitions and replication factor) unless they
     /// exist, retrying with backoff while the brokers cannot be reached. Fails only when the
     /// brokers refuse for good (invalid name, not authorised, bad partition count).
     async fn create_topics(&self, topics: &[String]) -> Result<(), ConnectorError> {
         let context = self.kafka_context(None);
+        self.room_for_a_client(&context).await;
         let config = self.settings.common_config(&self.context);
         let admin: AdminClient<KafkaContext> = config
             .create_with_context(context.clone())
             .await
             .map_err(|e| ConnectorError::Refused(format!("the kafka admin client: {e}")))?;
-        let admin = OffThreadDrop::new(admin);
+        let admin = OffThreadDrop::new(admin, &self.context.tenant);
         let options = AdminOptions::new()
             .request_timeout(Some(Timeout::After(self.context.read_timeout)))
             .operation_timeout(Some(Timeout::After(self.context.read_timeout)));
@@ -226,5 +246,103 @@ impl Backoff {
     pub(crate) async fn wait(&mut self) {
         tokio::time::sleep(self.next).await;
         self.next = (self.next * 2).min(Duration::from_secs(10));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::mpsc;
+
+    use weir_api::TenantId;
+    use weir_api::egress::Egress;
+
+    use super::context::{MAX_CLOSING_PER_TENANT, closing};
+    use super::*;
+    use crate::spec::EndpointSpec;
+    use crate::status::ConnectionState;
+
+    /// A client whose close hangs until it is released, as librdkafka's does while its broker
+    /// does not answer.
+    struct HangingClose(mpsc::Receiver<()>);
+
+    impl Drop for HangingClose {
+        fn drop(&mut self) {
+            // Released, or the test ended and dropped the sender: either way the close returns.
+            self.0.recv().ok();
+        }
+    }
+
+    fn target(tenant: &TenantId) -> KafkaTarget {
+        let endpoint = EndpointSpec {
+            name: "k".to_owned(),
+            kind: "kafka".to_owned(),
+            address: Some("127.0.0.1:9".to_owned()),
+            settings: BTreeMap::new(),
+            secret: None,
+        };
+        KafkaTarget {
+            settings: KafkaSettings::parse(&endpoint).unwrap(),
+            context: ConnectContext::new(tenant.clone(), "d", Egress::new(["127.0.0.1"]), 1024),
+        }
+    }
+
+    /// Polls `done` until it holds (closes end on threads of their own).
+    async fn until(what: &str, done: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "never: {what}");
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_tenants_hanging_closes_make_only_its_own_new_clients_wait() {
+        let a = TenantId::new("closes-hang-a").unwrap();
+        let b = TenantId::new("closes-hang-b").unwrap();
+        let mut releases = Vec::new();
+        for _ in 0..MAX_CLOSING_PER_TENANT {
+            let (release, hang) = mpsc::channel();
+            drop(OffThreadDrop::new(HangingClose(hang), &a));
+            releases.push(release);
+        }
+        assert_eq!(closing(&a), MAX_CLOSING_PER_TENANT);
+        assert_eq!(closing(&b), 0, "another tenant's closes counted against b");
+
+        // Tenant b creates clients as if nothing happened.
+        let target_b = target(&b);
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            target_b.room_for_a_client(&target_b.kafka_context(None)),
+        )
+        .await
+        .expect("b waited for a's closes");
+
+        // Tenant a's next client waits, and its status says why.
+        let target_a = target(&a);
+        let status = target_a.context.status.clone();
+        let waiting = tokio::spawn(async move {
+            target_a
+                .room_for_a_client(&target_a.kafka_context(None))
+                .await;
+        });
+        until("a's connection says it waits for closes", || {
+            matches!(status.get().0, ConnectionState::Retrying { ref error, .. }
+                if error.contains("still closing"))
+        })
+        .await;
+        assert!(!waiting.is_finished(), "a created a client past the bound");
+
+        // One close returns: there is room again.
+        releases.pop().unwrap().send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(60), waiting)
+            .await
+            .expect("a waits although a close ended")
+            .unwrap();
+        for release in releases {
+            release.send(()).unwrap();
+        }
+        until("every close ended", || closing(&a) == 0).await;
     }
 }

@@ -68,12 +68,16 @@ impl KafkaSink {
         if let Some(producer) = &self.producer {
             return Ok((**producer).clone());
         }
+        self.target.room_for_a_client(&self.context).await;
         let config = self.target.settings.producer_config(&self.target.context);
         let producer: FutureProducer<KafkaContext> = config
             .create_with_context(self.context.clone())
             .await
             .map_err(|e| ConnectorError::Refused(format!("the kafka producer: {e}")))?;
-        self.producer = Some(OffThreadDrop::new(producer.clone()));
+        self.producer = Some(OffThreadDrop::new(
+            producer.clone(),
+            &self.target.context.tenant,
+        ));
         Ok(producer)
     }
 

@@ -63,12 +63,13 @@ impl Source for KafkaSource {
         }
         let ledger = Arc::new(Mutex::new(Ledger::default()));
         let context = self.target.kafka_context(Some(ledger.clone()));
+        self.target.room_for_a_client(&context).await;
         let config = self.target.settings.consumer_config(&self.target.context);
         let consumer: KafkaConsumer = config
             .create_with_context(context.clone())
             .await
             .map_err(|e| ConnectorError::Refused(format!("the kafka consumer: {e}")))?;
-        let consumer = OffThreadDrop::new(consumer);
+        let consumer = OffThreadDrop::new(consumer, &self.target.context.tenant);
         let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
         consumer
             .subscribe(&topics)

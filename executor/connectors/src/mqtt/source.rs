@@ -40,12 +40,34 @@ impl MqttSource {
         filters: Vec<String>,
         context: ConnectContext,
     ) -> Self {
+        let filters = match &context.share_group {
+            Some(group) => filters
+                .iter()
+                .map(|filter| shared_filter(group, filter))
+                .collect(),
+            None => filters,
+        };
         Self {
             endpoint: Arc::new(endpoint),
             filters,
             context,
         }
     }
+}
+
+/// `filter` as a member of the shared subscription `group` subscribes it:
+/// `$share/<group>/<filter>` (MQTT 5.0 §4.8.2), so the broker gives each message to one member.
+/// A share name holds no `/`, `+` or `#` (each becomes `_`); a filter that is a shared one
+/// already is kept as written.
+fn shared_filter(group: &str, filter: &str) -> String {
+    if filter.starts_with("$share/") {
+        return filter.to_owned();
+    }
+    let name: String = group
+        .chars()
+        .map(|c| if matches!(c, '/' | '+' | '#') { '_' } else { c })
+        .collect();
+    format!("$share/{name}/{filter}")
 }
 
 /// The message a PUBACK answers: rumqttc builds the PUBACK from the packet id and QoS only.
@@ -252,5 +274,20 @@ impl Source for MqttSource {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_instances_subscribe_one_share_group() {
+        assert_eq!(
+            shared_filter("weir-t.d", "sensors/+/temp"),
+            "$share/weir-t.d/sensors/+/temp"
+        );
+        assert_eq!(shared_filter("a/b+c#", "x/#"), "$share/a_b_c_/x/#");
+        assert_eq!(shared_filter("g", "$share/mine/x"), "$share/mine/x");
     }
 }

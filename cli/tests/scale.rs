@@ -1,0 +1,788 @@
+//! Scale-out of one deployment (issue 13, point 5): `instances` and `partition_key` are checked
+//! with clear problems, and a stateless deployment's instances run on distinct executor
+//! processes and share their MQTT input (each message processed once), also after one of them
+//! is killed -9.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code: a failed expectation is a failed test"
+)]
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::Packet;
+use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use tokio::sync::mpsc;
+use weir_api::client::Client;
+use weir_api::rest::{CreateDeployment, CreateEndpoint, EndpointKind};
+use weir_api::scale::PartitionKey;
+use weir_api::tenancy::Quotas;
+
+/// A Mosquitto of this test's own on `port` (loopback, anonymous, no persistence), killed
+/// when dropped.
+struct Mosquitto(Child);
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        self.0.kill().ok();
+        self.0.wait().ok();
+    }
+}
+
+impl Mosquitto {
+    fn start(dir: &std::path::Path, port: u16) -> Self {
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 100000\n"
+            ),
+        )
+        .unwrap();
+        let binary = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .expect("no mosquitto binary: run scripts/services start (Debian package mosquitto)");
+        let child = Command::new(binary)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "mosquitto did not listen on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self(child)
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A graph `name` of one accumulate of `module`.
+fn accumulate_graph(name: &str, module: &str) -> String {
+    format!(
+        "metadata: {{$schema: s, name: {name}, version: '1'}}\nmoduleRequirements: {{apiVersion: '1.1.0', runtimeVersion: '1.1.0'}}\noperations:\n  - {{operationType: source, name: source}}\n  - {{operationType: accumulate, name: acc, module: '{module}:1.0.0'}}\n  - {{operationType: sink, name: sink}}\nconnections:\n  - {{from: {{name: source}}, to: {{name: acc}}}}\n  - {{from: {{name: acc}}, to: {{name: sink}}}}\n"
+    )
+}
+
+fn scaled(
+    id: &str,
+    graph: &str,
+    source: (&str, &str),
+    sink: (&str, &str),
+    instances: u32,
+    key: Option<PartitionKey>,
+) -> CreateDeployment {
+    CreateDeployment {
+        instances,
+        partition_key: key,
+        ..common::deployment(id, graph, source, sink)
+    }
+}
+
+async fn endpoint(owner: &Client, name: &str, kind: EndpointKind, address: &str) {
+    owner
+        .create_endpoint(&CreateEndpoint {
+            name: name.to_owned(),
+            kind,
+            address: Some(address.to_owned()),
+            settings: BTreeMap::new(),
+            secret: None,
+        })
+        .await
+        .unwrap();
+}
+
+/// The refusal of `spec`: its code and problem paths.
+async fn refused(client: &Client, spec: &CreateDeployment) -> (String, Vec<String>, String) {
+    let error = client.deploy(spec).await.unwrap_err();
+    let problem = error.problem().unwrap();
+    (
+        problem.code.clone(),
+        problem.errors.iter().map(|e| e.path.clone()).collect(),
+        problem
+            .errors
+            .iter()
+            .map(|e| e.message.clone())
+            .collect::<Vec<_>>()
+            .join("; "),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_and_partition_keys_are_checked_with_clear_problems() {
+    let data = tempfile::tempdir().unwrap();
+    let server = common::serve(data.path());
+    let admin = server.admin();
+    let quotas = Quotas {
+        api_requests_per_second: 100_000,
+        allowed_private_hosts: vec!["127.0.0.1".to_owned()],
+        max_instances: 4,
+        ..Quotas::default()
+    };
+    let developer = common::tenant(&admin, "acme", quotas).await;
+    let owner = common::token(&admin, "acme", weir_api::tenancy::Role::Owner).await;
+    // Never connected to: every refusal comes before a start.
+    endpoint(&owner, "plant", EndpointKind::Mqtt, "127.0.0.1:9").await;
+    endpoint(&owner, "log", EndpointKind::Kafka, "127.0.0.1:9").await;
+    for (name, bytes) in [
+        ("echo", weir_guests::ECHO.bytes()),
+        ("temperature", weir_guests::TEMPERATURE.bytes()),
+    ] {
+        developer.push_module(name, "1.0.0", bytes).await.unwrap();
+    }
+    developer
+        .push_graph("echo", "1", common::chain_graph("echo", "echo", 1))
+        .await
+        .unwrap();
+    developer
+        .push_graph("window", "1", accumulate_graph("window", "temperature"))
+        .await
+        .unwrap();
+
+    let cases = [
+        // An accumulate, unkeyed, over several instances: the rule is named.
+        (
+            scaled("w", "window", ("plant", "in"), ("plant", "out"), 3, None),
+            "invalid_deployment",
+            "/partition_key",
+            "accumulate",
+        ),
+        // kafka-key needs a Kafka source: MQTT has no key affinity.
+        (
+            scaled(
+                "w",
+                "window",
+                ("plant", "in"),
+                ("plant", "out"),
+                3,
+                Some(PartitionKey::KafkaKey),
+            ),
+            "invalid_deployment",
+            "/partition_key",
+            "kafka source",
+        ),
+        // The http source feeds one instance.
+        (
+            scaled("e", "echo", ("http", "in"), ("http", "out"), 2, None),
+            "invalid_deployment",
+            "/instances",
+            "mqtt or kafka",
+        ),
+        // 5 instances of one wasm node each: 5 operator instances, the quota is 4.
+        (
+            scaled("e", "echo", ("plant", "in"), ("plant", "out"), 5, None),
+            "quota_exceeded",
+            "/instances",
+            "max_instances quota is 4",
+        ),
+        (
+            scaled("e", "echo", ("plant", "in"), ("plant", "out"), 0, None),
+            "invalid_deployment",
+            "/instances",
+            "1 to 64",
+        ),
+    ];
+    for (spec, code, path, words) in cases {
+        let (got_code, paths, messages) = refused(&developer, &spec).await;
+        println!(
+            "refused {} x{}: {got_code} {paths:?}: {messages}",
+            spec.id, spec.instances
+        );
+        assert_eq!(got_code, code, "{messages}");
+        assert_eq!(paths, [path], "{messages}");
+        assert!(messages.contains(words), "{messages}");
+    }
+    assert!(developer.deployments().await.unwrap().is_empty());
+
+    // Keyed over Kafka, the window may scale out; one instance of it needs no key.
+    let keyed = scaled(
+        "w",
+        "window",
+        ("log", "in"),
+        ("plant", "out"),
+        3,
+        Some(PartitionKey::KafkaKey),
+    );
+    assert_eq!(developer.deploy(&keyed).await.unwrap().status, "pending");
+    let stored = developer.deployment("w").await.unwrap();
+    assert_eq!(stored.spec.instances, 3);
+    assert_eq!(stored.spec.partition_key, Some(PartitionKey::KafkaKey));
+    let single = scaled("w1", "window", ("plant", "in"), ("plant", "out"), 1, None);
+    developer.deploy(&single).await.unwrap();
+    // The in-process executor runs all three instances (its broker is not there: they retry).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let placed = placements(&developer, "w").await;
+        if placed.len() == 3 && placed.iter().all(Option::is_some) {
+            println!("in-process instances on {placed:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "not placed: {placed:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Paused: every instance stops; resumed: all three run again.
+    let running_instances = |admin: Client| async move {
+        admin
+            .executors()
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.deployments)
+            .sum::<u64>()
+    };
+    developer.pause("w").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while running_instances(admin.clone()).await != 1 {
+        assert!(Instant::now() < deadline, "paused instances still run");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(developer.resume("w").await.unwrap().status, "pending");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while running_instances(admin.clone()).await != 4 {
+        assert!(Instant::now() < deadline, "resumed instances do not run");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Deleted: every instance stops.
+    developer.delete_deployment("w").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let running = admin.executors().await.unwrap();
+        let left: u64 = running.iter().map(|e| e.deployments).sum();
+        if left == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "instances left running: {running:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A subscriber on `port` to `filter`: every payload it receives, in a channel.
+async fn subscriber(port: u16, id: &str, filter: &str) -> (AsyncClient, mpsc::Receiver<String>) {
+    let mut options = MqttOptions::new(id, "127.0.0.1", port);
+    options.set_keep_alive(Duration::from_secs(5));
+    let (client, mut eventloop) = AsyncClient::new(options, 10_000);
+    let (tx, rx) = mpsc::channel(100_000);
+    let (subscribed_tx, mut subscribed) = mpsc::channel(4);
+    client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
+    tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    if tx
+                        .send(String::from_utf8_lossy(&p.payload).into_owned())
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    subscribed_tx.try_send(()).ok();
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(10), subscribed.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    (client, rx)
+}
+
+/// Where each instance of `id` runs now (`runtime.instances[].executor`), in instance order.
+async fn placements(client: &Client, id: &str) -> Vec<Option<String>> {
+    let seen = client.deployment(id).await.unwrap();
+    let Some(runtime) = seen.runtime else {
+        return Vec::new();
+    };
+    runtime["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["executor"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Publishes `numbers` (QoS 1) and collects outputs until every one came back or `limit`
+/// passed; prints and returns (distinct numbers seen, duplicates).
+async fn round_trip(
+    publisher: &AsyncClient,
+    outputs: &mut mpsc::Receiver<String>,
+    numbers: std::ops::Range<u32>,
+    limit: Duration,
+) -> (BTreeSet<u32>, usize) {
+    for n in numbers.clone() {
+        publisher
+            .publish("in", QoS::AtLeastOnce, false, format!("n{n}"))
+            .await
+            .unwrap();
+    }
+    let wanted: BTreeSet<u32> = numbers.collect();
+    let mut seen = BTreeSet::new();
+    let mut duplicates = 0;
+    let deadline = Instant::now() + limit;
+    while !wanted.is_subset(&seen) && Instant::now() < deadline {
+        let Ok(Some(payload)) =
+            tokio::time::timeout(Duration::from_millis(200), outputs.recv()).await
+        else {
+            continue;
+        };
+        if let Some(n) = payload
+            .strip_prefix('n')
+            .and_then(|n| n.parse::<u32>().ok())
+            && !seen.insert(n)
+        {
+            duplicates += 1;
+        }
+    }
+    // A short drain for late duplicates.
+    let drain = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < drain {
+        if let Ok(Some(payload)) =
+            tokio::time::timeout(Duration::from_millis(100), outputs.recv()).await
+            && let Some(n) = payload
+                .strip_prefix('n')
+                .and_then(|n| n.parse::<u32>().ok())
+            && !seen.insert(n)
+        {
+            duplicates += 1;
+        }
+    }
+    let got = wanted.intersection(&seen).count();
+    println!(
+        "published {} numbered messages: {got} came back, {} missing, {duplicates} duplicates",
+        wanted.len(),
+        wanted.len() - got
+    );
+    (wanted.intersection(&seen).copied().collect(), duplicates)
+}
+
+/// Publishes probes until three came back (the source subscribed), then drains the outputs.
+async fn probe(publisher: &AsyncClient, outputs: &mut mpsc::Receiver<String>, tag: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut probes = 0u32;
+    let mut answered = 0;
+    while answered < 3 {
+        assert!(Instant::now() < deadline, "no probe came back");
+        publisher
+            .publish(
+                "in",
+                QoS::AtLeastOnce,
+                false,
+                format!("probe-{tag}{probes}"),
+            )
+            .await
+            .unwrap();
+        probes += 1;
+        if let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(300), outputs.recv()).await
+        {
+            answered += 1;
+        }
+    }
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(500), outputs.recv()).await {
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stateless_deployments_instances_spread_over_executors_and_share_mqtt_input() {
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _broker = Mosquitto::start(data.path(), port);
+    let server = common::serve_with(
+        data.path(),
+        &[
+            "--remote-executors",
+            "--executor-heartbeat-ms",
+            "100",
+            "--executor-timeout-ms",
+            "1000",
+            "--reconcile-ms",
+            "100",
+        ],
+    );
+    let admin = server.admin();
+    let token = std::fs::read_to_string(data.path().join("executor-token")).unwrap();
+    let mut executors: BTreeMap<String, common::ExecutorProcess> = ["edge-1", "edge-2", "edge-3"]
+        .into_iter()
+        .map(|id| {
+            (
+                id.to_owned(),
+                common::executor_process(&server.address, &token, id, &[]),
+            )
+        })
+        .collect();
+    let quotas = Quotas {
+        api_requests_per_second: 100_000,
+        allowed_private_hosts: vec!["127.0.0.1".to_owned()],
+        ..Quotas::default()
+    };
+    let developer = common::tenant(&admin, "acme", quotas).await;
+    let owner = common::token(&admin, "acme", weir_api::tenancy::Role::Owner).await;
+    endpoint(
+        &owner,
+        "plant",
+        EndpointKind::Mqtt,
+        &format!("127.0.0.1:{port}"),
+    )
+    .await;
+    developer
+        .push_module("echo", "1.0.0", weir_guests::ECHO.bytes())
+        .await
+        .unwrap();
+    developer
+        .push_graph("echo", "1", common::chain_graph("echo", "echo", 1))
+        .await
+        .unwrap();
+    let created = developer
+        .deploy(&scaled(
+            "relay",
+            "echo",
+            ("plant", "in"),
+            ("plant", "out"),
+            3,
+            None,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(created.status, "pending");
+
+    // Three instances on three executors.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let placed = loop {
+        let placed = placements(&developer, "relay").await;
+        if placed.len() == 3 && placed.iter().all(Option::is_some) {
+            break placed.into_iter().flatten().collect::<Vec<_>>();
+        }
+        assert!(Instant::now() < deadline, "not placed: {placed:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    println!("instances placed on {placed:?}");
+    let distinct: BTreeSet<&String> = placed.iter().collect();
+    assert_eq!(distinct.len(), 3, "{placed:?}");
+    let seen = developer.deployment("relay").await.unwrap();
+    println!("status {}: {}", seen.status, seen.runtime.unwrap());
+
+    let (_outputs_client, mut outputs) = subscriber(port, "test-out", "out").await;
+    let (publisher, mut publisher_loop) =
+        AsyncClient::new(MqttOptions::new("test-in", "127.0.0.1", port), 10_000);
+    tokio::spawn(async move {
+        loop {
+            if publisher_loop.poll().await.is_err() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    });
+    // Until every instance has subscribed, a message may find no member: probe until answers
+    // come back, then count.
+    probe(&publisher, &mut outputs, "a").await;
+
+    // Each message once: three unshared subscribers would give every message three times.
+    let (came, duplicates) =
+        round_trip(&publisher, &mut outputs, 0..300, Duration::from_secs(60)).await;
+    assert_eq!(came.len(), 300, "lost messages");
+    assert_eq!(
+        duplicates, 0,
+        "a message was processed by more than one instance"
+    );
+
+    // kill -9 one executor: its instance runs again on another, beside a sibling.
+    let victim = placed[1].clone();
+    let killed_at = Instant::now();
+    drop(executors.remove(&victim));
+    let deadline = killed_at + Duration::from_secs(30);
+    let after = loop {
+        let now = placements(&developer, "relay").await;
+        if now.len() == 3 && now.iter().all(|p| p.as_ref().is_some_and(|e| *e != victim)) {
+            break now.into_iter().flatten().collect::<Vec<_>>();
+        }
+        assert!(Instant::now() < deadline, "not placed again: {now:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    println!(
+        "executor {victim} killed -9; instances placed again on {after:?} after {:?}",
+        killed_at.elapsed()
+    );
+    let distinct: BTreeSet<&String> = after.iter().collect();
+    assert_eq!(distinct.len(), 2, "{after:?}");
+    // The moved instance subscribes again; messages published meanwhile reach the others.
+    let (came, duplicates) = round_trip(
+        &publisher,
+        &mut outputs,
+        1000..1300,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(came.len(), 300, "lost messages after the kill");
+    assert_eq!(duplicates, 0);
+
+    // Scaled down to one instance (same id as a one-instance deployment): the others stop.
+    developer
+        .update_deployment(&scaled(
+            "relay",
+            "echo",
+            ("plant", "in"),
+            ("plant", "out"),
+            1,
+            None,
+        ))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let running: Vec<String> = admin
+            .executors()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| format!("{e:?}"))
+            .collect();
+        let status = developer.deployment("relay").await.unwrap();
+        if status.status == "running"
+            && status
+                .runtime
+                .as_ref()
+                .and_then(|r| r.get("executor"))
+                .is_some()
+        {
+            println!("scaled to one instance: {}", status.runtime.unwrap());
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not scaled down: {status:?} {running:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    probe(&publisher, &mut outputs, "c").await;
+    let (came, duplicates) = round_trip(
+        &publisher,
+        &mut outputs,
+        2000..2100,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(came.len(), 100);
+    assert_eq!(duplicates, 0, "a scaled-away instance still ran");
+}
+
+fn kafka_spec(address: &str, partitions: &str) -> weir_connectors::EndpointSpec {
+    weir_connectors::EndpointSpec {
+        name: "test".to_owned(),
+        kind: "kafka".to_owned(),
+        address: Some(address.to_owned()),
+        settings: [
+            ("create_topics".to_owned(), "true".to_owned()),
+            ("partitions".to_owned(), partitions.to_owned()),
+        ]
+        .into_iter()
+        .collect(),
+        secret: None,
+    }
+}
+
+fn unique(label: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{label}-{}-{nanos}", std::process::id())
+}
+
+fn test_context(label: &str) -> weir_connectors::ConnectContext {
+    weir_connectors::ConnectContext::new(
+        weir_api::TenantId::new("tester").unwrap(),
+        &unique(label),
+        weir_api::egress::Egress::new(["127.0.0.1"]),
+        1 << 20,
+    )
+}
+
+/// Numbers of `n<k>` payloads among `messages`, into `seen`; duplicates counted.
+fn count_numbers(messages: &[weir_connectors::Inbound], seen: &mut BTreeSet<u32>) -> usize {
+    let mut duplicates = 0;
+    for message in messages {
+        let text = String::from_utf8_lossy(&message.payload);
+        if let Some(n) = text.strip_prefix('n').and_then(|n| n.parse::<u32>().ok())
+            && !seen.insert(n)
+        {
+            duplicates += 1;
+        }
+    }
+    duplicates
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stateless_deployments_instances_share_a_kafka_topic_through_one_consumer_group() {
+    use weir_connectors::Connector as _;
+    let broker = std::env::var("WEIR_TEST_KAFKA").expect(
+        "WEIR_TEST_KAFKA is not set: `scripts/services start` and `source target/services/env` \
+         (this test needs the tansu broker; it does not skip)",
+    );
+    let data = tempfile::tempdir().unwrap();
+    let server = common::serve_with(
+        data.path(),
+        &[
+            "--remote-executors",
+            "--executor-heartbeat-ms",
+            "100",
+            "--executor-timeout-ms",
+            "1000",
+            "--reconcile-ms",
+            "100",
+        ],
+    );
+    let admin = server.admin();
+    let token = std::fs::read_to_string(data.path().join("executor-token")).unwrap();
+    let _executors: Vec<common::ExecutorProcess> = ["k-1", "k-2", "k-3"]
+        .into_iter()
+        .map(|id| common::executor_process(&server.address, &token, id, &[]))
+        .collect();
+    let quotas = Quotas {
+        api_requests_per_second: 100_000,
+        allowed_private_hosts: vec!["127.0.0.1".to_owned()],
+        ..Quotas::default()
+    };
+    let developer = common::tenant(&admin, "acme", quotas).await;
+    let owner = common::token(&admin, "acme", weir_api::tenancy::Role::Owner).await;
+    owner
+        .create_endpoint(&CreateEndpoint {
+            name: "events".to_owned(),
+            kind: EndpointKind::Kafka,
+            address: Some(broker.clone()),
+            settings: [("create_topics".to_owned(), "true".to_owned())]
+                .into_iter()
+                .collect(),
+            secret: None,
+        })
+        .await
+        .unwrap();
+    developer
+        .push_module("echo", "1.0.0", weir_guests::ECHO.bytes())
+        .await
+        .unwrap();
+    developer
+        .push_graph("echo", "1", common::chain_graph("echo", "echo", 1))
+        .await
+        .unwrap();
+    let id = unique("krelay");
+    let input = format!("{id}-in");
+    let output = format!("{id}-out");
+    let connector = weir_connectors::kafka::KafkaConnector;
+    // The input topic with three partitions (records spread by key), the output read by the
+    // test, both before the deployment starts.
+    let mut writer = connector
+        .sink(
+            weir_connectors::SinkSpec {
+                endpoint: kafka_spec(&broker, "3"),
+                topic: input.clone(),
+            },
+            test_context("kwriter"),
+        )
+        .await
+        .unwrap();
+    let reader = weir_connectors::conformance::start_source(
+        &connector,
+        weir_connectors::SourceSpec {
+            endpoint: kafka_spec(&broker, "1"),
+            topics: vec![output.clone()],
+        },
+        test_context("kreader"),
+        10_000,
+    )
+    .await
+    .unwrap();
+    let record = |text: String, key: String| {
+        let mut out = weir_connectors::Outbound::new(input.clone(), text.into_bytes());
+        out.user_properties = vec![(
+            bytes::Bytes::from_static(b"__key"),
+            bytes::Bytes::from(key.into_bytes()),
+        )];
+        out
+    };
+    let report = writer
+        .send(vec![record("probe-0".to_owned(), "k0".to_owned())])
+        .await
+        .unwrap();
+    assert!(report.rejected.is_empty(), "{report:?}");
+
+    developer
+        .deploy(&scaled(
+            "relay",
+            "echo",
+            ("events", &input),
+            ("events", &output),
+            3,
+            None,
+        ))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let placed = loop {
+        let placed = placements(&developer, "relay").await;
+        if placed.len() == 3 && placed.iter().all(Option::is_some) {
+            break placed.into_iter().flatten().collect::<BTreeSet<_>>();
+        }
+        assert!(Instant::now() < deadline, "not placed: {placed:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(placed.len(), 3, "{placed:?}");
+    // The group's first joins take seconds on tansu: the probe comes back once one member
+    // reads its partition.
+    let probe = reader.intake.take(1, Duration::from_secs(120)).await;
+    assert_eq!(probe.len(), 1, "the probe never came back");
+
+    let numbered: Vec<weir_connectors::Outbound> = (0..300)
+        .map(|n| record(format!("n{n}"), format!("k{}", n % 12)))
+        .collect();
+    let report = writer.send(numbered).await.unwrap();
+    assert!(report.rejected.is_empty(), "{report:?}");
+    let mut seen = BTreeSet::new();
+    let mut duplicates = 0;
+    let mut outputs = 0;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while seen.len() < 300 && Instant::now() < deadline {
+        let got = reader.intake.take(300, Duration::from_secs(1)).await;
+        outputs += got.len();
+        duplicates += count_numbers(&got, &mut seen);
+    }
+    // Late copies (a rebalance while the group settled re-reads uncommitted records).
+    let late = reader.intake.take(10_000, Duration::from_secs(2)).await;
+    outputs += late.len();
+    duplicates += count_numbers(&late, &mut seen);
+    println!(
+        "kafka: 300 keyed records over 3 partitions, 3 instances on {placed:?}: {} came back, {} missing, {duplicates} duplicates ({outputs} outputs)",
+        seen.len(),
+        300 - seen.len()
+    );
+    assert_eq!(seen.len(), 300, "records lost");
+    // Three groups (no sharing) would give every record three times: 600 duplicates.
+    assert!(
+        duplicates < 300,
+        "{duplicates} duplicates: the instances did not share the input"
+    );
+}
