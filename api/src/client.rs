@@ -295,6 +295,16 @@ impl Client {
         .await
     }
 
+    /// Deletes a graph version.
+    pub async fn delete_graph(&self, name: &str, version: &str) -> Result<(), ClientError> {
+        self.delete(&format!(
+            "/v1/graphs/{}/{}",
+            segment(name),
+            segment(version)
+        ))
+        .await
+    }
+
     /// Uploads a graph definition (YAML or JSON; every problem reported at once).
     pub async fn push_graph(
         &self,
@@ -395,6 +405,19 @@ impl Client {
                 &format!("/v1/deployments/{}", segment(&deployment.id)),
             )
             .json(deployment),
+        )
+        .await
+    }
+
+    /// Rolls a deployment back to an earlier revision (default: the one before the current).
+    pub async fn rollback_deployment(
+        &self,
+        id: &str,
+        revision: Option<u64>,
+    ) -> Result<DeploymentChanged, ClientError> {
+        self.post(
+            &format!("/v1/deployments/{}/rollback", segment(id)),
+            &crate::rest::RollbackDeployment { revision },
         )
         .await
     }

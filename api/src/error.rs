@@ -33,6 +33,9 @@ pub enum ErrorCode {
     NotFound,
     /// The request conflicts with the resource's current state.
     Conflict,
+    /// An artifact (graph or module version) a request needs was deleted: a rollback to a
+    /// revision whose artifacts are gone.
+    ArtifactMissing,
     /// No valid credentials.
     Unauthenticated,
     /// Credentials valid but the role does not allow this.
@@ -62,6 +65,7 @@ impl ErrorCode {
             Self::QuotaExceeded => "quota_exceeded",
             Self::NotFound => "not_found",
             Self::Conflict => "conflict",
+            Self::ArtifactMissing => "artifact_missing",
             Self::Unauthenticated => "unauthenticated",
             Self::Forbidden => "forbidden",
             Self::PayloadTooLarge => "payload_too_large",

@@ -327,6 +327,50 @@ pub struct Deployment {
     /// Placement and per-node counters, while it runs (single reads only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime: Option<serde_json::Value>,
+    /// Its revisions (what each create, update and rollback asked it to run, and how that
+    /// went), oldest first: the newest 20 (single reads only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revisions: Vec<DeploymentRevision>,
+}
+
+/// One revision of a deployment: what a create, update (`PUT`) or rollback asked it to run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DeploymentRevision {
+    /// Its number: 1 for the create, then one more for every update or rollback (failed ones
+    /// included).
+    pub revision: u64,
+    /// The graph it runs, `name@version`.
+    pub graph: String,
+    /// The graph definition's digest (`sha256:...`).
+    pub graph_digest: String,
+    /// Module digests by the reference the graph uses.
+    pub modules: std::collections::BTreeMap<String, String>,
+    /// Seconds since the epoch.
+    pub at: u64,
+    /// Who asked for it (the token's subject).
+    pub by: String,
+    /// `rolled_out` (it runs, or ran until a later revision), `failed` (it did not start;
+    /// the version before it kept running) or `rolled_back` (a rollback to an earlier
+    /// revision, named in `detail`).
+    pub outcome: String,
+    /// Why it failed, or which revision it rolled back to.
+    #[serde(default)]
+    pub detail: String,
+    /// Whether this is the revision that runs now.
+    #[serde(default)]
+    pub current: bool,
+}
+
+/// The body of `POST /v1/deployments/{id}/rollback` (optional): the revision to go back to;
+/// default the one before the current revision.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct RollbackDeployment {
+    /// The revision number (see `Deployment.revisions`).
+    #[serde(default)]
+    pub revision: Option<u64>,
 }
 
 /// A message handed to a deployment's HTTP source.
@@ -728,6 +772,10 @@ pub struct ExecutorAssignment {
     pub id: String,
     /// Changes whenever what this deployment runs changes (a restart on the executor).
     pub generation: u64,
+    /// The deployment's revision this assignment runs (see `Deployment.revisions`); a new
+    /// revision on the same executor is swapped in by a rolling update.
+    #[serde(default)]
+    pub revision: u64,
     /// The tenant's quotas.
     pub quotas: crate::tenancy::Quotas,
     /// The graph definition's digest (`sha256:...`).
@@ -801,4 +849,22 @@ pub struct ExecutorRunning {
     /// What is wrong with it, if anything (a connection down).
     #[serde(default)]
     pub problem: Option<String>,
+    /// The generation of its assignment that runs.
+    #[serde(default)]
+    pub generation: u64,
+    /// A newer generation that did not start, and why: the one that runs kept running (a
+    /// failed rolling update).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<RefusedGeneration>,
+}
+
+/// An assignment's generation an executor could not start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct RefusedGeneration {
+    /// The generation.
+    pub generation: u64,
+    /// Why it did not start.
+    pub error: String,
 }

@@ -12,15 +12,15 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use weir_api::client::Client;
 use weir_api::rest::{
     AssignedBinding, DeadLetter, ExecutorAssignment, ExecutorHeartbeat, ExecutorJoin,
-    ExecutorRunning,
+    ExecutorRunning, RefusedGeneration,
 };
 use weir_api::{ModuleDigest, TenantId};
 use weir_connectors::EndpointSpec;
@@ -133,6 +133,7 @@ async fn follow(
     client: Client,
     id: String,
     applied: Arc<AtomicU64>,
+    reports: Arc<Mutex<Reports>>,
 ) -> anyhow::Result<()> {
     let mut after = 0;
     let mut started: HashMap<(TenantId, String), u64> = HashMap::new();
@@ -161,6 +162,10 @@ async fn follow(
         for key in gone {
             executor.forget(&key.0, &key.1).await;
             started.remove(&key);
+            reports
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&key);
             tracing::info!(tenant = %key.0, deployment = %key.1, "unassigned: stopped");
         }
         for assigned in answer.assignments {
@@ -168,12 +173,31 @@ async fn follow(
             if started.get(&key) == Some(&assigned.generation) {
                 continue;
             }
-            started.insert(key.clone(), assigned.generation);
+            let (generation, revision) = (assigned.generation, assigned.revision);
+            let previous = started.insert(key.clone(), generation);
+            // A deployment that runs already is swapped by a rolling update (the new version
+            // starts, the old one drains and stops): `LocalExecutor::start`.
             match start(&executor, &client, &id, assigned).await {
-                Ok(()) => tracing::info!(tenant = %key.0, deployment = %key.1, "assigned: started"),
-                // Not reported running: the scheduler places it again.
+                Ok(()) => {
+                    tracing::info!(tenant = %key.0, deployment = %key.1, generation, revision, "assigned: started");
+                    reports
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(key, (generation, None));
+                }
                 Err(error) => {
-                    tracing::warn!(tenant = %key.0, deployment = %key.1, %error, "assigned, but it did not start");
+                    tracing::warn!(tenant = %key.0, deployment = %key.1, generation, revision, %error, "assigned, but it did not start");
+                    let mut reports = reports.lock().unwrap_or_else(PoisonError::into_inner);
+                    if let (Some(previous), Some(report)) = (previous, reports.get_mut(&key)) {
+                        // The old generation keeps running: reported with why the new one
+                        // did not start (the control plane assigns the old one again).
+                        report.1 = Some(RefusedGeneration {
+                            generation,
+                            error: format!("{error:#}"),
+                        });
+                        started.insert(key, previous);
+                    }
+                    // Not running at all: not reported, the scheduler places it again.
                 }
             }
         }
@@ -181,6 +205,10 @@ async fn follow(
         applied.store(after, Ordering::Release);
     }
 }
+
+/// Per deployment started here: the generation that runs, and a newer one that did not start
+/// (with why), for the heartbeats.
+type Reports = HashMap<(TenantId, String), (u64, Option<RefusedGeneration>)>;
 
 /// `<host>-<pid>-<start time in ms, hex>`: unique per process on a host, and across hosts by
 /// the host name.
@@ -256,11 +284,13 @@ pub(crate) async fn run(args: ExecutorArgs) -> anyhow::Result<std::process::Exit
     // Tests and scripts read this line.
     println!("executor {} joined {}", join.id, join_url);
     let applied = Arc::new(AtomicU64::new(0));
+    let reports: Arc<Mutex<Reports>> = Arc::default();
     let mut following = tokio::spawn(follow(
         executor.clone(),
         client.clone(),
         join.id.clone(),
         applied.clone(),
+        reports.clone(),
     ));
     let period = Duration::from_millis(joined.heartbeat_ms.max(10));
     let timeout = Duration::from_millis(joined.timeout_ms);
@@ -283,16 +313,26 @@ pub(crate) async fn run(args: ExecutorArgs) -> anyhow::Result<std::process::Exit
         }
         // The revision first: what runs is read after it, so nothing it started is missed.
         let revision = applied.load(Ordering::Acquire);
-        let running = executor
-            .running()
-            .await
-            .into_iter()
-            .map(|(tenant, id, problem)| ExecutorRunning {
-                tenant,
-                id,
-                problem,
-            })
-            .collect();
+        let running = executor.running().await;
+        let running = {
+            let reports = reports.lock().unwrap_or_else(PoisonError::into_inner);
+            running
+                .into_iter()
+                .map(|(tenant, id, problem)| {
+                    let (generation, refused) = reports
+                        .get(&(tenant.clone(), id.clone()))
+                        .cloned()
+                        .unwrap_or_default();
+                    ExecutorRunning {
+                        tenant,
+                        id,
+                        problem,
+                        generation,
+                        refused,
+                    }
+                })
+                .collect()
+        };
         match client
             .executor_heartbeat(&join.id, &ExecutorHeartbeat { running, revision })
             .await

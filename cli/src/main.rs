@@ -55,6 +55,8 @@ enum Command {
     Deploy(remote::DeployArgs),
     /// Show deployments, or one with its counters and history.
     Status(remote::StatusArgs),
+    /// A deployment's revisions, and rollback to one of them.
+    Deployments(remote::DeploymentsArgs),
     /// Send messages to an http-sourced deployment.
     Ingest(remote::IngestArgs),
     /// Print the tenant's module log lines.
@@ -165,6 +167,7 @@ fn main() -> std::process::ExitCode {
             Command::Mqtt(args) => mqtt::mqtt(args).await,
             Command::Deploy(args) => remote::deploy(args).await,
             Command::Status(args) => remote::status(args).await,
+            Command::Deployments(args) => remote::deployments(args).await,
             Command::Ingest(args) => remote::ingest(args).await,
             Command::Logs(args) => remote::logs(args).await,
             Command::State(args) => remote::state(args).await,

@@ -157,6 +157,32 @@ enum ExecutorsCommand {
 }
 
 #[derive(Debug, clap::Args)]
+pub(crate) struct DeploymentsArgs {
+    #[command(subcommand)]
+    command: DeploymentsCommand,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum DeploymentsCommand {
+    /// A deployment's revisions, oldest first (the newest 20 are kept).
+    History {
+        /// The deployment.
+        id: String,
+    },
+    /// Run an earlier revision again, by a rolling update (default: the one before the
+    /// current).
+    Rollback {
+        /// The deployment.
+        id: String,
+        /// The revision to go back to.
+        #[arg(long)]
+        revision: Option<u64>,
+    },
+}
+
+#[derive(Debug, clap::Args)]
 pub(crate) struct TokenArgs {
     #[command(subcommand)]
     command: TokenCommand,
@@ -506,6 +532,50 @@ pub(crate) async fn executors(args: ExecutorsArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// One line per revision: number, graph, outcome, who, when (`*` marks the current one).
+fn revision_lines(revisions: &[weir_api::rest::DeploymentRevision]) -> String {
+    revisions
+        .iter()
+        .map(|r| {
+            format!(
+                "{}{}\t{}\t{}\t{}\t{}{}",
+                if r.current { "*" } else { " " },
+                r.revision,
+                r.graph,
+                r.outcome,
+                r.by,
+                r.at,
+                if r.detail.is_empty() {
+                    String::new()
+                } else {
+                    format!("\t{}", r.detail)
+                }
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+pub(crate) async fn deployments(args: DeploymentsArgs) -> anyhow::Result<ExitCode> {
+    let client = args.connection.client()?;
+    let output = args.connection.output;
+    match args.command {
+        DeploymentsCommand::History { id } => {
+            let deployment = call!(output, client.deployment(&id));
+            print(output, &deployment.revisions, |revisions| {
+                revision_lines(revisions)
+            });
+        }
+        DeploymentsCommand::Rollback { id, revision } => {
+            let changed = call!(output, client.rollback_deployment(&id, revision));
+            print(output, &changed, |c| {
+                format!("deployment {} rolled back; it is {}", c.id, c.status)
+            });
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub(crate) async fn token(args: TokenArgs) -> anyhow::Result<ExitCode> {
     let client = args.connection.client()?;
     let output = args.connection.output;
@@ -772,6 +842,10 @@ pub(crate) async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
                         "\n  {}  {}: {}",
                         change.at, change.status, change.detail
                     ));
+                }
+                if !d.revisions.is_empty() {
+                    text.push_str("\nrevisions:\n");
+                    text.push_str(&revision_lines(&d.revisions));
                 }
                 text
             });

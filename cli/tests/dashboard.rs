@@ -143,7 +143,8 @@ async fn deploy_temperature(client: &weir_api::client::Client, id: &str) {
 
 /// Signs in, sees counters rise while messages are ingested, a dead letter appear (its HTML
 /// payload as text), the graph, per-node counters and quota bars; pauses and resumes; tenant B
-/// sees none of A's deployments; the admin picks a tenant; axe-core finds no serious or
+/// sees none of A's deployments; a version is rolled out and rolled back from the page and the
+/// revisions table follows (a viewer sees no such controls); the admin picks a tenant; axe-core finds no serious or
 /// critical violation; Tab reaches the actions. Screenshots in target/browser/screenshots.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_works_in_a_real_browser_and_keeps_tenants_apart() {
@@ -155,12 +156,17 @@ async fn the_dashboard_works_in_a_real_browser_and_keeps_tenants_apart() {
     let b = common::tenant(&admin, "tenant-b", Quotas::default()).await;
     deploy_temperature(&a, "convert").await;
     deploy_temperature(&b, "b-only").await;
+    // A second version to roll out from the page.
+    let graph = std::fs::read_to_string(repo().join("tests/golden/graph-simple.yaml")).unwrap();
+    a.push_graph("simple", "2", graph).await.unwrap();
+    let viewer = common::token(&admin, "tenant-a", weir_api::tenancy::Role::Viewer).await;
 
     let screenshots = modules.join("../screenshots");
     let env = vec![
         ("WEIR_URL", format!("http://{}", server.address)),
         ("WEIR_TOKEN_A", a.token().unwrap().to_owned()),
         ("WEIR_TOKEN_B", b.token().unwrap().to_owned()),
+        ("WEIR_VIEWER_TOKEN_A", viewer.token().unwrap().to_owned()),
         ("WEIR_ADMIN_TOKEN", server.admin_token.clone().unwrap()),
         ("WEIR_DEPLOYMENT", "convert".to_owned()),
         ("WEIR_DEPLOYMENT_B", "b-only".to_owned()),
@@ -186,6 +192,10 @@ async fn the_dashboard_works_in_a_real_browser_and_keeps_tenants_apart() {
         "PASS axe deployment page",
         "PASS keyboard navigation reaches the actions",
         "PASS pause and resume from the page",
+        "PASS roll out from the page",
+        "PASS roll back from the page",
+        "PASS axe deployment page with revisions",
+        "PASS a viewer sees the revisions but no roll out or roll back controls",
         "PASS quota bars",
         "PASS axe quotas page",
         "PASS axe deployments list",
@@ -199,7 +209,14 @@ async fn the_dashboard_works_in_a_real_browser_and_keeps_tenants_apart() {
             "missing `{step}`:\n{stdout}\n{stderr}"
         );
     }
-    for page in ["deployments", "deployment", "quotas", "tenant-b", "admin"] {
+    for page in [
+        "deployments",
+        "deployment",
+        "revisions",
+        "quotas",
+        "tenant-b",
+        "admin",
+    ] {
         assert!(
             screenshots.join(format!("{page}.png")).is_file(),
             "no screenshot of {page}"

@@ -581,7 +581,21 @@ function renderDetail(view, id) {
   const logsBody = el("tbody", { id: "logs-body" });
   const logs = el("table", { id: "logs" }, el("caption", { text: "Log lines (newest first)" }),
     el("thead", {}, el("tr", {}, ...["#", "When", "Level", "Node", "Message"].map((h) => el("th", { scope: "col", text: h })))), logsBody);
-  view.replaceChildren(back, title, summary, actions, charts, graphSection,
+  // Revisions: what each create, update and rollback ran (GET /v1/deployments/{id}), and the
+  // roll-out and roll-back controls for the roles that may change deployments.
+  const revisionsBody = el("tbody", { id: "revisions-body" });
+  const revisionsTable = el("table", { id: "revisions" }, el("caption", { text: "Revisions, oldest first (the newest 20 are kept)" }),
+    el("thead", {}, el("tr", {}, ...["Revision", "Graph", "Outcome", "By", "When", "Detail"].map((h) => el("th", { scope: "col", text: h })))), revisionsBody);
+  const versionSelect = el("select", { id: "rollout-graph" });
+  const rollout = el("div", { class: "actions", role: "group", "aria-label": "Roll out or roll back" });
+  if (canChange()) {
+    rollout.append(
+      el("label", { for: "rollout-graph", text: "Graph version " }), versionSelect,
+      el("button", { type: "button", id: "action-rollout", onclick: () => rollOut(), text: "Roll out" }),
+      el("button", { type: "button", id: "action-rollback", disabled: true, onclick: () => act("Roll back", `/v1/deployments/${encodeURIComponent(id)}/rollback`, "POST"), text: "Roll back to the previous revision" }));
+  }
+  const revisionsSection = el("section", { "aria-labelledby": "revisions-h" }, el("h2", { id: "revisions-h", text: "Revisions" }), rollout, revisionsTable);
+  view.replaceChildren(back, title, summary, actions, revisionsSection, charts, graphSection,
     el("section", { "aria-labelledby": "nodes-h" }, el("h2", { id: "nodes-h", text: "Nodes" }), nodes),
     el("section", { "aria-labelledby": "letters-h" }, el("h2", { id: "letters-h", text: "Dead letters" }), letters),
     el("section", { "aria-labelledby": "logs-h" }, el("h2", { id: "logs-h", text: "Logs" }),
@@ -655,10 +669,10 @@ function renderDetail(view, id) {
     summary.dataset.status = d ? d.status : "";
   };
 
-  const act = async (label, path, method) => {
+  const act = async (label, path, method, body) => {
     showError("");
     try {
-      await api(path, { method });
+      await api(path, body === undefined ? { method } : { method, body: JSON.stringify(body), headers: { "Content-Type": "application/json" } });
       announce(`${label}: done`);
       if (method === "DELETE") { location.hash = "#/"; return; }
       await refresh();
@@ -698,6 +712,43 @@ function renderDetail(view, id) {
     }
   };
 
+  // The tenant's graph versions to roll out, `name@version`; the one running is selected.
+  let graphsLoaded = false;
+  const loadGraphs = async () => {
+    if (!canChange() || !full) return;
+    const current = `${full.spec.graph.name}@${full.spec.graph.version}`;
+    if (!graphsLoaded) {
+      const list = await api("/v1/graphs");
+      list.sort((a, b) => (a.name === b.name ? a.version.localeCompare(b.version, "en", { numeric: true }) : a.name.localeCompare(b.name)));
+      versionSelect.replaceChildren(...list.map((g) => el("option", { value: JSON.stringify([g.name, g.version]), text: `${g.name}@${g.version}` })));
+      graphsLoaded = true;
+    }
+    for (const option of versionSelect.options) {
+      if (option.text === current && document.activeElement !== versionSelect && !versionSelect.dataset.touched) option.selected = true;
+    }
+  };
+  versionSelect.addEventListener("change", () => { versionSelect.dataset.touched = "1"; });
+
+  const rollOut = async () => {
+    if (!full || !versionSelect.value) return;
+    const [name, version] = JSON.parse(versionSelect.value);
+    delete versionSelect.dataset.touched;
+    await act("Roll out", `/v1/deployments/${encodeURIComponent(id)}`, "PUT", Object.assign({}, full.spec, { graph: { name, version } }));
+  };
+
+  const drawRevisions = () => {
+    const list = (full && full.revisions) || [];
+    revisionsBody.replaceChildren(...list.map((r) => el("tr", { "data-revision": r.revision, "data-outcome": r.outcome, class: r.current ? "current" : "" },
+      el("th", { scope: "row", text: r.current ? `${r.revision} (current)` : String(r.revision) }),
+      el("td", { text: r.graph }), el("td", { text: r.outcome.replace("_", " ") }), el("td", { text: r.by }),
+      el("td", { text: fmtTime(r.at * 1000) }), el("td", { text: r.detail || "" }))));
+    const button = $("action-rollback");
+    if (button) {
+      const current = list.find((r) => r.current);
+      button.disabled = !current || !list.some((r) => r.outcome !== "failed" && r.revision < current.revision);
+    }
+  };
+
   let lastStatus = null;
   const refresh = async () => {
     try {
@@ -705,6 +756,10 @@ function renderDetail(view, id) {
         full = await api(`/v1/deployments/${encodeURIComponent(id)}`);
         const all = await api("/v1/metrics");
         series = all.filter((s) => s.labels && s.labels.deployment === id);
+        drawRevisions();
+        await loadGraphs();
+      } else {
+        revisionsBody.replaceChildren(el("tr", {}, el("td", { colspan: 6, text: "Revisions are the tenant's to read." })));
       }
       const d = app.deployments.get(id) || (full && { status: full.status, runtime: null });
       const status = full ? full.status : d && d.status;

@@ -82,7 +82,7 @@ impl ApiError {
             }
             ErrorCode::QuotaExceeded | ErrorCode::Forbidden => StatusCode::FORBIDDEN,
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
-            ErrorCode::Conflict => StatusCode::CONFLICT,
+            ErrorCode::Conflict | ErrorCode::ArtifactMissing => StatusCode::CONFLICT,
             ErrorCode::Unauthenticated => StatusCode::UNAUTHORIZED,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,

@@ -191,6 +191,105 @@ impl ExecutorMembership {
         true
     }
 
+    /// Where a deployment is assigned, and its assignment there.
+    fn placement(&self, tenant: &TenantId, id: &str) -> Option<(ExecutorId, ExecutorAssignment)> {
+        let key = (tenant.clone(), id.to_owned());
+        self.assigned()
+            .executors
+            .iter()
+            .find_map(|(executor, table)| {
+                Some((executor.clone(), table.deployments.get(&key)?.clone()))
+            })
+    }
+
+    /// Assigns a deployment to `executor` (as [`Self::assign`]); the generation it got.
+    fn assign_generation(
+        &self,
+        executor: &ExecutorId,
+        assignment: ExecutorAssignment,
+    ) -> Option<u64> {
+        let key = (assignment.tenant.clone(), assignment.id.clone());
+        if !self.assign(executor, assignment) {
+            return None;
+        }
+        let assigned = self.assigned();
+        Some(
+            assigned
+                .executors
+                .get(executor)?
+                .deployments
+                .get(&key)?
+                .generation,
+        )
+    }
+
+    /// Assigns `assignment` to `executor` again as it was (its generation kept: the executor
+    /// runs it still), after a newer generation did not start.
+    fn restore(&self, executor: &ExecutorId, assignment: ExecutorAssignment) {
+        let revision = {
+            let mut assigned = self.assigned();
+            let key = (assignment.tenant.clone(), assignment.id.clone());
+            assigned.remove(&key);
+            assigned.revision += 1;
+            let revision = assigned.revision;
+            let table = assigned.executors.entry(executor.clone()).or_default();
+            table.revision = revision;
+            table.deployments.insert(key, assignment);
+            revision
+        };
+        self.publish(revision);
+    }
+
+    /// Waits until `executor` reports generation `generation` of the deployment of `previous`
+    /// running (`Ok`), or refused (`Err` with why), or `limit` passes.
+    async fn await_generation(
+        &self,
+        executor: &ExecutorId,
+        previous: &ExecutorAssignment,
+        generation: u64,
+        limit: Duration,
+    ) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            {
+                let assigned = self.assigned();
+                let report = assigned.executors.get(executor).and_then(|table| {
+                    table
+                        .running
+                        .iter()
+                        .find(|r| r.tenant == previous.tenant && r.id == previous.id)
+                });
+                if let Some(report) = report {
+                    if report.generation >= generation {
+                        return Ok(());
+                    }
+                    if let Some(refused) = &report.refused
+                        && refused.generation == generation
+                    {
+                        return Err(refused.error.clone());
+                    }
+                }
+            }
+            if !self
+                .members
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .0
+                .is_alive(executor)
+            {
+                return Err(format!("executor {executor} was lost during the update"));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!(
+                    "executor {executor} did not report the new version within {} s",
+                    limit.as_secs()
+                ));
+            }
+            // A condition on heartbeats, polled with a deadline (heartbeats signal nothing).
+            tokio::time::sleep(ROLL_POLL).await;
+        }
+    }
+
     /// Takes a deployment off every executor.
     fn unassign(&self, tenant: &TenantId, id: &str) {
         let revision = {
@@ -562,6 +661,34 @@ fn assigned_binding(binding: crate::StartBinding) -> AssignedBinding {
     }
 }
 
+/// Longest a rolling update on an executor process is waited for: the old version's drain
+/// (30 s at most) and the new one's start.
+const ROLL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How often the executors' reports are looked at while a rolling update is waited for.
+const ROLL_POLL: Duration = Duration::from_millis(20);
+
+/// The assignment of a start request: graph and modules by digest.
+fn assignment(request: crate::StartDeployment) -> ExecutorAssignment {
+    ExecutorAssignment {
+        tenant: request.tenant,
+        id: request.id,
+        generation: 0,
+        revision: request.revision,
+        quotas: request.quotas,
+        graph: ModuleDigest::of(request.graph.as_bytes()).to_string(),
+        modules: request
+            .modules
+            .iter()
+            .map(|(reference, bytes)| (reference.clone(), ModuleDigest::of(bytes).to_string()))
+            .collect(),
+        configuration: request.configuration,
+        source: assigned_binding(request.source),
+        sink: assigned_binding(request.sink),
+        dead_letters: request.dead_letters.map(assigned_binding),
+    }
+}
+
 /// The gateway's runtime when deployments run on executor processes: a start places an
 /// assignment on the executor the scheduler chose ([`DeploymentRuntime::start_on`]); a start
 /// from an API handler leaves placement to the reconcile loop's next round. Inputs over HTTP
@@ -590,7 +717,35 @@ impl RemoteRuntime {
 impl crate::DeploymentRuntime for RemoteRuntime {
     async fn start(&self, request: crate::StartDeployment) -> Result<Vec<String>, ApiError> {
         on_executors(&request)?;
-        Ok(Vec::new())
+        // Not placed yet: the reconcile loop's next round places it.
+        let Some((executor, previous)) = self.members.placement(&request.tenant, &request.id)
+        else {
+            return Ok(Vec::new());
+        };
+        // Placed: a rolling update on the same executor. The new generation is assigned; the
+        // executor starts it beside the old one, swaps input over and reports which
+        // generation runs (or why the new one did not start: then the old one keeps running
+        // and is assigned again as it was).
+        let generation = self
+            .members
+            .assign_generation(&executor, assignment(request))
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::Conflict,
+                    format!("executor {executor} is not a live member"),
+                )
+            })?;
+        match self
+            .members
+            .await_generation(&executor, &previous, generation, ROLL_TIMEOUT)
+            .await
+        {
+            Ok(()) => Ok(Vec::new()),
+            Err(why) => {
+                self.members.restore(&executor, previous);
+                Err(ApiError::new(ErrorCode::InvalidDeployment, why))
+            }
+        }
     }
 
     async fn start_on(
@@ -600,23 +755,7 @@ impl crate::DeploymentRuntime for RemoteRuntime {
     ) -> Result<Vec<String>, ApiError> {
         on_executors(&request)?;
         let executor = executor_id(executor.to_owned())?;
-        let assignment = ExecutorAssignment {
-            tenant: request.tenant,
-            id: request.id,
-            generation: 0,
-            quotas: request.quotas,
-            graph: ModuleDigest::of(request.graph.as_bytes()).to_string(),
-            modules: request
-                .modules
-                .iter()
-                .map(|(reference, bytes)| (reference.clone(), ModuleDigest::of(bytes).to_string()))
-                .collect(),
-            configuration: request.configuration,
-            source: assigned_binding(request.source),
-            sink: assigned_binding(request.sink),
-            dead_letters: request.dead_letters.map(assigned_binding),
-        };
-        if self.members.assign(&executor, assignment) {
+        if self.members.assign(&executor, assignment(request)) {
             Ok(Vec::new())
         } else {
             Err(ApiError::new(

@@ -96,6 +96,9 @@ pub struct StartDeployment {
     pub sink: StartBinding,
     /// Where dead letters are also published, if anywhere.
     pub dead_letters: Option<StartBinding>,
+    /// The deployment's revision this is (0 when not known: a start by the reconcile loop
+    /// of a deployment that predates revisions).
+    pub revision: u64,
 }
 
 /// A deployment's binding with its endpoint resolved: the tenant's endpoint (secret unsealed,

@@ -22,7 +22,7 @@ use weir_scheduler::{
 use weir_tenants::Quotas;
 
 use crate::GatewayState;
-use crate::routes::start_request;
+use crate::routes::{running_revision, start_request};
 
 /// A stored spec's `instances` (1 when it cannot be read).
 fn instances_of(spec: &serde_json::Value) -> u32 {
@@ -267,6 +267,7 @@ impl ExecutorLink for RuntimeLink {
         let mut request = start_request(state, &key.tenant, &tenant.quotas, &spec)
             .await
             .map_err(|e| e.to_string())?;
+        request.revision = running_revision(state, &key.tenant, &spec.id).await;
         // The instance runs under its own id (the deployment's for a single instance).
         request.id.clone_from(&key.id);
         state

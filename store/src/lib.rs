@@ -34,8 +34,9 @@ pub const MAX_DEAD_LETTERS: u64 = 10_000;
 pub use blobs::{BlobError, BlobStore, PinnedBlob};
 pub use records::{
     DeadLetterAppend, DeadLetterCounts, DeletedTenant, DeploymentRecord, DeviceRecord,
-    EndpointRecord, GraphRecord, ModuleLogRecord, ModuleRecord, NewDevice, StatusChange,
-    TenantRecord, TokenRecord, TokenScope, UsageCounters, UsageDelta, UsagePeriodRecord,
+    EndpointRecord, GraphRecord, MAX_REVISIONS, ModuleLogRecord, ModuleRecord, NewDevice,
+    RevisionRecord, StatusChange, TenantRecord, TokenRecord, TokenScope, UsageCounters, UsageDelta,
+    UsagePeriodRecord,
 };
 pub use sealing::SealError;
 pub use sqlite::SqliteControlStore;
@@ -188,6 +189,21 @@ pub trait ControlStore: Send + Sync + std::fmt::Debug {
         tenant: &TenantId,
         id: &str,
     ) -> Result<Vec<StatusChange>, StoreError>;
+    /// Appends a revision to a deployment (its number is the next one; the given
+    /// `revision` is ignored) and drops all but the newest [`MAX_REVISIONS`]; the number
+    /// given, or `None` if the deployment does not exist.
+    async fn add_revision(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        revision: &RevisionRecord,
+    ) -> Result<Option<u64>, StoreError>;
+    /// A deployment's kept revisions, oldest first.
+    async fn revisions(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+    ) -> Result<Vec<RevisionRecord>, StoreError>;
     /// Deletes a deployment; whether it existed.
     async fn delete_deployment(&self, tenant: &TenantId, id: &str) -> Result<bool, StoreError>;
     /// Replaces what a deployment runs (a rolling update), marks it running and records why;

@@ -107,6 +107,32 @@ pub struct DeploymentRecord {
     pub created_at: u64,
 }
 
+/// One revision of a deployment: what one create, update or rollback asked it to run, and
+/// how that went. Revisions are numbered from 1 per deployment, in order; the newest
+/// [`MAX_REVISIONS`] are kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevisionRecord {
+    /// Its number (assigned by the store).
+    pub revision: u64,
+    /// What it runs: the API's deployment document.
+    pub spec: serde_json::Value,
+    /// The graph's digest (`sha256:...`).
+    pub graph_digest: String,
+    /// Module digests by the reference the graph uses.
+    pub modules: std::collections::BTreeMap<String, String>,
+    /// Seconds since the epoch.
+    pub at: u64,
+    /// Who asked for it (the token's subject).
+    pub by: String,
+    /// `rolled_out`, `failed` or `rolled_back`.
+    pub outcome: String,
+    /// Why it failed, or which revision it rolled back to.
+    pub detail: String,
+}
+
+/// Revisions kept per deployment: the newest; older ones are dropped as new ones come.
+pub const MAX_REVISIONS: u32 = 20;
+
 /// One change of a deployment's status.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatusChange {

@@ -21,9 +21,9 @@ use weir_tenants::{Quotas, Role};
 use crate::sealing::{Sealer, endpoint_identity};
 use crate::{
     ControlStore, DeadLetterAppend, DeadLetterCounts, DeletedTenant, DeploymentRecord,
-    DeviceRecord, EndpointRecord, GraphRecord, MAX_DEAD_LETTERS, ModuleLogRecord, ModuleRecord,
-    NewDevice, StatusChange, StoreError, TenantRecord, TokenRecord, TokenScope, USAGE_DAYS_KEPT,
-    USAGE_HOURS_KEPT, UsageCounters, UsageDelta, UsagePeriodRecord,
+    DeviceRecord, EndpointRecord, GraphRecord, MAX_DEAD_LETTERS, MAX_REVISIONS, ModuleLogRecord,
+    ModuleRecord, NewDevice, RevisionRecord, StatusChange, StoreError, TenantRecord, TokenRecord,
+    TokenScope, USAGE_DAYS_KEPT, USAGE_HOURS_KEPT, UsageCounters, UsageDelta, UsagePeriodRecord,
 };
 
 /// Schema versions, applied in order; never edit one that has shipped, add the next.
@@ -185,6 +185,24 @@ const MIGRATIONS: &[&str] = &[
     // records changes on its own, so they are no longer bounded by API requests).
     "
     CREATE INDEX IF NOT EXISTS deployment_history_by_deployment ON deployment_history (tenant, deployment);
+",
+    // A deployment's revisions (rolling updates and rollbacks): what each ran, who asked, and
+    // how it went; the newest `MAX_REVISIONS` are kept.
+    "
+    CREATE TABLE deployment_revisions (
+        tenant TEXT NOT NULL,
+        deployment TEXT NOT NULL,
+        revision INTEGER NOT NULL,
+        spec TEXT NOT NULL,
+        graph_digest TEXT NOT NULL,
+        modules TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        by TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        PRIMARY KEY (tenant, deployment, revision),
+        FOREIGN KEY (tenant, deployment) REFERENCES deployments(tenant, id) ON DELETE CASCADE
+    );
 ",
 ];
 
@@ -1031,6 +1049,100 @@ impl ControlStore for SqliteControlStore {
                 .query_map(params![tenant.as_str(), id], |r| Ok(StatusChange { status: r.get(0)?, detail: r.get(1)?, at: to_u64(r.get(2)?) }))
                 .map_err(database)?;
             rows.collect::<rusqlite::Result<Vec<_>>>().map_err(database)
+        })
+        .await
+    }
+
+    async fn add_revision(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        revision: &RevisionRecord,
+    ) -> Result<Option<u64>, StoreError> {
+        let spec = serde_json::to_string(&revision.spec).map_err(database)?;
+        let modules = serde_json::to_string(&revision.modules).map_err(database)?;
+        let (tenant, id, r) = (tenant.clone(), id.to_owned(), revision.clone());
+        self.db
+            .with(move |c| {
+                let transaction = c
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(database)?;
+                let exists: bool = transaction
+                    .query_row(
+                        "SELECT EXISTS (SELECT 1 FROM deployments WHERE tenant = ?1 AND id = ?2)",
+                        params![tenant.as_str(), id],
+                        |row| row.get(0),
+                    )
+                    .map_err(database)?;
+                if !exists {
+                    return Ok(None);
+                }
+                let last: i64 = transaction
+                    .query_row(
+                        "SELECT COALESCE(MAX(revision), 0) FROM deployment_revisions WHERE tenant = ?1 AND deployment = ?2",
+                        params![tenant.as_str(), id],
+                        |row| row.get(0),
+                    )
+                    .map_err(database)?;
+                let number = last.saturating_add(1);
+                transaction
+                    .execute(
+                        "INSERT INTO deployment_revisions (tenant, deployment, revision, spec, graph_digest, modules, at, by, outcome, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                        params![tenant.as_str(), id, number, spec, r.graph_digest, modules, now(), r.by, r.outcome, r.detail],
+                    )
+                    .map_err(database)?;
+                transaction
+                    .execute(
+                        "DELETE FROM deployment_revisions WHERE tenant = ?1 AND deployment = ?2 AND revision <= ?3",
+                        params![tenant.as_str(), id, number.saturating_sub(i64::from(MAX_REVISIONS))],
+                    )
+                    .map_err(database)?;
+                transaction.commit().map_err(database)?;
+                Ok(Some(to_u64(number)))
+            })
+            .await
+    }
+
+    async fn revisions(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+    ) -> Result<Vec<RevisionRecord>, StoreError> {
+        let (tenant, id) = (tenant.clone(), id.to_owned());
+        self.with(move |c| {
+            let mut statement = c
+                .prepare("SELECT revision, spec, graph_digest, modules, at, by, outcome, detail FROM deployment_revisions WHERE tenant = ?1 AND deployment = ?2 ORDER BY revision")
+                .map_err(database)?;
+            let rows = statement
+                .query_map(params![tenant.as_str(), id], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, i64>(4)?,
+                        r.get::<_, String>(5)?,
+                        r.get::<_, String>(6)?,
+                        r.get::<_, String>(7)?,
+                    ))
+                })
+                .map_err(database)?;
+            let mut revisions = Vec::new();
+            for row in rows {
+                let (revision, spec, graph_digest, modules, at, by, outcome, detail) =
+                    row.map_err(database)?;
+                revisions.push(RevisionRecord {
+                    revision: to_u64(revision),
+                    spec: serde_json::from_str(&spec).map_err(database)?,
+                    graph_digest,
+                    modules: serde_json::from_str(&modules).map_err(database)?,
+                    at: to_u64(at),
+                    by,
+                    outcome,
+                    detail,
+                });
+            }
+            Ok(revisions)
         })
         .await
     }

@@ -343,7 +343,7 @@ async fn everything_survives_a_reopen_and_migrations_run_once() {
     let path = dir.path().join("control.db");
     {
         let store = SqliteControlStore::open(&path).unwrap();
-        assert_eq!(store.schema_version().unwrap(), 6);
+        assert_eq!(store.schema_version().unwrap(), 7);
         store.create_tenant(&tenant("acme")).await.unwrap();
         store
             .put_module(&module("acme", "m", "1"), &Quotas::default())
@@ -355,7 +355,7 @@ async fn everything_survives_a_reopen_and_migrations_run_once() {
             .unwrap();
     }
     let reopened = SqliteControlStore::open(&path).unwrap();
-    assert_eq!(reopened.schema_version().unwrap(), 6);
+    assert_eq!(reopened.schema_version().unwrap(), 7);
     assert_eq!(
         reopened.modules(&id("acme")).await.unwrap(),
         vec![ModuleRecord {
@@ -699,4 +699,55 @@ async fn a_deployments_history_keeps_its_newest_200_changes() {
     assert_eq!(history.len(), 200);
     assert_eq!(history.first().unwrap().detail, "change 50");
     assert_eq!(history.last().unwrap().detail, "change 249");
+}
+
+#[tokio::test]
+async fn revisions_are_numbered_in_order_bounded_and_go_with_their_deployment() {
+    let store = SqliteControlStore::in_memory().unwrap();
+    store.create_tenant(&tenant("acme")).await.unwrap();
+    let revision = |outcome: &str| weir_store::RevisionRecord {
+        revision: 0,
+        spec: serde_json::json!({"graph": outcome}),
+        graph_digest: "sha256:00".to_owned(),
+        modules: [("m".to_owned(), "sha256:11".to_owned())].into(),
+        at: 0,
+        by: "alice".to_owned(),
+        outcome: outcome.to_owned(),
+        detail: String::new(),
+    };
+    // No deployment: nothing recorded.
+    assert_eq!(
+        store
+            .add_revision(&id("acme"), "d", &revision("rolled_out"))
+            .await
+            .unwrap(),
+        None
+    );
+    store
+        .put_deployment(&deployment("acme", "d"), &Quotas::default())
+        .await
+        .unwrap();
+    for n in 1..=25u64 {
+        let outcome = if n % 2 == 0 { "failed" } else { "rolled_out" };
+        assert_eq!(
+            store
+                .add_revision(&id("acme"), "d", &revision(outcome))
+                .await
+                .unwrap(),
+            Some(n)
+        );
+    }
+    let kept = store.revisions(&id("acme"), "d").await.unwrap();
+    assert_eq!(kept.len(), weir_store::MAX_REVISIONS as usize);
+    assert_eq!(kept.first().unwrap().revision, 6);
+    assert_eq!(kept.last().unwrap().revision, 25);
+    assert_eq!(kept.last().unwrap().outcome, "rolled_out");
+    assert_eq!(kept.last().unwrap().by, "alice");
+    assert_eq!(kept.last().unwrap().modules["m"], "sha256:11");
+    assert!(store.delete_deployment(&id("acme"), "d").await.unwrap());
+    store
+        .put_deployment(&deployment("acme", "d"), &Quotas::default())
+        .await
+        .unwrap();
+    assert!(store.revisions(&id("acme"), "d").await.unwrap().is_empty());
 }

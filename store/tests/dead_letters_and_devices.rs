@@ -408,7 +408,7 @@ async fn a_schema_3_store_upgrades_and_its_tenants_get_the_new_quota_default() {
     let path = dir.path().join("control.db");
     {
         let store = SqliteControlStore::open(&path).unwrap();
-        assert_eq!(store.schema_version().unwrap(), 6);
+        assert_eq!(store.schema_version().unwrap(), 7);
         store.create_tenant(&tenant("old")).await.unwrap();
     }
     // Back to what version 3 left: without the new tables, and quotas stored before
@@ -419,7 +419,7 @@ async fn a_schema_3_store_upgrades_and_its_tenants_get_the_new_quota_default() {
             .execute_batch(
                 "DROP TABLE dead_letters; DROP TABLE dead_letter_counters; DROP TABLE devices;
                  DROP TABLE usage_totals; DROP TABLE usage_periods; DROP TABLE module_logs;
-                 DROP TABLE module_log_counters;
+                 DROP TABLE module_log_counters; DROP TABLE deployment_revisions;
                  UPDATE tenants SET quotas = json_remove(quotas, '$.max_devices');
                  PRAGMA user_version = 3;",
             )
@@ -430,7 +430,7 @@ async fn a_schema_3_store_upgrades_and_its_tenants_get_the_new_quota_default() {
         assert!(!quotas.contains("max_devices"));
     }
     let store = SqliteControlStore::open(&path).unwrap();
-    assert_eq!(store.schema_version().unwrap(), 6);
+    assert_eq!(store.schema_version().unwrap(), 7);
     let old = store.tenant(&id("old")).await.unwrap().unwrap();
     assert_eq!(old.quotas.max_devices, 100);
     assert_eq!(

@@ -4,7 +4,7 @@
 // and exits 1 on the first failure.
 //
 // Environment: WEIR_URL (http://host:port), WEIR_TOKEN_A (developer of tenant A),
-// WEIR_TOKEN_B (developer of tenant B), WEIR_ADMIN_TOKEN, WEIR_DEPLOYMENT (A's running
+// WEIR_TOKEN_B (developer of tenant B), WEIR_VIEWER_TOKEN_A (viewer of tenant A), WEIR_ADMIN_TOKEN, WEIR_DEPLOYMENT (A's running
 // deployment, http source, the temperature module), WEIR_DEPLOYMENT_B (B's), WEIR_CHROMIUM
 // (the browser), WEIR_BROWSER_MODULES (node_modules holding playwright-core and axe-core),
 // WEIR_SCREENSHOTS (where page screenshots go). Bench mode (argument `bench`): WEIR_URL,
@@ -190,6 +190,29 @@ async function check() {
   await until("the page showing running", async () => (await page.locator("#detail-summary").getAttribute("data-status")) === "running");
   console.log("PASS pause and resume from the page");
 
+  // Roll out another graph version and roll back, from the page (keyboard-reachable, labelled
+  // controls); the revisions table follows. The test uploaded `simple@2` beside `simple@1`.
+  const revisionRows = () => page.locator("#revisions-body tr");
+  await until("the first revision listed", async () => (await revisionRows().count()) === 1);
+  await page.getByLabel("Graph version").selectOption({ label: "simple@2" });
+  await page.locator("#action-rollout").focus();
+  await page.keyboard.press("Enter");
+  await until("rolled out to simple@2", async () => (await api(tokenA, "GET", `/v1/deployments/${id}`)).spec.graph.version === "2");
+  await until("two revisions on the page", async () => (await revisionRows().count()) === 2);
+  const second = await page.locator('#revisions-body tr[data-revision="2"]').textContent();
+  if (!second.includes("simple@2") || !second.includes("rolled out") || !second.includes("current")) throw new Error(`revision 2 row: ${second}`);
+  console.log(`PASS roll out from the page: ${second}`);
+  await until("roll back enabled", async () => page.locator("#action-rollback").isEnabled());
+  await page.locator("#action-rollback").click();
+  await until("rolled back to simple@1", async () => (await api(tokenA, "GET", `/v1/deployments/${id}`)).spec.graph.version === "1");
+  await until("three revisions on the page", async () => (await revisionRows().count()) === 3);
+  const third = await page.locator('#revisions-body tr[data-revision="3"]').textContent();
+  if (!third.includes("simple@1") || !third.includes("rolled back") || !third.includes("to revision 1")) throw new Error(`revision 3 row: ${third}`);
+  await until("running after the rollback", async () => (await api(tokenA, "GET", `/v1/deployments/${id}`)).status === "running");
+  console.log(`PASS roll back from the page: ${third}`);
+  await axe(page, "deployment page with revisions");
+  await shot(page, "revisions");
+
   // Quotas and usage.
   await page.getByRole("link", { name: "Quotas and usage" }).click();
   await until("quota bars", async () => (await page.locator("meter[data-quota]").count()) >= 5);
@@ -217,6 +240,15 @@ async function check() {
   await until("B refused A's deployment", async () => (await pageB.locator("#detail-summary").textContent()) === "No such deployment.");
   if ((await pageB.locator("#nodes-body tr").count()) || (await pageB.locator("#letters-body tr").count())) throw new Error("tenant B sees A's nodes or letters");
   console.log("PASS tenant B's token shows none of tenant A's deployments");
+
+  // A viewer of tenant A sees the revisions, not the controls.
+  const pageViewer = await signedIn(env("WEIR_VIEWER_TOKEN_A"));
+  await pageViewer.evaluate((d) => { location.hash = `#/d/${d}`; }, id);
+  await until("the viewer's revisions table", async () => (await pageViewer.locator("#revisions-body tr").count()) === 3);
+  for (const control of ["#action-rollout", "#action-rollback", "#rollout-graph", "#action-pause"]) {
+    if (await pageViewer.locator(control).count()) throw new Error(`a viewer is shown ${control}`);
+  }
+  console.log("PASS a viewer sees the revisions but no roll out or roll back controls");
 
   // The admin's view across tenants: the picker shows A's deployments.
   const pageAdmin = await signedIn(admin);

@@ -2,7 +2,7 @@
 //! its outputs to its sink, and the one that records its dead letters.
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -59,6 +59,9 @@ pub(super) struct Edges {
     pub(super) recent: RecentLetters,
     edge_letters: Mutex<VecDeque<EdgeLetter>>,
     pub(super) wake: tokio::sync::Notify,
+    /// Set when a new version takes over (a rolling update): the intake takes nothing more,
+    /// so what this version took can finish and be acknowledged before it stops.
+    pub(super) draining: AtomicBool,
 }
 
 impl Edges {
@@ -70,7 +73,18 @@ impl Edges {
             recent: RecentLetters::default(),
             edge_letters: Mutex::new(VecDeque::new()),
             wake: tokio::sync::Notify::new(),
+            draining: AtomicBool::new(false),
         }
+    }
+
+    /// Whether messages refused at the edge still wait to be recorded as dead letters (their
+    /// source acknowledgements with them).
+    pub(super) fn edge_letters_pending(&self) -> bool {
+        !self
+            .edge_letters
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_empty()
     }
 }
 
@@ -107,6 +121,12 @@ pub(super) fn refusal(error: SourceError) -> IntakeRefusal {
 #[async_trait]
 impl Intake for DeploymentIntake {
     fn try_offer(&self, batch: Vec<Inbound>) -> Result<(), IntakeRefusal> {
+        if self.edges.draining.load(Ordering::Acquire) {
+            // The broker keeps the message (unacknowledged) for the version taking over.
+            return Err(IntakeRefusal::Full(
+                "the deployment is handing over to its new version".to_owned(),
+            ));
+        }
         let quotas = self.edges.share.quotas();
         // A message over the tenant's size limit can never be processed: it goes to the dead
         // letters (and is acknowledged once recorded) instead of blocking its source.

@@ -16,7 +16,7 @@ mod edges;
 mod tenant;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -41,8 +41,8 @@ pub use edges::{DEAD_LETTER_PAYLOAD_BYTES, DeadLetterJournal};
 use self::edges::{DeploymentIntake, Edges, pump_dead_letters, pump_outputs};
 use self::tenant::{InstanceLedger, InstanceReservation, TenantShare};
 use crate::dataflow::{
-    DataflowRuntime, DataflowSettings, DeployError, Deployment, ModuleResolver, TenantContext,
-    prepare,
+    DataflowRuntime, DataflowSettings, DeployError, Deployment, ModuleResolver, SourceHandle,
+    TenantContext, prepare,
 };
 use crate::logs::{LogLevel, LogRecord, LogSink, MemoryLogSink};
 use crate::metrics::{MetricsRegistry, SeriesValue};
@@ -179,20 +179,64 @@ struct Running {
     /// One ingest at a time, so a waiting caller's outputs are the ones its messages made.
     ingest: tokio::sync::Mutex<()>,
     edges: Arc<Edges>,
+    /// The settlements' sending end: when it holds nothing, the source has taken every
+    /// settlement (and sent the acknowledgements of those processed).
+    acks: weir_connectors::AckSender,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// The operator instances this deployment was admitted with.
     _instances: InstanceReservation,
 }
 
-impl Drop for Running {
-    fn drop(&mut self) {
+impl Running {
+    /// Stops the dataflow and its tasks now (messages in flight are abandoned).
+    fn halt(&self) {
         // At once: the pumps hold the deployment until their tasks are cancelled.
         self.deployment.stop();
         for task in &self.tasks {
             task.abort();
         }
     }
+
+    /// The first half of a hand-over (a rolling update): the intake takes nothing more, and
+    /// this waits, up to `limit`, until every message it took is settled (its outputs accepted
+    /// by the sink or dead-lettered) and the source has taken every settlement (sent the
+    /// acknowledgements); whether it got there. What the source reads meanwhile is not
+    /// acknowledged: the broker keeps it for the next version.
+    async fn drain(&self, limit: Duration) -> bool {
+        self.edges.draining.store(true, Ordering::Release);
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let in_flight = self
+                .deployment
+                .source(&self.source_name)
+                .map_or(0, SourceHandle::in_flight);
+            if in_flight == 0
+                && !self.edges.edge_letters_pending()
+                && self.acks.capacity() == self.acks.max_capacity()
+            {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            // A condition polled with a deadline: settlements come from several tasks and the
+            // dataflow's worker threads, with no one signal for "all settled".
+            tokio::time::sleep(DRAIN_POLL).await;
+        }
+    }
 }
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+/// Longest a replaced version is given to finish the messages it took (a rolling update);
+/// past it, what is left is abandoned and its brokers redeliver it to the new version.
+const DRAIN_LIMIT: Duration = Duration::from_secs(30);
+/// How often a draining version is looked at.
+const DRAIN_POLL: Duration = Duration::from_millis(5);
 
 /// A deployment by tenant and id.
 type DeploymentKey = (TenantId, String);
@@ -213,6 +257,8 @@ pub struct LocalExecutor {
     clock: Arc<HlcClock>,
     rates: Arc<MessageRates>,
     cordoned: AtomicBool,
+    /// Versions started so far: numbers each version's sink connections.
+    versions: AtomicU64,
     shares: Mutex<HashMap<TenantId, Arc<TenantShare>>>,
     running: tokio::sync::Mutex<HashMap<DeploymentKey, Arc<Running>>>,
     /// HTTP output queues of paused deployments: outputs already acknowledged to their source
@@ -388,6 +434,7 @@ impl LocalExecutor {
             clock: Arc::new(HlcClock::new("weir-serve")),
             rates: Arc::new(MessageRates::default()),
             cordoned: AtomicBool::new(false),
+            versions: AtomicU64::new(0),
             shares: Mutex::new(HashMap::new()),
             running: tokio::sync::Mutex::new(HashMap::new()),
             parked: Mutex::new(HashMap::new()),
@@ -612,10 +659,15 @@ impl LocalExecutor {
             let digest = crate::sha256_digest(topics.join("\n").as_bytes()).to_string();
             digest.chars().rev().take(8).collect::<String>()
         };
+        // A sink's (and dead-letter sink's) id also names this version: during a rolling
+        // update the old version's sink still publishes what it drains while the new one's is
+        // connected, and two connections under one id would take it from each other. A sink
+        // starts clean, so a new id loses nothing.
+        let version = self.versions.fetch_add(1, Ordering::Relaxed);
         let client_id = |side: &str, builtin: bool| {
             let name = match side {
                 "source" => format!("source.{}.{filters}", assignment.id),
-                _ => format!("{side}.{}", assignment.id),
+                _ => format!("{side}.{}.v{version}", assignment.id),
             };
             if builtin {
                 format!("weir.{name}@{tenant}")
@@ -757,6 +809,7 @@ impl LocalExecutor {
             .max_in_flight
             .unwrap_or(self.settings.intake_capacity);
         let (acks, settlements) = ack_channel(in_flight + 64);
+        let acks_held = acks.clone();
         let ingress = source.http_ingress();
         let outputs = sink.http_outputs();
         let intake: Arc<dyn weir_connectors::Intake> = Arc::new(DeploymentIntake {
@@ -775,7 +828,7 @@ impl LocalExecutor {
         let logs = self.logs.clone();
         let log_tenant = tenant.clone();
         let log_node = format!("{}/source", assignment.id);
-        let source_task = tokio::spawn(async move {
+        let run_source = async move {
             if let Err(error) = source.run(intake, settlements).await {
                 logs.record(LogRecord {
                     tenant: log_tenant,
@@ -786,7 +839,7 @@ impl LocalExecutor {
                     at: std::time::SystemTime::now(),
                 });
             }
-        });
+        };
         let output_task = tokio::spawn(pump_outputs(
             deployment.clone(),
             sink,
@@ -800,7 +853,8 @@ impl LocalExecutor {
             acks,
             letter_sink,
         ));
-        let running = Running {
+        let http_source = source_kind == "http";
+        let mut running = Running {
             deployment,
             source_name,
             nodes,
@@ -812,12 +866,38 @@ impl LocalExecutor {
             sink_status,
             ingest: tokio::sync::Mutex::new(()),
             edges,
-            tasks: vec![source_task, output_task, letter_task],
+            acks: acks_held,
+            tasks: vec![output_task, letter_task],
             _instances: instances,
         };
-        // Replacing the entry stops the previous version, now that this one runs.
-        let previous = self.running.lock().await.insert(key, Arc::new(running));
-        drop(previous);
+        // A rolling update: the new version is built, its modules instantiated and `init`ed,
+        // its sink connected. The previous version stops taking input and finishes what it
+        // took (outputs accepted, source acknowledgements sent); then it stops and the new
+        // version's source starts (the same MQTT session or Kafka consumer group, so what the
+        // previous version left unacknowledged is delivered to the new one). HTTP ingest has
+        // no broker to keep messages: the new version takes it at once.
+        let previous = self.running.lock().await.get(&key).cloned();
+        if http_source {
+            running.tasks.push(tokio::spawn(run_source));
+            let previous = self.running.lock().await.insert(key, Arc::new(running));
+            if let Some(previous) = previous {
+                previous.drain(DRAIN_LIMIT).await;
+                previous.halt();
+            }
+            return Ok(warnings);
+        }
+        if let Some(previous) = &previous
+            && !previous.drain(DRAIN_LIMIT).await
+        {
+            tracing::warn!(%tenant, deployment = %assignment.id, "the previous version did not finish its messages in time; the rest is redelivered to the new one");
+        }
+        let mut table = self.running.lock().await;
+        if let Some(previous) = table.remove(&key) {
+            previous.halt();
+        }
+        running.tasks.push(tokio::spawn(run_source));
+        table.insert(key, Arc::new(running));
+        drop(table);
         Ok(warnings)
     }
 

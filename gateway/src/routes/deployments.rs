@@ -17,9 +17,12 @@ use axum::response::IntoResponse;
 use serde::Deserialize;
 use weir_api::dataflow_graph::DataflowGraphDocument;
 use weir_api::graph::parse_graph;
-use weir_api::rest::{CreateDeployment, Deployment, DeploymentChanged, IngestReply, StatusChange};
-use weir_api::{ErrorCode, TenantId};
-use weir_store::DeploymentRecord;
+use weir_api::rest::{
+    CreateDeployment, Deployment, DeploymentChanged, DeploymentRevision, IngestReply,
+    RollbackDeployment, StatusChange,
+};
+use weir_api::{ErrorCode, ModuleDigest, TenantId};
+use weir_store::{DeploymentRecord, RevisionRecord};
 use weir_tenants::{Quotas, Role};
 
 use weir_scheduler::{DeploymentState, Event, ExecutorId};
@@ -151,7 +154,231 @@ pub(crate) async fn start_request(
             Some(binding) => Some(start_binding(state, tenant, binding).await?),
             None => None,
         },
+        revision: 0,
     })
+}
+
+/// Outcomes of a revision, as `DeploymentRevision.outcome` shows them.
+const ROLLED_OUT: &str = "rolled_out";
+const FAILED: &str = "failed";
+const ROLLED_BACK: &str = "rolled_back";
+
+/// Records a revision of a deployment: what `request` runs (nothing when it could not be
+/// built), who asked, and how it went; its number.
+async fn record_revision(
+    state: &GatewayState,
+    tenant: &TenantId,
+    spec: &CreateDeployment,
+    request: Option<&StartDeployment>,
+    by: &str,
+    outcome: &str,
+    detail: &str,
+) -> Result<u64, ApiError> {
+    let record = RevisionRecord {
+        revision: 0,
+        spec: serde_json::to_value(spec).map_err(|e| ApiError::internal(&e))?,
+        graph_digest: request
+            .map(|r| ModuleDigest::of(r.graph.as_bytes()).to_string())
+            .unwrap_or_default(),
+        modules: request
+            .map(|r| {
+                r.modules
+                    .iter()
+                    .map(|(reference, bytes)| {
+                        (reference.clone(), ModuleDigest::of(bytes).to_string())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        at: 0,
+        by: by.to_owned(),
+        outcome: outcome.to_owned(),
+        detail: detail.to_owned(),
+    };
+    Ok(state
+        .store
+        .add_revision(tenant, &spec.id, &record)
+        .await?
+        .unwrap_or(0))
+}
+
+/// The revision that runs now: the newest that did not fail.
+fn current_revision(revisions: &[RevisionRecord]) -> Option<&RevisionRecord> {
+    revisions.iter().rev().find(|r| r.outcome != FAILED)
+}
+
+/// The number the next revision of a deployment gets (the tenant's lock is held, so no
+/// other revision comes in between).
+async fn next_revision(state: &GatewayState, tenant: &TenantId, id: &str) -> Result<u64, ApiError> {
+    Ok(state
+        .store
+        .revisions(tenant, id)
+        .await?
+        .last()
+        .map_or(1, |r| r.revision + 1))
+}
+
+/// The revision a running deployment runs now, for a start by the reconcile loop (0 when it
+/// has none).
+pub(crate) async fn running_revision(state: &GatewayState, tenant: &TenantId, id: &str) -> u64 {
+    state
+        .store
+        .revisions(tenant, id)
+        .await
+        .ok()
+        .and_then(|revisions| current_revision(&revisions).map(|r| r.revision))
+        .unwrap_or(0)
+}
+
+/// Swaps a running deployment to `spec` (a rolling update or a rollback) under the tenant's
+/// lock: the new version starts before the old one stops; if it cannot start, the old one
+/// keeps running, the revision is recorded as failed, and the error says why.
+async fn roll(
+    state: &GatewayState,
+    caller: &Caller,
+    tenant: &TenantId,
+    quotas: &Quotas,
+    spec: &CreateDeployment,
+    pinned: Option<&RevisionRecord>,
+    record: &DeploymentRecord,
+) -> Result<(Vec<String>, u64, bool), ApiError> {
+    let (outcome, what) = match pinned {
+        Some(target) => (
+            ROLLED_BACK,
+            format!("rolled back to revision {}", target.revision),
+        ),
+        None => (
+            ROLLED_OUT,
+            format!(
+                "updated to graph {}@{}",
+                spec.graph.name, spec.graph.version
+            ),
+        ),
+    };
+    let failed = |error: ApiError| async move {
+        // The first line of why (a trap's wasm backtrace follows it), bounded: the answer
+        // carries the whole error.
+        let why = error.to_string();
+        let why: String = why
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .chars()
+            .take(500)
+            .collect();
+        let detail = format!("{}: {why}", what_failed(pinned));
+        // The revision and the reason are kept; a failure to record them is only logged,
+        // the answer is the start's error.
+        if let Err(record_error) =
+            record_revision(state, tenant, spec, None, &caller.subject, FAILED, &detail).await
+        {
+            tracing::warn!(error = %record_error, "a failed revision was not recorded");
+        }
+        if let Err(status_error) = state
+            .store
+            .set_deployment_status(tenant, &spec.id, &record.status, &detail)
+            .await
+        {
+            tracing::warn!(error = %status_error, "a failed revision's status was not recorded");
+        }
+        error
+    };
+    let mut request = match start_request(state, tenant, quotas, spec).await {
+        Ok(request) => request,
+        Err(error) => return Err(failed(error).await),
+    };
+    if let Some(target) = pinned {
+        // The very module bytes the revision ran (a reference without a version would
+        // otherwise resolve to the newest).
+        for (reference, digest) in &target.modules {
+            let digest = ModuleDigest::new(digest.clone()).map_err(|e| ApiError::internal(&e))?;
+            let bytes = state
+                .blobs
+                .get(&digest)
+                .await
+                .map_err(|e| ApiError::internal(&e))?
+                .ok_or_else(|| missing_artifact(target, &format!("module {reference}")))?;
+            request.modules.insert(reference.clone(), bytes);
+        }
+    }
+    if let Err(error) = crate::scale::check(spec, &request, quotas) {
+        return Err(failed(error).await);
+    }
+    request.revision = next_revision(state, tenant, &spec.id).await?;
+    let paused = !DeploymentState::from_stored(&record.status, "").wants_to_run();
+    // Several instances (before or after): the old instances stop and the reconcile loop
+    // starts the new spec's (not a rolling swap: see the README's scale-out section).
+    let before: Option<CreateDeployment> = serde_json::from_value(record.spec.clone()).ok();
+    let by_loop = crate::scale::placed_by_loop(spec)
+        || before.as_ref().is_some_and(crate::scale::placed_by_loop);
+    let warnings = if paused {
+        Vec::new()
+    } else if by_loop {
+        if let Some(before) = &before {
+            crate::scale::stop_instances(state, tenant, before).await;
+        }
+        Vec::new()
+    } else {
+        match state.runtime.start(request.clone()).await {
+            Ok(warnings) => warnings,
+            Err(error) => return Err(failed(error).await),
+        }
+    };
+    let value = serde_json::to_value(spec).map_err(|e| ApiError::internal(&e))?;
+    let detail = format!("{what} by {} (was {})", caller.subject, record.status);
+    let updated = if paused {
+        // A paused deployment keeps its word: the new version runs when it is resumed.
+        state
+            .store
+            .update_deployment_spec(tenant, &spec.id, &value, &detail)
+            .await?
+            && state
+                .store
+                .set_deployment_status(tenant, &spec.id, &record.status, &detail)
+                .await?
+    } else {
+        state
+            .store
+            .update_deployment_spec(tenant, &spec.id, &value, &detail)
+            .await?
+    };
+    if !updated {
+        // The record is gone: the runtime must not run what the store does not have.
+        state.runtime.stop(tenant, &spec.id).await;
+        return Err(ApiError::not_found("deployment"));
+    }
+    let revision_detail = pinned
+        .map(|target| format!("to revision {}", target.revision))
+        .unwrap_or_default();
+    let number = record_revision(
+        state,
+        tenant,
+        spec,
+        Some(&request),
+        &caller.subject,
+        outcome,
+        &revision_detail,
+    )
+    .await?;
+    Ok((warnings, number, by_loop && !paused))
+}
+
+fn what_failed(pinned: Option<&RevisionRecord>) -> String {
+    match pinned {
+        Some(target) => format!("the rollback to revision {} did not start", target.revision),
+        None => "the update did not start; the previous version keeps running".to_owned(),
+    }
+}
+
+/// The problem of a rollback whose artifacts were deleted.
+fn missing_artifact(target: &RevisionRecord, what: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::ArtifactMissing,
+        format!(
+            "revision {} cannot run again: its {what} was deleted; upload it again or roll out another version",
+            target.revision
+        ),
+    )
 }
 
 /// The deployment a request body describes: weir's own JSON document, or an Azure
@@ -322,12 +549,13 @@ pub(crate) async fn create(
         ));
     }
     // Resolved even when paused, so a deployment that could never start is refused now.
-    let request = start_request(&state, &tenant, &quotas, &spec).await?;
+    let mut request = start_request(&state, &tenant, &quotas, &spec).await?;
     crate::scale::check(&spec, &request, &quotas)?;
+    request.revision = 1;
     // Several instances: pending until the reconcile loop places and starts each.
     let by_loop = crate::scale::placed_by_loop(&spec);
     let warnings = if enabled && !by_loop {
-        state.runtime.start(request).await?
+        state.runtime.start(request.clone()).await?
     } else {
         Vec::new()
     };
@@ -359,6 +587,16 @@ pub(crate) async fn create(
         }
         return Err(error.into());
     }
+    record_revision(
+        &state,
+        &tenant,
+        &spec,
+        Some(&request),
+        &caller.subject,
+        ROLLED_OUT,
+        "",
+    )
+    .await?;
     Ok((
         StatusCode::CREATED,
         Json(DeploymentChanged {
@@ -421,44 +659,138 @@ pub(crate) async fn update(
             ApiError::new(ErrorCode::InvalidDeployment, "invalid deployment").with_errors(errors),
         );
     }
-    let request = start_request(&state, &tenant, &quotas, &spec).await?;
-    crate::scale::check(&spec, &request, &quotas)?;
-    let before: Option<CreateDeployment> = serde_json::from_value(record.spec.clone()).ok();
-    let by_loop = crate::scale::placed_by_loop(&spec)
-        || before.as_ref().is_some_and(crate::scale::placed_by_loop);
-    let warnings = if by_loop {
-        // The old instances stop; the reconcile loop starts the new spec's.
-        if let Some(before) = &before {
-            crate::scale::stop_instances(&state, &tenant, before).await;
-        }
-        Vec::new()
-    } else {
-        state.runtime.start(request).await?
-    };
-    let detail = format!(
-        "updated to graph {}@{} (was {})",
-        spec.graph.name, spec.graph.version, record.status
-    );
-    let value = serde_json::to_value(&spec).map_err(|e| ApiError::internal(&e))?;
-    let updated = state
-        .store
-        .update_deployment_spec(&tenant, &id, &value, &detail)
-        .await;
-    if !updated? {
-        // The record is gone: the runtime must not run what the store does not have.
-        state.runtime.stop(&tenant, &id).await;
-        return Err(ApiError::not_found("deployment"));
-    }
-    let status = if by_loop {
-        DeploymentState::Pending
-    } else {
-        running_here()?
-    };
+    let (warnings, _revision, by_loop) =
+        roll(&state, &caller, &tenant, &quotas, &spec, None, &record).await?;
     Ok(Json(DeploymentChanged {
         id,
-        status: status.status().to_owned(),
+        status: changed_status(&record, by_loop)?,
         warnings,
     }))
+}
+
+/// The status a rolled deployment answers with: running, unless it was paused (then it
+/// stays paused and runs the new version when resumed).
+fn changed_status(record: &DeploymentRecord, by_loop: bool) -> Result<String, ApiError> {
+    if !DeploymentState::from_stored(&record.status, "").wants_to_run() {
+        Ok(record.status.clone())
+    } else if by_loop {
+        // The reconcile loop starts the instances.
+        Ok(DeploymentState::Pending.status().to_owned())
+    } else {
+        Ok(running_here()?.status().to_owned())
+    }
+}
+
+/// A rollback: the deployment runs an earlier revision again (default: the one before the
+/// current), by the same rolling swap as an update. The revision's graph version and module
+/// versions must still exist (`409 artifact_missing` if one was deleted); its module bytes are
+/// the very ones it ran (by digest).
+#[utoipa::path(post, path = "/v1/deployments/{id}/rollback", tag = "deployments", params(("id" = String, Path)), request_body(content = Option<weir_api::rest::RollbackDeployment>, description = "optional: the revision to go back to"), responses((status = 200, body = weir_api::rest::DeploymentChanged), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
+pub(crate) async fn rollback(
+    State(state): State<GatewayState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let (tenant, quotas) = caller_tenant(&state, &caller, Role::Developer)?;
+    tracing::Span::current().record("deployment", tracing::field::display(&id));
+    let wanted: RollbackDeployment = if body.iter().all(u8::is_ascii_whitespace) {
+        RollbackDeployment::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::new(ErrorCode::InvalidRequest, format!("invalid rollback: {e}"))
+        })?
+    };
+    let _changing = state.tenant_locks.lock(&tenant).await;
+    let (record, _) = stored(&state, &tenant, &id).await?;
+    let revisions = state.store.revisions(&tenant, &id).await?;
+    let current = current_revision(&revisions).map(|r| r.revision);
+    let target = match wanted.revision {
+        Some(number) => revisions
+            .iter()
+            .find(|r| r.revision == number)
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::NotFound,
+                    format!(
+                        "deployment {id} has no revision {number} (kept: {})",
+                        kept(&revisions)
+                    ),
+                )
+            })?,
+        None => revisions
+            .iter()
+            .rev()
+            .filter(|r| r.outcome != FAILED && Some(r.revision) != current)
+            .find(|r| current.is_none_or(|c| r.revision < c))
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::Conflict,
+                    format!("deployment {id} has no earlier revision to roll back to"),
+                )
+            })?,
+    };
+    if target.outcome == FAILED {
+        return Err(ApiError::new(
+            ErrorCode::Conflict,
+            format!(
+                "revision {} never ran (it failed); name one that did",
+                target.revision
+            ),
+        ));
+    }
+    if Some(target.revision) == current {
+        return Err(ApiError::new(
+            ErrorCode::Conflict,
+            format!("revision {} is the one that runs", target.revision),
+        ));
+    }
+    let spec: CreateDeployment =
+        serde_json::from_value(target.spec.clone()).map_err(|e| ApiError::internal(&e))?;
+    // The artifacts must still be the tenant's: the graph version with the same digest, and
+    // a module version of each recorded digest.
+    match state
+        .store
+        .graph(&tenant, &spec.graph.name, &spec.graph.version)
+        .await?
+    {
+        Some(graph) if graph.digest.to_string() == target.graph_digest => {}
+        _ => {
+            return Err(missing_artifact(
+                target,
+                &format!("graph {}@{}", spec.graph.name, spec.graph.version),
+            ));
+        }
+    }
+    let modules = state.store.modules(&tenant).await?;
+    for (reference, digest) in &target.modules {
+        if !modules.iter().any(|m| m.digest.to_string() == *digest) {
+            return Err(missing_artifact(target, &format!("module {reference}")));
+        }
+    }
+    let (warnings, _revision, by_loop) = roll(
+        &state,
+        &caller,
+        &tenant,
+        &quotas,
+        &spec,
+        Some(target),
+        &record,
+    )
+    .await?;
+    Ok(Json(DeploymentChanged {
+        id,
+        status: changed_status(&record, by_loop)?,
+        warnings,
+    }))
+}
+
+/// The kept revision numbers, `first..=last`.
+fn kept(revisions: &[RevisionRecord]) -> String {
+    match (revisions.first(), revisions.last()) {
+        (Some(first), Some(last)) => format!("{}..={}", first.revision, last.revision),
+        _ => "none".to_owned(),
+    }
 }
 
 #[utoipa::path(post, path = "/v1/deployments/{id}/pause", tag = "deployments", params(("id" = String, Path)), responses((status = 200, body = weir_api::rest::DeploymentChanged), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
@@ -571,6 +903,33 @@ pub(crate) async fn outputs(
     }))
 }
 
+fn revision_view(r: RevisionRecord, current: Option<u64>) -> DeploymentRevision {
+    let graph = r
+        .spec
+        .get("graph")
+        .map(|g| {
+            format!(
+                "{}@{}",
+                g.get("name").and_then(|v| v.as_str()).unwrap_or_default(),
+                g.get("version")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or_default()
+            )
+        })
+        .unwrap_or_default();
+    DeploymentRevision {
+        current: Some(r.revision) == current,
+        revision: r.revision,
+        graph,
+        graph_digest: r.graph_digest,
+        modules: r.modules,
+        at: r.at,
+        by: r.by,
+        outcome: r.outcome,
+        detail: r.detail,
+    }
+}
+
 fn deployment_view(record: DeploymentRecord) -> Result<Deployment, ApiError> {
     Ok(Deployment {
         spec: serde_json::from_value(record.spec).map_err(|e| ApiError::internal(&e))?,
@@ -579,6 +938,7 @@ fn deployment_view(record: DeploymentRecord) -> Result<Deployment, ApiError> {
         created_at: record.created_at,
         history: Vec::new(),
         runtime: None,
+        revisions: Vec::new(),
     })
 }
 
@@ -624,6 +984,12 @@ pub(crate) async fn get(
     } else {
         state.runtime.status(&tenant, &id).await
     };
+    let revisions = state.store.revisions(&tenant, &id).await?;
+    let current = current_revision(&revisions).map(|r| r.revision);
+    view.revisions = revisions
+        .into_iter()
+        .map(|r| revision_view(r, current))
+        .collect();
     Ok(Json(view))
 }
 

@@ -33,7 +33,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::error::REQUEST_ID;
 pub use artifacts::sweep_blobs;
-pub(crate) use deployments::start_request;
+pub(crate) use deployments::{running_revision, start_request};
 
 use crate::{ApiError, GatewayState};
 
@@ -77,6 +77,7 @@ fn api() -> OpenApiRouter<GatewayState> {
         .routes(routes!(deployments::outputs))
         .routes(routes!(deployments::pause))
         .routes(routes!(deployments::resume))
+        .routes(routes!(deployments::rollback))
         .routes(routes!(state::list))
         .routes(routes!(state::get, state::put, state::delete))
         .routes(routes!(observe::logs))
