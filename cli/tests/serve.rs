@@ -98,6 +98,117 @@ fn serves_the_api_and_keeps_its_state_across_a_restart() {
     );
 }
 
+/// Opens `GET /v1/dashboard/events{query}` with `token` and reads up to its first line of
+/// events (`retry:`): the open stream, or the refusal's status and body.
+fn event_stream(address: &str, token: &str, query: &str) -> Result<TcpStream, String> {
+    let mut stream = TcpStream::connect(address).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(40)))
+        .unwrap();
+    let head = format!(
+        "GET /v1/dashboard/events{query} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    let mut seen = String::new();
+    let mut buffer = [0u8; 4096];
+    while !seen.contains("retry:") {
+        let read = stream.read(&mut buffer).unwrap();
+        seen.push_str(&String::from_utf8_lossy(&buffer[..read]));
+        if read == 0 || (seen.contains("\r\n\r\n") && !seen.starts_with("HTTP/1.1 200")) {
+            return Err(seen);
+        }
+    }
+    assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
+    Ok(stream)
+}
+
+/// A tenant's event streams are bounded (8), and its own streams never use up the admin's
+/// view of it.
+#[test]
+fn a_tenants_event_streams_are_bounded_and_never_shut_out_the_admins_view() {
+    let data = tempfile::tempdir().unwrap();
+    let server = serve(data.path());
+    let admin = server.admin_token.clone().unwrap();
+    let (status, body) = http(
+        &server.address,
+        "POST",
+        "/v1/tenants",
+        &admin,
+        r#"{"id": "acme"}"#,
+    );
+    assert_eq!(status, 201, "{body}");
+    let (status, viewer) = http(
+        &server.address,
+        "POST",
+        "/v1/tokens",
+        &admin,
+        r#"{"subject": "wall", "role": "viewer", "tenant": "acme"}"#,
+    );
+    assert_eq!(status, 201, "{viewer}");
+    let viewer = token_of(&viewer);
+    let open: Vec<TcpStream> = (0..8)
+        .map(|n| {
+            event_stream(&server.address, &viewer, "")
+                .unwrap_or_else(|refusal| panic!("stream {n} refused: {refusal}"))
+        })
+        .collect();
+    let ninth = event_stream(&server.address, &viewer, "").expect_err("a 9th stream opened");
+    assert!(ninth.starts_with("HTTP/1.1 429"), "{ninth}");
+    let admins: Vec<TcpStream> = (0..8)
+        .map(|n| {
+            event_stream(&server.address, &admin, "?tenant=acme")
+                .unwrap_or_else(|refusal| panic!("the admin's stream {n} refused: {refusal}"))
+        })
+        .collect();
+    drop(open);
+    drop(admins);
+}
+
+/// One server per data directory (a second would run every deployment again), and a stop
+/// is not held up by a client that keeps a response open (a dashboard event stream lasts
+/// minutes): both would leave two servers on one directory.
+#[test]
+fn a_data_directory_has_one_server_and_an_open_event_stream_does_not_hold_a_stop() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().to_str().unwrap();
+    let mut first = serve(data.path());
+    let admin = first.admin_token.clone().unwrap();
+    let (_, err, code) = common::weir_within(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--mqtt-listen",
+            "127.0.0.1:0",
+            "--data",
+            dir,
+        ],
+        Duration::from_secs(60),
+    );
+    assert_ne!(code, Some(0), "a second server started: {err}");
+    assert!(err.contains("another weir serve"), "{err}");
+
+    let (status, body) = http(
+        &first.address,
+        "POST",
+        "/v1/tenants",
+        &admin,
+        r#"{"id": "acme"}"#,
+    );
+    assert_eq!(status, 201, "{body}");
+    let stream = event_stream(&first.address, &admin, "?tenant=acme")
+        .expect("the admin's stream of acme opens");
+    // The stream is open and read: the server stops anyway, within its grace (5 s).
+    let status = first.terminate_within(Duration::from_secs(30));
+    assert!(
+        status.is_some(),
+        "weir serve still runs 30 s after SIGTERM with an event stream open"
+    );
+    drop(stream);
+    let again = serve(data.path());
+    assert_eq!(http(&again.address, "GET", "/healthz", "", "").0, 200);
+}
+
 fn token_of(body: &str) -> String {
     let value: serde_json::Value = serde_json::from_str(body).unwrap();
     value["token"].as_str().unwrap().to_owned()

@@ -102,6 +102,26 @@ impl Server {
         Client::new(&format!("http://{}", self.address), Some(token.to_owned())).unwrap()
     }
 
+    /// Asks the server to stop (SIGTERM, as a service manager does) and waits up to `limit`
+    /// for it to exit: its exit status, or `None` if it still runs.
+    pub fn terminate_within(
+        &mut self,
+        limit: std::time::Duration,
+    ) -> Option<std::process::ExitStatus> {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        None
+    }
+
     /// A typed client with the admin token of the first start.
     pub fn admin(&self) -> Client {
         self.client(self.admin_token.as_deref().expect("first start"))
