@@ -225,7 +225,7 @@ async fn deployments_run_on_executor_processes_and_move_within_the_bound_when_on
     .await;
     let ids = ["relay-0", "relay-1", "relay-2"];
     for id in ids {
-        developer
+        let created = developer
             .deploy(&common::deployment(
                 id,
                 "echo",
@@ -234,6 +234,9 @@ async fn deployments_run_on_executor_processes_and_move_within_the_bound_when_on
             ))
             .await
             .unwrap();
+        // Runs nowhere yet: the reconcile loop places it (the answer never says `running`
+        // of a deployment no executor has).
+        assert_eq!(created.status, "pending", "{created:?}");
     }
     // Placed by the scheduler, one tenant spread over the three executors.
     let mut placed = BTreeMap::new();

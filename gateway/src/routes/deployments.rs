@@ -563,7 +563,7 @@ pub(crate) async fn create(
     let status = if enabled && by_loop {
         DeploymentState::Pending
     } else if enabled {
-        running_here()?
+        started_state(&state, &tenant, &spec.id).await?
     } else {
         DeploymentState::Pending
             .apply(Event::Stop)
@@ -605,6 +605,22 @@ pub(crate) async fn create(
             warnings,
         }),
     ))
+}
+
+/// The state of a deployment the runtime has just taken a start of: running if it runs now
+/// (in this process, or placed on an executor process), `pending` while the reconcile loop has
+/// still to place it (executor processes, none placed yet), so the status never says
+/// `running` of a deployment that runs nowhere.
+async fn started_state(
+    state: &GatewayState,
+    tenant: &TenantId,
+    id: &str,
+) -> Result<DeploymentState, ApiError> {
+    if state.runtime.status(tenant, id).await.is_some() {
+        running_here()
+    } else {
+        Ok(DeploymentState::Pending)
+    }
 }
 
 /// The state of a deployment the runtime has just started in this process: pending, placed on
@@ -854,23 +870,24 @@ pub(crate) async fn resume(
             warnings,
         }));
     }
-    let running = running_here()?;
-    if record.status != running.status() || state.runtime.status(&tenant, &id).await.is_none() {
+    let mut now = running_here()?;
+    if record.status != now.status() || state.runtime.status(&tenant, &id).await.is_none() {
         let request = start_request(&state, &tenant, &quotas, &spec).await?;
         warnings = state.runtime.start(request).await?;
+        now = started_state(&state, &tenant, &id).await?;
         state
             .store
             .set_deployment_status(
                 &tenant,
                 &id,
-                running.status(),
+                now.status(),
                 &format!("resumed by {}", caller.subject),
             )
             .await?;
     }
     Ok(Json(DeploymentChanged {
         id,
-        status: running.status().to_owned(),
+        status: now.status().to_owned(),
         warnings,
     }))
 }
