@@ -775,7 +775,8 @@ function renderDetail(view, id) {
   const loadLetters = async () => {
     if (isAdmin()) { lettersBody.replaceChildren(el("tr", {}, el("td", { colspan: 6, text: "Dead letters are the tenant's to read." }))); return; }
     try {
-      const list = await api(`/v1/deadletters${watchQuery({ deployment: id })}`);
+      // The newest 200 (the feed answers oldest first): a deployment may keep far more.
+      const list = await api(`/v1/deadletters${watchQuery({ deployment: id, limit: 200, newest: true })}`);
       list.reverse();
       lettersBody.replaceChildren(...list.slice(0, 200).map((l) => el("tr", { "data-seq": l.seq },
         el("td", { text: l.seq }), el("td", { text: fmtTime(l.at_ms) }), el("td", { text: l.node }),
@@ -796,8 +797,10 @@ function renderDetail(view, id) {
   const loadLogs = async () => {
     if (isAdmin()) return;
     try {
+      // The newest lines first; then those after the last seen (the newest 1,000 of them, so a
+      // burst larger than a page shows its end).
       const after = logLines.length ? logLines[logLines.length - 1].seq : 0;
-      const more = await api(`/v1/logs${watchQuery({ deployment: id, after })}`);
+      const more = await api(`/v1/logs${watchQuery({ deployment: id, after, limit: after ? 1000 : 200, newest: true })}`);
       if (more.length) {
         logLines = logLines.concat(more).slice(-1000);
         drawLogs();
