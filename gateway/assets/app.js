@@ -11,6 +11,7 @@ const app = {
   token: null,
   me: null,
   tenant: null, // the tenant watched (the admin picks one)
+  streamOk: false, // a snapshot of the watched tenant's deployments arrived
   deployments: new Map(), // id -> latest entry from the event stream
   stream: null, // AbortController of the event stream
   rows: new Map(), // id -> row elements of the list
@@ -161,6 +162,7 @@ function signOut(message) {
   app.me = null;
   app.tenant = null;
   app.deployments.clear();
+  app.streamOk = false;
   resetList();
   $("view").replaceChildren();
   $("view").hidden = true;
@@ -188,6 +190,7 @@ async function loadTenants() {
 function pickTenant(id) {
   app.tenant = id || null;
   app.deployments.clear();
+  app.streamOk = false;
   app.live.clear();
   resetList();
   stopStream();
@@ -267,6 +270,7 @@ function onDeployments(snapshot) {
     if (!seen.has(id)) { app.deployments.delete(id); app.live.delete(id); }
   }
   app.metrics.events += 1;
+  app.streamOk = true; // the tenant's deployments are known (not just none received yet)
   updateList(seen);
   if (currentDetail && app.deployments.has(currentDetail.id)) currentDetail.onSnapshot(app.deployments.get(currentDetail.id));
   const took = performance.now() - started;
@@ -317,7 +321,7 @@ function resetList() {
 }
 
 const COLUMNS = [
-  ["Deployment", ""], ["Status", ""], ["Placement", ""], ["Instances", "num"], ["Uptime", "num"],
+  ["Deployment", ""], ["Status", ""], ["Placement", ""], ["Operator instances", "num"], ["Uptime", "num"],
   ["Messages in", "num"], ["Messages out", "num"], ["Dead letters", "num"], ["Errors", "num"], ["Last error", ""],
 ];
 
@@ -365,7 +369,7 @@ function fillRow(row, d) {
   const r = d.runtime;
   // Rows whose deployment did not change are left alone (the uptime has its own timer).
   const key = r
-    ? `${d.status}|${d.running_since_ms}|${r.placement}|${r.instances}|${r.received}|${r.emitted}|${r.dead_lettered}|${r.failures}|${r.last_error ? r.last_error.at_ms : ""}`
+    ? `${d.status}|${d.running_since_ms}|${r.placement}|${d.operator_instances}|${r.received}|${r.emitted}|${r.dead_lettered}|${r.failures}|${r.last_error ? r.last_error.at_ms : ""}`
     : `${d.status}|-`;
   if (row.key === key) return;
   row.key = key;
@@ -374,7 +378,8 @@ function fillRow(row, d) {
   const cls = `status-${d.status}`;
   if (status.className !== cls) status.className = cls;
   setText(row.cells[2], r && r.placement ? String(r.placement) : "–");
-  setText(row.cells[3], r ? fmtNumber(r.instances) : "–");
+  // What the max_instances quota counts: one per wasm node of each running instance.
+  setText(row.cells[3], r || d.operator_instances ? fmtNumber(d.operator_instances || 0) : "–");
   setText(row.cells[4], uptime(d, Date.now() / 1000));
   setText(row.cells[5], r ? fmtNumber(r.received) : "–");
   setText(row.cells[6], r ? fmtNumber(r.emitted) : "–");
@@ -664,7 +669,7 @@ function renderDetail(view, id) {
   const drawSummary = (d) => {
     const r = d && d.runtime;
     summary.textContent = d
-      ? `Status ${d.status} · placement ${r && r.placement ? r.placement : "–"} · instances ${r ? r.instances : "–"} · messages in ${fmtNumber(r && r.received)} · out ${fmtNumber(r && r.emitted)} · dead letters ${fmtNumber(r && r.dead_lettered)}`
+      ? `Status ${d.status} · placement ${r && r.placement ? r.placement : "–"} · operator instances ${fmtNumber(d.operator_instances || 0)} (${r ? fmtNumber(r.live_instances) : "–"} live) · messages in ${fmtNumber(r && r.received)} · out ${fmtNumber(r && r.emitted)} · dead letters ${fmtNumber(r && r.dead_lettered)}`
       : "";
     summary.dataset.status = d ? d.status : "";
   };
@@ -873,10 +878,13 @@ async function renderTenant(view) {
         if (!usage || !previous || now <= previous.at) return null;
         return Math.max(0, (usage[field] - previous.usage[field]) / ((now - previous.at) / 1000));
       };
+      // max_instances counts one operator instance per wasm node of each running deployment
+      // instance (promised at admission; an idle one keeps its promise), as the event stream
+      // reports them per deployment.
       let instances = null;
-      if (app.deployments.size) {
+      if (app.streamOk) {
         instances = 0;
-        for (const d of app.deployments.values()) if (d.runtime) instances += d.runtime.instances;
+        for (const d of app.deployments.values()) instances += d.operator_instances || 0;
       }
       const used = {
         max_modules: usage && usage.modules,
