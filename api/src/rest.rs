@@ -660,6 +660,9 @@ pub struct Usage {
     /// Module log lines kept (what `max_log_lines` bounds; 0 where the gateway keeps no log).
     #[serde(default)]
     pub log_lines: u64,
+    /// Bytes of the dead letters kept, as `max_dead_letter_bytes` counts them.
+    #[serde(default)]
+    pub dead_letter_bytes: u64,
     /// Billable work per UTC hour (the last 48) and per UTC day (the last 31), oldest first,
     /// hours before days: kept in the control store, so they last across restarts.
     /// `messages_in`, `messages_out`, `bytes_in`, `fuel` and `state_ops` above are the totals

@@ -845,6 +845,11 @@ function renderDetail(view, id) {
 
 // ---- quotas and usage ----
 
+// Quotas that bound each call, message or item (not a tenant-wide total): they get no bar.
+const PER_ITEM = new Set(["max_module_bytes", "max_nodes_per_graph", "fuel_per_message", "call_timeout",
+  "memory_per_instance", "max_message_bytes", "max_state_key_bytes", "max_log_line_bytes", "max_model_bytes",
+  "max_graphs_per_instance"]);
+
 async function renderTenant(view) {
   const title = el("h1", { text: isAdmin() ? `Quotas of ${app.tenant || "…"}` : "Quotas and usage" });
   const quotasBody = el("tbody", { id: "quotas-body" });
@@ -868,9 +873,11 @@ async function renderTenant(view) {
       let series = null;
       let logCount = null;
       if (!isAdmin()) {
+        // The state keys are listed for reading only (the first 500): the API reports no count
+        // of them, so max_state_keys gets no bar rather than a capped count.
         [usage, devices, keys, series] = await Promise.all([
-          api("/v1/usage"), api("/v1/devices"), api("/v1/state?limit=10000"), api("/v1/metrics")]);
-        logCount = (await api("/v1/logs?limit=1000")).length;
+          api("/v1/usage"), api("/v1/devices"), api("/v1/state?limit=500"), api("/v1/metrics")]);
+        logCount = usage.log_lines;
       }
       // Per-second quotas: the rate between this reading of the usage totals and the last.
       const now = Date.now();
@@ -896,7 +903,7 @@ async function renderTenant(view) {
         fuel_per_second: rate("fuel"),
         api_requests_per_second: rate("api_requests"),
         max_devices: devices && devices.length,
-        max_state_keys: keys && keys.keys.length,
+        max_dead_letter_bytes: usage && usage.dead_letter_bytes,
         max_metric_series: series && series.filter((s) => !s.platform).length,
         max_log_lines: logCount,
       };
@@ -907,7 +914,9 @@ async function renderTenant(view) {
         const numeric = typeof limit === "number";
         const label = `${name.replace(/_/g, " ")}`;
         const shown = (v) => (v === null || v === undefined ? "–" : bytes(name) ? fmtBytes(v) : typeof v === "number" ? fmtNumber(Math.round(v * 10) / 10) : Array.isArray(v) ? (v.join(", ") || "none") : String(v));
-        let bar = el("span", { class: "muted", text: numeric ? "a limit on each call, message or item, enforced as it happens" : "" });
+        const note = !numeric ? "" : PER_ITEM.has(name) ? "a limit on each call, message or item, enforced as it happens"
+          : "a budget shared by all of the tenant's deployments, enforced as it happens (usage not reported)";
+        let bar = el("span", { class: "muted", text: note });
         if (numeric && u !== null && u !== undefined) {
           bar = el("meter", { min: 0, max: Math.max(limit, 1), value: Math.min(u, limit), low: limit * 0.7, high: limit * 0.9, optimum: 0, "aria-label": `${label}: ${shown(u)} of ${shown(limit)}`, "data-quota": name, title: `${shown(u)} of ${shown(limit)}` });
         }

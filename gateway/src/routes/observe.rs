@@ -253,6 +253,7 @@ pub(crate) async fn usage(
         api_requests: requests,
         api_requests_limited: limited,
         log_lines: state.store.module_log_count(&tenant).await?,
+        dead_letter_bytes: letters.kept_bytes,
         ..state.runtime.usage(&tenant).await
     };
     Ok(Json(usage))
