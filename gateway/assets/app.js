@@ -53,9 +53,34 @@ function announce(text) {
   $("announce").textContent = text;
 }
 
+// An error from a background refresh (not from something the user did) is cleared by the
+// next answer that succeeds; an action's error stays until the next action.
+let backgroundError = false;
+
 function showError(text) {
   $("error").textContent = text || "";
+  backgroundError = false;
 }
+
+function backgroundFailed(error) {
+  // The network: the connection notice says so (and goes when the server answers again).
+  if (error && error.network) return;
+  $("error").textContent = error ? String(error.message) : "";
+  backgroundError = true;
+}
+
+// Conditions of the connection shown above the page, the worst first.
+const conditions = new Map();
+
+function setCondition(kind, text) {
+  if (text) conditions.set(kind, text); else conditions.delete(kind);
+  const shown = conditions.get("lost") || conditions.get("stream") || "";
+  const node = $("connection");
+  if (node.textContent !== shown) node.textContent = shown;
+  node.hidden = !shown;
+}
+
+const LOST = "Connection to weir lost; retrying. The page shows the last data received.";
 
 class ApiProblem extends Error {
   constructor(status, problem) {
@@ -67,7 +92,18 @@ class ApiProblem extends Error {
 
 async function api(path, options = {}) {
   const headers = Object.assign({ Authorization: `Bearer ${app.token}` }, options.headers || {});
-  const response = await fetch(path, Object.assign({}, options, { headers }));
+  let response;
+  try {
+    response = await fetch(path, Object.assign({}, options, { headers }));
+  } catch (error) {
+    // No answer at all (the server is down or unreachable).
+    setCondition("lost", LOST);
+    const lost = new Error(`${LOST} (${error.message})`);
+    lost.network = true;
+    throw lost;
+  }
+  setCondition("lost", "");
+  if (response.ok && backgroundError) showError("");
   if (response.status === 401) {
     signOut("The token was refused (invalid, expired or revoked). Sign in again.");
     throw new ApiProblem(401, null);
@@ -211,13 +247,28 @@ function startStream() {
   const controller = new AbortController();
   app.stream = controller;
   const run = async () => {
+    let retryMs = 1500;
     try {
       const response = await fetch(`/v1/dashboard/events${watchQuery()}`, {
         headers: { Authorization: `Bearer ${app.token}`, Accept: "text/event-stream" },
         signal: controller.signal,
       });
+      setCondition("lost", "");
       if (response.status === 401) { signOut("The token was refused. Sign in again."); return; }
-      if (!response.ok || !response.body) throw new Error(`event stream: HTTP ${response.status}`);
+      if (response.status === 429) {
+        // Too many streams of this tenant open: wait as long as the server asks, keep the
+        // last data, and say so.
+        const after = Number(response.headers.get("Retry-After"));
+        retryMs = (Number.isFinite(after) && after > 0 ? after : 5) * 1000;
+        app.metrics.streamRefused = (app.metrics.streamRefused || 0) + 1;
+        setCondition("stream", `Too many dashboard tabs are open for this tenant; retrying in ${Math.ceil(retryMs / 1000)} s. The page shows the last data received.`);
+        throw new Error("event stream: 429");
+      }
+      if (!response.ok || !response.body) {
+        setCondition("stream", `Live updates are unavailable (HTTP ${response.status}); retrying.`);
+        throw new Error(`event stream: HTTP ${response.status}`);
+      }
+      setCondition("stream", "");
       const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
       let buffer = "";
       for (;;) {
@@ -239,11 +290,13 @@ function startStream() {
       }
     } catch (error) {
       if (controller.signal.aborted) return;
+      // No answer, or the answer broke off: the server is down or unreachable.
+      if (error instanceof TypeError) setCondition("lost", LOST);
       console.warn("event stream", error);
     }
     // The stream ended (its lifetime, or the network): open the next one.
     if (!controller.signal.aborted && app.stream === controller) {
-      setTimeout(() => { if (app.stream === controller) startStream(); }, 1500);
+      setTimeout(() => { if (app.stream === controller) startStream(); }, retryMs);
     }
   };
   run();
@@ -418,7 +471,9 @@ function renderPending() {
 function updateList(ids) {
   if (!app.listBody) return;
   const count = $("list-count");
-  if (count) setText(count, `${fmtNumber(app.deployments.size)} deployment${app.deployments.size === 1 ? "" : "s"}`);
+  if (count) {
+    setText(count, app.streamOk ? `${fmtNumber(app.deployments.size)} deployment${app.deployments.size === 1 ? "" : "s"}` : "Waiting for the deployments…");
+  }
   for (const [id, row] of app.rows) {
     if (!ids.has(id)) { row.tr.remove(); app.rows.delete(id); }
   }
@@ -773,7 +828,7 @@ function renderDetail(view, id) {
       drawNodes();
     } catch (error) {
       if (error.status === 404) { summary.textContent = "No such deployment."; clearTimers(); }
-      else showError(error.message);
+      else backgroundFailed(error);
     }
   };
 
@@ -787,7 +842,7 @@ function renderDetail(view, id) {
         el("td", { text: l.seq }), el("td", { text: fmtTime(l.at_ms) }), el("td", { text: l.node }),
         el("td", { text: l.reason }), el("td", { text: l.detail.length > 300 ? `${l.detail.slice(0, 300)}…` : l.detail }),
         el("td", {}, el("code", { class: "payload", text: l.payload.length > 500 ? `${l.payload.slice(0, 500)}…` : l.payload + (l.payload_truncated ? " …(cut)" : "") })))));
-    } catch (error) { showError(error.message); }
+    } catch (error) { backgroundFailed(error); }
   };
 
   const drawLogs = () => {
@@ -810,7 +865,7 @@ function renderDetail(view, id) {
         logLines = logLines.concat(more).slice(-1000);
         drawLogs();
       }
-    } catch (error) { showError(error.message); }
+    } catch (error) { backgroundFailed(error); }
   };
 
   (async () => {
@@ -937,7 +992,7 @@ async function renderTenant(view) {
       if (keys) {
         stateList.replaceChildren(...(keys.keys.length ? keys.keys.slice(0, 500).map((k) => el("li", {}, el("code", { text: k }))) : [el("li", { text: "No keys." })]));
       }
-    } catch (error) { showError(error.message); }
+    } catch (error) { backgroundFailed(error); }
   };
   every(5000, load);
 }
