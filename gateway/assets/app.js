@@ -355,13 +355,29 @@ function route() {
   clearTimers();
   const view = $("view");
   const detail = hash.match(/^#\/d\/(.+)$/);
+  let id = null;
   if (detail) {
-    renderDetail(view, decodeURIComponent(detail[1]));
+    try {
+      id = decodeURIComponent(detail[1]);
+    } catch (_) {
+      // A malformed escape (`#/d/%E0%A4%A`): no deployment has such an id.
+      renderNotFound(view);
+      return;
+    }
+  }
+  if (id !== null) {
+    renderDetail(view, id);
   } else if (hash === "#/tenant") {
     renderTenant(view);
   } else {
     renderList(view);
   }
+}
+
+function renderNotFound(view) {
+  view.replaceChildren(el("h1", { id: "not-found", text: "Page not found" }),
+    el("p", { text: "This address names no page of the dashboard." }),
+    el("p", {}, el("a", { href: "#/", text: "← All deployments" })));
 }
 
 // ---- the deployments list ----
