@@ -326,6 +326,7 @@ function onDeployments(snapshot) {
   app.streamOk = true; // the tenant's deployments are known (not just none received yet)
   updateList(seen);
   if (currentDetail && app.deployments.has(currentDetail.id)) currentDetail.onSnapshot(app.deployments.get(currentDetail.id));
+  else if (currentDetail) currentDetail.onMissing();
   const took = performance.now() - started;
   app.metrics.lastUpdateMs = took;
   app.metrics.updates.push(took);
@@ -646,7 +647,8 @@ function renderDetail(view, id) {
   const charts = el("section", { "aria-labelledby": "charts-title" }, el("h2", { id: "charts-title", text: "Throughput and errors (last 15 minutes)" }));
   const chartBox = el("div", { class: "grid", id: "charts" });
   charts.append(el("ul", { class: "legend" }, el("li", { class: "in", text: "messages in/s" }), el("li", { class: "out", text: "messages out/s" }), el("li", { class: "err", text: "errors and dead letters/s" })), chartBox);
-  const graphSection = el("section", { "aria-labelledby": "graph-h" }, el("h2", { id: "graph-h", text: "Graph" }));
+  const graphBox = el("div", { id: "graph-box" });
+  const graphSection = el("section", { "aria-labelledby": "graph-h" }, el("h2", { id: "graph-h", text: "Graph" }), graphBox);
   const nodesBody = el("tbody", { id: "nodes-body" });
   const nodes = el("table", { id: "nodes" }, el("caption", { text: "Per node" }),
     el("thead", {}, el("tr", {}, ...["Node", "Messages in", "Messages out", "Errors (dead-lettered)", "Fuel", "Live instances", "p50 latency", "p99 latency"].map((h, i) => el("th", { scope: "col", class: i ? "num" : "", text: h })))), nodesBody);
@@ -683,6 +685,10 @@ function renderDetail(view, id) {
   let graph = null;
   let history = [];
   let logLines = [];
+  // The deployment is not there (deleted while the page is open, or never was): its actions are
+  // disabled and its graph and charts cleared; the page keeps asking, so an id created anew is
+  // picked up again.
+  let gone = false;
   const q = watchQuery({ deployment: id });
 
   const nodeCounters = () => {
@@ -728,6 +734,7 @@ function renderDetail(view, id) {
   };
 
   const drawCharts = () => {
+    if (gone) { chartBox.replaceChildren(); return; }
     const live = app.live.get(id) || [];
     const last = history.length ? history[history.length - 1].at_ms : 0;
     const samples = history.concat(live.filter((s) => s.at_ms > last));
@@ -760,11 +767,13 @@ function renderDetail(view, id) {
   const drawActions = (status) => {
     const buttons = [];
     if (canChange()) {
-      buttons.push(el("button", { type: "button", id: "action-pause", disabled: status !== "running", onclick: () => act("Pause", `/v1/deployments/${encodeURIComponent(id)}/pause`, "POST"), text: "Pause" }));
-      buttons.push(el("button", { type: "button", id: "action-resume", disabled: status === "running", onclick: () => act("Resume", `/v1/deployments/${encodeURIComponent(id)}/resume`, "POST"), text: "Resume" }));
-      buttons.push(el("button", { type: "button", id: "action-delete", class: "danger", onclick: () => { if (confirm(`Delete deployment ${id}?`)) act("Delete", `/v1/deployments/${encodeURIComponent(id)}`, "DELETE"); }, text: "Delete" }));
+      buttons.push(el("button", { type: "button", id: "action-pause", disabled: gone || status !== "running", onclick: () => act("Pause", `/v1/deployments/${encodeURIComponent(id)}/pause`, "POST"), text: "Pause" }));
+      buttons.push(el("button", { type: "button", id: "action-resume", disabled: gone || status === "running", onclick: () => act("Resume", `/v1/deployments/${encodeURIComponent(id)}/resume`, "POST"), text: "Resume" }));
+      buttons.push(el("button", { type: "button", id: "action-delete", class: "danger", disabled: gone, onclick: () => { if (confirm(`Delete deployment ${id}?`)) act("Delete", `/v1/deployments/${encodeURIComponent(id)}`, "DELETE"); }, text: "Delete" }));
     }
-    buttons.push(el("button", { type: "button", id: "action-download", onclick: download, text: "Download artifacts" }));
+    buttons.push(el("button", { type: "button", id: "action-download", disabled: gone, onclick: download, text: "Download artifacts" }));
+    const rolloutButton = $("action-rollout");
+    if (rolloutButton) rolloutButton.disabled = gone;
     const focused = document.activeElement && document.activeElement.id;
     actions.replaceChildren(...buttons);
     if (focused && focused.startsWith("action-") && $(focused)) $(focused).focus();
@@ -842,10 +851,36 @@ function renderDetail(view, id) {
       if (status !== lastStatus) { lastStatus = status; drawActions(status); }
       drawSummary(app.deployments.get(id) || d);
       drawNodes();
+      if (gone) found();
     } catch (error) {
-      if (error.status === 404) { summary.textContent = "No such deployment."; clearTimers(); }
+      if (error.status === 404) missing();
       else backgroundFailed(error);
     }
+  };
+
+  const missing = () => {
+    if (gone) return;
+    gone = true;
+    full = null;
+    series = [];
+    history = [];
+    graph = null;
+    app.live.delete(id);
+    summary.textContent = "No such deployment.";
+    summary.dataset.status = "";
+    graphBox.replaceChildren(el("p", { id: "graph-gone", text: "No graph: this deployment does not exist (it may have been deleted). The page shows it again if it is created anew." }));
+    chartBox.replaceChildren();
+    nodesBody.replaceChildren();
+    drawRevisions();
+    lastStatus = null;
+    drawActions(null);
+  };
+
+  const found = () => {
+    if (!gone) return;
+    gone = false;
+    lastStatus = null;
+    loadGraph();
   };
 
   const loadLetters = async () => {
@@ -884,21 +919,24 @@ function renderDetail(view, id) {
     } catch (error) { backgroundFailed(error); }
   };
 
-  (async () => {
+  const loadGraph = async () => {
     try {
       const g = await api(`/v1/dashboard/graph${q}`);
+      if (gone) return;
       graph = diagram(g.definition, () => null);
       graph.definition = g.definition;
-      graphSection.append(graph.root);
+      graphBox.replaceChildren(graph.root);
       drawNodes();
     } catch (error) {
-      graphSection.append(el("p", { text: `Graph unavailable: ${error.message}` }));
+      if (error.status === 404) { missing(); return; }
+      graphBox.replaceChildren(el("p", { text: `Graph unavailable: ${error.message}` }));
     }
     try {
       history = (await api(`/v1/dashboard/history${q}`)).samples;
     } catch (_) { history = []; }
     drawCharts();
-  })();
+  };
+  loadGraph();
 
   drawActions(app.deployments.get(id) ? app.deployments.get(id).status : null);
   every(2000, refresh);
@@ -908,9 +946,12 @@ function renderDetail(view, id) {
   currentDetail = {
     id,
     onSnapshot: (d) => {
+      if (gone) found();
       drawSummary(d);
       if (d.status !== lastStatus) { lastStatus = d.status; drawActions(d.status); }
     },
+    // The event stream no longer lists it.
+    onMissing: missing,
   };
 }
 
