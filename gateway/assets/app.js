@@ -188,6 +188,12 @@ async function signIn(token) {
     startStream();
   }
   route();
+  // Focus moves from the sign-in form (now hidden) to the page's main heading.
+  const heading = $("view").querySelector("h1");
+  if (heading) {
+    heading.tabIndex = -1;
+    heading.focus();
+  }
 }
 
 function signOut(message) {
@@ -776,7 +782,13 @@ function renderDetail(view, id) {
     if (rolloutButton) rolloutButton.disabled = gone;
     const focused = document.activeElement && document.activeElement.id;
     actions.replaceChildren(...buttons);
-    if (focused && focused.startsWith("action-") && $(focused)) $(focused).focus();
+    // Focus stays on the action used; after Pause (now disabled) on Resume, and the reverse.
+    if (focused && focused.startsWith("action-")) {
+      let target = $(focused);
+      const counterpart = { "action-pause": "action-resume", "action-resume": "action-pause" }[focused];
+      if ((!target || target.disabled) && counterpart) target = $(counterpart);
+      if (target && !target.disabled) target.focus();
+    }
   };
 
   const download = async () => {
