@@ -657,6 +657,12 @@ pub struct Usage {
     pub api_requests: u64,
     /// API requests refused by the rate limit.
     pub api_requests_limited: u64,
+    /// Module log lines kept (what `max_log_lines` bounds; 0 where the gateway keeps no log).
+    #[serde(default)]
+    pub log_lines: u64,
+    /// Bytes of the dead letters kept, as `max_dead_letter_bytes` counts them.
+    #[serde(default)]
+    pub dead_letter_bytes: u64,
     /// Billable work per UTC hour (the last 48) and per UTC day (the last 31), oldest first,
     /// hours before days: kept in the control store, so they last across restarts.
     /// `messages_in`, `messages_out`, `bytes_in`, `fuel` and `state_ops` above are the totals

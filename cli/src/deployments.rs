@@ -169,6 +169,7 @@ impl DeploymentRuntime for LocalDeployments {
                 query.deployment.as_deref(),
                 query.after,
                 query.limit(),
+                query.newest,
             )
             .await
         {

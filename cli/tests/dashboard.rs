@@ -186,12 +186,16 @@ async fn the_dashboard_works_in_a_real_browser_and_keeps_tenants_apart() {
     );
     for step in [
         "PASS served with a strict Content-Security-Policy",
+        "PASS after sign-in the main heading has the focus",
         "PASS signed in as tenant A",
         "PASS counters rise while messages are ingested",
         "PASS a bad message's dead letter appears",
         "PASS axe deployment page",
         "PASS keyboard navigation reaches the actions",
-        "PASS pause and resume from the page",
+        "PASS pause and resume from the page, with the keyboard: the focus moves to the enabled counterpart",
+        "PASS a malformed address shows the not-found view",
+        "PASS the max_instances bar counts the running deployment's",
+        "PASS log lines and dead-letter bytes counted by the API",
         "PASS roll out from the page",
         "PASS roll back from the page",
         "PASS axe deployment page with revisions",
@@ -201,7 +205,10 @@ async fn the_dashboard_works_in_a_real_browser_and_keeps_tenants_apart() {
         "PASS axe deployments list",
         "PASS tenant B's token shows none of tenant A's deployments",
         "PASS axe admin view",
+        "PASS with the tenant's streams taken",
+        "PASS axe refused event stream",
         "PASS the admin picks a tenant and sees its deployments",
+        "PASS a deployment deleted while its page is open",
         "DONE",
     ] {
         assert!(
@@ -215,7 +222,9 @@ async fn the_dashboard_works_in_a_real_browser_and_keeps_tenants_apart() {
         "revisions",
         "quotas",
         "tenant-b",
+        "too-many-tabs",
         "admin",
+        "deleted",
     ] {
         assert!(
             screenshots.join(format!("{page}.png")).is_file(),

@@ -11,6 +11,7 @@ const app = {
   token: null,
   me: null,
   tenant: null, // the tenant watched (the admin picks one)
+  streamOk: false, // a snapshot of the watched tenant's deployments arrived
   deployments: new Map(), // id -> latest entry from the event stream
   stream: null, // AbortController of the event stream
   rows: new Map(), // id -> row elements of the list
@@ -52,9 +53,34 @@ function announce(text) {
   $("announce").textContent = text;
 }
 
+// An error from a background refresh (not from something the user did) is cleared by the
+// next answer that succeeds; an action's error stays until the next action.
+let backgroundError = false;
+
 function showError(text) {
   $("error").textContent = text || "";
+  backgroundError = false;
 }
+
+function backgroundFailed(error) {
+  // The network: the connection notice says so (and goes when the server answers again).
+  if (error && error.network) return;
+  $("error").textContent = error ? String(error.message) : "";
+  backgroundError = true;
+}
+
+// Conditions of the connection shown above the page, the worst first.
+const conditions = new Map();
+
+function setCondition(kind, text) {
+  if (text) conditions.set(kind, text); else conditions.delete(kind);
+  const shown = conditions.get("lost") || conditions.get("stream") || "";
+  const node = $("connection");
+  if (node.textContent !== shown) node.textContent = shown;
+  node.hidden = !shown;
+}
+
+const LOST = "Connection to weir lost; retrying. The page shows the last data received.";
 
 class ApiProblem extends Error {
   constructor(status, problem) {
@@ -66,7 +92,18 @@ class ApiProblem extends Error {
 
 async function api(path, options = {}) {
   const headers = Object.assign({ Authorization: `Bearer ${app.token}` }, options.headers || {});
-  const response = await fetch(path, Object.assign({}, options, { headers }));
+  let response;
+  try {
+    response = await fetch(path, Object.assign({}, options, { headers }));
+  } catch (error) {
+    // No answer at all (the server is down or unreachable).
+    setCondition("lost", LOST);
+    const lost = new Error(`${LOST} (${error.message})`);
+    lost.network = true;
+    throw lost;
+  }
+  setCondition("lost", "");
+  if (response.ok && backgroundError) showError("");
   if (response.status === 401) {
     signOut("The token was refused (invalid, expired or revoked). Sign in again.");
     throw new ApiProblem(401, null);
@@ -151,6 +188,12 @@ async function signIn(token) {
     startStream();
   }
   route();
+  // Focus moves from the sign-in form (now hidden) to the page's main heading.
+  const heading = $("view").querySelector("h1");
+  if (heading) {
+    heading.tabIndex = -1;
+    heading.focus();
+  }
 }
 
 function signOut(message) {
@@ -161,6 +204,7 @@ function signOut(message) {
   app.me = null;
   app.tenant = null;
   app.deployments.clear();
+  app.streamOk = false;
   resetList();
   $("view").replaceChildren();
   $("view").hidden = true;
@@ -188,6 +232,7 @@ async function loadTenants() {
 function pickTenant(id) {
   app.tenant = id || null;
   app.deployments.clear();
+  app.streamOk = false;
   app.live.clear();
   resetList();
   stopStream();
@@ -208,13 +253,28 @@ function startStream() {
   const controller = new AbortController();
   app.stream = controller;
   const run = async () => {
+    let retryMs = 1500;
     try {
       const response = await fetch(`/v1/dashboard/events${watchQuery()}`, {
         headers: { Authorization: `Bearer ${app.token}`, Accept: "text/event-stream" },
         signal: controller.signal,
       });
+      setCondition("lost", "");
       if (response.status === 401) { signOut("The token was refused. Sign in again."); return; }
-      if (!response.ok || !response.body) throw new Error(`event stream: HTTP ${response.status}`);
+      if (response.status === 429) {
+        // Too many streams of this tenant open: wait as long as the server asks, keep the
+        // last data, and say so.
+        const after = Number(response.headers.get("Retry-After"));
+        retryMs = (Number.isFinite(after) && after > 0 ? after : 5) * 1000;
+        app.metrics.streamRefused = (app.metrics.streamRefused || 0) + 1;
+        setCondition("stream", `Too many dashboard tabs are open for this tenant; retrying in ${Math.ceil(retryMs / 1000)} s. The page shows the last data received.`);
+        throw new Error("event stream: 429");
+      }
+      if (!response.ok || !response.body) {
+        setCondition("stream", `Live updates are unavailable (HTTP ${response.status}); retrying.`);
+        throw new Error(`event stream: HTTP ${response.status}`);
+      }
+      setCondition("stream", "");
       const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
       let buffer = "";
       for (;;) {
@@ -236,11 +296,13 @@ function startStream() {
       }
     } catch (error) {
       if (controller.signal.aborted) return;
+      // No answer, or the answer broke off: the server is down or unreachable.
+      if (error instanceof TypeError) setCondition("lost", LOST);
       console.warn("event stream", error);
     }
     // The stream ended (its lifetime, or the network): open the next one.
     if (!controller.signal.aborted && app.stream === controller) {
-      setTimeout(() => { if (app.stream === controller) startStream(); }, 1500);
+      setTimeout(() => { if (app.stream === controller) startStream(); }, retryMs);
     }
   };
   run();
@@ -267,8 +329,10 @@ function onDeployments(snapshot) {
     if (!seen.has(id)) { app.deployments.delete(id); app.live.delete(id); }
   }
   app.metrics.events += 1;
+  app.streamOk = true; // the tenant's deployments are known (not just none received yet)
   updateList(seen);
   if (currentDetail && app.deployments.has(currentDetail.id)) currentDetail.onSnapshot(app.deployments.get(currentDetail.id));
+  else if (currentDetail) currentDetail.onMissing();
   const took = performance.now() - started;
   app.metrics.lastUpdateMs = took;
   app.metrics.updates.push(took);
@@ -298,13 +362,29 @@ function route() {
   clearTimers();
   const view = $("view");
   const detail = hash.match(/^#\/d\/(.+)$/);
+  let id = null;
   if (detail) {
-    renderDetail(view, decodeURIComponent(detail[1]));
+    try {
+      id = decodeURIComponent(detail[1]);
+    } catch (_) {
+      // A malformed escape (`#/d/%E0%A4%A`): no deployment has such an id.
+      renderNotFound(view);
+      return;
+    }
+  }
+  if (id !== null) {
+    renderDetail(view, id);
   } else if (hash === "#/tenant") {
     renderTenant(view);
   } else {
     renderList(view);
   }
+}
+
+function renderNotFound(view) {
+  view.replaceChildren(el("h1", { id: "not-found", text: "Page not found" }),
+    el("p", { text: "This address names no page of the dashboard." }),
+    el("p", {}, el("a", { href: "#/", text: "← All deployments" })));
 }
 
 // ---- the deployments list ----
@@ -317,7 +397,7 @@ function resetList() {
 }
 
 const COLUMNS = [
-  ["Deployment", ""], ["Status", ""], ["Placement", ""], ["Instances", "num"], ["Uptime", "num"],
+  ["Deployment", ""], ["Status", ""], ["Placement", ""], ["Operator instances", "num"], ["Uptime", "num"],
   ["Messages in", "num"], ["Messages out", "num"], ["Dead letters", "num"], ["Errors", "num"], ["Last error", ""],
 ];
 
@@ -365,7 +445,7 @@ function fillRow(row, d) {
   const r = d.runtime;
   // Rows whose deployment did not change are left alone (the uptime has its own timer).
   const key = r
-    ? `${d.status}|${d.running_since_ms}|${r.placement}|${r.instances}|${r.received}|${r.emitted}|${r.dead_lettered}|${r.failures}|${r.last_error ? r.last_error.at_ms : ""}`
+    ? `${d.status}|${d.running_since_ms}|${r.placement}|${d.operator_instances}|${r.received}|${r.emitted}|${r.dead_lettered}|${r.failures}|${r.last_error ? r.last_error.at_ms : ""}`
     : `${d.status}|-`;
   if (row.key === key) return;
   row.key = key;
@@ -374,7 +454,8 @@ function fillRow(row, d) {
   const cls = `status-${d.status}`;
   if (status.className !== cls) status.className = cls;
   setText(row.cells[2], r && r.placement ? String(r.placement) : "–");
-  setText(row.cells[3], r ? fmtNumber(r.instances) : "–");
+  // What the max_instances quota counts: one per wasm node of each running instance.
+  setText(row.cells[3], r || d.operator_instances ? fmtNumber(d.operator_instances || 0) : "–");
   setText(row.cells[4], uptime(d, Date.now() / 1000));
   setText(row.cells[5], r ? fmtNumber(r.received) : "–");
   setText(row.cells[6], r ? fmtNumber(r.emitted) : "–");
@@ -413,7 +494,9 @@ function renderPending() {
 function updateList(ids) {
   if (!app.listBody) return;
   const count = $("list-count");
-  if (count) setText(count, `${fmtNumber(app.deployments.size)} deployment${app.deployments.size === 1 ? "" : "s"}`);
+  if (count) {
+    setText(count, app.streamOk ? `${fmtNumber(app.deployments.size)} deployment${app.deployments.size === 1 ? "" : "s"}` : "Waiting for the deployments…");
+  }
   for (const [id, row] of app.rows) {
     if (!ids.has(id)) { row.tr.remove(); app.rows.delete(id); }
   }
@@ -570,7 +653,8 @@ function renderDetail(view, id) {
   const charts = el("section", { "aria-labelledby": "charts-title" }, el("h2", { id: "charts-title", text: "Throughput and errors (last 15 minutes)" }));
   const chartBox = el("div", { class: "grid", id: "charts" });
   charts.append(el("ul", { class: "legend" }, el("li", { class: "in", text: "messages in/s" }), el("li", { class: "out", text: "messages out/s" }), el("li", { class: "err", text: "errors and dead letters/s" })), chartBox);
-  const graphSection = el("section", { "aria-labelledby": "graph-h" }, el("h2", { id: "graph-h", text: "Graph" }));
+  const graphBox = el("div", { id: "graph-box" });
+  const graphSection = el("section", { "aria-labelledby": "graph-h" }, el("h2", { id: "graph-h", text: "Graph" }), graphBox);
   const nodesBody = el("tbody", { id: "nodes-body" });
   const nodes = el("table", { id: "nodes" }, el("caption", { text: "Per node" }),
     el("thead", {}, el("tr", {}, ...["Node", "Messages in", "Messages out", "Errors (dead-lettered)", "Fuel", "Live instances", "p50 latency", "p99 latency"].map((h, i) => el("th", { scope: "col", class: i ? "num" : "", text: h })))), nodesBody);
@@ -607,6 +691,10 @@ function renderDetail(view, id) {
   let graph = null;
   let history = [];
   let logLines = [];
+  // The deployment is not there (deleted while the page is open, or never was): its actions are
+  // disabled and its graph and charts cleared; the page keeps asking, so an id created anew is
+  // picked up again.
+  let gone = false;
   const q = watchQuery({ deployment: id });
 
   const nodeCounters = () => {
@@ -652,6 +740,7 @@ function renderDetail(view, id) {
   };
 
   const drawCharts = () => {
+    if (gone) { chartBox.replaceChildren(); return; }
     const live = app.live.get(id) || [];
     const last = history.length ? history[history.length - 1].at_ms : 0;
     const samples = history.concat(live.filter((s) => s.at_ms > last));
@@ -664,7 +753,7 @@ function renderDetail(view, id) {
   const drawSummary = (d) => {
     const r = d && d.runtime;
     summary.textContent = d
-      ? `Status ${d.status} · placement ${r && r.placement ? r.placement : "–"} · instances ${r ? r.instances : "–"} · messages in ${fmtNumber(r && r.received)} · out ${fmtNumber(r && r.emitted)} · dead letters ${fmtNumber(r && r.dead_lettered)}`
+      ? `Status ${d.status} · placement ${r && r.placement ? r.placement : "–"} · operator instances ${fmtNumber(d.operator_instances || 0)} (${r ? fmtNumber(r.live_instances) : "–"} live) · messages in ${fmtNumber(r && r.received)} · out ${fmtNumber(r && r.emitted)} · dead letters ${fmtNumber(r && r.dead_lettered)}`
       : "";
     summary.dataset.status = d ? d.status : "";
   };
@@ -684,14 +773,22 @@ function renderDetail(view, id) {
   const drawActions = (status) => {
     const buttons = [];
     if (canChange()) {
-      buttons.push(el("button", { type: "button", id: "action-pause", disabled: status !== "running", onclick: () => act("Pause", `/v1/deployments/${encodeURIComponent(id)}/pause`, "POST"), text: "Pause" }));
-      buttons.push(el("button", { type: "button", id: "action-resume", disabled: status === "running", onclick: () => act("Resume", `/v1/deployments/${encodeURIComponent(id)}/resume`, "POST"), text: "Resume" }));
-      buttons.push(el("button", { type: "button", id: "action-delete", class: "danger", onclick: () => { if (confirm(`Delete deployment ${id}?`)) act("Delete", `/v1/deployments/${encodeURIComponent(id)}`, "DELETE"); }, text: "Delete" }));
+      buttons.push(el("button", { type: "button", id: "action-pause", disabled: gone || status !== "running", onclick: () => act("Pause", `/v1/deployments/${encodeURIComponent(id)}/pause`, "POST"), text: "Pause" }));
+      buttons.push(el("button", { type: "button", id: "action-resume", disabled: gone || status === "running", onclick: () => act("Resume", `/v1/deployments/${encodeURIComponent(id)}/resume`, "POST"), text: "Resume" }));
+      buttons.push(el("button", { type: "button", id: "action-delete", class: "danger", disabled: gone, onclick: () => { if (confirm(`Delete deployment ${id}?`)) act("Delete", `/v1/deployments/${encodeURIComponent(id)}`, "DELETE"); }, text: "Delete" }));
     }
-    buttons.push(el("button", { type: "button", id: "action-download", onclick: download, text: "Download artifacts" }));
+    buttons.push(el("button", { type: "button", id: "action-download", disabled: gone, onclick: download, text: "Download artifacts" }));
+    const rolloutButton = $("action-rollout");
+    if (rolloutButton) rolloutButton.disabled = gone;
     const focused = document.activeElement && document.activeElement.id;
     actions.replaceChildren(...buttons);
-    if (focused && focused.startsWith("action-") && $(focused)) $(focused).focus();
+    // Focus stays on the action used; after Pause (now disabled) on Resume, and the reverse.
+    if (focused && focused.startsWith("action-")) {
+      let target = $(focused);
+      const counterpart = { "action-pause": "action-resume", "action-resume": "action-pause" }[focused];
+      if ((!target || target.disabled) && counterpart) target = $(counterpart);
+      if (target && !target.disabled) target.focus();
+    }
   };
 
   const download = async () => {
@@ -766,22 +863,49 @@ function renderDetail(view, id) {
       if (status !== lastStatus) { lastStatus = status; drawActions(status); }
       drawSummary(app.deployments.get(id) || d);
       drawNodes();
+      if (gone) found();
     } catch (error) {
-      if (error.status === 404) { summary.textContent = "No such deployment."; clearTimers(); }
-      else showError(error.message);
+      if (error.status === 404) missing();
+      else backgroundFailed(error);
     }
+  };
+
+  const missing = () => {
+    if (gone) return;
+    gone = true;
+    full = null;
+    series = [];
+    history = [];
+    graph = null;
+    app.live.delete(id);
+    summary.textContent = "No such deployment.";
+    summary.dataset.status = "";
+    graphBox.replaceChildren(el("p", { id: "graph-gone", text: "No graph: this deployment does not exist (it may have been deleted). The page shows it again if it is created anew." }));
+    chartBox.replaceChildren();
+    nodesBody.replaceChildren();
+    drawRevisions();
+    lastStatus = null;
+    drawActions(null);
+  };
+
+  const found = () => {
+    if (!gone) return;
+    gone = false;
+    lastStatus = null;
+    loadGraph();
   };
 
   const loadLetters = async () => {
     if (isAdmin()) { lettersBody.replaceChildren(el("tr", {}, el("td", { colspan: 6, text: "Dead letters are the tenant's to read." }))); return; }
     try {
-      const list = await api(`/v1/deadletters${watchQuery({ deployment: id })}`);
+      // The newest 200 (the feed answers oldest first): a deployment may keep far more.
+      const list = await api(`/v1/deadletters${watchQuery({ deployment: id, limit: 200, newest: true })}`);
       list.reverse();
       lettersBody.replaceChildren(...list.slice(0, 200).map((l) => el("tr", { "data-seq": l.seq },
         el("td", { text: l.seq }), el("td", { text: fmtTime(l.at_ms) }), el("td", { text: l.node }),
         el("td", { text: l.reason }), el("td", { text: l.detail.length > 300 ? `${l.detail.slice(0, 300)}…` : l.detail }),
         el("td", {}, el("code", { class: "payload", text: l.payload.length > 500 ? `${l.payload.slice(0, 500)}…` : l.payload + (l.payload_truncated ? " …(cut)" : "") })))));
-    } catch (error) { showError(error.message); }
+    } catch (error) { backgroundFailed(error); }
   };
 
   const drawLogs = () => {
@@ -796,30 +920,35 @@ function renderDetail(view, id) {
   const loadLogs = async () => {
     if (isAdmin()) return;
     try {
+      // The newest lines first; then those after the last seen (the newest 1,000 of them, so a
+      // burst larger than a page shows its end).
       const after = logLines.length ? logLines[logLines.length - 1].seq : 0;
-      const more = await api(`/v1/logs${watchQuery({ deployment: id, after })}`);
+      const more = await api(`/v1/logs${watchQuery({ deployment: id, after, limit: after ? 1000 : 200, newest: true })}`);
       if (more.length) {
         logLines = logLines.concat(more).slice(-1000);
         drawLogs();
       }
-    } catch (error) { showError(error.message); }
+    } catch (error) { backgroundFailed(error); }
   };
 
-  (async () => {
+  const loadGraph = async () => {
     try {
       const g = await api(`/v1/dashboard/graph${q}`);
+      if (gone) return;
       graph = diagram(g.definition, () => null);
       graph.definition = g.definition;
-      graphSection.append(graph.root);
+      graphBox.replaceChildren(graph.root);
       drawNodes();
     } catch (error) {
-      graphSection.append(el("p", { text: `Graph unavailable: ${error.message}` }));
+      if (error.status === 404) { missing(); return; }
+      graphBox.replaceChildren(el("p", { text: `Graph unavailable: ${error.message}` }));
     }
     try {
       history = (await api(`/v1/dashboard/history${q}`)).samples;
     } catch (_) { history = []; }
     drawCharts();
-  })();
+  };
+  loadGraph();
 
   drawActions(app.deployments.get(id) ? app.deployments.get(id).status : null);
   every(2000, refresh);
@@ -829,13 +958,21 @@ function renderDetail(view, id) {
   currentDetail = {
     id,
     onSnapshot: (d) => {
+      if (gone) found();
       drawSummary(d);
       if (d.status !== lastStatus) { lastStatus = d.status; drawActions(d.status); }
     },
+    // The event stream no longer lists it.
+    onMissing: missing,
   };
 }
 
 // ---- quotas and usage ----
+
+// Quotas that bound each call, message or item (not a tenant-wide total): they get no bar.
+const PER_ITEM = new Set(["max_module_bytes", "max_nodes_per_graph", "fuel_per_message", "call_timeout",
+  "memory_per_instance", "max_message_bytes", "max_state_key_bytes", "max_log_line_bytes", "max_model_bytes",
+  "max_graphs_per_instance"]);
 
 async function renderTenant(view) {
   const title = el("h1", { text: isAdmin() ? `Quotas of ${app.tenant || "…"}` : "Quotas and usage" });
@@ -860,9 +997,11 @@ async function renderTenant(view) {
       let series = null;
       let logCount = null;
       if (!isAdmin()) {
+        // The state keys are listed for reading only (the first 500): the API reports no count
+        // of them, so max_state_keys gets no bar rather than a capped count.
         [usage, devices, keys, series] = await Promise.all([
-          api("/v1/usage"), api("/v1/devices"), api("/v1/state?limit=10000"), api("/v1/metrics")]);
-        logCount = (await api("/v1/logs?limit=1000")).length;
+          api("/v1/usage"), api("/v1/devices"), api("/v1/state?limit=500"), api("/v1/metrics")]);
+        logCount = usage.log_lines;
       }
       // Per-second quotas: the rate between this reading of the usage totals and the last.
       const now = Date.now();
@@ -870,10 +1009,13 @@ async function renderTenant(view) {
         if (!usage || !previous || now <= previous.at) return null;
         return Math.max(0, (usage[field] - previous.usage[field]) / ((now - previous.at) / 1000));
       };
+      // max_instances counts one operator instance per wasm node of each running deployment
+      // instance (promised at admission; an idle one keeps its promise), as the event stream
+      // reports them per deployment.
       let instances = null;
-      if (app.deployments.size) {
+      if (app.streamOk) {
         instances = 0;
-        for (const d of app.deployments.values()) if (d.runtime) instances += d.runtime.instances;
+        for (const d of app.deployments.values()) instances += d.operator_instances || 0;
       }
       const used = {
         max_modules: usage && usage.modules,
@@ -885,7 +1027,7 @@ async function renderTenant(view) {
         fuel_per_second: rate("fuel"),
         api_requests_per_second: rate("api_requests"),
         max_devices: devices && devices.length,
-        max_state_keys: keys && keys.keys.length,
+        max_dead_letter_bytes: usage && usage.dead_letter_bytes,
         max_metric_series: series && series.filter((s) => !s.platform).length,
         max_log_lines: logCount,
       };
@@ -896,7 +1038,9 @@ async function renderTenant(view) {
         const numeric = typeof limit === "number";
         const label = `${name.replace(/_/g, " ")}`;
         const shown = (v) => (v === null || v === undefined ? "–" : bytes(name) ? fmtBytes(v) : typeof v === "number" ? fmtNumber(Math.round(v * 10) / 10) : Array.isArray(v) ? (v.join(", ") || "none") : String(v));
-        let bar = el("span", { class: "muted", text: numeric ? "a limit on each call, message or item, enforced as it happens" : "" });
+        const note = !numeric ? "" : PER_ITEM.has(name) ? "a limit on each call, message or item, enforced as it happens"
+          : "a budget shared by all of the tenant's deployments, enforced as it happens (usage not reported)";
+        let bar = el("span", { class: "muted", text: note });
         if (numeric && u !== null && u !== undefined) {
           bar = el("meter", { min: 0, max: Math.max(limit, 1), value: Math.min(u, limit), low: limit * 0.7, high: limit * 0.9, optimum: 0, "aria-label": `${label}: ${shown(u)} of ${shown(limit)}`, "data-quota": name, title: `${shown(u)} of ${shown(limit)}` });
         }
@@ -917,7 +1061,7 @@ async function renderTenant(view) {
       if (keys) {
         stateList.replaceChildren(...(keys.keys.length ? keys.keys.slice(0, 500).map((k) => el("li", {}, el("code", { text: k }))) : [el("li", { text: "No keys." })]));
       }
-    } catch (error) { showError(error.message); }
+    } catch (error) { backgroundFailed(error); }
   };
   every(5000, load);
 }

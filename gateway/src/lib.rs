@@ -248,6 +248,10 @@ pub struct FeedQuery {
     /// At most this many (default and cap 1,000).
     #[serde(default)]
     pub limit: Option<usize>,
+    /// The newest `limit` of those (still returned oldest first) instead of the oldest: how a
+    /// reader with more than `limit` waiting sees the latest ones.
+    #[serde(default)]
+    pub newest: bool,
 }
 
 impl FeedQuery {

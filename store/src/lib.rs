@@ -245,8 +245,8 @@ pub trait ControlStore: Send + Sync + std::fmt::Debug {
         letters: Vec<DeadLetter>,
         max_bytes: u64,
     ) -> Result<DeadLetterAppend, StoreError>;
-    /// The tenant's letters numbered above `after`, oldest first, at most `limit`; only
-    /// `deployment`'s if given. A deleted deployment's letters stay (they are the evidence of
+    /// The tenant's letters numbered above `after`, oldest first, at most `limit` (the oldest
+    /// `limit` of them, or the newest with `newest`); only `deployment`'s if given. A deleted deployment's letters stay (they are the evidence of
     /// what it failed to process) until they are evicted or the tenant is deleted.
     async fn dead_letters(
         &self,
@@ -254,6 +254,7 @@ pub trait ControlStore: Send + Sync + std::fmt::Debug {
         deployment: Option<&str>,
         after: u64,
         limit: usize,
+        newest: bool,
     ) -> Result<Vec<DeadLetter>, StoreError>;
     /// The tenant's dead-letter counters (all zero for a tenant without letters).
     async fn dead_letter_counts(&self, tenant: &TenantId) -> Result<DeadLetterCounts, StoreError>;
@@ -308,15 +309,18 @@ pub trait ControlStore: Send + Sync + std::fmt::Debug {
         lines: Vec<ModuleLogRecord>,
         max_lines: u64,
     ) -> Result<(), StoreError>;
-    /// The tenant's kept log lines numbered above `after`, oldest first, at most `limit`;
-    /// only `deployment`'s if given.
+    /// The tenant's kept log lines numbered above `after`, oldest first, at most `limit` (the
+    /// oldest `limit` of them, or the newest with `newest`); only `deployment`'s if given.
     async fn module_logs(
         &self,
         tenant: &TenantId,
         deployment: Option<&str>,
         after: u64,
         limit: usize,
+        newest: bool,
     ) -> Result<Vec<ModuleLogRecord>, StoreError>;
+    /// How many log lines of the tenant are kept (what its `max_log_lines` quota bounds).
+    async fn module_log_count(&self, tenant: &TenantId) -> Result<u64, StoreError>;
 }
 
 /// Hours of usage kept per tenant (31 days).

@@ -1328,6 +1328,7 @@ impl ControlStore for SqliteControlStore {
         deployment: Option<&str>,
         after: u64,
         limit: usize,
+        newest: bool,
     ) -> Result<Vec<DeadLetter>, StoreError> {
         let (tenant, deployment) = (tenant.clone(), deployment.map(str::to_owned));
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
@@ -1337,9 +1338,11 @@ impl ControlStore for SqliteControlStore {
             } else {
                 "AND ?4 IS NULL"
             };
+            // The newest: the last `limit` by number, then put back in order.
+            let order = if newest { "DESC" } else { "ASC" };
             let mut statement = c
                 .prepare(&format!(
-                    "SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE tenant = ?1 AND seq > ?2 {filter} ORDER BY seq LIMIT ?3"
+                    "SELECT * FROM (SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE tenant = ?1 AND seq > ?2 {filter} ORDER BY seq {order} LIMIT ?3) ORDER BY seq"
                 ))
                 .map_err(database)?;
             let rows = statement
@@ -1685,16 +1688,19 @@ impl ControlStore for SqliteControlStore {
         deployment: Option<&str>,
         after: u64,
         limit: usize,
+        newest: bool,
     ) -> Result<Vec<ModuleLogRecord>, StoreError> {
         let tenant = tenant.to_string();
         let deployment = deployment.map(str::to_owned);
         self.with(move |connection| {
+            // The newest: the last `limit` by number, then put back in order.
+            let order = if newest { "DESC" } else { "ASC" };
             let mut statement = connection
-                .prepare(
-                    "SELECT seq, at_ms, level, deployment, node, message FROM module_logs
+                .prepare(&format!(
+                    "SELECT * FROM (SELECT seq, at_ms, level, deployment, node, message FROM module_logs
                      WHERE tenant = ?1 AND seq > ?2 AND (?3 IS NULL OR deployment = ?3)
-                     ORDER BY seq LIMIT ?4",
-                )
+                     ORDER BY seq {order} LIMIT ?4) ORDER BY seq"
+                ))
                 .map_err(database)?;
             statement
                 .query_map(
@@ -1717,6 +1723,21 @@ impl ControlStore for SqliteControlStore {
                 )
                 .map_err(database)?
                 .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(database)
+        })
+        .await
+    }
+
+    async fn module_log_count(&self, tenant: &TenantId) -> Result<u64, StoreError> {
+        let tenant = tenant.to_string();
+        self.with(move |connection| {
+            connection
+                .query_row(
+                    "SELECT COUNT(*) FROM module_logs WHERE tenant = ?1",
+                    [&tenant],
+                    |r| r.get::<_, i64>(0),
+                )
+                .map(to_u64)
                 .map_err(database)
         })
         .await

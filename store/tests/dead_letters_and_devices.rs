@@ -55,7 +55,7 @@ fn seqs(letters: &[DeadLetter]) -> Vec<u64> {
 
 async fn all(store: &SqliteControlStore, tenant: &str) -> Vec<DeadLetter> {
     store
-        .dead_letters(&id(tenant), None, 0, usize::MAX)
+        .dead_letters(&id(tenant), None, 0, usize::MAX, false)
         .await
         .unwrap()
 }
@@ -87,15 +87,28 @@ async fn letters_keep_every_field_and_are_read_oldest_first_after_a_number() {
     );
     assert_eq!(seqs(&read), [1, 2, 3]);
     let conv = store
-        .dead_letters(&id("acme"), Some("conv"), 0, 10)
+        .dead_letters(&id("acme"), Some("conv"), 0, 10, false)
         .await
         .unwrap();
     assert_eq!(seqs(&conv), [1, 3]);
-    let after = store.dead_letters(&id("acme"), None, 1, 1).await.unwrap();
+    let after = store
+        .dead_letters(&id("acme"), None, 1, 1, false)
+        .await
+        .unwrap();
     assert_eq!(seqs(&after), [2], "after 1, at most 1");
+    let newest = store
+        .dead_letters(&id("acme"), None, 0, 2, true)
+        .await
+        .unwrap();
+    assert_eq!(seqs(&newest), [2, 3], "the newest 2, oldest first");
+    let newest_conv = store
+        .dead_letters(&id("acme"), Some("conv"), 0, 1, true)
+        .await
+        .unwrap();
+    assert_eq!(seqs(&newest_conv), [3], "the newest of one deployment");
     assert!(
         store
-            .dead_letters(&id("acme"), Some("nothing"), 0, 10)
+            .dead_letters(&id("acme"), Some("nothing"), 0, 10, false)
             .await
             .unwrap()
             .is_empty()
@@ -293,7 +306,7 @@ async fn one_tenants_flood_never_evicts_or_shows_another_tenants_letters() {
     assert_eq!(seqs(&kept), [1], "the quiet tenant keeps its letter");
     assert_eq!(
         store
-            .dead_letters(&id("quiet"), Some("q"), 0, 100)
+            .dead_letters(&id("quiet"), Some("q"), 0, 100, false)
             .await
             .unwrap()
             .len(),
@@ -347,7 +360,7 @@ async fn a_deleted_deployment_leaves_its_letters_and_a_deleted_tenant_takes_them
     assert_eq!(
         seqs(
             &store
-                .dead_letters(&id("acme"), Some("d"), 0, 10)
+                .dead_letters(&id("acme"), Some("d"), 0, 10, false)
                 .await
                 .unwrap()
         ),

@@ -119,22 +119,36 @@ async fn module_logs_are_numbered_kept_across_reopens_and_trimmed_per_tenant() {
             .unwrap();
     }
     let store = SqliteControlStore::open(&path).unwrap();
-    let kept = store.module_logs(&id("a"), None, 0, 100).await.unwrap();
+    let kept = store
+        .module_logs(&id("a"), None, 0, 100, false)
+        .await
+        .unwrap();
     let seen: Vec<(u64, &str)> = kept.iter().map(|l| (l.seq, l.message.as_str())).collect();
     assert_eq!(seen, vec![(3, "a2"), (4, "a3"), (5, "a4")]);
     store
         .append_module_logs(&id("a"), vec![line("x", "a5")], 3)
         .await
         .unwrap();
-    let after = store.module_logs(&id("a"), None, 4, 100).await.unwrap();
+    let after = store
+        .module_logs(&id("a"), None, 4, 100, false)
+        .await
+        .unwrap();
     let seen: Vec<(u64, &str)> = after.iter().map(|l| (l.seq, l.message.as_str())).collect();
     assert_eq!(seen, vec![(5, "a4"), (6, "a5")]);
     let only_x = store
-        .module_logs(&id("a"), Some("x"), 0, 100)
+        .module_logs(&id("a"), Some("x"), 0, 100, false)
         .await
         .unwrap();
     assert_eq!(only_x.len(), 1);
-    let b = store.module_logs(&id("b"), None, 0, 100).await.unwrap();
+    let newest = store.module_logs(&id("a"), None, 0, 2, true).await.unwrap();
+    let seen: Vec<u64> = newest.iter().map(|l| l.seq).collect();
+    assert_eq!(seen, vec![5, 6], "the newest 2, oldest first");
+    assert_eq!(store.module_log_count(&id("a")).await.unwrap(), 3);
+    assert_eq!(store.module_log_count(&id("b")).await.unwrap(), 1);
+    let b = store
+        .module_logs(&id("b"), None, 0, 100, false)
+        .await
+        .unwrap();
     assert_eq!(b.len(), 1, "b sees its own line only");
     assert_eq!(b[0].message, "b0");
 }

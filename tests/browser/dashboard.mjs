@@ -121,6 +121,9 @@ async function check() {
   if (!(headers["content-security-policy"] || "").includes("script-src 'self'")) throw new Error(`no strict CSP: ${JSON.stringify(headers)}`);
   if (!(headers["content-type"] || "").startsWith("text/html")) throw new Error(`content type ${headers["content-type"]}`);
   console.log("PASS served with a strict Content-Security-Policy");
+  const focusedAfterSignIn = await page.evaluate(() => ({ tag: document.activeElement.tagName, id: document.activeElement.id }));
+  if (focusedAfterSignIn.tag !== "H1") throw new Error(`after sign-in the focus is on ${JSON.stringify(focusedAfterSignIn)}, not the main heading`);
+  console.log(`PASS after sign-in the main heading has the focus (${focusedAfterSignIn.id})`);
   const row = page.locator(`tr[data-deployment="${id}"]`);
   await row.waitFor();
   await until("the deployment running in the list", async () => (await row.locator("td").nth(1).textContent()) === "running");
@@ -185,10 +188,13 @@ async function check() {
   await until("paused", async () => (await api(tokenA, "GET", `/v1/deployments/${id}`)).status === "paused");
   await until("the page showing paused", async () => (await page.locator("#detail-summary").getAttribute("data-status")) === "paused");
   await until("resume enabled", async () => page.locator("#action-resume").isEnabled());
-  await page.locator("#action-resume").click();
+  const active = () => page.evaluate(() => document.activeElement && document.activeElement.id);
+  await until("the focus on Resume after Pause", async () => (await active()) === "action-resume");
+  await page.keyboard.press("Enter");
   await until("running again", async () => (await api(tokenA, "GET", `/v1/deployments/${id}`)).status === "running");
   await until("the page showing running", async () => (await page.locator("#detail-summary").getAttribute("data-status")) === "running");
-  console.log("PASS pause and resume from the page");
+  await until("the focus on Pause after Resume", async () => (await active()) === "action-pause");
+  console.log("PASS pause and resume from the page, with the keyboard: the focus moves to the enabled counterpart each time");
 
   // Roll out another graph version and roll back, from the page (keyboard-reachable, labelled
   // controls); the revisions table follows. The test uploaded `simple@2` beside `simple@1`.
@@ -213,6 +219,17 @@ async function check() {
   await axe(page, "deployment page with revisions");
   await shot(page, "revisions");
 
+  // A malformed address: a 'not found' view, no uncaught URIError (page errors are checked below).
+  await page.evaluate(() => { location.hash = "#/d/%E0%A4%A"; });
+  await page.locator("#not-found").waitFor();
+  console.log("PASS a malformed address shows the not-found view");
+
+  // What max_instances counts: one operator instance per wasm node of the running deployment,
+  // whether or not its instances are live right now.
+  const definition = (await api(tokenA, "GET", `/v1/dashboard/graph?deployment=${encodeURIComponent(id)}`)).definition;
+  const wasmNodes = definition.operations.filter((o) => o.module).length;
+  if (!wasmNodes) throw new Error(`no wasm node in ${JSON.stringify(definition.operations)}`);
+
   // Quotas and usage.
   await page.getByRole("link", { name: "Quotas and usage" }).click();
   await until("quota bars", async () => (await page.locator("meter[data-quota]").count()) >= 5);
@@ -221,12 +238,23 @@ async function check() {
   const quotaRows = await page.locator("tr[data-quota-row]").count();
   const bars = await page.locator("meter[data-quota]").count();
   if (!(await page.locator('meter[data-quota="max_deployments"]').count())) throw new Error("no max_deployments bar");
+  await until(`the max_instances bar at ${wasmNodes}`, async () => Number(await page.locator('meter[data-quota="max_instances"]').getAttribute("value")) === wasmNodes);
+  console.log(`PASS the max_instances bar counts the running deployment's ${wasmNodes} wasm node(s)`);
+  for (const counted of ["max_log_lines", "max_dead_letter_bytes"]) {
+    if (!(await page.locator(`meter[data-quota="${counted}"]`).count())) throw new Error(`no ${counted} bar`);
+  }
+  if (await page.locator('meter[data-quota="max_state_keys"]').count()) throw new Error("a max_state_keys bar without a count from the API");
+  const budget = await page.locator('tr[data-quota-row="max_inflight_bytes"]').textContent();
+  if (!budget.includes("shared by all of the tenant's deployments")) throw new Error(`max_inflight_bytes row: ${budget}`);
+  console.log("PASS log lines and dead-letter bytes counted by the API; tenant-wide budgets labelled as such");
   console.log(`PASS quota bars: ${bars} bars, ${quotaRows} quotas listed`);
   await axe(page, "quotas page");
   await shot(page, "quotas");
 
   await page.getByRole("link", { name: "Deployments" }).click();
   await page.locator(`tr[data-deployment="${id}"]`).waitFor();
+  const listed = Number((await page.locator(`tr[data-deployment="${id}"] td`).nth(3).textContent()).replace(/[^0-9]/g, ""));
+  if (listed !== wasmNodes) throw new Error(`the Operator instances column shows ${listed}, not ${wasmNodes}`);
   await axe(page, "deployments list");
   if (page.errors.length) throw new Error(`page errors: ${page.errors.join(" | ")}`);
 
@@ -250,6 +278,32 @@ async function check() {
   }
   console.log("PASS a viewer sees the revisions but no roll out or roll back controls");
 
+  // Every event stream of tenant A taken (held open here, read as they come): a page opened
+  // now is refused one (429); it says so, keeps retrying per Retry-After, and gets one as soon
+  // as a slot is free.
+  const held = [];
+  for (let i = 0; i < 16; i += 1) {
+    const controller = new AbortController();
+    const response = await fetch(`${url}/v1/dashboard/events`, { headers: { Authorization: `Bearer ${tokenA}`, Accept: "text/event-stream" }, signal: controller.signal });
+    if (response.status === 429) { await response.body.cancel(); break; }
+    if (!response.ok) throw new Error(`event stream: ${response.status}`);
+    const reader = response.body.getReader();
+    (async () => { try { for (;;) { const { done } = await reader.read(); if (done) break; } } catch (_) { /* aborted */ } })();
+    held.push(controller);
+  }
+  const pageFull = await signedIn(tokenA);
+  await until("the too-many-tabs notice", async () => ((await pageFull.locator("#connection").isVisible()) && (await pageFull.locator("#connection").textContent()).includes("Too many dashboard tabs")));
+  const waiting = await pageFull.locator("#list-count").textContent();
+  if (waiting.includes("0 deployments")) throw new Error(`the refused page claims: ${waiting}`);
+  await until("a second refusal (it retries)", async () => (await pageFull.evaluate(() => window.weirDashboard.streamRefused || 0)) >= 2);
+  await axe(pageFull, "refused event stream");
+  await shot(pageFull, "too-many-tabs");
+  for (const controller of held) controller.abort();
+  await pageFull.locator(`tr[data-deployment="${id}"]`).waitFor();
+  await until("the notice gone", async () => !(await pageFull.locator("#connection").isVisible()));
+  console.log(`PASS with the tenant's streams taken (${held.length} held) the page says so ("${waiting}"), retries, and shows the deployments once a slot is free`);
+  await pageFull.context().close();
+
   // The admin's view across tenants: the picker shows A's deployments.
   const pageAdmin = await signedIn(admin);
   await pageAdmin.locator("#tenant-select").waitFor();
@@ -260,6 +314,29 @@ async function check() {
   await axe(pageAdmin, "admin view");
   await shot(pageAdmin, "admin");
   console.log("PASS the admin picks a tenant and sees its deployments");
+
+  // The deployment deleted while its page is open: its actions disabled, graph and charts gone;
+  // created anew under the same id, the page picks it up again.
+  const spec = (await api(tokenA, "GET", `/v1/deployments/${id}`)).spec;
+  await page.evaluate((d) => { location.hash = `#/d/${d}`; }, id);
+  await page.locator("#graph-diagram").waitFor();
+  await until("pause enabled before the delete", async () => page.locator("#action-pause").isEnabled());
+  await api(tokenA, "DELETE", `/v1/deployments/${id}`);
+  await until("the page showing it gone", async () => (await page.locator("#detail-summary").textContent()) === "No such deployment.");
+  await page.locator("#graph-gone").waitFor();
+  for (const action of ["#action-pause", "#action-resume", "#action-delete", "#action-download"]) {
+    if (await page.locator(action).isEnabled()) throw new Error(`${action} is enabled for a deleted deployment`);
+  }
+  if (await page.locator("#graph-diagram").count() || await page.locator("#charts svg").count()) throw new Error("the graph or charts of a deleted deployment are still shown");
+  await shot(page, "deleted");
+  await api(tokenA, "POST", "/v1/deployments", spec);
+  await page.locator("#graph-diagram").waitFor({ timeout: 20000 });
+  await until("pause enabled again", async () => page.locator("#action-pause").isEnabled());
+  await until("the charts again", async () => (await page.locator("#charts svg").count()) === 2);
+  // The 404s of the deleted deployment are logged by the browser as failed loads; nothing else.
+  const uncaught = page.errors.filter((e) => !e.includes("Failed to load resource"));
+  if (uncaught.length) throw new Error(`page errors: ${uncaught.join(" | ")}`);
+  console.log("PASS a deployment deleted while its page is open: actions disabled, graph and charts cleared; created anew, picked up again");
 }
 
 try {

@@ -36,6 +36,7 @@ use bytes::Bytes;
 use hyper::body::Frame;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use weir_api::scale::instance_ids;
 use weir_api::{ErrorCode, TenantId};
 use weir_tenants::Role;
 
@@ -294,6 +295,22 @@ fn node_totals(status: &Value) -> (u64, u64) {
         })
 }
 
+/// The wasm nodes of a running deployment's status (its `nodes` are those with a module).
+fn wasm_nodes(status: &Value) -> u64 {
+    status
+        .get("nodes")
+        .and_then(Value::as_object)
+        .map_or(0, |nodes| nodes.len() as u64)
+}
+
+/// A stored spec's `instances` (1 when absent or unreadable).
+fn spec_instances(spec: &Value) -> u32 {
+    spec.get("instances")
+        .and_then(Value::as_u64)
+        .and_then(|n| u32::try_from(n).ok())
+        .unwrap_or(1)
+}
+
 fn sample(status: &Value) -> Sample {
     Sample {
         at_ms: now_ms(),
@@ -503,14 +520,29 @@ async fn snapshot(
                 "emitted": counter(s, "emitted"),
                 "dead_lettered": counter(s, "dead_lettered"),
                 "failures": failures,
-                "instances": live,
+                "live_instances": live,
                 "nodes": s.get("nodes").and_then(Value::as_object).map_or(0, serde_json::Map::len),
                 "last_error": last_error,
             })
         });
+        // What the `max_instances` quota counts: one operator instance per wasm node of each
+        // running instance of the deployment (the executor promises them at admission, and an
+        // idle instance keeps its promise), not the instances live right now.
+        let instances = spec_instances(&record.spec);
+        let mut operator_instances = 0;
+        if instances <= 1 {
+            operator_instances = status.as_ref().map_or(0, wasm_nodes);
+        } else {
+            for instance in instance_ids(&record.id, instances) {
+                if let Some(s) = state.runtime.status(tenant, &instance).await {
+                    operator_instances += wasm_nodes(&s);
+                }
+            }
+        }
         list.push(json!({
             "id": record.id,
             "status": record.status,
+            "operator_instances": operator_instances,
             "created_at": record.created_at,
             "running_since_ms": since,
             "runtime": counters,

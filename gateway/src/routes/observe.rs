@@ -13,7 +13,9 @@ use weir_tenants::Role;
 use super::caller_tenant;
 use crate::{ApiError, ApiQuery, Caller, FeedQuery, GatewayState};
 
-#[utoipa::path(get, path = "/v1/logs", tag = "observability", responses((status = 200, body = Vec<weir_api::rest::LogLine>), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
+/// The tenant's kept module log lines: numbered above `after`, oldest first, at most `limit`
+/// (the oldest, or with `newest=true` the newest), only `deployment`'s if given.
+#[utoipa::path(get, path = "/v1/logs", tag = "observability", params(("deployment" = Option<String>, Query, description = "only this deployment's"), ("after" = Option<u64>, Query, description = "only those numbered above this"), ("limit" = Option<usize>, Query, description = "at most this many (default and cap 1,000)"), ("newest" = Option<bool>, Query, description = "true: the newest `limit` instead of the oldest (still oldest first)")), responses((status = 200, body = Vec<weir_api::rest::LogLine>), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn logs(
     State(state): State<GatewayState>,
     caller: Caller,
@@ -24,9 +26,9 @@ pub(crate) async fn logs(
 }
 
 /// The tenant's dead letters from the control store, where they outlive restarts and the
-/// deployments they came from: numbered above `after`, oldest first, at most `limit`, only
-/// `deployment`'s if given.
-#[utoipa::path(get, path = "/v1/deadletters", tag = "observability", params(("deployment" = Option<String>, Query, description = "only this deployment's"), ("after" = Option<u64>, Query, description = "only those numbered above this"), ("limit" = Option<usize>, Query, description = "at most this many (default and cap 1,000)")), responses((status = 200, body = Vec<weir_api::rest::DeadLetter>), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
+/// deployments they came from: numbered above `after`, oldest first, at most `limit` (the
+/// oldest, or with `newest=true` the newest), only `deployment`'s if given.
+#[utoipa::path(get, path = "/v1/deadletters", tag = "observability", params(("deployment" = Option<String>, Query, description = "only this deployment's"), ("after" = Option<u64>, Query, description = "only those numbered above this"), ("limit" = Option<usize>, Query, description = "at most this many (default and cap 1,000)"), ("newest" = Option<bool>, Query, description = "true: the newest `limit` instead of the oldest (still oldest first)")), responses((status = 200, body = Vec<weir_api::rest::DeadLetter>), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn dead_letters(
     State(state): State<GatewayState>,
     caller: Caller,
@@ -40,6 +42,7 @@ pub(crate) async fn dead_letters(
             query.deployment.as_deref(),
             query.after,
             query.limit(),
+            query.newest,
         )
         .await?;
     Ok(Json(letters))
@@ -249,6 +252,8 @@ pub(crate) async fn usage(
         dead_letters_evicted: letters.evicted,
         api_requests: requests,
         api_requests_limited: limited,
+        log_lines: state.store.module_log_count(&tenant).await?,
+        dead_letter_bytes: letters.kept_bytes,
         ..state.runtime.usage(&tenant).await
     };
     Ok(Json(usage))
