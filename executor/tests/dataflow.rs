@@ -876,3 +876,101 @@ connections:
         );
     }
 }
+
+/// A message at `millis` with Kafka record key `key` (user property `__key`).
+fn keyed_message_at(millis: u64, key: &str, payload: &str) -> DataItem {
+    let DataItem::Message(mut message) = message_at(millis, payload) else {
+        unreachable!()
+    };
+    message
+        .user_properties
+        .push(("__key".into(), key.to_owned().into()));
+    DataItem::Message(message)
+}
+
+/// The window results of `inputs` (time, key, temperature) through a 10 s window and the
+/// temperature statistics, keyed: `(window end in ms, __key) -> payload`.
+fn keyed_windows(
+    fixture: &Fixture,
+    inputs: &[(u64, &str, i64)],
+) -> BTreeMap<(u64, String), String> {
+    let yaml = graph(
+        "
+operations:
+  - { operationType: source, name: source }
+  - { operationType: delay, name: window, module: window }
+  - { operationType: accumulate, name: stats, module: temperature }
+  - { operationType: sink, name: sink }
+connections:
+  - { from: { name: source }, to: { name: window } }
+  - { from: { name: window }, to: { name: stats } }
+  - { from: { name: stats }, to: { name: sink } }
+",
+    );
+    let mut deployment = fixture.deploy(
+        &yaml,
+        DataflowSettings {
+            keyed_windows: true,
+            ..event_time()
+        },
+    );
+    for (millis, key, value) in inputs {
+        send(
+            &deployment,
+            keyed_message_at(
+                *millis,
+                key,
+                &format!(r#"{{"temperature":{{"value":{value},"unit":"C"}}}}"#),
+            ),
+        );
+    }
+    deployment.close_sources();
+    assert!(deployment.wait_complete(Duration::from_secs(10)));
+    let mut results = BTreeMap::new();
+    for output in deployment.outputs().drain() {
+        let DataItem::Message(message) = &output.item else {
+            panic!("expected a message")
+        };
+        let keys: Vec<_> = message
+            .user_properties
+            .iter()
+            .filter(|(k, _)| k.as_ref() == b"__key")
+            .map(|(_, v)| String::from_utf8(v.to_vec()).unwrap())
+            .collect();
+        assert_eq!(keys.len(), 1, "each keyed result carries its key once");
+        // The module stamps its result with its last input's time: the window it ends is the
+        // next multiple of 10 s.
+        let end = u64::try_from(message.timestamp.millis())
+            .unwrap()
+            .div_ceil(10_000)
+            * 10_000;
+        let previous = results.insert((end, keys[0].clone()), payload(&output));
+        assert!(previous.is_none(), "one result per window and key");
+    }
+    results
+}
+
+#[test]
+fn keyed_windows_fold_each_key_apart_and_split_inputs_give_the_same_results() {
+    let fixture = Fixture::new();
+    let base = 1_700_000_000_000;
+    // Two keys over three 10 s windows, interleaved.
+    let inputs: Vec<(u64, &str, i64)> = (0..30)
+        .map(|i| {
+            let key = if i % 2 == 0 { "a" } else { "b" };
+            (base + i * 1_000 + 1, key, i64::try_from(i).unwrap())
+        })
+        .collect();
+    let together = keyed_windows(&fixture, &inputs);
+    assert_eq!(together.len(), 6, "3 windows x 2 keys: {together:?}");
+    assert_eq!(
+        together[&(base + 10_000, "a".to_owned())],
+        r#"{"temperature":{"count":5,"max":8,"min":0,"average":4,"last":8,"unit":"C"}}"#
+    );
+    // Each key alone (as on two instances, one partition each): the very same results.
+    let a: Vec<_> = inputs.iter().copied().filter(|i| i.1 == "a").collect();
+    let b: Vec<_> = inputs.iter().copied().filter(|i| i.1 == "b").collect();
+    let mut split = keyed_windows(&fixture, &a);
+    split.extend(keyed_windows(&fixture, &b));
+    assert_eq!(split, together);
+}

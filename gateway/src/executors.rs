@@ -615,6 +615,7 @@ impl crate::DeploymentRuntime for RemoteRuntime {
             source: assigned_binding(request.source),
             sink: assigned_binding(request.sink),
             dead_letters: request.dead_letters.map(assigned_binding),
+            partition_key: request.partition_key,
         };
         if self.members.assign(&executor, assignment) {
             Ok(Vec::new())

@@ -96,6 +96,8 @@ pub struct StartDeployment {
     pub sink: StartBinding,
     /// Where dead letters are also published, if anywhere.
     pub dead_letters: Option<StartBinding>,
+    /// The deployment's partition key (`weir_api::scale`): its windows are kept per key.
+    pub partition_key: Option<weir_api::scale::PartitionKey>,
 }
 
 /// A deployment's binding with its endpoint resolved: the tenant's endpoint (secret unsealed,

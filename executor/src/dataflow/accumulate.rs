@@ -3,12 +3,24 @@
 //! the module; once the input frontier passes t, the final staged value is emitted at t.
 //! A batch that fails is retried one item at a time, so a bad item goes to the dead letters
 //! alone and the rest of the window still produces its result.
+//!
+//! Keyed windows ([`DataflowSettings::keyed_windows`], a deployment with a `partition_key`,
+//! issue 13 point 5): a window is one time *and one key*, the message's `__key` user property
+//! (the Kafka record key; absent for items without one, which share the key-less window). Its
+//! staged value starts with that `__key` and its result carries it (added if the module's
+//! result lacks it), so every key's window is folded and emitted on its own: the instances of a
+//! keyed deployment, each reading some partitions, emit the same windows as one instance
+//! reading them all.
+//!
+//! [`DataflowSettings::keyed_windows`]: super::DataflowSettings::keyed_windows
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
+
+use bytes::Bytes;
 
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::Stream;
@@ -22,6 +34,43 @@ use super::envelope::Envelope;
 use super::node::{Meter, NodeContext};
 use super::waker::operator_waker;
 use crate::{OperatorError, OperatorInstance};
+
+/// The user property that carries a message's key (the Kafka record key, azure-compat
+/// section 11 row 8).
+const KEY_PROPERTY: &[u8] = b"__key";
+
+/// A window: its dataflow time and, for keyed windows, its key.
+type WindowId = (u64, Option<Bytes>);
+
+/// The key of `item` (its last `__key` user property), if it is a message with one.
+fn key_of(item: &DataItem) -> Option<Bytes> {
+    match item {
+        DataItem::Message(message) => message_key(message),
+        _ => None,
+    }
+}
+
+/// The last `__key` user property of `message`.
+fn message_key(message: &Message) -> Option<Bytes> {
+    message
+        .user_properties
+        .iter()
+        .rev()
+        .find(|(name, _)| name.as_ref() == KEY_PROPERTY)
+        .map(|(_, value)| value.clone())
+}
+
+/// `item` with `key` as its `__key` user property, unless it has one already.
+fn with_key(mut item: DataItem, key: &Bytes) -> DataItem {
+    if let DataItem::Message(message) = &mut item
+        && message_key(message).is_none()
+    {
+        message
+            .user_properties
+            .push((Bytes::from_static(KEY_PROPERTY), key.clone()));
+    }
+    item
+}
 
 struct Window {
     cap: Capability<u64>,
@@ -62,8 +111,9 @@ pub(crate) fn accumulate<'scope>(
     let activator = scope.activator_for(info.address);
     builder.build(move |initial_capabilities| {
         drop(initial_capabilities);
-        let mut windows: BTreeMap<u64, Window> = BTreeMap::new();
-        let mut in_flight: Option<(u64, Call)> = None;
+        let mut windows: BTreeMap<WindowId, Window> = BTreeMap::new();
+        let mut in_flight: Option<(WindowId, Call)> = None;
+        let keyed = context.settings.keyed_windows;
         let meter = Meter::new(&context, &instance);
         let mut idle = Some(instance);
         let batch_size = context.settings.batch_size.max(1);
@@ -73,18 +123,25 @@ pub(crate) fn accumulate<'scope>(
                 let Some(retained) = cap.retain_least(0) else {
                     return;
                 };
-                let window = windows.entry(time).or_insert_with(|| Window {
-                    cap: retained,
-                    staged: Envelope::bare(DataItem::Message(Message::new(
-                        context.hlc(time),
-                        "",
-                        "",
-                    ))),
-                    folded: false,
-                    pending: VecDeque::new(),
-                    isolate: VecDeque::new(),
-                });
-                window.pending.extend(data.drain(..));
+                for envelope in data.drain(..) {
+                    let key = if keyed { key_of(&envelope.item) } else { None };
+                    let window = windows.entry((time, key.clone())).or_insert_with(|| {
+                        let mut staged = Message::new(context.hlc(time), "", "");
+                        if let Some(key) = key {
+                            staged
+                                .user_properties
+                                .push((Bytes::from_static(KEY_PROPERTY), key));
+                        }
+                        Window {
+                            cap: retained.clone(),
+                            staged: Envelope::bare(DataItem::Message(staged)),
+                            folded: false,
+                            pending: VecDeque::new(),
+                            isolate: VecDeque::new(),
+                        }
+                    });
+                    window.pending.push_back(envelope);
+                }
             });
             let mut budget = context.settings.activation_budget;
             let mut cx = Context::from_waker(&waker);
@@ -93,7 +150,8 @@ pub(crate) fn accumulate<'scope>(
                     let next = windows
                         .iter_mut()
                         .find(|(_, w)| !w.isolate.is_empty() || !w.pending.is_empty());
-                    let Some((&time, window)) = next else { break };
+                    let Some((id, window)) = next else { break };
+                    let id = id.clone();
                     // The tenant spent its CPU share: no new call until the rate pays it back.
                     if let Some(wait) = context.fuel.throttled() {
                         activator.activate_after(wait);
@@ -112,15 +170,12 @@ pub(crate) fn accumulate<'scope>(
                             window.pending.drain(..take).collect()
                         }
                     };
-                    in_flight = Some((
-                        time,
-                        start_call(instance, window.staged.item.clone(), batch),
-                    ));
+                    in_flight = Some((id, start_call(instance, window.staged.item.clone(), batch)));
                 }
-                let Some((time, call)) = in_flight.as_mut() else {
+                let Some((id, call)) = in_flight.as_mut() else {
                     break;
                 };
-                let time = *time;
+                let id = id.clone();
                 let Poll::Ready((instance, batch, result)) = call.as_mut().poll(&mut cx) else {
                     break;
                 };
@@ -129,9 +184,14 @@ pub(crate) fn accumulate<'scope>(
                 in_flight = None;
                 budget = budget.saturating_sub(batch.len());
                 context.counters.calls.fetch_add(1, Ordering::Relaxed);
-                if let Some(window) = windows.get_mut(&time) {
+                if let Some(window) = windows.get_mut(&id) {
+                    let time = id.0;
                     match result {
                         Ok(item) => {
+                            let item = match &id.1 {
+                                Some(key) => with_key(item, key),
+                                None => item,
+                            };
                             let mut acks = std::mem::take(&mut window.staged.acks);
                             acks.extend(batch.into_iter().flat_map(|e| e.acks));
                             window.staged = Envelope { item, acks };
@@ -151,20 +211,20 @@ pub(crate) fn accumulate<'scope>(
                 }
             }
             // Emit every window the frontier has passed and that has nothing left to fold.
-            let busy = in_flight.as_ref().map(|(t, _)| *t);
+            let busy = in_flight.as_ref().map(|(id, _)| id);
             let frontier = frontiers.first().map(|f| f.frontier().to_owned());
-            let complete: Vec<u64> = windows
+            let complete: Vec<WindowId> = windows
                 .iter()
-                .filter(|(t, w)| {
-                    Some(**t) != busy
+                .filter(|(id, w)| {
+                    Some(*id) != busy
                         && w.pending.is_empty()
                         && w.isolate.is_empty()
-                        && frontier.as_ref().is_none_or(|f| !f.less_equal(t))
+                        && frontier.as_ref().is_none_or(|f| !f.less_equal(&id.0))
                 })
-                .map(|(t, _)| *t)
+                .map(|(id, _)| id.clone())
                 .collect();
-            for time in complete {
-                let Some(window) = windows.remove(&time) else {
+            for id in complete {
+                let Some(window) = windows.remove(&id) else {
                     continue;
                 };
                 if window.folded {

@@ -87,6 +87,10 @@ pub struct DataflowSettings {
     /// How long a node's instance lives without a call before it is dropped (re-created and
     /// `init`ed on the next item).
     pub instance_idle: Duration,
+    /// Whether accumulates keep one window per key (the Kafka record key, user property
+    /// `__key`) and time instead of one per time: set for a deployment with a
+    /// `partition_key` (issue 13 point 5), whose instances each see a subset of the keys.
+    pub keyed_windows: bool,
 }
 
 impl Default for DataflowSettings {
@@ -102,6 +106,7 @@ impl Default for DataflowSettings {
             batch_size: 64,
             activation_budget: 256,
             instance_idle: Duration::from_secs(5),
+            keyed_windows: false,
         }
     }
 }

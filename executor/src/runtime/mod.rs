@@ -136,6 +136,9 @@ pub struct Assignment {
     /// Where dead letters are also published (JSON documents on the binding's topic), besides
     /// the journal.
     pub dead_letters: Option<Binding>,
+    /// The deployment's partition key (`weir_api::scale`): when set, its accumulates keep one
+    /// window per key ([`DataflowSettings::keyed_windows`]).
+    pub partition_key: Option<weir_api::scale::PartitionKey>,
 }
 
 /// The embedded MQTT broker, for deployments bound to the `default` endpoint: its address and
@@ -580,7 +583,10 @@ impl LocalExecutor {
             &context,
             &modules,
             &self.engine,
-            self.settings.clone(),
+            DataflowSettings {
+                keyed_windows: assignment.partition_key.is_some(),
+                ..self.settings.clone()
+            },
             "weir-serve",
         )
         .await

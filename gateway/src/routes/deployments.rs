@@ -151,6 +151,7 @@ pub(crate) async fn start_request(
             Some(binding) => Some(start_binding(state, tenant, binding).await?),
             None => None,
         },
+        partition_key: spec.partition_key,
     })
 }
 
