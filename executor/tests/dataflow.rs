@@ -974,3 +974,79 @@ fn keyed_windows_fold_each_key_apart_and_split_inputs_give_the_same_results() {
     split.extend(keyed_windows(&fixture, &b));
     assert_eq!(split, together);
 }
+
+#[test]
+fn a_keyed_window_forgets_the_records_of_a_revoked_partition_assignment() {
+    use weir_connectors::PartitionAssignment;
+    let fixture = Fixture::new();
+    let yaml = graph(
+        "
+operations:
+  - { operationType: source, name: source }
+  - { operationType: delay, name: window, module: window }
+  - { operationType: accumulate, name: stats, module: temperature }
+  - { operationType: sink, name: sink }
+connections:
+  - { from: { name: source }, to: { name: window } }
+  - { from: { name: window }, to: { name: stats } }
+  - { from: { name: stats }, to: { name: sink } }
+",
+    );
+    let mut deployment = fixture.deploy(
+        &yaml,
+        DataflowSettings {
+            keyed_windows: true,
+            ..event_time()
+        },
+    );
+    let base = 1_700_000_000_000;
+    let send_under = |assignment: &PartitionAssignment, values: std::ops::Range<u64>| {
+        let deliveries: Vec<Deliveries> = values.clone().map(|_| Arc::default()).collect();
+        let batch = values
+            .zip(&deliveries)
+            .map(|(value, record)| {
+                let record = record.clone();
+                let on_done: Box<dyn FnOnce(Delivery) + Send> =
+                    Box::new(move |d| record.lock().unwrap().push(d));
+                let item = keyed_message_at(
+                    base + value * 100 + 1,
+                    "k",
+                    &format!(r#"{{"temperature":{{"value":{value},"unit":"C"}}}}"#),
+                );
+                ((item, on_done), Some(assignment.clone()))
+            })
+            .collect();
+        deployment
+            .source("source")
+            .unwrap()
+            .try_send_all_assigned(batch)
+            .unwrap();
+        deliveries
+    };
+    // Records 0..3 read under a first assignment of the partition, which is then revoked;
+    // its next assignment reads them again (from the committed offset) and then 3..5.
+    let first = PartitionAssignment::new();
+    let old = send_under(&first, 0..3);
+    first.revoke();
+    let second = PartitionAssignment::new();
+    let new = send_under(&second, 0..5);
+    deployment.close_sources();
+    assert!(deployment.wait_complete(Duration::from_secs(10)));
+    let outputs = deployment.outputs().drain();
+    assert_eq!(outputs.len(), 1);
+    assert_eq!(
+        payload(&outputs[0]),
+        r#"{"temperature":{"count":5,"max":4,"min":0,"average":2,"last":4,"unit":"C"}}"#,
+        "each record counted once"
+    );
+    drop(outputs);
+    for record in &new {
+        assert_eq!(*record.lock().unwrap(), [Delivery::Processed]);
+    }
+    for record in &old {
+        assert!(
+            record.lock().unwrap().is_empty(),
+            "the revoked assignment's records are neither acknowledged nor abandoned"
+        );
+    }
+}

@@ -12,6 +12,14 @@
 //! keyed deployment, each reading some partitions, emit the same windows as one instance
 //! reading them all.
 //!
+//! A keyed window also follows its Kafka partition's assignment (`PartitionAssignment`,
+//! carried by each record's acknowledgement): once the consumer group takes the partition
+//! away, the window forgets what it folded from it (those records' acknowledgements are
+//! silenced) and starts over, because the partition's next owner, this instance again or
+//! another, reads those records again from the committed offset, which never covers a record
+//! whose window was not emitted yet. So a rebalance neither loses a record of an open window
+//! nor counts it twice.
+//!
 //! [`DataflowSettings::keyed_windows`]: super::DataflowSettings::keyed_windows
 
 use std::collections::{BTreeMap, VecDeque};
@@ -29,6 +37,7 @@ use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use weir_api::{DataItem, Message};
+use weir_connectors::PartitionAssignment;
 
 use super::envelope::Envelope;
 use super::node::{Meter, NodeContext};
@@ -60,6 +69,17 @@ fn message_key(message: &Message) -> Option<Bytes> {
         .map(|(_, value)| value.clone())
 }
 
+/// A window's first staged value: an empty message at its time, with its key if it has one.
+fn initial(context: &NodeContext, id: &WindowId) -> DataItem {
+    let mut staged = Message::new(context.hlc(id.0), "", "");
+    if let Some(key) = &id.1 {
+        staged
+            .user_properties
+            .push((Bytes::from_static(KEY_PROPERTY), key.clone()));
+    }
+    DataItem::Message(staged)
+}
+
 /// `item` with `key` as its `__key` user property, unless it has one already.
 fn with_key(mut item: DataItem, key: &Bytes) -> DataItem {
     if let DataItem::Message(message) = &mut item
@@ -78,6 +98,63 @@ struct Window {
     folded: bool,
     pending: VecDeque<Envelope>,
     isolate: VecDeque<Envelope>,
+    /// The partition assignments its records were read under (keyed windows; one, unless
+    /// the producer put a key in several partitions or the partition moved).
+    assignments: Vec<PartitionAssignment>,
+}
+
+impl Window {
+    fn remember_assignments(&mut self, envelope: &Envelope) {
+        for assignment in envelope.acks.iter().filter_map(|ack| ack.assignment()) {
+            if !self.assignments.contains(assignment) {
+                self.assignments.push(assignment.clone());
+            }
+        }
+    }
+
+    fn holds_revoked(&self) -> bool {
+        self.assignments.iter().any(PartitionAssignment::is_revoked)
+    }
+
+    /// Forgets what the window holds from revoked partition assignments: their records'
+    /// acknowledgements are silenced (the partition's next owner reads them again); if any
+    /// was folded, the window starts over from `initial` and the other records folded into it
+    /// are abandoned (their source reads them again too).
+    fn drop_revoked(&mut self, initial: DataItem) {
+        let revoked = |envelope: &Envelope| {
+            envelope.acks.iter().any(|ack| {
+                ack.assignment()
+                    .is_some_and(PartitionAssignment::is_revoked)
+            })
+        };
+        let release = |envelope: &Envelope| {
+            for ack in &envelope.acks {
+                if ack
+                    .assignment()
+                    .is_some_and(PartitionAssignment::is_revoked)
+                {
+                    ack.disarm();
+                } else {
+                    ack.abandon();
+                }
+            }
+        };
+        if revoked(&self.staged) {
+            release(&self.staged);
+            self.staged = Envelope::bare(initial);
+            self.folded = false;
+        }
+        for queue in [&mut self.pending, &mut self.isolate] {
+            queue.retain(|envelope| {
+                let keep = !revoked(envelope);
+                if !keep {
+                    release(envelope);
+                }
+                keep
+            });
+        }
+        self.assignments.retain(|a| !a.is_revoked());
+    }
 }
 
 type CallResult = (
@@ -114,6 +191,9 @@ pub(crate) fn accumulate<'scope>(
         let mut windows: BTreeMap<WindowId, Window> = BTreeMap::new();
         let mut in_flight: Option<(WindowId, Call)> = None;
         let keyed = context.settings.keyed_windows;
+        // Every partition assignment some open keyed window holds records of (few: the
+        // partitions this instance reads, times the rebalances during a window).
+        let mut assignments: Vec<PartitionAssignment> = Vec::new();
         let meter = Meter::new(&context, &instance);
         let mut idle = Some(instance);
         let batch_size = context.settings.batch_size.max(1);
@@ -125,24 +205,46 @@ pub(crate) fn accumulate<'scope>(
                 };
                 for envelope in data.drain(..) {
                     let key = if keyed { key_of(&envelope.item) } else { None };
-                    let window = windows.entry((time, key.clone())).or_insert_with(|| {
-                        let mut staged = Message::new(context.hlc(time), "", "");
-                        if let Some(key) = key {
-                            staged
-                                .user_properties
-                                .push((Bytes::from_static(KEY_PROPERTY), key));
-                        }
-                        Window {
-                            cap: retained.clone(),
-                            staged: Envelope::bare(DataItem::Message(staged)),
-                            folded: false,
-                            pending: VecDeque::new(),
-                            isolate: VecDeque::new(),
-                        }
+                    let id = (time, key);
+                    let window = windows.entry(id.clone()).or_insert_with(|| Window {
+                        cap: retained.clone(),
+                        staged: Envelope::bare(initial(&context, &id)),
+                        folded: false,
+                        pending: VecDeque::new(),
+                        isolate: VecDeque::new(),
+                        assignments: Vec::new(),
                     });
+                    if keyed {
+                        window.remember_assignments(&envelope);
+                        for assignment in &window.assignments {
+                            if !assignments.contains(assignment) {
+                                assignments.push(assignment.clone());
+                            }
+                        }
+                    }
                     window.pending.push_back(envelope);
                 }
             });
+            // A partition taken away: its keyed windows forget what they hold from it (not
+            // the one being folded now; it is looked at again once its call returns).
+            if assignments.iter().any(PartitionAssignment::is_revoked) {
+                let busy = in_flight.as_ref().map(|(id, _)| id.clone());
+                let mut skipped = false;
+                for (id, window) in &mut windows {
+                    if !window.holds_revoked() {
+                        continue;
+                    }
+                    if Some(id) == busy.as_ref() {
+                        skipped = true;
+                        continue;
+                    }
+                    tracing::debug!(node = %context.name, time = id.0, "a keyed window's partition was revoked: its records are read again by the partition's next owner");
+                    window.drop_revoked(initial(&context, id));
+                }
+                if !skipped {
+                    assignments.retain(|a| !a.is_revoked());
+                }
+            }
             let mut budget = context.settings.activation_budget;
             let mut cx = Context::from_waker(&waker);
             loop {
@@ -152,6 +254,11 @@ pub(crate) fn accumulate<'scope>(
                         .find(|(_, w)| !w.isolate.is_empty() || !w.pending.is_empty());
                     let Some((id, window)) = next else { break };
                     let id = id.clone();
+                    if window.holds_revoked() {
+                        // Revoked since the sweep above: start over before folding more.
+                        window.drop_revoked(initial(&context, &id));
+                        continue;
+                    }
                     // The tenant spent its CPU share: no new call until the rate pays it back.
                     if let Some(wait) = context.fuel.throttled() {
                         activator.activate_after(wait);
@@ -217,6 +324,7 @@ pub(crate) fn accumulate<'scope>(
                 .iter()
                 .filter(|(id, w)| {
                     Some(*id) != busy
+                        && !w.holds_revoked()
                         && w.pending.is_empty()
                         && w.isolate.is_empty()
                         && frontier.as_ref().is_none_or(|f| !f.less_equal(&id.0))

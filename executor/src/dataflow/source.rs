@@ -14,6 +14,7 @@ use timely::dataflow::operators::generic::operator::source;
 use timely::dataflow::{Scope, Stream};
 use timely::scheduling::SyncActivator;
 use weir_api::{DataItem, Hlc, HlcClock, Message};
+use weir_connectors::PartitionAssignment;
 
 use super::budget::ByteBudget;
 use super::envelope::{AckToken, DeadLetter, Delivery, Envelope};
@@ -204,6 +205,15 @@ impl SourceHandle {
     /// Offers every message of `batch`, all or none: when this returns an error, none was
     /// taken and no `on_done` will be called. Never blocks.
     pub fn try_send_all(&self, batch: Vec<Offer>) -> Result<(), SourceError> {
+        self.try_send_all_assigned(batch.into_iter().map(|offer| (offer, None)).collect())
+    }
+
+    /// [`SourceHandle::try_send_all`] for Kafka records, each with the partition assignment
+    /// it was read under (a keyed window drops what a revoked assignment gave it).
+    pub fn try_send_all_assigned(
+        &self,
+        batch: Vec<(Offer, Option<PartitionAssignment>)>,
+    ) -> Result<(), SourceError> {
         if !self.running.load(Ordering::Acquire) {
             return Err(SourceError::Closed);
         }
@@ -211,12 +221,18 @@ impl SourceHandle {
         if self.intake.capacity > self.queue && batch.len() > self.queue {
             return Err(SourceError::TooLarge {
                 messages: batch.len(),
-                bytes: batch.iter().map(|(item, _)| item.byte_len() as u64).sum(),
+                bytes: batch
+                    .iter()
+                    .map(|((item, _), _)| item.byte_len() as u64)
+                    .sum(),
                 capacity: self.queue,
                 limit: self.intake.bytes.limit(),
             });
         }
-        let bytes: u64 = batch.iter().map(|(item, _)| item.byte_len() as u64).sum();
+        let bytes: u64 = batch
+            .iter()
+            .map(|((item, _), _)| item.byte_len() as u64)
+            .sum();
         self.intake.try_reserve(batch.len(), bytes)?;
         self.deliver(batch)
     }
@@ -239,6 +255,7 @@ impl SourceHandle {
                         self.running.clone(),
                         Box::new(on_done),
                         Some((self.intake.clone(), bytes)),
+                        None,
                     );
                     // Waits for a slot in the channel when more are in flight than it holds.
                     let sent = self
@@ -260,14 +277,15 @@ impl SourceHandle {
     }
 
     /// Hands over a batch whose places are reserved.
-    fn deliver(&self, batch: Vec<Offer>) -> Result<(), SourceError> {
+    fn deliver(&self, batch: Vec<(Offer, Option<PartitionAssignment>)>) -> Result<(), SourceError> {
         let mut result = Ok(());
-        for (item, on_done) in batch {
+        for ((item, on_done), assignment) in batch {
             let bytes = item.byte_len() as u64;
             let ack = AckToken::new(
                 self.running.clone(),
                 on_done,
                 Some((self.intake.clone(), bytes)),
+                assignment,
             );
             if result.is_err() {
                 // The runtime went away midway: the rest is refused, silently.

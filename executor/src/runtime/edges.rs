@@ -161,7 +161,7 @@ impl Intake for DeploymentIntake {
             }
         }
         let bytes: u64 = fits.iter().map(Inbound::byte_len).sum();
-        let offers: Vec<Offer> = fits
+        let offers: Vec<(Offer, Option<weir_connectors::PartitionAssignment>)> = fits
             .into_iter()
             .map(|message| {
                 let item = DataItem::Message(message_from_broker(
@@ -173,6 +173,7 @@ impl Intake for DeploymentIntake {
                 ));
                 let acks = self.acks.clone();
                 let ack = message.ack;
+                let assignment = message.assignment;
                 let on_done: Box<dyn FnOnce(Delivery) + Send> = Box::new(move |delivery| {
                     let settled = match delivery {
                         Delivery::Processed => Settled::Processed(ack),
@@ -181,10 +182,10 @@ impl Intake for DeploymentIntake {
                     // The channel holds every message in flight; a stopped source is gone.
                     let _sent_or_gone = acks.try_send(settled);
                 });
-                (item, on_done)
+                ((item, on_done), assignment)
             })
             .collect();
-        self.source.try_send_all(offers).map_err(refusal)?;
+        self.source.try_send_all_assigned(offers).map_err(refusal)?;
         let share = &self.edges.share;
         share
             .messages_in

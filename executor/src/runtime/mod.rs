@@ -898,6 +898,7 @@ impl LocalExecutor {
                     .map(|(k, v)| (Bytes::from(k), Bytes::from(v)))
                     .collect(),
                 ack: weir_connectors::Ack::Sequence(0),
+                assignment: None,
             });
         }
         let count = u32::try_from(batch.len()).unwrap_or(u32::MAX);
