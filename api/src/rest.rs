@@ -797,6 +797,9 @@ pub struct ExecutorAssignment {
     /// Where dead letters are also published, if anywhere.
     #[serde(default)]
     pub dead_letters: Option<AssignedBinding>,
+    /// The deployment's partition key (`crate::scale`): its windows are kept per key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition_key: Option<crate::scale::PartitionKey>,
 }
 
 impl std::fmt::Debug for ExecutorAssignment {

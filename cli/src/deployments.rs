@@ -96,6 +96,7 @@ impl DeploymentRuntime for LocalDeployments {
                 source: binding(request.source),
                 sink: binding(request.sink),
                 dead_letters: request.dead_letters.map(binding),
+                partition_key: request.partition_key,
             })
             .await
             .map_err(api_error)

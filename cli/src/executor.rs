@@ -120,6 +120,7 @@ async fn start(
             source: binding(assigned.source),
             sink: binding(assigned.sink),
             dead_letters: assigned.dead_letters.map(binding),
+            partition_key: assigned.partition_key,
         })
         .await
         .map_err(|e| anyhow::anyhow!("{}", e.message))?;

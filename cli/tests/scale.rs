@@ -320,12 +320,14 @@ async fn placements(client: &Client, id: &str) -> Vec<Option<String>> {
     let Some(runtime) = seen.runtime else {
         return Vec::new();
     };
-    runtime["instances"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["executor"].as_str().map(str::to_owned))
-        .collect()
+    match runtime["instances"].as_array() {
+        Some(instances) => instances
+            .iter()
+            .map(|i| i["executor"].as_str().map(str::to_owned))
+            .collect(),
+        // One instance: where it runs.
+        None => vec![runtime["executor"].as_str().map(str::to_owned)],
+    }
 }
 
 /// Publishes `numbers` (QoS 1) and collects outputs until every one came back or `limit`
@@ -784,5 +786,382 @@ async fn a_stateless_deployments_instances_share_a_kafka_topic_through_one_consu
     assert!(
         duplicates < 300,
         "{duplicates} duplicates: the instances did not share the input"
+    );
+}
+
+/// A graph `name`: a 10 s tumbling window (`window`) and temperature statistics per window
+/// (`temperature`'s accumulate).
+fn window_graph(name: &str) -> String {
+    format!(
+        "metadata: {{$schema: s, name: {name}, version: '1'}}\nmoduleRequirements: {{apiVersion: '1.1.0', runtimeVersion: '1.1.0'}}\noperations:\n  - {{operationType: source, name: source}}\n  - {{operationType: delay, name: window, module: 'window:1.0.0'}}\n  - {{operationType: accumulate, name: stats, module: 'temperature:1.0.0'}}\n  - {{operationType: sink, name: sink}}\nconnections:\n  - {{from: {{name: source}}, to: {{name: window}}}}\n  - {{from: {{name: window}}, to: {{name: stats}}}}\n  - {{from: {{name: stats}}, to: {{name: sink}}}}\n"
+    )
+}
+
+/// Window results read back: `(window end in ms, key) -> every payload emitted for it`.
+type WindowResults = BTreeMap<(u64, String), Vec<String>>;
+
+/// Adds `messages` (window results) to `results`. A result's window is the one its largest
+/// reading (`max`, the readings are numbered) was sent in, `window_of`; probes have none.
+/// (Its `__ts` is no help: the executor's clock, which incoming `__ts` values move forward.)
+fn window_results(
+    messages: &[weir_connectors::Inbound],
+    window_of: &BTreeMap<u64, u64>,
+    results: &mut WindowResults,
+) {
+    for message in messages {
+        let property = |name: &[u8]| {
+            message
+                .user_properties
+                .iter()
+                .rev()
+                .find(|(k, _)| k.as_ref() == name)
+                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        };
+        let key = property(b"__key").expect("a keyed window result carries its key");
+        if key == "probe" {
+            continue;
+        }
+        let payload = String::from_utf8_lossy(&message.payload).into_owned();
+        let value: serde_json::Value = serde_json::from_str(&payload).unwrap();
+        let max = value["temperature"]["max"].as_u64().unwrap();
+        let end = window_of[&max];
+        results.entry((end, key)).or_default().push(payload);
+    }
+}
+
+fn now_ms() -> u64 {
+    u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap()
+}
+
+/// Issue 13's Done-when: a keyed windowed deployment over 3 instances (3 executor processes,
+/// a 3-partition tansu topic) gives the same window results as one instance on the same
+/// input, also when one of its executors is killed -9 while the windows are open (the group
+/// rebalances; the killed instance is placed again elsewhere).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_windowed_deployment_over_three_instances_matches_one_instance_across_a_rebalance()
+{
+    use weir_connectors::Connector as _;
+    let broker = std::env::var("WEIR_TEST_KAFKA").expect(
+        "WEIR_TEST_KAFKA is not set: `scripts/services start` and `source target/services/env` \
+         (this test needs the tansu broker; it does not skip)",
+    );
+    let data = tempfile::tempdir().unwrap();
+    let server = common::serve_with(
+        data.path(),
+        &[
+            "--remote-executors",
+            "--executor-heartbeat-ms",
+            "100",
+            "--executor-timeout-ms",
+            "1000",
+            "--reconcile-ms",
+            "100",
+        ],
+    );
+    let admin = server.admin();
+    let token = std::fs::read_to_string(data.path().join("executor-token")).unwrap();
+    let mut executors: BTreeMap<String, common::ExecutorProcess> = ["w-1", "w-2", "w-3"]
+        .into_iter()
+        .map(|id| {
+            (
+                id.to_owned(),
+                common::executor_process(&server.address, &token, id, &[]),
+            )
+        })
+        .collect();
+    let quotas = Quotas {
+        api_requests_per_second: 100_000,
+        allowed_private_hosts: vec!["127.0.0.1".to_owned()],
+        ..Quotas::default()
+    };
+    let developer = common::tenant(&admin, "acme", quotas).await;
+    let owner = common::token(&admin, "acme", weir_api::tenancy::Role::Owner).await;
+    owner
+        .create_endpoint(&CreateEndpoint {
+            name: "events".to_owned(),
+            kind: EndpointKind::Kafka,
+            address: Some(broker.clone()),
+            settings: [
+                ("create_topics".to_owned(), "true".to_owned()),
+                // A killed member's partitions move after 6 s, not librdkafka's 45 s.
+                ("session_timeout_ms".to_owned(), "6000".to_owned()),
+            ]
+            .into_iter()
+            .collect(),
+            secret: None,
+        })
+        .await
+        .unwrap();
+    for (name, guest) in [
+        ("window", weir_guests::WINDOW),
+        ("temperature", weir_guests::TEMPERATURE),
+    ] {
+        developer
+            .push_module(name, "1.0.0", guest.bytes())
+            .await
+            .unwrap();
+    }
+    developer
+        .push_graph("windows", "1", window_graph("windows"))
+        .await
+        .unwrap();
+    let id = unique("kwin");
+    let input = format!("{id}-in");
+    let connector = weir_connectors::kafka::KafkaConnector;
+    let mut writer = connector
+        .sink(
+            weir_connectors::SinkSpec {
+                endpoint: kafka_spec(&broker, "3"),
+                topic: input.clone(),
+            },
+            test_context("kwwriter"),
+        )
+        .await
+        .unwrap();
+    let mut readers = Vec::new();
+    for side in ["three", "one"] {
+        readers.push(
+            weir_connectors::conformance::start_source(
+                &connector,
+                weir_connectors::SourceSpec {
+                    endpoint: kafka_spec(&broker, "1"),
+                    topics: vec![format!("{id}-{side}")],
+                },
+                test_context(&format!("kwreader-{side}")),
+                100_000,
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    // A reading at `ms` (event time, `__ts`) of key `key`.
+    let reading = |key: &str, ms: u64, value: u64| {
+        let mut out = weir_connectors::Outbound::new(
+            input.clone(),
+            format!(r#"{{"temperature":{{"value":{value},"unit":"C"}}}}"#).into_bytes(),
+        );
+        out.user_properties = vec![
+            (
+                bytes::Bytes::from_static(b"__key"),
+                bytes::Bytes::from(key.to_owned().into_bytes()),
+            ),
+            (
+                bytes::Bytes::from_static(b"__ts"),
+                bytes::Bytes::from(format!("{ms:0>15}:00000:test").into_bytes()),
+            ),
+        ];
+        out
+    };
+    // The topic exists (three partitions) before the deployments start.
+    let report = writer
+        .send(vec![reading("probe", now_ms(), 0)])
+        .await
+        .unwrap();
+    assert!(report.rejected.is_empty(), "{report:?}");
+
+    for (name, instances) in [("three", 3), ("one", 1)] {
+        developer
+            .deploy(&scaled(
+                name,
+                "windows",
+                ("events", &input),
+                ("events", &format!("{id}-{name}")),
+                instances,
+                Some(PartitionKey::KafkaKey),
+            ))
+            .await
+            .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (three, one) = loop {
+        let three = placements(&developer, "three").await;
+        let one = placements(&developer, "one").await;
+        if three.len() == 3
+            && three.iter().all(Option::is_some)
+            && one.first().is_some_and(Option::is_some)
+        {
+            break (
+                three.into_iter().flatten().collect::<Vec<_>>(),
+                one.into_iter().flatten().collect::<Vec<_>>(),
+            );
+        }
+        assert!(Instant::now() < deadline, "not placed: {three:?} {one:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    println!("3 instances on {three:?}, 1 instance on {one:?}");
+    assert_eq!(three.iter().collect::<BTreeSet<_>>().len(), 3, "{three:?}");
+
+    // Both consume once a probe's window comes back from each (the groups' first joins take
+    // seconds on tansu; a window closes at most 10 s after its probe).
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut probed = [false, false];
+    let mut probes = 1u64;
+    while !probed.iter().all(|p| *p) {
+        assert!(
+            Instant::now() < deadline,
+            "no probe window came back: {probed:?}"
+        );
+        writer
+            .send(vec![reading("probe", now_ms(), probes)])
+            .await
+            .unwrap();
+        probes += 1;
+        for (reader, probed) in readers.iter().zip(probed.iter_mut()) {
+            if !reader
+                .intake
+                .take(10, Duration::from_millis(500))
+                .await
+                .is_empty()
+            {
+                *probed = true;
+            }
+        }
+    }
+    for reader in &readers {
+        reader.intake.take(10_000, Duration::from_millis(500)).await;
+    }
+
+    // 12 keys, 300 numbered readings over three 10 s windows that end 30 s to 60 s from now:
+    // far enough for the rebalance below to settle before the first closes, near enough for
+    // the executors' 60 s clock-drift bound.
+    let start = (now_ms() + 25_000).div_ceil(10_000) * 10_000;
+    let readings: Vec<(String, u64, u64)> = (0..300u64)
+        .map(|n| (format!("k{}", n % 12), start + n * 100 + 1, n))
+        .collect();
+    let mut expected: BTreeMap<(u64, String), (u64, u64)> = BTreeMap::new();
+    let window_of: BTreeMap<u64, u64> = readings
+        .iter()
+        .map(|(_, ms, value)| (*value, ms.div_ceil(10_000) * 10_000))
+        .collect();
+    for (key, ms, value) in &readings {
+        let entry = expected
+            .entry((ms.div_ceil(10_000) * 10_000, key.clone()))
+            .or_insert((0, 0));
+        entry.0 += 1;
+        entry.1 += value;
+    }
+    let (first, last) = readings.split_at(200);
+    let to_send = |part: &[(String, u64, u64)]| {
+        part.iter()
+            .map(|(key, ms, value)| reading(key, *ms, *value))
+            .collect::<Vec<_>>()
+    };
+    let report = writer.send(to_send(first)).await.unwrap();
+    assert!(report.rejected.is_empty(), "{report:?}");
+
+    // Mid-stream, kill -9 an executor of the three instances (not the one instance's).
+    let victim = three
+        .iter()
+        .find(|e| !one.contains(e))
+        .cloned()
+        .expect("an executor without the one instance");
+    let killed_at = Instant::now();
+    drop(executors.remove(&victim));
+    let deadline = killed_at + Duration::from_secs(30);
+    let after = loop {
+        let now = placements(&developer, "three").await;
+        if now.len() == 3 && now.iter().all(|p| p.as_ref().is_some_and(|e| *e != victim)) {
+            break now.into_iter().flatten().collect::<Vec<_>>();
+        }
+        assert!(Instant::now() < deadline, "not placed again: {now:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    println!(
+        "executor {victim} killed -9 after 200 of 300 readings; instances placed again on {after:?} after {:?}",
+        killed_at.elapsed()
+    );
+    // The last window's readings, once their event times are within the drift bound.
+    let latest = last.iter().map(|r| r.1).max().unwrap();
+    while now_ms() + 50_000 < latest {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let report = writer.send(to_send(last)).await.unwrap();
+    assert!(report.rejected.is_empty(), "{report:?}");
+
+    // Every window closes by `start + 30 s` (wall clock); collect until each side has every
+    // window and key, then a little longer for duplicates.
+    let mut results = [WindowResults::new(), WindowResults::new()];
+    let complete = |results: &WindowResults| {
+        expected
+            .keys()
+            .all(|k| results.get(k).is_some_and(|v| !v.is_empty()))
+    };
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while !(complete(&results[0]) && complete(&results[1])) && Instant::now() < deadline {
+        for (reader, results) in readers.iter().zip(results.iter_mut()) {
+            let got = reader.intake.take(1_000, Duration::from_millis(250)).await;
+            window_results(&got, &window_of, results);
+        }
+    }
+    for (reader, results) in readers.iter().zip(results.iter_mut()) {
+        let got = reader.intake.take(10_000, Duration::from_secs(3)).await;
+        window_results(&got, &window_of, results);
+    }
+    for (side, results) in ["3 instances", "1 instance"].iter().zip(&results) {
+        let duplicates: usize = results.values().map(|v| v.len().saturating_sub(1)).sum();
+        let counted: u64 = results
+            .values()
+            .filter_map(|v| v.first())
+            .map(|p| {
+                let value: serde_json::Value = serde_json::from_str(p).unwrap();
+                value["temperature"]["count"].as_u64().unwrap()
+            })
+            .sum();
+        let windows: BTreeSet<u64> = results.keys().map(|(w, _)| *w).collect();
+        let keys: BTreeSet<&String> = results.keys().map(|(_, k)| k).collect();
+        println!(
+            "{side}: {} window results ({} windows x {} keys), {counted} readings counted of 300, {duplicates} duplicate results",
+            results.len(),
+            windows.len(),
+            keys.len()
+        );
+    }
+    // Each side: every window and key once (an identical repeat would be a duplicate
+    // delivery, a different one a window counted wrong), with the expected count and sum.
+    for (side, results) in ["3 instances", "1 instance"].iter().zip(&results) {
+        assert_eq!(
+            results.keys().collect::<Vec<_>>(),
+            expected.keys().collect::<Vec<_>>(),
+            "{side}: windows and keys"
+        );
+        for (window, payloads) in results {
+            let distinct: BTreeSet<&String> = payloads.iter().collect();
+            assert_eq!(
+                distinct.len(),
+                1,
+                "{side}: {window:?} differs: {payloads:?}"
+            );
+            let value: serde_json::Value = serde_json::from_str(&payloads[0]).unwrap();
+            let (count, sum) = expected[window];
+            assert_eq!(
+                value["temperature"]["count"].as_u64(),
+                Some(count),
+                "{side}: {window:?} {value}"
+            );
+            let average = value["temperature"]["average"].as_f64().unwrap();
+            #[allow(clippy::cast_precision_loss, reason = "small test numbers")]
+            let want = sum as f64 / count as f64;
+            assert!(
+                (average - want).abs() < 1e-6,
+                "{side}: {window:?} average {average}, want {want}"
+            );
+        }
+    }
+    let firsts = |results: &WindowResults| {
+        results
+            .iter()
+            .map(|(k, v)| (k.clone(), v[0].clone()))
+            .collect::<BTreeMap<_, _>>()
+    };
+    assert_eq!(
+        firsts(&results[0]),
+        firsts(&results[1]),
+        "3 instances and 1 instance give the same window results"
     );
 }

@@ -1005,3 +1005,177 @@ fn an_unused_reservation_gives_its_places_back() {
         }
     }
 }
+
+/// A message at `millis` with Kafka record key `key` (user property `__key`).
+fn keyed_message_at(millis: u64, key: &str, payload: &str) -> DataItem {
+    let DataItem::Message(mut message) = message_at(millis, payload) else {
+        unreachable!()
+    };
+    message
+        .user_properties
+        .push(("__key".into(), key.to_owned().into()));
+    DataItem::Message(message)
+}
+
+/// The window results of `inputs` (time, key, temperature) through a 10 s window and the
+/// temperature statistics, keyed: `(window end in ms, __key) -> payload`.
+fn keyed_windows(
+    fixture: &Fixture,
+    inputs: &[(u64, &str, i64)],
+) -> BTreeMap<(u64, String), String> {
+    let yaml = graph(
+        "
+operations:
+  - { operationType: source, name: source }
+  - { operationType: delay, name: window, module: window }
+  - { operationType: accumulate, name: stats, module: temperature }
+  - { operationType: sink, name: sink }
+connections:
+  - { from: { name: source }, to: { name: window } }
+  - { from: { name: window }, to: { name: stats } }
+  - { from: { name: stats }, to: { name: sink } }
+",
+    );
+    let mut deployment = fixture.deploy(
+        &yaml,
+        DataflowSettings {
+            keyed_windows: true,
+            ..event_time()
+        },
+    );
+    for (millis, key, value) in inputs {
+        send(
+            &deployment,
+            keyed_message_at(
+                *millis,
+                key,
+                &format!(r#"{{"temperature":{{"value":{value},"unit":"C"}}}}"#),
+            ),
+        );
+    }
+    deployment.close_sources();
+    assert!(deployment.wait_complete(Duration::from_secs(10)));
+    let mut results = BTreeMap::new();
+    for output in deployment.outputs().drain() {
+        let DataItem::Message(message) = &output.item else {
+            panic!("expected a message")
+        };
+        let keys: Vec<_> = message
+            .user_properties
+            .iter()
+            .filter(|(k, _)| k.as_ref() == b"__key")
+            .map(|(_, v)| String::from_utf8(v.to_vec()).unwrap())
+            .collect();
+        assert_eq!(keys.len(), 1, "each keyed result carries its key once");
+        // The module stamps its result with its last input's time: the window it ends is the
+        // next multiple of 10 s.
+        let end = u64::try_from(message.timestamp.millis())
+            .unwrap()
+            .div_ceil(10_000)
+            * 10_000;
+        let previous = results.insert((end, keys[0].clone()), payload(&output));
+        assert!(previous.is_none(), "one result per window and key");
+    }
+    results
+}
+
+#[test]
+fn keyed_windows_fold_each_key_apart_and_split_inputs_give_the_same_results() {
+    let fixture = Fixture::new();
+    let base = 1_700_000_000_000;
+    // Two keys over three 10 s windows, interleaved.
+    let inputs: Vec<(u64, &str, i64)> = (0..30)
+        .map(|i| {
+            let key = if i % 2 == 0 { "a" } else { "b" };
+            (base + i * 1_000 + 1, key, i64::try_from(i).unwrap())
+        })
+        .collect();
+    let together = keyed_windows(&fixture, &inputs);
+    assert_eq!(together.len(), 6, "3 windows x 2 keys: {together:?}");
+    assert_eq!(
+        together[&(base + 10_000, "a".to_owned())],
+        r#"{"temperature":{"count":5,"max":8,"min":0,"average":4,"last":8,"unit":"C"}}"#
+    );
+    // Each key alone (as on two instances, one partition each): the very same results.
+    let a: Vec<_> = inputs.iter().copied().filter(|i| i.1 == "a").collect();
+    let b: Vec<_> = inputs.iter().copied().filter(|i| i.1 == "b").collect();
+    let mut split = keyed_windows(&fixture, &a);
+    split.extend(keyed_windows(&fixture, &b));
+    assert_eq!(split, together);
+}
+
+#[test]
+fn a_keyed_window_forgets_the_records_of_a_revoked_partition_assignment() {
+    use weir_connectors::PartitionAssignment;
+    let fixture = Fixture::new();
+    let yaml = graph(
+        "
+operations:
+  - { operationType: source, name: source }
+  - { operationType: delay, name: window, module: window }
+  - { operationType: accumulate, name: stats, module: temperature }
+  - { operationType: sink, name: sink }
+connections:
+  - { from: { name: source }, to: { name: window } }
+  - { from: { name: window }, to: { name: stats } }
+  - { from: { name: stats }, to: { name: sink } }
+",
+    );
+    let mut deployment = fixture.deploy(
+        &yaml,
+        DataflowSettings {
+            keyed_windows: true,
+            ..event_time()
+        },
+    );
+    let base = 1_700_000_000_000;
+    let send_under = |assignment: &PartitionAssignment, values: std::ops::Range<u64>| {
+        let deliveries: Vec<Deliveries> = values.clone().map(|_| Arc::default()).collect();
+        let batch = values
+            .zip(&deliveries)
+            .map(|(value, record)| {
+                let record = record.clone();
+                let on_done: Box<dyn FnOnce(Delivery) + Send> =
+                    Box::new(move |d| record.lock().unwrap().push(d));
+                let item = keyed_message_at(
+                    base + value * 100 + 1,
+                    "k",
+                    &format!(r#"{{"temperature":{{"value":{value},"unit":"C"}}}}"#),
+                );
+                ((item, on_done), Some(assignment.clone()))
+            })
+            .collect();
+        deployment
+            .source("source")
+            .unwrap()
+            .try_send_all_assigned(batch)
+            .unwrap();
+        deliveries
+    };
+    // Records 0..3 read under a first assignment of the partition, which is then revoked;
+    // its next assignment reads them again (from the committed offset) and then 3..5.
+    let first = PartitionAssignment::new();
+    let old = send_under(&first, 0..3);
+    first.revoke();
+    let second = PartitionAssignment::new();
+    let new = send_under(&second, 0..5);
+    deployment.close_sources();
+    assert!(deployment.wait_complete(Duration::from_secs(10)));
+    let outputs = deployment.outputs().drain();
+    assert_eq!(outputs.len(), 1);
+    assert_eq!(
+        payload(&outputs[0]),
+        r#"{"temperature":{"count":5,"max":4,"min":0,"average":2,"last":4,"unit":"C"}}"#,
+        "each record counted once"
+    );
+    drop(outputs);
+    for record in &new {
+        assert_eq!(*record.lock().unwrap(), [Delivery::Processed]);
+    }
+    for record in &old {
+        assert!(
+            record.lock().unwrap().is_empty(),
+            "the revoked assignment's records are neither acknowledged nor abandoned"
+        );
+    }
+}

@@ -686,6 +686,7 @@ fn assignment(request: crate::StartDeployment) -> ExecutorAssignment {
         source: assigned_binding(request.source),
         sink: assigned_binding(request.sink),
         dead_letters: request.dead_letters.map(assigned_binding),
+        partition_key: request.partition_key,
     }
 }
 

@@ -99,6 +99,8 @@ pub struct StartDeployment {
     /// The deployment's revision this is (0 when not known: a start by the reconcile loop
     /// of a deployment that predates revisions).
     pub revision: u64,
+    /// The deployment's partition key (`weir_api::scale`): its windows are kept per key.
+    pub partition_key: Option<weir_api::scale::PartitionKey>,
 }
 
 /// A deployment's binding with its endpoint resolved: the tenant's endpoint (secret unsealed,

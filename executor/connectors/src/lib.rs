@@ -29,7 +29,7 @@ pub mod kafka;
 pub mod mqtt;
 pub mod otlp;
 
-pub use message::{Ack, Inbound, Outbound, expand_topic};
+pub use message::{Ack, Inbound, Outbound, PartitionAssignment, expand_topic};
 pub use registry::{Connector, Registry};
 pub use sink::{Rejection, SendReport, Sink};
 pub use source::{AckReceiver, AckSender, Intake, IntakeRefusal, Settled, Source, ack_channel};

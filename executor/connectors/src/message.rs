@@ -1,5 +1,8 @@
 //! Messages as they cross the edge of a deployment (azure-compat 4.2).
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
@@ -45,7 +48,41 @@ pub struct Inbound {
     pub user_properties: Vec<(Bytes, Bytes)>,
     /// How to acknowledge it.
     pub ack: Ack,
+    /// The Kafka partition assignment it was read under (Kafka sources only): revoked when the
+    /// consumer group takes the partition away, so what still holds the record (a keyed
+    /// window) knows its partition's next owner reads it again.
+    pub assignment: Option<PartitionAssignment>,
 }
+
+/// One assignment of a Kafka partition to one consumer, from the group's assign to its
+/// revoke (a partition assigned again gets a new one). Clones share it; equal when shared.
+#[derive(Debug, Clone, Default)]
+pub struct PartitionAssignment(Arc<AtomicBool>);
+
+impl PartitionAssignment {
+    /// A live assignment.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The group took the partition away.
+    pub fn revoke(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    /// Whether the group took the partition away.
+    pub fn is_revoked(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+impl PartialEq for PartitionAssignment {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for PartitionAssignment {}
 
 impl Inbound {
     /// Its size as `max_message_bytes` counts it: topic, payload and user properties.

@@ -153,6 +153,7 @@ fn to_inbound(message: &rdkafka::message::BorrowedMessage<'_>) -> Inbound {
             partition: message.partition(),
             offset: message.offset(),
         },
+        assignment: None,
     }
 }
 

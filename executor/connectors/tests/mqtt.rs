@@ -200,6 +200,7 @@ impl Plain {
                             content_type,
                             user_properties,
                             ack: weir_connectors::Ack::Sequence(0),
+                            assignment: None,
                         };
                         if tx.send(Seen::Message(message)).await.is_err() {
                             return;

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use weir_api::DataItem;
+use weir_connectors::PartitionAssignment;
 
 use super::budget::ByteBudget;
 use super::source::Intake;
@@ -29,6 +30,8 @@ pub struct AckToken {
     on_done: Mutex<Option<OnDone>>,
     running: Arc<AtomicBool>,
     intake: Option<(Arc<Intake>, u64)>,
+    /// The Kafka partition assignment the message was read under, if any.
+    assignment: Option<PartitionAssignment>,
 }
 
 impl std::fmt::Debug for AckToken {
@@ -42,21 +45,42 @@ impl AckToken {
         running: Arc<AtomicBool>,
         on_done: OnDone,
         intake: Option<(Arc<Intake>, u64)>,
+        assignment: Option<PartitionAssignment>,
     ) -> Arc<Self> {
         Arc::new(Self {
             on_done: Mutex::new(Some(on_done)),
             running,
             intake,
+            assignment,
         })
     }
 
-    /// Makes the token silent: for a message that was never taken.
+    /// Makes the token silent: for a message that was never taken, or one whose partition was
+    /// taken away (its next owner reads it again).
     pub(crate) fn disarm(&self) {
         let _silenced = self
             .on_done
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take();
+    }
+
+    /// Settles the message as abandoned now (its source reads it again), whoever else holds
+    /// the token.
+    pub(crate) fn abandon(&self) {
+        let on_done = self
+            .on_done
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(on_done) = on_done {
+            on_done(Delivery::Abandoned);
+        }
+    }
+
+    /// The Kafka partition assignment the message was read under, if any.
+    pub(crate) fn assignment(&self) -> Option<&PartitionAssignment> {
+        self.assignment.as_ref()
     }
 }
 

@@ -45,7 +45,8 @@ pub use prepare::{
 };
 pub use queue::OutputQueue;
 pub use source::{
-    Offer, Reservation, SourceError, SourceHandle, message_from_broker, offered_bytes,
+    AssignedOffer, Offer, Reservation, SourceError, SourceHandle, assigned_bytes,
+    message_from_broker, offered_bytes,
 };
 
 use crate::host::NodeEnv;
@@ -89,6 +90,10 @@ pub struct DataflowSettings {
     /// How long a node's instance lives without a call before it is dropped (re-created and
     /// `init`ed on the next item).
     pub instance_idle: Duration,
+    /// Whether accumulates keep one window per key (the Kafka record key, user property
+    /// `__key`) and time instead of one per time: set for a deployment with a
+    /// `partition_key` (issue 13 point 5), whose instances each see a subset of the keys.
+    pub keyed_windows: bool,
 }
 
 impl Default for DataflowSettings {
@@ -104,6 +109,7 @@ impl Default for DataflowSettings {
             batch_size: 64,
             activation_budget: 256,
             instance_idle: Duration::from_secs(5),
+            keyed_windows: false,
         }
     }
 }

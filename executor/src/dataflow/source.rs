@@ -14,6 +14,7 @@ use timely::dataflow::operators::generic::operator::source;
 use timely::dataflow::{Scope, Stream};
 use timely::scheduling::SyncActivator;
 use weir_api::{DataItem, Hlc, HlcClock, Message};
+use weir_connectors::PartitionAssignment;
 
 use super::budget::ByteBudget;
 use super::envelope::{AckToken, DeadLetter, Delivery, Envelope};
@@ -201,6 +202,9 @@ impl Intake {
 /// One message offered to a source, with what to call once it is done.
 pub type Offer = (DataItem, Box<dyn FnOnce(Delivery) + Send + 'static>);
 
+/// An [`Offer`] with the Kafka partition assignment it was read under, if any.
+pub type AssignedOffer = (Offer, Option<PartitionAssignment>);
+
 /// The producer side of a deployment's source operation.
 #[derive(Debug, Clone)]
 pub struct SourceHandle {
@@ -230,11 +234,17 @@ impl Reservation<'_> {
     /// Offers `batch` in the reserved places, all or none (as [`SourceHandle::try_send_all`]).
     /// A batch that is not the one reserved for (another count or size) gives the places
     /// back and is offered anew.
-    pub fn send_all(mut self, batch: Vec<Offer>) -> Result<(), SourceError> {
-        if batch.len() != self.messages || offered_bytes(&batch) != self.bytes {
+    pub fn send_all(self, batch: Vec<Offer>) -> Result<(), SourceError> {
+        self.send_all_assigned(batch.into_iter().map(|offer| (offer, None)).collect())
+    }
+
+    /// [`Reservation::send_all`] for Kafka records, each with the partition assignment it was
+    /// read under (as [`SourceHandle::try_send_all_assigned`]).
+    pub fn send_all_assigned(mut self, batch: Vec<AssignedOffer>) -> Result<(), SourceError> {
+        if batch.len() != self.messages || assigned_bytes(&batch) != self.bytes {
             let handle = self.handle;
             drop(self);
-            return handle.try_send_all(batch);
+            return handle.try_send_all_assigned(batch);
         }
         self.used = true;
         self.handle.deliver(batch)
@@ -253,6 +263,14 @@ impl Drop for Reservation<'_> {
 /// The bytes `batch` takes of the tenant's in-flight budget ([`DataItem::byte_len`] of each).
 pub fn offered_bytes(batch: &[Offer]) -> u64 {
     batch.iter().map(|(item, _)| item.byte_len() as u64).sum()
+}
+
+/// [`offered_bytes`] of a batch of Kafka records with their partition assignments.
+pub fn assigned_bytes(batch: &[AssignedOffer]) -> u64 {
+    batch
+        .iter()
+        .map(|((item, _), _)| item.byte_len() as u64)
+        .sum()
 }
 
 impl std::fmt::Debug for Incoming {
@@ -277,8 +295,14 @@ impl SourceHandle {
     /// Offers every message of `batch`, all or none: when this returns an error, none was
     /// taken and no `on_done` will be called. Never blocks.
     pub fn try_send_all(&self, batch: Vec<Offer>) -> Result<(), SourceError> {
-        let bytes = offered_bytes(&batch);
-        self.reserve(batch.len(), bytes)?.send_all(batch)
+        self.try_send_all_assigned(batch.into_iter().map(|offer| (offer, None)).collect())
+    }
+
+    /// [`SourceHandle::try_send_all`] for Kafka records, each with the partition assignment
+    /// it was read under (a keyed window drops what a revoked assignment gave it).
+    pub fn try_send_all_assigned(&self, batch: Vec<AssignedOffer>) -> Result<(), SourceError> {
+        let bytes = assigned_bytes(&batch);
+        self.reserve(batch.len(), bytes)?.send_all_assigned(batch)
     }
 
     /// Reserves places for `messages` messages of `bytes` in all (as [`DataItem::byte_len`]
@@ -316,6 +340,7 @@ impl SourceHandle {
                         self.running.clone(),
                         Box::new(on_done),
                         Some((self.intake.clone(), bytes)),
+                        None,
                     );
                     // Its place in the channel is reserved: this does not wait.
                     let sent = self
@@ -337,14 +362,15 @@ impl SourceHandle {
     }
 
     /// Hands over a batch whose places are reserved.
-    fn deliver(&self, batch: Vec<Offer>) -> Result<(), SourceError> {
+    fn deliver(&self, batch: Vec<AssignedOffer>) -> Result<(), SourceError> {
         let mut result = Ok(());
-        for (item, on_done) in batch {
+        for ((item, on_done), assignment) in batch {
             let bytes = item.byte_len() as u64;
             let ack = AckToken::new(
                 self.running.clone(),
                 on_done,
                 Some((self.intake.clone(), bytes)),
+                assignment,
             );
             if result.is_err() {
                 // The runtime went away midway: the rest is refused, silently.

@@ -164,7 +164,7 @@ impl Intake for DeploymentIntake {
         }
         let count = u32::try_from(fits.len()).unwrap_or(u32::MAX);
         let bytes: u64 = fits.iter().map(Inbound::byte_len).sum();
-        let offers: Vec<Offer> = fits
+        let offers: Vec<(Offer, Option<weir_connectors::PartitionAssignment>)> = fits
             .into_iter()
             .map(|message| {
                 let item = DataItem::Message(message_from_broker(
@@ -176,6 +176,7 @@ impl Intake for DeploymentIntake {
                 ));
                 let acks = self.acks.clone();
                 let ack = message.ack;
+                let assignment = message.assignment;
                 let on_done: Box<dyn FnOnce(Delivery) + Send> = Box::new(move |delivery| {
                     let settled = match delivery {
                         Delivery::Processed => Settled::Processed(ack),
@@ -184,14 +185,14 @@ impl Intake for DeploymentIntake {
                     // The channel holds every message in flight; a stopped source is gone.
                     let _sent_or_gone = acks.try_send(settled);
                 });
-                (item, on_done)
+                ((item, on_done), assignment)
             })
             .collect();
         // The intake's places first, then the tenant's rate: a batch the intake refuses
         // spends none of the rate (a source retrying a full intake would otherwise use it up).
         let reservation = self
             .source
-            .reserve(offers.len(), crate::dataflow::offered_bytes(&offers))
+            .reserve(offers.len(), crate::dataflow::assigned_bytes(&offers))
             .map_err(refusal)?;
         if let Some(rates) = &self.rates {
             match rates.admit(&self.edges.tenant, quotas.messages_per_second_in, count) {
@@ -210,7 +211,7 @@ impl Intake for DeploymentIntake {
                 }
             }
         }
-        reservation.send_all(offers).map_err(refusal)?;
+        reservation.send_all_assigned(offers).map_err(refusal)?;
         let share = &self.edges.share;
         share
             .messages_in

@@ -136,6 +136,9 @@ pub struct Assignment {
     /// Where dead letters are also published (JSON documents on the binding's topic), besides
     /// the journal.
     pub dead_letters: Option<Binding>,
+    /// The deployment's partition key (`weir_api::scale`): when set, its accumulates keep one
+    /// window per key ([`DataflowSettings::keyed_windows`]).
+    pub partition_key: Option<weir_api::scale::PartitionKey>,
 }
 
 /// The embedded MQTT broker, for deployments bound to the `default` endpoint: its address and
@@ -627,7 +630,10 @@ impl LocalExecutor {
             &context,
             &modules,
             &self.engine,
-            self.settings.clone(),
+            DataflowSettings {
+                keyed_windows: assignment.partition_key.is_some(),
+                ..self.settings.clone()
+            },
             "weir-serve",
         )
         .await
@@ -972,6 +978,7 @@ impl LocalExecutor {
                     .map(|(k, v)| (Bytes::from(k), Bytes::from(v)))
                     .collect(),
                 ack: weir_connectors::Ack::Sequence(0),
+                assignment: None,
             });
         }
         let count = u32::try_from(batch.len()).unwrap_or(u32::MAX);

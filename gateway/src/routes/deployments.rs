@@ -155,6 +155,7 @@ pub(crate) async fn start_request(
             None => None,
         },
         revision: 0,
+        partition_key: spec.partition_key,
     })
 }
 

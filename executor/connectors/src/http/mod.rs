@@ -134,6 +134,7 @@ impl HttpIngress {
             .zip(first..)
             .map(|(message, seq)| Inbound {
                 ack: Ack::Sequence(seq),
+                assignment: None,
                 ..message
             })
             .collect();

@@ -16,6 +16,7 @@
 //! | `acks` | `all`, `1`, `0` (sink) | `all` |
 //! | `idempotence` | `true`, `false` (sink; `true` needs `acks=all`) | `true` |
 //! | `compression` | `none`, `gzip`, `snappy`, `lz4` (sink) | `none` |
+//! | `session_timeout_ms` | 1000–3600000 (source): how long the group waits for a member that stopped heartbeating (a killed instance) before its partitions move; the broker's `group.min.session.timeout.ms`/`group.max.session.timeout.ms` bound it | `45000` (librdkafka's) |
 //!
 //! TLS (`ssl`, `sasl_ssl`) and the SCRAM, GSSAPI and OAUTHBEARER mechanisms need librdkafka built
 //! with OpenSSL, Cyrus SASL or curl, which this build leaves out: they are refused with a
@@ -41,6 +42,7 @@ const KNOWN_SETTINGS: &[&str] = &[
     "acks",
     "idempotence",
     "compression",
+    "session_timeout_ms",
 ];
 
 /// Longest Kafka topic name (Kafka's `Topic.MAX_NAME_LENGTH`).
@@ -116,6 +118,7 @@ pub(crate) struct KafkaSettings {
     pub(crate) acks: Acks,
     pub(crate) idempotence: bool,
     pub(crate) compression: &'static str,
+    pub(crate) session_timeout_ms: Option<i32>,
 }
 
 impl KafkaSettings {
@@ -192,6 +195,15 @@ impl KafkaSettings {
             "none",
             &mut problems,
         );
+        let session_timeout_ms = settings.contains_key("session_timeout_ms").then(|| {
+            integer(
+                settings,
+                "session_timeout_ms",
+                45_000,
+                1_000..=3_600_000,
+                &mut problems,
+            )
+        });
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -206,6 +218,7 @@ impl KafkaSettings {
             acks,
             idempotence,
             compression,
+            session_timeout_ms,
         })
     }
 
@@ -304,6 +317,12 @@ impl KafkaSettings {
                 "queued.max.messages.kbytes",
                 (fetch_max.saturating_mul(2) / 1024).to_string(),
             );
+        if let Some(session) = self.session_timeout_ms {
+            // Heartbeats a third of the session apart, as Kafka's defaults are (3 s of 10 s).
+            config
+                .set("session.timeout.ms", session.to_string())
+                .set("heartbeat.interval.ms", (session / 3).max(1).to_string());
+        }
         config
     }
 
@@ -622,6 +641,26 @@ mod tests {
         assert!(settings.idempotence);
         assert_eq!(settings.acks, Acks::All);
         assert!(!settings.create_topics);
+        assert_eq!(settings.session_timeout_ms, None);
+    }
+
+    #[test]
+    fn a_session_timeout_sets_the_heartbeat_to_a_third_of_it() {
+        let settings = KafkaSettings::parse(&endpoint(
+            "b1:9092",
+            &[("session_timeout_ms", "6000")],
+            None,
+        ))
+        .unwrap();
+        let context = ConnectContext::new(
+            weir_api::TenantId::new("t").unwrap(),
+            "d",
+            weir_api::egress::Egress::default(),
+            1 << 20,
+        );
+        let config = settings.consumer_config(&context);
+        assert_eq!(config.get("session.timeout.ms"), Some("6000"));
+        assert_eq!(config.get("heartbeat.interval.ms"), Some("2000"));
     }
 
     #[test]
@@ -634,6 +673,7 @@ mod tests {
                 ("security_protocol", "ssl"),
                 ("acks", "1"),
                 ("grop_id", "typo"),
+                ("session_timeout_ms", "10"),
             ],
             None,
         ));
@@ -645,6 +685,7 @@ mod tests {
             "/endpoint/settings/security_protocol",
             "/endpoint/settings/acks",
             "/endpoint/settings/grop_id",
+            "/endpoint/settings/session_timeout_ms",
         ] {
             assert!(
                 paths.iter().any(|p| p == expected),

@@ -9,10 +9,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use crate::message::PartitionAssignment;
+
 /// A partition's records in flight, by offset: whether each was processed.
 #[derive(Debug, Default)]
 struct Partition {
     in_flight: BTreeMap<i64, bool>,
+    /// This assignment of the partition, revoked with it.
+    assignment: PartitionAssignment,
 }
 
 /// The offsets in flight of the partitions assigned to this consumer.
@@ -25,14 +29,28 @@ impl Ledger {
     /// The group assigned `partition` to this consumer: it starts with nothing in flight (the
     /// consumer reads from the committed offset).
     pub(crate) fn assign(&mut self, topic: &str, partition: i32) {
-        self.partitions
-            .insert((topic.to_owned(), partition), Partition::default());
+        if let Some(previous) = self
+            .partitions
+            .insert((topic.to_owned(), partition), Partition::default())
+        {
+            // Assigned again without a revoke in between: a new assignment all the same.
+            previous.assignment.revoke();
+        }
     }
 
     /// The group took `partition` away: its records in flight are forgotten (their
     /// settlements are ignored; the next owner reads them again).
     pub(crate) fn revoke(&mut self, topic: &str, partition: i32) {
-        self.partitions.remove(&(topic.to_owned(), partition));
+        if let Some(p) = self.partitions.remove(&(topic.to_owned(), partition)) {
+            p.assignment.revoke();
+        }
+    }
+
+    /// The current assignment of `partition` to this consumer, if it is assigned.
+    pub(crate) fn assignment(&self, topic: &str, partition: i32) -> Option<PartitionAssignment> {
+        self.partitions
+            .get(&(topic.to_owned(), partition))
+            .map(|p| p.assignment.clone())
     }
 
     /// Whether `partition` is assigned to this consumer.

@@ -10,6 +10,10 @@
 //!   buffer is full the assigned partitions are paused (librdkafka then fetches nothing more
 //!   and resumes from the last record handed over), and the consumer keeps being polled so it
 //!   stays in its group (`max.poll.interval.ms`) and serves rebalances.
+//! - Each record carries its partition's current [`PartitionAssignment`] (set on receipt),
+//!   revoked with the partition: a keyed window holding records of a partition taken away
+//!   drops them, since the partition's next owner (maybe this consumer again) reads them again
+//!   from the committed offset, which never covers a record not yet processed.
 //! - Mapping (azure-compat 4.2 and section 11 row 8): topic, value as payload, headers as user
 //!   properties in order, the key as user property `__key` (last); no content type.
 
@@ -30,6 +34,8 @@ use super::KafkaTarget;
 use super::context::{KafkaContext, OffThreadDrop};
 use super::offsets::Ledger;
 use crate::ConnectorError;
+#[cfg(doc)]
+use crate::message::PartitionAssignment;
 use crate::message::{Ack, Inbound};
 use crate::source::{AckReceiver, Intake, IntakeRefusal, Settled, Source};
 
@@ -148,7 +154,13 @@ impl Running {
 
     fn receive(&mut self, received: Result<Inbound, KafkaError>) {
         match received {
-            Ok(inbound) => {
+            Ok(mut inbound) => {
+                if let Ack::Kafka {
+                    topic, partition, ..
+                } = &inbound.ack
+                {
+                    inbound.assignment = self.ledger().assignment(topic, *partition);
+                }
                 self.buffer.push_back(inbound);
                 if self.context.is_failing() {
                     self.context.set_failing(false);
@@ -183,7 +195,10 @@ impl Running {
             self.buffer.retain(|m| match &m.ack {
                 Ack::Kafka {
                     topic, partition, ..
-                } => ledger.is_assigned(topic, *partition),
+                } => {
+                    ledger.is_assigned(topic, *partition)
+                        && m.assignment.as_ref().is_none_or(|a| !a.is_revoked())
+                }
                 _ => false,
             });
         }
@@ -356,5 +371,6 @@ fn to_inbound(message: &BorrowedMessage<'_>) -> Inbound {
             partition: message.partition(),
             offset: message.offset(),
         },
+        assignment: None,
     }
 }

@@ -97,6 +97,7 @@ fn inbound(publish: Publish, ack: Ack) -> Inbound {
         content_type,
         user_properties,
         ack,
+        assignment: None,
     }
 }
 
