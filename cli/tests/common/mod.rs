@@ -57,7 +57,7 @@ pub fn serve_with_env(data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Serv
         .args(extra)
         .envs(env.iter().copied())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(child_stderr())
         .spawn()
         .unwrap();
     // The guard owns the child from here on, so a failed expectation still kills it.
@@ -300,6 +300,16 @@ impl Background {
     }
 }
 
+/// Where a child process's log goes: the test's own stderr when `WEIR_TEST_CHILD_LOGS` is set
+/// (to see what a server or executor did in a failing test), else nowhere.
+fn child_stderr() -> Stdio {
+    if std::env::var_os("WEIR_TEST_CHILD_LOGS").is_some() {
+        Stdio::inherit()
+    } else {
+        Stdio::null()
+    }
+}
+
 /// A `weir executor` process of the test's own, killed (SIGKILL) when dropped.
 pub struct ExecutorProcess(pub Child);
 
@@ -319,7 +329,7 @@ pub fn executor_process(address: &str, token: &str, id: &str, extra: &[&str]) ->
         .args(extra)
         .env("WEIR_EXECUTOR_TOKEN", token)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(child_stderr())
         .spawn()
         .unwrap();
     let mut line = String::new();
