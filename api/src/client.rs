@@ -605,6 +605,31 @@ impl Client {
         .await
     }
 
+    /// Dead letters of an executor process's deployments, kept in the control plane's journal
+    /// (the client's token is the executor join token); their sequence numbers.
+    pub async fn executor_dead_letters(
+        &self,
+        id: &str,
+        letters: &crate::rest::ExecutorDeadLetters,
+    ) -> Result<crate::rest::DeadLettersKept, ClientError> {
+        self.post(&format!("/v1/executors/{id}/deadletters"), letters)
+            .await
+    }
+
+    /// Module log lines of an executor process's deployments, kept with the tenant's lines
+    /// (the client's token is the executor join token).
+    pub async fn executor_log_lines(
+        &self,
+        id: &str,
+        lines: &crate::rest::ExecutorLogLines,
+    ) -> Result<(), ClientError> {
+        Self::send_empty(
+            self.request(Method::POST, &format!("/v1/executors/{id}/logs"))
+                .json(lines),
+        )
+        .await
+    }
+
     /// An executor's assignments once their revision is past `after`, or after `wait_ms` (a
     /// long poll; the client's token is the executor join token).
     pub async fn executor_assignments(

@@ -752,6 +752,61 @@ pub struct ExecutorHeartbeat {
     pub revision: u64,
 }
 
+/// Dead letters of one tenant's deployments on an executor process
+/// (`POST /v1/executors/{id}/deadletters`), to be kept in the control plane's journal as the
+/// ones of `weir serve`'s own deployments are. At most [`Self::MAX_LETTERS`] letters and
+/// [`Self::MAX_BODY_BYTES`] of JSON per request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ExecutorDeadLetters {
+    /// Whose deployments gave them up.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub tenant: crate::TenantId,
+    /// The letters, oldest first (`seq` is ignored: the journal numbers them).
+    pub letters: Vec<DeadLetter>,
+}
+
+impl ExecutorDeadLetters {
+    /// Most letters in one request.
+    pub const MAX_LETTERS: usize = 256;
+    /// Largest request body, in bytes (an executor sends fewer letters per request rather
+    /// than more bytes).
+    pub const MAX_BODY_BYTES: usize = 16 << 20;
+}
+
+/// Module log lines of one tenant's deployments on an executor process
+/// (`POST /v1/executors/{id}/logs`), kept with the tenant's other lines (`/v1/logs`) under its
+/// `max_log_lines`. At most [`Self::MAX_LINES`] lines and [`Self::MAX_BODY_BYTES`] of JSON per
+/// request; answered `204`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ExecutorLogLines {
+    /// Whose deployments wrote them.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub tenant: crate::TenantId,
+    /// The lines, oldest first (`seq` is ignored: the store numbers them).
+    pub lines: Vec<LogLine>,
+}
+
+impl ExecutorLogLines {
+    /// Most lines in one request.
+    pub const MAX_LINES: usize = 1_000;
+    /// Largest request body, in bytes.
+    pub const MAX_BODY_BYTES: usize = 8 << 20;
+}
+
+/// The answer to [`ExecutorDeadLetters`]: the sequence number each letter got in the tenant's
+/// journal, in order (none when the tenant is gone: its deployments are stopping).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct DeadLettersKept {
+    /// The letters' numbers (`DeadLetter::seq`).
+    pub seqs: Vec<u64>,
+}
+
 /// What an executor process is to run (`GET /v1/executors/{id}/assignments?after=R&wait_ms=W`,
 /// a long poll: answered at once when the revision is past `after`, else when it changes or
 /// after `wait_ms`, at most 30,000). Everything not listed is to stop.

@@ -7,8 +7,10 @@
 //! (`GET /v1/executors/{id}/assignments`), fetches each graph and module by digest (bytes that
 //! do not match the digest are refused, never run), runs them on its own `LocalExecutor` (the
 //! runtime of `weir serve`), stops what is no longer assigned, and reports what runs in its
-//! heartbeats. Module state is kept in this process's memory; dead letters are counted and
-//! logged, not kept (the control plane's journal is not reachable from here yet).
+//! heartbeats. Dead letters are kept in the control plane's journal
+//! (`POST /v1/executors/{id}/deadletters`), as those of `weir serve`'s own deployments are.
+//! Module log lines go there too (`POST /v1/executors/{id}/logs`). Module state is kept in
+//! this process's memory, or in the Redis named by `--state`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -19,11 +21,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use weir_api::client::Client;
 use weir_api::rest::{
-    AssignedBinding, DeadLetter, ExecutorAssignment, ExecutorHeartbeat, ExecutorJoin,
-    ExecutorRunning, RefusedGeneration,
+    AssignedBinding, DeadLetter, ExecutorAssignment, ExecutorDeadLetters, ExecutorHeartbeat,
+    ExecutorJoin, ExecutorLogLines, ExecutorRunning, LogLine, RefusedGeneration,
 };
 use weir_api::{ModuleDigest, TenantId};
 use weir_connectors::EndpointSpec;
+use weir_executor::logs::{LogRecord, LogSink};
 use weir_executor::runtime::{Assignment, Binding, DeadLetterJournal, LocalExecutor};
 
 /// `weir executor`.
@@ -56,24 +59,209 @@ pub(crate) struct ExecutorArgs {
     /// Operator instance slots.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
     instance_slots: u32,
+    /// Where tenants' module state lives: `memory` (this process alone; lost when it stops,
+    /// so a deployment placed again elsewhere starts with none) or
+    /// `redis://[user:password@]host:port[/db]`: the Redis (and namespace) of the control
+    /// plane's `--state` and of every other executor, so a deployment keeps its state when it
+    /// moves and its instances share it. Taken from `WEIR_STATE` when not given, which keeps
+    /// a password out of the process list.
+    #[arg(long, default_value = "memory", hide_env_values = true)]
+    state: String,
+    /// The first part of every Redis key weir writes (letters, digits, `-`, `_`, `.`): the
+    /// control plane's `--state-namespace`.
+    #[arg(long, default_value = "weir")]
+    state_namespace: String,
 }
 
-/// Dead letters of this process's deployments: counted and logged (not kept).
-#[derive(Debug, Default)]
-struct LoggedLetters(AtomicU64);
+/// Dead letters of this process's deployments, kept in the control plane's journal
+/// (`POST /v1/executors/{id}/deadletters`): sent in requests of at most
+/// [`ExecutorDeadLetters::MAX_LETTERS`] letters and [`LETTER_REQUEST_BYTES`] of JSON, each
+/// sent again (backing off up to 5 s) until the control plane has kept it, so a letter is
+/// never lost nor kept twice while the control plane is away; its deployment's dead-letter
+/// path waits meanwhile (as in `weir serve` while its store is unavailable).
+#[derive(Debug)]
+struct ForwardedLetters {
+    client: Client,
+    id: String,
+}
+
+/// JSON bytes of letters per request: half the route's limit, so no batch is refused for size
+/// (a letter's payload is cut to 64 KiB, at most 6 bytes of JSON per byte).
+const LETTER_REQUEST_BYTES: usize = ExecutorDeadLetters::MAX_BODY_BYTES / 2;
+
+impl ForwardedLetters {
+    /// Sends one request's letters until the control plane keeps them; their numbers.
+    async fn send(&self, tenant: &TenantId, letters: Vec<DeadLetter>) -> Vec<u64> {
+        let count = letters.len();
+        let report = ExecutorDeadLetters {
+            tenant: tenant.clone(),
+            letters,
+        };
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match self.client.executor_dead_letters(&self.id, &report).await {
+                Ok(kept) => return kept.seqs,
+                Err(error) => {
+                    tracing::warn!(%tenant, count, %error, "dead letters not kept by the control plane yet; sending again");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
 
 #[async_trait::async_trait]
-impl DeadLetterJournal for LoggedLetters {
+impl DeadLetterJournal for ForwardedLetters {
     async fn append(
         &self,
         tenant: &TenantId,
         letters: Vec<DeadLetter>,
         _max_bytes: u64,
     ) -> Result<Vec<u64>, String> {
-        let count = letters.len() as u64;
-        let first = self.0.fetch_add(count, Ordering::Relaxed);
-        tracing::warn!(%tenant, count, "dead letters (not kept by an executor process)");
-        Ok((first + 1..=first + count).collect())
+        // The control plane applies the tenant's max_dead_letter_bytes as it knows it.
+        let mut seqs = Vec::with_capacity(letters.len());
+        let mut batch = Vec::new();
+        let mut batch_bytes = 0;
+        for letter in letters {
+            let bytes = serde_json::to_vec(&letter).map_or(0, |json| json.len());
+            if !batch.is_empty()
+                && (batch.len() == ExecutorDeadLetters::MAX_LETTERS
+                    || batch_bytes + bytes > LETTER_REQUEST_BYTES)
+            {
+                seqs.extend(self.send(tenant, std::mem::take(&mut batch)).await);
+                batch_bytes = 0;
+            }
+            batch_bytes += bytes;
+            batch.push(letter);
+        }
+        if !batch.is_empty() {
+            seqs.extend(self.send(tenant, batch).await);
+        }
+        Ok(seqs)
+    }
+}
+
+/// Module log lines waiting to be handed to the control plane at most; beyond, new lines are
+/// dropped (and counted) until it takes them again.
+const LOG_QUEUE: usize = 10_000;
+
+/// Module log lines of this process's deployments, handed to the control plane
+/// (`POST /v1/executors/{id}/logs`) by one task in requests of one tenant's lines (at most
+/// [`ExecutorLogLines::MAX_LINES`] and half the route's byte limit), so `/v1/logs` shows them
+/// as it shows those of `weir serve`'s own deployments. `record` only queues (it runs inside
+/// a module's call). While the control plane does not answer, a request is sent again and the
+/// queue holds what comes meanwhile; a request it refuses for what it is (not for being
+/// unavailable) is dropped with a warning.
+#[derive(Debug)]
+struct ForwardedLogs {
+    queue: tokio::sync::mpsc::Sender<LogRecord>,
+    dropped: AtomicU64,
+}
+
+impl ForwardedLogs {
+    /// The sink, and its task sending to the control plane as executor `id`.
+    fn start(client: Client, id: String) -> Arc<Self> {
+        let (queue, mut lines) = tokio::sync::mpsc::channel::<LogRecord>(LOG_QUEUE);
+        tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(ExecutorLogLines::MAX_LINES);
+            while lines
+                .recv_many(&mut batch, ExecutorLogLines::MAX_LINES)
+                .await
+                > 0
+            {
+                let mut by_tenant: HashMap<TenantId, Vec<LogLine>> = HashMap::new();
+                for record in batch.drain(..) {
+                    let (deployment, node) = match record.node.split_once('/') {
+                        Some((d, n)) => (Some(d.to_owned()), Some(n.to_owned())),
+                        None => (None, Some(record.node.clone())),
+                    };
+                    by_tenant.entry(record.tenant).or_default().push(LogLine {
+                        seq: 0,
+                        at_ms: record
+                            .at
+                            .duration_since(UNIX_EPOCH)
+                            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                        level: crate::observe::level_name(record.level).to_owned(),
+                        deployment,
+                        node,
+                        message: record.message,
+                    });
+                }
+                for (tenant, lines) in by_tenant {
+                    for chunk in log_chunks(lines) {
+                        send_log_lines(&client, &id, &tenant, chunk).await;
+                    }
+                }
+            }
+        });
+        Arc::new(Self {
+            queue,
+            dropped: AtomicU64::new(0),
+        })
+    }
+}
+
+/// `lines` in requests of at most half the route's byte limit (a line is cut to the tenant's
+/// `max_log_line_bytes` before it gets here).
+fn log_chunks(lines: Vec<LogLine>) -> Vec<Vec<LogLine>> {
+    let mut chunks = Vec::new();
+    let mut chunk = Vec::new();
+    let mut bytes = 0;
+    for line in lines {
+        let size = serde_json::to_vec(&line).map_or(0, |json| json.len());
+        if !chunk.is_empty() && bytes + size > ExecutorLogLines::MAX_BODY_BYTES / 2 {
+            chunks.push(std::mem::take(&mut chunk));
+            bytes = 0;
+        }
+        bytes += size;
+        chunk.push(line);
+    }
+    if !chunk.is_empty() {
+        chunks.push(chunk);
+    }
+    chunks
+}
+
+/// Sends one request's lines until the control plane takes them or refuses them for what
+/// they are (a problem other than `not_found`, `rate_limited` or `unavailable`).
+async fn send_log_lines(client: &Client, id: &str, tenant: &TenantId, lines: Vec<LogLine>) {
+    let report = ExecutorLogLines {
+        tenant: tenant.clone(),
+        lines,
+    };
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match client.executor_log_lines(id, &report).await {
+            Ok(()) => return,
+            Err(error)
+                if error.code().is_some_and(|code| {
+                    !matches!(code, "not_found" | "rate_limited" | "unavailable")
+                }) =>
+            {
+                tracing::warn!(%tenant, count = report.lines.len(), %error, "module log lines refused by the control plane; dropped");
+                return;
+            }
+            Err(error) => {
+                tracing::debug!(%tenant, %error, "module log lines not taken yet; sending again");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+impl LogSink for ForwardedLogs {
+    fn record(&self, record: LogRecord) {
+        if self.queue.try_send(record).is_err() {
+            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if dropped.is_power_of_two() {
+                tracing::warn!(
+                    dropped,
+                    "module log lines dropped: the control plane is not taking them"
+                );
+            }
+        }
     }
 }
 
@@ -258,6 +446,18 @@ pub(crate) async fn run(args: ExecutorArgs) -> anyhow::Result<std::process::Exit
         instance_slots: args.instance_slots,
         labels,
     };
+    // Before joining: a state store that cannot be reached fails the start, not a placement.
+    let state: Arc<dyn weir_state::StateStore> = match args.state.as_str() {
+        "memory" => Arc::new(weir_state::MemoryStateStore::new(join.id.clone())),
+        url if url.starts_with("redis://") => {
+            crate::serve::redis_state_store(url, &args.state_namespace, format!("weir@{}", join.id))
+                .await?
+        }
+        other => anyhow::bail!(
+            "--state {:?}: expected `memory` or redis://host:port[/db]",
+            weir_state::masked_url(other)
+        ),
+    };
     let client = Client::new(&join_url, Some(token))?;
     let joined = client
         .join_executor(&join)
@@ -273,15 +473,17 @@ pub(crate) async fn run(args: ExecutorArgs) -> anyhow::Result<std::process::Exit
             engine,
             settings: weir_executor::dataflow::DataflowSettings::default(),
             workers: usize::try_from(workers).unwrap_or(1).max(1),
-            state: Arc::new(weir_state::MeteredStateStore::new(Arc::new(
-                weir_state::MemoryStateStore::new(join.id.clone()),
-            ))),
+            state: Arc::new(weir_state::MeteredStateStore::new(state)),
             connectors: weir_connectors::Registry::standard(),
-            journal: Arc::new(LoggedLetters::default()),
+            journal: Arc::new(ForwardedLetters {
+                client: client.clone(),
+                id: join.id.clone(),
+            }),
             default_broker: None,
         })
         .map_err(|e| anyhow::anyhow!("cannot start the executor: {}", e.message))?,
     );
+    executor.forward_logs(ForwardedLogs::start(client.clone(), join.id.clone()));
     // Tests and scripts read this line.
     println!("executor {} joined {}", join.id, join_url);
     let applied = Arc::new(AtomicU64::new(0));

@@ -158,21 +158,33 @@ async fn state_store(args: &ServeArgs) -> anyhow::Result<Arc<dyn weir_state::Sta
         .await?
         .map(|name| name.trim().to_owned())
         .unwrap_or_default();
+    let node_id = if host.is_empty() {
+        "weir".to_owned()
+    } else {
+        format!("weir@{host}")
+    };
+    redis_state_store(&args.state, &args.state_namespace, node_id).await
+}
+
+/// The tenants' state store on the Redis at `url` under `namespace` (`--state redis://…` of
+/// `weir serve` and `weir executor`), asked for a `PONG` within 5 s so a wrong address fails
+/// the start; the versions it writes carry `node_id`.
+pub(crate) async fn redis_state_store(
+    url: &str,
+    namespace: &str,
+    node_id: String,
+) -> anyhow::Result<Arc<dyn weir_state::StateStore>> {
     let config = weir_state::RedisConfig {
-        namespace: args.state_namespace.clone(),
-        node_id: if host.is_empty() {
-            "weir".to_owned()
-        } else {
-            format!("weir@{host}")
-        },
-        ..weir_state::RedisConfig::new(&args.state)
+        namespace: namespace.to_owned(),
+        node_id,
+        ..weir_state::RedisConfig::new(url)
     };
     let store = weir_state::RedisStateStore::connect(config)
         .await
         .context("--state")?;
     println!(
         "tenants' state on {} (namespace {})",
-        weir_state::masked_url(&args.state),
+        weir_state::masked_url(url),
         store.namespace()
     );
     Ok(Arc::new(store))
@@ -660,7 +672,8 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCod
     };
     // With executor processes, deployments run there and this process only places them.
     let runtime: Arc<dyn weir_gateway::DeploymentRuntime> = if remote {
-        Arc::new(weir_gateway::RemoteRuntime::new(members.clone()))
+        // Logs and stored usage are read from the control store, where executors hand them.
+        Arc::new(weir_gateway::RemoteRuntime::new(members.clone()).with_reader(deployments.clone()))
     } else {
         deployments.clone()
     };

@@ -190,16 +190,7 @@ async fn deployments_run_on_executor_processes_and_move_within_the_bound_when_on
         assert_eq!(refused.code(), Some("unauthenticated"), "{refused}");
     }
     let owner = common::token(&admin, "acme", weir_api::tenancy::Role::Owner).await;
-    owner
-        .create_endpoint(&CreateEndpoint {
-            name: "plant".to_owned(),
-            kind: EndpointKind::Mqtt,
-            address: Some(mosquitto.clone()),
-            settings: BTreeMap::new(),
-            secret: None,
-        })
-        .await
-        .unwrap();
+    common::mqtt_endpoint(&owner, "plant", &mosquitto).await;
     developer
         .push_module("echo", "1.0.0", weir_guests::ECHO.bytes())
         .await
@@ -541,4 +532,226 @@ async fn deployments_run_on_executor_processes_and_move_within_the_bound_when_on
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// What an executor process does with what a deployment gives up and keeps: a message its
+/// module traps on goes to the tenant's dead letters in the control plane (reason and payload,
+/// filed under the deployment; another tenant sees none of it), its module log lines go to the
+/// tenant's logs there, and module state goes to the
+/// Redis the control plane reads (`--state`), so a deployment placed again on another executor
+/// after a `kill -9` counts on from where it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_executor_processs_dead_letters_are_kept_and_its_state_survives_a_move() {
+    let mosquitto = service("WEIR_TEST_MOSQUITTO");
+    let redis = service("WEIR_TEST_REDIS");
+    let namespace = format!(
+        "test-executors-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    let state = ["--state", redis.as_str(), "--state-namespace", &namespace];
+    let data = tempfile::tempdir().unwrap();
+    let mut serve_args = vec![
+        "--remote-executors",
+        "--reconcile-ms",
+        "100",
+        "--executor-heartbeat-ms",
+        "100",
+        "--executor-timeout-ms",
+        "1000",
+    ];
+    serve_args.extend(state);
+    let server = common::serve_with(data.path(), &serve_args);
+    let admin = server.admin();
+    let token = std::fs::read_to_string(data.path().join("executor-token")).unwrap();
+    let executor_args: Vec<&str> = ["--workers", "1"].into_iter().chain(state).collect();
+    let first = common::executor_process(&server.address, &token, "keep-a", &executor_args);
+
+    // Each deployment declares fuel_per_second / max_deployments: two fit one worker.
+    let quotas = Quotas {
+        api_requests_per_second: 100_000,
+        max_deployments: 100,
+        allowed_private_hosts: vec!["127.0.0.1".to_owned()],
+        ..Quotas::default()
+    };
+    let developer = common::tenant(&admin, "acme", quotas.clone()).await;
+    let other = common::tenant(&admin, "other", quotas).await;
+    let owner = common::token(&admin, "acme", weir_api::tenancy::Role::Owner).await;
+    common::mqtt_endpoint(&owner, "plant", &mosquitto).await;
+    for (name, guest) in [
+        ("trap", weir_guests::TRAP),
+        ("chatty", weir_guests::CHATTY),
+        ("enrichment", weir_guests::ENRICHMENT),
+    ] {
+        developer
+            .push_module(name, "1.0.0", guest.bytes())
+            .await
+            .unwrap();
+    }
+    developer
+        .push_graph(
+            "enrichment",
+            "1",
+            common::chain_graph("enrichment", "enrichment", 1),
+        )
+        .await
+        .unwrap();
+    // Traps on payload `trap`; logs `saw <payload>` of what passes.
+    developer
+        .push_graph(
+            "trap",
+            "1",
+            "metadata: {$schema: s, name: trap, version: '1'}
+moduleRequirements: {apiVersion: '1.1.0', runtimeVersion: '1.1.0'}
+operations:
+  - {operationType: source, name: source}
+  - {operationType: map, name: m0, module: 'trap:1.0.0'}
+  - {operationType: map, name: m1, module: 'chatty:1.0.0'}
+  - {operationType: sink, name: sink}
+connections:
+  - {from: {name: source}, to: {name: m0}}
+  - {from: {name: m0}, to: {name: m1}}
+  - {from: {name: m1}, to: {name: sink}}
+"
+            .to_owned(),
+        )
+        .await
+        .unwrap();
+    let prefix = format!("keep-{namespace}");
+    let topic = |id: &str, side: &str| format!("{prefix}/{id}/{side}");
+    for (id, graph) in [("traps", "trap"), ("enrich", "enrichment")] {
+        developer
+            .deploy(&common::deployment(
+                id,
+                graph,
+                ("plant", &topic(id, "in")),
+                ("plant", &topic(id, "out")),
+            ))
+            .await
+            .unwrap();
+        runs_on(&developer, id, None, Duration::from_secs(30)).await;
+    }
+    let reader = Mqtt::connect(
+        &mosquitto,
+        &format!("{prefix}-reader"),
+        Some(&format!("{prefix}/+/out")),
+    )
+    .await;
+    let writer = Mqtt::connect(&mosquitto, &format!("{prefix}-writer"), None).await;
+    // The sources subscribe once running; publish until the first output shows they do.
+    let hot = r#"{"sensor_data":{"temperature":[{"count":1,"max":150,"min":150,"average":150,"last":150,"unit":"C"}]}}"#;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while reader.payloads_on(&topic("traps", "out")).is_empty() {
+        assert!(Instant::now() < deadline, "traps gave no output");
+        writer
+            .client
+            .publish(topic("traps", "in"), QoS::AtLeastOnce, false, "fine")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    writer
+        .client
+        .publish(topic("traps", "in"), QoS::AtLeastOnce, false, "trap")
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let letter = loop {
+        let letters = developer.dead_letters(Some("traps")).await.unwrap();
+        if let Some(letter) = letters.into_iter().find(|l| l.payload == "trap") {
+            break letter;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the trapped message is not in the tenant's dead letters"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    println!("dead letter from executor keep-a: {letter:?}");
+    assert_eq!(letter.deployment, "traps");
+    assert!(letter.seq > 0, "{letter:?}");
+    assert!(!letter.reason.is_empty(), "{letter:?}");
+    assert!(
+        other.dead_letters(None).await.unwrap().is_empty(),
+        "another tenant sees acme's dead letters"
+    );
+
+    // The module's log lines, written on the executor, are the tenant's to read here.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let line = loop {
+        let lines = developer.logs(Some("traps"), None).await.unwrap();
+        if let Some(line) = lines.into_iter().find(|l| l.message == "saw fine") {
+            break line;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the module's log line is not in the tenant's logs: {:?}",
+            developer.logs(None, None).await.unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        (line.level.as_str(), line.node.as_deref()),
+        ("info", Some("m1")),
+        "{line:?}"
+    );
+    assert!(
+        other.logs(None, None).await.unwrap().is_empty(),
+        "another tenant sees acme's log lines"
+    );
+
+    // State: a hot reading counts in the shared Redis, which the control plane reads.
+    let count = || async {
+        developer
+            .state_get("overtemp_count")
+            .await
+            .ok()
+            .and_then(|entry| entry.value)
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while count().await.as_deref() != Some("1") {
+        assert!(Instant::now() < deadline, "no count: {:?}", count().await);
+        if count().await.is_none() {
+            writer
+                .client
+                .publish(topic("enrich", "in"), QoS::AtLeastOnce, false, hot)
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(
+        other.state_get("overtemp_count").await.is_err(),
+        "another tenant reads acme's state"
+    );
+    // kill -9 the only executor; a new one takes the deployment and counts on.
+    drop(first);
+    let _second = common::executor_process(&server.address, &token, "keep-b", &executor_args);
+    let moved = runs_on(
+        &developer,
+        "enrich",
+        Some("keep-a"),
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(moved, "keep-b");
+    let outputs = reader.payloads_on(&topic("enrich", "out")).len();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while reader.payloads_on(&topic("enrich", "out")).len() == outputs {
+        assert!(Instant::now() < deadline, "enrich gave no output on keep-b");
+        writer
+            .client
+            .publish(topic("enrich", "in"), QoS::AtLeastOnce, false, hot)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let counted: u64 = count().await.unwrap().parse().unwrap();
+    assert!(
+        counted >= 2,
+        "the count started over on the new executor: {counted}"
+    );
 }

@@ -23,8 +23,9 @@ use axum::response::IntoResponse;
 use subtle::ConstantTimeEq;
 use weir_api::ErrorCode;
 use weir_api::rest::{
-    AssignedBinding, Executor, ExecutorAssignment, ExecutorAssignments, ExecutorHeartbeat,
-    ExecutorJoin, ExecutorJoined, ExecutorRunning,
+    AssignedBinding, DeadLettersKept, Executor, ExecutorAssignment, ExecutorAssignments,
+    ExecutorDeadLetters, ExecutorHeartbeat, ExecutorJoin, ExecutorJoined, ExecutorLogLines,
+    ExecutorRunning,
 };
 use weir_api::{ModuleDigest, TenantId};
 use weir_scheduler::{ExecutorId, ExecutorInfo, Membership, MembershipError, Pool, Resources};
@@ -153,6 +154,15 @@ impl ExecutorMembership {
         let mut members = self.members.lock().unwrap_or_else(PoisonError::into_inner);
         let (membership, pool) = &mut *members;
         membership.is_alive(&id) && pool.set_state(&id, state).is_ok()
+    }
+
+    /// Whether `executor` is a live member.
+    fn is_alive(&self, executor: &ExecutorId) -> bool {
+        self.members
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .0
+            .is_alive(executor)
     }
 
     fn assigned(&self) -> std::sync::MutexGuard<'_, Assigned> {
@@ -563,6 +573,136 @@ pub(crate) async fn artifact(
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes))
 }
 
+/// The tenant a live executor reports for (`None` if it no longer exists), once the caller is
+/// known by the join token and `items` (what, how many, at most) is within its bound.
+async fn reporting_tenant(
+    state: &GatewayState,
+    headers: &HeaderMap,
+    id: String,
+    tenant: &TenantId,
+    (what, count, max): (&str, usize, usize),
+) -> Result<Option<weir_store::TenantRecord>, ApiError> {
+    let executors = &state.executors;
+    executors.authorize(headers)?;
+    let id = executor_id(id)?;
+    if !executors.is_alive(&id) {
+        return Err(ApiError::not_found("executor"));
+    }
+    if count > max {
+        return Err(ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("{count} {what} in one request; at most {max}"),
+        ));
+    }
+    Ok(state.store.tenant(tenant).await?)
+}
+
+/// Dead letters of a live executor's deployments, kept in the tenant's journal (with the
+/// tenant's `max_dead_letter_bytes`, as the control plane knows it) as those of deployments
+/// in this process are: an executor process has no journal of its own, and a letter is
+/// never only logged. An instance's letters (`<id>#<n>`) are filed under the deployment id,
+/// the instance named in the detail. A tenant that is gone keeps nothing (`seqs` empty).
+#[utoipa::path(post, path = "/v1/executors/{id}/deadletters", tag = "executors", params(("id" = String, Path)), request_body = weir_api::rest::ExecutorDeadLetters, responses((status = 200, body = weir_api::rest::DeadLettersKept), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
+pub(crate) async fn dead_letters(
+    State(state): State<GatewayState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    ApiJson(report): ApiJson<ExecutorDeadLetters>,
+) -> Result<impl IntoResponse, ApiError> {
+    let Some(tenant) = reporting_tenant(
+        &state,
+        &headers,
+        id,
+        &report.tenant,
+        (
+            "dead letters",
+            report.letters.len(),
+            ExecutorDeadLetters::MAX_LETTERS,
+        ),
+    )
+    .await?
+    else {
+        return Ok(Json(DeadLettersKept::default()));
+    };
+    let letters = report
+        .letters
+        .into_iter()
+        .map(|mut letter| {
+            let (deployment, instance) = weir_api::scale::split_instance(&letter.deployment);
+            if deployment.len() != letter.deployment.len() {
+                letter.detail = format!("instance {instance}: {}", letter.detail);
+                letter.deployment = deployment.to_owned();
+            }
+            letter
+        })
+        .collect();
+    match state
+        .store
+        .append_dead_letters(&tenant.id, letters, tenant.quotas.max_dead_letter_bytes)
+        .await
+    {
+        Ok(appended) => Ok(Json(DeadLettersKept {
+            seqs: appended.seqs,
+        })),
+        Err(weir_store::StoreError::NoTenant(_)) => Ok(Json(DeadLettersKept::default())),
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// Module log lines of a live executor's deployments, kept with the tenant's other lines under
+/// its `max_log_lines` (as the control plane knows it). An instance's lines (`<id>#<n>`) are
+/// filed under the deployment id, the node named `<node>#<n>`. A tenant that is gone keeps
+/// nothing.
+#[utoipa::path(post, path = "/v1/executors/{id}/logs", tag = "executors", params(("id" = String, Path)), request_body = weir_api::rest::ExecutorLogLines, responses((status = 204), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
+pub(crate) async fn log_lines(
+    State(state): State<GatewayState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    ApiJson(report): ApiJson<ExecutorLogLines>,
+) -> Result<impl IntoResponse, ApiError> {
+    let Some(tenant) = reporting_tenant(
+        &state,
+        &headers,
+        id,
+        &report.tenant,
+        ("log lines", report.lines.len(), ExecutorLogLines::MAX_LINES),
+    )
+    .await?
+    else {
+        return Ok(StatusCode::NO_CONTENT);
+    };
+    let lines = report
+        .lines
+        .into_iter()
+        .map(|line| {
+            let mut node = line.node.unwrap_or_default();
+            let deployment = line.deployment.map(|full| {
+                let (deployment, instance) = weir_api::scale::split_instance(&full);
+                if deployment.len() != full.len() {
+                    node = format!("{node}#{instance}");
+                }
+                deployment.to_owned()
+            });
+            weir_store::ModuleLogRecord {
+                seq: 0,
+                at_ms: line.at_ms,
+                level: line.level,
+                deployment,
+                node,
+                message: line.message,
+            }
+        })
+        .collect();
+    match state
+        .store
+        .append_module_logs(&tenant.id, lines, u64::from(tenant.quotas.max_log_lines))
+        .await
+    {
+        Ok(()) | Err(weir_store::StoreError::NoTenant(_)) => Ok(StatusCode::NO_CONTENT),
+        Err(error) => Err(error.into()),
+    }
+}
+
 /// The query of `/v1/executors/{id}/assignments`.
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -695,15 +835,31 @@ fn assignment(request: crate::StartDeployment) -> ExecutorAssignment {
 /// from an API handler leaves placement to the reconcile loop's next round. Inputs over HTTP
 /// (`http` bindings) and the embedded broker (`default`) are this process's: a deployment on
 /// an executor process uses MQTT, Kafka or OTLP endpoints.
+///
+/// What executors hand in is kept in the control store (dead letters, module log lines:
+/// `POST /v1/executors/{id}/deadletters` and `/logs`); `/v1/logs` and the stored usage are
+/// read through the control plane's own runtime (`reader`), which reads them there.
 #[derive(Debug)]
 pub struct RemoteRuntime {
     members: std::sync::Arc<ExecutorMembership>,
+    reader: Option<std::sync::Arc<dyn crate::DeploymentRuntime>>,
 }
 
 impl RemoteRuntime {
     /// A runtime on `members` (which must be [`ExecutorMembership::placing`]).
     pub fn new(members: std::sync::Arc<ExecutorMembership>) -> Self {
-        Self { members }
+        Self {
+            members,
+            reader: None,
+        }
+    }
+
+    /// Reads module log lines and stored usage through `reader` (the control plane's own
+    /// runtime, which reads the control store); without one there are none.
+    #[must_use]
+    pub fn with_reader(mut self, reader: std::sync::Arc<dyn crate::DeploymentRuntime>) -> Self {
+        self.reader = Some(reader);
+        self
     }
 
     fn unsupported(what: &str) -> ApiError {
@@ -808,18 +964,24 @@ impl crate::DeploymentRuntime for RemoteRuntime {
 
     async fn logs(
         &self,
-        _tenant: &TenantId,
-        _query: &crate::FeedQuery,
+        tenant: &TenantId,
+        query: &crate::FeedQuery,
     ) -> Vec<weir_api::rest::LogLine> {
-        Vec::new()
+        match &self.reader {
+            Some(reader) => reader.logs(tenant, query).await,
+            None => Vec::new(),
+        }
     }
 
     async fn metrics(&self, _tenant: &TenantId) -> Vec<weir_api::rest::MetricSeries> {
         Vec::new()
     }
 
-    async fn usage(&self, _tenant: &TenantId) -> weir_api::rest::Usage {
-        weir_api::rest::Usage::default()
+    async fn usage(&self, tenant: &TenantId) -> weir_api::rest::Usage {
+        match &self.reader {
+            Some(reader) => reader.usage(tenant).await,
+            None => weir_api::rest::Usage::default(),
+        }
     }
 
     async fn executors(&self) -> Vec<Executor> {

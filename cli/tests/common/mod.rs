@@ -310,6 +310,20 @@ fn child_stderr() -> Stdio {
     }
 }
 
+/// Creates the plain MQTT endpoint `name` at `address` (host:port) as `owner`.
+pub async fn mqtt_endpoint(owner: &weir_api::client::Client, name: &str, address: &str) {
+    owner
+        .create_endpoint(&weir_api::rest::CreateEndpoint {
+            name: name.to_owned(),
+            kind: weir_api::rest::EndpointKind::Mqtt,
+            address: Some(address.to_owned()),
+            settings: std::collections::BTreeMap::new(),
+            secret: None,
+        })
+        .await
+        .unwrap();
+}
+
 /// A `weir executor` process of the test's own, killed (SIGKILL) when dropped.
 pub struct ExecutorProcess(pub Child);
 
@@ -332,12 +346,18 @@ pub fn executor_process(address: &str, token: &str, id: &str, extra: &[&str]) ->
         .stderr(child_stderr())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line.trim(), format!("executor {id} joined {join}"));
-    ExecutorProcess(child)
+    // What it prints before (the state store it uses), then the line that says it joined.
+    let joined = format!("executor {id} joined {join}");
+    let mut said = Vec::new();
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if line == joined {
+            return ExecutorProcess(child);
+        }
+        said.push(line);
+    }
+    child.kill().ok();
+    panic!("executor {id} ended without joining; it printed {said:?}");
 }
 
 /// Deployment `id` of graph `graph@1`, reading `source` (endpoint, topic filter) and writing to

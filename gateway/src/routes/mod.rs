@@ -90,6 +90,14 @@ fn api() -> OpenApiRouter<GatewayState> {
         .routes(routes!(crate::executors::leave))
         .routes(routes!(crate::executors::artifact))
         .routes(routes!(crate::executors::assignments))
+        .routes(executor_report(
+            routes!(crate::executors::dead_letters),
+            weir_api::rest::ExecutorDeadLetters::MAX_BODY_BYTES,
+        ))
+        .routes(executor_report(
+            routes!(crate::executors::log_lines),
+            weir_api::rest::ExecutorLogLines::MAX_BODY_BYTES,
+        ))
         .routes(routes!(observe::cordon))
         .routes(routes!(observe::uncordon))
         .routes(routes!(observe::drain))
@@ -115,6 +123,15 @@ fn document((schemas, paths, router): Routes) -> Routes {
         schemas,
         paths,
         router.layer(DefaultBodyLimit::max(MAX_DOCUMENT_BYTES)),
+    )
+}
+
+/// An executor's report (dead letters, log lines): bodies up to `max_bytes`.
+fn executor_report((schemas, paths, router): Routes, max_bytes: usize) -> Routes {
+    (
+        schemas,
+        paths,
+        router.layer(DefaultBodyLimit::max(max_bytes)),
     )
 }
 
