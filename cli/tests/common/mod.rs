@@ -348,15 +348,17 @@ pub fn executor_process(address: &str, token: &str, id: &str, extra: &[&str]) ->
         .unwrap();
     // What it prints before (the state store it uses), then the line that says it joined.
     let joined = format!("executor {id} joined {join}");
+    let stdout = child.stdout.take().unwrap();
+    // Owned from here on, so a failed expectation still kills it.
+    let process = ExecutorProcess(child);
     let mut said = Vec::new();
-    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+    for line in BufReader::new(stdout).lines() {
         let line = line.unwrap();
         if line == joined {
-            return ExecutorProcess(child);
+            return process;
         }
         said.push(line);
     }
-    child.kill().ok();
     panic!("executor {id} ended without joining; it printed {said:?}");
 }
 
