@@ -818,6 +818,8 @@ impl crate::DeploymentRuntime for RemoteRuntime {
         Vec::new()
     }
 
+    /// Executor processes report no usage in their heartbeats: every data-plane figure is
+    /// zero, and the live budgets (`inflight_bytes`, `queued_output_bytes`) are not reported.
     async fn usage(&self, _tenant: &TenantId) -> weir_api::rest::Usage {
         weir_api::rest::Usage::default()
     }
