@@ -663,6 +663,27 @@ pub struct Usage {
     /// Bytes of the dead letters kept, as `max_dead_letter_bytes` counts them.
     #[serde(default)]
     pub dead_letter_bytes: u64,
+    /// Keys the tenant holds in the state store now (expired keys not counted): what
+    /// `max_state_keys` bounds, checked by the state store on every write of a new key.
+    #[serde(default)]
+    pub state_keys: u64,
+    /// Bytes the tenant holds in the state store now: each live key's length plus its value's,
+    /// what `max_state_bytes` bounds, checked by the state store on every write.
+    #[serde(default)]
+    pub state_bytes: u64,
+    /// Bytes of the messages taken in by the tenant's deployments and not yet fully processed,
+    /// now (topic, payload and user properties of each): what `max_inflight_bytes` bounds,
+    /// reserved at intake (an ingest over it is refused `rate_limited`) and released when the
+    /// message is processed. Absent where the runtime does not report it (deployments on
+    /// remote executor processes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inflight_bytes: Option<u64>,
+    /// Bytes of the tenant's outputs that reached a sink and are not yet taken (by a reader
+    /// of an HTTP sink, or by the sink's connector), now: what `max_queued_output_bytes`
+    /// bounds (while it is spent the tenant's operators start no call). Absent where the
+    /// runtime does not report it (deployments on remote executor processes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queued_output_bytes: Option<u64>,
     /// Billable work per UTC hour (the last 48) and per UTC day (the last 31), oldest first,
     /// hours before days: kept in the control store, so they last across restarts.
     /// `messages_in`, `messages_out`, `bytes_in`, `fuel` and `state_ops` above are the totals

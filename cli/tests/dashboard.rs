@@ -142,7 +142,8 @@ async fn deploy_temperature(client: &weir_api::client::Client, id: &str) {
 }
 
 /// Signs in, sees counters rise while messages are ingested, a dead letter appear (its HTML
-/// payload as text), the graph, per-node counters and quota bars; pauses and resumes; tenant B
+/// payload as text), the graph, per-node counters and quota bars (state keys and bytes
+/// written through the API, the live in-flight and queued-output budgets); pauses and resumes; tenant B
 /// sees none of A's deployments; a version is rolled out and rolled back from the page and the
 /// revisions table follows (a viewer sees no such controls); the admin picks a tenant; axe-core finds no serious or
 /// critical violation; Tab reaches the actions. Screenshots in target/browser/screenshots.
@@ -196,6 +197,8 @@ async fn the_dashboard_works_in_a_real_browser_and_keeps_tenants_apart() {
         "PASS a malformed address shows the not-found view",
         "PASS the max_instances bar counts the running deployment's",
         "PASS log lines and dead-letter bytes counted by the API",
+        "PASS the state bars count the tenant's 3 keys",
+        "PASS every tenant-wide budget has a bar",
         "PASS roll out from the page",
         "PASS roll back from the page",
         "PASS axe deployment page with revisions",

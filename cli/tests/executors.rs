@@ -264,6 +264,14 @@ async fn deployments_run_on_executor_processes_and_move_within_the_bound_when_on
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+    // Executor processes report no live budgets: the usage leaves them out (the dashboard
+    // says "not reported") rather than claim nothing is in flight.
+    let usage = developer.usage().await.unwrap();
+    assert_eq!(
+        (usage.inflight_bytes, usage.queued_output_bytes),
+        (None, None),
+        "{usage:?}"
+    );
 
     // A fourth deployment, from relay-0's input (MQTT) to a Kafka topic on tansu, put on
     // relay-0's executor by cordoning the two others while it is placed.

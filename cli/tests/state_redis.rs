@@ -1,7 +1,7 @@
 //! `weir serve --state redis://…` against the test Redis (`scripts/services start`, then
 //! `source target/services/env`): two servers (two executors, two data directories) sharing one
-//! Redis share each tenant's module state; a wrong `--state` fails the start at once with a
-//! clear error. A test that finds no `WEIR_TEST_REDIS` fails: it never skips.
+//! Redis share each tenant's module state and read the same state usage; a wrong `--state`
+//! fails the start at once with a clear error. A test that finds no `WEIR_TEST_REDIS` fails: it never skips.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -133,6 +133,25 @@ async fn two_servers_sharing_one_redis_share_a_tenants_module_state() {
     // Another tenant on the same Redis sees none of it.
     assert!(other_on_b.state_keys().await.unwrap().keys.is_empty());
     assert!(other_on_b.state_get("overtemp").await.is_err());
+    // Both servers read the tenant's state usage from the counters in the shared Redis: the
+    // keys the module wrote (its lock released), each key's bytes plus its value's.
+    let keys = on_a.state_keys().await.unwrap().keys;
+    let mut bytes = 0;
+    for key in &keys {
+        let value = on_a.state_get(key).await.unwrap().value.unwrap_or_default();
+        bytes += (key.len() + value.len()) as u64;
+    }
+    assert!(keys.iter().any(|k| k == "overtemp_count"), "{keys:?}");
+    for client in [&on_a, &on_b] {
+        let usage = client.usage().await.unwrap();
+        assert_eq!(
+            (usage.state_keys, usage.state_bytes),
+            (keys.len() as u64, bytes),
+            "{usage:?}"
+        );
+    }
+    let other = other_on_b.usage().await.unwrap();
+    assert_eq!((other.state_keys, other.state_bytes), (0, 0));
 }
 
 #[test]

@@ -822,6 +822,14 @@ async fn the_tenant_walls_hold_against_a_real_server() {
     assert!(!globex.metrics_text().await.unwrap().contains("# TYPE"));
     let usage = globex.usage().await.unwrap();
     assert_eq!((usage.messages_in, usage.modules, usage.fuel), (0, 0, 0));
+    // The state store's figures are the caller's too: acme's key counts for acme only.
+    assert_eq!((usage.state_keys, usage.state_bytes), (0, 0), "{usage:?}");
+    let acme_usage = acme.usage().await.unwrap();
+    assert_eq!(
+        (acme_usage.state_keys, acme_usage.state_bytes),
+        (1, ("acme-key".len() + "acme-value".len()) as u64),
+        "{acme_usage:?}"
+    );
     assert!(
         globex_owner
             .tokens()
@@ -941,6 +949,11 @@ async fn the_tenant_walls_hold_against_a_real_server() {
     assert!(
         usage.state_ops <= 1,
         "only the reborn tenant's own read: {usage:?}"
+    );
+    assert_eq!(
+        (usage.state_keys, usage.state_bytes),
+        (0, 0),
+        "the deleted tenant's state went with it: {usage:?}"
     );
     assert_eq!(
         admin.executors().await.unwrap()[0].deployments,

@@ -500,6 +500,23 @@ async fn byte_budgets_bound_queued_outputs_dead_letters_and_messages_in_flight()
         3,
         "no call while the queue's bytes are full"
     );
+    // The usage shows both budgets as they are held now (each item as the budgets count it:
+    // topic, payload, properties and the few bytes of its timestamp's node id): the fourth
+    // and fifth messages in flight, the three outputs queued.
+    let payload = 1 + 500 * KIB;
+    let within = |figure: Option<u64>, items: u64| {
+        figure.is_some_and(|bytes| (items * payload..=items * (payload + 256)).contains(&bytes))
+    };
+    let mut usage = t.usage().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !(within(usage.inflight_bytes, 2) && within(usage.queued_output_bytes, 3)) {
+        assert!(
+            Instant::now() < deadline,
+            "the live budgets in the usage: {usage:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        usage = t.usage().await.unwrap();
+    }
     // Reading frees the queue; nothing was lost.
     let mut seen = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -515,6 +532,11 @@ async fn byte_budgets_bound_queued_outputs_dead_letters_and_messages_in_flight()
         );
     }
     assert_eq!(seen, ['0', '1', '2', '3', '4']);
+    eventually("both budgets empty in the usage", || async {
+        let usage = t.usage().await.unwrap();
+        (usage.inflight_bytes, usage.queued_output_bytes) == (Some(0), Some(0))
+    })
+    .await;
 
     // Dead letters: the payload is cut to 64 KiB, the size recorded, the oldest evicted.
     t.deploy(&deployment("bad", "temp")).await.unwrap();

@@ -997,8 +997,8 @@ async function renderTenant(view) {
       let series = null;
       let logCount = null;
       if (!isAdmin()) {
-        // The state keys are listed for reading only (the first 500): the API reports no count
-        // of them, so max_state_keys gets no bar rather than a capped count.
+        // The state keys are listed for reading only (the first 500); max_state_keys and
+        // max_state_bytes take their figures from the usage, which counts every live key.
         [usage, devices, keys, series] = await Promise.all([
           api("/v1/usage"), api("/v1/devices"), api("/v1/state?limit=500"), api("/v1/metrics")]);
         logCount = usage.log_lines;
@@ -1030,6 +1030,12 @@ async function renderTenant(view) {
         max_dead_letter_bytes: usage && usage.dead_letter_bytes,
         max_metric_series: series && series.filter((s) => !s.platform).length,
         max_log_lines: logCount,
+        max_state_keys: usage && usage.state_keys,
+        max_state_bytes: usage && usage.state_bytes,
+        // Bytes the live budgets hold now; absent where the executors running the tenant's
+        // deployments do not report them.
+        max_inflight_bytes: usage && usage.inflight_bytes,
+        max_queued_output_bytes: usage && usage.queued_output_bytes,
       };
       if (usage) previous = { at: now, usage };
       const bytes = (name) => /bytes|memory/.test(name);
@@ -1038,8 +1044,14 @@ async function renderTenant(view) {
         const numeric = typeof limit === "number";
         const label = `${name.replace(/_/g, " ")}`;
         const shown = (v) => (v === null || v === undefined ? "–" : bytes(name) ? fmtBytes(v) : typeof v === "number" ? fmtNumber(Math.round(v * 10) / 10) : Array.isArray(v) ? (v.join(", ") || "none") : String(v));
+        // Why a tenant-wide quota has no figure: the admin reads no tenant's usage; a rate needs
+        // two readings; else the runtime did not report it (executor processes report no
+        // live budgets).
+        const missing = !usage ? "usage is read with the tenant's own token"
+          : name.endsWith("_per_second") ? "a rate: measured between two readings of the usage, 5 s apart"
+          : "usage not reported by the executors running them";
         const note = !numeric ? "" : PER_ITEM.has(name) ? "a limit on each call, message or item, enforced as it happens"
-          : "a budget shared by all of the tenant's deployments, enforced as it happens (usage not reported)";
+          : `a budget shared by all of the tenant's deployments, enforced as it happens (${missing})`;
         let bar = el("span", { class: "muted", text: note });
         if (numeric && u !== null && u !== undefined) {
           bar = el("meter", { min: 0, max: Math.max(limit, 1), value: Math.min(u, limit), low: limit * 0.7, high: limit * 0.9, optimum: 0, "aria-label": `${label}: ${shown(u)} of ${shown(limit)}`, "data-quota": name, title: `${shown(u)} of ${shown(limit)}` });

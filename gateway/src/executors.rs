@@ -977,10 +977,18 @@ impl crate::DeploymentRuntime for RemoteRuntime {
         Vec::new()
     }
 
+    /// Executor processes report no usage in their heartbeats: the data-plane figures are the
+    /// stored ones read through `reader`, and the live budgets (`inflight_bytes`,
+    /// `queued_output_bytes`) are not reported.
     async fn usage(&self, tenant: &TenantId) -> weir_api::rest::Usage {
-        match &self.reader {
+        let stored = match &self.reader {
             Some(reader) => reader.usage(tenant).await,
             None => weir_api::rest::Usage::default(),
+        };
+        weir_api::rest::Usage {
+            inflight_bytes: None,
+            queued_output_bytes: None,
+            ..stored
         }
     }
 

@@ -210,7 +210,11 @@ pub trait DeploymentRuntime: Send + Sync + std::fmt::Debug {
     /// The tenant's metric series.
     async fn metrics(&self, tenant: &weir_api::TenantId) -> Vec<MetricSeries>;
     /// What the tenant's deployments have used (the data-plane fields of [`Usage`]; the
-    /// gateway takes `dead_letters` and `dead_letters_evicted` from the control store).
+    /// gateway takes `dead_letters` and `dead_letters_evicted` from the control store, and
+    /// `state_keys` and `state_bytes` from the state store), with the bytes its
+    /// `max_inflight_bytes` and `max_queued_output_bytes` budgets hold now
+    /// (`inflight_bytes`, `queued_output_bytes`): `None` when the runtime cannot tell, which
+    /// the API shows by leaving the fields out.
     async fn usage(&self, tenant: &weir_api::TenantId) -> Usage;
     /// The executors deployments run on.
     async fn executors(&self) -> Vec<Executor>;

@@ -869,6 +869,117 @@ async fn malformed_bodies_are_problems_not_500s() {
     );
 }
 
+/// Writes `key` = `value` through the state API.
+async fn put_state(api: &Api, token: &str, key: &str, value: &str) -> Reply {
+    api.call(
+        Method::PUT,
+        &format!("/v1/state/{key}"),
+        Some(token),
+        Some("application/octet-stream"),
+        value.as_bytes().to_vec(),
+    )
+    .await
+}
+
+/// `state_keys` and `state_bytes` of the caller's usage.
+async fn state_figures(api: &Api, token: &str) -> (Value, Value) {
+    let usage = api.get("/v1/usage", token).await;
+    assert_eq!(usage.status, StatusCode::OK, "{:?}", usage.body);
+    (
+        usage.body["state_keys"].clone(),
+        usage.body["state_bytes"].clone(),
+    )
+}
+
+/// `/v1/usage` counts the caller's live state keys and their bytes (key plus value) as the
+/// state quotas do: writes, an overwrite and a delete through the state API move them, a write
+/// refused at `max_state_keys` leaves them at the limit, and another tenant's figures are its
+/// own. A runtime that reports no live budgets leaves `inflight_bytes` and
+/// `queued_output_bytes` out.
+#[tokio::test]
+async fn usage_counts_the_callers_state_keys_and_bytes_and_no_one_elses() {
+    let api = Api::new();
+    let (_, developer_a) = api.tenant("usage-a").await;
+    let (_, developer_b) = api.tenant("usage-b").await;
+    let patched = api
+        .json(
+            Method::PATCH,
+            "/v1/tenants/usage-a/quotas",
+            &api.admin,
+            json!({"max_state_keys": 4}),
+        )
+        .await;
+    assert_eq!(patched.status, StatusCode::OK, "{:?}", patched.body);
+    assert_eq!(
+        state_figures(&api, &developer_a).await,
+        (json!(0), json!(0))
+    );
+    for key in ["line-1", "line-2", "line-3"] {
+        assert_eq!(
+            put_state(&api, &developer_a, key, "oven").await.status,
+            StatusCode::OK
+        );
+    }
+    assert_eq!(
+        put_state(&api, &developer_b, "b", "x").await.status,
+        StatusCode::OK
+    );
+    // Three keys of 6 bytes, values of 4.
+    assert_eq!(
+        state_figures(&api, &developer_a).await,
+        (json!(3), json!(30))
+    );
+    assert_eq!(
+        put_state(&api, &developer_a, "line-1", "blast furnace")
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        state_figures(&api, &developer_a).await,
+        (json!(3), json!(39))
+    );
+    assert_eq!(
+        put_state(&api, &developer_a, "line-4", "kiln").await.status,
+        StatusCode::OK
+    );
+    assert_problem(
+        &put_state(&api, &developer_a, "line-5", "kiln").await,
+        StatusCode::FORBIDDEN,
+        "quota_exceeded",
+    );
+    assert_eq!(
+        state_figures(&api, &developer_a).await,
+        (json!(4), json!(49))
+    );
+    let deleted = api
+        .call(
+            Method::DELETE,
+            "/v1/state/line-2",
+            Some(&developer_a),
+            None,
+            vec![],
+        )
+        .await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        state_figures(&api, &developer_a).await,
+        (json!(3), json!(39))
+    );
+    assert_eq!(
+        state_figures(&api, &developer_b).await,
+        (json!(1), json!(2))
+    );
+    let usage = api.get("/v1/usage", &developer_a).await;
+    for budget in ["inflight_bytes", "queued_output_bytes"] {
+        assert!(
+            usage.body.get(budget).is_none(),
+            "{budget} reported by a runtime that does not: {:?}",
+            usage.body
+        );
+    }
+}
+
 #[tokio::test]
 async fn state_keys_are_the_callers_tenants_only() {
     let api = Api::new();

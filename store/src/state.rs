@@ -10,7 +10,7 @@ use rusqlite::{OptionalExtension, Transaction, params};
 use weir_api::{Hlc, HlcClock};
 use weir_state::{
     DelResponse, GetResponse, SetCondition, SetOptions, SetResponse, StateError, StateScope,
-    StateStore, check_fencing, check_key,
+    StateStore, StateUsage, check_fencing, check_key,
 };
 
 use crate::sqlite::Db;
@@ -296,6 +296,27 @@ impl StateStore for SqliteStateStore {
                 .map_err(unavailable)?;
             let rows = statement.query_map(params![tenant, now_ms(), limit], |r| r.get(0)).map_err(unavailable)?;
             rows.collect::<rusqlite::Result<Vec<Vec<u8>>>>().map_err(unavailable)
+        })
+        .await
+    }
+
+    /// The count and size the quota check of `set` reads: one aggregate over the tenant's rows
+    /// (the primary key's `tenant` prefix), expired rows left out.
+    async fn usage(&self, scope: &StateScope) -> Result<StateUsage, StateError> {
+        let tenant = scope.tenant().to_string();
+        self.run(move |tx| {
+            let (keys, bytes): (i64, i64) = tx
+                .query_row(
+                    "SELECT COUNT(*), COALESCE(SUM(length(key) + length(value)), 0) FROM state
+                     WHERE tenant = ?1 AND (expires_ms IS NULL OR expires_ms > ?2)",
+                    params![tenant, now_ms()],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .map_err(unavailable)?;
+            Ok(StateUsage {
+                keys: u64::try_from(keys).unwrap_or(0),
+                bytes: u64::try_from(bytes).unwrap_or(0),
+            })
         })
         .await
     }

@@ -1220,7 +1220,10 @@ impl LocalExecutor {
     }
 
     /// What the tenant's deployments used here (the data-plane fields of [`Usage`]; dead-letter
-    /// evictions are the journal's).
+    /// evictions are the journal's), and the bytes its in-flight and queued-output budgets
+    /// hold now (`inflight_bytes`, `queued_output_bytes`: zero for a tenant that never
+    /// deployed here). The state store's figures (`state_keys`, `state_bytes`) are the state
+    /// store's to give ([`weir_state::StateStore::usage`]), not this executor's.
     pub fn usage(&self, tenant: &TenantId) -> Usage {
         let state_ops = self.state.operations(tenant);
         let messages_limited = self.rates.limited(tenant);
@@ -1228,6 +1231,8 @@ impl LocalExecutor {
             return Usage {
                 state_ops,
                 messages_limited,
+                inflight_bytes: Some(0),
+                queued_output_bytes: Some(0),
                 ..Usage::default()
             };
         };
@@ -1241,6 +1246,8 @@ impl LocalExecutor {
             fuel: share.fuel.charged(),
             init_fuel: share.fuel.init_charged(),
             state_ops,
+            inflight_bytes: Some(share.in_flight_bytes.used()),
+            queued_output_bytes: Some(share.queued_output_bytes.used()),
             ..Usage::default()
         }
     }

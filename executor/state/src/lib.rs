@@ -135,6 +135,17 @@ pub struct DelResponse {
     pub version: Option<Hlc>,
 }
 
+/// What a tenant holds in the state store now: the figures its `max_state_keys` and
+/// `max_state_bytes` quotas are checked against on every write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StateUsage {
+    /// Live keys (a key past its expiry is not counted).
+    pub keys: u64,
+    /// Bytes of the live keys and their values: the sum of key length plus value length, as
+    /// `max_state_bytes` counts them.
+    pub bytes: u64,
+}
+
 /// Why a state operation failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -220,6 +231,12 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
 
     /// Up to `limit` keys of the scope, in byte order.
     async fn keys(&self, scope: &StateScope, limit: usize) -> Result<Vec<Vec<u8>>, StateError>;
+
+    /// The scope's live keys and their bytes, as its `max_state_keys` and `max_state_bytes`
+    /// quotas count them: read from the counters a backend keeps for those quotas (or from
+    /// the tenant's entries), never by listing every key. Keys past their expiry are not
+    /// counted (a backend may reclaim them first).
+    async fn usage(&self, scope: &StateScope) -> Result<StateUsage, StateError>;
 
     /// Deletes every key of the scope (its tenant was deleted). Backends with a cheaper way
     /// than deleting key by key override it.

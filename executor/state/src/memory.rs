@@ -7,8 +7,8 @@ use tokio::time::Instant;
 use weir_api::{Hlc, HlcClock, TenantId};
 
 use crate::{
-    DelResponse, GetResponse, SetCondition, SetOptions, SetResponse, StateError, StateScope,
-    StateStore, check_fencing, check_key,
+    DelResponse, GetResponse, SetCondition, SetOptions, SetResponse, StateError, StateLimits,
+    StateScope, StateStore, StateUsage, check_fencing, check_key,
 };
 
 /// The embedded state store: per-tenant maps in this process, lost on restart. Expiry runs on
@@ -56,6 +56,41 @@ impl TenantState {
         if let Some(entry) = self.entries.remove(key) {
             self.bytes = self.bytes.saturating_sub(Entry::size(key, &entry.value));
         }
+    }
+
+    /// Removes every entry past its expiry, so the counts are the live keys'.
+    fn reclaim(&mut self, now: Instant) {
+        let mut freed = 0;
+        self.entries.retain(|key, entry| {
+            let live = entry.expires_at.is_none_or(|at| at > now);
+            if !live {
+                freed += Entry::size(key, &entry.value);
+            }
+            live
+        });
+        self.bytes = self.bytes.saturating_sub(freed);
+    }
+
+    /// The refusal a write of `key` = `value` meets under `limits`, if any; `old_size` is the
+    /// size of the live entry it replaces.
+    fn over(
+        &self,
+        limits: &StateLimits,
+        key: &[u8],
+        value: &[u8],
+        old_size: Option<u64>,
+    ) -> Option<StateError> {
+        if old_size.is_none() && self.entries.len() as u64 >= limits.max_keys {
+            return Some(StateError::QuotaExceeded {
+                what: "keys",
+                limit: limits.max_keys,
+            });
+        }
+        let bytes = self.bytes - old_size.unwrap_or(0) + Entry::size(key, value);
+        (bytes > limits.max_bytes).then_some(StateError::QuotaExceeded {
+            what: "bytes",
+            limit: limits.max_bytes,
+        })
     }
 }
 
@@ -143,20 +178,14 @@ impl StateStore for MemoryStateStore {
                 version: None,
             });
         }
-        let limits = scope.limits();
-        if old_size.is_none() && state.entries.len() as u64 >= limits.max_keys {
-            return Err(StateError::QuotaExceeded {
-                what: "keys",
-                limit: limits.max_keys,
-            });
+        // Dead keys never refuse a write: all of them are reclaimed before a refusal.
+        if state.over(scope.limits(), key, value, old_size).is_some() {
+            state.reclaim(now);
+            if let Some(refusal) = state.over(scope.limits(), key, value, old_size) {
+                return Err(refusal);
+            }
         }
         let bytes = state.bytes - old_size.unwrap_or(0) + Entry::size(key, value);
-        if bytes > limits.max_bytes {
-            return Err(StateError::QuotaExceeded {
-                what: "bytes",
-                limit: limits.max_bytes,
-            });
-        }
         let version = self.clock.now();
         // A fenced key stays fenced by the newest token it was written with.
         let fencing_token = options.fencing_token.or(old_token);
@@ -208,6 +237,21 @@ impl StateStore for MemoryStateStore {
                 .collect()
         }))
     }
+
+    /// The tenant's counters, once its dead entries are reclaimed (one pass over its entries,
+    /// which `max_state_keys` bounds).
+    async fn usage(&self, scope: &StateScope) -> Result<StateUsage, StateError> {
+        let mut tenants = self.tenants.lock().await;
+        Ok(tenants
+            .get_mut(scope.tenant())
+            .map_or_else(StateUsage::default, |state| {
+                state.reclaim(Instant::now());
+                StateUsage {
+                    keys: state.entries.len() as u64,
+                    bytes: state.bytes,
+                }
+            }))
+    }
 }
 
 impl MemoryStateStore {
@@ -258,5 +302,47 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn passes_the_conformance_suite() {
         crate::testing::conformance(&MemoryStateStore::default()).await;
+    }
+
+    /// As on Redis: a key past its expiry that nothing has touched since does not count
+    /// against the quota, nor in the usage.
+    #[tokio::test(start_paused = true)]
+    async fn dead_keys_never_refuse_a_write_nor_count_in_usage() {
+        let store = MemoryStateStore::default();
+        let s = StateScope::new(
+            TenantId::new("dead-keys").unwrap(),
+            StateLimits {
+                max_keys: 2,
+                max_bytes: 100,
+                max_key_bytes: 8,
+            },
+        );
+        let short = SetOptions {
+            expires: Some(Duration::from_secs(1)),
+            ..SetOptions::default()
+        };
+        for key in [b"a".as_slice(), b"b"] {
+            store.set(&s, key, b"v", short.clone()).await.unwrap();
+        }
+        assert!(matches!(
+            store.set(&s, b"c", b"v", SetOptions::default()).await,
+            Err(StateError::QuotaExceeded { what: "keys", .. })
+        ));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(store.usage(&s).await.unwrap(), StateUsage::default());
+        for key in [b"a".as_slice(), b"b"] {
+            store.set(&s, key, b"v", short.clone()).await.unwrap();
+        }
+        tokio::time::advance(Duration::from_secs(2)).await;
+        for key in [b"c".as_slice(), b"d"] {
+            store
+                .set(&s, key, b"v", SetOptions::default())
+                .await
+                .unwrap();
+        }
+        assert_eq!(
+            store.usage(&s).await.unwrap(),
+            StateUsage { keys: 2, bytes: 4 }
+        );
     }
 }

@@ -9,6 +9,7 @@ use weir_api::{Hlc, TenantId};
 
 use crate::{
     DelResponse, GetResponse, SetOptions, SetResponse, StateError, StateScope, StateStore,
+    StateUsage,
 };
 
 /// A state store that counts each tenant's operations, then delegates.
@@ -98,6 +99,12 @@ impl StateStore for MeteredStateStore {
         self.inner.keys(scope, limit).await
     }
 
+    /// Not metered: the platform reads it to report usage (the dashboard every few seconds),
+    /// not the tenant's modules or API calls.
+    async fn usage(&self, scope: &StateScope) -> Result<StateUsage, StateError> {
+        self.inner.usage(scope).await
+    }
+
     /// Not metered: the tenant is going, and its count goes with it.
     async fn clear(&self, scope: &StateScope) -> Result<(), StateError> {
         self.inner.clear(scope).await?;
@@ -132,8 +139,13 @@ mod tests {
             .unwrap();
         metered.get(&scope("metered-a"), b"k").await.unwrap();
         assert_eq!(
+            metered.usage(&scope("metered-a")).await.unwrap(),
+            crate::StateUsage { keys: 1, bytes: 2 }
+        );
+        assert_eq!(
             metered.operations(&TenantId::new("metered-a").unwrap()),
-            before + 2
+            before + 2,
+            "reading the usage is not an operation of the tenant's"
         );
         assert_eq!(metered.operations(&TenantId::new("metered-b").unwrap()), 0);
         metered.clear(&scope("metered-a")).await.unwrap();

@@ -39,9 +39,9 @@
 //! is dead once its score in `x` is at or before the server's time, every script treats a dead
 //! key as absent, and reclaims it lazily: the key the script touches at once, then up to
 //! [`RECLAIM_BATCH`] of the tenant's longest-dead keys on every call, and all of them before a
-//! write would be refused for quota (and before `keys` lists). A dead key therefore never
-//! refuses a write; its bytes stay in Redis's memory until some call of its tenant reclaims
-//! it.
+//! write would be refused for quota (and before `keys` lists, and before `usage` reads the
+//! counters, so usage never counts a dead key). A dead key therefore never refuses a write;
+//! its bytes stay in Redis's memory until some call of its tenant reclaims it.
 //!
 //! # Failures and durability
 //!
@@ -62,7 +62,7 @@ use weir_api::{Hlc, TenantId};
 
 use crate::{
     DelResponse, GetResponse, SetCondition, SetOptions, SetResponse, StateError, StateScope,
-    StateStore, check_fencing, check_key,
+    StateStore, StateUsage, check_fencing, check_key,
 };
 
 /// Dead (expired) keys of a tenant each call reclaims, besides the one it touches.
@@ -150,6 +150,7 @@ struct Scripts {
     set: Script,
     delete: Script,
     keys: Script,
+    usage: Script,
     clear: Script,
 }
 
@@ -476,6 +477,22 @@ impl StateStore for RedisStateStore {
             .collect()
     }
 
+    /// The quota counters of the tenant's `m` hash, after reclaiming its dead keys (what a
+    /// write refused for quota would reclaim anyway).
+    async fn usage(&self, scope: &StateScope) -> Result<StateUsage, StateError> {
+        let reply = self.run(&self.scripts.usage, scope, &[]).await?;
+        let counter = |index: usize| match reply.get(index) {
+            Some(Value::Int(n)) => {
+                u64::try_from(*n).map_err(|_negative| protocol("a negative count"))
+            }
+            _ => Err(protocol("a missing count")),
+        };
+        Ok(StateUsage {
+            keys: counter(0)?,
+            bytes: counter(1)?,
+        })
+    }
+
     /// Removes the tenant's six Redis keys but its clock: later versions stay later.
     async fn clear(&self, scope: &StateScope) -> Result<(), StateError> {
         let reply = self.run(&self.scripts.clear, scope, &[]).await?;
@@ -721,6 +738,14 @@ reclaim(now_ms(), -1)
 return redis.call('ZRANGE', index, '-', '+', 'BYLEX', 'LIMIT', 0, tonumber(ARGV[1]))
 ";
 
+/// Answers `{keys, bytes}`: the quota counters of `m` (one `HMGET`, never a scan of the
+/// tenant's keys), once the dead keys are reclaimed so they are not counted.
+const USAGE: &str = r"
+reclaim(now_ms(), -1)
+local counts = redis.call('HMGET', meta, 'keys', 'bytes')
+return {tonumber(counts[1]) or 0, tonumber(counts[2]) or 0}
+";
+
 /// Removes the tenant's state; its clock stays.
 const CLEAR: &str = r"
 redis.call('UNLINK', data, versions, fences, expiry, index)
@@ -740,6 +765,7 @@ impl Scripts {
             set: script(SET),
             delete: script(DELETE),
             keys: script(KEYS),
+            usage: script(USAGE),
             clear: script(CLEAR),
         }
     }

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use weir_api::{Hlc, TenantId};
 
-use crate::{SetCondition, SetOptions, StateError, StateLimits, StateScope, StateStore};
+use crate::{
+    SetCondition, SetOptions, StateError, StateLimits, StateScope, StateStore, StateUsage,
+};
 
 /// Limits roomy enough that only the quota checks hit them.
 pub fn roomy_limits() -> StateLimits {
@@ -46,6 +48,56 @@ pub async fn conformance(store: &dyn StateStore) {
     key_and_byte_quotas_refuse_at_their_limit(store).await;
     tenants_never_see_each_others_keys(store).await;
     clear_removes_one_tenants_keys_only(store).await;
+    usage_counts_the_scopes_live_keys_and_bytes_only(store).await;
+}
+
+async fn usage_counts_the_scopes_live_keys_and_bytes_only(store: &dyn StateStore) {
+    let (s, other) = (scope("c-usage"), scope("c-usage-other"));
+    let usage = |keys, bytes| StateUsage { keys, bytes };
+    assert_eq!(store.usage(&s).await.unwrap(), usage(0, 0), "nothing yet");
+    for key in [b"k1".as_slice(), b"k2", b"k3"] {
+        store.set(&s, key, b"value", unconditional()).await.unwrap();
+    }
+    store
+        .set(&other, b"x", b"yy", unconditional())
+        .await
+        .unwrap();
+    // Key plus value: 2 + 5 bytes each.
+    assert_eq!(store.usage(&s).await.unwrap(), usage(3, 21));
+    store
+        .set(&s, b"k1", b"longer value", unconditional())
+        .await
+        .unwrap();
+    assert_eq!(store.usage(&s).await.unwrap(), usage(3, 28), "overwrite");
+    store.del(&s, b"k2", None).await.unwrap();
+    assert_eq!(store.usage(&s).await.unwrap(), usage(2, 21), "delete");
+    store.vdel(&s, b"k3", b"other", None).await.unwrap();
+    assert_eq!(
+        store.usage(&s).await.unwrap(),
+        usage(2, 21),
+        "vdel mismatch"
+    );
+    let short = SetOptions {
+        expires: Some(Duration::from_millis(200)),
+        ..SetOptions::default()
+    };
+    store.set(&s, b"ttl", b"v", short).await.unwrap();
+    assert_eq!(store.usage(&s).await.unwrap(), usage(3, 25), "alive");
+    // An expired key leaves the figures without anything else touching it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while store.usage(&s).await.unwrap() != usage(2, 21) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "an expired key still counted: {:?}",
+            store.usage(&s).await.unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The other tenant's figures are its own.
+    assert_eq!(store.usage(&other).await.unwrap(), usage(1, 3));
+    store.clear(&s).await.unwrap();
+    assert_eq!(store.usage(&s).await.unwrap(), usage(0, 0), "cleared");
+    assert_eq!(store.usage(&other).await.unwrap(), usage(1, 3));
 }
 
 async fn clear_removes_one_tenants_keys_only(store: &dyn StateStore) {

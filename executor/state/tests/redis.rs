@@ -1,8 +1,8 @@
 //! `RedisStateStore` against a real Redis 7 (`scripts/services start`, then
 //! `source target/services/env`): the conformance suite, executors sharing a tenant's keys, the
-//! quota counters under expiry, the lock pattern of the enrichment module under contention with
-//! fencing, calls bounded when the server is gone or silent, and no acknowledged write lost when
-//! the server crashes mid-stream.
+//! quota counters under expiry and the usage read from them, the lock pattern of the enrichment
+//! module under contention with fencing, calls bounded when the server is gone or silent, and
+//! no acknowledged write lost when the server crashes mid-stream.
 //!
 //! Tests share one server (`WEIR_TEST_REDIS`) and keep apart by namespace, one per test; the
 //! restart test crashes its own (`WEIR_TEST_REDIS_RESTART`). A test that finds no Redis fails:
@@ -257,10 +257,55 @@ async fn quota_counters_stay_exact_and_expired_keys_give_their_room_back() {
         let (kept, real) = counters(&url, &ns, &s).await;
         assert_eq!(kept, real, "round {round}");
         assert!(kept.0 <= 4 && kept.1 <= 64, "round {round}: {kept:?}");
+        let usage = store.usage(&s).await.unwrap();
+        assert_eq!((usage.keys, usage.bytes), kept, "round {round}: usage");
     }
     store.clear(&s).await.unwrap();
     assert_eq!(counters(&url, &ns, &s).await, ((0, 0), (0, 0)));
     assert!(store.keys(&s, 10).await.unwrap().is_empty());
+}
+
+/// `usage` is the tenant's quota counters: N keys written are N keys and their bytes, a delete
+/// takes one off, the same tenant reads the same figures through another executor, and another
+/// tenant's figures (same namespace) or the same tenant's in another namespace stay apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_reads_the_tenants_quota_counters_and_no_one_elses() {
+    let ns = namespace("usage");
+    let url = redis_url();
+    let a = RedisStateStore::connect(config(&url, &ns, "executor-a"))
+        .await
+        .unwrap();
+    let b = RedisStateStore::connect(config(&url, &ns, "executor-b"))
+        .await
+        .unwrap();
+    let elsewhere = store(&namespace("usage-elsewhere")).await;
+    let (mine, theirs) = (scope("usage-mine"), scope("usage-theirs"));
+    let value = [b'v'; 100];
+    for n in 0..10_u8 {
+        a.set(&mine, &[b'k', b'0' + n], &value, SetOptions::default())
+            .await
+            .unwrap();
+    }
+    b.set(&theirs, b"key", b"val", SetOptions::default())
+        .await
+        .unwrap();
+    let usage = |store: &RedisStateStore, s: &StateScope| {
+        let (store, s) = (store.clone(), s.clone());
+        async move {
+            let usage = store.usage(&s).await.unwrap();
+            (usage.keys, usage.bytes)
+        }
+    };
+    assert_eq!(usage(&a, &mine).await, (10, 10 * 102));
+    assert_eq!(usage(&b, &mine).await, (10, 10 * 102), "another executor");
+    assert_eq!(counters(&url, &ns, &mine).await.0, (10, 10 * 102));
+    b.del(&mine, b"k3", None).await.unwrap();
+    assert_eq!(usage(&a, &mine).await, (9, 9 * 102));
+    assert_eq!(usage(&a, &theirs).await, (1, 6), "the other tenant's own");
+    assert_eq!(usage(&elsewhere, &mine).await, (0, 0), "another namespace");
+    a.clear(&mine).await.unwrap();
+    assert_eq!(usage(&b, &mine).await, (0, 0));
+    assert_eq!(usage(&b, &theirs).await, (1, 6));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

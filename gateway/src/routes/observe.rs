@@ -7,6 +7,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use weir_api::ErrorCode;
 use weir_api::rest::{MetricSeries, Usage};
 use weir_tenants::Role;
 
@@ -238,11 +239,26 @@ pub(crate) async fn usage(
     State(state): State<GatewayState>,
     caller: Caller,
 ) -> Result<impl IntoResponse, ApiError> {
-    let (tenant, _) = caller_tenant(&state, &caller, Role::Viewer)?;
+    let (tenant, quotas) = caller_tenant(&state, &caller, Role::Viewer)?;
     let modules = state.store.modules(&tenant).await?;
     let (requests, limited) = state.limits.counts(&tenant);
     // Dead letters are counted where they are kept: across restarts.
     let letters = state.store.dead_letter_counts(&tenant).await?;
+    // What the state store holds for the tenant now, as its state quotas count it.
+    let stored = state
+        .state
+        .usage(&weir_state::StateScope::new(
+            tenant.clone(),
+            weir_state::StateLimits::of(&quotas),
+        ))
+        .await
+        .map_err(|error| {
+            tracing::warn!(%error, %tenant, "cannot read the tenant's state usage");
+            ApiError::new(
+                ErrorCode::Unavailable,
+                "the state store did not answer, so the tenant's state usage is unknown; retry later",
+            )
+        })?;
     let usage = Usage {
         modules: modules.len() as u64,
         module_bytes: modules.iter().map(|m| m.size).sum(),
@@ -254,6 +270,8 @@ pub(crate) async fn usage(
         api_requests_limited: limited,
         log_lines: state.store.module_log_count(&tenant).await?,
         dead_letter_bytes: letters.kept_bytes,
+        state_keys: stored.keys,
+        state_bytes: stored.bytes,
         ..state.runtime.usage(&tenant).await
     };
     Ok(Json(usage))
