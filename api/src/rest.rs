@@ -941,6 +941,12 @@ pub struct ExecutorRunning {
     /// failed rolling update).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refused: Option<RefusedGeneration>,
+    /// It does not run at all: its assignment (`generation`) did not start here, for the
+    /// reason in `problem` (its module trapped in `init`, its graph cannot be built, an
+    /// artifact did not match its digest). The control plane shows it `degraded` with that
+    /// reason rather than placing it again and again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub not_started: bool,
 }
 
 /// An assignment's generation an executor could not start.

@@ -73,7 +73,24 @@ async fn restart(
     let server = Server::start(weir, data, &[])?;
     let client = server.client(token)?;
     for (id, payload) in deployments {
-        answers(&client, id, payload).await?;
+        // A deployment the boot round could not start yet is started by the reconcile loop
+        // (`unavailable` until then): the time runs until it answers, within a minute.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match answers(&client, id, payload).await {
+                Ok(()) => break,
+                Err(error)
+                    if Instant::now() < deadline
+                        && error
+                            .downcast_ref::<weir_api::client::ClientError>()
+                            .and_then(weir_api::client::ClientError::code)
+                            == Some("unavailable") =>
+                {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err(error) => return Err(error),
+            }
+        }
     }
     Ok((started.elapsed(), server))
 }

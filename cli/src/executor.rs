@@ -142,6 +142,38 @@ impl DeadLetterJournal for ForwardedLetters {
     }
 }
 
+/// A follower of this executor's assignments from revision 0, with the revision it carried
+/// out and its reports of what it started.
+fn start_follower(
+    executor: &Arc<LocalExecutor>,
+    client: &Client,
+    id: &str,
+) -> (
+    Arc<AtomicU64>,
+    Arc<Mutex<Reports>>,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    let applied = Arc::new(AtomicU64::new(0));
+    let reports: Arc<Mutex<Reports>> = Arc::default();
+    let following = tokio::spawn(follow(
+        executor.clone(),
+        client.clone(),
+        id.to_owned(),
+        applied.clone(),
+        reports.clone(),
+    ));
+    (applied, reports, following)
+}
+
+/// Stops every deployment this executor runs: the control plane counts it out, so they run
+/// (or will) elsewhere, and two copies of one deployment would share its broker sessions.
+async fn fence(executor: &LocalExecutor) {
+    for (tenant, id, _) in executor.running().await {
+        executor.forget(&tenant, &id).await;
+        tracing::info!(%tenant, deployment = %id, "stopped: this executor is not a member");
+    }
+}
+
 /// Module log lines waiting to be handed to the control plane at most; beyond, new lines are
 /// dropped (and counted) until it takes them again.
 const LOG_QUEUE: usize = 10_000;
@@ -329,8 +361,11 @@ async fn follow(
     loop {
         let answer = match client.executor_assignments(&id, after, 10_000).await {
             Ok(answer) => answer,
+            // Not a member (now): the heartbeat loop joins again and starts a new follower.
             Err(error) if error.code() == Some("not_found") => {
-                anyhow::bail!("the control plane no longer counts executor {id} as a member");
+                tracing::debug!(%error, "not a member; waiting to join again");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
             }
             Err(error) => {
                 tracing::warn!(%error, "assignments unavailable; asking again");
@@ -377,16 +412,20 @@ async fn follow(
                 Err(error) => {
                     tracing::warn!(tenant = %key.0, deployment = %key.1, generation, revision, %error, "assigned, but it did not start");
                     let mut reports = reports.lock().unwrap_or_else(PoisonError::into_inner);
+                    let refused = RefusedGeneration {
+                        generation,
+                        error: format!("{error:#}"),
+                    };
                     if let (Some(previous), Some(report)) = (previous, reports.get_mut(&key)) {
                         // The old generation keeps running: reported with why the new one
                         // did not start (the control plane assigns the old one again).
-                        report.1 = Some(RefusedGeneration {
-                            generation,
-                            error: format!("{error:#}"),
-                        });
+                        report.1 = Some(refused);
                         started.insert(key, previous);
+                    } else {
+                        // Not running at all: reported as not started, with why (the
+                        // generation and its refusal alike), until it is assigned anew.
+                        reports.insert(key, (generation, Some(refused)));
                     }
-                    // Not running at all: not reported, the scheduler places it again.
                 }
             }
         }
@@ -486,18 +525,13 @@ pub(crate) async fn run(args: ExecutorArgs) -> anyhow::Result<std::process::Exit
     executor.forward_logs(ForwardedLogs::start(client.clone(), join.id.clone()));
     // Tests and scripts read this line.
     println!("executor {} joined {}", join.id, join_url);
-    let applied = Arc::new(AtomicU64::new(0));
-    let reports: Arc<Mutex<Reports>> = Arc::default();
-    let mut following = tokio::spawn(follow(
-        executor.clone(),
-        client.clone(),
-        join.id.clone(),
-        applied.clone(),
-        reports.clone(),
-    ));
+    let (mut applied, mut reports, mut following) = start_follower(&executor, &client, &join.id);
     let period = Duration::from_millis(joined.heartbeat_ms.max(10));
     let timeout = Duration::from_millis(joined.timeout_ms);
     let mut last_heard = std::time::Instant::now();
+    // Whether this executor stopped its deployments because the control plane counts it out
+    // (or could not be reached for longer than the timeout): they run elsewhere by now.
+    let mut fenced = false;
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let stop = crate::stop_signal();
@@ -519,6 +553,16 @@ pub(crate) async fn run(args: ExecutorArgs) -> anyhow::Result<std::process::Exit
         let running = executor.running().await;
         let running = {
             let reports = reports.lock().unwrap_or_else(PoisonError::into_inner);
+            // Assignments that did not start at all (none of their generations runs here).
+            let failed: Vec<_> = reports
+                .iter()
+                .filter(|(key, _)| !running.iter().any(|(t, i, _)| *t == key.0 && *i == key.1))
+                .filter_map(|(key, (generation, refused))| {
+                    let refused = refused.as_ref()?;
+                    (refused.generation == *generation)
+                        .then(|| (key.clone(), (*generation, refused.error.clone())))
+                })
+                .collect();
             running
                 .into_iter()
                 .map(|(tenant, id, problem)| {
@@ -532,29 +576,71 @@ pub(crate) async fn run(args: ExecutorArgs) -> anyhow::Result<std::process::Exit
                         problem,
                         generation,
                         refused,
+                        not_started: false,
                     }
                 })
+                .chain(
+                    failed
+                        .into_iter()
+                        .map(|((tenant, id), (generation, error))| ExecutorRunning {
+                            tenant,
+                            id,
+                            problem: Some(format!("did not start: {error}")),
+                            generation,
+                            refused: None,
+                            not_started: true,
+                        }),
+                )
                 .collect()
         };
         match client
             .executor_heartbeat(&join.id, &ExecutorHeartbeat { running, revision })
             .await
         {
-            Ok(()) => last_heard = std::time::Instant::now(),
-            // Declared lost or forgotten: its work went elsewhere; a new process (new id) joins.
+            Ok(()) => {
+                last_heard = std::time::Instant::now();
+                if fenced {
+                    // Still a member after all (the control plane was away, not this one):
+                    // what it assigns starts again.
+                    following.abort();
+                    (applied, reports, following) = start_follower(&executor, &client, &join.id);
+                    fenced = false;
+                }
+            }
+            // Not (or no longer) a member: the control plane restarted and forgot its members,
+            // or declared this one lost. Join again under the same id; a control plane that
+            // just restarted takes it at once and places work here again (what runs goes on
+            // until then), one that declared it lost refuses it for a while: its deployments
+            // run elsewhere, so they stop here and the join is asked again every beat.
             Err(error) if matches!(error.code(), Some("conflict" | "not_found")) => {
-                anyhow::bail!(
-                    "the control plane no longer counts executor {} as a member: {error}",
-                    join.id
-                );
+                match client.join_executor(&join).await {
+                    Ok(_) => {
+                        println!("executor {} joined {} again", join.id, join_url);
+                        // The new membership numbers assignments from the start.
+                        following.abort();
+                        (applied, reports, following) =
+                            start_follower(&executor, &client, &join.id);
+                        last_heard = std::time::Instant::now();
+                        fenced = false;
+                    }
+                    Err(refused) => {
+                        if !fenced {
+                            tracing::warn!(%error, %refused, "the control plane counts this executor out; its deployments stop here and it asks to join again");
+                            fence(&executor).await;
+                            fenced = true;
+                        }
+                    }
+                }
             }
             // Unreachable for longer than the timeout: the control plane has declared this
-            // executor lost (or is gone), so it stops too.
+            // executor lost and placed its deployments elsewhere (or is away), so they stop
+            // here; it keeps asking, and joins again once it is answered.
             Err(error) if last_heard.elapsed() > timeout => {
-                anyhow::bail!(
-                    "the control plane did not answer for {} ms: {error}",
-                    timeout.as_millis()
-                );
+                if !fenced {
+                    tracing::warn!(%error, timeout_ms = timeout.as_millis(), "the control plane did not answer within the timeout; this executor's deployments stop until it joins again");
+                    fence(&executor).await;
+                    fenced = true;
+                }
             }
             Err(error) => tracing::warn!(%error, "heartbeat failed; retrying"),
         }

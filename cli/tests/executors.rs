@@ -607,7 +607,8 @@ async fn an_executor_processs_dead_letters_are_kept_and_its_state_survives_a_mov
         )
         .await
         .unwrap();
-    // Traps on payload `trap`; logs `saw <payload>` of what passes.
+    // Traps on payload `trap` (and in `init` when configured so); logs `saw <payload>` of
+    // what passes.
     developer
         .push_graph(
             "trap",
@@ -623,6 +624,11 @@ connections:
   - {from: {name: source}, to: {name: m0}}
   - {from: {name: m0}, to: {name: m1}}
   - {from: {name: m1}, to: {name: sink}}
+moduleConfigurations:
+  - name: m0
+    parameters:
+      trap_in_init:
+        name: trap_in_init
 "
             .to_owned(),
         )
@@ -711,6 +717,42 @@ connections:
         "another tenant sees acme's log lines"
     );
 
+    // A deployment that cannot start there (its module traps in `init`) says so, with the
+    // executor's reason, instead of showing `running` or being placed again every round.
+    let mut broken = common::deployment(
+        "broken",
+        "trap",
+        ("plant", &topic("broken", "in")),
+        ("plant", &topic("broken", "out")),
+    );
+    broken
+        .configuration
+        .insert("trap_in_init".to_owned(), "true".to_owned());
+    developer.deploy(&broken).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let seen = loop {
+        let seen = developer.deployment("broken").await.unwrap();
+        if seen.status == "degraded" {
+            break seen;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "broken is {} {:?}",
+            seen.status,
+            seen.history.last()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let runtime = seen.runtime.clone().unwrap();
+    assert_eq!(runtime["running"], false, "{runtime}");
+    let reason = seen.history.last().unwrap().detail.clone();
+    assert!(
+        reason.contains("did not start") && reason.contains("init"),
+        "{reason}"
+    );
+    println!("broken: {} ({reason})", seen.status);
+    developer.delete_deployment("broken").await.unwrap();
+
     // State: a hot reading counts in the shared Redis, which the control plane reads.
     let count = || async {
         developer
@@ -762,4 +804,117 @@ connections:
         counted >= 2,
         "the count started over on the new executor: {counted}"
     );
+}
+
+/// A control plane that restarts (killed -9, started again on its data and address) does not
+/// take its executors down: they keep asking, stop their deployments once the control plane
+/// has been away longer than the timeout (it will have placed them elsewhere), join again
+/// under the same id when it answers, and run what it places on them again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn executors_join_again_when_the_control_plane_restarts() {
+    let mosquitto = service("WEIR_TEST_MOSQUITTO");
+    let data = tempfile::tempdir().unwrap();
+    let args = [
+        "--remote-executors",
+        "--reconcile-ms",
+        "100",
+        "--executor-heartbeat-ms",
+        "100",
+        "--executor-timeout-ms",
+        "1000",
+    ];
+    let server = common::serve_with(data.path(), &args);
+    let address = server.address.clone();
+    let admin_token = server.admin_token.clone().unwrap();
+    let token = std::fs::read_to_string(data.path().join("executor-token")).unwrap();
+    let mut executor = common::executor_process(&server.address, &token, "stay", &[]);
+    let quotas = Quotas {
+        api_requests_per_second: 100_000,
+        max_deployments: 100,
+        allowed_private_hosts: vec!["127.0.0.1".to_owned()],
+        ..Quotas::default()
+    };
+    let developer = common::tenant(&server.admin(), "acme", quotas).await;
+    let owner = common::token(&server.admin(), "acme", weir_api::tenancy::Role::Owner).await;
+    common::mqtt_endpoint(&owner, "plant", &mosquitto).await;
+    developer
+        .push_module("echo", "1.0.0", weir_guests::ECHO.bytes())
+        .await
+        .unwrap();
+    developer
+        .push_graph("echo", "1", common::chain_graph("echo", "echo", 1))
+        .await
+        .unwrap();
+    let prefix = format!(
+        "rejoin-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+    );
+    let (input, output) = (format!("{prefix}/in"), format!("{prefix}/out"));
+    developer
+        .deploy(&common::deployment(
+            "relay",
+            "echo",
+            ("plant", &input),
+            ("plant", &output),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        runs_on(&developer, "relay", None, Duration::from_secs(30)).await,
+        "stay"
+    );
+    let developer_token = developer.token().unwrap().to_owned();
+
+    // kill -9 the control plane; start it again on the same data and address after more
+    // than the executor timeout.
+    drop(server);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let server = common::serve_at(data.path(), &address, &args, &[]);
+    assert!(
+        executor.0.try_wait().unwrap().is_none(),
+        "the executor exited while its control plane was away"
+    );
+    let admin = server.client(&admin_token);
+    let developer = server.client(&developer_token);
+    assert_eq!(
+        runs_on(&developer, "relay", None, Duration::from_secs(30)).await,
+        "stay"
+    );
+    let listed = admin.executors().await.unwrap();
+    assert_eq!(
+        listed
+            .iter()
+            .map(|e| (e.id.as_str(), e.state.as_str()))
+            .collect::<Vec<_>>(),
+        [("stay", "ready")]
+    );
+    assert!(
+        executor
+            .1
+            .lock()
+            .unwrap()
+            .contains(&format!("executor stay joined http://{address} again")),
+        "{:?}",
+        executor.1.lock().unwrap()
+    );
+    // It runs again: a message goes through.
+    let reader = Mqtt::connect(&mosquitto, &format!("{prefix}-reader"), Some(&output)).await;
+    let writer = Mqtt::connect(&mosquitto, &format!("{prefix}-writer"), None).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while reader.payloads_on(&output).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "relay gave no output after the restart"
+        );
+        writer
+            .client
+            .publish(input.clone(), QoS::AtLeastOnce, false, "after the restart")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

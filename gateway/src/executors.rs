@@ -361,7 +361,7 @@ impl ExecutorMembership {
                 .find(|r| r.tenant == *tenant && r.id == id);
             Some(serde_json::json!({
                 "executor": executor.as_str(),
-                "running": report.is_some(),
+                "running": report.is_some_and(|r| !r.not_started),
                 "problem": report.and_then(|r| r.problem.clone()),
             }))
         })

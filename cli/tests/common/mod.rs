@@ -44,11 +44,17 @@ pub fn serve_with(data: &Path, extra: &[&str]) -> Server {
 
 /// `weir serve` with extra arguments and environment variables.
 pub fn serve_with_env(data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
+    serve_at(data, "127.0.0.1:0", extra, env)
+}
+
+/// `weir serve` listening on `listen` (a restart on the address of an earlier start), with
+/// extra arguments and environment variables.
+pub fn serve_at(data: &Path, listen: &str, extra: &[&str], env: &[(&str, &str)]) -> Server {
     let child = Command::new(env!("CARGO_BIN_EXE_weir"))
         .args([
             "serve",
             "--listen",
-            "127.0.0.1:0",
+            listen,
             "--mqtt-listen",
             "127.0.0.1:0",
             "--data",
@@ -324,8 +330,9 @@ pub async fn mqtt_endpoint(owner: &weir_api::client::Client, name: &str, address
         .unwrap();
 }
 
-/// A `weir executor` process of the test's own, killed (SIGKILL) when dropped.
-pub struct ExecutorProcess(pub Child);
+/// A `weir executor` process of the test's own, killed (SIGKILL) when dropped, with what it
+/// printed after joining (read on a thread of its own, so its stdout never fills or closes).
+pub struct ExecutorProcess(pub Child, pub std::sync::Arc<std::sync::Mutex<Vec<String>>>);
 
 impl Drop for ExecutorProcess {
     fn drop(&mut self) {
@@ -350,11 +357,18 @@ pub fn executor_process(address: &str, token: &str, id: &str, extra: &[&str]) ->
     let joined = format!("executor {id} joined {join}");
     let stdout = child.stdout.take().unwrap();
     // Owned from here on, so a failed expectation still kills it.
-    let process = ExecutorProcess(child);
+    let process = ExecutorProcess(child, std::sync::Arc::default());
     let mut said = Vec::new();
-    for line in BufReader::new(stdout).lines() {
+    let mut lines = BufReader::new(stdout).lines();
+    for line in lines.by_ref() {
         let line = line.unwrap();
         if line == joined {
+            let after = process.1.clone();
+            std::thread::spawn(move || {
+                for line in lines.map_while(Result::ok) {
+                    after.lock().unwrap().push(line);
+                }
+            });
             return process;
         }
         said.push(line);
