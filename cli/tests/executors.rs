@@ -35,6 +35,42 @@ fn service(name: &str) -> String {
     })
 }
 
+/// `weir serve` placing on executor processes, with a loop fast enough for tests: a round
+/// every 100 ms, heartbeats every 100 ms, lost after 1 s.
+const FAST_REMOTE: [&str; 7] = [
+    "--remote-executors",
+    "--reconcile-ms",
+    "100",
+    "--executor-heartbeat-ms",
+    "100",
+    "--executor-timeout-ms",
+    "1000",
+];
+
+/// `<what>-<pid>-<ms since the epoch>`: topics and namespaces no other run uses.
+fn unique(what: &str) -> String {
+    format!(
+        "{what}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+    )
+}
+
+/// Module `echo@1.0.0` and graph `echo@1` (source → echo → sink) of `developer`'s tenant.
+async fn push_echo(developer: &Client) {
+    developer
+        .push_module("echo", "1.0.0", weir_guests::ECHO.bytes())
+        .await
+        .unwrap();
+    developer
+        .push_graph("echo", "1", common::chain_graph("echo", "echo", 1))
+        .await
+        .unwrap();
+}
+
 /// Where `id` runs once it is `running` on an executor process (polled until `limit`).
 async fn runs_on(developer: &Client, id: &str, not: Option<&str>, limit: Duration) -> String {
     let deadline = Instant::now() + limit;
@@ -145,18 +181,7 @@ impl Mqtt {
 async fn deployments_run_on_executor_processes_and_move_within_the_bound_when_one_is_killed() {
     let mosquitto = service("WEIR_TEST_MOSQUITTO");
     let data = tempfile::tempdir().unwrap();
-    let server = common::serve_with(
-        data.path(),
-        &[
-            "--remote-executors",
-            "--reconcile-ms",
-            "100",
-            "--executor-heartbeat-ms",
-            "100",
-            "--executor-timeout-ms",
-            "1000",
-        ],
-    );
+    let server = common::serve_with(data.path(), &FAST_REMOTE);
     let admin = server.admin();
     let token = std::fs::read_to_string(data.path().join("executor-token")).unwrap();
     let mut executors: HashMap<String, common::ExecutorProcess> = ["exec-a", "exec-b", "exec-c"]
@@ -191,22 +216,8 @@ async fn deployments_run_on_executor_processes_and_move_within_the_bound_when_on
     }
     let owner = common::token(&admin, "acme", weir_api::tenancy::Role::Owner).await;
     common::mqtt_endpoint(&owner, "plant", &mosquitto).await;
-    developer
-        .push_module("echo", "1.0.0", weir_guests::ECHO.bytes())
-        .await
-        .unwrap();
-    developer
-        .push_graph("echo", "1", common::chain_graph("echo", "echo", 1))
-        .await
-        .unwrap();
-    let prefix = format!(
-        "executors-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis()
-    );
+    push_echo(&developer).await;
+    let prefix = unique("executors");
     let topic = |id: &str, side: &str| format!("{prefix}/{id}/{side}");
     let reader = Mqtt::connect(
         &mosquitto,
@@ -562,15 +573,7 @@ async fn an_executor_processs_dead_letters_are_kept_and_its_state_survives_a_mov
     );
     let state = ["--state", redis.as_str(), "--state-namespace", &namespace];
     let data = tempfile::tempdir().unwrap();
-    let mut serve_args = vec![
-        "--remote-executors",
-        "--reconcile-ms",
-        "100",
-        "--executor-heartbeat-ms",
-        "100",
-        "--executor-timeout-ms",
-        "1000",
-    ];
+    let mut serve_args = FAST_REMOTE.to_vec();
     serve_args.extend(state);
     let server = common::serve_with(data.path(), &serve_args);
     let admin = server.admin();
@@ -814,15 +817,7 @@ moduleConfigurations:
 async fn executors_join_again_when_the_control_plane_restarts() {
     let mosquitto = service("WEIR_TEST_MOSQUITTO");
     let data = tempfile::tempdir().unwrap();
-    let args = [
-        "--remote-executors",
-        "--reconcile-ms",
-        "100",
-        "--executor-heartbeat-ms",
-        "100",
-        "--executor-timeout-ms",
-        "1000",
-    ];
+    let args = FAST_REMOTE;
     let server = common::serve_with(data.path(), &args);
     let address = server.address.clone();
     let admin_token = server.admin_token.clone().unwrap();
@@ -837,22 +832,8 @@ async fn executors_join_again_when_the_control_plane_restarts() {
     let developer = common::tenant(&server.admin(), "acme", quotas).await;
     let owner = common::token(&server.admin(), "acme", weir_api::tenancy::Role::Owner).await;
     common::mqtt_endpoint(&owner, "plant", &mosquitto).await;
-    developer
-        .push_module("echo", "1.0.0", weir_guests::ECHO.bytes())
-        .await
-        .unwrap();
-    developer
-        .push_graph("echo", "1", common::chain_graph("echo", "echo", 1))
-        .await
-        .unwrap();
-    let prefix = format!(
-        "rejoin-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis()
-    );
+    push_echo(&developer).await;
+    let prefix = unique("rejoin");
     let (input, output) = (format!("{prefix}/in"), format!("{prefix}/out"));
     developer
         .deploy(&common::deployment(

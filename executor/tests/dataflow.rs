@@ -1017,12 +1017,9 @@ fn keyed_message_at(millis: u64, key: &str, payload: &str) -> DataItem {
     DataItem::Message(message)
 }
 
-/// The window results of `inputs` (time, key, temperature) through a 10 s window and the
-/// temperature statistics, keyed: `(window end in ms, __key) -> payload`.
-fn keyed_windows(
-    fixture: &Fixture,
-    inputs: &[(u64, &str, i64)],
-) -> BTreeMap<(u64, String), String> {
+/// A 10 s window and the temperature statistics, windows kept per key (`__key`), on event
+/// time.
+fn deploy_keyed_windows(fixture: &Fixture) -> Deployment {
     let yaml = graph(
         "
 operations:
@@ -1036,13 +1033,22 @@ connections:
   - { from: { name: stats }, to: { name: sink } }
 ",
     );
-    let mut deployment = fixture.deploy(
+    fixture.deploy(
         &yaml,
         DataflowSettings {
             keyed_windows: true,
             ..event_time()
         },
-    );
+    )
+}
+
+/// The window results of `inputs` (time, key, temperature) through a 10 s window and the
+/// temperature statistics, keyed: `(window end in ms, __key) -> payload`.
+fn keyed_windows(
+    fixture: &Fixture,
+    inputs: &[(u64, &str, i64)],
+) -> BTreeMap<(u64, String), String> {
+    let mut deployment = deploy_keyed_windows(fixture);
     for (millis, key, value) in inputs {
         send(
             &deployment,
@@ -1108,26 +1114,7 @@ fn keyed_windows_fold_each_key_apart_and_split_inputs_give_the_same_results() {
 fn a_keyed_window_forgets_the_records_of_a_revoked_partition_assignment() {
     use weir_connectors::PartitionAssignment;
     let fixture = Fixture::new();
-    let yaml = graph(
-        "
-operations:
-  - { operationType: source, name: source }
-  - { operationType: delay, name: window, module: window }
-  - { operationType: accumulate, name: stats, module: temperature }
-  - { operationType: sink, name: sink }
-connections:
-  - { from: { name: source }, to: { name: window } }
-  - { from: { name: window }, to: { name: stats } }
-  - { from: { name: stats }, to: { name: sink } }
-",
-    );
-    let mut deployment = fixture.deploy(
-        &yaml,
-        DataflowSettings {
-            keyed_windows: true,
-            ..event_time()
-        },
-    );
+    let mut deployment = deploy_keyed_windows(&fixture);
     let base = 1_700_000_000_000;
     let send_under = |assignment: &PartitionAssignment, values: std::ops::Range<u64>| {
         let deliveries: Vec<Deliveries> = values.clone().map(|_| Arc::default()).collect();
