@@ -37,8 +37,9 @@ pub(crate) struct ExecutorArgs {
     /// overrides the file. See `weir config example`.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// The control plane's API (`http://host:port`). Required (flag, environment or file).
-    #[arg(long)]
+    /// The control plane's API (`http://host:port` or `https://…`). Required (flag,
+    /// environment or file).
+    #[arg(long, value_parser = join_url)]
     join: Option<String>,
     /// The executor join token (`--executor-token` or `DATA/executor-token` of `weir serve`).
     /// Required (flag, environment or file).
@@ -71,6 +72,19 @@ pub(crate) struct ExecutorArgs {
     /// control plane's `--state-namespace`.
     #[arg(long, default_value = "weir")]
     state_namespace: String,
+}
+
+/// A `--join` value: an absolute `http://` or `https://` URL with a host.
+fn join_url(value: &str) -> Result<String, String> {
+    let rest = value
+        .strip_prefix("http://")
+        .or_else(|| value.strip_prefix("https://"));
+    match rest {
+        Some(rest) if !rest.is_empty() && !rest.starts_with('/') => Ok(value.to_owned()),
+        _ => Err(format!(
+            "the control plane's URL is http://host:port (or https://…), not {value:?}"
+        )),
+    }
 }
 
 /// Dead letters of this process's deployments, kept in the control plane's journal

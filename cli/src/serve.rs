@@ -94,7 +94,7 @@ pub(crate) struct ServeArgs {
     /// Milliseconds between rounds of the scheduler's reconcile loop, which starts every
     /// stored deployment that should run and does not (at boot, after a failure of its
     /// dataflow) and stops what runs but should not (minimum 10).
-    #[arg(long, default_value_t = 1_000)]
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(10..))]
     reconcile_ms: u64,
     /// Executor processes to start on this machine (`weir executor`, joining this server over
     /// HTTP with the join token in `DATA/executor-token`); 0: none, the in-process executor
@@ -106,11 +106,13 @@ pub(crate) struct ServeArgs {
     /// or more.
     #[arg(long)]
     remote_executors: bool,
-    /// Milliseconds between an executor process's heartbeats.
-    #[arg(long, default_value_t = 1_000)]
+    /// Milliseconds between an executor process's heartbeats (at least 10, and less than
+    /// `--executor-timeout-ms`).
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(10..))]
     executor_heartbeat_ms: u64,
-    /// Milliseconds without a heartbeat after which an executor process is declared lost.
-    #[arg(long, default_value_t = 5_000)]
+    /// Milliseconds without a heartbeat after which an executor process is declared lost (at
+    /// least 10).
+    #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(10..))]
     executor_timeout_ms: u64,
     /// The token executor processes join with (at least 32 characters; default: the one in
     /// `DATA/executor-token`, made on first start). Executors on other machines are given the
@@ -537,6 +539,14 @@ fn lock_data_dir(data: &std::path::Path) -> anyhow::Result<std::fs::File> {
 }
 
 pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
+    // An executor that beats less often than the timeout is declared lost between its beats.
+    anyhow::ensure!(
+        args.executor_heartbeat_ms < args.executor_timeout_ms,
+        "--executor-heartbeat-ms {} must be less than --executor-timeout-ms {} (executors \
+         would be declared lost between their heartbeats)",
+        args.executor_heartbeat_ms,
+        args.executor_timeout_ms
+    );
     // The data directory is the server user's alone (its files are created 0600 inside).
     {
         use std::os::unix::fs::{DirBuilderExt, PermissionsExt};

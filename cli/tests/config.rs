@@ -325,3 +325,45 @@ fn bad_environment_variables_are_listed_with_the_file_problems() {
     // Nothing started: it never tried to join.
     assert!(!stderr.contains("cannot join"), "{stderr}");
 }
+
+/// Settings that cannot work are refused at start with what is wrong: a heartbeat no shorter
+/// than the timeout (every executor would be declared lost between beats), loop periods under
+/// 10 ms, a join address that is not an http(s) URL.
+#[test]
+fn timing_that_cannot_work_and_a_join_without_a_scheme_are_refused() {
+    let data = tempfile::tempdir().unwrap();
+    let data_dir = data.path().to_str().unwrap();
+    for (args, expected) in [
+        (
+            vec![
+                "serve",
+                "--data",
+                data_dir,
+                "--executor-heartbeat-ms",
+                "3000",
+                "--executor-timeout-ms",
+                "1000",
+            ],
+            "must be less than --executor-timeout-ms",
+        ),
+        (
+            vec!["serve", "--data", data_dir, "--reconcile-ms", "0"],
+            "--reconcile-ms",
+        ),
+        (
+            vec![
+                "executor",
+                "--join",
+                "127.0.0.1:8080",
+                "--executor-token",
+                "x",
+            ],
+            "http://host:port",
+        ),
+    ] {
+        let (_, stderr, code) = common::weir_within(&args, Duration::from_secs(30));
+        assert_ne!(code, Some(0), "{args:?} started");
+        assert!(code.is_some(), "{args:?} still runs");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+}
