@@ -214,7 +214,7 @@ async fn agree(admin: &Client, developer: &Client, id: &str) -> Result<(), Strin
 async fn api_changes_racing_a_fast_reconcile_loop_leave_store_and_runtime_agreeing() {
     let data = tempfile::tempdir().unwrap();
     // A round every 5 ms: the loop's plans go stale all the time.
-    let server = common::serve_with(data.path(), &["--reconcile-ms", "5"]);
+    let server = common::serve_with(data.path(), &["--reconcile-ms", "10"]);
     let admin = server.admin();
     let quotas = Quotas {
         api_requests_per_second: 100_000,
