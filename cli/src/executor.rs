@@ -72,6 +72,11 @@ pub(crate) struct ExecutorArgs {
     /// control plane's `--state-namespace`.
     #[arg(long, default_value = "weir")]
     state_namespace: String,
+    /// Exit (instead of waiting to join again) once the control plane has not answered for
+    /// the timeout or counts this executor out: for the children of `weir serve --executors N`,
+    /// which end with their server.
+    #[arg(long, hide = true)]
+    exit_with_control_plane: bool,
 }
 
 /// A `--join` value: an absolute `http://` or `https://` URL with a host.
@@ -626,6 +631,13 @@ pub(crate) async fn run(args: ExecutorArgs) -> anyhow::Result<std::process::Exit
             // just restarted takes it at once and places work here again (what runs goes on
             // until then), one that declared it lost refuses it for a while: its deployments
             // run elsewhere, so they stop here and the join is asked again every beat.
+            Err(error)
+                if args.exit_with_control_plane
+                    && (matches!(error.code(), Some("conflict" | "not_found"))
+                        || last_heard.elapsed() > timeout) =>
+            {
+                anyhow::bail!("the control plane of this executor is gone: {error}");
+            }
             Err(error) if matches!(error.code(), Some("conflict" | "not_found")) => {
                 match client.join_executor(&join).await {
                     Ok(_) => {

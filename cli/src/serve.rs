@@ -458,6 +458,8 @@ impl LocalExecutors {
             let mut command = std::process::Command::new(&weir);
             command
                 .args(["executor", "--join", &format!("http://{address}")])
+                // They end with this server rather than wait for another.
+                .arg("--exit-with-control-plane")
                 .env("WEIR_EXECUTOR_TOKEN", &token)
                 // Each process makes its own id (a shared one would be refused).
                 .env_remove("WEIR_ID");
