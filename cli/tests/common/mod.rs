@@ -7,6 +7,8 @@
     reason = "test code shared by several test binaries, each using a part"
 )]
 
+pub mod mqtt;
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
