@@ -839,6 +839,24 @@ pub struct ExecutorAssignments {
     pub revision: u64,
     /// The deployments to run.
     pub assignments: Vec<ExecutorAssignment>,
+    /// Instances it ran that are gone for good (scaled away), not moved, paused or deleted: it
+    /// retires them (each finishes its messages and ends its broker session, so nothing is
+    /// kept for it) rather than just stopping them. Listed until the executor's heartbeat
+    /// shows it acted on them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired: Vec<RetiredDeployment>,
+}
+
+/// A deployment an executor is to retire ([`ExecutorAssignments::retired`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct RetiredDeployment {
+    /// The tenant.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub tenant: crate::TenantId,
+    /// The deployment's (or instance's) id.
+    pub id: String,
 }
 
 /// One deployment assigned to an executor process: its artifacts by digest (fetched from
@@ -947,6 +965,11 @@ pub struct ExecutorRunning {
     /// reason rather than placing it again and again.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub not_started: bool,
+    /// It runs, but its source does not read its input (yet): connecting (an MQTT source until
+    /// its subscription is acknowledged), retrying or failed. A scaled-away sibling is retired
+    /// only once every instance taking over reads its input.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub starting: bool,
 }
 
 /// An assignment's generation an executor could not start.

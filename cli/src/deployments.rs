@@ -110,6 +110,10 @@ impl DeploymentRuntime for LocalDeployments {
         self.executor.forget(tenant, id).await;
     }
 
+    async fn retire(&self, tenant: &TenantId, id: &str) {
+        self.executor.retire(tenant, id).await;
+    }
+
     async fn ingest(
         &self,
         tenant: &TenantId,
@@ -152,17 +156,18 @@ impl DeploymentRuntime for LocalDeployments {
             .running()
             .await
             .into_iter()
-            .map(|(tenant, id, problem)| weir_gateway::RunningDeployment {
-                tenant,
-                id,
+            .map(|running| weir_gateway::RunningDeployment {
+                tenant: running.tenant,
+                id: running.id,
                 executor: executor.clone(),
-                problem,
+                problem: running.problem,
+                starting: running.starting,
             })
             .collect()
     }
 
     async fn logs(&self, tenant: &TenantId, query: &FeedQuery) -> Vec<LogLine> {
-        self.log_writer.synced().await;
+        self.log_writer.synced(tenant).await;
         match self
             .store
             .module_logs(
@@ -216,7 +221,7 @@ impl DeploymentRuntime for LocalDeployments {
     async fn set_quotas(&self, tenant: &TenantId, quotas: &Quotas) {
         self.executor.set_quotas(tenant, quotas);
         // A lowered `max_log_lines` drops the oldest kept lines at once.
-        self.log_writer.synced().await;
+        self.log_writer.synced(tenant).await;
         if let Err(error) = self
             .store
             .append_module_logs(tenant, Vec::new(), u64::from(quotas.max_log_lines))

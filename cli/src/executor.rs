@@ -24,9 +24,10 @@ use weir_api::rest::{
     AssignedBinding, DeadLetter, ExecutorAssignment, ExecutorDeadLetters, ExecutorHeartbeat,
     ExecutorJoin, ExecutorLogLines, ExecutorRunning, LogLine, RefusedGeneration,
 };
+use weir_api::tenancy::Quotas;
 use weir_api::{ModuleDigest, TenantId};
 use weir_connectors::EndpointSpec;
-use weir_executor::logs::{LogRecord, LogSink};
+use weir_executor::logs::{LogRecord, LogSink, TenantLogQueue};
 use weir_executor::runtime::{Assignment, Binding, DeadLetterJournal, LocalExecutor};
 
 /// `weir executor`.
@@ -187,69 +188,67 @@ fn start_follower(
 /// Stops every deployment this executor runs: the control plane counts it out, so they run
 /// (or will) elsewhere, and two copies of one deployment would share its broker sessions.
 async fn fence(executor: &LocalExecutor) {
-    for (tenant, id, _) in executor.running().await {
-        executor.forget(&tenant, &id).await;
-        tracing::info!(%tenant, deployment = %id, "stopped: this executor is not a member");
+    for running in executor.running().await {
+        executor.forget(&running.tenant, &running.id).await;
+        tracing::info!(tenant = %running.tenant, deployment = %running.id, "stopped: this executor is not a member");
     }
 }
 
-/// Module log lines waiting to be handed to the control plane at most; beyond, new lines are
-/// dropped (and counted) until it takes them again.
-const LOG_QUEUE: usize = 10_000;
+/// Module log lines of one tenant waiting to be handed to the control plane at most; beyond,
+/// that tenant's new lines are dropped (and counted) until it takes them again.
+const LOG_QUEUE_PER_TENANT: usize = 10_000;
 
 /// Module log lines of this process's deployments, handed to the control plane
 /// (`POST /v1/executors/{id}/logs`) by one task in requests of one tenant's lines (at most
 /// [`ExecutorLogLines::MAX_LINES`] and half the route's byte limit), so `/v1/logs` shows them
 /// as it shows those of `weir serve`'s own deployments. `record` only queues (it runs inside
-/// a module's call). While the control plane does not answer, a request is sent again and the
-/// queue holds what comes meanwhile; a request it refuses for what it is (not for being
-/// unavailable) is dropped with a warning.
+/// a module's call), in a queue per tenant served in turn ([`TenantLogQueue`]), so a chatty
+/// tenant's lines never crowd out another's. While the control plane does not answer, a
+/// request is sent again and the queues hold what comes meanwhile; a request it refuses for
+/// what it is (not for being unavailable) is dropped with a warning.
 #[derive(Debug)]
 struct ForwardedLogs {
-    queue: tokio::sync::mpsc::Sender<LogRecord>,
-    dropped: AtomicU64,
+    queue: Arc<TenantLogQueue>,
 }
 
 impl ForwardedLogs {
     /// The sink, and its task sending to the control plane as executor `id`.
     fn start(client: Client, id: String) -> Arc<Self> {
-        let (queue, mut lines) = tokio::sync::mpsc::channel::<LogRecord>(LOG_QUEUE);
+        let queue = Arc::new(TenantLogQueue::new(LOG_QUEUE_PER_TENANT));
+        let lines = queue.clone();
         tokio::spawn(async move {
-            let mut batch = Vec::with_capacity(ExecutorLogLines::MAX_LINES);
-            while lines
-                .recv_many(&mut batch, ExecutorLogLines::MAX_LINES)
-                .await
-                > 0
-            {
-                let mut by_tenant: HashMap<TenantId, Vec<LogLine>> = HashMap::new();
-                for record in batch.drain(..) {
-                    let (deployment, node) = match record.node.split_once('/') {
-                        Some((d, n)) => (Some(d.to_owned()), Some(n.to_owned())),
-                        None => (None, Some(record.node.clone())),
-                    };
-                    by_tenant.entry(record.tenant).or_default().push(LogLine {
-                        seq: 0,
-                        at_ms: record
-                            .at
-                            .duration_since(UNIX_EPOCH)
-                            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-                        level: crate::observe::level_name(record.level).to_owned(),
-                        deployment,
-                        node,
-                        message: record.message,
-                    });
+            loop {
+                let batch = lines.next(ExecutorLogLines::MAX_LINES).await;
+                let converted = batch
+                    .lines
+                    .into_iter()
+                    .map(|record| {
+                        let (deployment, node) = match record.node.split_once('/') {
+                            Some((d, n)) => (Some(d.to_owned()), Some(n.to_owned())),
+                            None => (None, Some(record.node.clone())),
+                        };
+                        LogLine {
+                            seq: 0,
+                            at_ms: record
+                                .at
+                                .duration_since(UNIX_EPOCH)
+                                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                            level: crate::observe::level_name(record.level).to_owned(),
+                            deployment,
+                            node,
+                            message: record.message,
+                        }
+                    })
+                    .collect();
+                for chunk in log_chunks(converted) {
+                    send_log_lines(&client, &id, &batch.tenant, chunk).await;
                 }
-                for (tenant, lines) in by_tenant {
-                    for chunk in log_chunks(lines) {
-                        send_log_lines(&client, &id, &tenant, chunk).await;
-                    }
+                for answer in batch.synced {
+                    let _sent = answer.send(());
                 }
             }
         });
-        Arc::new(Self {
-            queue,
-            dropped: AtomicU64::new(0),
-        })
+        Arc::new(Self { queue })
     }
 }
 
@@ -304,15 +303,8 @@ async fn send_log_lines(client: &Client, id: &str, tenant: &TenantId, lines: Vec
 
 impl LogSink for ForwardedLogs {
     fn record(&self, record: LogRecord) {
-        if self.queue.try_send(record).is_err() {
-            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-            if dropped.is_power_of_two() {
-                tracing::warn!(
-                    dropped,
-                    "module log lines dropped: the control plane is not taking them"
-                );
-            }
-        }
+        // A full share is counted and warned of by the queue.
+        let _queued = self.queue.push(record);
     }
 }
 
@@ -377,6 +369,8 @@ async fn follow(
 ) -> anyhow::Result<()> {
     let mut after = 0;
     let mut started: HashMap<(TenantId, String), u64> = HashMap::new();
+    // The quotas applied per tenant with assignments here.
+    let mut quotas: HashMap<TenantId, Quotas> = HashMap::new();
     loop {
         let answer = match client.executor_assignments(&id, after, 10_000).await {
             Ok(answer) => answer,
@@ -403,14 +397,40 @@ async fn follow(
             .cloned()
             .collect();
         for key in gone {
-            executor.forget(&key.0, &key.1).await;
+            let retired = answer
+                .retired
+                .iter()
+                .any(|r| r.tenant == key.0 && r.id == key.1);
+            if retired {
+                // Scaled away or deleted: it finishes its messages and ends its broker session.
+                executor.retire(&key.0, &key.1).await;
+                tracing::info!(tenant = %key.0, deployment = %key.1, "retired");
+            } else {
+                // Moved, paused or updated: its broker session stays for the next copy.
+                executor.forget(&key.0, &key.1).await;
+                tracing::info!(tenant = %key.0, deployment = %key.1, "unassigned: stopped");
+            }
             started.remove(&key);
             reports
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .remove(&key);
-            tracing::info!(tenant = %key.0, deployment = %key.1, "unassigned: stopped");
         }
+        // Changed quotas (an admin's change, sent in every assignment of the tenant) apply to
+        // what runs at once; a start below applies its own.
+        let mut wanted_quotas: HashMap<TenantId, Quotas> = HashMap::new();
+        for assigned in &answer.assignments {
+            wanted_quotas
+                .entry(assigned.tenant.clone())
+                .or_insert_with(|| assigned.quotas.clone());
+        }
+        for (tenant, wanted) in &wanted_quotas {
+            if quotas.get(tenant).is_some_and(|applied| applied != wanted) {
+                executor.set_quotas(tenant, wanted);
+                tracing::info!(%tenant, "the tenant's quotas changed: applied");
+            }
+        }
+        quotas = wanted_quotas;
         for assigned in answer.assignments {
             let key = (assigned.tenant.clone(), assigned.id.clone());
             if started.get(&key) == Some(&assigned.generation) {
@@ -575,7 +595,7 @@ pub(crate) async fn run(args: ExecutorArgs) -> anyhow::Result<std::process::Exit
             // Assignments that did not start at all (none of their generations runs here).
             let failed: Vec<_> = reports
                 .iter()
-                .filter(|(key, _)| !running.iter().any(|(t, i, _)| *t == key.0 && *i == key.1))
+                .filter(|(key, _)| !running.iter().any(|r| r.tenant == key.0 && r.id == key.1))
                 .filter_map(|(key, (generation, refused))| {
                     let refused = refused.as_ref()?;
                     (refused.generation == *generation)
@@ -584,18 +604,19 @@ pub(crate) async fn run(args: ExecutorArgs) -> anyhow::Result<std::process::Exit
                 .collect();
             running
                 .into_iter()
-                .map(|(tenant, id, problem)| {
+                .map(|running| {
                     let (generation, refused) = reports
-                        .get(&(tenant.clone(), id.clone()))
+                        .get(&(running.tenant.clone(), running.id.clone()))
                         .cloned()
                         .unwrap_or_default();
                     ExecutorRunning {
-                        tenant,
-                        id,
-                        problem,
+                        tenant: running.tenant,
+                        id: running.id,
+                        problem: running.problem,
                         generation,
                         refused,
                         not_started: false,
+                        starting: running.starting,
                     }
                 })
                 .chain(
@@ -608,6 +629,7 @@ pub(crate) async fn run(args: ExecutorArgs) -> anyhow::Result<std::process::Exit
                             generation,
                             refused: None,
                             not_started: true,
+                            starting: false,
                         }),
                 )
                 .collect()
@@ -626,11 +648,11 @@ pub(crate) async fn run(args: ExecutorArgs) -> anyhow::Result<std::process::Exit
                     fenced = false;
                 }
             }
-            // Not (or no longer) a member: the control plane restarted and forgot its members,
-            // or declared this one lost. Join again under the same id; a control plane that
-            // just restarted takes it at once and places work here again (what runs goes on
-            // until then), one that declared it lost refuses it for a while: its deployments
-            // run elsewhere, so they stop here and the join is asked again every beat.
+            // Not (or no longer) a member: the control plane restarted and forgot its members
+            // (`not_found`), or declared this one lost (`conflict`). Join again under the same
+            // id. A control plane that just restarted places work here again (what runs goes
+            // on until then and is adopted); one that declared it lost placed its deployments
+            // elsewhere, so they stop here before it joins as a new member.
             Err(error)
                 if args.exit_with_control_plane
                     && (matches!(error.code(), Some("conflict" | "not_found"))
@@ -639,6 +661,15 @@ pub(crate) async fn run(args: ExecutorArgs) -> anyhow::Result<std::process::Exit
                 anyhow::bail!("the control plane of this executor is gone: {error}");
             }
             Err(error) if matches!(error.code(), Some("conflict" | "not_found")) => {
+                if error.code() == Some("conflict") && !fenced {
+                    tracing::warn!(%error, "the control plane declared this executor lost; its deployments stop here and it joins again");
+                    // No start of the old membership's may follow the fence: its follower
+                    // goes (a new one starts once joined).
+                    following.abort();
+                    following = tokio::spawn(std::future::pending());
+                    fence(&executor).await;
+                    fenced = true;
+                }
                 match client.join_executor(&join).await {
                     Ok(_) => {
                         println!("executor {} joined {} again", join.id, join_url);

@@ -11,7 +11,6 @@
 //! work runs on tokio's blocking pool (the store's own `spawn_blocking`).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -29,7 +28,7 @@ use weir_connectors::otlp::opentelemetry_proto::tonic::metrics::v1::{
 };
 use weir_connectors::otlp::opentelemetry_proto::tonic::resource::v1::Resource;
 use weir_connectors::{ConnectContext, EndpointSpec};
-use weir_executor::logs::{LogLevel, LogRecord, LogSink};
+use weir_executor::logs::{LogLevel, LogRecord, LogSink, TenantLogQueue};
 use weir_executor::runtime::LocalExecutor;
 use weir_store::{ControlStore, ModuleLogRecord, UsageCounters, UsageDelta};
 
@@ -167,53 +166,38 @@ pub(crate) fn spawn_usage_flusher(
     })
 }
 
-/// Lines waiting for the log writer at most; beyond, lines are dropped (and counted).
-const LOG_QUEUE: usize = 10_000;
+/// Lines of one tenant waiting for the log writer at most; beyond, that tenant's new lines are
+/// dropped (and counted).
+const LOG_QUEUE_PER_TENANT: usize = 10_000;
 /// Lines the writer takes per batch.
 const LOG_BATCH: usize = 1_000;
 
 /// Module log lines to the control store: `record` only queues (it runs inside a module's
-/// call), one task writes batches, grouped by tenant, each trimmed to its `max_log_lines`.
+/// call) in a queue per tenant served in turn ([`TenantLogQueue`]: a chatty tenant fills only
+/// its own share), and one task writes each tenant's batch, trimmed to its `max_log_lines`.
 #[derive(Debug)]
 pub(crate) struct StoreLogWriter {
-    queue: tokio::sync::mpsc::Sender<LogEntry>,
-    dropped: AtomicU64,
-}
-
-/// What the log writer's queue carries.
-#[derive(Debug)]
-enum LogEntry {
-    /// A line to keep.
-    Line(LogRecord),
-    /// Answered once every line queued before it is written.
-    Sync(tokio::sync::oneshot::Sender<()>),
+    queue: Arc<TenantLogQueue>,
 }
 
 impl StoreLogWriter {
     /// The writer, and its task writing to `store`.
     pub(crate) fn start(store: Arc<dyn ControlStore>) -> (Arc<Self>, tokio::task::JoinHandle<()>) {
-        let (queue, mut lines) = tokio::sync::mpsc::channel::<LogEntry>(LOG_QUEUE);
+        let queue = Arc::new(TenantLogQueue::new(LOG_QUEUE_PER_TENANT));
+        let lines = queue.clone();
         let task = tokio::spawn(async move {
-            let mut batch = Vec::with_capacity(LOG_BATCH);
-            while lines.recv_many(&mut batch, LOG_BATCH).await > 0 {
-                let mut by_tenant: HashMap<TenantId, Vec<ModuleLogRecord>> = HashMap::new();
-                let mut waiting = Vec::new();
-                for entry in batch.drain(..) {
-                    let record = match entry {
-                        LogEntry::Line(record) => record,
-                        LogEntry::Sync(answer) => {
-                            waiting.push(answer);
-                            continue;
-                        }
-                    };
-                    let (deployment, node) = match record.node.split_once('/') {
-                        Some((d, n)) => (Some(d.to_owned()), n.to_owned()),
-                        None => (None, record.node.clone()),
-                    };
-                    by_tenant
-                        .entry(record.tenant.clone())
-                        .or_default()
-                        .push(ModuleLogRecord {
+            loop {
+                let batch = lines.next(LOG_BATCH).await;
+                let tenant = &batch.tenant;
+                let records: Vec<ModuleLogRecord> = batch
+                    .lines
+                    .into_iter()
+                    .map(|record| {
+                        let (deployment, node) = match record.node.split_once('/') {
+                            Some((d, n)) => (Some(d.to_owned()), n.to_owned()),
+                            None => (None, record.node.clone()),
+                        };
+                        ModuleLogRecord {
                             seq: 0,
                             at_ms: record
                                 .at
@@ -223,66 +207,48 @@ impl StoreLogWriter {
                             deployment,
                             node,
                             message: record.message,
-                        });
-                }
-                for (tenant, lines) in by_tenant {
-                    let max = match store.tenant(&tenant).await {
-                        Ok(Some(record)) => record.quotas.max_log_lines,
-                        Ok(None) => continue,
+                        }
+                    })
+                    .collect();
+                if !records.is_empty() {
+                    match store.tenant(tenant).await {
+                        Ok(Some(record)) => {
+                            let max = u64::from(record.quotas.max_log_lines);
+                            if let Err(error) = store.append_module_logs(tenant, records, max).await
+                            {
+                                tracing::warn!(%error, %tenant, "cannot keep module log lines");
+                            }
+                        }
+                        Ok(None) => {}
                         Err(error) => {
                             tracing::warn!(%error, %tenant, "cannot read the tenant's quotas; its log lines are dropped");
-                            continue;
                         }
-                    };
-                    if let Err(error) = store
-                        .append_module_logs(&tenant, lines, u64::from(max))
-                        .await
-                    {
-                        tracing::warn!(%error, %tenant, "cannot keep module log lines");
                     }
                 }
-                for answer in waiting {
+                for answer in batch.synced {
                     let _sent = answer.send(());
                 }
             }
         });
-        (
-            Arc::new(Self {
-                queue,
-                dropped: AtomicU64::new(0),
-            }),
-            task,
-        )
+        (Arc::new(Self { queue }), task)
     }
-}
 
-impl StoreLogWriter {
-    /// Waits (1 s at most) until every line recorded before the call is in the store, so a
-    /// reader sees the lines a module wrote before it asked.
-    pub(crate) async fn synced(&self) {
-        let (answer, done) = tokio::sync::oneshot::channel();
-        let sent = tokio::time::timeout(Duration::from_secs(1), async {
-            if self.queue.send(LogEntry::Sync(answer)).await.is_ok() {
-                let _answered = done.await;
-            }
-        });
-        if sent.await.is_err() {
-            tracing::debug!("the log writer is behind; reading what it wrote so far");
+    /// Waits (1 s at most) until every line of `tenant` recorded before the call is in the
+    /// store, so a reader sees the lines a module wrote before it asked.
+    pub(crate) async fn synced(&self, tenant: &TenantId) {
+        if tokio::time::timeout(Duration::from_secs(1), self.queue.sync(tenant))
+            .await
+            .is_err()
+        {
+            tracing::debug!(%tenant, "the log writer is behind; reading what it wrote so far");
         }
     }
 }
 
 impl LogSink for StoreLogWriter {
     fn record(&self, record: LogRecord) {
-        if self.queue.try_send(LogEntry::Line(record)).is_err() {
-            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-            if dropped.is_power_of_two() {
-                tracing::warn!(
-                    dropped,
-                    "module log lines dropped: the log writer is behind"
-                );
-            }
-        }
+        // A full share is counted and warned of by the queue.
+        let _queued = self.queue.push(record);
     }
 }
 

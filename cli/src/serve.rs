@@ -9,7 +9,7 @@
 use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
@@ -114,6 +114,14 @@ pub(crate) struct ServeArgs {
     /// least 10).
     #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(10..))]
     executor_timeout_ms: u64,
+    /// How many times its CPU an executor process is counted for when deployments are placed
+    /// (1 to 64): each deployment reserves its declared share of fuel per second (its tenant's
+    /// `fuel_per_second` over `max_deployments`), which streaming deployments mostly leave
+    /// unused; with 4, an executor of 2 workers takes 8 deployments of default quotas. Each
+    /// tenant's modules stay bounded by its own fuel rate; memory and instance slots are never
+    /// overcommitted.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+    cpu_overcommit: u32,
     /// The token executor processes join with (at least 32 characters; default: the one in
     /// `DATA/executor-token`, made on first start). Executors on other machines are given the
     /// same one.
@@ -442,19 +450,35 @@ fn executor_token(args: &ServeArgs) -> anyhow::Result<String> {
     Ok(hex)
 }
 
-/// `weir executor` processes started by `weir serve --executors N`, killed when dropped.
+/// `weir executor` processes started by `weir serve --executors N`, kept running by a
+/// supervising thread (one that exits or is killed is started again, after a backoff that
+/// doubles while they keep failing at once: 1 s up to 60 s), killed when dropped.
 #[derive(Debug)]
-struct LocalExecutors(Vec<std::process::Child>);
+struct LocalExecutors {
+    children: Arc<Mutex<Vec<std::process::Child>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    supervisor: Option<std::thread::JoinHandle<()>>,
+}
+
+/// How often the supervisor looks at the children.
+const SUPERVISE_EVERY: Duration = Duration::from_millis(200);
+/// A child that ran this long before it ended resets the backoff.
+const RAN_WELL: Duration = Duration::from_secs(30);
 
 impl LocalExecutors {
     fn start(count: u32, address: std::net::SocketAddr, args: &ServeArgs) -> anyhow::Result<Self> {
-        let mut children = Vec::new();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         if count == 0 {
-            return Ok(Self(children));
+            return Ok(Self {
+                children: Arc::default(),
+                stop,
+                supervisor: None,
+            });
         }
         let weir = std::env::current_exe().context("cannot find the weir binary")?;
         let token = executor_token(args)?;
-        for _ in 0..count {
+        let config = args.config.clone();
+        let spawn = move || {
             let mut command = std::process::Command::new(&weir);
             command
                 .args(["executor", "--join", &format!("http://{address}")])
@@ -464,27 +488,114 @@ impl LocalExecutors {
                 // Each process makes its own id (a shared one would be refused).
                 .env_remove("WEIR_ID");
             // The `[executor]` section of this server's file configures them.
-            if let Some(config) = &args.config {
+            if let Some(config) = &config {
                 command.arg("--config").arg(config);
             }
-            let child = command
+            command
                 .stdin(std::process::Stdio::null())
                 // Their lines would interleave with the server's own (which scripts read);
                 // `/v1/executors` lists them, and their warnings go to the shared stderr.
                 .stdout(std::process::Stdio::null())
                 .spawn()
-                .context("cannot start an executor process")?;
-            children.push(child);
+        };
+        let mut children = Vec::new();
+        for _ in 0..count {
+            children.push(spawn().context("cannot start an executor process")?);
         }
-        Ok(Self(children))
+        let children = Arc::new(Mutex::new(children));
+        let supervisor = {
+            let children = children.clone();
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name("executor-supervisor".to_owned())
+                .spawn(move || supervise(&children, &stop, &spawn))
+                .context("cannot start the executor supervisor")?
+        };
+        Ok(Self {
+            children,
+            stop,
+            supervisor: Some(supervisor),
+        })
+    }
+}
+
+/// Starts again each child that ended, until `stop`.
+fn supervise(
+    children: &Mutex<Vec<std::process::Child>>,
+    stop: &std::sync::atomic::AtomicBool,
+    spawn: &dyn Fn() -> std::io::Result<std::process::Child>,
+) {
+    let count = children
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .len();
+    // Per child: when it was started, and when it may be started again.
+    let mut started = vec![std::time::Instant::now(); count];
+    let mut backoff = vec![Duration::from_secs(1); count];
+    let mut due: Vec<Option<std::time::Instant>> = vec![None; count];
+    while !stop.load(std::sync::atomic::Ordering::Acquire) {
+        std::thread::sleep(SUPERVISE_EVERY);
+        let mut children = children.lock().unwrap_or_else(PoisonError::into_inner);
+        if stop.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
+        for (index, child) in children.iter_mut().enumerate() {
+            let (Some(since), Some(wait), Some(next)) = (
+                started.get_mut(index),
+                backoff.get_mut(index),
+                due.get_mut(index),
+            ) else {
+                continue;
+            };
+            if next.is_none() {
+                match child.try_wait() {
+                    Ok(None) => continue,
+                    Ok(Some(status)) => {
+                        if since.elapsed() >= RAN_WELL {
+                            *wait = Duration::from_secs(1);
+                        }
+                        tracing::warn!(pid = child.id(), %status, retry_in_s = wait.as_secs(), "an executor process ended; starting another");
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot look at an executor process");
+                        continue;
+                    }
+                }
+                *next = Some(std::time::Instant::now() + *wait);
+            }
+            if next.is_some_and(|at| std::time::Instant::now() >= at) {
+                match spawn() {
+                    Ok(fresh) => {
+                        tracing::info!(pid = fresh.id(), "executor process started again");
+                        *child = fresh;
+                        *since = std::time::Instant::now();
+                        *next = None;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot start an executor process; trying again");
+                        *next = Some(std::time::Instant::now() + *wait);
+                    }
+                }
+                *wait = (*wait * 2).min(Duration::from_secs(60));
+            }
+        }
     }
 }
 
 impl Drop for LocalExecutors {
     fn drop(&mut self) {
-        for child in &mut self.0 {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        for child in self
+            .children
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter_mut()
+        {
             child.kill().ok();
             child.wait().ok();
+        }
+        if let Some(supervisor) = self.supervisor.take() {
+            supervisor.join().ok();
         }
     }
 }
@@ -679,7 +790,8 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCod
             Duration::from_millis(args.executor_heartbeat_ms.max(10)),
             Duration::from_millis(args.executor_timeout_ms.max(10)),
             1024,
-        );
+        )
+        .cpu_overcommit(args.cpu_overcommit);
         Arc::new(if remote { members.placing() } else { members })
     };
     // With executor processes, deployments run there and this process only places them.

@@ -640,6 +640,39 @@ moduleConfigurations:
         "another tenant sees acme's log lines"
     );
 
+    // A quota change reaches the executor process without a restart: from the next call on,
+    // lines are cut to the new `max_log_line_bytes`.
+    admin
+        .patch_quotas("acme", &serde_json::json!({"max_log_line_bytes": 8}))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        writer
+            .client
+            .publish(
+                topic("traps", "in"),
+                QoS::AtLeastOnce,
+                false,
+                "cut-this-line-please",
+            )
+            .await
+            .unwrap();
+        let lines = developer.logs(Some("traps"), None).await.unwrap();
+        if lines
+            .iter()
+            .any(|l| l.message == "saw cut-… [16 bytes cut]")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the lowered max_log_line_bytes did not reach the executor: {:?}",
+            lines.iter().rev().take(3).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
     // A deployment that cannot start there (its module traps in `init`) says so, with the
     // executor's reason, instead of showing `running` or being placed again every round.
     let mut broken = common::deployment(
@@ -818,4 +851,76 @@ async fn executors_join_again_when_the_control_plane_restarts() {
             .unwrap();
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// A deployment no executor can take stays `pending` and says why (the placer's reason, not
+/// only "waiting"), and runs once an executor joins; an executor of one worker takes four
+/// deployments of default quotas (each reserves a worker's fuel, `--cpu-overcommit` 4), and
+/// the fifth waits for room, saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_no_executor_can_take_says_why_and_runs_once_one_joins() {
+    let mosquitto = service("WEIR_TEST_MOSQUITTO");
+    let data = tempfile::tempdir().unwrap();
+    let server = common::serve_with(data.path(), &FAST_REMOTE);
+    let admin = server.admin();
+    let token = std::fs::read_to_string(data.path().join("executor-token")).unwrap();
+    // Default quotas but the address: 20 × 10^9 fuel per second over 20 deployments.
+    let quotas = Quotas {
+        api_requests_per_second: 100_000,
+        allowed_private_hosts: vec!["127.0.0.1".to_owned()],
+        ..Quotas::default()
+    };
+    let developer = common::tenant(&admin, "acme", quotas).await;
+    let owner = common::token(&admin, "acme", weir_api::tenancy::Role::Owner).await;
+    common::mqtt_endpoint(&owner, "plant", &mosquitto).await;
+    push_echo(&developer).await;
+    let prefix = unique("unplaced");
+    let deploy = |id: &'static str| {
+        let spec = common::deployment(
+            id,
+            "echo",
+            ("plant", &format!("{prefix}/{id}/in")),
+            ("plant", &format!("{prefix}/{id}/out")),
+        );
+        let developer = developer.clone();
+        async move { developer.deploy(&spec).await.unwrap() }
+    };
+    let waits_saying = |id: &'static str, reason: &'static str| {
+        let developer = developer.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let seen = developer.deployment(id).await.unwrap();
+                let detail = seen
+                    .history
+                    .last()
+                    .map(|h| h.detail.clone())
+                    .unwrap_or_default();
+                if seen.status == "pending" && detail.contains(reason) {
+                    println!("{id}: {} ({detail})", seen.status);
+                    return;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{id} gives no reason: {} ({detail})",
+                    seen.status
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    deploy("waits").await;
+    waits_saying("waits", "no executor takes new deployments").await;
+    let _late = common::executor_process(&server.address, &token, "late", &["--workers", "1"]);
+    let executor = runs_on(&developer, "waits", None, Duration::from_secs(30)).await;
+    assert_eq!(executor, "late");
+    for id in ["w2", "w3", "w4"] {
+        deploy(id).await;
+        runs_on(&developer, id, None, Duration::from_secs(30)).await;
+    }
+    deploy("w5").await;
+    waits_saying("w5", "no executor has room").await;
+    let listed = admin.executors().await.unwrap();
+    let late = listed.iter().find(|e| e.id == "late").unwrap();
+    assert_eq!((late.workers, late.deployments), (1, 4), "{late:?}");
 }

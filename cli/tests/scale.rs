@@ -410,11 +410,21 @@ async fn probe(publisher: &AsyncClient, outputs: &mut mpsc::Receiver<String>, ta
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stateless_deployments_instances_spread_over_executors_and_share_mqtt_input() {
+/// A control plane with executor processes `edge-1` to `edge-3` beside this test's own
+/// Mosquitto, tenant `acme` with its MQTT endpoint `plant` on it and the `echo` graph.
+struct MqttPool {
+    _data: tempfile::TempDir,
+    _broker: Mosquitto,
+    port: u16,
+    server: common::Server,
+    executors: BTreeMap<String, common::ExecutorProcess>,
+    developer: Client,
+}
+
+async fn mqtt_pool() -> MqttPool {
     let data = tempfile::tempdir().unwrap();
     let port = free_port();
-    let _broker = Mosquitto::start(data.path(), port);
+    let broker = Mosquitto::start(data.path(), port);
     let server = common::serve_with(
         data.path(),
         &[
@@ -429,7 +439,7 @@ async fn a_stateless_deployments_instances_spread_over_executors_and_share_mqtt_
     );
     let admin = server.admin();
     let token = std::fs::read_to_string(data.path().join("executor-token")).unwrap();
-    let mut executors: BTreeMap<String, common::ExecutorProcess> = ["edge-1", "edge-2", "edge-3"]
+    let executors: BTreeMap<String, common::ExecutorProcess> = ["edge-1", "edge-2", "edge-3"]
         .into_iter()
         .map(|id| {
             (
@@ -460,6 +470,42 @@ async fn a_stateless_deployments_instances_spread_over_executors_and_share_mqtt_
         .push_graph("echo", "1", common::chain_graph("echo", "echo", 1))
         .await
         .unwrap();
+    MqttPool {
+        _data: data,
+        _broker: broker,
+        port,
+        server,
+        executors,
+        developer,
+    }
+}
+
+/// A QoS 1 publisher on `port`, its event loop polled on a task.
+fn publisher(port: u16, id: &str) -> AsyncClient {
+    let (publisher, mut publisher_loop) =
+        AsyncClient::new(MqttOptions::new(id, "127.0.0.1", port), 10_000);
+    tokio::spawn(async move {
+        loop {
+            if publisher_loop.poll().await.is_err() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    });
+    publisher
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stateless_deployments_instances_spread_over_executors_and_share_mqtt_input() {
+    let MqttPool {
+        port,
+        server,
+        mut executors,
+        developer,
+        // Bound, not left to `..`: the data directory and the broker live as long as the test.
+        _data: _data_dir,
+        _broker: _mosquitto,
+    } = mqtt_pool().await;
+    let admin = server.admin();
     let created = developer
         .deploy(&scaled(
             "relay",
@@ -490,15 +536,7 @@ async fn a_stateless_deployments_instances_spread_over_executors_and_share_mqtt_
     println!("status {}: {}", seen.status, seen.runtime.unwrap());
 
     let (_outputs_client, mut outputs) = subscriber(port, "test-out", "out").await;
-    let (publisher, mut publisher_loop) =
-        AsyncClient::new(MqttOptions::new("test-in", "127.0.0.1", port), 10_000);
-    tokio::spawn(async move {
-        loop {
-            if publisher_loop.poll().await.is_err() {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    });
+    let publisher = publisher(port, "test-in");
     // Until every instance has subscribed, a message may find no member: probe until answers
     // come back, then count.
     probe(&publisher, &mut outputs, "a").await;
@@ -570,6 +608,7 @@ async fn a_stateless_deployments_instances_spread_over_executors_and_share_mqtt_
                 .as_ref()
                 .and_then(|r| r.get("executor"))
                 .is_some()
+            && assigned_total(&admin).await == 1
         {
             println!("scaled to one instance: {}", status.runtime.unwrap());
             break;
@@ -590,6 +629,179 @@ async fn a_stateless_deployments_instances_spread_over_executors_and_share_mqtt_
     .await;
     assert_eq!(came.len(), 100);
     assert_eq!(duplicates, 0, "a scaled-away instance still ran");
+}
+
+/// Deployments (instances) assigned to the executors, all together.
+async fn assigned_total(admin: &Client) -> u64 {
+    admin
+        .executors()
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.deployments)
+        .sum()
+}
+
+/// Scales `relay` to `instances` and waits until they all run and every instance scaled away
+/// was retired (taken off its executor).
+async fn scale_relay(admin: &Client, developer: &Client, instances: u32) {
+    developer
+        .update_deployment(&scaled(
+            "relay",
+            "echo",
+            ("plant", "in"),
+            ("plant", "out"),
+            instances,
+            None,
+        ))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let placed = placements(developer, "relay").await;
+        let total = assigned_total(admin).await;
+        if placed.len() == instances as usize
+            && placed.iter().all(Option::is_some)
+            && total == u64::from(instances)
+        {
+            println!("scaled to {instances}: on {placed:?}");
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not scaled to {instances}: {placed:?}, {total} assigned"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Reads numbered outputs (`n<number>`) until every one of `wanted` came or `limit` passed;
+/// (distinct wanted numbers seen, duplicates, numbers outside `wanted` that came).
+async fn collect(
+    outputs: &mut mpsc::Receiver<String>,
+    wanted: &BTreeSet<u32>,
+    limit: Duration,
+) -> (BTreeSet<u32>, usize, Vec<u32>) {
+    let mut seen = BTreeSet::new();
+    let mut duplicates = 0;
+    let mut strays = Vec::new();
+    let deadline = Instant::now() + limit;
+    while !wanted.is_subset(&seen) && Instant::now() < deadline {
+        let Ok(Some(payload)) =
+            tokio::time::timeout(Duration::from_millis(200), outputs.recv()).await
+        else {
+            continue;
+        };
+        let Some(n) = payload
+            .strip_prefix('n')
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !wanted.contains(&n) {
+            strays.push(n);
+        } else if !seen.insert(n) {
+            duplicates += 1;
+        }
+    }
+    (seen, duplicates, strays)
+}
+
+/// Issue 13 H1: an instance scaled away (or the one instance of a deployment that became
+/// several) ends its MQTT session when it is retired, after the instances taking over joined
+/// the input, so under load nothing is lost, the retired session takes no share of the shared
+/// subscription any more, and nothing queued for it comes back later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scaling_an_mqtt_deployment_under_load_loses_nothing_and_leaves_no_session_behind() {
+    let MqttPool {
+        port,
+        server,
+        developer,
+        executors: _executors,
+        // Bound, not left to `..`: the data directory and the broker live as long as the test.
+        _data: _data_dir,
+        _broker: _mosquitto,
+    } = mqtt_pool().await;
+    let admin = server.admin();
+    developer
+        .deploy(&scaled(
+            "relay",
+            "echo",
+            ("plant", "in"),
+            ("plant", "out"),
+            1,
+            None,
+        ))
+        .await
+        .unwrap();
+    let (_outputs_client, mut outputs) = subscriber(port, "test-out", "out").await;
+    let publisher = publisher(port, "test-in");
+    probe(&publisher, &mut outputs, "a").await;
+
+    // Numbered messages every 2 ms while the deployment goes from one instance to three, and
+    // from three to two.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let load_publisher = publisher.clone();
+    let load = tokio::spawn(async move {
+        let mut n = 0u32;
+        while !*stopped.borrow() {
+            load_publisher
+                .publish("in", QoS::AtLeastOnce, false, format!("n{n}"))
+                .await
+                .unwrap();
+            n += 1;
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        n
+    });
+    scale_relay(&admin, &developer, 3).await;
+    scale_relay(&admin, &developer, 2).await;
+    stop.send_replace(true);
+    let published = load.await.unwrap();
+    let wanted: BTreeSet<u32> = (0..published).collect();
+    let (seen, duplicates, _) = collect(&mut outputs, &wanted, Duration::from_secs(60)).await;
+    println!(
+        "under load, 1 -> 3 -> 2 instances: published {published}, {} came back, {} lost, {duplicates} duplicates",
+        seen.len(),
+        wanted.len() - seen.len()
+    );
+    assert_eq!(seen.len(), wanted.len(), "messages lost while scaling");
+
+    // Two instances now: the retired third takes no share (every third message went to it).
+    probe(&publisher, &mut outputs, "b").await;
+    let (came, _) = round_trip(
+        &publisher,
+        &mut outputs,
+        100_000..100_300,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(came.len(), 300, "a retired instance still took its share");
+
+    // Back to one instance, under the id whose session was ended when it became three:
+    // nothing published before comes again.
+    scale_relay(&admin, &developer, 1).await;
+    probe(&publisher, &mut outputs, "c").await;
+    for n in 200_000..200_100 {
+        publisher
+            .publish("in", QoS::AtLeastOnce, false, format!("n{n}"))
+            .await
+            .unwrap();
+    }
+    let wanted: BTreeSet<u32> = (200_000..200_100).collect();
+    let (seen, duplicates, strays) = collect(&mut outputs, &wanted, Duration::from_secs(60)).await;
+    println!(
+        "one instance again: {} of 100 came back, {duplicates} duplicates, {} earlier messages came again",
+        seen.len(),
+        strays.len()
+    );
+    assert_eq!(seen.len(), 100);
+    assert!(
+        strays.is_empty(),
+        "a retired session was kept and replayed {} earlier messages: {:?}",
+        strays.len(),
+        &strays[..strays.len().min(20)]
+    );
 }
 
 fn kafka_spec(address: &str, partitions: &str) -> weir_connectors::EndpointSpec {

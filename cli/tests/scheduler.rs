@@ -330,7 +330,8 @@ async fn executor_processes_join_heartbeat_and_a_killed_one_is_declared_lost_wit
     let tenant = common::tenant(&admin, "acme", Quotas::default()).await;
     let refused = tenant.join_executor(&join).await.unwrap_err();
     assert_eq!(refused.code(), Some("unauthenticated"), "{refused}");
-    let executor_client = Client::new(&format!("http://{}", server.address), Some(token)).unwrap();
+    let executor_client =
+        Client::new(&format!("http://{}", server.address), Some(token.clone())).unwrap();
     let duplicate = executor_client.join_executor(&join).await.unwrap_err();
     assert_eq!(duplicate.code(), Some("conflict"), "{duplicate}");
 
@@ -398,4 +399,47 @@ async fn executor_processes_join_heartbeat_and_a_killed_one_is_declared_lost_wit
         .filter(|e| e.state == "ready")
         .count();
     assert_eq!(ready, 2, "the two of weir serve");
+
+    // One of weir serve's own killed -9 is started again (a new process, a new id).
+    let victim = admin
+        .executors()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|e| e.state == "ready" && e.id != "edge-1")
+        .unwrap()
+        .id;
+    // `<host>-<pid>-<start time>`.
+    let pid = victim.rsplit('-').nth(1).unwrap();
+    let killed = std::process::Command::new("kill")
+        .args(["-9", pid])
+        .status()
+        .unwrap();
+    assert!(killed.success(), "kill -9 {pid}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let executors = admin.executors().await.unwrap();
+        let ready: Vec<&str> = executors
+            .iter()
+            .filter(|e| e.state == "ready" && e.id != "edge-1")
+            .map(|e| e.id.as_str())
+            .collect();
+        if ready.len() == 2 && !ready.contains(&victim.as_str()) {
+            println!("executor {victim} killed -9; weir serve started another: {ready:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not started again: {executors:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A process started again under the lost id (a fixed id, as systemd's `%H-%i`) joins at
+    // once, as a new member.
+    let _again = common::executor_process(&server.address, &token, "edge-1", &[]);
+    assert_eq!(
+        executor_state(&admin, "edge-1").await.as_deref(),
+        Some("ready")
+    );
 }

@@ -25,7 +25,7 @@ use weir_api::ErrorCode;
 use weir_api::rest::{
     AssignedBinding, DeadLettersKept, Executor, ExecutorAssignment, ExecutorAssignments,
     ExecutorDeadLetters, ExecutorHeartbeat, ExecutorJoin, ExecutorJoined, ExecutorLogLines,
-    ExecutorRunning,
+    ExecutorRunning, RetiredDeployment,
 };
 use weir_api::{ModuleDigest, TenantId};
 use weir_scheduler::{ExecutorId, ExecutorInfo, Membership, MembershipError, Pool, Resources};
@@ -42,6 +42,8 @@ pub struct ExecutorMembership {
     changed: tokio::sync::watch::Sender<u64>,
     /// Deployments are placed on these executors (the runtime is a [`RemoteRuntime`]).
     places: bool,
+    /// How many times its workers' fuel an executor is counted for ([`Self::cpu_overcommit`]).
+    overcommit: u64,
 }
 
 /// One executor's assignments and what it reported last.
@@ -52,6 +54,9 @@ struct Assignments {
     /// Its last heartbeat: the revision it carried out and what runs.
     applied: u64,
     running: Vec<ExecutorRunning>,
+    /// Deployments taken off it for good, with the revision that did: listed in its
+    /// assignments (`retired`) until its heartbeat shows it carried that revision out.
+    retired: BTreeMap<(TenantId, String), u64>,
 }
 
 /// Every member's assignments; one entry per member (bounded by the membership), and per
@@ -64,8 +69,9 @@ struct Assigned {
 }
 
 impl Assigned {
-    /// Takes the deployment off every executor; whether it was anywhere.
-    fn remove(&mut self, key: &(TenantId, String)) -> bool {
+    /// Takes the deployment off every executor; whether it was anywhere. `retire`: it is gone
+    /// for good, and its executors retire it rather than just stop it.
+    fn remove(&mut self, key: &(TenantId, String), retire: bool) -> bool {
         let mut removed = false;
         let mut revision = self.revision;
         for table in self.executors.values_mut() {
@@ -73,6 +79,9 @@ impl Assigned {
                 revision += 1;
                 table.revision = revision;
                 removed = true;
+                if retire {
+                    table.retired.insert(key.clone(), revision);
+                }
             }
         }
         self.revision = revision;
@@ -121,7 +130,20 @@ impl ExecutorMembership {
             assigned: Mutex::default(),
             changed: tokio::sync::watch::channel(0).0,
             places: false,
+            overcommit: 1,
         }
+    }
+
+    /// Counts each executor's CPU `factor` times (at least 1): a deployment reserves its
+    /// declared share of fuel per second (its tenant's `fuel_per_second` over
+    /// `max_deployments`), which it may use but streaming deployments mostly do not, so an
+    /// executor of W workers takes deployments declaring up to `factor` × W × 10^9 fuel per
+    /// second. What each tenant's modules burn stays bounded by its fuel rate; memory and
+    /// instance slots are never overcommitted.
+    #[must_use]
+    pub fn cpu_overcommit(mut self, factor: u32) -> Self {
+        self.overcommit = u64::from(factor.max(1));
+        self
     }
 
     /// Deployments are placed on the joined executors (the gateway's runtime is a
@@ -187,7 +209,10 @@ impl ExecutorMembership {
         let revision = {
             let mut assigned = self.assigned();
             let key = (assignment.tenant.clone(), assignment.id.clone());
-            assigned.remove(&key);
+            assigned.remove(&key, false);
+            for table in assigned.executors.values_mut() {
+                table.retired.remove(&key);
+            }
             assigned.generation += 1;
             assignment.generation = assigned.generation;
             assigned.revision += 1;
@@ -239,7 +264,7 @@ impl ExecutorMembership {
         let revision = {
             let mut assigned = self.assigned();
             let key = (assignment.tenant.clone(), assignment.id.clone());
-            assigned.remove(&key);
+            assigned.remove(&key, false);
             assigned.revision += 1;
             let revision = assigned.revision;
             let table = assigned.executors.entry(executor.clone()).or_default();
@@ -300,11 +325,40 @@ impl ExecutorMembership {
         }
     }
 
-    /// Takes a deployment off every executor.
-    fn unassign(&self, tenant: &TenantId, id: &str) {
+    /// Puts the tenant's changed `quotas` in each of its assignments (same generation: the
+    /// executors apply them to what runs, without a restart).
+    fn set_quotas(&self, tenant: &TenantId, quotas: &weir_api::tenancy::Quotas) {
         let revision = {
             let mut assigned = self.assigned();
-            if !assigned.remove(&(tenant.clone(), id.to_owned())) {
+            let mut revision = assigned.revision;
+            for table in assigned.executors.values_mut() {
+                let mut changed = false;
+                for ((owner, _), assignment) in &mut table.deployments {
+                    if owner == tenant && assignment.quotas != *quotas {
+                        assignment.quotas = quotas.clone();
+                        changed = true;
+                    }
+                }
+                if changed {
+                    revision += 1;
+                    table.revision = revision;
+                }
+            }
+            if revision == assigned.revision {
+                return;
+            }
+            assigned.revision = revision;
+            revision
+        };
+        self.publish(revision);
+    }
+
+    /// Takes a deployment off every executor; `retire`: for good (see
+    /// [`ExecutorAssignments::retired`]).
+    fn unassign(&self, tenant: &TenantId, id: &str, retire: bool) {
+        let revision = {
+            let mut assigned = self.assigned();
+            if !assigned.remove(&(tenant.clone(), id.to_owned()), retire) {
                 return;
             }
             assigned.revision
@@ -327,15 +381,15 @@ impl ExecutorMembership {
         let assigned = self.assigned();
         let mut running = Vec::new();
         for (executor, table) in &assigned.executors {
-            let reported: HashMap<(&TenantId, &str), &Option<String>> = table
+            let reported: HashMap<(&TenantId, &str), &ExecutorRunning> = table
                 .running
                 .iter()
-                .map(|r| ((&r.tenant, r.id.as_str()), &r.problem))
+                .map(|r| ((&r.tenant, r.id.as_str()), r))
                 .collect();
             for (tenant, id) in table.deployments.keys() {
-                let problem = match reported.get(&(tenant, id.as_str())) {
-                    Some(problem) => (*problem).clone(),
-                    None if table.applied < table.revision => None,
+                let (problem, starting) = match reported.get(&(tenant, id.as_str())) {
+                    Some(report) => (report.problem.clone(), report.starting),
+                    None if table.applied < table.revision => (None, true),
                     None => continue,
                 };
                 running.push(crate::RunningDeployment {
@@ -343,6 +397,7 @@ impl ExecutorMembership {
                     id: id.clone(),
                     executor: executor.to_string(),
                     problem,
+                    starting,
                 });
             }
         }
@@ -390,7 +445,7 @@ impl ExecutorMembership {
             .filter_map(|id| {
                 let state = pool.state(id)?;
                 let workers = pool.info(id).map_or(0, |info| {
-                    info.capacity.fuel_per_second / FUEL_PER_WORKER_SECOND
+                    info.capacity.fuel_per_second / FUEL_PER_WORKER_SECOND / self.overcommit
                 });
                 Some(Executor {
                     id: id.to_string(),
@@ -463,7 +518,9 @@ pub(crate) async fn join(
     let info = ExecutorInfo {
         id: executor_id(join.id)?,
         capacity: Resources {
-            fuel_per_second: u64::from(join.workers).saturating_mul(FUEL_PER_WORKER_SECOND),
+            fuel_per_second: u64::from(join.workers)
+                .saturating_mul(FUEL_PER_WORKER_SECOND)
+                .saturating_mul(executors.overcommit),
             memory_bytes: join.memory_bytes,
             instances: join.instance_slots,
         },
@@ -479,6 +536,9 @@ pub(crate) async fn join(
         membership
             .join(pool, info, Instant::now())
             .map_err(membership_error)?;
+        // A lost id joining again starts with nothing assigned (its work went elsewhere);
+        // cleared under the membership lock, so no assignment to the new member is lost.
+        executors.assigned().executors.remove(&id);
         membership.timeout()
     };
     tracing::info!(executor = %id, "executor joined");
@@ -515,6 +575,10 @@ pub(crate) async fn heartbeat(
     let table = assigned.executors.entry(id).or_default();
     table.applied = report.revision;
     table.running = report.running;
+    // Retirements it carried out are done.
+    table
+        .retired
+        .retain(|_, revision| *revision > report.revision);
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -741,12 +805,20 @@ pub(crate) async fn assignments(
         }
         {
             let assigned = executors.assigned();
-            let (revision, list) = assigned.executors.get(&id).map_or_else(
-                || (0, Vec::new()),
+            let (revision, list, retired) = assigned.executors.get(&id).map_or_else(
+                || (0, Vec::new(), Vec::new()),
                 |table| {
                     (
                         table.revision,
                         table.deployments.values().cloned().collect(),
+                        table
+                            .retired
+                            .keys()
+                            .map(|(tenant, id)| RetiredDeployment {
+                                tenant: tenant.clone(),
+                                id: id.clone(),
+                            })
+                            .collect(),
                     )
                 },
             );
@@ -754,6 +826,7 @@ pub(crate) async fn assignments(
                 return Ok(Json(ExecutorAssignments {
                     revision,
                     assignments: list,
+                    retired,
                 }));
             }
         }
@@ -923,7 +996,15 @@ impl crate::DeploymentRuntime for RemoteRuntime {
     }
 
     async fn stop(&self, tenant: &TenantId, id: &str) {
-        self.members.unassign(tenant, id);
+        self.members.unassign(tenant, id, false);
+    }
+
+    async fn forget(&self, tenant: &TenantId, id: &str) {
+        self.members.unassign(tenant, id, false);
+    }
+
+    async fn retire(&self, tenant: &TenantId, id: &str) {
+        self.members.unassign(tenant, id, true);
     }
 
     async fn ingest(
@@ -1018,9 +1099,13 @@ impl crate::DeploymentRuntime for RemoteRuntime {
                 .collect()
         };
         for id in keys {
-            self.members.unassign(tenant, &id);
+            self.members.unassign(tenant, &id, false);
         }
     }
 
-    async fn set_quotas(&self, _tenant: &TenantId, _quotas: &weir_tenants::Quotas) {}
+    /// The assignments carry the quotas: each executor applies them to the tenant's running
+    /// deployments as soon as it reads them.
+    async fn set_quotas(&self, tenant: &TenantId, quotas: &weir_tenants::Quotas) {
+        self.members.set_quotas(tenant, quotas);
+    }
 }

@@ -185,6 +185,15 @@ pub trait DeploymentRuntime: Send + Sync + std::fmt::Debug {
     async fn forget(&self, tenant: &weir_api::TenantId, id: &str) {
         self.stop(tenant, id).await;
     }
+    /// Retires an instance for good (scaled away): its kept outputs go, and rather than leave
+    /// its broker session for a next copy, its source finishes the messages it took and ends
+    /// the session (an MQTT session would otherwise keep receiving its share of a shared
+    /// subscription, or queue for no one). Returns at once; the retirement finishes in the
+    /// background. The default forgets it. (A deleted deployment is forgotten, not retired:
+    /// its session expires by itself.)
+    async fn retire(&self, tenant: &weir_api::TenantId, id: &str) {
+        self.forget(tenant, id).await;
+    }
     /// Hands messages to the deployment's HTTP source; with `wait`, returns the outputs derived
     /// from them once each message is fully processed (or the timeout passes).
     async fn ingest(
@@ -239,6 +248,9 @@ pub struct RunningDeployment {
     /// What is wrong with it, if anything (a connection down): the scheduler shows it
     /// `degraded`.
     pub problem: Option<String>,
+    /// Its source does not read its input (yet): connecting, retrying or failed, or its
+    /// executor has not reported it since it was assigned.
+    pub starting: bool,
 }
 
 /// Which lines of a feed (logs, dead letters) to read.

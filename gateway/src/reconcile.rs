@@ -17,7 +17,8 @@ use weir_api::rest::CreateDeployment;
 use weir_api::scale::{instance_ids, is_instance, recording_instance, split_instance};
 use weir_scheduler::{
     DeploymentKey, DeploymentState, Desired, DesiredStore, ExecutorId, ExecutorInfo, ExecutorLink,
-    ExecutorState, Health, Observed, Reconciler, Resources, RoundReport, SpreadPacker,
+    ExecutorState, Health, Observed, PlacementError, Reconciler, Resources, RoundReport,
+    SpreadPacker,
 };
 use weir_tenants::Quotas;
 
@@ -39,7 +40,13 @@ struct StoreDesired {
     /// boot).
     started: &'static str,
     nodes: Arc<Mutex<NodeCounts>>,
+    /// Why each unplaced deployment waits, as last recorded (so it is recorded once, not
+    /// every round); an entry per deployment the store has at most, dropped once it is placed.
+    waiting: Arc<Mutex<HashMap<DeploymentKey, String>>>,
 }
+
+/// The status detail of a deployment no executor runs yet; an unplaced one adds why.
+const WAITING: &str = "waiting for an executor";
 
 /// Wasm nodes per (tenant, graph, version), read once: one entry per graph version a stored
 /// deployment uses (pruned every round).
@@ -90,7 +97,7 @@ impl StoreDesired {
 
     fn detail(&self, state: &DeploymentState) -> String {
         match state {
-            DeploymentState::Pending => "waiting for an executor".to_owned(),
+            DeploymentState::Pending => WAITING.to_owned(),
             DeploymentState::Placed { executor } => format!("placed on executor {executor}"),
             DeploymentState::Running { .. } => self.started.to_owned(),
             DeploymentState::Degraded { reason, .. } | DeploymentState::Failed { reason } => {
@@ -168,10 +175,54 @@ impl DesiredStore for StoreDesired {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .retain(|key, _| used.contains(key));
+        let keys: HashSet<&DeploymentKey> = desired.iter().map(|d| &d.key).collect();
+        self.waiting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|key, _| keys.contains(key));
         Ok(desired)
     }
 
+    async fn record_unplaced(
+        &self,
+        key: &DeploymentKey,
+        reason: &PlacementError,
+    ) -> Result<(), String> {
+        let detail = format!("{WAITING}: {reason}");
+        let waiting = || self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+        if waiting().get(key) == Some(&detail) {
+            return Ok(());
+        }
+        let (id, instance) = split_instance(&key.id);
+        let _changing = self.state.tenant_locks.lock(&key.tenant).await;
+        let Some(record) = self
+            .state
+            .store
+            .deployment(&key.tenant, id)
+            .await
+            .map_err(|e| e.to_string())?
+        else {
+            return Ok(());
+        };
+        // Only a pending word gets the reason, and of several instances, the one that speaks
+        // for the deployment.
+        if record.status == "pending" && instance == recording_instance(instances_of(&record.spec))
+        {
+            self.state
+                .store
+                .set_deployment_status(&key.tenant, id, "pending", &detail)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        waiting().insert(key.clone(), detail);
+        Ok(())
+    }
+
     async fn record(&self, key: &DeploymentKey, state: &DeploymentState) -> Result<(), String> {
+        self.waiting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(key);
         let _changing = self.state.tenant_locks.lock(&key.tenant).await;
         let (id, instance) = split_instance(&key.id);
         let Some(record) = self
@@ -226,6 +277,7 @@ impl ExecutorLink for RuntimeLink {
                         tenant: deployment.tenant,
                         id: deployment.id,
                     },
+                    reading: !deployment.starting,
                     health: match deployment.problem {
                         Some(problem) => Health::Degraded(problem),
                         None => Health::Running,
@@ -284,9 +336,11 @@ impl ExecutorLink for RuntimeLink {
         let (id, instance) = split_instance(&key.id);
         match state.store.deployment(&key.tenant, id).await {
             Ok(None) => state.runtime.forget(&key.tenant, &key.id).await,
-            // An instance the deployment no longer has (scaled, or one instance became several).
+            // An instance the deployment no longer has (scaled, or one instance became
+            // several): retired, so its broker session ends with it (the loop asks only once
+            // the instances taking over read their input).
             Ok(Some(record)) if !is_instance(instances_of(&record.spec), instance) => {
-                state.runtime.forget(&key.tenant, &key.id).await;
+                state.runtime.retire(&key.tenant, &key.id).await;
             }
             Ok(Some(record))
                 if !forget && !DeploymentState::from_stored(&record.status, "").wants_to_run() =>
@@ -310,6 +364,7 @@ pub struct ControlLoop {
     reconciler: Arc<tokio::sync::Mutex<Reconciler<SpreadPacker>>>,
     state: GatewayState,
     nodes: Arc<Mutex<NodeCounts>>,
+    waiting: Arc<Mutex<HashMap<DeploymentKey, String>>>,
 }
 
 impl ControlLoop {
@@ -319,6 +374,7 @@ impl ControlLoop {
             reconciler: Arc::new(tokio::sync::Mutex::new(Reconciler::new(SpreadPacker))),
             state,
             nodes: Arc::default(),
+            waiting: Arc::default(),
         }
     }
 
@@ -339,6 +395,12 @@ impl ControlLoop {
         // Executor processes, with the capacity they declared.
         for (info, wanted) in members {
             let id = info.id.clone();
+            // A lost id that joined again is a new member: its capacity and labels may differ.
+            if pool.info(&id).is_some_and(|known| *known != info)
+                && let Err(error) = pool.remove_executor(&id)
+            {
+                tracing::warn!(%error, "executor not replaced");
+            }
             if pool.state(&id).is_none()
                 && let Err(error) = pool.add_executor(info)
             {
@@ -405,6 +467,7 @@ impl ControlLoop {
             state: self.state.clone(),
             started,
             nodes: self.nodes.clone(),
+            waiting: self.waiting.clone(),
         };
         let link = RuntimeLink {
             state: self.state.clone(),
@@ -517,6 +580,7 @@ mod tests {
                     id: id.clone(),
                     executor: "local".to_owned(),
                     problem: None,
+                    starting: false,
                 })
                 .collect()
         }
@@ -692,6 +756,7 @@ mod tests {
             state: f.state.clone(),
             started: "started",
             nodes: Arc::default(),
+            waiting: Arc::default(),
         };
         store
             .record(

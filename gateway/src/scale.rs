@@ -68,14 +68,21 @@ pub(crate) fn placed_by_loop(spec: &CreateDeployment) -> bool {
     spec.instances > 1
 }
 
-/// Stops every instance `spec` ran as (the loop starts the ones the new spec wants).
+/// Stops the instances `before` ran as that `after` keeps (the loop starts them again on the
+/// new spec; their broker sessions wait for them). Instances `after` does not have keep
+/// running until the loop retires them, once every instance taking over reads its input
+/// (`weir_scheduler::reconcile`), so the input always has a reader.
 pub(crate) async fn stop_instances(
     state: &GatewayState,
     tenant: &TenantId,
-    spec: &CreateDeployment,
+    before: &CreateDeployment,
+    after: &CreateDeployment,
 ) {
-    for id in instance_ids(&spec.id, spec.instances) {
-        state.runtime.stop(tenant, &id).await;
+    let kept = instance_ids(&after.id, after.instances);
+    for id in instance_ids(&before.id, before.instances) {
+        if kept.contains(&id) {
+            state.runtime.stop(tenant, &id).await;
+        }
     }
 }
 

@@ -72,8 +72,10 @@ impl Membership {
     }
 
     /// An executor joins: registered in `pool` (ready) and heard from `now`. An id that is
-    /// alive already is refused; an id that was declared lost must not come back (its work went
-    /// elsewhere; it joins with a new id).
+    /// alive already is refused. An id that was declared lost joins as a new member with
+    /// nothing placed on it: its work went elsewhere, and whatever process it was stopped what
+    /// it ran when its heartbeats were refused (a restarted process under a fixed id, such as
+    /// systemd's `%H-%i`, comes back at once rather than after the lost entry is forgotten).
     pub fn join(
         &mut self,
         pool: &mut Pool,
@@ -81,7 +83,12 @@ impl Membership {
         now: Instant,
     ) -> Result<(), MembershipError> {
         match self.members.get(&info.id) {
-            Some(member) if member.lost => return Err(MembershipError::Lost(info.id)),
+            Some(member) if member.lost => {
+                self.members.remove(&info.id);
+                if let Err(error) = pool.remove_executor(&info.id) {
+                    tracing::debug!(%error, "lost executor not in the pool");
+                }
+            }
             Some(_) => return Err(MembershipError::DuplicateId(info.id)),
             None => {}
         }
@@ -240,14 +247,36 @@ mod tests {
             members.heartbeat(&exec("e1"), start + Duration::from_secs(8)),
             Err(MembershipError::Lost(exec("e1")))
         );
-        assert_eq!(
-            members.join(&mut pool, info("e1"), start + Duration::from_secs(8)),
-            Err(MembershipError::Lost(exec("e1")))
-        );
         // Forgotten after forget_after: gone from the pool.
         members.expire(&mut pool, start + Duration::from_secs(61));
         assert_eq!(pool.state(&exec("e1")), None);
         assert!(!members.is_alive(&exec("e1")));
+    }
+
+    #[test]
+    fn a_lost_id_joins_again_as_a_new_member_with_nothing_placed() {
+        let start = Instant::now();
+        let mut pool = Pool::new();
+        let mut members = Membership::new(TIMEOUT, Duration::from_secs(60), 10);
+        members.join(&mut pool, info("e1"), start).unwrap();
+        let key = DeploymentKey {
+            tenant: weir_api::TenantId::new("t").unwrap(),
+            id: "d".to_owned(),
+        };
+        pool.assign(key.clone(), &exec("e1"), Resources::default())
+            .unwrap();
+        members.expire(&mut pool, start + Duration::from_secs(6));
+        assert!(!members.is_alive(&exec("e1")));
+        // A process restarted under the same fixed id, before the lost entry is forgotten.
+        members
+            .join(&mut pool, info("e1"), start + Duration::from_secs(8))
+            .unwrap();
+        assert!(members.is_alive(&exec("e1")));
+        assert_eq!(pool.state(&exec("e1")), Some(ExecutorState::Ready));
+        assert_eq!(pool.placement(&key), None, "its old placements are gone");
+        members
+            .heartbeat(&exec("e1"), start + Duration::from_secs(9))
+            .unwrap();
     }
 
     #[test]
@@ -309,6 +338,7 @@ mod tests {
                     key,
                     executor,
                     health: crate::Health::Running,
+                    reading: true,
                 });
             }
         }

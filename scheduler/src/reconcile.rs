@@ -48,6 +48,9 @@ pub struct Observed {
     pub executor: ExecutorId,
     /// How it is.
     pub health: Health,
+    /// Its source reads its input (connected; an MQTT source's subscription acknowledged). A
+    /// scaled-away sibling it takes over from is retired only once it does.
+    pub reading: bool,
 }
 
 /// Something to do to bring the executors to what the store wants.
@@ -160,8 +163,12 @@ impl<P: Placer> Reconciler<P> {
             let copies = running.remove(&want.key).unwrap_or_default();
             self.reconcile_one(want, &copies, &mut plan);
         }
-        // Running, but the store has no such deployment: deleted.
+        // Running, but the store has no such deployment: deleted, or an instance scaled away.
+        // It is retired once every instance taking over reads its input (see `taking_over`).
         for (key, copies) in running {
+            if taking_over(key, desired, observed, |executor| self.live(executor)) {
+                continue;
+            }
             for copy in copies {
                 plan.actions.push(Action::Stop {
                     key: key.clone(),
@@ -246,9 +253,11 @@ impl<P: Placer> Reconciler<P> {
         let key = &want.key;
         // Its executor is gone, or it stopped running there by itself: place it again.
         if let Some(executor) = state.executor().cloned() {
-            // A draining executor's deployments move (the placer never picks it).
-            let lost = !self.live(&executor)
-                || self.pool.state(&executor) == Some(ExecutorState::Draining);
+            // A draining executor's deployments move (the placer never picks it) once another
+            // executor has room; until then they run on where they are, and say so.
+            let draining = self.pool.state(&executor) == Some(ExecutorState::Draining)
+                && self.placer.place(&self.pool, &demand(want)).is_ok();
+            let lost = !self.live(&executor) || draining;
             let vanished = !matches!(state, DeploymentState::Placed { .. })
                 && !copies.iter().any(|c| c.executor == executor);
             if lost || vanished {
@@ -273,14 +282,7 @@ impl<P: Placer> Reconciler<P> {
                     executor: copy.executor.clone(),
                 };
             } else {
-                let (deployment, instance) = weir_api::scale::split_instance(&key.id);
-                let demand = Demand {
-                    tenant: &key.tenant,
-                    cost: want.cost,
-                    labels: &want.labels,
-                    group: (instance > 0).then_some(deployment),
-                };
-                match self.placer.place(&self.pool, &demand) {
+                match self.placer.place(&self.pool, &demand(want)) {
                     Ok(executor) => match self.pool.assign(key.clone(), &executor, want.cost) {
                         Ok(()) => {
                             plan.actions.push(Action::Start {
@@ -380,6 +382,47 @@ impl<P: Placer> Reconciler<P> {
     }
 }
 
+/// What placing `want` asks of the pool: its cost and labels, and its deployment when it is
+/// one of several instances (spread over executors).
+fn demand(want: &Desired) -> Demand<'_> {
+    let (deployment, instance) = weir_api::scale::split_instance(&want.key.id);
+    Demand {
+        tenant: &want.key.tenant,
+        cost: want.cost,
+        labels: &want.labels,
+        group: (instance > 0).then_some(deployment),
+    }
+}
+
+/// Whether `gone` (running, not wanted) is an instance whose deployment still wants other
+/// instances to run that do not all read their input yet (each with a copy on a live executor
+/// whose source reads: [`Observed::reading`]; a sink problem does not hold it). Its
+/// retirement waits for them: an MQTT instance that leaves its subscription before the
+/// instances taking over joined theirs (one instance becoming several, or several one) would
+/// leave its input with no subscriber, and the broker drops what comes meanwhile. Meanwhile
+/// both read the input, so a message may be processed twice (at-least-once), never lost.
+/// Siblings that cannot run (unplaceable, failed to start) keep it running.
+fn taking_over(
+    gone: &DeploymentKey,
+    desired: &[Desired],
+    observed: &[Observed],
+    live: impl Fn(&ExecutorId) -> bool,
+) -> bool {
+    let (deployment, _) = weir_api::scale::split_instance(&gone.id);
+    desired
+        .iter()
+        .filter(|want| {
+            want.key.tenant == gone.tenant
+                && weir_api::scale::split_instance(&want.key.id).0 == deployment
+                && DeploymentState::from_stored(&want.status, "").wants_to_run()
+        })
+        .any(|sibling| {
+            !observed
+                .iter()
+                .any(|seen| seen.key == sibling.key && seen.reading && live(&seen.executor))
+        })
+}
+
 /// What the control store wants: the platform's side of a [`round`].
 #[async_trait::async_trait]
 pub trait DesiredStore: Send + Sync {
@@ -388,6 +431,17 @@ pub trait DesiredStore: Send + Sync {
     /// Records a deployment's new state (status word and detail), unless the store changed it
     /// since the plan was made.
     async fn record(&self, key: &DeploymentKey, state: &DeploymentState) -> Result<(), String>;
+    /// Records why a deployment that wants to run fits on no executor now (it stays pending),
+    /// unless the store says so already; called every round it stays unplaced. The default
+    /// records nothing.
+    async fn record_unplaced(
+        &self,
+        key: &DeploymentKey,
+        reason: &PlacementError,
+    ) -> Result<(), String> {
+        let _ = (key, reason);
+        Ok(())
+    }
 }
 
 /// The executors: the platform's side of a [`round`].
@@ -433,6 +487,7 @@ pub async fn round<P: Placer>(
     };
     for (key, error) in &plan.unplaced {
         tracing::debug!(tenant = %key.tenant, deployment = %key.id, %error, "not placed");
+        store.record_unplaced(key, error).await?;
     }
     let starting: BTreeSet<DeploymentKey> = plan
         .actions
@@ -533,6 +588,7 @@ mod tests {
             key: key(id),
             executor: exec(executor),
             health: Health::Running,
+            reading: true,
         }
     }
 
@@ -636,6 +692,81 @@ mod tests {
     }
 
     #[test]
+    fn a_scaled_away_instance_is_retired_only_once_the_instances_taking_over_read_their_input() {
+        let mut r = reconciler(&["e1", "e2", "e3"]);
+        // One instance becomes two: `d` runs, `d#1` and `d#2` are wanted.
+        let wanted = [want("d#1", "pending"), want("d#2", "pending")];
+        let retired = |plan: &Plan| {
+            plan.actions
+                .iter()
+                .any(|a| matches!(a, Action::Stop { key, forget: true, .. } if key.id == "d"))
+        };
+        let plan = r.plan(&wanted, &[seen("d", "e1")]);
+        assert!(
+            !retired(&plan),
+            "retired before its successors ran: {plan:?}"
+        );
+        let placed = starts(&plan);
+        assert_eq!(placed.len(), 2);
+        let on = |id: &str| {
+            placed
+                .iter()
+                .find(|(key, _)| key == id)
+                .map(|(_, executor)| executor.as_str().to_owned())
+                .unwrap()
+        };
+        let (first, second) = (on("d#1"), on("d#2"));
+        // Both run, one still subscribing.
+        let mut subscribing = seen("d#2", &second);
+        subscribing.reading = false;
+        let plan = r.plan(
+            &wanted,
+            &[seen("d", "e1"), seen("d#1", &first), subscribing],
+        );
+        assert!(
+            !retired(&plan),
+            "retired before d#2 read its input: {plan:?}"
+        );
+        // Its source retrying does not read either.
+        let retrying = Observed {
+            health: Health::Degraded("source connection: refused".to_owned()),
+            reading: false,
+            ..seen("d#2", &second)
+        };
+        let plan = r.plan(&wanted, &[seen("d", "e1"), seen("d#1", &first), retrying]);
+        assert!(!retired(&plan), "{plan:?}");
+        // A sink problem does not hold the retirement: the input is read. Nothing else is
+        // done to the instances.
+        let sink_down = Observed {
+            health: Health::Degraded("sink connection: refused".to_owned()),
+            ..seen("d#2", &second)
+        };
+        let plan = r.plan(&wanted, &[seen("d", "e1"), seen("d#1", &first), sink_down]);
+        assert!(retired(&plan), "{plan:?}");
+        assert!(
+            plan.actions
+                .iter()
+                .all(|a| matches!(a, Action::Record { .. })
+                    || retired(&Plan {
+                        actions: vec![a.clone()],
+                        unplaced: Vec::new()
+                    })),
+            "{plan:?}"
+        );
+        // Both read: `d` goes for good.
+        let plan = r.plan(
+            &wanted,
+            &[seen("d", "e1"), seen("d#1", &first), seen("d#2", &second)],
+        );
+        assert!(retired(&plan), "{plan:?}");
+        // Another tenant's or deployment's instances never hold it back, nor paused siblings.
+        let plan = r.plan(&[want("d#1", "paused")], &[seen("d", "e1")]);
+        assert!(retired(&plan), "{plan:?}");
+        let plan = r.plan(&[want("other#1", "pending")], &[seen("d", "e1")]);
+        assert!(retired(&plan), "{plan:?}");
+    }
+
+    #[test]
     fn stops_paused_and_deleted_deployments() {
         let mut r = reconciler(&["e1"]);
         r.plan(&[want("d1", "pending")], &[]);
@@ -712,6 +843,40 @@ mod tests {
         }));
         assert_eq!(r.pool().placement(&key("d1")), Some(&other));
         assert!(r.pool().placed_on(&first).is_empty());
+    }
+
+    #[test]
+    fn a_draining_executor_keeps_what_no_other_has_room_for_until_one_has() {
+        let mut r = reconciler(&["e1"]);
+        r.plan(&[want("d1", "pending")], &[]);
+        r.started(&key("d1"), &exec("e1"), Ok(()));
+        r.pool_mut()
+            .set_state(&exec("e1"), ExecutorState::Draining)
+            .unwrap();
+        // Nowhere to go: it runs on, and shows running (not waiting).
+        let plan = r.plan(&[want("d1", "running")], &[seen("d1", "e1")]);
+        assert!(plan.actions.is_empty(), "{plan:?}");
+        assert!(plan.unplaced.is_empty(), "{plan:?}");
+        assert_eq!(
+            r.state(&key("d1")),
+            Some(&DeploymentState::Running {
+                executor: exec("e1")
+            })
+        );
+        // Another executor joins: it moves there.
+        r.pool_mut()
+            .add_executor(ExecutorInfo {
+                id: exec("e2"),
+                capacity: Resources {
+                    fuel_per_second: 100,
+                    memory_bytes: 1 << 30,
+                    instances: 100,
+                },
+                labels: BTreeMap::new(),
+            })
+            .unwrap();
+        let plan = r.plan(&[want("d1", "running")], &[seen("d1", "e1")]);
+        assert_eq!(starts(&plan), vec![("d1".to_owned(), exec("e2"))]);
     }
 
     #[test]
@@ -844,6 +1009,7 @@ mod tests {
                 key: key.clone(),
                 executor: executor.clone(),
                 health: Health::Running,
+                reading: true,
             });
             Ok(true)
         }

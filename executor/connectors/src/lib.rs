@@ -32,7 +32,10 @@ pub mod otlp;
 pub use message::{Ack, Inbound, Outbound, PartitionAssignment, expand_topic};
 pub use registry::{Connector, Registry};
 pub use sink::{Rejection, SendReport, Sink};
-pub use source::{AckReceiver, AckSender, Intake, IntakeRefusal, Settled, Source, ack_channel};
+pub use source::{
+    AckReceiver, AckSender, Intake, IntakeRefusal, RetireSignal, Retirement, Settled, Source,
+    ack_channel,
+};
 pub use spec::{ConnectContext, EndpointSpec, Problem, SinkSpec, SourceSpec};
 pub use status::{ConnectionState, ConnectionStatus};
 

@@ -77,4 +77,57 @@ pub trait Source: Send + std::fmt::Debug {
     fn http_ingress(&self) -> Option<crate::http::HttpIngress> {
         None
     }
+
+    /// Whether the source answers its context's [`RetireSignal`] itself: it stops taking new
+    /// input from its broker, finishes every message it took (all settled and acknowledged),
+    /// ends its broker session and returns `Ok`. A source that keeps no session its broker
+    /// would go on filling (false, the default) is drained and stopped by the executor instead.
+    fn ends_session_on_retire(&self) -> bool {
+        false
+    }
+}
+
+/// Tells a source that its deployment instance is retired for good: scaled away or deleted,
+/// not moved or paused (those keep the broker session for the next copy). Without it a
+/// persistent MQTT session of a scaled-away instance stays a member of its shared
+/// subscription, and the broker keeps giving it a share of the input that nobody reads
+/// (MQTT 5.0 §4.8.2).
+#[derive(Debug, Clone)]
+pub struct RetireSignal(tokio::sync::watch::Receiver<bool>);
+
+/// The sending half of a [`RetireSignal`] (the executor's end).
+#[derive(Debug)]
+pub struct Retirement(tokio::sync::watch::Sender<bool>);
+
+impl RetireSignal {
+    /// A connected pair: [`Retirement::retire`] on the first is seen by the second.
+    pub fn pair() -> (Retirement, Self) {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        (Retirement(tx), Self(rx))
+    }
+
+    /// A signal that never fires (a source no one retires).
+    pub fn never() -> Self {
+        Self::pair().1
+    }
+
+    /// Whether the instance was retired.
+    pub fn is_retired(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Resolves once the instance is retired; never, when its [`Retirement`] is dropped
+    /// without retiring it.
+    pub async fn retired(&mut self) {
+        if self.0.wait_for(|retired| *retired).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+impl Retirement {
+    /// Retires the instance.
+    pub fn retire(&self) {
+        self.0.send_replace(true);
+    }
 }

@@ -105,6 +105,9 @@ pub struct ConnectContext {
     /// Where the connection reports its state (shown in the deployment's status); one per
     /// source or sink.
     pub status: Arc<ConnectionStatus>,
+    /// Fires when the deployment instance is retired for good (a source that keeps a broker
+    /// session ends it: [`crate::Source::ends_session_on_retire`]); sinks ignore it.
+    pub retire: crate::RetireSignal,
 }
 
 impl ConnectContext {
@@ -121,6 +124,7 @@ impl ConnectContext {
             read_timeout: Duration::from_secs(30),
             max_message_bytes,
             status: Arc::new(ConnectionStatus::default()),
+            retire: crate::RetireSignal::never(),
         }
     }
 }

@@ -31,7 +31,7 @@ use weir_api::{ErrorCode, HlcClock, TenantId};
 use weir_connectors::http::{HttpIngress, HttpOutputs, HttpSink};
 use weir_connectors::{
     ConnectContext, ConnectionState, ConnectionStatus, EndpointSpec, Inbound, IntakeRefusal,
-    Outbound, Problem, Registry, SinkSpec, SourceSpec, ack_channel,
+    Outbound, Problem, Registry, RetireSignal, Retirement, SinkSpec, SourceSpec, ack_channel,
 };
 use weir_state::MeteredStateStore;
 use weir_tenants::{MessageRates, Quotas, RateRefusal};
@@ -186,6 +186,10 @@ struct Running {
     /// settlement (and sent the acknowledgements of those processed).
     acks: weir_connectors::AckSender,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Retires the source ([`LocalExecutor::retire`]), if it ends its broker session itself.
+    retirement: Option<Retirement>,
+    /// Becomes true when the source's task has returned.
+    source_done: tokio::sync::watch::Receiver<bool>,
     /// The operator instances this deployment was admitted with.
     _instances: InstanceReservation,
 }
@@ -229,6 +233,34 @@ impl Running {
     }
 }
 
+impl Running {
+    /// Retires this instance for good. A source that ends its broker session itself (MQTT) is
+    /// told to and waited for, without a limit: it finishes every message it took first, and
+    /// giving up would leave them in a session no one reads (a warning after
+    /// [`RETIRE_WARN`], while its broker is away or its sink refuses). Any other source is
+    /// drained as in a hand-over (up to [`DRAIN_LIMIT`]). Then it stops. Whether everything
+    /// it took was finished.
+    async fn retire(&self, key: &DeploymentKey) -> bool {
+        let finished = if let Some(retirement) = &self.retirement {
+            retirement.retire();
+            let mut done = self.source_done.clone();
+            let waited = tokio::time::timeout(RETIRE_WARN, done.wait_for(|done| *done))
+                .await
+                .is_ok();
+            if !waited {
+                tracing::warn!(tenant = %key.0, deployment = %key.1, "still retiring after {} s: its source has not finished the messages it took (its broker or sink away?)", RETIRE_WARN.as_secs());
+                // Err: the source task was stopped (a new copy of the id took over).
+                let _ended = done.wait_for(|done| *done).await;
+            }
+            true
+        } else {
+            self.drain(DRAIN_LIMIT).await
+        };
+        self.halt();
+        finished
+    }
+}
+
 impl Drop for Running {
     fn drop(&mut self) {
         self.halt();
@@ -240,9 +272,25 @@ impl Drop for Running {
 const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 /// How often a draining version is looked at.
 const DRAIN_POLL: Duration = Duration::from_millis(5);
+/// How long a retiring instance may take before it is warned of ([`Running::retire`]).
+const RETIRE_WARN: Duration = Duration::from_secs(30);
 
 /// A deployment by tenant and id.
 type DeploymentKey = (TenantId, String);
+
+/// A deployment running on an executor ([`LocalExecutor::running`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunningInstance {
+    /// Its tenant.
+    pub tenant: TenantId,
+    /// Its id (an instance's: `<id>#<n>`, `weir_api::scale`).
+    pub id: String,
+    /// What is wrong with it, if anything: its source or sink connection retrying or failed.
+    pub problem: Option<String>,
+    /// Its source does not read its input (yet): connecting, retrying or failed (an MQTT
+    /// source counts as connected once its subscription is acknowledged).
+    pub starting: bool,
+}
 
 /// Deployments running in this process.
 pub struct LocalExecutor {
@@ -268,6 +316,11 @@ pub struct LocalExecutor {
     /// wait for a reader across a pause and a resume (one per deployment the gateway keeps;
     /// dropped when it is deleted).
     parked: Mutex<HashMap<DeploymentKey, HttpOutputs>>,
+    /// Instances retiring ([`LocalExecutor::retire`]), each until it has finished: a start of
+    /// the same id stops it at once and takes over its broker session (with what it had not
+    /// finished), so two sources never share one. One entry per deployment at most, removed
+    /// by its own retirement.
+    retiring: Arc<Mutex<HashMap<DeploymentKey, Arc<Running>>>>,
 }
 
 impl std::fmt::Debug for LocalExecutor {
@@ -441,6 +494,7 @@ impl LocalExecutor {
             shares: Mutex::new(HashMap::new()),
             running: tokio::sync::Mutex::new(HashMap::new()),
             parked: Mutex::new(HashMap::new()),
+            retiring: Arc::default(),
         })
     }
 
@@ -578,6 +632,16 @@ impl LocalExecutor {
                 "no executor takes new deployments (every executor is cordoned)",
             ));
         }
+        // The same id retiring (scaled away and back at once): it stops now, and this copy
+        // takes over its broker session with what it had not finished.
+        let retiring = self
+            .retiring
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&(assignment.tenant.clone(), assignment.id.clone()));
+        if let Some(retiring) = retiring {
+            retiring.halt();
+        }
         let graph = parse_graph(&assignment.graph)
             .map_err(|e| RuntimeError::new(ErrorCode::InvalidDeployment, e.to_string()))?;
         let source_name = graph
@@ -685,11 +749,13 @@ impl LocalExecutor {
         // input with its siblings: one Kafka consumer group, one MQTT share group, named like
         // a one-instance source's client id of the deployment (stable across instances).
         let (deployment, instance) = weir_api::scale::split_instance(&assignment.id);
+        let (retirement, retire) = RetireSignal::pair();
         let source_context = ConnectContext {
             egress: source_egress,
             client_id: client_id("source", source_builtin),
             share_group: (instance > 0)
                 .then(|| format!("weir-{tenant}.source.{deployment}.{filters}")),
+            retire,
             ..plain.with_fresh_status()
         };
         let sink_context = ConnectContext {
@@ -834,8 +900,12 @@ impl LocalExecutor {
         let logs = self.logs.clone();
         let log_tenant = tenant.clone();
         let log_node = format!("{}/source", assignment.id);
+        let retirement = source.ends_session_on_retire().then_some(retirement);
+        let (source_finished, source_done) = tokio::sync::watch::channel(false);
         let run_source = async move {
-            if let Err(error) = source.run(intake, settlements).await {
+            let ran = source.run(intake, settlements).await;
+            source_finished.send_replace(true);
+            if let Err(error) = ran {
                 logs.record(LogRecord {
                     tenant: log_tenant,
                     node: log_node,
@@ -874,6 +944,8 @@ impl LocalExecutor {
             edges,
             acks: acks_held,
             tasks: vec![output_task, letter_task],
+            retirement,
+            source_done,
             _instances: instances,
         };
         // A rolling update: the new version is built, its modules instantiated and `init`ed,
@@ -922,6 +994,50 @@ impl LocalExecutor {
                 .insert(key, outputs);
         }
         drop(stopped);
+    }
+
+    /// Retires a deployment instance for good (scaled away): unlike [`LocalExecutor::stop`],
+    /// which leaves its broker session for the next copy, its source stops taking input,
+    /// finishes every message it took, and ends its session, so the broker neither keeps a
+    /// share of a shared subscription for it nor queues for it
+    /// ([`weir_connectors::Source::ends_session_on_retire`]; other sources are drained). It is
+    /// gone from [`LocalExecutor::running`] at once and finishes in the background
+    /// ([`Running::retire`]); a start of the same id meanwhile stops it and takes its session
+    /// over. Its kept outputs go too.
+    pub async fn retire(&self, tenant: &TenantId, id: &str) {
+        let key = (tenant.clone(), id.to_owned());
+        self.parked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&key);
+        let running = {
+            let mut table = self.running.lock().await;
+            let Some(running) = table.remove(&key) else {
+                return;
+            };
+            // Under the table's lock: a start of the same id finds it in one or the other.
+            self.retiring
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(key.clone(), running.clone());
+            running
+        };
+        let retiring = self.retiring.clone();
+        tokio::spawn(async move {
+            if running.retire(&key).await {
+                tracing::info!(tenant = %key.0, deployment = %key.1, "retired: its messages finished and its broker session ended");
+            } else {
+                tracing::warn!(tenant = %key.0, deployment = %key.1, "retired, but it did not finish its messages in time: its broker redelivers them");
+            }
+            let mut retiring = retiring.lock().unwrap_or_else(PoisonError::into_inner);
+            // Unless the same id was started and retired again meanwhile.
+            if retiring
+                .get(&key)
+                .is_some_and(|entry| Arc::ptr_eq(entry, &running))
+            {
+                retiring.remove(&key);
+            }
+        });
     }
 
     /// Stops a deployment for good: its kept outputs go too.
@@ -1252,10 +1368,10 @@ impl LocalExecutor {
         }
     }
 
-    /// Every deployment running here, by tenant and id, with what is wrong with it if
-    /// anything: its source or sink connection retrying or failed (the scheduler shows it
-    /// `degraded`). A connection still connecting is not a problem yet.
-    pub async fn running(&self) -> Vec<(TenantId, String, Option<String>)> {
+    /// Every deployment running here: what is wrong with it if anything (its source or sink
+    /// connection retrying or failed: the scheduler shows it `degraded`; a connection still
+    /// connecting is not a problem yet), and whether its source does not read its input yet.
+    pub async fn running(&self) -> Vec<RunningInstance> {
         let problem = |side: &str, status: &ConnectionStatus| match status.get().0 {
             ConnectionState::Retrying { error, .. } | ConnectionState::Failed { error } => {
                 Some(format!("{side} connection: {error}"))
@@ -1266,10 +1382,12 @@ impl LocalExecutor {
             .lock()
             .await
             .iter()
-            .map(|((tenant, id), running)| {
-                let wrong = problem("source", &running.source_status)
-                    .or_else(|| problem("sink", &running.sink_status));
-                (tenant.clone(), id.clone(), wrong)
+            .map(|((tenant, id), running)| RunningInstance {
+                tenant: tenant.clone(),
+                id: id.clone(),
+                problem: problem("source", &running.source_status)
+                    .or_else(|| problem("sink", &running.sink_status)),
+                starting: running.source_status.get().0 != ConnectionState::Connected,
             })
             .collect()
     }

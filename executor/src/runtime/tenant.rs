@@ -112,10 +112,21 @@ impl Drop for InstanceReservation {
     }
 }
 
+/// Whether instance `running` of a deployment is one `starting` takes over from: the one
+/// instance of a deployment (`d`) and an instance of several (`d#n`), either way. The one
+/// running is retired once the new instances run (`weir_scheduler::reconcile`), as a running
+/// version of the same id stops once its update runs.
+fn replaced_by(running: &str, starting: &str) -> bool {
+    let (deployment, index) = weir_api::scale::split_instance(running);
+    let (new_deployment, new_index) = weir_api::scale::split_instance(starting);
+    deployment == new_deployment && (index == 0) != (new_index == 0)
+}
+
 impl InstanceLedger {
     /// Promises `instances` slots to deployment `id` of `tenant`, or says why not. A running
     /// version of the same deployment does not count (it stops when the new one runs), so an
-    /// update that needs fewer instances is always admitted.
+    /// update that needs fewer instances is always admitted; nor does the instance a scale
+    /// change from one instance to several (or back) replaces ([`replaced_by`]).
     pub(super) fn reserve(
         self: &Arc<Self>,
         tenant: &TenantId,
@@ -126,7 +137,7 @@ impl InstanceLedger {
         let mut promised = self.promised.lock().unwrap_or_else(PoisonError::into_inner);
         let tenants: usize = promised
             .iter()
-            .filter(|(_, t, d, _)| t == tenant && d != id)
+            .filter(|(_, t, d, _)| t == tenant && d != id && !replaced_by(d, id))
             .map(|(.., n)| n)
             .sum();
         let max = usize::try_from(max_instances).unwrap_or(usize::MAX);

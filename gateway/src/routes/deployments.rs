@@ -307,8 +307,9 @@ async fn roll(
     }
     request.revision = next_revision(state, tenant, &spec.id).await?;
     let paused = !DeploymentState::from_stored(&record.status, "").wants_to_run();
-    // Several instances (before or after): the old instances stop and the reconcile loop
-    // starts the new spec's (not a rolling swap: see the README's scale-out section).
+    // Several instances (before or after): instances the new spec keeps stop and the reconcile
+    // loop starts them on it (not a rolling swap: see the README's scale-out section); the
+    // others run on until the loop retires them.
     let before: Option<CreateDeployment> = serde_json::from_value(record.spec.clone()).ok();
     let by_loop = crate::scale::placed_by_loop(spec)
         || before.as_ref().is_some_and(crate::scale::placed_by_loop);
@@ -316,7 +317,7 @@ async fn roll(
         Vec::new()
     } else if by_loop {
         if let Some(before) = &before {
-            crate::scale::stop_instances(state, tenant, before).await;
+            crate::scale::stop_instances(state, tenant, before, spec).await;
         }
         Vec::new()
     } else {

@@ -59,6 +59,8 @@ pub(crate) enum Event {
     },
     /// The broker answered a SUBSCRIBE.
     SubAck { codes: Vec<SubscribeReasonCode> },
+    /// The broker answered an UNSUBSCRIBE of this connection.
+    UnsubAck { generation: u64 },
     /// The connection was lost; the task reconnects after a backoff.
     Lost { generation: u64 },
     /// The broker refused the client for good (credentials, client id, ban): the task ended.
@@ -79,6 +81,9 @@ pub(crate) struct Plan {
     pub(crate) outgoing_in_flight: u16,
     /// Capacity of the event channel and of rumqttc's request channel.
     pub(crate) capacity: usize,
+    /// The connection is shown connected only once its user says so (a source: once the broker
+    /// acknowledged its subscription, so "connected" means its input flows).
+    pub(crate) await_suback: bool,
 }
 
 /// A running connection task; aborted on drop.
@@ -285,6 +290,7 @@ fn forward(generation: u64, event: RumqttEvent) -> Option<Event> {
         RumqttEvent::Incoming(Packet::SubAck(suback)) => Some(Event::SubAck {
             codes: suback.return_codes,
         }),
+        RumqttEvent::Incoming(Packet::UnsubAck(_)) => Some(Event::UnsubAck { generation }),
         RumqttEvent::Outgoing(Outgoing::Publish(packet_id)) => Some(Event::Sent {
             generation,
             packet_id,
@@ -336,7 +342,9 @@ async fn supervise(plan: Plan, tx: mpsc::Sender<Event>, rebuild: Arc<Notify>) {
             };
         generation += 1;
         let since = tokio::time::Instant::now();
-        status.set(ConnectionState::Connected);
+        if !plan.await_suback {
+            status.set(ConnectionState::Connected);
+        }
         let connected = Event::Connected {
             generation,
             client,

@@ -197,6 +197,7 @@ impl Sink for MqttSink {
                 manual_acks: false,
                 outgoing_in_flight: WINDOW,
                 capacity: usize::from(WINDOW) * 2 + 64,
+                await_suback: false,
             }));
         }
         let mut next = 0usize;
@@ -378,7 +379,8 @@ impl Sink for MqttSink {
                     | Event::PubAck { .. }
                     | Event::Collision { .. }
                     | Event::Publish { .. }
-                    | Event::SubAck { .. },
+                    | Event::SubAck { .. }
+                    | Event::UnsubAck { .. },
                 ) => {}
             }
         }

@@ -25,6 +25,10 @@ const HOLD_MESSAGES: usize = 1024;
 const HOLD_BYTES: u64 = 64 << 20;
 /// How often PUBACKs that did not fit rumqttc's request channel are tried again.
 const ACK_RETRY: Duration = Duration::from_millis(10);
+/// How long a retiring source must have received and acknowledged nothing before it ends its
+/// session. Messages the broker queued for the session before the UNSUBSCRIBE arrive as
+/// acknowledgements free its in-flight window, a round trip each; this waits many of those.
+const RETIRE_QUIET: Duration = Duration::from_millis(500);
 
 /// A source reading topic filters from one MQTT v5 broker.
 #[derive(Debug)]
@@ -107,8 +111,56 @@ struct Current {
     client: AsyncClient,
 }
 
+/// Where a retiring source stands (see [`MqttSource::ends_session_on_retire`]).
+#[derive(Debug)]
+struct Retiring {
+    /// The connection its UNSUBSCRIBEs went out on, if any yet.
+    generation: Option<u64>,
+    /// UNSUBACKs still to come on that connection.
+    unsubacks_left: usize,
+    /// The last input or acknowledgement: the session is ended [`RETIRE_QUIET`] after it.
+    last_activity: tokio::time::Instant,
+    /// The connection a DISCONNECT went out on, and how long the broker has to close it.
+    disconnecting: Option<(u64, tokio::time::Instant)>,
+    /// A message arrived after that DISCONNECT was asked for: the session keeps it, so the
+    /// source connects again and finishes it rather than end the session.
+    late: bool,
+}
+
+impl Retiring {
+    /// Unsubscribes every filter on `now`; false when rumqttc's request channel is full (then
+    /// the connection is rebuilt and the next one unsubscribes).
+    fn unsubscribe(&mut self, now: &Current, filters: &[Filter]) -> bool {
+        self.generation = Some(now.generation);
+        self.disconnecting = None;
+        self.late = false;
+        self.unsubacks_left = filters.len();
+        self.last_activity = tokio::time::Instant::now();
+        filters
+            .iter()
+            .all(|filter| now.client.try_unsubscribe(filter.path.clone()).is_ok())
+    }
+
+    /// Whether the broker took every UNSUBSCRIBE on the connection `current` is.
+    fn unsubscribed(&self, current: Option<&Current>) -> bool {
+        current.is_some_and(|c| self.generation == Some(c.generation)) && self.unsubacks_left == 0
+    }
+}
+
 #[async_trait]
 impl Source for MqttSource {
+    /// Retiring, the source unsubscribes its filters (the broker stops choosing it among the
+    /// members of its shared subscription, or stops queueing for it), goes on offering what
+    /// still arrives (messages the broker queued for the session before the UNSUBSCRIBE come
+    /// as acknowledgements free the in-flight window), and once every message it took is
+    /// settled and acknowledged and nothing arrived for [`RETIRE_QUIET`], disconnects and ends
+    /// the session: rumqttc cannot set a DISCONNECT's session expiry, so a connection with
+    /// Clean Start under the same client id discards it (MQTT 5.0 §3.1.2.4), and with a
+    /// session expiry of 0 its own ends as it closes.
+    fn ends_session_on_retire(&self) -> bool {
+        true
+    }
+
     async fn run(
         self: Box<Self>,
         intake: Arc<dyn Intake>,
@@ -131,7 +183,7 @@ impl Source for MqttSource {
             .client_id
             .clone()
             .unwrap_or_else(|| self.context.client_id.clone());
-        let mut connection = Connection::start(Plan {
+        let plan = Plan {
             endpoint: self.endpoint.clone(),
             context: self.context.clone(),
             client_id,
@@ -139,7 +191,11 @@ impl Source for MqttSource {
             manual_acks: true,
             outgoing_in_flight: 1,
             capacity: hold_limit + 64,
-        });
+            // Connected once the subscription is acknowledged: the scheduler retires a
+            // scaled-away sibling only when the instances taking over read their input.
+            await_suback: true,
+        };
+        let mut connection = Connection::start(plan.clone());
         let filters: Vec<Filter> = self
             .filters
             .iter()
@@ -152,6 +208,7 @@ impl Source for MqttSource {
             })
             .collect();
         let status = self.context.status.clone();
+        let mut retire = self.context.retire.clone();
 
         let mut current: Option<Current> = None;
         let mut held: VecDeque<Inbound> = VecDeque::new();
@@ -159,6 +216,9 @@ impl Source for MqttSource {
         let mut unsent_acks: VecDeque<u16> = VecDeque::new();
         let mut sequence = 0u64;
         let mut oversize_warned = false;
+        // Messages the intake took and has not settled yet.
+        let mut offered = 0usize;
+        let mut retiring: Option<Retiring> = None;
 
         loop {
             // Offer what is held, one message at a time (a batch is all or nothing).
@@ -166,6 +226,7 @@ impl Source for MqttSource {
             while let Some(message) = held.front() {
                 match intake.try_offer(vec![message.clone()]) {
                     Ok(()) => {
+                        offered += 1;
                         if let Some(taken) = held.pop_front() {
                             held_bytes = held_bytes.saturating_sub(taken.byte_len());
                         }
@@ -188,11 +249,29 @@ impl Source for MqttSource {
                     Err(IntakeRefusal::Closed) => return Ok(()),
                 }
             }
+            // Retiring, and everything taken is settled and acknowledged: the session ends once
+            // nothing arrived for a while.
+            let finished = retiring.as_ref().filter(|r| {
+                r.disconnecting.is_none()
+                    && r.unsubscribed(current.as_ref())
+                    && held.is_empty()
+                    && offered == 0
+                    && unsent_acks.is_empty()
+            });
+            let quiet_at = finished.map(|r| r.last_activity + RETIRE_QUIET);
+            let closing_by = retiring
+                .as_ref()
+                .and_then(|r| r.disconnecting)
+                .map(|(_, by)| by);
 
             tokio::select! {
                 settled = acks.recv() => match settled {
                     None => return Ok(()),
                     Some(Settled::Processed(Ack::Mqtt { generation, packet_id })) => {
+                        offered = offered.saturating_sub(1);
+                        if let Some(retiring) = &mut retiring {
+                            retiring.last_activity = tokio::time::Instant::now();
+                        }
                         // An ack for an older connection would acknowledge another message
                         // under a reused packet id: dropped, the broker sends it again.
                         if let Some(now) = &current
@@ -204,21 +283,78 @@ impl Source for MqttSource {
                     }
                     // QoS 0 needs no ack; an abandoned message is not acknowledged, so the
                     // broker delivers it again on the next connection of this session.
-                    Some(Settled::Processed(_) | Settled::Abandoned(_)) => {}
+                    Some(Settled::Processed(_) | Settled::Abandoned(_)) => {
+                        offered = offered.saturating_sub(1);
+                    }
                 },
+                () = retire.retired(), if retiring.is_none() => {
+                    tracing::debug!(client_id = %plan.client_id, "mqtt source retiring: unsubscribing");
+                    let mut state = Retiring {
+                        generation: None,
+                        unsubacks_left: 0,
+                        last_activity: tokio::time::Instant::now(),
+                        disconnecting: None,
+                        late: false,
+                    };
+                    if let Some(now) = &current
+                        && !state.unsubscribe(now, &filters)
+                    {
+                        connection.rebuild();
+                    }
+                    retiring = Some(state);
+                }
+                () = tokio::time::sleep_until(quiet_at.unwrap_or_else(tokio::time::Instant::now)), if quiet_at.is_some() => {
+                    // Everything settled and quiet: DISCONNECT, after every PUBACK queued
+                    // before it (rumqttc sends requests in order); the session ends once the
+                    // broker closed this connection with nothing more sent.
+                    if let (Some(retiring), Some(now)) = (&mut retiring, &current) {
+                        if now.client.try_disconnect().is_ok() {
+                            retiring.disconnecting = Some((
+                                now.generation,
+                                tokio::time::Instant::now() + plan.context.connect_timeout,
+                            ));
+                            retiring.late = false;
+                        } else {
+                            retiring.last_activity = tokio::time::Instant::now();
+                        }
+                    }
+                }
+                () = tokio::time::sleep_until(closing_by.unwrap_or_else(tokio::time::Instant::now)), if closing_by.is_some() => {
+                    // The broker did not close the connection in time.
+                    if retiring.as_ref().is_some_and(|r| !r.late) {
+                        end_session(connection, &plan).await;
+                        return Ok(());
+                    }
+                    if let Some(retiring) = &mut retiring {
+                        retiring.disconnecting = None;
+                    }
+                    connection.rebuild();
+                }
                 event = connection.events.recv(), if held.len() < hold_limit && held_bytes < HOLD_BYTES => match event {
                     None => return Err(ConnectorError::Closed),
                     Some(Event::Connected { generation, client, session_present, .. }) => {
                         unsent_acks.clear();
-                        // Subscribing again to a filter the session has replaces it; a new
-                        // session (session_present false) has none.
-                        tracing::debug!(generation, session_present, "mqtt source connected");
-                        if client.try_subscribe_many(filters.clone()).is_err() {
+                        let now = Current { generation, client };
+                        tracing::debug!(generation, session_present, retiring = retiring.is_some(), "mqtt source connected");
+                        if let Some(retiring) = &mut retiring {
+                            // Still in the session's shared subscription: out of it first.
+                            if !retiring.unsubscribe(&now, &filters) {
+                                connection.rebuild();
+                            }
+                        } else if now.client.try_subscribe_many(filters.clone()).is_err() {
+                            // Subscribing again to a filter the session has replaces it; a new
+                            // session (session_present false) has none.
                             connection.rebuild();
                         }
-                        current = Some(Current { generation, client });
+                        current = Some(now);
                     }
                     Some(Event::Publish { generation, publish }) => {
+                        if let Some(retiring) = &mut retiring {
+                            retiring.last_activity = tokio::time::Instant::now();
+                            if retiring.disconnecting.is_some() {
+                                retiring.late = true;
+                            }
+                        }
                         let ack = if publish.qos == QoS::AtMostOnce {
                             sequence += 1;
                             Ack::Sequence(sequence)
@@ -237,13 +373,38 @@ impl Source for MqttSource {
                             .filter(|(_, code)| !matches!(code, SubscribeReasonCode::Success(_)))
                             .map(|(filter, code)| format!("{filter}: {code:?}"))
                             .collect();
-                        if !refused.is_empty() {
+                        if retiring.is_some() {
+                            // An answer to a subscribe sent before retiring: moot.
+                        } else if refused.is_empty() {
+                            status.set(ConnectionState::Connected);
+                        } else {
                             let error = format!("the broker refused the subscription ({})", refused.join(", "));
                             status.set(ConnectionState::Failed { error: error.clone() });
                             return Err(ConnectorError::Refused(error));
                         }
                     }
+                    Some(Event::UnsubAck { generation }) => {
+                        if let Some(retiring) = &mut retiring
+                            && retiring.generation == Some(generation)
+                        {
+                            retiring.unsubacks_left = retiring.unsubacks_left.saturating_sub(1);
+                            retiring.last_activity = tokio::time::Instant::now();
+                        }
+                    }
                     Some(Event::Lost { generation }) => {
+                        if let Some(retiring) = &mut retiring
+                            && retiring.disconnecting.is_some_and(|(g, _)| g == generation)
+                        {
+                            if !retiring.late {
+                                // Closed after the DISCONNECT, nothing left in the session.
+                                end_session(connection, &plan).await;
+                                return Ok(());
+                            }
+                            // A message came after all: the connection task connects again,
+                            // the session sends it again, and the source finishes it first.
+                            retiring.disconnecting = None;
+                            retiring.late = false;
+                        }
                         if current.as_ref().is_some_and(|c| c.generation == generation) {
                             current = None;
                         }
@@ -276,6 +437,53 @@ impl Source for MqttSource {
             }
         }
     }
+}
+
+/// Ends a retired source's session, once its connection closed after a DISCONNECT with
+/// nothing left in it: the connection task goes (before it connects the persistent session
+/// again), then, for a persistent session, a connection with Clean Start under the same client
+/// id discards the session (MQTT 5.0 §3.1.2.4) and, with a session expiry of 0, its own ends
+/// as it closes. Bounded by the connect timeout; a broker that cannot be reached keeps the
+/// session (now without subscriptions or messages) until it expires (logged).
+async fn end_session(connection: Connection, plan: &Plan) {
+    drop(connection);
+    if !plan.persistent {
+        return;
+    }
+    let limit = plan.context.connect_timeout;
+    let mut clean = Connection::start(Plan {
+        persistent: false,
+        manual_acks: false,
+        ..plan.clone()
+    });
+    let ended = tokio::time::timeout(limit, async {
+        loop {
+            match clean.events.recv().await {
+                Some(Event::Connected { client, .. }) => {
+                    // The session is discarded with the CONNACK; the DISCONNECT only ends
+                    // this connection politely.
+                    let _closing = client.try_disconnect();
+                    return true;
+                }
+                Some(Event::Refused { .. }) | None => return false,
+                Some(_) => {}
+            }
+        }
+    })
+    .await;
+    if ended != Ok(true) {
+        tracing::warn!(client_id = %plan.client_id, "the retired source's broker session could not be ended; the broker keeps it until it expires");
+        return;
+    }
+    let _closed = tokio::time::timeout(limit, async {
+        while let Some(event) = clean.events.recv().await {
+            if matches!(event, Event::Lost { .. }) {
+                break;
+            }
+        }
+    })
+    .await;
+    tracing::debug!(client_id = %plan.client_id, "mqtt source retired: session ended");
 }
 
 #[cfg(test)]
