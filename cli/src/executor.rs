@@ -197,6 +197,9 @@ async fn fence(executor: &LocalExecutor) {
 /// Module log lines of one tenant waiting to be handed to the control plane at most; beyond,
 /// that tenant's new lines are dropped (and counted) until it takes them again.
 const LOG_QUEUE_PER_TENANT: usize = 10_000;
+/// Bytes of module log lines waiting at most, all tenants together; a tenant keeps an even
+/// share of them however much another logs (`TenantLogQueue`).
+const LOG_QUEUE_BYTES: usize = 64 << 20;
 
 /// Module log lines of this process's deployments, handed to the control plane
 /// (`POST /v1/executors/{id}/logs`) by one task in requests of one tenant's lines (at most
@@ -214,7 +217,7 @@ struct ForwardedLogs {
 impl ForwardedLogs {
     /// The sink, and its task sending to the control plane as executor `id`.
     fn start(client: Client, id: String) -> Arc<Self> {
-        let queue = Arc::new(TenantLogQueue::new(LOG_QUEUE_PER_TENANT));
+        let queue = Arc::new(TenantLogQueue::new(LOG_QUEUE_PER_TENANT, LOG_QUEUE_BYTES));
         let lines = queue.clone();
         tokio::spawn(async move {
             loop {

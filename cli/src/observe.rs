@@ -169,6 +169,9 @@ pub(crate) fn spawn_usage_flusher(
 /// Lines of one tenant waiting for the log writer at most; beyond, that tenant's new lines are
 /// dropped (and counted).
 const LOG_QUEUE_PER_TENANT: usize = 10_000;
+/// Bytes of module log lines waiting at most, all tenants together; a tenant keeps an even
+/// share of them however much another logs (`TenantLogQueue`).
+const LOG_QUEUE_BYTES: usize = 64 << 20;
 /// Lines the writer takes per batch.
 const LOG_BATCH: usize = 1_000;
 
@@ -183,7 +186,7 @@ pub(crate) struct StoreLogWriter {
 impl StoreLogWriter {
     /// The writer, and its task writing to `store`.
     pub(crate) fn start(store: Arc<dyn ControlStore>) -> (Arc<Self>, tokio::task::JoinHandle<()>) {
-        let queue = Arc::new(TenantLogQueue::new(LOG_QUEUE_PER_TENANT));
+        let queue = Arc::new(TenantLogQueue::new(LOG_QUEUE_PER_TENANT, LOG_QUEUE_BYTES));
         let lines = queue.clone();
         let task = tokio::spawn(async move {
             loop {

@@ -194,30 +194,50 @@ enum Queued {
 
 #[derive(Debug, Default)]
 struct Queues {
-    /// Per tenant with anything queued: its entries and how many are lines.
-    tenants: HashMap<TenantId, (VecDeque<Queued>, usize)>,
+    /// Per tenant with anything queued: its entries, how many are lines, and their bytes.
+    tenants: HashMap<TenantId, TenantQueue>,
     /// Tenants with anything queued, in the order they are served.
     turn: VecDeque<TenantId>,
+    /// Bytes of every line queued.
+    bytes: usize,
+}
+
+#[derive(Debug, Default)]
+struct TenantQueue {
+    entries: VecDeque<Queued>,
+    lines: usize,
+    bytes: usize,
+}
+
+/// What a line is counted for in a [`TenantLogQueue`]'s byte bound.
+fn line_bytes(record: &LogRecord) -> usize {
+    record.message.len() + record.node.len() + record.context.len() + 64
 }
 
 /// Module log lines on their way to where they are kept (a store, or the control plane), one
-/// bounded queue per tenant served in turn: a tenant whose modules log faster than lines are
-/// kept fills only its own share (`per_tenant` lines; beyond, its new lines are dropped and
-/// counted), and another tenant's lines wait for at most one batch of each other tenant's
-/// before they are taken. Entries exist only for tenants with lines queued.
+/// queue per tenant served in turn. Bounds: `per_tenant` lines of each tenant, and `max_bytes`
+/// of lines in all. A tenant whose modules log faster than lines are kept fills only its own
+/// share: past its line bound, or, when the bytes are all taken, past an even share of them,
+/// its new lines are dropped (and counted); a tenant below its even share takes room from the
+/// one holding the most (whose oldest lines go, counted). Another tenant's lines wait for at
+/// most one batch of each other tenant's before they are taken. Entries exist only for
+/// tenants with lines queued.
 #[derive(Debug)]
 pub struct TenantLogQueue {
     per_tenant: usize,
+    max_bytes: usize,
     queues: Mutex<Queues>,
     ready: tokio::sync::Notify,
     dropped: std::sync::atomic::AtomicU64,
 }
 
 impl TenantLogQueue {
-    /// A queue holding at most `per_tenant` lines of each tenant.
-    pub fn new(per_tenant: usize) -> Self {
+    /// A queue holding at most `per_tenant` lines of each tenant and `max_bytes` of lines in
+    /// all (a line counts its text, node and context, and 64 bytes more).
+    pub fn new(per_tenant: usize, max_bytes: usize) -> Self {
         Self {
             per_tenant: per_tenant.max(1),
+            max_bytes: max_bytes.max(1),
             queues: Mutex::default(),
             ready: tokio::sync::Notify::new(),
             dropped: std::sync::atomic::AtomicU64::new(0),
@@ -230,52 +250,109 @@ impl TenantLogQueue {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    fn count_dropped(&self, count: u64, tenant: &TenantId) {
+        let before = self
+            .dropped
+            .fetch_add(count, std::sync::atomic::Ordering::Relaxed);
+        let after = before + count;
+        // Warned at powers of two, not for every line.
+        if count > 0 && (before == 0 || after.ilog2() > before.ilog2()) {
+            tracing::warn!(
+                dropped = after,
+                %tenant,
+                "module log lines dropped: the tenant's share of the log queue is full"
+            );
+        }
+    }
+
     /// Queues `record`; false (dropped, counted) when its tenant's share is full.
     pub fn push(&self, record: LogRecord) -> bool {
-        {
+        let size = line_bytes(&record);
+        let tenant = record.tenant.clone();
+        let mut evicted: Vec<(TenantId, u64)> = Vec::new();
+        let accepted = {
             let mut queues = self.queues();
-            let Queues { tenants, turn } = &mut *queues;
-            let (entries, lines) = tenants.entry(record.tenant.clone()).or_insert_with(|| {
-                turn.push_back(record.tenant.clone());
-                (VecDeque::new(), 0)
-            });
-            if *lines >= self.per_tenant {
-                drop(queues);
-                let dropped = self
-                    .dropped
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-                    + 1;
-                if dropped.is_power_of_two() {
-                    tracing::warn!(
-                        dropped,
-                        tenant = %record.tenant,
-                        "module log lines dropped: the tenant's share of the log queue is full"
-                    );
+            let Queues {
+                tenants,
+                turn,
+                bytes,
+            } = &mut *queues;
+            let active = tenants.len() + usize::from(!tenants.contains_key(&tenant));
+            let fair = self.max_bytes / active.max(1);
+            let (lines_now, bytes_now) = tenants
+                .get(&tenant)
+                .map_or((0, 0), |queue| (queue.lines, queue.bytes));
+            if lines_now >= self.per_tenant
+                || (*bytes + size > self.max_bytes && bytes_now + size > fair)
+                || size > self.max_bytes
+            {
+                false
+            } else {
+                // Room from the tenant holding the most, beyond its even share.
+                while *bytes + size > self.max_bytes {
+                    let Some((largest, queue)) = tenants
+                        .iter_mut()
+                        .filter(|(owner, _)| **owner != tenant)
+                        .max_by_key(|(_, queue)| queue.bytes)
+                    else {
+                        break;
+                    };
+                    let Some(index) = queue
+                        .entries
+                        .iter()
+                        .position(|entry| matches!(entry, Queued::Line(_)))
+                    else {
+                        break;
+                    };
+                    if let Some(Queued::Line(old)) = queue.entries.remove(index) {
+                        let freed = line_bytes(&old);
+                        queue.lines -= 1;
+                        queue.bytes -= freed;
+                        *bytes -= freed;
+                        match evicted.iter_mut().find(|(owner, _)| owner == largest) {
+                            Some((_, count)) => *count += 1,
+                            None => evicted.push((largest.clone(), 1)),
+                        }
+                    }
                 }
-                return false;
+                let queue = tenants.entry(tenant.clone()).or_insert_with(|| {
+                    turn.push_back(tenant.clone());
+                    TenantQueue::default()
+                });
+                queue.lines += 1;
+                queue.bytes += size;
+                *bytes += size;
+                queue.entries.push_back(Queued::Line(record));
+                true
             }
-            *lines += 1;
-            entries.push_back(Queued::Line(record));
+        };
+        for (owner, count) in &evicted {
+            self.count_dropped(*count, owner);
         }
-        self.ready.notify_one();
-        true
+        if accepted {
+            self.ready.notify_one();
+        } else {
+            self.count_dropped(1, &tenant);
+        }
+        accepted
     }
 
     /// Resolves once every line of `tenant` queued before the call was handed out and kept
-    /// (its [`LogBatch::synced`] answered), or the queue's reader is gone. Callers bound the
-    /// wait (each call queues one marker, beside the tenant's lines).
+    /// (its [`LogBatch::synced`] answered by the queue's reader). Callers bound the wait: a
+    /// reader that stopped answers nothing. Each call queues one marker, beside the tenant's
+    /// lines.
     pub async fn sync(&self, tenant: &TenantId) {
         let (answer, kept) = tokio::sync::oneshot::channel();
         {
             let mut queues = self.queues();
-            let Queues { tenants, turn } = &mut *queues;
+            let Queues { tenants, turn, .. } = &mut *queues;
             // Queued even with no line of the tenant's waiting: the reader answers it after the
             // batch it is keeping now, which may be this tenant's.
-            let (entries, _) = tenants.entry(tenant.clone()).or_insert_with(|| {
+            let queue = tenants.entry(tenant.clone()).or_insert_with(|| {
                 turn.push_back(tenant.clone());
-                (VecDeque::new(), 0)
+                TenantQueue::default()
             });
-            entries.push_back(Queued::Sync(answer));
+            queue.entries.push_back(Queued::Sync(answer));
         }
         self.ready.notify_one();
         let _kept = kept.await;
@@ -299,25 +376,32 @@ impl TenantLogQueue {
 
     fn take(&self, max: usize) -> Option<LogBatch> {
         let mut queues = self.queues();
-        let Queues { tenants, turn } = &mut *queues;
+        let Queues {
+            tenants,
+            turn,
+            bytes,
+        } = &mut *queues;
         let tenant = turn.pop_front()?;
-        let (entries, lines) = tenants.get_mut(&tenant)?;
+        let queue = tenants.get_mut(&tenant)?;
         let mut batch = LogBatch {
             tenant: tenant.clone(),
             lines: Vec::new(),
             synced: Vec::new(),
         };
         while batch.lines.len() < max {
-            match entries.pop_front() {
+            match queue.entries.pop_front() {
                 Some(Queued::Line(line)) => {
-                    *lines -= 1;
+                    let size = line_bytes(&line);
+                    queue.lines -= 1;
+                    queue.bytes -= size;
+                    *bytes -= size;
                     batch.lines.push(line);
                 }
                 Some(Queued::Sync(answer)) => batch.synced.push(answer),
                 None => break,
             }
         }
-        if entries.is_empty() {
+        if queue.entries.is_empty() {
             tenants.remove(&tenant);
         } else {
             turn.push_back(tenant);
@@ -351,7 +435,7 @@ mod tests {
     async fn a_chatty_tenant_fills_only_its_own_share_and_a_quiet_ones_lines_come_next() {
         let chatty = TenantId::new("chatty").unwrap();
         let quiet = TenantId::new("quiet").unwrap();
-        let queue = TenantLogQueue::new(100);
+        let queue = TenantLogQueue::new(100, 1 << 20);
         let taken = (0..10_000)
             .filter(|n| queue.push(line(&chatty, *n)))
             .count();
@@ -378,9 +462,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn when_the_bytes_are_all_taken_a_quiet_tenant_takes_room_from_the_chattiest() {
+        let chatty = TenantId::new("chatty").unwrap();
+        let quiet = TenantId::new("quiet").unwrap();
+        let one = line_bytes(&line(&chatty, 0));
+        // Room for ten lines in all; up to 100 lines per tenant.
+        let queue = TenantLogQueue::new(100, one * 10);
+        let taken = (0..50).filter(|n| queue.push(line(&chatty, *n))).count();
+        assert_eq!(taken, 10, "the bytes bound");
+        // The quiet tenant gets up to its even share (5 lines), from the chatty one's oldest.
+        let quiet_taken = (0..8).filter(|n| queue.push(line(&quiet, *n))).count();
+        assert_eq!(quiet_taken, 5);
+        assert_eq!(queue.dropped(), 40 + 5 + 3);
+        let first = queue.next(100).await;
+        assert_eq!(first.tenant, chatty);
+        // Its five newest are left.
+        assert_eq!(first.lines.len(), 5);
+        assert_eq!(first.lines[0].message, "line 5");
+        let second = queue.next(100).await;
+        assert_eq!((second.tenant, second.lines.len()), (quiet, 5));
+    }
+
+    #[tokio::test]
     async fn a_sync_is_answered_once_the_lines_before_it_are_handed_out() {
         let tenant = TenantId::new("t").unwrap();
-        let queue = TenantLogQueue::new(100);
+        let queue = TenantLogQueue::new(100, 1 << 20);
         for n in 0..5 {
             queue.push(line(&tenant, n));
         }

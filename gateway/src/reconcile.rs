@@ -42,8 +42,11 @@ struct StoreDesired {
     nodes: Arc<Mutex<NodeCounts>>,
     /// Why each unplaced deployment waits, as last recorded (so it is recorded once, not
     /// every round); an entry per deployment the store has at most, dropped once it is placed.
-    waiting: Arc<Mutex<HashMap<DeploymentKey, String>>>,
+    waiting: Arc<Mutex<HashMap<DeploymentKey, (String, std::time::Instant)>>>,
 }
+
+/// How long a recorded reason for waiting is trusted before the history is read again.
+const WAITING_RECHECK: Duration = Duration::from_secs(30);
 
 /// The status detail of a deployment no executor runs yet; an unplaced one adds why.
 const WAITING: &str = "waiting for an executor";
@@ -190,7 +193,12 @@ impl DesiredStore for StoreDesired {
     ) -> Result<(), String> {
         let detail = format!("{WAITING}: {reason}");
         let waiting = || self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
-        if waiting().get(key) == Some(&detail) {
+        // Recorded lately: not read again (the API may have written another detail since, so
+        // the history is looked at again after a while).
+        if waiting()
+            .get(key)
+            .is_some_and(|(said, at)| *said == detail && at.elapsed() < WAITING_RECHECK)
+        {
             return Ok(());
         }
         let (id, instance) = split_instance(&key.id);
@@ -208,13 +216,23 @@ impl DesiredStore for StoreDesired {
         // for the deployment.
         if record.status == "pending" && instance == recording_instance(instances_of(&record.spec))
         {
-            self.state
+            let said = self
+                .state
                 .store
-                .set_deployment_status(&key.tenant, id, "pending", &detail)
+                .deployment_history(&key.tenant, id)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| e.to_string())?
+                .pop()
+                .is_some_and(|last| last.status == "pending" && last.detail == detail);
+            if !said {
+                self.state
+                    .store
+                    .set_deployment_status(&key.tenant, id, "pending", &detail)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
         }
-        waiting().insert(key.clone(), detail);
+        waiting().insert(key.clone(), (detail, std::time::Instant::now()));
         Ok(())
     }
 
@@ -364,7 +382,7 @@ pub struct ControlLoop {
     reconciler: Arc<tokio::sync::Mutex<Reconciler<SpreadPacker>>>,
     state: GatewayState,
     nodes: Arc<Mutex<NodeCounts>>,
-    waiting: Arc<Mutex<HashMap<DeploymentKey, String>>>,
+    waiting: Arc<Mutex<HashMap<DeploymentKey, (String, std::time::Instant)>>>,
 }
 
 impl ControlLoop {

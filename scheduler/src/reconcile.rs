@@ -487,7 +487,10 @@ pub async fn round<P: Placer>(
     };
     for (key, error) in &plan.unplaced {
         tracing::debug!(tenant = %key.tenant, deployment = %key.id, %error, "not placed");
-        store.record_unplaced(key, error).await?;
+        // Only a status detail: the round goes on without it.
+        if let Err(failure) = store.record_unplaced(key, error).await {
+            tracing::warn!(tenant = %key.tenant, deployment = %key.id, %failure, "why it waits was not recorded");
+        }
     }
     let starting: BTreeSet<DeploymentKey> = plan
         .actions
