@@ -506,17 +506,7 @@ async fn a_stateless_deployments_instances_spread_over_executors_and_share_mqtt_
         _broker: _mosquitto,
     } = mqtt_pool().await;
     let admin = server.admin();
-    let created = developer
-        .deploy(&scaled(
-            "relay",
-            "echo",
-            ("plant", "in"),
-            ("plant", "out"),
-            3,
-            None,
-        ))
-        .await
-        .unwrap();
+    let created = developer.deploy(&relay(3)).await.unwrap();
     assert_eq!(created.status, "pending");
 
     // Three instances on three executors.
@@ -581,17 +571,7 @@ async fn a_stateless_deployments_instances_spread_over_executors_and_share_mqtt_
     assert_eq!(duplicates, 0);
 
     // Scaled down to one instance (same id as a one-instance deployment): the others stop.
-    developer
-        .update_deployment(&scaled(
-            "relay",
-            "echo",
-            ("plant", "in"),
-            ("plant", "out"),
-            1,
-            None,
-        ))
-        .await
-        .unwrap();
+    developer.update_deployment(&relay(1)).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let running: Vec<String> = admin
@@ -631,6 +611,18 @@ async fn a_stateless_deployments_instances_spread_over_executors_and_share_mqtt_
     assert_eq!(duplicates, 0, "a scaled-away instance still ran");
 }
 
+/// `relay`: the `echo` graph from `plant`'s `in` to its `out`, as `instances` instances.
+fn relay(instances: u32) -> CreateDeployment {
+    scaled(
+        "relay",
+        "echo",
+        ("plant", "in"),
+        ("plant", "out"),
+        instances,
+        None,
+    )
+}
+
 /// Deployments (instances) assigned to the executors, all together.
 async fn assigned_total(admin: &Client) -> u64 {
     admin
@@ -646,14 +638,7 @@ async fn assigned_total(admin: &Client) -> u64 {
 /// was retired (taken off its executor).
 async fn scale_relay(admin: &Client, developer: &Client, instances: u32) {
     developer
-        .update_deployment(&scaled(
-            "relay",
-            "echo",
-            ("plant", "in"),
-            ("plant", "out"),
-            instances,
-            None,
-        ))
+        .update_deployment(&relay(instances))
         .await
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -723,17 +708,7 @@ async fn scaling_an_mqtt_deployment_under_load_loses_nothing_and_leaves_no_sessi
         _broker: _mosquitto,
     } = mqtt_pool().await;
     let admin = server.admin();
-    developer
-        .deploy(&scaled(
-            "relay",
-            "echo",
-            ("plant", "in"),
-            ("plant", "out"),
-            1,
-            None,
-        ))
-        .await
-        .unwrap();
+    developer.deploy(&relay(1)).await.unwrap();
     let (_outputs_client, mut outputs) = subscriber(port, "test-out", "out").await;
     let publisher = publisher(port, "test-in");
     probe(&publisher, &mut outputs, "a").await;

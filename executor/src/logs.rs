@@ -209,6 +209,18 @@ struct TenantQueue {
     bytes: usize,
 }
 
+/// `tenant`'s queue, made (and its turn taken) if it has none.
+fn queue_of<'a>(
+    tenants: &'a mut HashMap<TenantId, TenantQueue>,
+    turn: &mut VecDeque<TenantId>,
+    tenant: &TenantId,
+) -> &'a mut TenantQueue {
+    tenants.entry(tenant.clone()).or_insert_with(|| {
+        turn.push_back(tenant.clone());
+        TenantQueue::default()
+    })
+}
+
 /// What a line is counted for in a [`TenantLogQueue`]'s byte bound.
 fn line_bytes(record: &LogRecord) -> usize {
     record.message.len() + record.node.len() + record.context.len() + 64
@@ -315,10 +327,7 @@ impl TenantLogQueue {
                         }
                     }
                 }
-                let queue = tenants.entry(tenant.clone()).or_insert_with(|| {
-                    turn.push_back(tenant.clone());
-                    TenantQueue::default()
-                });
+                let queue = queue_of(tenants, turn, &tenant);
                 queue.lines += 1;
                 queue.bytes += size;
                 *bytes += size;
@@ -348,11 +357,9 @@ impl TenantLogQueue {
             let Queues { tenants, turn, .. } = &mut *queues;
             // Queued even with no line of the tenant's waiting: the reader answers it after the
             // batch it is keeping now, which may be this tenant's.
-            let queue = tenants.entry(tenant.clone()).or_insert_with(|| {
-                turn.push_back(tenant.clone());
-                TenantQueue::default()
-            });
-            queue.entries.push_back(Queued::Sync(answer));
+            queue_of(tenants, turn, tenant)
+                .entries
+                .push_back(Queued::Sync(answer));
         }
         self.ready.notify_one();
         let _kept = kept.await;
