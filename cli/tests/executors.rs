@@ -58,18 +58,6 @@ fn unique(what: &str) -> String {
     )
 }
 
-/// Module `echo@1.0.0` and graph `echo@1` (source → echo → sink) of `developer`'s tenant.
-async fn push_echo(developer: &Client) {
-    developer
-        .push_module("echo", "1.0.0", weir_guests::ECHO.bytes())
-        .await
-        .unwrap();
-    developer
-        .push_graph("echo", "1", common::chain_graph("echo", "echo", 1))
-        .await
-        .unwrap();
-}
-
 /// Where `id` runs once it is `running` on an executor process (polled until `limit`).
 async fn runs_on(developer: &Client, id: &str, not: Option<&str>, limit: Duration) -> String {
     let deadline = Instant::now() + limit;
@@ -136,7 +124,7 @@ async fn deployments_run_on_executor_processes_and_move_within_the_bound_when_on
     }
     let owner = common::token(&admin, "acme", weir_api::tenancy::Role::Owner).await;
     common::mqtt_endpoint(&owner, "plant", &mosquitto).await;
-    push_echo(&developer).await;
+    common::push_echo(&developer).await;
     let prefix = unique("executors");
     let topic = |id: &str, side: &str| format!("{prefix}/{id}/{side}");
     let reader = Mqtt::connect(
@@ -785,7 +773,7 @@ async fn executors_join_again_when_the_control_plane_restarts() {
     let developer = common::tenant(&server.admin(), "acme", quotas).await;
     let owner = common::token(&server.admin(), "acme", weir_api::tenancy::Role::Owner).await;
     common::mqtt_endpoint(&owner, "plant", &mosquitto).await;
-    push_echo(&developer).await;
+    common::push_echo(&developer).await;
     let prefix = unique("rejoin");
     let (input, output) = (format!("{prefix}/in"), format!("{prefix}/out"));
     developer
@@ -873,7 +861,7 @@ async fn a_deployment_no_executor_can_take_says_why_and_runs_once_one_joins() {
     let developer = common::tenant(&admin, "acme", quotas).await;
     let owner = common::token(&admin, "acme", weir_api::tenancy::Role::Owner).await;
     common::mqtt_endpoint(&owner, "plant", &mosquitto).await;
-    push_echo(&developer).await;
+    common::push_echo(&developer).await;
     let prefix = unique("unplaced");
     let deploy = |id: &'static str| {
         let spec = common::deployment(

@@ -462,14 +462,7 @@ async fn mqtt_pool() -> MqttPool {
         &format!("127.0.0.1:{port}"),
     )
     .await;
-    developer
-        .push_module("echo", "1.0.0", weir_guests::ECHO.bytes())
-        .await
-        .unwrap();
-    developer
-        .push_graph("echo", "1", common::chain_graph("echo", "echo", 1))
-        .await
-        .unwrap();
+    common::push_echo(&developer).await;
     MqttPool {
         _data: data,
         _broker: broker,

@@ -164,6 +164,18 @@ pub async fn tenant(admin: &Client, id: &str, quotas: Quotas) -> Client {
     token(admin, id, Role::Developer).await
 }
 
+/// Module `echo@1.0.0` and graph `echo@1` (source → echo → sink) of `developer`'s tenant.
+pub async fn push_echo(developer: &Client) {
+    developer
+        .push_module("echo", "1.0.0", weir_guests::ECHO.bytes())
+        .await
+        .unwrap();
+    developer
+        .push_graph("echo", "1", chain_graph("echo", "echo", 1))
+        .await
+        .unwrap();
+}
+
 /// A graph named `name` (version 1) of `count` maps of `module:1.0.0` in a chain between its
 /// source and sink.
 pub fn chain_graph(name: &str, module: &str, count: usize) -> String {
