@@ -230,6 +230,13 @@ impl Client {
             .await
     }
 
+    /// Lifts a tenant's suspension: its tokens work again and the deployments the
+    /// suspension paused resume.
+    pub async fn unsuspend_tenant(&self, id: &str) -> Result<Tenant, ClientError> {
+        self.post(&format!("/v1/tenants/{}/unsuspend", segment(id)), &())
+            .await
+    }
+
     /// Deletes a tenant and everything it owns.
     pub async fn delete_tenant(&self, id: &str) -> Result<(), ClientError> {
         self.delete(&format!("/v1/tenants/{}", segment(id))).await
@@ -592,7 +599,7 @@ impl Client {
         self.post("/v1/executors/join", join).await
     }
 
-    /// An executor's heartbeat (the client's token is the executor join token).
+    /// An executor's heartbeat (the client's token is the executor's session token).
     pub async fn executor_heartbeat(
         &self,
         id: &str,
@@ -606,7 +613,7 @@ impl Client {
     }
 
     /// Dead letters of an executor process's deployments, kept in the control plane's journal
-    /// (the client's token is the executor join token); their sequence numbers.
+    /// (the client's token is the executor's session token); their sequence numbers.
     pub async fn executor_dead_letters(
         &self,
         id: &str,
@@ -617,7 +624,7 @@ impl Client {
     }
 
     /// Module log lines of an executor process's deployments, kept with the tenant's lines
-    /// (the client's token is the executor join token).
+    /// (the client's token is the executor's session token).
     pub async fn executor_log_lines(
         &self,
         id: &str,
@@ -631,7 +638,7 @@ impl Client {
     }
 
     /// An executor's assignments once their revision is past `after`, or after `wait_ms` (a
-    /// long poll; the client's token is the executor join token).
+    /// long poll; the client's token is the executor's session token).
     pub async fn executor_assignments(
         &self,
         id: &str,
@@ -644,8 +651,8 @@ impl Client {
         .await
     }
 
-    /// An artifact by its digest, for an executor (the client's token is the executor join
-    /// token), checked against the digest: bytes that do not match are an error, never
+    /// An artifact by its digest, for an executor (the client's token is the executor's
+    /// session token), checked against the digest: bytes that do not match are an error, never
     /// returned.
     pub async fn executor_artifact(
         &self,
@@ -672,8 +679,8 @@ impl Client {
         Ok(bytes)
     }
 
-    /// An executor leaves the control plane (a clean stop; the client's token is the executor
-    /// join token).
+    /// An executor leaves the control plane (a clean stop; the client's token is the executor's
+    /// session token).
     pub async fn leave_executor(&self, id: &str) -> Result<(), ClientError> {
         Self::send_empty(self.request(Method::POST, &format!("/v1/executors/{id}/leave"))).await
     }

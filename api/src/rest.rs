@@ -756,6 +756,10 @@ pub struct ExecutorJoined {
     pub heartbeat_ms: u64,
     /// Milliseconds without a heartbeat after which the executor is lost.
     pub timeout_ms: u64,
+    /// The bearer token of this membership for every other `/v1/executors/{id}/…` route (64
+    /// hex digits; the join token opens only the join). Joining again gives a new one.
+    #[serde(default)]
+    pub session_token: String,
 }
 
 /// A heartbeat (`POST /v1/executors/{id}/heartbeat`): what the executor runs now.

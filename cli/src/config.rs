@@ -123,6 +123,23 @@ fn environment_problems(command: &Command, section: &str) -> Vec<String> {
     problems
 }
 
+/// The `WEIR_…` variables set in this environment that name a key of either section, sorted.
+fn overriding_variables(command: &Command) -> Vec<String> {
+    let mut names: Vec<String> = SECTIONS
+        .iter()
+        .flat_map(|section| {
+            keys(&section_command(command, section))
+                .into_iter()
+                .map(|(key, _)| env_name(&key))
+                .collect::<Vec<_>>()
+        })
+        .filter(|name| std::env::var_os(name).is_some())
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
 /// The subcommand `name` of `command`, or an empty one (never: `SECTIONS` are weir's).
 fn section_command(command: &Command, name: &str) -> Command {
     command
@@ -533,16 +550,46 @@ pub(crate) fn run(args: ConfigArgs, command: &Command) -> std::process::ExitCode
             print!("{}", example(command));
             std::process::ExitCode::SUCCESS
         }
-        ConfigCommand::Check { path } => match check(command, &path) {
-            Ok(checked) => {
-                println!("{}: valid ({} value(s) set)", path.display(), checked.len());
-                std::process::ExitCode::SUCCESS
+        ConfigCommand::Check { path } => {
+            // The environment variables a start would read are checked too, as a start
+            // checks them: a file that is valid alone may still not start here.
+            let mut problems = Vec::new();
+            for section in SECTIONS {
+                for problem in environment_problems(command, section) {
+                    if !problems.contains(&problem) {
+                        problems.push(problem);
+                    }
+                }
             }
-            Err(problems) => {
-                report(Some(&path), &problems);
-                std::process::ExitCode::from(INVALID)
+            match check(command, &path) {
+                Ok(checked) if problems.is_empty() => {
+                    let overriding = overriding_variables(command);
+                    println!(
+                        "{}: valid ({} value(s) set{})",
+                        path.display(),
+                        checked.len(),
+                        if overriding.is_empty() {
+                            String::new()
+                        } else {
+                            format!(
+                                "; the environment overrides the file with {}",
+                                overriding.join(", ")
+                            )
+                        }
+                    );
+                    std::process::ExitCode::SUCCESS
+                }
+                Ok(_) => {
+                    report(Some(&path), &problems);
+                    std::process::ExitCode::from(INVALID)
+                }
+                Err(more) => {
+                    problems.extend(more);
+                    report(Some(&path), &problems);
+                    std::process::ExitCode::from(INVALID)
+                }
             }
-        },
+        }
     }
 }
 

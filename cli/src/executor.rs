@@ -1,6 +1,7 @@
 //! `weir executor --join URL --token T`: an executor process. It joins the control plane with
-//! its id, capacity and labels, then heartbeats until stopped (Ctrl-C or SIGTERM: it leaves
-//! cleanly).
+//! its id, capacity and labels (the join token admits it), then heartbeats until stopped
+//! (Ctrl-C or SIGTERM: it leaves cleanly). Every call after the join carries the session token
+//! the join answered with ([`Session`]).
 //!
 //! Its id is unique per process (`--id`, or `<host>-<pid>-<start time>`), and is also the node
 //! id of its hybrid logical clock. It long-polls its assignments
@@ -22,7 +23,7 @@ use anyhow::Context;
 use weir_api::client::Client;
 use weir_api::rest::{
     AssignedBinding, DeadLetter, ExecutorAssignment, ExecutorDeadLetters, ExecutorHeartbeat,
-    ExecutorJoin, ExecutorLogLines, ExecutorRunning, LogLine, RefusedGeneration,
+    ExecutorJoin, ExecutorJoined, ExecutorLogLines, ExecutorRunning, LogLine, RefusedGeneration,
 };
 use weir_api::tenancy::Quotas;
 use weir_api::{ModuleDigest, TenantId};
@@ -101,8 +102,45 @@ fn join_url(value: &str) -> Result<String, String> {
 /// path waits meanwhile (as in `weir serve` while its store is unavailable).
 #[derive(Debug)]
 struct ForwardedLetters {
-    client: Client,
+    session: Session,
     id: String,
+}
+
+/// This process's client of the control plane as the member it is now: it carries the session
+/// token of its latest join (a join again gives a new one, and the old one is refused), so
+/// what sends for a long time reads it afresh for every request.
+#[derive(Debug, Clone)]
+struct Session(Arc<std::sync::RwLock<Client>>);
+
+impl Session {
+    /// The session of a join answered with `joined`, on `join`'s server. A control plane
+    /// that gives no session token (an older one) takes the join token on every route.
+    fn new(join: &Client, joined: &ExecutorJoined) -> Self {
+        Self(Arc::new(std::sync::RwLock::new(Self::client_of(
+            join, joined,
+        ))))
+    }
+
+    fn client_of(join: &Client, joined: &ExecutorJoined) -> Client {
+        if joined.session_token.is_empty() {
+            join.clone()
+        } else {
+            join.with_token(joined.session_token.clone())
+        }
+    }
+
+    /// The client of the current membership.
+    fn client(&self) -> Client {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Joined again: the new membership's token from now on.
+    fn renew(&self, join: &Client, joined: &ExecutorJoined) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = Self::client_of(join, joined);
+    }
 }
 
 /// JSON bytes of letters per request: half the route's limit, so no batch is refused for size
@@ -119,7 +157,12 @@ impl ForwardedLetters {
         };
         let mut backoff = Duration::from_millis(50);
         loop {
-            match self.client.executor_dead_letters(&self.id, &report).await {
+            match self
+                .session
+                .client()
+                .executor_dead_letters(&self.id, &report)
+                .await
+            {
                 Ok(kept) => return kept.seqs,
                 Err(error) => {
                     tracing::warn!(%tenant, count, %error, "dead letters not kept by the control plane yet; sending again");
@@ -216,7 +259,7 @@ struct ForwardedLogs {
 
 impl ForwardedLogs {
     /// The sink, and its task sending to the control plane as executor `id`.
-    fn start(client: Client, id: String) -> Arc<Self> {
+    fn start(session: Session, id: String) -> Arc<Self> {
         let queue = Arc::new(TenantLogQueue::new(LOG_QUEUE_PER_TENANT, LOG_QUEUE_BYTES));
         let lines = queue.clone();
         tokio::spawn(async move {
@@ -244,7 +287,7 @@ impl ForwardedLogs {
                     })
                     .collect();
                 for chunk in log_chunks(converted) {
-                    send_log_lines(&client, &id, &batch.tenant, chunk).await;
+                    send_log_lines(&session, &id, &batch.tenant, chunk).await;
                 }
                 for answer in batch.synced {
                     let _sent = answer.send(());
@@ -277,19 +320,23 @@ fn log_chunks(lines: Vec<LogLine>) -> Vec<Vec<LogLine>> {
 }
 
 /// Sends one request's lines until the control plane takes them or refuses them for what
-/// they are (a problem other than `not_found`, `rate_limited` or `unavailable`).
-async fn send_log_lines(client: &Client, id: &str, tenant: &TenantId, lines: Vec<LogLine>) {
+/// they are (a problem other than `not_found`, `unauthenticated` — a session being renewed —,
+/// `rate_limited` or `unavailable`).
+async fn send_log_lines(session: &Session, id: &str, tenant: &TenantId, lines: Vec<LogLine>) {
     let report = ExecutorLogLines {
         tenant: tenant.clone(),
         lines,
     };
     let mut backoff = Duration::from_millis(50);
     loop {
-        match client.executor_log_lines(id, &report).await {
+        match session.client().executor_log_lines(id, &report).await {
             Ok(()) => return,
             Err(error)
                 if error.code().is_some_and(|code| {
-                    !matches!(code, "not_found" | "rate_limited" | "unavailable")
+                    !matches!(
+                        code,
+                        "not_found" | "unauthenticated" | "rate_limited" | "unavailable"
+                    )
                 }) =>
             {
                 tracing::warn!(%tenant, count = report.lines.len(), %error, "module log lines refused by the control plane; dropped");
@@ -539,11 +586,14 @@ pub(crate) async fn run(args: ExecutorArgs) -> anyhow::Result<std::process::Exit
             weir_state::masked_url(other)
         ),
     };
-    let client = Client::new(&join_url, Some(token))?;
-    let joined = client
+    // The join token admits this process; every other call carries the session token the
+    // join answers with.
+    let admission = Client::new(&join_url, Some(token))?;
+    let joined = admission
         .join_executor(&join)
         .await
         .with_context(|| format!("cannot join {join_url}"))?;
+    let session = Session::new(&admission, &joined);
     let engine = tokio::task::spawn_blocking(|| {
         weir_executor::OperatorEngine::new(&weir_executor::EngineConfig::default())
     })
@@ -557,17 +607,18 @@ pub(crate) async fn run(args: ExecutorArgs) -> anyhow::Result<std::process::Exit
             state: Arc::new(weir_state::MeteredStateStore::new(state)),
             connectors: weir_connectors::Registry::standard(),
             journal: Arc::new(ForwardedLetters {
-                client: client.clone(),
+                session: session.clone(),
                 id: join.id.clone(),
             }),
             default_broker: None,
         })
         .map_err(|e| anyhow::anyhow!("cannot start the executor: {}", e.message))?,
     );
-    executor.forward_logs(ForwardedLogs::start(client.clone(), join.id.clone()));
+    executor.forward_logs(ForwardedLogs::start(session.clone(), join.id.clone()));
     // Tests and scripts read this line.
     println!("executor {} joined {}", join.id, join_url);
-    let (mut applied, mut reports, mut following) = start_follower(&executor, &client, &join.id);
+    let (mut applied, mut reports, mut following) =
+        start_follower(&executor, &session.client(), &join.id);
     let period = Duration::from_millis(joined.heartbeat_ms.max(10));
     let timeout = Duration::from_millis(joined.timeout_ms);
     let mut last_heard = std::time::Instant::now();
@@ -637,7 +688,8 @@ pub(crate) async fn run(args: ExecutorArgs) -> anyhow::Result<std::process::Exit
                 )
                 .collect()
         };
-        match client
+        match session
+            .client()
             .executor_heartbeat(&join.id, &ExecutorHeartbeat { running, revision })
             .await
         {
@@ -647,7 +699,8 @@ pub(crate) async fn run(args: ExecutorArgs) -> anyhow::Result<std::process::Exit
                     // Still a member after all (the control plane was away, not this one):
                     // what it assigns starts again.
                     following.abort();
-                    (applied, reports, following) = start_follower(&executor, &client, &join.id);
+                    (applied, reports, following) =
+                        start_follower(&executor, &session.client(), &join.id);
                     fenced = false;
                 }
             }
@@ -656,15 +709,24 @@ pub(crate) async fn run(args: ExecutorArgs) -> anyhow::Result<std::process::Exit
             // id. A control plane that just restarted places work here again (what runs goes
             // on until then and is adopted); one that declared it lost placed its deployments
             // elsewhere, so they stop here before it joins as a new member.
+            // Its session refused (`unauthenticated`): another process joined under this id
+            // since (this one was lost meanwhile), so it is counted out as for `conflict`.
             Err(error)
                 if args.exit_with_control_plane
-                    && (matches!(error.code(), Some("conflict" | "not_found"))
-                        || last_heard.elapsed() > timeout) =>
+                    && (matches!(
+                        error.code(),
+                        Some("conflict" | "not_found" | "unauthenticated")
+                    ) || last_heard.elapsed() > timeout) =>
             {
                 anyhow::bail!("the control plane of this executor is gone: {error}");
             }
-            Err(error) if matches!(error.code(), Some("conflict" | "not_found")) => {
-                if error.code() == Some("conflict") && !fenced {
+            Err(error)
+                if matches!(
+                    error.code(),
+                    Some("conflict" | "not_found" | "unauthenticated")
+                ) =>
+            {
+                if error.code() != Some("not_found") && !fenced {
                     tracing::warn!(%error, "the control plane declared this executor lost; its deployments stop here and it joins again");
                     // No start of the old membership's may follow the fence: its follower
                     // goes (a new one starts once joined).
@@ -673,13 +735,14 @@ pub(crate) async fn run(args: ExecutorArgs) -> anyhow::Result<std::process::Exit
                     fence(&executor).await;
                     fenced = true;
                 }
-                match client.join_executor(&join).await {
-                    Ok(_) => {
+                match admission.join_executor(&join).await {
+                    Ok(joined) => {
+                        session.renew(&admission, &joined);
                         println!("executor {} joined {} again", join.id, join_url);
                         // The new membership numbers assignments from the start.
                         following.abort();
                         (applied, reports, following) =
-                            start_follower(&executor, &client, &join.id);
+                            start_follower(&executor, &session.client(), &join.id);
                         last_heard = std::time::Instant::now();
                         fenced = false;
                     }
@@ -706,7 +769,8 @@ pub(crate) async fn run(args: ExecutorArgs) -> anyhow::Result<std::process::Exit
         }
     }
     following.abort();
-    client
+    session
+        .client()
         .leave_executor(&join.id)
         .await
         .context("cannot leave the control plane")?;

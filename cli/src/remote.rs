@@ -120,6 +120,12 @@ enum TenantCommand {
         /// Its id.
         id: String,
     },
+    /// Lift a tenant's suspension: its tokens work again, the deployments the suspension
+    /// paused resume (admin).
+    Unsuspend {
+        /// Its id.
+        id: String,
+    },
     /// Delete a tenant and everything it owns (admin).
     Delete {
         /// Its id.
@@ -497,6 +503,10 @@ pub(crate) async fn tenant(args: TenantArgs) -> anyhow::Result<ExitCode> {
             let tenant = call!(output, client.suspend_tenant(&id));
             print(output, &tenant, |t| format!("suspended {}", t.id));
         }
+        TenantCommand::Unsuspend { id } => {
+            let tenant = call!(output, client.unsuspend_tenant(&id));
+            print(output, &tenant, |t| format!("unsuspended {}", t.id));
+        }
         TenantCommand::Delete { id } => {
             call!(output, client.delete_tenant(&id));
             print(output, &serde_json::json!({"deleted": id}), |_| {
@@ -532,6 +542,18 @@ pub(crate) async fn executors(args: ExecutorsArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// A time the API gives in seconds since the epoch, for people: RFC 3339 in UTC
+/// (`2026-12-01T09:47:29Z`). `--json` keeps the API's number.
+fn when(at: u64) -> String {
+    i64::try_from(at)
+        .ok()
+        .and_then(|seconds| chrono::DateTime::from_timestamp(seconds, 0))
+        .map_or_else(
+            || at.to_string(),
+            |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        )
+}
+
 /// One line per revision: number, graph, outcome, who, when (`*` marks the current one).
 fn revision_lines(revisions: &[weir_api::rest::DeploymentRevision]) -> String {
     revisions
@@ -544,7 +566,7 @@ fn revision_lines(revisions: &[weir_api::rest::DeploymentRevision]) -> String {
                 r.graph,
                 r.outcome,
                 r.by,
-                r.at,
+                when(r.at),
                 if r.detail.is_empty() {
                     String::new()
                 } else {
@@ -645,7 +667,7 @@ pub(crate) async fn device(args: DeviceArgs) -> anyhow::Result<ExitCode> {
             let devices = call!(output, client.devices());
             print(output, &devices, |ds| {
                 ds.iter()
-                    .map(|d| format!("{}\t{}\t{}", d.name, d.username, d.created_at))
+                    .map(|d| format!("{}\t{}\t{}", d.name, d.username, when(d.created_at)))
                     .collect::<Vec<_>>()
                     .join("\n")
             });
@@ -840,7 +862,9 @@ pub(crate) async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
                 for change in &d.history {
                     text.push_str(&format!(
                         "\n  {}  {}: {}",
-                        change.at, change.status, change.detail
+                        when(change.at),
+                        change.status,
+                        change.detail
                     ));
                 }
                 if !d.revisions.is_empty() {

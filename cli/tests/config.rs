@@ -324,6 +324,38 @@ fn bad_environment_variables_are_listed_with_the_file_problems() {
     );
     // Nothing started: it never tried to join.
     assert!(!stderr.contains("cannot join"), "{stderr}");
+
+    // `weir config check` reads the same variables: the file alone is valid, the environment
+    // is not; with good values it says which variables override the file.
+    let good = write(
+        &dir.path().join("good.toml"),
+        "[executor]\njoin = \"http://127.0.0.1:9\"\n",
+    );
+    let check = |env: &[(&str, &str)]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(["config", "check", &good])
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8(output.stdout).unwrap() + &String::from_utf8(output.stderr).unwrap(),
+        )
+    };
+    let (code, said) = check(&[("WEIR_INSTANCE_SLOTS", "0")]);
+    assert_eq!(code, Some(2), "{said}");
+    assert!(
+        said.contains("1 problem(s)")
+            && said.contains("environment WEIR_INSTANCE_SLOTS: invalid value '0'"),
+        "{said}"
+    );
+    let (code, said) = check(&[("WEIR_INSTANCE_SLOTS", "8")]);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(
+        said.contains("the environment overrides the file with WEIR_INSTANCE_SLOTS"),
+        "{said}"
+    );
 }
 
 /// Settings that cannot work are refused at start with what is wrong: a heartbeat no shorter

@@ -411,6 +411,12 @@ async fn roll_under_load(remote: bool) {
     assert_eq!(lines.len(), 4, "{stdout}");
     assert!(lines[2].starts_with("*3\troll@1\trolled_back"), "{stdout}");
     assert!(lines[3].starts_with(" 4\troll@3\tfailed"), "{stdout}");
+    // When, for people: RFC 3339 in UTC, not seconds since the epoch.
+    let at = lines[3].split('\t').nth(4).unwrap();
+    assert!(
+        at.len() == 20 && at.starts_with("20") && at.ends_with('Z') && at.contains('T'),
+        "{stdout}"
+    );
 
     // The OpenAPI document has the route and the shapes.
     let document = developer.openapi().await.unwrap();

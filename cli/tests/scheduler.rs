@@ -335,31 +335,65 @@ async fn executor_processes_join_heartbeat_and_a_killed_one_is_declared_lost_wit
     let duplicate = executor_client.join_executor(&join).await.unwrap_err();
     assert_eq!(duplicate.code(), Some("conflict"), "{duplicate}");
 
-    // Artifacts by digest, checked against it, for live executors only.
+    // After the join, each executor acts with its own session token: the join token, a
+    // tenant's token and another executor's session open none of its routes; it fetches only
+    // the artifacts of its own assignments and reports only for tenants it runs.
+    let probe_join = weir_api::rest::ExecutorJoin {
+        id: "probe".to_owned(),
+        ..join.clone()
+    };
+    let joined = executor_client.join_executor(&probe_join).await.unwrap();
+    assert_eq!(joined.session_token.len(), 64, "{joined:?}");
+    let probe = executor_client.with_token(joined.session_token.clone());
     let module = weir_guests::ECHO.bytes();
     tenant
         .push_module("echo", "1.0.0", module.clone())
         .await
         .unwrap();
     let digest = weir_api::ModuleDigest::of(&module);
+    let beat = weir_api::rest::ExecutorHeartbeat::default();
+    probe.executor_heartbeat("probe", &beat).await.unwrap();
+    for (caller, id, what) in [
+        (&executor_client, "probe", "the join token"),
+        (&tenant, "probe", "a tenant's token"),
+        (&probe, "edge-1", "another executor's session"),
+    ] {
+        let refused = caller.executor_heartbeat(id, &beat).await.unwrap_err();
+        assert_eq!(refused.code(), Some("unauthenticated"), "{what}: {refused}");
+        let refused = caller.executor_assignments(id, 0, 0).await.unwrap_err();
+        assert_eq!(refused.code(), Some("unauthenticated"), "{what}: {refused}");
+        let refused = caller.executor_artifact(id, &digest).await.unwrap_err();
+        assert_eq!(refused.code(), Some("unauthenticated"), "{what}: {refused}");
+    }
+    let unassigned = probe.executor_artifact("probe", &digest).await.unwrap_err();
     assert_eq!(
-        executor_client
-            .executor_artifact("edge-1", &digest)
-            .await
-            .unwrap(),
-        module
+        unassigned.code(),
+        Some("not_found"),
+        "a stored module no assignment of it names: {unassigned}"
     );
-    let unknown = weir_api::ModuleDigest::of(b"never stored");
-    let missing = executor_client
-        .executor_artifact("edge-1", &unknown)
+    let letters = weir_api::rest::ExecutorDeadLetters {
+        tenant: weir_api::TenantId::new("acme").unwrap(),
+        letters: Vec::new(),
+    };
+    let foreign = probe
+        .executor_dead_letters("probe", &letters)
         .await
         .unwrap_err();
-    assert_eq!(missing.code(), Some("not_found"), "{missing}");
-    let refused = tenant
-        .executor_artifact("edge-1", &digest)
-        .await
-        .unwrap_err();
-    assert_eq!(refused.code(), Some("unauthenticated"), "{refused}");
+    assert_eq!(
+        foreign.code(),
+        Some("forbidden"),
+        "a tenant it runs nothing of: {foreign}"
+    );
+    // Joining again gives a new session; the old token is refused from then on.
+    probe.leave_executor("probe").await.unwrap();
+    let gone = probe.executor_heartbeat("probe", &beat).await.unwrap_err();
+    assert_eq!(gone.code(), Some("not_found"), "left: {gone}");
+    let again = executor_client.join_executor(&probe_join).await.unwrap();
+    assert_ne!(again.session_token, joined.session_token);
+    let stale = probe.executor_heartbeat("probe", &beat).await.unwrap_err();
+    assert_eq!(stale.code(), Some("unauthenticated"), "{stale}");
+    let probe = executor_client.with_token(again.session_token);
+    probe.executor_heartbeat("probe", &beat).await.unwrap();
 
     // kill -9: no leave, heartbeats stop; lost within the timeout plus a reconcile round.
     let killed_at = Instant::now();
@@ -375,16 +409,16 @@ async fn executor_processes_join_heartbeat_and_a_killed_one_is_declared_lost_wit
         took >= Duration::from_millis(900),
         "lost before the timeout passed: {took:?}"
     );
-    // A lost executor does not come back under its id: its work goes elsewhere.
-    let back = executor_client
-        .executor_heartbeat("edge-1", &weir_api::rest::ExecutorHeartbeat::default())
-        .await
-        .unwrap_err();
+    // A lost executor does not come back under its session: its work goes elsewhere (the
+    // probe stopped beating too, so it was lost with edge-1).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while executor_state(&admin, "probe").await.as_deref() != Some("lost") {
+        assert!(Instant::now() < deadline, "probe not declared lost");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let back = probe.executor_heartbeat("probe", &beat).await.unwrap_err();
     assert_eq!(back.code(), Some("conflict"), "{back}");
-    let fetch = executor_client
-        .executor_artifact("edge-1", &digest)
-        .await
-        .unwrap_err();
+    let fetch = probe.executor_artifact("probe", &digest).await.unwrap_err();
     assert_eq!(
         fetch.code(),
         Some("not_found"),

@@ -339,6 +339,31 @@ fn deploys_a_graph_ingests_with_wait_and_resumes_after_a_restart() {
     );
     assert_eq!(status, 200, "{body}");
     assert!(body.contains(r#"\"value\":100.0"#), "{body}");
+
+    // What the deployment uses is not deleted from under it (its next start would find it
+    // gone); once the deployment goes, both may go.
+    for path in ["/v1/modules/temperature/1.0.0", "/v1/graphs/simple/1"] {
+        let (status, body) = http(&second.address, "DELETE", path, &developer, "");
+        assert_eq!(status, 409, "{path}: {body}");
+        let problem: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(problem["code"], "conflict", "{body}");
+        assert!(
+            problem["detail"].as_str().unwrap().contains("convert"),
+            "names the deployment: {body}"
+        );
+    }
+    let (status, _) = http(
+        &second.address,
+        "DELETE",
+        "/v1/deployments/convert",
+        &developer,
+        "",
+    );
+    assert_eq!(status, 204);
+    for path in ["/v1/modules/temperature/1.0.0", "/v1/graphs/simple/1"] {
+        let (status, body) = http(&second.address, "DELETE", path, &developer, "");
+        assert_eq!(status, 204, "{path}: {body}");
+    }
 }
 
 #[test]

@@ -961,3 +961,80 @@ async fn the_tenant_walls_hold_against_a_real_server() {
         "acme's deployment stopped"
     );
 }
+
+/// A deployment of the simple graph on the built-in HTTP source and sink.
+fn simple_deployment(id: &str) -> CreateDeployment {
+    CreateDeployment {
+        id: id.to_owned(),
+        graph: GraphRef {
+            name: "simple".to_owned(),
+            version: "1".to_owned(),
+        },
+        configuration: Default::default(),
+        source: Default::default(),
+        sink: Default::default(),
+        dead_letters: None,
+        instances: 1,
+        partition_key: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifting_a_suspension_resumes_what_it_paused_and_nothing_the_tenant_paused() {
+    let data = tempfile::tempdir().unwrap();
+    let server = common::serve(data.path());
+    let admin = server.admin();
+    let acme = tenant(&admin, "acme", roomy()).await;
+    acme.push_module("temperature", "1.0.0", temperature())
+        .await
+        .unwrap();
+    acme.push_graph("simple", "1", SIMPLE_GRAPH.to_owned())
+        .await
+        .unwrap();
+    for id in ["serving", "held"] {
+        acme.deploy(&simple_deployment(id)).await.unwrap();
+    }
+    acme.pause("held").await.unwrap();
+
+    admin.suspend_tenant("acme").await.unwrap();
+    assert_eq!(
+        acme.deployments().await.unwrap_err().code(),
+        Some("unauthenticated"),
+        "the tenant's tokens stop while suspended"
+    );
+    let lifted = admin.unsuspend_tenant("acme").await.unwrap();
+    assert!(!lifted.suspended);
+    // The tenant's token works again; what the suspension paused runs and answers.
+    let serving = acme.deployment("serving").await.unwrap();
+    assert_eq!(serving.status, "running");
+    let changes: Vec<(&str, &str)> = serving
+        .history
+        .iter()
+        .rev()
+        .take(2)
+        .map(|c| (c.status.as_str(), c.detail.as_str()))
+        .collect();
+    assert_eq!(
+        changes,
+        [
+            ("running", "tenant unsuspended"),
+            ("paused", "tenant suspended")
+        ]
+    );
+    let reply = acme
+        .ingest(
+            "serving",
+            &[IngestMessage::new(
+                r#"{"temperature":{"value":212,"unit":"F"}}"#,
+            )],
+            true,
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.outputs.map(|o| o.len()), Some(1));
+    // What the tenant paused itself stays paused.
+    assert_eq!(acme.deployment("held").await.unwrap().status, "paused");
+    // Lifting a suspension that is not there changes nothing.
+    admin.unsuspend_tenant("acme").await.unwrap();
+    assert_eq!(acme.deployment("held").await.unwrap().status, "paused");
+}

@@ -1166,3 +1166,39 @@ fn a_keyed_window_forgets_the_records_of_a_revoked_partition_assignment() {
         );
     }
 }
+
+#[test]
+fn a_keyed_window_sends_a_record_without_a_key_to_the_dead_letters() {
+    let fixture = Fixture::new();
+    let mut deployment = deploy_keyed_windows(&fixture);
+    let base = 1_700_000_000_000;
+    send(
+        &deployment,
+        keyed_message_at(base + 1, "k", r#"{"temperature":{"value":4,"unit":"C"}}"#),
+    );
+    let unkeyed = send(
+        &deployment,
+        message_at(base + 2, r#"{"temperature":{"value":90,"unit":"C"}}"#),
+    );
+    deployment.close_sources();
+    assert!(deployment.wait_complete(Duration::from_secs(10)));
+    let letters = deployment.dead_letters().drain();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(
+        (letters[0].node.as_str(), letters[0].reason.as_str()),
+        ("stats", "missing_key")
+    );
+    assert!(letters[0].detail.contains("__key"), "{}", letters[0].detail);
+    // The keyed record's window holds it alone.
+    let outputs = deployment.outputs().drain();
+    assert_eq!(outputs.len(), 1);
+    assert!(
+        payload(&outputs[0]).contains(r#""count":1"#),
+        "{}",
+        payload(&outputs[0])
+    );
+    // Nothing is lost: the dead letter, once taken, settles the record as processed.
+    assert!(unkeyed.lock().unwrap().is_empty());
+    drop(letters);
+    assert_eq!(*unkeyed.lock().unwrap(), [Delivery::Processed]);
+}

@@ -1,7 +1,15 @@
 //! Executor processes that join the control plane over HTTP (`weir executor --join URL --token
-//! T`): `POST /v1/executors/join`, `/v1/executors/{id}/heartbeat` and `/v1/executors/{id}/leave`,
-//! authenticated by the executor join token of `weir serve` (compared in constant time; never a
-//! tenant's or admin's token, and a tenant's token is refused here).
+//! T`): `POST /v1/executors/join`, `/v1/executors/{id}/heartbeat` and `/v1/executors/{id}/leave`.
+//!
+//! Credentials: the executor join token of `weir serve` admits an executor (`join` only). The
+//! join answers with a session token of that membership (32 random bytes, hex), and every
+//! other route of `/v1/executors/{id}/…` takes only that executor's session token (compared in
+//! constant time; never a tenant's or admin's token, nor the join token, nor another
+//! executor's session). So an executor reads its own assignments (and the endpoint secrets in
+//! them), fetches only the artifacts they name, reports dead letters and log lines only for
+//! tenants whose deployments were assigned to it, and cannot heartbeat, leave or poll as
+//! another executor. A session ends when its executor leaves, joins again (a new token; the
+//! old one is refused) or is forgotten after being lost.
 //!
 //! Membership (unique live ids, heartbeats, loss after the timeout) is
 //! `weir_scheduler::Membership`; the reconcile loop expires it every round. Joined executors
@@ -12,7 +20,7 @@
 //! assignment the executor long-polls (`GET /v1/executors/{id}/assignments`), its graph and
 //! modules named by digest; the executor reports what runs in its heartbeats.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -37,6 +45,9 @@ pub struct ExecutorMembership {
     token: Option<String>,
     heartbeat: Duration,
     members: Mutex<(Membership, Pool)>,
+    /// Each member's session (lost ones too, until forgotten); locked after `members` when
+    /// both are held. One entry per member: bounded by the membership.
+    sessions: Mutex<HashMap<ExecutorId, Session>>,
     assigned: Mutex<Assigned>,
     /// The latest revision of any executor's assignments (long polls wait on it).
     changed: tokio::sync::watch::Sender<u64>,
@@ -44,6 +55,32 @@ pub struct ExecutorMembership {
     places: bool,
     /// How many times its workers' fuel an executor is counted for ([`Self::cpu_overcommit`]).
     overcommit: u64,
+}
+
+/// An executor's credentials and what it may report for.
+#[derive(Debug)]
+struct Session {
+    /// The bearer token of its current membership.
+    token: String,
+    /// Tenants whose deployments were assigned to it while this control plane ran (kept
+    /// across its re-joins: a stopped deployment's last dead letters may still be on their
+    /// way). At most the number of tenants.
+    tenants: BTreeSet<TenantId>,
+}
+
+/// A new session token: 32 bytes from the OS as 64 hex digits.
+fn session_token() -> Result<String, ApiError> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| ApiError::internal(&e))?;
+    Ok(hex::encode(bytes))
+}
+
+/// The bearer token of a request.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
 }
 
 /// One executor's assignments and what it reported last.
@@ -127,6 +164,7 @@ impl ExecutorMembership {
                 Membership::new(timeout, timeout.saturating_mul(10), max_executors),
                 Pool::new(),
             )),
+            sessions: Mutex::default(),
             assigned: Mutex::default(),
             changed: tokio::sync::watch::channel(0).0,
             places: false,
@@ -195,6 +233,19 @@ impl ExecutorMembership {
         self.changed.send_replace(revision);
     }
 
+    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<ExecutorId, Session>> {
+        self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// `tenant`'s deployments run on `executor`: it may report for the tenant.
+    fn admit_tenant(&self, executor: &ExecutorId, tenant: &TenantId) {
+        if let Some(session) = self.sessions().get_mut(executor)
+            && !session.tenants.contains(tenant)
+        {
+            session.tenants.insert(tenant.clone());
+        }
+    }
+
     /// Assigns a deployment to `executor` (taking it off any other).
     fn assign(&self, executor: &ExecutorId, mut assignment: ExecutorAssignment) -> bool {
         if !self
@@ -206,6 +257,7 @@ impl ExecutorMembership {
         {
             return false;
         }
+        self.admit_tenant(executor, &assignment.tenant);
         let revision = {
             let mut assigned = self.assigned();
             let key = (assignment.tenant.clone(), assignment.id.clone());
@@ -261,6 +313,7 @@ impl ExecutorMembership {
     /// Assigns `assignment` to `executor` again as it was (its generation kept: the executor
     /// runs it still), after a newer generation did not start.
     fn restore(&self, executor: &ExecutorId, assignment: ExecutorAssignment) {
+        self.admit_tenant(executor, &assignment.tenant);
         let revision = {
             let mut assigned = self.assigned();
             let key = (assignment.tenant.clone(), assignment.id.clone());
@@ -366,12 +419,14 @@ impl ExecutorMembership {
         self.publish(revision);
     }
 
-    /// Forgets the assignments and reports of executors that are no longer live members.
+    /// Forgets the assignments and reports of executors that are no longer live members, and
+    /// the sessions of those no longer members at all (left, or lost and forgotten).
     fn prune(&self) {
         let members = self.members.lock().unwrap_or_else(PoisonError::into_inner);
         self.assigned()
             .executors
             .retain(|id, _| members.0.is_alive(id));
+        self.sessions().retain(|id, _| members.0.is_member(id));
     }
 
     /// What runs on the live executors: what each reported running among its assignments,
@@ -457,6 +512,7 @@ impl ExecutorMembership {
             .collect()
     }
 
+    /// The join token (`POST /v1/executors/join` only).
     fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
         let Some(expected) = &self.token else {
             return Err(ApiError::new(
@@ -464,13 +520,9 @@ impl ExecutorMembership {
                 "this control plane takes no executor processes (no executor join token)",
             ));
         };
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .ok_or_else(|| {
-                ApiError::new(ErrorCode::Unauthenticated, "send the executor join token")
-            })?;
+        let given = bearer(headers).ok_or_else(|| {
+            ApiError::new(ErrorCode::Unauthenticated, "send the executor join token")
+        })?;
         if bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
             Ok(())
         } else {
@@ -479,6 +531,56 @@ impl ExecutorMembership {
                 "not the executor join token",
             ))
         }
+    }
+
+    /// The session token of executor `id` (every route of `/v1/executors/{id}/…` but the
+    /// join). An id with no session here (never joined this control plane, left, or
+    /// forgotten) is `not_found`: join again.
+    fn authorize_session(&self, headers: &HeaderMap, id: &ExecutorId) -> Result<(), ApiError> {
+        if self.token.is_none() {
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                "this control plane takes no executor processes (no executor join token)",
+            ));
+        }
+        let given = bearer(headers).ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::Unauthenticated,
+                "send the session token the join answered with",
+            )
+        })?;
+        let sessions = self.sessions();
+        let Some(session) = sessions.get(id) else {
+            return Err(ApiError::new(
+                ErrorCode::NotFound,
+                format!("executor {id} is not registered; join again"),
+            ));
+        };
+        if bool::from(given.as_bytes().ct_eq(session.token.as_bytes())) {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                ErrorCode::Unauthenticated,
+                format!("not the session token of executor {id} (each join gets a new one)"),
+            ))
+        }
+    }
+
+    /// Whether `tenant`'s deployments were assigned to executor `id` (it may report for it).
+    fn runs_for(&self, id: &ExecutorId, tenant: &TenantId) -> bool {
+        self.sessions()
+            .get(id)
+            .is_some_and(|session| session.tenants.contains(tenant))
+    }
+
+    /// Whether `digest` is the graph or a module of an assignment of executor `id`.
+    fn assigns_artifact(&self, id: &ExecutorId, digest: &str) -> bool {
+        self.assigned().executors.get(id).is_some_and(|table| {
+            table
+                .deployments
+                .values()
+                .any(|a| a.graph == digest || a.modules.values().any(|m| m == digest))
+        })
     }
 }
 
@@ -527,24 +629,35 @@ pub(crate) async fn join(
         labels,
     };
     let id = info.id.clone();
-    let timeout = {
+    let (timeout, session_token) = {
         let mut members = executors
             .members
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let (membership, pool) = &mut *members;
+        let token = session_token()?;
         membership
             .join(pool, info, Instant::now())
             .map_err(membership_error)?;
         // A lost id joining again starts with nothing assigned (its work went elsewhere);
         // cleared under the membership lock, so no assignment to the new member is lost.
         executors.assigned().executors.remove(&id);
-        membership.timeout()
+        // A new session: the previous membership's token is refused from now on.
+        executors
+            .sessions()
+            .entry(id.clone())
+            .and_modify(|session| session.token.clone_from(&token))
+            .or_insert_with(|| Session {
+                token: token.clone(),
+                tenants: BTreeSet::new(),
+            });
+        (membership.timeout(), token)
     };
     tracing::info!(executor = %id, "executor joined");
     Ok(Json(ExecutorJoined {
         heartbeat_ms: u64::try_from(executors.heartbeat.as_millis()).unwrap_or(u64::MAX),
         timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+        session_token,
     }))
 }
 
@@ -561,8 +674,8 @@ pub(crate) async fn heartbeat(
     ApiJson(mut report): ApiJson<ExecutorHeartbeat>,
 ) -> Result<impl IntoResponse, ApiError> {
     let executors = &state.executors;
-    executors.authorize(&headers)?;
     let id = executor_id(id)?;
+    executors.authorize_session(&headers, &id)?;
     executors
         .members
         .lock()
@@ -590,8 +703,8 @@ pub(crate) async fn leave(
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let executors = &state.executors;
-    executors.authorize(&headers)?;
     let id = executor_id(id)?;
+    executors.authorize_session(&headers, &id)?;
     {
         let mut members = executors
             .members
@@ -599,6 +712,7 @@ pub(crate) async fn leave(
             .unwrap_or_else(PoisonError::into_inner);
         let (membership, pool) = &mut *members;
         membership.leave(pool, &id).map_err(membership_error)?;
+        executors.sessions().remove(&id);
     }
     tracing::info!(executor = %id, "executor left");
     Ok(StatusCode::NO_CONTENT)
@@ -606,8 +720,8 @@ pub(crate) async fn leave(
 
 /// An artifact (module or graph bytes) by its digest, for a live executor: what it runs is
 /// fetched by digest and checked against it before it runs (`Client::executor_artifact`).
-/// Executors run every tenant's code, so any stored digest is theirs to fetch; nobody else's
-/// token opens this route.
+/// Only the graph and modules of its own assignments: any other digest is `not_found`, as is
+/// one that exists nowhere.
 #[utoipa::path(get, path = "/v1/executors/{id}/artifacts/{digest}", tag = "executors", params(("id" = String, Path), ("digest" = String, Path)), responses((status = 200, content_type = "application/octet-stream"), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn artifact(
     State(state): State<GatewayState>,
@@ -615,8 +729,8 @@ pub(crate) async fn artifact(
     Path((id, digest)): Path<(String, String)>,
 ) -> Result<impl IntoResponse, ApiError> {
     let executors = &state.executors;
-    executors.authorize(&headers)?;
     let id = executor_id(id)?;
+    executors.authorize_session(&headers, &id)?;
     let alive = executors
         .members
         .lock()
@@ -628,6 +742,9 @@ pub(crate) async fn artifact(
     }
     let digest = weir_api::ModuleDigest::new(digest)
         .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.to_string()))?;
+    if !executors.assigns_artifact(&id, digest.as_str()) {
+        return Err(ApiError::not_found("artifact"));
+    }
     let bytes = state
         .blobs
         .get(&digest)
@@ -638,7 +755,8 @@ pub(crate) async fn artifact(
 }
 
 /// The tenant a live executor reports for (`None` if it no longer exists), once the caller is
-/// known by the join token and `items` (what, how many, at most) is within its bound.
+/// known by its session token, the tenant's deployments were assigned to it (else
+/// `forbidden`), and `items` (what, how many, at most) is within its bound.
 async fn reporting_tenant(
     state: &GatewayState,
     headers: &HeaderMap,
@@ -647,10 +765,16 @@ async fn reporting_tenant(
     (what, count, max): (&str, usize, usize),
 ) -> Result<Option<weir_store::TenantRecord>, ApiError> {
     let executors = &state.executors;
-    executors.authorize(headers)?;
     let id = executor_id(id)?;
+    executors.authorize_session(headers, &id)?;
     if !executors.is_alive(&id) {
         return Err(ApiError::not_found("executor"));
+    }
+    if !executors.runs_for(&id, tenant) {
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            format!("executor {id} runs no deployment of tenant {tenant}"),
+        ));
     }
     if count > max {
         return Err(ApiError::new(
@@ -789,8 +913,8 @@ pub(crate) async fn assignments(
     crate::ApiQuery(query): crate::ApiQuery<AssignmentsQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     let executors = &state.executors;
-    executors.authorize(&headers)?;
     let id = executor_id(id)?;
+    executors.authorize_session(&headers, &id)?;
     let deadline = tokio::time::Instant::now() + Duration::from_millis(query.wait_ms).min(MAX_WAIT);
     let mut changed = executors.changed.subscribe();
     loop {

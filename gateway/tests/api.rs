@@ -1500,3 +1500,72 @@ async fn dead_letters_are_read_from_the_store_walled_by_tenant_and_outlive_a_res
         (json!(4), json!(2))
     );
 }
+
+#[tokio::test]
+async fn an_endpoint_a_deployment_binds_to_is_not_deleted_from_under_it() {
+    let api = Api::new();
+    let (owner, _) = api.tenant("acme").await;
+    let created = api
+        .json(
+            Method::POST,
+            "/v1/endpoints",
+            &owner,
+            json!({"name": "broker", "kind": "mqtt", "address": "203.0.113.9:1883"}),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.body);
+    // A paused deployment reading from it (the gateway alone starts nothing): resuming it
+    // would look the endpoint up again.
+    let tenant = TenantId::new("acme").unwrap();
+    let record = weir_store::DeploymentRecord {
+        tenant: tenant.clone(),
+        id: "reader".to_owned(),
+        spec: json!({
+            "id": "reader",
+            "graph": {"name": "g", "version": "1"},
+            "source": {"endpoint": "broker", "topics": ["in"]},
+        }),
+        status: "paused".to_owned(),
+        created_at: 0,
+    };
+    api.store
+        .put_deployment(&record, &weir_tenants::Quotas::default())
+        .await
+        .unwrap();
+    let refused = api
+        .call(
+            Method::DELETE,
+            "/v1/endpoints/broker",
+            Some(&owner),
+            None,
+            vec![],
+        )
+        .await;
+    assert_problem(&refused, StatusCode::CONFLICT, "conflict");
+    assert!(
+        refused.body["detail"].as_str().unwrap().contains("reader"),
+        "{:?}",
+        refused.body
+    );
+    assert_eq!(
+        api.get("/v1/endpoints/broker", &owner).await.status,
+        StatusCode::OK,
+        "still there"
+    );
+    assert!(
+        api.store
+            .delete_deployment(&tenant, "reader")
+            .await
+            .unwrap()
+    );
+    let deleted = api
+        .call(
+            Method::DELETE,
+            "/v1/endpoints/broker",
+            Some(&owner),
+            None,
+            vec![],
+        )
+        .await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT, "{:?}", deleted.body);
+}

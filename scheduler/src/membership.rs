@@ -168,6 +168,11 @@ impl Membership {
         self.members.get(id).is_some_and(|member| !member.lost)
     }
 
+    /// Whether `id` is a member, lost or not (a lost one is known until it is forgotten).
+    pub fn is_member(&self, id: &ExecutorId) -> bool {
+        self.members.contains_key(id)
+    }
+
     /// Members, lost ones included.
     pub fn len(&self) -> usize {
         self.members.len()

@@ -6,7 +6,8 @@
 //!
 //! Keyed windows ([`DataflowSettings::keyed_windows`], a deployment with a `partition_key`,
 //! issue 13 point 5): a window is one time *and one key*, the message's `__key` user property
-//! (the Kafka record key; absent for items without one, which share the key-less window). Its
+//! (the Kafka record key). An item without one goes to the dead letters (`missing_key`): folded
+//! under no key it would make one partial window on each instance that read such items. Its
 //! staged value starts with that `__key` and its result carries it (added if the module's
 //! result lacks it), so every key's window is folded and emitted on its own: the instances of a
 //! keyed deployment, each reading some partitions, emit the same windows as one instance
@@ -47,6 +48,12 @@ use crate::{OperatorError, OperatorInstance};
 /// The user property that carries a message's key (the Kafka record key, azure-compat
 /// section 11 row 8).
 const KEY_PROPERTY: &[u8] = b"__key";
+
+/// The dead-letter reason of a record without a key in a keyed window.
+const MISSING_KEY: &str = "missing_key";
+const MISSING_KEY_DETAIL: &str = "a keyed deployment (partition_key) keeps one window per key, and this record has no key \
+     (Kafka record key, user property __key): produce every record with a key, or keep __key \
+     through the operators before the accumulate";
 
 /// A window: its dataflow time and, for keyed windows, its key.
 type WindowId = (u64, Option<Bytes>);
@@ -204,7 +211,17 @@ pub(crate) fn accumulate<'scope>(
                     return;
                 };
                 for envelope in data.drain(..) {
-                    let key = if keyed { key_of(&envelope.item) } else { None };
+                    let key = if keyed {
+                        let Some(key) = key_of(&envelope.item) else {
+                            // Folded under no key, it would land in a partial window on
+                            // whichever instance read it.
+                            context.refuse(envelope, time, MISSING_KEY, MISSING_KEY_DETAIL.to_owned());
+                            continue;
+                        };
+                        Some(key)
+                    } else {
+                        None
+                    };
                     let id = (time, key);
                     let window = windows.entry(id.clone()).or_insert_with(|| Window {
                         cap: retained.clone(),

@@ -49,12 +49,18 @@ pub(crate) struct NodeContext {
 impl NodeContext {
     /// Sends `envelope` to the dead letters with the failure.
     pub(crate) fn dead_letter(&self, envelope: Envelope, time: u64, error: &OperatorError) {
+        self.refuse(envelope, time, error.reason(), error.to_string());
+    }
+
+    /// Sends `envelope` to the dead letters with a reason of the runtime's own (`reason`, a
+    /// stable code; `detail`, for people), counted as a failure of this node.
+    pub(crate) fn refuse(&self, envelope: Envelope, time: u64, reason: &str, detail: String) {
         self.counters.failures.fetch_add(1, Ordering::Relaxed);
         self.shared.dead_letter(DeadLetter {
             deployment: self.shared.id.clone(),
             node: self.name.clone(),
-            reason: error.reason().to_owned(),
-            detail: error.to_string(),
+            reason: reason.to_owned(),
+            detail,
             input: envelope.item,
             time,
             acks: envelope.acks,

@@ -16,6 +16,7 @@ use weir_api::{ErrorCode, ModuleDigest};
 use weir_store::{GraphRecord, ModuleRecord};
 use weir_tenants::Role;
 
+use super::dependents::{Used, refuse_if_used};
 use super::{caller_tenant, check_name, content_type};
 use crate::{ApiError, ApiQuery, Caller, GatewayState, ProblemField};
 
@@ -235,6 +236,16 @@ pub(crate) async fn delete_module(
     Path((name, version)): Path<(String, String)>,
 ) -> Result<impl IntoResponse, ApiError> {
     let (tenant, _) = caller_tenant(&state, &caller, Role::Developer)?;
+    let _changing = state.tenant_locks.lock(&tenant).await;
+    refuse_if_used(
+        &state,
+        &tenant,
+        Used::Module {
+            name: &name,
+            version: &version,
+        },
+    )
+    .await?;
     let digest = state
         .store
         .delete_module(&tenant, &name, &version)
@@ -380,6 +391,16 @@ pub(crate) async fn delete_graph(
     Path((name, version)): Path<(String, String)>,
 ) -> Result<impl IntoResponse, ApiError> {
     let (tenant, _) = caller_tenant(&state, &caller, Role::Developer)?;
+    let _changing = state.tenant_locks.lock(&tenant).await;
+    refuse_if_used(
+        &state,
+        &tenant,
+        Used::Graph {
+            name: &name,
+            version: &version,
+        },
+    )
+    .await?;
     let digest = state
         .store
         .delete_graph(&tenant, &name, &version)

@@ -52,11 +52,7 @@ async fn resolve_module(
     tenant: &TenantId,
     reference: &str,
 ) -> Result<Vec<u8>, String> {
-    let last = reference.rsplit('/').next().unwrap_or(reference);
-    let (name, version) = match last.split_once(':') {
-        Some((name, version)) => (name, Some(version)),
-        None => (last, None),
-    };
+    let (name, version) = super::dependents::module_reference(reference);
     let record = match version {
         Some(version) => state
             .store
@@ -852,46 +848,52 @@ pub(crate) async fn resume(
     tracing::Span::current().record("deployment", tracing::field::display(&id));
     let _changing = state.tenant_locks.lock(&tenant).await;
     let (record, spec) = stored(&state, &tenant, &id).await?;
+    let detail = format!("resumed by {}", caller.subject);
+    let (status, warnings) =
+        resume_stored(&state, &tenant, &quotas, &record, &spec, &detail).await?;
+    Ok(Json(DeploymentChanged {
+        id,
+        status,
+        warnings,
+    }))
+}
+
+/// Resumes the stored deployment `record` (`spec`): paused or failed → pending, then started
+/// here (several instances: left to the reconcile loop). Already on its way to running (the
+/// scheduler may show it pending, placed or degraded): started again unless it runs. Its
+/// status afterwards, with the start's warnings. The caller holds the tenant's lock.
+pub(crate) async fn resume_stored(
+    state: &GatewayState,
+    tenant: &TenantId,
+    quotas: &Quotas,
+    record: &DeploymentRecord,
+    spec: &CreateDeployment,
+    detail: &str,
+) -> Result<(String, Vec<String>), ApiError> {
+    let id = &record.id;
     let mut warnings = Vec::new();
-    // Paused or failed: pending again, then started here. Already on its way to running (the
-    // scheduler may show it pending, placed or degraded): started again unless it runs.
     DeploymentState::from_stored(&record.status, "")
         .apply(Event::Resume)
         .map_err(lifecycle_error)?;
-    if crate::scale::placed_by_loop(&spec) {
-        // Several instances: the reconcile loop places and starts each.
+    if crate::scale::placed_by_loop(spec) {
         let pending = DeploymentState::Pending.status();
-        let detail = format!("resumed by {}", caller.subject);
         state
             .store
-            .set_deployment_status(&tenant, &id, pending, &detail)
+            .set_deployment_status(tenant, id, pending, detail)
             .await?;
-        return Ok(Json(DeploymentChanged {
-            id,
-            status: pending.to_owned(),
-            warnings,
-        }));
+        return Ok((pending.to_owned(), warnings));
     }
     let mut now = running_here()?;
-    if record.status != now.status() || state.runtime.status(&tenant, &id).await.is_none() {
-        let request = start_request(&state, &tenant, &quotas, &spec).await?;
+    if record.status != now.status() || state.runtime.status(tenant, id).await.is_none() {
+        let request = start_request(state, tenant, quotas, spec).await?;
         warnings = state.runtime.start(request).await?;
-        now = started_state(&state, &tenant, &id).await?;
+        now = started_state(state, tenant, id).await?;
         state
             .store
-            .set_deployment_status(
-                &tenant,
-                &id,
-                now.status(),
-                &format!("resumed by {}", caller.subject),
-            )
+            .set_deployment_status(tenant, id, now.status(), detail)
             .await?;
     }
-    Ok(Json(DeploymentChanged {
-        id,
-        status: now.status().to_owned(),
-        warnings,
-    }))
+    Ok((now.status().to_owned(), warnings))
 }
 
 #[derive(Debug, Deserialize)]

@@ -16,6 +16,7 @@ use weir_api::rest::{CreateEndpoint, Endpoint, EndpointKind};
 use weir_store::EndpointRecord;
 use weir_tenants::{Quotas, Role};
 
+use super::dependents::{Used, refuse_if_used};
 use super::{caller_tenant, check_name};
 use crate::{ApiError, ApiJson, Caller, GatewayState, ProblemField};
 
@@ -191,6 +192,8 @@ pub(crate) async fn delete(
     Path(name): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let (tenant, _) = caller_tenant(&state, &caller, Role::Owner)?;
+    let _changing = state.tenant_locks.lock(&tenant).await;
+    refuse_if_used(&state, &tenant, Used::Endpoint { name: &name }).await?;
     if state.store.delete_endpoint(&tenant, &name).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {

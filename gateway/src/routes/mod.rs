@@ -1,6 +1,7 @@
 //! The routes, one file per resource.
 
 mod artifacts;
+mod dependents;
 mod deployments;
 mod devices;
 mod endpoints;

@@ -177,6 +177,9 @@ async fn apply_quotas(
     Ok(Json(tenant_view(record)))
 }
 
+/// The status detail of a deployment a suspension paused (an unsuspend resumes those).
+const SUSPENDED: &str = "tenant suspended";
+
 /// Suspends a tenant: its tokens stop at once (see `Caller`) and its deployments are paused.
 #[utoipa::path(post, path = "/v1/tenants/{id}/suspend", tag = "tenants", params(("id" = String, Path)), responses((status = 200, body = weir_api::rest::Tenant), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn suspend(
@@ -196,19 +199,16 @@ pub(crate) async fn suspend(
             let paused = current.apply(Event::Stop).map_err(super::lifecycle_error)?;
             state
                 .store
-                .set_deployment_status(
-                    &record.id,
-                    &deployment.id,
-                    paused.status(),
-                    "tenant suspended",
-                )
+                .set_deployment_status(&record.id, &deployment.id, paused.status(), SUSPENDED)
                 .await?;
         }
     }
     Ok(Json(tenant_view(record)))
 }
 
-/// Lifts a suspension; the tenant resumes its deployments itself.
+/// Lifts a suspension: the tenant's tokens work again and the deployments the suspension
+/// paused are resumed (those the tenant had paused itself stay paused). A deployment that
+/// cannot start again stays paused, its detail saying why; the unsuspend still succeeds.
 #[utoipa::path(post, path = "/v1/tenants/{id}/unsuspend", tag = "tenants", params(("id" = String, Path)), responses((status = 200, body = weir_api::rest::Tenant), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn unsuspend(
     State(state): State<GatewayState>,
@@ -216,8 +216,53 @@ pub(crate) async fn unsuspend(
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let mut record = admin_load(&state, &caller, &id).await?;
+    let _changing = state.tenant_locks.lock(&record.id).await;
+    let was_suspended = record.suspended;
     record.suspended = false;
     state.store.update_tenant(&record).await?;
+    if !was_suspended {
+        return Ok(Json(tenant_view(record)));
+    }
+    let paused = DeploymentState::Stopped.status();
+    for deployment in state.store.deployments(&record.id).await? {
+        if deployment.status != paused {
+            continue;
+        }
+        // Paused by the suspension: its newest status change says so.
+        let history = state
+            .store
+            .deployment_history(&record.id, &deployment.id)
+            .await?;
+        if history.last().is_none_or(|c| c.detail != SUSPENDED) {
+            continue;
+        }
+        let resumed = match serde_json::from_value(deployment.spec.clone()) {
+            Ok(spec) => {
+                super::deployments::resume_stored(
+                    &state,
+                    &record.id,
+                    &record.quotas,
+                    &deployment,
+                    &spec,
+                    "tenant unsuspended",
+                )
+                .await
+            }
+            Err(error) => Err(ApiError::internal(&error)),
+        };
+        if let Err(error) = resumed {
+            tracing::warn!(tenant = %record.id, deployment = %deployment.id, %error, "a deployment did not resume after the unsuspend");
+            state
+                .store
+                .set_deployment_status(
+                    &record.id,
+                    &deployment.id,
+                    paused,
+                    &format!("tenant unsuspended; resuming failed: {error}"),
+                )
+                .await?;
+        }
+    }
     Ok(Json(tenant_view(record)))
 }
 
