@@ -637,6 +637,20 @@ impl Client {
         .await
     }
 
+    /// An executor's telemetry of one tenant (the client's token is the executor's session
+    /// token).
+    pub async fn executor_telemetry(
+        &self,
+        id: &str,
+        telemetry: &crate::rest::ExecutorTelemetry,
+    ) -> Result<(), ClientError> {
+        Self::send_empty(
+            self.request(Method::POST, &format!("/v1/executors/{id}/telemetry"))
+                .json(telemetry),
+        )
+        .await
+    }
+
     /// An executor's assignments once their revision is past `after`, or after `wait_ms` (a
     /// long poll; the client's token is the executor's session token).
     pub async fn executor_assignments(

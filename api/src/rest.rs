@@ -822,6 +822,37 @@ impl ExecutorLogLines {
     pub const MAX_BODY_BYTES: usize = 8 << 20;
 }
 
+/// An executor's telemetry of one tenant (`POST /v1/executors/{id}/telemetry`), sent every few
+/// seconds: the tenant's metric series there (module and `weir_*` series, as `/v1/metrics`
+/// gives them) and each of its deployments' counters there (the `runtime` of
+/// `GET /v1/deployments/{id}`), by deployment or instance id (`d#2`). Each report replaces the
+/// executor's previous one of the tenant; an empty one says it runs nothing of the tenant any
+/// more. At most [`Self::MAX_SERIES`] series, [`Self::MAX_DEPLOYMENTS`] deployments and
+/// [`Self::MAX_BODY_BYTES`] of JSON per request; answered `204`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ExecutorTelemetry {
+    /// Whose deployments these are.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub tenant: crate::TenantId,
+    /// The tenant's series on this executor.
+    pub series: Vec<MetricSeries>,
+    /// Counters of each of the tenant's deployments on this executor, by id.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub deployments: BTreeMap<String, serde_json::Value>,
+}
+
+impl ExecutorTelemetry {
+    /// Most series in one report (a tenant's module series are bounded by its
+    /// `max_metric_series` too).
+    pub const MAX_SERIES: usize = 50_000;
+    /// Most deployments in one report.
+    pub const MAX_DEPLOYMENTS: usize = 10_000;
+    /// Largest request body, in bytes.
+    pub const MAX_BODY_BYTES: usize = 16 << 20;
+}
+
 /// The answer to [`ExecutorDeadLetters`]: the sequence number each letter got in the tenant's
 /// journal, in order (none when the tenant is gone: its deployments are stopping).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -123,6 +123,46 @@ fn environment_problems(command: &Command, section: &str) -> Vec<String> {
     problems
 }
 
+/// What `weir <section> --config PATH` would refuse at its start beyond each value alone
+/// (settings that cannot work together, a state store URL of the wrong shape), with the file,
+/// this environment and the defaults as that start would see them.
+fn start_problems(command: &Command, section: &str, path: &Path) -> Vec<String> {
+    use clap::FromArgMatches;
+    let line: Vec<OsString> = vec![
+        "weir".into(),
+        section.into(),
+        "--config".into(),
+        path.as_os_str().to_owned(),
+    ];
+    let Ok(matches) = command.clone().try_get_matches_from(&line) else {
+        return Vec::new();
+    };
+    let Some((_, sub)) = matches.subcommand() else {
+        return Vec::new();
+    };
+    let Some(Ok(arguments)) = merged_line(command, section, sub, line) else {
+        return Vec::new();
+    };
+    let parsed = with_environment(command.clone())
+        .try_get_matches_from(arguments)
+        .map_err(|e| e.to_string())
+        .and_then(|m| crate::Cli::from_arg_matches(&m).map_err(|e| e.to_string()));
+    let problems = match parsed {
+        Ok(crate::Cli {
+            command: crate::Command::Serve(args),
+        }) => crate::serve::start_problems(&args),
+        Ok(crate::Cli {
+            command: crate::Command::Executor(args),
+        }) => crate::executor::start_problems(&args),
+        Ok(_) => Vec::new(),
+        Err(error) => vec![error.lines().next().unwrap_or_default().to_owned()],
+    };
+    problems
+        .into_iter()
+        .map(|problem| format!("[{section}] {problem}"))
+        .collect()
+}
+
 /// The `WEIR_…` variables set in this environment that name a key of either section, sorted.
 fn overriding_variables(command: &Command) -> Vec<String> {
     let mut names: Vec<String> = SECTIONS
@@ -398,11 +438,20 @@ pub(crate) fn merged_arguments(
     section: &str,
     matches: &ArgMatches,
 ) -> Option<Result<Vec<OsString>, Vec<String>>> {
+    merged_line(command, section, matches, std::env::args_os().collect())
+}
+
+/// [`merged_arguments`] of the command line `arguments` (the binary's name first).
+fn merged_line(
+    command: &Command,
+    section: &str,
+    matches: &ArgMatches,
+    mut arguments: Vec<OsString>,
+) -> Option<Result<Vec<OsString>, Vec<String>>> {
     if !SECTIONS.contains(&section) {
         return None;
     }
     let mut problems = environment_problems(command, section);
-    let mut arguments: Vec<OsString> = std::env::args_os().collect();
     let Some(path) = matches.try_get_one::<PathBuf>(CONFIG).ok().flatten() else {
         return Some(if problems.is_empty() {
             Ok(arguments)
@@ -543,6 +592,18 @@ pub(crate) fn report(path: Option<&Path>, problems: &[String]) {
     }
 }
 
+/// `weir config check`'s problems: of the file and of the environment it would start with.
+fn report_check(path: &Path, problems: &[String]) {
+    eprintln!(
+        "error: {} with this environment has {} problem(s); `weir serve` or `weir executor` would not start:",
+        path.display(),
+        problems.len()
+    );
+    for problem in problems {
+        eprintln!("  - {problem}");
+    }
+}
+
 /// `weir config check|example`.
 pub(crate) fn run(args: ConfigArgs, command: &Command) -> std::process::ExitCode {
     match args.command {
@@ -561,7 +622,14 @@ pub(crate) fn run(args: ConfigArgs, command: &Command) -> std::process::ExitCode
                     }
                 }
             }
-            match check(command, &path) {
+            let checked = check(command, &path);
+            if checked.is_ok() && problems.is_empty() {
+                // Each value is right alone: now what a start of each command refuses.
+                for section in SECTIONS {
+                    problems.extend(start_problems(command, section, &path));
+                }
+            }
+            match checked {
                 Ok(checked) if problems.is_empty() => {
                     let overriding = overriding_variables(command);
                     println!(
@@ -580,12 +648,12 @@ pub(crate) fn run(args: ConfigArgs, command: &Command) -> std::process::ExitCode
                     std::process::ExitCode::SUCCESS
                 }
                 Ok(_) => {
-                    report(Some(&path), &problems);
+                    report_check(&path, &problems);
                     std::process::ExitCode::from(INVALID)
                 }
                 Err(more) => {
                     problems.extend(more);
-                    report(Some(&path), &problems);
+                    report_check(&path, &problems);
                     std::process::ExitCode::from(INVALID)
                 }
             }

@@ -10,10 +10,12 @@
 //! runtime of `weir serve`), stops what is no longer assigned, and reports what runs in its
 //! heartbeats. Dead letters are kept in the control plane's journal
 //! (`POST /v1/executors/{id}/deadletters`), as those of `weir serve`'s own deployments are.
-//! Module log lines go there too (`POST /v1/executors/{id}/logs`). Module state is kept in
+//! Module log lines go there too (`POST /v1/executors/{id}/logs`), and every 2 s the metric
+//! series and counters of each tenant's deployments (`POST /v1/executors/{id}/telemetry`), which
+//! `/v1/metrics` and `GET /v1/deployments/{id}` show. Module state is kept in
 //! this process's memory, or in the Redis named by `--state`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -23,7 +25,8 @@ use anyhow::Context;
 use weir_api::client::Client;
 use weir_api::rest::{
     AssignedBinding, DeadLetter, ExecutorAssignment, ExecutorDeadLetters, ExecutorHeartbeat,
-    ExecutorJoin, ExecutorJoined, ExecutorLogLines, ExecutorRunning, LogLine, RefusedGeneration,
+    ExecutorJoin, ExecutorJoined, ExecutorLogLines, ExecutorRunning, ExecutorTelemetry, LogLine,
+    RefusedGeneration,
 };
 use weir_api::tenancy::Quotas;
 use weir_api::{ModuleDigest, TenantId};
@@ -237,6 +240,59 @@ async fn fence(executor: &LocalExecutor) {
     }
 }
 
+/// How often an executor process reports its telemetry: series and counters, per tenant.
+const TELEMETRY_PERIOD: Duration = Duration::from_secs(2);
+
+/// Reports what `/v1/metrics` and `GET /v1/deployments/{id}` show of this process's
+/// deployments (`POST /v1/executors/{id}/telemetry`): every [`TELEMETRY_PERIOD`], for each
+/// tenant with series or deployments here, its series and each deployment's counters, one
+/// request per tenant (each replaces the previous one, so a report not taken is only late); a
+/// tenant with nothing here any more gets one empty report, which makes the control plane
+/// forget it.
+fn forward_telemetry(
+    executor: Arc<LocalExecutor>,
+    session: Session,
+    id: String,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut reported: BTreeSet<TenantId> = BTreeSet::new();
+        let mut ticker = tokio::time::interval(TELEMETRY_PERIOD);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let running = executor.running().await;
+            let present: BTreeSet<TenantId> = executor.metric_tenants().await.into_iter().collect();
+            let gone: Vec<TenantId> = reported.difference(&present).cloned().collect();
+            for tenant in present.iter().chain(&gone) {
+                let mut series = if present.contains(tenant) {
+                    executor.metrics(tenant).await
+                } else {
+                    Vec::new()
+                };
+                series.truncate(ExecutorTelemetry::MAX_SERIES);
+                let mut deployments = BTreeMap::new();
+                for instance in running.iter().filter(|r| r.tenant == *tenant) {
+                    if deployments.len() == ExecutorTelemetry::MAX_DEPLOYMENTS {
+                        break;
+                    }
+                    if let Some(status) = executor.status(tenant, &instance.id).await {
+                        deployments.insert(instance.id.clone(), status);
+                    }
+                }
+                let report = ExecutorTelemetry {
+                    tenant: tenant.clone(),
+                    series,
+                    deployments,
+                };
+                if let Err(error) = session.client().executor_telemetry(&id, &report).await {
+                    tracing::debug!(%tenant, %error, "telemetry not taken; the next report replaces it");
+                }
+            }
+            reported = present;
+        }
+    })
+}
+
 /// Module log lines of one tenant waiting to be handed to the control plane at most; beyond,
 /// that tenant's new lines are dropped (and counted) until it takes them again.
 const LOG_QUEUE_PER_TENANT: usize = 10_000;
@@ -408,6 +464,11 @@ async fn start(
     Ok(())
 }
 
+/// How long a deployment that ran here before this membership (the control plane restarted)
+/// keeps running unassigned: the control plane places every deployment again within a few
+/// reconcile rounds of the executors joining it again, here or elsewhere.
+const ORPHAN_GRACE: Duration = Duration::from_secs(15);
+
 /// Follows this executor's assignments until the control plane no longer counts it a member:
 /// starts what is new or changed, forgets what is gone, and publishes the revision carried out.
 async fn follow(
@@ -419,6 +480,9 @@ async fn follow(
 ) -> anyhow::Result<()> {
     let mut after = 0;
     let mut started: HashMap<(TenantId, String), u64> = HashMap::new();
+    // Deployments running here that this membership did not start (they ran before the
+    // control plane restarted), with since when they are not assigned here.
+    let mut orphans: HashMap<(TenantId, String), std::time::Instant> = HashMap::new();
     // The quotas applied per tenant with assignments here.
     let mut quotas: HashMap<TenantId, Quotas> = HashMap::new();
     loop {
@@ -465,6 +529,24 @@ async fn follow(
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .remove(&key);
+        }
+        // What ran here before this membership (a control plane that restarted forgot where
+        // things ran and places them again): a copy it does not assign here within
+        // ORPHAN_GRACE runs elsewhere by then, so it stops here (its broker session stays for
+        // that copy) and no deployment runs twice.
+        let now = std::time::Instant::now();
+        for running in executor.running().await {
+            let key = (running.tenant, running.id);
+            if wanted.contains_key(&key) || started.contains_key(&key) {
+                orphans.remove(&key);
+                continue;
+            }
+            let since = *orphans.entry(key.clone()).or_insert(now);
+            if now.duration_since(since) >= ORPHAN_GRACE {
+                executor.forget(&key.0, &key.1).await;
+                orphans.remove(&key);
+                tracing::info!(tenant = %key.0, deployment = %key.1, "not assigned here since the control plane came back: stopped");
+            }
         }
         // Changed quotas (an admin's change, sent in every assignment of the tenant) apply to
         // what runs at once; a start below applies its own.
@@ -550,7 +632,24 @@ fn default_id() -> String {
     format!("{host}-{}-{started:x}", std::process::id())
 }
 
+/// What a start refuses beyond each value alone: a `--state` of the wrong shape. Also
+/// `weir config check`'s (which does not ask for `join` and the token: a file may configure
+/// `weir serve` alone).
+pub(crate) fn start_problems(args: &ExecutorArgs) -> Vec<String> {
+    if args.state == "memory" || args.state.starts_with("redis://") {
+        Vec::new()
+    } else {
+        vec![format!(
+            "--state {:?}: expected `memory` or redis://host:port[/db]",
+            weir_state::masked_url(&args.state)
+        )]
+    }
+}
+
 pub(crate) async fn run(args: ExecutorArgs) -> anyhow::Result<std::process::ExitCode> {
+    if let Some(problem) = start_problems(&args).into_iter().next() {
+        anyhow::bail!(problem);
+    }
     let (Some(join_url), Some(token)) = (args.join.clone(), args.executor_token.clone()) else {
         anyhow::bail!(
             "weir executor needs the control plane and its join token: --join URL and \
@@ -615,6 +714,7 @@ pub(crate) async fn run(args: ExecutorArgs) -> anyhow::Result<std::process::Exit
         .map_err(|e| anyhow::anyhow!("cannot start the executor: {}", e.message))?,
     );
     executor.forward_logs(ForwardedLogs::start(session.clone(), join.id.clone()));
+    let telemetry = forward_telemetry(executor.clone(), session.clone(), join.id.clone());
     // Tests and scripts read this line.
     println!("executor {} joined {}", join.id, join_url);
     let (mut applied, mut reports, mut following) =
@@ -749,6 +849,8 @@ pub(crate) async fn run(args: ExecutorArgs) -> anyhow::Result<std::process::Exit
                     Err(refused) => {
                         if !fenced {
                             tracing::warn!(%error, %refused, "the control plane counts this executor out; its deployments stop here and it asks to join again");
+                            following.abort();
+                            following = tokio::spawn(std::future::pending());
                             fence(&executor).await;
                             fenced = true;
                         }
@@ -761,6 +863,9 @@ pub(crate) async fn run(args: ExecutorArgs) -> anyhow::Result<std::process::Exit
             Err(error) if last_heard.elapsed() > timeout => {
                 if !fenced {
                     tracing::warn!(%error, timeout_ms = timeout.as_millis(), "the control plane did not answer within the timeout; this executor's deployments stop until it joins again");
+                    // Its follower goes too (a new one starts once it is a member again).
+                    following.abort();
+                    following = tokio::spawn(std::future::pending());
                     fence(&executor).await;
                     fenced = true;
                 }
@@ -769,6 +874,7 @@ pub(crate) async fn run(args: ExecutorArgs) -> anyhow::Result<std::process::Exit
         }
     }
     following.abort();
+    telemetry.abort();
     session
         .client()
         .leave_executor(&join.id)

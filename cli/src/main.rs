@@ -139,6 +139,17 @@ fn main() -> std::process::ExitCode {
     if let Command::Config(args) = cli.command {
         return config::run(args, &base);
     }
+    // Settings that cannot work together are configuration problems too: exit code 2, as
+    // `weir config check` says of them.
+    let problems = match &cli.command {
+        Command::Serve(args) => serve::start_problems(args),
+        Command::Executor(args) => executor::start_problems(args),
+        _ => Vec::new(),
+    };
+    if !problems.is_empty() {
+        config::report(None, &problems);
+        return std::process::ExitCode::from(config::INVALID);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -554,6 +554,18 @@ fn when(at: u64) -> String {
         )
 }
 
+/// A time the API gives in milliseconds since the epoch, for people: RFC 3339 in UTC with
+/// milliseconds (`2026-12-01T09:47:29.123Z`).
+fn when_ms(at_ms: u64) -> String {
+    i64::try_from(at_ms)
+        .ok()
+        .and_then(chrono::DateTime::from_timestamp_millis)
+        .map_or_else(
+            || at_ms.to_string(),
+            |t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        )
+}
+
 /// One line per revision: number, graph, outcome, who, when (`*` marks the current one).
 fn revision_lines(revisions: &[weir_api::rest::DeploymentRevision]) -> String {
     revisions
@@ -951,7 +963,7 @@ pub(crate) async fn logs(args: LogsArgs) -> anyhow::Result<ExitCode> {
                 }
                 OutputFormat::Text => println!(
                     "{} {:<5} {}/{}: {}",
-                    line.at_ms,
+                    when_ms(line.at_ms),
                     line.level,
                     line.deployment.as_deref().unwrap_or("-"),
                     line.node.as_deref().unwrap_or("-"),

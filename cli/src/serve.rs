@@ -651,15 +651,31 @@ fn lock_data_dir(data: &std::path::Path) -> anyhow::Result<std::fs::File> {
     }
 }
 
-pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
+/// What a start refuses beyond each value alone (which clap's parsers check): settings that
+/// cannot work together, a `--state` of the wrong shape. Also `weir config check`'s.
+pub(crate) fn start_problems(args: &ServeArgs) -> Vec<String> {
+    let mut problems = Vec::new();
     // An executor that beats less often than the timeout is declared lost between its beats.
-    anyhow::ensure!(
-        args.executor_heartbeat_ms < args.executor_timeout_ms,
-        "--executor-heartbeat-ms {} must be less than --executor-timeout-ms {} (executors \
-         would be declared lost between their heartbeats)",
-        args.executor_heartbeat_ms,
-        args.executor_timeout_ms
-    );
+    if args.executor_heartbeat_ms >= args.executor_timeout_ms {
+        problems.push(format!(
+            "--executor-heartbeat-ms {} must be less than --executor-timeout-ms {} (executors \
+             would be declared lost between their heartbeats)",
+            args.executor_heartbeat_ms, args.executor_timeout_ms
+        ));
+    }
+    if args.state != "sqlite" && !args.state.starts_with("redis://") {
+        problems.push(format!(
+            "--state {:?}: expected `sqlite` or redis://host:port[/db]",
+            weir_state::masked_url(&args.state)
+        ));
+    }
+    problems
+}
+
+pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
+    if let Some(problem) = start_problems(&args).into_iter().next() {
+        anyhow::bail!(problem);
+    }
     // The data directory is the server user's alone (its files are created 0600 inside).
     {
         use std::os::unix::fs::{DirBuilderExt, PermissionsExt};

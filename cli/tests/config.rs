@@ -350,6 +350,18 @@ fn bad_environment_variables_are_listed_with_the_file_problems() {
             && said.contains("environment WEIR_INSTANCE_SLOTS: invalid value '0'"),
         "{said}"
     );
+    // And what a start refuses beyond each value alone: settings that cannot work together.
+    let (code, said) = check(&[
+        ("WEIR_EXECUTOR_HEARTBEAT_MS", "2000"),
+        ("WEIR_EXECUTOR_TIMEOUT_MS", "1000"),
+    ]);
+    assert_eq!(code, Some(2), "{said}");
+    assert!(
+        said.contains(
+            "[serve] --executor-heartbeat-ms 2000 must be less than --executor-timeout-ms 1000"
+        ),
+        "{said}"
+    );
     let (code, said) = check(&[("WEIR_INSTANCE_SLOTS", "8")]);
     assert_eq!(code, Some(0), "{said}");
     assert!(
@@ -396,6 +408,9 @@ fn timing_that_cannot_work_and_a_join_without_a_scheme_are_refused() {
         let (_, stderr, code) = common::weir_within(&args, Duration::from_secs(30));
         assert_ne!(code, Some(0), "{args:?} started");
         assert!(code.is_some(), "{args:?} still runs");
+        if stderr.contains("must be less than") {
+            assert_eq!(code, Some(2), "a configuration problem: {stderr}");
+        }
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
     }
 }

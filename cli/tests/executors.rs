@@ -183,6 +183,35 @@ async fn deployments_run_on_executor_processes_and_move_within_the_bound_when_on
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+    // Their counters and series come from the executors' telemetry (every 2 s): the
+    // deployment's `runtime` counts its message, `/v1/metrics` has its series, labelled with
+    // the executor it runs on.
+    for id in ids {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let seen = developer.deployment(id).await.unwrap();
+            let runtime = seen.runtime.unwrap_or_default();
+            if runtime["received"].as_u64() >= Some(1) && runtime["emitted"].as_u64() >= Some(1) {
+                assert_eq!(runtime["executor"], placed[id].as_str(), "{runtime}");
+                assert!(runtime["nodes"].is_object(), "{runtime}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "{id}: no counters: {runtime}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let series = developer.metrics().await.unwrap();
+    for id in ids {
+        let received = series
+            .iter()
+            .find(|s| {
+                s.name == "weir_messages_in"
+                    && s.labels.get("deployment").map(String::as_str) == Some(id)
+            })
+            .unwrap_or_else(|| panic!("no weir_messages_in of {id}: {series:?}"));
+        assert!(received.value >= 1.0, "{received:?}");
+        assert_eq!(received.labels["executor"], placed[id], "{received:?}");
+    }
     // Executor processes report no live budgets: the usage leaves them out (the dashboard
     // says "not reported") rather than claim nothing is in flight.
     let usage = developer.usage().await.unwrap();

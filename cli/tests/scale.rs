@@ -770,6 +770,24 @@ async fn scaling_an_mqtt_deployment_under_load_loses_nothing_and_leaves_no_sessi
         strays.len(),
         &strays[..strays.len().min(20)]
     );
+
+    // An instance that runs nowhere cannot end its session: taking it away waits until it
+    // runs (here: paused at one instance, going to three would leave `relay`'s session
+    // taking a share nobody reads).
+    developer.pause("relay").await.unwrap();
+    let refused = developer.update_deployment(&relay(3)).await.unwrap_err();
+    assert_eq!(refused.code(), Some("conflict"), "{refused}");
+    assert!(refused.to_string().contains("run nowhere"), "{refused}");
+    developer.resume("relay").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while developer.deployment("relay").await.unwrap().status != "running" {
+        assert!(
+            Instant::now() < deadline,
+            "not running again after the resume"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    scale_relay(&admin, &developer, 3).await;
 }
 
 fn kafka_spec(address: &str, partitions: &str) -> weir_connectors::EndpointSpec {

@@ -6,9 +6,9 @@
 //! other route of `/v1/executors/{id}/…` takes only that executor's session token (compared in
 //! constant time; never a tenant's or admin's token, nor the join token, nor another
 //! executor's session). So an executor reads its own assignments (and the endpoint secrets in
-//! them), fetches only the artifacts they name, reports dead letters and log lines only for
-//! tenants whose deployments were assigned to it, and cannot heartbeat, leave or poll as
-//! another executor. A session ends when its executor leaves, joins again (a new token; the
+//! them), fetches only the artifacts they name, reports dead letters, log lines and telemetry
+//! only for deployments assigned to it (or that it reported running) within the last ten
+//! minutes, and cannot heartbeat, leave or poll as another executor. A session ends when its executor leaves, joins again (a new token; the
 //! old one is refused) or is forgotten after being lost.
 //!
 //! Membership (unique live ids, heartbeats, loss after the timeout) is
@@ -20,7 +20,7 @@
 //! assignment the executor long-polls (`GET /v1/executors/{id}/assignments`), its graph and
 //! modules named by digest; the executor reports what runs in its heartbeats.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -33,7 +33,7 @@ use weir_api::ErrorCode;
 use weir_api::rest::{
     AssignedBinding, DeadLettersKept, Executor, ExecutorAssignment, ExecutorAssignments,
     ExecutorDeadLetters, ExecutorHeartbeat, ExecutorJoin, ExecutorJoined, ExecutorLogLines,
-    ExecutorRunning, RetiredDeployment,
+    ExecutorRunning, ExecutorTelemetry, RetiredDeployment,
 };
 use weir_api::{ModuleDigest, TenantId};
 use weir_scheduler::{ExecutorId, ExecutorInfo, Membership, MembershipError, Pool, Resources};
@@ -48,6 +48,10 @@ pub struct ExecutorMembership {
     /// Each member's session (lost ones too, until forgotten); locked after `members` when
     /// both are held. One entry per member: bounded by the membership.
     sessions: Mutex<HashMap<ExecutorId, Session>>,
+    /// Each live executor's latest telemetry of each tenant it runs deployments of (bounded:
+    /// live members × the tenants assigned to each, each report bounded by
+    /// [`ExecutorTelemetry::MAX_SERIES`]).
+    telemetry: Mutex<HashMap<(ExecutorId, TenantId), ExecutorTelemetry>>,
     assigned: Mutex<Assigned>,
     /// The latest revision of any executor's assignments (long polls wait on it).
     changed: tokio::sync::watch::Sender<u64>,
@@ -62,10 +66,35 @@ pub struct ExecutorMembership {
 struct Session {
     /// The bearer token of its current membership.
     token: String,
-    /// Tenants whose deployments were assigned to it while this control plane ran (kept
-    /// across its re-joins: a stopped deployment's last dead letters may still be on their
-    /// way). At most the number of tenants.
-    tenants: BTreeSet<TenantId>,
+    /// The deployments (instance ids) it may report for, with when it last had them: assigned
+    /// to it, or reported running in its heartbeats since. Kept [`REPORT_GRACE`] after that
+    /// (a stopped or moved deployment's last dead letters and log lines may still be on their
+    /// way), and across its re-joins. Bounded: what was assigned to it within the grace.
+    recent: HashMap<(TenantId, String), Instant>,
+}
+
+/// How long after a deployment was last assigned to an executor, or last reported running
+/// by it, the executor may still report for it (its last dead letters, log lines, counters).
+const REPORT_GRACE: Duration = Duration::from_secs(600);
+
+impl Session {
+    /// Whether it may report for `tenant`'s deployments `ids` (instance ids; none: for the
+    /// tenant, any of whose deployments it has).
+    fn reports_for<'a>(
+        &self,
+        tenant: &TenantId,
+        mut ids: impl Iterator<Item = &'a str>,
+        now: Instant,
+    ) -> bool {
+        let recent = |key: &(TenantId, String)| {
+            self.recent
+                .get(key)
+                .is_some_and(|at| now.saturating_duration_since(*at) <= REPORT_GRACE)
+        };
+        self.recent.iter().any(|((owner, _), at)| {
+            owner == tenant && now.saturating_duration_since(*at) <= REPORT_GRACE
+        }) && ids.all(|id| recent(&(tenant.clone(), id.to_owned())))
+    }
 }
 
 /// A new session token: 32 bytes from the OS as 64 hex digits.
@@ -165,6 +194,7 @@ impl ExecutorMembership {
                 Pool::new(),
             )),
             sessions: Mutex::default(),
+            telemetry: Mutex::default(),
             assigned: Mutex::default(),
             changed: tokio::sync::watch::channel(0).0,
             places: false,
@@ -237,12 +267,45 @@ impl ExecutorMembership {
         self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// `tenant`'s deployments run on `executor`: it may report for the tenant.
-    fn admit_tenant(&self, executor: &ExecutorId, tenant: &TenantId) {
-        if let Some(session) = self.sessions().get_mut(executor)
-            && !session.tenants.contains(tenant)
-        {
-            session.tenants.insert(tenant.clone());
+    /// `tenant`'s deployment `id` runs on `executor`: it may report for it.
+    fn admit(&self, executor: &ExecutorId, tenant: &TenantId, id: &str) {
+        if let Some(session) = self.sessions().get_mut(executor) {
+            session
+                .recent
+                .insert((tenant.clone(), id.to_owned()), Instant::now());
+        }
+    }
+
+    /// After a heartbeat of `executor`: what is still assigned to it or what it reported
+    /// running (among what it had) is had now; what it had longer ago than the grace goes.
+    fn refresh_reports(&self, executor: &ExecutorId, now: Instant) {
+        let had: Vec<(TenantId, String)> = {
+            let assigned = self.assigned();
+            let Some(table) = assigned.executors.get(executor) else {
+                return;
+            };
+            table
+                .deployments
+                .keys()
+                .cloned()
+                .chain(
+                    table
+                        .running
+                        .iter()
+                        .map(|r| (r.tenant.clone(), r.id.clone())),
+                )
+                .collect()
+        };
+        if let Some(session) = self.sessions().get_mut(executor) {
+            for key in had {
+                // Only what it was given: a heartbeat naming others grants nothing.
+                if let Some(at) = session.recent.get_mut(&key) {
+                    *at = now;
+                }
+            }
+            session
+                .recent
+                .retain(|_, at| now.saturating_duration_since(*at) <= REPORT_GRACE);
         }
     }
 
@@ -257,7 +320,7 @@ impl ExecutorMembership {
         {
             return false;
         }
-        self.admit_tenant(executor, &assignment.tenant);
+        self.admit(executor, &assignment.tenant, &assignment.id);
         let revision = {
             let mut assigned = self.assigned();
             let key = (assignment.tenant.clone(), assignment.id.clone());
@@ -313,7 +376,7 @@ impl ExecutorMembership {
     /// Assigns `assignment` to `executor` again as it was (its generation kept: the executor
     /// runs it still), after a newer generation did not start.
     fn restore(&self, executor: &ExecutorId, assignment: ExecutorAssignment) {
-        self.admit_tenant(executor, &assignment.tenant);
+        self.admit(executor, &assignment.tenant, &assignment.id);
         let revision = {
             let mut assigned = self.assigned();
             let key = (assignment.tenant.clone(), assignment.id.clone());
@@ -427,6 +490,49 @@ impl ExecutorMembership {
             .executors
             .retain(|id, _| members.0.is_alive(id));
         self.sessions().retain(|id, _| members.0.is_member(id));
+        self.telemetry().retain(|(id, _), _| members.0.is_alive(id));
+    }
+
+    fn telemetry(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<(ExecutorId, TenantId), ExecutorTelemetry>> {
+        self.telemetry
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The tenant's series on the live executors, each labelled with its `executor` (a
+    /// deployment that moved has a series on each executor it ran on while both live).
+    fn series(&self, tenant: &TenantId) -> Vec<weir_api::rest::MetricSeries> {
+        self.prune();
+        let telemetry = self.telemetry();
+        let mut all = Vec::new();
+        for ((executor, owner), report) in telemetry.iter() {
+            if owner != tenant {
+                continue;
+            }
+            all.extend(report.series.iter().cloned().map(|mut series| {
+                series
+                    .labels
+                    .insert("executor".to_owned(), executor.to_string());
+                series
+            }));
+        }
+        all
+    }
+
+    /// The counters `executor` last reported of the tenant's deployment `id`.
+    fn counters(
+        &self,
+        executor: &ExecutorId,
+        tenant: &TenantId,
+        id: &str,
+    ) -> Option<serde_json::Value> {
+        self.telemetry()
+            .get(&(executor.clone(), tenant.clone()))?
+            .deployments
+            .get(id)
+            .cloned()
     }
 
     /// What runs on the live executors: what each reported running among its assignments,
@@ -459,22 +565,33 @@ impl ExecutorMembership {
         running
     }
 
-    /// Where a deployment is assigned and what its executor reported of it.
+    /// Where a deployment is assigned, what its executor reported of it in its heartbeats,
+    /// and the counters of its latest telemetry there (`received`, `emitted`, `nodes`, …).
     fn status(&self, tenant: &TenantId, id: &str) -> Option<serde_json::Value> {
-        let assigned = self.assigned();
-        let key = (tenant.clone(), id.to_owned());
-        assigned.executors.iter().find_map(|(executor, table)| {
-            table.deployments.get(&key)?;
-            let report = table
-                .running
-                .iter()
-                .find(|r| r.tenant == *tenant && r.id == id);
-            Some(serde_json::json!({
-                "executor": executor.as_str(),
-                "running": report.is_some_and(|r| !r.not_started),
-                "problem": report.and_then(|r| r.problem.clone()),
-            }))
-        })
+        let (executor, running, problem) = {
+            let assigned = self.assigned();
+            let key = (tenant.clone(), id.to_owned());
+            assigned.executors.iter().find_map(|(executor, table)| {
+                table.deployments.get(&key)?;
+                let report = table
+                    .running
+                    .iter()
+                    .find(|r| r.tenant == *tenant && r.id == id);
+                Some((
+                    executor.clone(),
+                    report.is_some_and(|r| !r.not_started),
+                    report.and_then(|r| r.problem.clone()),
+                ))
+            })?
+        };
+        let mut status = match self.counters(&executor, tenant, id) {
+            Some(serde_json::Value::Object(counters)) => counters,
+            _ => serde_json::Map::new(),
+        };
+        status.insert("executor".to_owned(), executor.as_str().into());
+        status.insert("running".to_owned(), running.into());
+        status.insert("problem".to_owned(), problem.into());
+        Some(serde_json::Value::Object(status))
     }
 
     /// Marks lost the executors silent past the timeout at `now`; the newly lost ones.
@@ -566,11 +683,17 @@ impl ExecutorMembership {
         }
     }
 
-    /// Whether `tenant`'s deployments were assigned to executor `id` (it may report for it).
-    fn runs_for(&self, id: &ExecutorId, tenant: &TenantId) -> bool {
+    /// Whether executor `id` may report for `tenant`'s deployments `deployments` (instance
+    /// ids; see [`Session::reports_for`]).
+    fn runs_for<'a>(
+        &self,
+        id: &ExecutorId,
+        tenant: &TenantId,
+        deployments: impl Iterator<Item = &'a str>,
+    ) -> bool {
         self.sessions()
             .get(id)
-            .is_some_and(|session| session.tenants.contains(tenant))
+            .is_some_and(|session| session.reports_for(tenant, deployments, Instant::now()))
     }
 
     /// Whether `digest` is the graph or a module of an assignment of executor `id`.
@@ -649,7 +772,7 @@ pub(crate) async fn join(
             .and_modify(|session| session.token.clone_from(&token))
             .or_insert_with(|| Session {
                 token: token.clone(),
-                tenants: BTreeSet::new(),
+                recent: HashMap::new(),
             });
         (membership.timeout(), token)
     };
@@ -684,14 +807,17 @@ pub(crate) async fn heartbeat(
         .heartbeat(&id, Instant::now())
         .map_err(membership_error)?;
     report.running.truncate(MAX_REPORTED);
-    let mut assigned = executors.assigned();
-    let table = assigned.executors.entry(id).or_default();
-    table.applied = report.revision;
-    table.running = report.running;
-    // Retirements it carried out are done.
-    table
-        .retired
-        .retain(|_, revision| *revision > report.revision);
+    {
+        let mut assigned = executors.assigned();
+        let table = assigned.executors.entry(id.clone()).or_default();
+        table.applied = report.revision;
+        table.running = report.running;
+        // Retirements it carried out are done.
+        table
+            .retired
+            .retain(|_, revision| *revision > report.revision);
+    }
+    executors.refresh_reports(&id, Instant::now());
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -755,13 +881,14 @@ pub(crate) async fn artifact(
 }
 
 /// The tenant a live executor reports for (`None` if it no longer exists), once the caller is
-/// known by its session token, the tenant's deployments were assigned to it (else
-/// `forbidden`), and `items` (what, how many, at most) is within its bound.
-async fn reporting_tenant(
+/// known by its session token, the deployments it names (instance ids) were its own within the
+/// last [`REPORT_GRACE`] (else `forbidden`), and `items` (what, how many, at most) is within
+/// its bound.
+async fn reporting_tenant<'a>(
     state: &GatewayState,
     headers: &HeaderMap,
     id: String,
-    tenant: &TenantId,
+    (tenant, deployments): (&TenantId, impl Iterator<Item = &'a str>),
     (what, count, max): (&str, usize, usize),
 ) -> Result<Option<weir_store::TenantRecord>, ApiError> {
     let executors = &state.executors;
@@ -770,10 +897,13 @@ async fn reporting_tenant(
     if !executors.is_alive(&id) {
         return Err(ApiError::not_found("executor"));
     }
-    if !executors.runs_for(&id, tenant) {
+    if !executors.runs_for(&id, tenant, deployments) {
         return Err(ApiError::new(
             ErrorCode::Forbidden,
-            format!("executor {id} runs no deployment of tenant {tenant}"),
+            format!(
+                "executor {id} reports for deployments of tenant {tenant} it does not run (or did not within {} s)",
+                REPORT_GRACE.as_secs()
+            ),
         ));
     }
     if count > max {
@@ -801,7 +931,10 @@ pub(crate) async fn dead_letters(
         &state,
         &headers,
         id,
-        &report.tenant,
+        (
+            &report.tenant,
+            report.letters.iter().map(|l| l.deployment.as_str()),
+        ),
         (
             "dead letters",
             report.letters.len(),
@@ -852,7 +985,10 @@ pub(crate) async fn log_lines(
         &state,
         &headers,
         id,
-        &report.tenant,
+        (
+            &report.tenant,
+            report.lines.iter().filter_map(|l| l.deployment.as_deref()),
+        ),
         ("log lines", report.lines.len(), ExecutorLogLines::MAX_LINES),
     )
     .await?
@@ -889,6 +1025,57 @@ pub(crate) async fn log_lines(
         Ok(()) | Err(weir_store::StoreError::NoTenant(_)) => Ok(StatusCode::NO_CONTENT),
         Err(error) => Err(error.into()),
     }
+}
+
+/// Telemetry of a live executor's deployments of one tenant: its metric series and counters
+/// there, replacing its previous report of the tenant (an empty report forgets it). `/v1/metrics`
+/// and `GET /v1/deployments/{id}` show them while the executor lives. A tenant's report is
+/// refused beyond [`ExecutorTelemetry::MAX_SERIES`] series, its module series beyond its
+/// `max_metric_series`, or beyond [`ExecutorTelemetry::MAX_DEPLOYMENTS`] deployments.
+#[utoipa::path(post, path = "/v1/executors/{id}/telemetry", tag = "executors", params(("id" = String, Path)), request_body = weir_api::rest::ExecutorTelemetry, responses((status = 204), (status = "4XX", body = weir_api::rest::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
+pub(crate) async fn telemetry(
+    State(state): State<GatewayState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    ApiJson(report): ApiJson<ExecutorTelemetry>,
+) -> Result<impl IntoResponse, ApiError> {
+    let Some(tenant) = reporting_tenant(
+        &state,
+        &headers,
+        id.clone(),
+        (
+            &report.tenant,
+            report.deployments.keys().map(String::as_str),
+        ),
+        ("series", report.series.len(), ExecutorTelemetry::MAX_SERIES),
+    )
+    .await?
+    else {
+        return Ok(StatusCode::NO_CONTENT);
+    };
+    let module_series = report.series.iter().filter(|s| !s.platform).count();
+    if module_series > usize::try_from(tenant.quotas.max_metric_series).unwrap_or(usize::MAX)
+        || report.deployments.len() > ExecutorTelemetry::MAX_DEPLOYMENTS
+    {
+        return Err(ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!(
+                "{module_series} module series (tenant's max_metric_series {}) and {} deployments (at most {}) in one report",
+                tenant.quotas.max_metric_series,
+                report.deployments.len(),
+                ExecutorTelemetry::MAX_DEPLOYMENTS
+            ),
+        ));
+    }
+    let id = executor_id(id)?;
+    let key = (id, tenant.id);
+    let mut telemetry = state.executors.telemetry();
+    if report.series.is_empty() && report.deployments.is_empty() {
+        telemetry.remove(&key);
+    } else {
+        telemetry.insert(key, report);
+    }
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// The query of `/v1/executors/{id}/assignments`.
@@ -1178,8 +1365,9 @@ impl crate::DeploymentRuntime for RemoteRuntime {
         }
     }
 
-    async fn metrics(&self, _tenant: &TenantId) -> Vec<weir_api::rest::MetricSeries> {
-        Vec::new()
+    /// What the executors last reported of the tenant ([`telemetry`]), every few seconds.
+    async fn metrics(&self, tenant: &TenantId) -> Vec<weir_api::rest::MetricSeries> {
+        self.members.series(tenant)
     }
 
     /// Executor processes report no usage in their heartbeats: the data-plane figures are the
@@ -1225,6 +1413,9 @@ impl crate::DeploymentRuntime for RemoteRuntime {
         for id in keys {
             self.members.unassign(tenant, &id, false);
         }
+        self.members
+            .telemetry()
+            .retain(|(_, owner), _| owner != tenant);
     }
 
     /// The assignments carry the quotas: each executor applies them to the tenant's running

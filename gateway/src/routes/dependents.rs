@@ -58,10 +58,14 @@ pub(crate) async fn refuse_if_used(
     if users.len() > SHOWN {
         named.push_str(&format!(" and {} more", users.len() - SHOWN));
     }
+    let instead = match what {
+        Used::Endpoint { .. } => "another endpoint",
+        Used::Module { .. } | Used::Graph { .. } => "another version",
+    };
     Err(ApiError::new(
         ErrorCode::Conflict,
         format!(
-            "{} is used by deployment(s) {named}: delete them or update them to another version first",
+            "{} is used by deployment(s) {named}: delete them or update them to {instead} first",
             what.describe()
         ),
     ))

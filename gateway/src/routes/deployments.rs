@@ -155,6 +155,50 @@ pub(crate) async fn start_request(
     })
 }
 
+/// Refuses (`409 conflict`) a change of `instances` that takes away an instance of an MQTT
+/// source that runs nowhere now (paused, restarting after an earlier change, or on a lost
+/// executor). An instance taken away is retired: it finishes what its broker session holds and
+/// ends the session. One that does not run cannot, and the broker would keep giving its session
+/// a share of the input that nobody reads until the session expires. So such a change waits
+/// until the instance runs again (resume, or let the earlier change finish).
+async fn ends_sessions_of_running_instances(
+    state: &GatewayState,
+    tenant: &TenantId,
+    before: &CreateDeployment,
+    after: &CreateDeployment,
+) -> Result<(), ApiError> {
+    let kept = weir_api::scale::instance_ids(&after.id, after.instances);
+    let gone: Vec<String> = weir_api::scale::instance_ids(&before.id, before.instances)
+        .into_iter()
+        .filter(|id| !kept.contains(id))
+        .collect();
+    if gone.is_empty() {
+        return Ok(());
+    }
+    let source = start_binding(state, tenant, &before.source).await?;
+    if source.kind != "mqtt" {
+        return Ok(());
+    }
+    let running = state.runtime.running().await;
+    let idle: Vec<&String> = gone
+        .iter()
+        .filter(|id| !running.iter().any(|r| r.tenant == *tenant && r.id == **id))
+        .collect();
+    if idle.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        ErrorCode::Conflict,
+        format!(
+            "instance(s) {} would go but run nowhere now (paused, restarting after an earlier change, or on a lost executor): their MQTT sessions can only be ended by running them, so change `instances` once they run (resume the deployment, or wait until it is running)",
+            idle.iter()
+                .map(|id| id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    ))
+}
+
 /// Outcomes of a revision, as `DeploymentRevision.outcome` shows them.
 const ROLLED_OUT: &str = "rolled_out";
 const FAILED: &str = "failed";
@@ -307,6 +351,9 @@ async fn roll(
     // loop starts them on it (not a rolling swap: see the README's scale-out section); the
     // others run on until the loop retires them.
     let before: Option<CreateDeployment> = serde_json::from_value(record.spec.clone()).ok();
+    if let Some(before) = &before {
+        ends_sessions_of_running_instances(state, tenant, before, spec).await?;
+    }
     let by_loop = crate::scale::placed_by_loop(spec)
         || before.as_ref().is_some_and(crate::scale::placed_by_loop);
     let warnings = if paused {

@@ -99,6 +99,10 @@ fn api() -> OpenApiRouter<GatewayState> {
             routes!(crate::executors::log_lines),
             weir_api::rest::ExecutorLogLines::MAX_BODY_BYTES,
         ))
+        .routes(executor_report(
+            routes!(crate::executors::telemetry),
+            weir_api::rest::ExecutorTelemetry::MAX_BODY_BYTES,
+        ))
         .routes(routes!(observe::cordon))
         .routes(routes!(observe::uncordon))
         .routes(routes!(observe::drain))
@@ -127,7 +131,7 @@ fn document((schemas, paths, router): Routes) -> Routes {
     )
 }
 
-/// An executor's report (dead letters, log lines): bodies up to `max_bytes`.
+/// An executor's report (dead letters, log lines, telemetry): bodies up to `max_bytes`.
 fn executor_report((schemas, paths, router): Routes, max_bytes: usize) -> Routes {
     (
         schemas,

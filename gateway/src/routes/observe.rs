@@ -339,13 +339,29 @@ pub(crate) async fn drain(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     caller.require(Role::Admin)?;
-    // An executor process: draining moves its deployments to the others on the next rounds.
-    if state.executors.places()
-        && state
+    // An executor process: draining moves its deployments to the others on the next rounds,
+    // so some other executor must take new work (else nothing would move, and nothing says so).
+    if state.executors.places() {
+        let infos = state.executors.infos();
+        if infos.iter().any(|(info, _)| info.id.as_str() == id) {
+            let others_ready = infos.iter().any(|(info, executor_state)| {
+                info.id.as_str() != id && *executor_state == weir_scheduler::ExecutorState::Ready
+            });
+            if !others_ready {
+                return Err(ApiError::new(
+                    weir_api::ErrorCode::Conflict,
+                    format!(
+                        "no other executor is ready (the others are cordoned, draining or lost): {id}'s deployments would have nowhere to go; uncordon one, or cordon {id} to stop new placements"
+                    ),
+                ));
+            }
+        }
+        if state
             .executors
             .cordon(&id, weir_scheduler::ExecutorState::Draining)
-    {
-        return listed(&state, &id).await;
+        {
+            return listed(&state, &id).await;
+        }
     }
     let executors = state.runtime.executors().await;
     if !executors.iter().any(|e| e.id == id) {
