@@ -841,6 +841,10 @@ pub struct ExecutorTelemetry {
     /// Counters of each of the tenant's deployments on this executor, by id.
     #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub deployments: BTreeMap<String, serde_json::Value>,
+    /// What the tenant's deployments used on this executor since it started (the data-plane
+    /// fields of [`Usage`]: messages, bytes, fuel, state operations).
+    #[serde(default)]
+    pub usage: Usage,
 }
 
 impl ExecutorTelemetry {

@@ -283,6 +283,7 @@ fn forward_telemetry(
                     tenant: tenant.clone(),
                     series,
                     deployments,
+                    usage: executor.usage(tenant),
                 };
                 if let Err(error) = session.client().executor_telemetry(&id, &report).await {
                     tracing::debug!(%tenant, %error, "telemetry not taken; the next report replaces it");
@@ -688,10 +689,29 @@ pub(crate) async fn run(args: ExecutorArgs) -> anyhow::Result<std::process::Exit
     // The join token admits this process; every other call carries the session token the
     // join answers with.
     let admission = Client::new(&join_url, Some(token))?;
-    let joined = admission
-        .join_executor(&join)
-        .await
-        .with_context(|| format!("cannot join {join_url}"))?;
+    // A control plane that is not up yet (started after its executors, or restarting) is
+    // waited for; one that refuses the join (token, id, capacity) is an error.
+    let mut backoff = Duration::from_secs(1);
+    let joined = loop {
+        match admission.join_executor(&join).await {
+            Ok(joined) => break joined,
+            // A child of `weir serve --executors N` goes with its control plane instead.
+            Err(error)
+                if !args.exit_with_control_plane
+                    && (error.code().is_none() || error.code() == Some("unavailable")) =>
+            {
+                eprintln!(
+                    "weir executor: cannot reach {join_url} yet ({error}); trying again in {} s",
+                    backoff.as_secs()
+                );
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+            Err(error) => {
+                return Err(anyhow::Error::new(error).context(format!("cannot join {join_url}")));
+            }
+        }
+    };
     let session = Session::new(&admission, &joined);
     let engine = tokio::task::spawn_blocking(|| {
         weir_executor::OperatorEngine::new(&weir_executor::EngineConfig::default())

@@ -220,6 +220,11 @@ async fn deployments_run_on_executor_processes_and_move_within_the_bound_when_on
         (None, None),
         "{usage:?}"
     );
+    // Their messages and fuel, as the executors last reported them.
+    assert!(
+        usage.messages_in >= 3 && usage.messages_out >= 3 && usage.fuel > 0,
+        "{usage:?}"
+    );
 
     // A fourth deployment, from relay-0's input (MQTT) to a Kafka topic on tansu, put on
     // relay-0's executor by cordoning the two others while it is placed.

@@ -477,3 +477,57 @@ async fn executor_processes_join_heartbeat_and_a_killed_one_is_declared_lost_wit
         Some("ready")
     );
 }
+
+/// An executor started before its control plane (as Kubernetes may start them) waits for it,
+/// saying so, and joins once it answers.
+#[test]
+fn an_executor_started_before_its_control_plane_joins_once_it_answers() {
+    use std::io::{BufRead, BufReader};
+    let data = tempfile::tempdir().unwrap();
+    let address = format!("127.0.0.1:{}", free_port());
+    let token = "early-executors-join-token-0123456789";
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args([
+            "executor",
+            "--join",
+            &format!("http://{address}"),
+            "--id",
+            "early",
+        ])
+        .env("WEIR_EXECUTOR_TOKEN", token)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    struct Killed(Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            self.0.kill().ok();
+            self.0.wait().ok();
+        }
+    }
+    let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let child = Killed(child);
+    // Nothing listens there yet: it says it will try again.
+    let mut errors = BufReader::new(stderr).lines();
+    let waiting = errors
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|line| line.contains("cannot reach"))
+        .expect("the executor said nothing of waiting");
+    assert!(waiting.contains("trying again"), "{waiting}");
+    std::thread::spawn(move || for _ in errors {});
+    let server = common::serve_at(
+        data.path(),
+        &address,
+        &["--remote-executors", "--executor-token", token],
+        &[],
+    );
+    let joined = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .find(|line| line.starts_with("executor early joined"));
+    assert!(joined.is_some(), "it never joined {}", server.address);
+    drop(child);
+}

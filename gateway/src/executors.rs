@@ -521,6 +521,28 @@ impl ExecutorMembership {
         all
     }
 
+    /// The data-plane usage the live executors last reported of the tenant, added up (each
+    /// executor counts from its own start).
+    fn reported_usage(&self, tenant: &TenantId) -> weir_api::rest::Usage {
+        self.prune();
+        let mut total = weir_api::rest::Usage::default();
+        for ((_, owner), report) in self.telemetry().iter() {
+            if owner != tenant {
+                continue;
+            }
+            let used = &report.usage;
+            total.messages_in = total.messages_in.saturating_add(used.messages_in);
+            total.bytes_in = total.bytes_in.saturating_add(used.bytes_in);
+            total.messages_limited = total.messages_limited.saturating_add(used.messages_limited);
+            total.messages_out = total.messages_out.saturating_add(used.messages_out);
+            total.dead_letters = total.dead_letters.saturating_add(used.dead_letters);
+            total.fuel = total.fuel.saturating_add(used.fuel);
+            total.init_fuel = total.init_fuel.saturating_add(used.init_fuel);
+            total.state_ops = total.state_ops.saturating_add(used.state_ops);
+        }
+        total
+    }
+
     /// The counters `executor` last reported of the tenant's deployment `id`.
     fn counters(
         &self,
@@ -1370,15 +1392,27 @@ impl crate::DeploymentRuntime for RemoteRuntime {
         self.members.series(tenant)
     }
 
-    /// Executor processes report no usage in their heartbeats: the data-plane figures are the
-    /// stored ones read through `reader`, and the live budgets (`inflight_bytes`,
-    /// `queued_output_bytes`) are not reported.
+    /// The stored figures read through `reader`, plus the data-plane figures the live
+    /// executors last reported in their telemetry ([`telemetry`]: messages, bytes, fuel and
+    /// state operations since each executor started, added up). The live budgets
+    /// (`inflight_bytes`, `queued_output_bytes`) are not reported.
     async fn usage(&self, tenant: &TenantId) -> weir_api::rest::Usage {
         let stored = match &self.reader {
             Some(reader) => reader.usage(tenant).await,
             None => weir_api::rest::Usage::default(),
         };
+        let reported = self.members.reported_usage(tenant);
         weir_api::rest::Usage {
+            messages_in: stored.messages_in.saturating_add(reported.messages_in),
+            bytes_in: stored.bytes_in.saturating_add(reported.bytes_in),
+            messages_limited: stored
+                .messages_limited
+                .saturating_add(reported.messages_limited),
+            messages_out: stored.messages_out.saturating_add(reported.messages_out),
+            dead_letters: stored.dead_letters.max(reported.dead_letters),
+            fuel: stored.fuel.saturating_add(reported.fuel),
+            init_fuel: stored.init_fuel.saturating_add(reported.init_fuel),
+            state_ops: stored.state_ops.saturating_add(reported.state_ops),
             inflight_bytes: None,
             queued_output_bytes: None,
             ..stored
