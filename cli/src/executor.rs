@@ -483,11 +483,20 @@ async fn follow(
     let mut started: HashMap<(TenantId, String), u64> = HashMap::new();
     // Deployments running here that this membership did not start (they ran before the
     // control plane restarted), with since when they are not assigned here.
-    let mut orphans: HashMap<(TenantId, String), std::time::Instant> = HashMap::new();
+    let joined_at = std::time::Instant::now();
+    let mut orphans: HashMap<(TenantId, String), std::time::Instant> = executor
+        .running()
+        .await
+        .into_iter()
+        .map(|running| ((running.tenant, running.id), joined_at))
+        .collect();
     // The quotas applied per tenant with assignments here.
     let mut quotas: HashMap<TenantId, Quotas> = HashMap::new();
     loop {
-        let answer = match client.executor_assignments(&id, after, 10_000).await {
+        // While copies from before a re-join wait for their grace, ask again every second so
+        // they stop on time.
+        let wait_ms = if orphans.is_empty() { 10_000 } else { 1_000 };
+        let answer = match client.executor_assignments(&id, after, wait_ms).await {
             Ok(answer) => answer,
             // Not a member (now): the heartbeat loop joins again and starts a new follower.
             Err(error) if error.code() == Some("not_found") => {

@@ -164,12 +164,15 @@ fn a_bad_or_unreachable_state_url_fails_the_start_with_a_clear_error() {
         closed.local_addr().unwrap().port()
     );
     drop(closed);
-    for (state, expected) in [
-        ("postgres://db/", "expected `sqlite` or redis://"),
-        ("redis://127.0.0.1:notaport/", "invalid Redis URL"),
+    // A URL of the wrong kind is a configuration problem (exit 2, as `weir config check` says
+    // of it); one that cannot be used is a failed start (exit 1).
+    for (state, expected, exit) in [
+        ("postgres://db/", "expected `sqlite` or redis://", 2),
+        ("redis://127.0.0.1:notaport/", "invalid Redis URL", 1),
         (
             down.as_str(),
             "cannot reach Redis at redis://:***@127.0.0.1:",
+            1,
         ),
     ] {
         let (stdout, stderr, code) = weir_within(
@@ -186,7 +189,7 @@ fn a_bad_or_unreachable_state_url_fails_the_start_with_a_clear_error() {
             ],
             Duration::from_secs(30),
         );
-        assert_eq!(code, Some(1), "{state}: {stdout}{stderr}");
+        assert_eq!(code, Some(exit), "{state}: {stdout}{stderr}");
         assert!(stderr.contains(expected), "{state}: {stderr}");
         assert!(!stderr.contains("secret"), "{stderr}");
         // Nothing was minted: the next start is still the first and shows the admin token.

@@ -600,19 +600,7 @@ async fn each_api_quota_refuses_precisely_at_its_limit() {
     );
 
     // Deployments.
-    let deploy = |id: &str| CreateDeployment {
-        id: id.to_owned(),
-        graph: GraphRef {
-            name: "simple".to_owned(),
-            version: "1".to_owned(),
-        },
-        configuration: Default::default(),
-        source: Default::default(),
-        sink: Default::default(),
-        dead_letters: None,
-        instances: 1,
-        partition_key: None,
-    };
+    let deploy = simple_deployment;
     developer.deploy(&deploy("one")).await.unwrap();
     refused(developer.deploy(&deploy("two")).await, "deployment count");
 
@@ -701,21 +689,7 @@ async fn the_tenant_walls_hold_against_a_real_server() {
         })
         .await
         .unwrap();
-    acme.deploy(&CreateDeployment {
-        id: "convert".to_owned(),
-        graph: GraphRef {
-            name: "simple".to_owned(),
-            version: "1".to_owned(),
-        },
-        configuration: Default::default(),
-        source: Default::default(),
-        sink: Default::default(),
-        dead_letters: None,
-        instances: 1,
-        partition_key: None,
-    })
-    .await
-    .unwrap();
+    acme.deploy(&simple_deployment("convert")).await.unwrap();
     acme.ingest(
         "convert",
         &[
@@ -752,19 +726,7 @@ async fn the_tenant_walls_hold_against_a_real_server() {
     );
     not_found(
         globex
-            .update_deployment(&CreateDeployment {
-                id: "convert".to_owned(),
-                graph: GraphRef {
-                    name: "simple".to_owned(),
-                    version: "1".to_owned(),
-                },
-                configuration: Default::default(),
-                source: Default::default(),
-                sink: Default::default(),
-                dead_letters: None,
-                instances: 1,
-                partition_key: None,
-            })
+            .update_deployment(&simple_deployment("convert"))
             .await,
         "update",
     );
@@ -786,19 +748,7 @@ async fn the_tenant_walls_hold_against_a_real_server() {
     }
     // globex deploying acme's graph by name: not found in its own tenant.
     let stolen = globex
-        .deploy(&CreateDeployment {
-            id: "stolen".to_owned(),
-            graph: GraphRef {
-                name: "simple".to_owned(),
-                version: "1".to_owned(),
-            },
-            configuration: Default::default(),
-            source: Default::default(),
-            sink: Default::default(),
-            dead_letters: None,
-            instances: 1,
-            partition_key: None,
-        })
+        .deploy(&simple_deployment("stolen"))
         .await
         .unwrap_err();
     assert_eq!(stolen.code(), Some("invalid_deployment"));

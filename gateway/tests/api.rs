@@ -1532,15 +1532,16 @@ async fn an_endpoint_a_deployment_binds_to_is_not_deleted_from_under_it() {
         .put_deployment(&record, &weir_tenants::Quotas::default())
         .await
         .unwrap();
-    let refused = api
-        .call(
+    let delete = || {
+        api.call(
             Method::DELETE,
             "/v1/endpoints/broker",
             Some(&owner),
             None,
             vec![],
         )
-        .await;
+    };
+    let refused = delete().await;
     assert_problem(&refused, StatusCode::CONFLICT, "conflict");
     assert!(
         refused.body["detail"].as_str().unwrap().contains("reader"),
@@ -1558,14 +1559,6 @@ async fn an_endpoint_a_deployment_binds_to_is_not_deleted_from_under_it() {
             .await
             .unwrap()
     );
-    let deleted = api
-        .call(
-            Method::DELETE,
-            "/v1/endpoints/broker",
-            Some(&owner),
-            None,
-            vec![],
-        )
-        .await;
+    let deleted = delete().await;
     assert_eq!(deleted.status, StatusCode::NO_CONTENT, "{:?}", deleted.body);
 }
