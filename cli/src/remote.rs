@@ -545,25 +545,18 @@ pub(crate) async fn executors(args: ExecutorsArgs) -> anyhow::Result<ExitCode> {
 /// A time the API gives in seconds since the epoch, for people: RFC 3339 in UTC
 /// (`2026-12-01T09:47:29Z`). `--json` keeps the API's number.
 fn when(at: u64) -> String {
-    i64::try_from(at)
-        .ok()
-        .and_then(|seconds| chrono::DateTime::from_timestamp(seconds, 0))
-        .map_or_else(
-            || at.to_string(),
-            |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        )
+    rfc3339(at.saturating_mul(1000), chrono::SecondsFormat::Secs).unwrap_or_else(|| at.to_string())
 }
 
 /// A time the API gives in milliseconds since the epoch, for people: RFC 3339 in UTC with
 /// milliseconds (`2026-12-01T09:47:29.123Z`).
 fn when_ms(at_ms: u64) -> String {
-    i64::try_from(at_ms)
-        .ok()
-        .and_then(chrono::DateTime::from_timestamp_millis)
-        .map_or_else(
-            || at_ms.to_string(),
-            |t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        )
+    rfc3339(at_ms, chrono::SecondsFormat::Millis).unwrap_or_else(|| at_ms.to_string())
+}
+
+fn rfc3339(at_ms: u64, format: chrono::SecondsFormat) -> Option<String> {
+    let at = chrono::DateTime::from_timestamp_millis(i64::try_from(at_ms).ok()?)?;
+    Some(at.to_rfc3339_opts(format, true))
 }
 
 /// One line per revision: number, graph, outcome, who, when (`*` marks the current one).

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use weir_api::rest::{CreateDeployment, GraphRef, IngestMessage};
+use weir_api::rest::IngestMessage;
 use weir_api::tenancy::Quotas;
 
 fn repo() -> PathBuf {
@@ -113,19 +113,7 @@ async fn deploy_temperature(client: &weir_api::client::Client, id: &str) {
     let graph = std::fs::read_to_string(repo().join("tests/golden/graph-simple.yaml")).unwrap();
     client.push_graph("simple", "1", graph).await.unwrap();
     client
-        .deploy(&CreateDeployment {
-            id: id.to_owned(),
-            graph: GraphRef {
-                name: "simple".to_owned(),
-                version: "1".to_owned(),
-            },
-            configuration: Default::default(),
-            source: Default::default(),
-            sink: Default::default(),
-            dead_letters: None,
-            instances: 1,
-            partition_key: None,
-        })
+        .deploy(&common::http_deployment(id, "simple"))
         .await
         .unwrap();
     let reply = client

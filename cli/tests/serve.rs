@@ -520,7 +520,6 @@ async fn echoes(client: &weir_api::client::Client, id: &str) {
 /// the module compiled again, and the deployments run either way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_compiles_nothing_and_a_damaged_artifact_is_compiled_again() {
-    use weir_api::rest::{CreateDeployment, GraphRef};
     let data = tempfile::tempdir().unwrap();
     let first = serve(data.path());
     let developer =
@@ -535,19 +534,7 @@ async fn a_restart_compiles_nothing_and_a_damaged_artifact_is_compiled_again() {
         .unwrap();
     for id in ["one", "two"] {
         developer
-            .deploy(&CreateDeployment {
-                id: id.to_owned(),
-                graph: GraphRef {
-                    name: "g".to_owned(),
-                    version: "1".to_owned(),
-                },
-                configuration: Default::default(),
-                source: Default::default(),
-                sink: Default::default(),
-                dead_letters: None,
-                instances: 1,
-                partition_key: None,
-            })
+            .deploy(&common::http_deployment(id, "g"))
             .await
             .unwrap();
         echoes(&developer, id).await;

@@ -25,9 +25,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use weir_api::client::Client;
-use weir_api::rest::{
-    CreateDeployment, CreateEndpoint, EndpointKind, GraphRef, IngestMessage, MintToken,
-};
+use weir_api::rest::{CreateDeployment, CreateEndpoint, EndpointKind, IngestMessage, MintToken};
 use weir_api::tenancy::{Quotas, Role};
 
 fn service(var: &str) -> String {
@@ -182,19 +180,7 @@ fn read(path: &Path) -> String {
 }
 
 fn chatty_deployment(id: &str) -> CreateDeployment {
-    CreateDeployment {
-        id: id.to_owned(),
-        graph: GraphRef {
-            name: "chatty".to_owned(),
-            version: "1".to_owned(),
-        },
-        configuration: Default::default(),
-        source: Default::default(),
-        sink: Default::default(),
-        dead_letters: None,
-        instances: 1,
-        partition_key: None,
-    }
+    common::http_deployment(id, "chatty")
 }
 
 async fn push_chatty(client: &Client) {

@@ -15,7 +15,7 @@ use common::{tenant, token};
 
 use weir_api::client::{Client, HttpMethod as Method};
 use weir_api::rest::{
-    CreateDeployment, CreateEndpoint, EndpointKind, GraphRef, IngestMessage, MintToken, Problem,
+    CreateDeployment, CreateEndpoint, EndpointKind, IngestMessage, MintToken, Problem,
 };
 use weir_api::tenancy::{Quotas, Role};
 
@@ -914,19 +914,7 @@ async fn the_tenant_walls_hold_against_a_real_server() {
 
 /// A deployment of the simple graph on the built-in HTTP source and sink.
 fn simple_deployment(id: &str) -> CreateDeployment {
-    CreateDeployment {
-        id: id.to_owned(),
-        graph: GraphRef {
-            name: "simple".to_owned(),
-            version: "1".to_owned(),
-        },
-        configuration: Default::default(),
-        source: Default::default(),
-        sink: Default::default(),
-        dead_letters: None,
-        instances: 1,
-        partition_key: None,
-    }
+    common::http_deployment(id, "simple")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use common::{tenant, token};
 use weir_api::Hlc;
 use weir_api::client::Client;
-use weir_api::rest::{CreateDeployment, CreateTenant, GraphRef, IngestMessage};
+use weir_api::rest::{CreateDeployment, CreateTenant, IngestMessage};
 use weir_api::tenancy::{Quotas, Role};
 
 /// The fuel of one spinning call in tests that spin.
@@ -57,19 +57,7 @@ async fn push(client: &Client, name: &str, guest: weir_guests::Guest, graph: &st
 }
 
 fn deployment(id: &str, graph: &str) -> CreateDeployment {
-    CreateDeployment {
-        id: id.to_owned(),
-        graph: GraphRef {
-            name: graph.to_owned(),
-            version: "1".to_owned(),
-        },
-        configuration: Default::default(),
-        source: Default::default(),
-        sink: Default::default(),
-        dead_letters: None,
-        instances: 1,
-        partition_key: None,
-    }
+    common::http_deployment(id, graph)
 }
 
 fn message(payload: &str) -> IngestMessage {

@@ -27,6 +27,20 @@ impl std::ops::Deref for Caller {
     }
 }
 
+/// The token of an `Authorization: Bearer <token>` header (RFC 6750 section 2.1), trimmed.
+fn header_token(header: &axum::http::HeaderValue) -> Option<&str> {
+    header
+        .to_str()
+        .ok()
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(str::trim)
+}
+
+/// The bearer token of a request's headers, if it sends one.
+pub(crate) fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers.get(header::AUTHORIZATION).and_then(header_token)
+}
+
 impl FromRequestParts<GatewayState> for Caller {
     type Rejection = ApiError;
 
@@ -38,11 +52,7 @@ impl FromRequestParts<GatewayState> for Caller {
             .headers
             .get(header::AUTHORIZATION)
             .ok_or(AuthError::Missing)?;
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .ok_or(AuthError::Malformed)?;
+        let token = header_token(header).ok_or(AuthError::Malformed)?;
         let principal = state
             .verifier
             .verify(token.trim(), state.revocations.as_ref())?;

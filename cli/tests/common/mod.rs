@@ -390,6 +390,23 @@ pub fn executor_process(address: &str, token: &str, id: &str, extra: &[&str]) ->
     panic!("executor {id} ended without joining; it printed {said:?}");
 }
 
+/// Deployment `id` of graph `graph@1` on the built-in HTTP source and sink (`/ingest`).
+pub fn http_deployment(id: &str, graph: &str) -> weir_api::rest::CreateDeployment {
+    weir_api::rest::CreateDeployment {
+        id: id.to_owned(),
+        graph: weir_api::rest::GraphRef {
+            name: graph.to_owned(),
+            version: "1".to_owned(),
+        },
+        configuration: std::collections::BTreeMap::new(),
+        source: weir_api::rest::Binding::default(),
+        sink: weir_api::rest::Binding::default(),
+        dead_letters: None,
+        instances: 1,
+        partition_key: None,
+    }
+}
+
 /// Deployment `id` of graph `graph@1`, reading `source` (endpoint, topic filter) and writing to
 /// `sink` (endpoint, topic).
 pub fn deployment(

@@ -586,11 +586,8 @@ pub(crate) async fn events(
     dashboard.ensure_sampler(&state);
     let tenant = watched(&state, &caller, query.tenant.as_deref()).await?;
     // `Caller` read and verified it already.
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|t| t.trim().to_owned())
+    let token = crate::auth::bearer(&headers)
+        .map(str::to_owned)
         .unwrap_or_default();
     let slot =
         StreamSlot::take(&dashboard, &tenant, caller.role == Role::Admin).ok_or_else(|| {
