@@ -841,8 +841,10 @@ pub struct ExecutorTelemetry {
     /// Counters of each of the tenant's deployments on this executor, by id.
     #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub deployments: BTreeMap<String, serde_json::Value>,
-    /// What the tenant's deployments used on this executor since it started (the data-plane
-    /// fields of [`Usage`]: messages, bytes, fuel, state operations).
+    /// What the tenant's deployments used on this executor: `messages_in`, `bytes_in`,
+    /// `messages_out`, `fuel` and `state_ops` *since its previous report of the tenant that was
+    /// taken* (the control plane adds them to the tenant's stored usage), `messages_limited`,
+    /// `dead_letters` and `init_fuel` since the executor started.
     #[serde(default)]
     pub usage: Usage,
 }

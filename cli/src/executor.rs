@@ -26,7 +26,7 @@ use weir_api::client::Client;
 use weir_api::rest::{
     AssignedBinding, DeadLetter, ExecutorAssignment, ExecutorDeadLetters, ExecutorHeartbeat,
     ExecutorJoin, ExecutorJoined, ExecutorLogLines, ExecutorRunning, ExecutorTelemetry, LogLine,
-    RefusedGeneration,
+    RefusedGeneration, Usage,
 };
 use weir_api::tenancy::Quotas;
 use weir_api::{ModuleDigest, TenantId};
@@ -256,6 +256,8 @@ fn forward_telemetry(
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut reported: BTreeSet<TenantId> = BTreeSet::new();
+        // Each tenant's additive usage as of its last report that was taken.
+        let mut taken: HashMap<TenantId, Usage> = HashMap::new();
         let mut ticker = tokio::time::interval(TELEMETRY_PERIOD);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -279,16 +281,31 @@ fn forward_telemetry(
                         deployments.insert(instance.id.clone(), status);
                     }
                 }
+                let now = executor.usage(tenant);
+                let before = taken.get(tenant).cloned().unwrap_or_default();
                 let report = ExecutorTelemetry {
                     tenant: tenant.clone(),
                     series,
                     deployments,
-                    usage: executor.usage(tenant),
+                    usage: Usage {
+                        messages_in: now.messages_in.saturating_sub(before.messages_in),
+                        bytes_in: now.bytes_in.saturating_sub(before.bytes_in),
+                        messages_out: now.messages_out.saturating_sub(before.messages_out),
+                        fuel: now.fuel.saturating_sub(before.fuel),
+                        state_ops: now.state_ops.saturating_sub(before.state_ops),
+                        ..now.clone()
+                    },
                 };
-                if let Err(error) = session.client().executor_telemetry(&id, &report).await {
-                    tracing::debug!(%tenant, %error, "telemetry not taken; the next report replaces it");
+                match session.client().executor_telemetry(&id, &report).await {
+                    Ok(()) => {
+                        taken.insert(tenant.clone(), now);
+                    }
+                    Err(error) => {
+                        tracing::debug!(%tenant, %error, "telemetry not taken; the next report carries its usage too");
+                    }
                 }
             }
+            taken.retain(|tenant, _| present.contains(tenant));
             reported = present;
         }
     })
@@ -483,6 +500,10 @@ async fn follow(
     let mut started: HashMap<(TenantId, String), u64> = HashMap::new();
     // Deployments running here that this membership did not start (they ran before the
     // control plane restarted), with since when they are not assigned here.
+    // Between failed polls: 200 ms, doubling to 5 s while the control plane does not answer.
+    const RETRY_FIRST: Duration = Duration::from_millis(200);
+    const RETRY_MOST: Duration = Duration::from_secs(5);
+    let mut retry = RETRY_FIRST;
     let joined_at = std::time::Instant::now();
     let mut orphans: HashMap<(TenantId, String), std::time::Instant> = executor
         .running()
@@ -497,16 +518,24 @@ async fn follow(
         // they stop on time.
         let wait_ms = if orphans.is_empty() { 10_000 } else { 1_000 };
         let answer = match client.executor_assignments(&id, after, wait_ms).await {
-            Ok(answer) => answer,
+            Ok(answer) => {
+                retry = RETRY_FIRST;
+                answer
+            }
             // Not a member (now): the heartbeat loop joins again and starts a new follower.
             Err(error) if error.code() == Some("not_found") => {
                 tracing::debug!(%error, "not a member; waiting to join again");
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                tokio::time::sleep(retry).await;
+                retry = (retry * 2).min(RETRY_MOST);
                 continue;
             }
             Err(error) => {
-                tracing::warn!(%error, "assignments unavailable; asking again");
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                // Said once per outage, not at every try.
+                if retry == RETRY_FIRST {
+                    tracing::warn!(%error, "assignments unavailable; asking again");
+                }
+                tokio::time::sleep(retry).await;
+                retry = (retry * 2).min(RETRY_MOST);
                 continue;
             }
         };

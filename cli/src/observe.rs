@@ -78,8 +78,13 @@ impl UsageMeter {
         }
     }
 
-    /// Adds every tenant's work since the last flush to the store, in the current hour.
-    pub(crate) async fn flush(&self, executor: &LocalExecutor) -> anyhow::Result<()> {
+    /// Adds every tenant's work since the last flush to the store, in the current hour: this
+    /// process's executor's and what executor processes reported (`reported`).
+    pub(crate) async fn flush(
+        &self,
+        executor: &LocalExecutor,
+        reported: &weir_gateway::ExecutorMembership,
+    ) -> anyhow::Result<()> {
         let mut flushed = self.flushed.lock().await;
         let hour_start_ms = now_ms();
         let mut deltas = Vec::new();
@@ -97,7 +102,16 @@ impl UsageMeter {
             }
             now.push((tenant.id, current));
         }
-        self.store.add_usage(deltas).await?;
+        let remote = reported.take_usage();
+        deltas.extend(remote.iter().map(|(tenant, counters)| UsageDelta {
+            tenant: tenant.clone(),
+            hour_start_ms,
+            counters: *counters,
+        }));
+        if let Err(error) = self.store.add_usage(deltas).await {
+            reported.restore_usage(remote);
+            return Err(error.into());
+        }
         flushed.extend(now);
         Ok(())
     }
@@ -152,6 +166,7 @@ impl UsageMeter {
 pub(crate) fn spawn_usage_flusher(
     meter: Arc<UsageMeter>,
     deployments: Arc<crate::deployments::LocalDeployments>,
+    reported: Arc<weir_gateway::ExecutorMembership>,
     interval: Duration,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -159,7 +174,7 @@ pub(crate) fn spawn_usage_flusher(
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            if let Err(error) = meter.flush(&deployments.executor).await {
+            if let Err(error) = meter.flush(&deployments.executor, &reported).await {
                 tracing::warn!(%error, "usage flush failed; the next flush adds it");
             }
         }

@@ -157,12 +157,7 @@ async fn state_store(args: &ServeArgs) -> anyhow::Result<Arc<dyn weir_state::Sta
             &args.data.join("state.db"),
         )?));
     }
-    if !args.state.starts_with("redis://") {
-        anyhow::bail!(
-            "--state {:?}: expected `sqlite` or redis://host:port[/db]",
-            weir_state::masked_url(&args.state)
-        );
-    }
+    // Anything but `sqlite` is a Redis URL here: `start_problems` refused other kinds.
     // The node id versions carry: the host this executor runs on.
     let host = tokio::task::spawn_blocking(|| std::fs::read_to_string("/proc/sys/kernel/hostname"))
         .await?
@@ -895,6 +890,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCod
     let _flusher = crate::observe::spawn_usage_flusher(
         usage.clone(),
         deployments.clone(),
+        members.clone(),
         Duration::from_millis(args.usage_flush_ms.max(10)),
     );
     let _exporter = crate::observe::spawn_exporter(
@@ -906,7 +902,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCod
     let served = server.await.context("the API server stopped")?;
     // A graceful stop counts everything done so far.
     usage
-        .flush(&deployments.executor)
+        .flush(&deployments.executor, &members)
         .await
         .context("the last usage flush failed")?;
     println!("usage flushed");

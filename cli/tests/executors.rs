@@ -36,8 +36,10 @@ fn service(name: &str) -> String {
 
 /// `weir serve` placing on executor processes, with a loop fast enough for tests: a round
 /// every 100 ms, heartbeats every 100 ms, lost after 1 s.
-const FAST_REMOTE: [&str; 7] = [
+const FAST_REMOTE: [&str; 9] = [
     "--remote-executors",
+    "--usage-flush-ms",
+    "200",
     "--reconcile-ms",
     "100",
     "--executor-heartbeat-ms",
@@ -220,11 +222,32 @@ async fn deployments_run_on_executor_processes_and_move_within_the_bound_when_on
         (None, None),
         "{usage:?}"
     );
-    // Their messages and fuel, as the executors last reported them.
+    // Their messages and fuel, as the executors reported them; kept in the control store with
+    // the tenant's other usage (its hours and days), so a move or a restart loses none.
     assert!(
         usage.messages_in >= 3 && usage.messages_out >= 3 && usage.fuel > 0,
         "{usage:?}"
     );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let stored: u64 = developer
+            .usage()
+            .await
+            .unwrap()
+            .periods
+            .iter()
+            .filter(|p| p.period == "hour")
+            .map(|p| p.messages_in)
+            .sum();
+        if stored >= 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "executors' usage not stored: {stored}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // A fourth deployment, from relay-0's input (MQTT) to a Kafka topic on tansu, put on
     // relay-0's executor by cordoning the two others while it is placed.

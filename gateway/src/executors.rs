@@ -38,6 +38,7 @@ use weir_api::rest::{
 use weir_api::{ModuleDigest, TenantId};
 use weir_scheduler::{ExecutorId, ExecutorInfo, Membership, MembershipError, Pool, Resources};
 
+use crate::auth::bearer;
 use crate::{ApiError, ApiJson, GatewayState};
 
 /// The executors that joined over HTTP, and the token they join with.
@@ -52,6 +53,9 @@ pub struct ExecutorMembership {
     /// live members × the tenants assigned to each, each report bounded by
     /// [`ExecutorTelemetry::MAX_SERIES`]).
     telemetry: Mutex<HashMap<(ExecutorId, TenantId), ExecutorTelemetry>>,
+    /// Usage the executors reported since the last flush to the control store, per tenant
+    /// (bounded by the tenants); see [`Self::take_usage`].
+    unflushed: Mutex<HashMap<TenantId, weir_store::UsageCounters>>,
     assigned: Mutex<Assigned>,
     /// The latest revision of any executor's assignments (long polls wait on it).
     changed: tokio::sync::watch::Sender<u64>,
@@ -102,14 +106,6 @@ fn session_token() -> Result<String, ApiError> {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(|e| ApiError::internal(&e))?;
     Ok(hex::encode(bytes))
-}
-
-/// The bearer token of a request.
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
 }
 
 /// One executor's assignments and what it reported last.
@@ -195,6 +191,7 @@ impl ExecutorMembership {
             )),
             sessions: Mutex::default(),
             telemetry: Mutex::default(),
+            unflushed: Mutex::default(),
             assigned: Mutex::default(),
             changed: tokio::sync::watch::channel(0).0,
             places: false,
@@ -521,24 +518,66 @@ impl ExecutorMembership {
         all
     }
 
-    /// The data-plane usage the live executors last reported of the tenant, added up (each
-    /// executor counts from its own start).
+    fn unflushed(&self) -> std::sync::MutexGuard<'_, HashMap<TenantId, weir_store::UsageCounters>> {
+        self.unflushed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Adds a tenant's usage an executor reported (what it did since its last report taken).
+    fn add_usage(&self, tenant: &TenantId, used: &weir_api::rest::Usage) {
+        let added = weir_store::UsageCounters {
+            fuel: used.fuel,
+            messages_in: used.messages_in,
+            messages_out: used.messages_out,
+            bytes_in: used.bytes_in,
+            state_ops: used.state_ops,
+        };
+        if added.is_zero() {
+            return;
+        }
+        let mut unflushed = self.unflushed();
+        let entry = unflushed.entry(tenant.clone()).or_default();
+        *entry = entry.plus(added);
+    }
+
+    /// The usage executors reported since the last `take_usage`: the caller adds it to the
+    /// control store (with its own, in one flush) and gives it back with
+    /// [`Self::restore_usage`] if that fails, so none is lost or counted twice.
+    pub fn take_usage(&self) -> Vec<(TenantId, weir_store::UsageCounters)> {
+        self.unflushed().drain().collect()
+    }
+
+    /// Gives back usage [`Self::take_usage`] took whose flush failed.
+    pub fn restore_usage(&self, usage: Vec<(TenantId, weir_store::UsageCounters)>) {
+        let mut unflushed = self.unflushed();
+        for (tenant, counters) in usage {
+            let entry = unflushed.entry(tenant).or_default();
+            *entry = entry.plus(counters);
+        }
+    }
+
+    /// The tenant's usage on executor processes: what they reported that is not in the store
+    /// yet (the additive fields), and the live fields of their latest reports, added up.
     fn reported_usage(&self, tenant: &TenantId) -> weir_api::rest::Usage {
         self.prune();
-        let mut total = weir_api::rest::Usage::default();
+        let pending = self.unflushed().get(tenant).copied().unwrap_or_default();
+        let mut total = weir_api::rest::Usage {
+            messages_in: pending.messages_in,
+            bytes_in: pending.bytes_in,
+            messages_out: pending.messages_out,
+            fuel: pending.fuel,
+            state_ops: pending.state_ops,
+            ..weir_api::rest::Usage::default()
+        };
         for ((_, owner), report) in self.telemetry().iter() {
             if owner != tenant {
                 continue;
             }
             let used = &report.usage;
-            total.messages_in = total.messages_in.saturating_add(used.messages_in);
-            total.bytes_in = total.bytes_in.saturating_add(used.bytes_in);
             total.messages_limited = total.messages_limited.saturating_add(used.messages_limited);
-            total.messages_out = total.messages_out.saturating_add(used.messages_out);
             total.dead_letters = total.dead_letters.saturating_add(used.dead_letters);
-            total.fuel = total.fuel.saturating_add(used.fuel);
             total.init_fuel = total.init_fuel.saturating_add(used.init_fuel);
-            total.state_ops = total.state_ops.saturating_add(used.state_ops);
         }
         total
     }
@@ -1090,6 +1129,7 @@ pub(crate) async fn telemetry(
         ));
     }
     let id = executor_id(id)?;
+    state.executors.add_usage(&tenant.id, &report.usage);
     let key = (id, tenant.id);
     let mut telemetry = state.executors.telemetry();
     if report.series.is_empty() && report.deployments.is_empty() {
@@ -1392,10 +1432,10 @@ impl crate::DeploymentRuntime for RemoteRuntime {
         self.members.series(tenant)
     }
 
-    /// The stored figures read through `reader`, plus the data-plane figures the live
-    /// executors last reported in their telemetry ([`telemetry`]: messages, bytes, fuel and
-    /// state operations since each executor started, added up). The live budgets
-    /// (`inflight_bytes`, `queued_output_bytes`) are not reported.
+    /// The stored figures read through `reader` (totals and periods, the executors' reports
+    /// included once flushed: [`ExecutorMembership::take_usage`]), plus what the executors
+    /// reported since the last flush ([`telemetry`]). The live budgets (`inflight_bytes`,
+    /// `queued_output_bytes`) are not reported.
     async fn usage(&self, tenant: &TenantId) -> weir_api::rest::Usage {
         let stored = match &self.reader {
             Some(reader) => reader.usage(tenant).await,
