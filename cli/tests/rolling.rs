@@ -97,15 +97,21 @@ async fn running(developer: &Client, id: &str, remote: bool, limit: Duration) {
     }
 }
 
-/// Publishes `reading(n)` and waits until an output of version `version` for it arrives.
+/// Publishes `reading(n)` and waits until an output of version `version` for it arrives. A
+/// probe, not a counted input: published again every 2 s, since a deployment just started may
+/// not have its subscription yet (a message published before it reaches no session).
 async fn answers_with(writer: &Mqtt, reader: &Mqtt, topics: (&str, &str), n: u64, version: u8) {
-    writer
-        .client
-        .publish(topics.0, QoS::AtLeastOnce, false, reading(n))
-        .await
-        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
+    let mut next_publish = Instant::now();
     while !reader.outputs(topics.1).contains(&(n, version)) {
+        if Instant::now() >= next_publish {
+            writer
+                .client
+                .publish(topics.0, QoS::AtLeastOnce, false, reading(n))
+                .await
+                .unwrap();
+            next_publish = Instant::now() + Duration::from_secs(2);
+        }
         assert!(
             Instant::now() < deadline,
             "no output of version {version} for input {n}: {:?}",
